@@ -1,0 +1,544 @@
+"""HTTP message signatures for federation requests (DESIGN §5).
+
+The subset of RFC 9421 relay uses, plus RFC 9530 `Content-Digest`. Pure: no
+I/O, no clock (time is passed in), no randomness (nonces are passed in).
+
+Invariants:
+- The signature base is rebuilt from what was received: the component values
+  trimmed of surrounding SP/HTAB, and the `relay` member of Signature-Input
+  byte for byte as it stood after `relay=`. Nothing is re-serialised.
+- A base contains printable ASCII only (plus inner HTAB); a value with a line
+  break or a non-ASCII character cannot be signed or verified.
+- Every fault in a received header raises the error of the check that header
+  feeds, and nothing else:
+    Relay-Origin missing, empty, repeated or garbled      -> UnknownSender
+    Signature-Input / Signature: the same, or any fault
+      in their contents                                    -> BadSignature
+    keyid's node part differs from Relay-Origin            -> BadSignature
+    Content-Digest missing, repeated, garbled, no sha-256,
+      or not the body's digest                             -> DigestMismatch
+    Relay-Destination missing, empty, repeated or garbled -> WrongDestination
+  A header given more than once is refused rather than combined.
+- Verifier choices where DESIGN leaves room:
+    * The `relay` member must list exactly the five COMPONENTS, each once and
+      without parameters, in any order: the base follows the received order,
+      so any order verifies. Senders use the order of COMPONENTS.
+    * It must carry exactly the four parameters created, nonce, keyid and alg,
+      in any order, each once; any other parameter (expires, tag, ...) is
+      refused, since relay would otherwise ignore something that was signed.
+    * created: a non-negative integer; nonce: a string holding canonical padded
+      standard base64 of 16..64 bytes; keyid: a string `<node>#<key id>` with
+      exactly one `#` and both parts non-empty; alg: the string "ed25519".
+    * Other labels in Signature-Input and Signature are parsed for syntax and
+      then ignored. A label appearing twice, or a parameter key repeated
+      within one member, is refused (RFC 8941 would let the last one win).
+    * The `relay` member of Signature is a byte sequence of exactly 64 bytes,
+      without parameters.
+- Content-Digest may list other algorithms; only sha-256 is checked and it
+  must be present. Byte sequences must be canonical padded base64.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import NoReturn
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from relay.errors import (
+    BadSignature,
+    ClockSkew,
+    DigestMismatch,
+    MalformedError,
+    RelayError,
+    UnknownSender,
+    WrongDestination,
+)
+
+LABEL = "relay"
+ALG = "ed25519"
+COMPONENTS = ("@method", "@path", "content-digest", "relay-origin", "relay-destination")
+PARAMS = frozenset({"created", "nonce", "keyid", "alg"})
+NONCE_MIN, NONCE_MAX = 16, 64
+SIGNATURE_LEN = 64
+CLOCK_WINDOW_S = 300
+
+
+# --- Content-Digest (RFC 9530) ---------------------------------------------
+
+
+def content_digest(body: bytes) -> str:
+    """The Content-Digest header value for `body`: `sha-256=:<b64>:`."""
+    return f"sha-256=:{_b64(hashlib.sha256(body).digest())}:"
+
+
+def check_content_digest(header_value: str | None, body: bytes) -> None:
+    """Raise DigestMismatch unless the header's sha-256 member is sha256(body)."""
+    if header_value is None:
+        raise DigestMismatch("the request has no Content-Digest header")
+    members = _Parser(header_value.strip(" \t"), DigestMismatch, "Content-Digest").dictionary()
+    member = members.get("sha-256")
+    if member is None:
+        listed = ", ".join(sorted(members))
+        raise DigestMismatch(f"Content-Digest has no sha-256 member (it lists: {listed})")
+    if member.inner or not isinstance(member.value, bytes) or len(member.value) != 32:
+        raise DigestMismatch("the sha-256 member of Content-Digest is not a 32-byte sequence")
+    if not hmac.compare_digest(member.value, hashlib.sha256(body).digest()):
+        raise DigestMismatch("Content-Digest sha-256 does not match the body received")
+
+
+# --- signature base and parameters (RFC 9421 §2.5) ---------------------------
+
+
+def signature_base(components: Sequence[tuple[str, str]], signature_params: str) -> bytes:
+    """The RFC 9421 signature base: one `"<name>": <value>` line per component,
+    then the `"@signature-params"` line; no trailing newline.
+
+    Values are trimmed of surrounding SP/HTAB. Raises MalformedError for a
+    duplicate or empty component name, or any text with a line break, another
+    control character or a non-ASCII character.
+    """
+    lines: list[str] = []
+    seen: set[str] = set()
+    for name, value in components:
+        if not name or '"' in name or name == "@signature-params" or name in seen:
+            raise MalformedError(f"component name {name!r} cannot be used in a signature base")
+        seen.add(name)
+        trimmed = _base_text(name, value.strip(" \t"))
+        lines.append(f'"{_base_text(name, name)}": {trimmed}')
+    lines.append(f'"@signature-params": {_base_text("@signature-params", signature_params)}')
+    return "\n".join(lines).encode("ascii")
+
+
+def signature_params(created: int, nonce: str, keyid: str) -> str:
+    """The `relay` member of Signature-Input (without the `relay=` label)."""
+    if isinstance(created, bool) or not isinstance(created, int) or created < 0:
+        raise ValueError(f"created must be a non-negative integer, not {created!r}")
+    for name, text in (("nonce", nonce), ("keyid", keyid)):
+        if not _is_sf_string_safe(text):
+            raise ValueError(f"{name} {text!r} cannot be written as a structured-field string")
+    names = " ".join(f'"{c}"' for c in COMPONENTS)
+    return f'({names});created={created};nonce="{nonce}";keyid="{keyid}";alg="{ALG}"'
+
+
+def sign_request(
+    *,
+    method: str,
+    path: str,
+    content_digest: str,
+    origin: str,
+    destination: str,
+    key: Ed25519PrivateKey,
+    key_id: str,
+    created: int,
+    nonce: bytes,
+) -> dict[str, str]:
+    """Sign a federation request; return the five headers to add to it.
+
+    `nonce` is 16..64 fresh random bytes (ValueError otherwise); the key id
+    travels as `keyid="<origin>#<key_id>"`.
+    """
+    if not NONCE_MIN <= len(nonce) <= NONCE_MAX:
+        raise ValueError(f"nonce must be {NONCE_MIN}..{NONCE_MAX} bytes, not {len(nonce)}")
+    if not origin or not key_id or "#" in origin or "#" in key_id:
+        raise ValueError(f"cannot form a keyid from node {origin!r} and key id {key_id!r}")
+    params = signature_params(created, _b64(nonce), f"{origin}#{key_id}")
+    values = (method, path, content_digest, origin, destination)
+    base = signature_base(tuple(zip(COMPONENTS, values, strict=True)), params)
+    return {
+        "Content-Digest": content_digest,
+        "Relay-Origin": origin,
+        "Relay-Destination": destination,
+        "Signature-Input": f"{LABEL}={params}",
+        "Signature": f"{LABEL}=:{_b64(key.sign(base))}:",
+    }
+
+
+# --- verifying ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """What a verifier extracted from a request, before any key lookup."""
+
+    origin: str
+    destination: str
+    key_node: str
+    key_id: str
+    created: int
+    nonce: str
+    signature: bytes
+    base: bytes
+    content_digest: str = ""  # the trimmed header value that was signed
+
+
+def parse_request(*, method: str, path: str, headers: Mapping[str, str]) -> SignedRequest:
+    """Extract and check the signature headers of a federation request.
+
+    `path` is the raw request path without the query. Header names are matched
+    case-insensitively. Raises the errors listed in the module docstring.
+    """
+    origin = _one_header(headers, "Relay-Origin", UnknownSender)
+    sig_input = _one_header(headers, "Signature-Input", BadSignature)
+    sig_header = _one_header(headers, "Signature", BadSignature)
+
+    member = _relay_member(sig_input, "Signature-Input")
+    if not member.inner or not isinstance(member.value, tuple):
+        raise BadSignature("the relay member of Signature-Input is not a component list")
+    names = _component_names(member.value)
+    created, nonce, key_node, key_id = _signature_parameters(member.params)
+    if key_node != origin:
+        raise BadSignature(f"keyid names node {key_node!r} but Relay-Origin is {origin!r}")
+
+    signed = _relay_member(sig_header, "Signature")
+    if signed.inner or not isinstance(signed.value, bytes) or signed.params:
+        raise BadSignature("the relay member of Signature is not a plain byte sequence")
+    if len(signed.value) != SIGNATURE_LEN:
+        raise BadSignature(f"the signature is {len(signed.value)} bytes, not {SIGNATURE_LEN}")
+
+    digest = _one_header(headers, "Content-Digest", DigestMismatch)
+    destination = _one_header(headers, "Relay-Destination", WrongDestination)
+    values = {
+        "@method": method,
+        "@path": path,
+        "content-digest": digest,
+        "relay-origin": origin,
+        "relay-destination": destination,
+    }
+    base = signature_base([(n, values[n]) for n in names], member.text)
+    return SignedRequest(
+        origin=origin,
+        destination=destination,
+        key_node=key_node,
+        key_id=key_id,
+        created=created,
+        nonce=nonce,
+        signature=signed.value,
+        base=base,
+        content_digest=digest,
+    )
+
+
+def verify_request(req: SignedRequest, pub: Ed25519PublicKey) -> None:
+    """Raise BadSignature unless `req.signature` is `pub`'s signature of `req.base`."""
+    try:
+        pub.verify(req.signature, req.base)
+    except InvalidSignature:
+        raise BadSignature(
+            f"the request signature does not verify with key {req.key_node}#{req.key_id}"
+        ) from None
+
+
+def check_clock(created: int, now_s: int, window_s: int = CLOCK_WINDOW_S) -> None:
+    """Raise ClockSkew if `created` is more than `window_s` seconds from `now_s`.
+
+    The detail states the receiver's time so the sender's admin can compare.
+    """
+    skew = created - now_s
+    if abs(skew) <= window_s:
+        return
+    direction = "ahead of" if skew > 0 else "behind"
+    raise ClockSkew(
+        f"request created at {created} ({_iso(created)}) is {abs(skew)} s {direction} "
+        f"this node's clock, which reads {now_s} ({_iso(now_s)}); "
+        f"the limit is {window_s} s either way"
+    )
+
+
+# --- helpers ---------------------------------------------------------------------
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _b64_canonical(text: str) -> bytes | None:
+    """Decode padded standard base64, or None if it is not in canonical form."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        return None
+    return raw if _b64(raw) == text else None
+
+
+def _iso(t: int) -> str:
+    try:
+        return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):
+        return "out of range"
+
+
+def _visible(text: str) -> bool:
+    return all(c == "\t" or " " <= c <= "~" for c in text)
+
+
+def _base_text(name: str, text: str) -> str:
+    if not _visible(text):
+        raise MalformedError(f"{name}: {text!r} cannot be part of a signature base")
+    return text
+
+
+def _is_sf_string_safe(text: str) -> bool:
+    return all(" " <= c <= "~" and c not in '"\\' for c in text)
+
+
+def _one_header(headers: Mapping[str, str], name: str, error: type[RelayError]) -> str:
+    lname = name.lower()
+    found = [v for k, v in headers.items() if k.lower() == lname]
+    if not found:
+        raise error(f"the request has no {name} header")
+    if len(found) > 1:
+        raise error(f"the {name} header is given {len(found)} times")
+    value = found[0].strip(" \t")
+    if not value or not _visible(value):
+        raise error(f"the {name} header is empty or has characters outside printable ASCII")
+    return value
+
+
+def _relay_member(header_value: str, header: str) -> _Member:
+    members = _Parser(header_value, BadSignature, header).dictionary()
+    if LABEL not in members:
+        labels = ", ".join(sorted(members))
+        raise BadSignature(f"{header} has no {LABEL!r} member (it has: {labels})")
+    return members[LABEL]
+
+
+def _component_names(items: tuple[tuple[_Bare, _Params], ...]) -> list[str]:
+    names: list[str] = []
+    for value, params in items:
+        if not isinstance(value, str) or params:
+            raise BadSignature("a covered component is not a plain string")
+        names.append(value)
+    if sorted(names) != sorted(COMPONENTS):
+        expected = " ".join(COMPONENTS)
+        raise BadSignature(f"covered components must be {expected}, each once; got {names}")
+    return names
+
+
+def _signature_parameters(params: _Params) -> tuple[int, str, str, str]:
+    """Check the four parameters; return created, nonce, key node, key id."""
+    missing = sorted(PARAMS - params.keys())
+    if missing:
+        raise BadSignature(f"Signature-Input lacks the parameter(s) {', '.join(missing)}")
+    extra = sorted(params.keys() - PARAMS)
+    if extra:
+        raise BadSignature(f"Signature-Input has unsupported parameter(s) {', '.join(extra)}")
+    created, nonce, keyid, alg = (params[k] for k in ("created", "nonce", "keyid", "alg"))
+    if type(created) is not int or created < 0:
+        raise BadSignature("created is not a non-negative integer")
+    if not isinstance(nonce, str):
+        raise BadSignature("nonce is not a string")
+    raw = _b64_canonical(nonce)
+    if raw is None or not NONCE_MIN <= len(raw) <= NONCE_MAX:
+        raise BadSignature(f"nonce is not padded base64 of {NONCE_MIN}..{NONCE_MAX} bytes")
+    if not isinstance(keyid, str) or keyid.count("#") != 1:
+        raise BadSignature("keyid is not a string of the form <node>#<key id>")
+    key_node, _, key_id = keyid.partition("#")
+    if not key_node or not key_id:
+        raise BadSignature("keyid is not a string of the form <node>#<key id>")
+    if alg != ALG:
+        raise BadSignature(f"alg must be the string {ALG!r}")
+    return created, nonce, key_node, key_id
+
+
+# --- RFC 8941 structured fields, as far as relay needs them ----------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    value: str
+
+
+_Bare = int | Decimal | str | _Token | bytes | bool
+_Params = dict[str, _Bare]
+
+
+@dataclass(frozen=True, slots=True)
+class _Member:
+    """One dictionary member: an item or an inner list, its parameters, and the
+    member value exactly as received (everything after `key=`)."""
+
+    value: _Bare | tuple[tuple[_Bare, _Params], ...]
+    params: _Params
+    text: str
+    inner: bool
+
+
+_DIGITS = frozenset("0123456789")
+_LCALPHA = frozenset("abcdefghijklmnopqrstuvwxyz")
+_ALPHA = _LCALPHA | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_KEY_START = _LCALPHA | {"*"}
+_KEY_CHARS = _LCALPHA | _DIGITS | frozenset("_-.*")
+_TOKEN_CHARS = _ALPHA | _DIGITS | frozenset("!#$%&'*+-.^_`|~:/")
+_B64_CHARS = _ALPHA | _DIGITS | frozenset("+/=")
+
+
+class _Parser:
+    """A strict RFC 8941 dictionary parser; every fault raises `error`."""
+
+    def __init__(self, text: str, error: type[RelayError], header: str) -> None:
+        self.s = text
+        self.i = 0
+        self.error = error
+        self.header = header
+
+    def fail(self, what: str) -> NoReturn:
+        raise self.error(f"{self.header} is not a valid structured field: {what} at {self.i}")
+
+    def peek(self) -> str:
+        return self.s[self.i] if self.i < len(self.s) else ""
+
+    def skip(self, chars: str) -> None:
+        while self.i < len(self.s) and self.s[self.i] in chars:
+            self.i += 1
+
+    def dictionary(self) -> dict[str, _Member]:
+        out: dict[str, _Member] = {}
+        self.skip(" ")
+        if self.i == len(self.s):
+            self.fail("empty dictionary")
+        while True:
+            key = self.key()
+            if key in out:
+                self.fail(f"member {key!r} repeated")
+            value: _Bare | tuple[tuple[_Bare, _Params], ...] = True
+            start = self.i
+            if self.peek() == "=":
+                self.i += 1
+                start = self.i
+                value = self.inner_list() if self.peek() == "(" else self.bare_item()
+            params = self.params()
+            out[key] = _Member(value, params, self.s[start : self.i], isinstance(value, tuple))
+            self.skip(" \t")
+            if self.i == len(self.s):
+                return out
+            if self.peek() != ",":
+                self.fail("expected ','")
+            self.i += 1
+            self.skip(" \t")
+            if self.i == len(self.s):
+                self.fail("trailing comma")
+
+    def inner_list(self) -> tuple[tuple[_Bare, _Params], ...]:
+        self.i += 1  # "("
+        items: list[tuple[_Bare, _Params]] = []
+        while True:
+            self.skip(" ")
+            if self.peek() == ")":
+                self.i += 1
+                return tuple(items)
+            items.append((self.bare_item(), self.params()))
+            if self.peek() not in (" ", ")"):
+                self.fail("expected ' ' or ')' in inner list")
+
+    def params(self) -> _Params:
+        out: _Params = {}
+        while self.peek() == ";":
+            self.i += 1
+            self.skip(" ")
+            key = self.key()
+            if key in out:
+                self.fail(f"parameter {key!r} repeated")
+            value: _Bare = True
+            if self.peek() == "=":
+                self.i += 1
+                value = self.bare_item()
+            out[key] = value
+        return out
+
+    def key(self) -> str:
+        start = self.i
+        if self.peek() not in _KEY_START:
+            self.fail("expected a key")
+        while self.peek() in _KEY_CHARS:
+            self.i += 1
+        return self.s[start : self.i]
+
+    def bare_item(self) -> _Bare:
+        c = self.peek()
+        if c == "-" or c in _DIGITS:
+            return self.number()
+        if c == '"':
+            return self.string()
+        if c == ":":
+            return self.byte_sequence()
+        if c == "?":
+            return self.boolean()
+        if c == "*" or c in _ALPHA:
+            start = self.i
+            while self.peek() in _TOKEN_CHARS:
+                self.i += 1
+            return _Token(self.s[start : self.i])
+        self.fail("expected an item")
+
+    def number(self) -> int | Decimal:
+        start = self.i
+        if self.peek() == "-":
+            self.i += 1
+        digits_start = self.i
+        while self.peek() in _DIGITS:
+            self.i += 1
+        whole = self.i - digits_start
+        if whole == 0:
+            self.fail("expected a digit")
+        if self.peek() != ".":
+            if whole > 15:
+                self.fail("integer too long")
+            return int(self.s[start : self.i])
+        self.i += 1
+        frac_start = self.i
+        while self.peek() in _DIGITS:
+            self.i += 1
+        if whole > 12 or not 1 <= self.i - frac_start <= 3:
+            self.fail("bad decimal")
+        return Decimal(self.s[start : self.i])
+
+    def string(self) -> str:
+        self.i += 1  # '"'
+        chars: list[str] = []
+        while self.i < len(self.s):
+            c = self.s[self.i]
+            self.i += 1
+            if c == '"':
+                return "".join(chars)
+            if c == "\\":
+                if self.peek() not in ('"', "\\"):
+                    self.fail("bad escape in string")
+                c = self.s[self.i]
+                self.i += 1
+            elif not " " <= c <= "~":
+                self.fail("bad character in string")
+            chars.append(c)
+        self.fail("unterminated string")
+
+    def byte_sequence(self) -> bytes:
+        self.i += 1  # ":"
+        start = self.i
+        while self.peek() in _B64_CHARS:
+            self.i += 1
+        if self.peek() != ":":
+            self.fail("unterminated byte sequence")
+        raw = _b64_canonical(self.s[start : self.i])
+        if raw is None:
+            self.fail("byte sequence is not canonical padded base64")
+        self.i += 1
+        return raw
+
+    def boolean(self) -> bool:
+        self.i += 1  # "?"
+        c = self.peek()
+        if c not in ("0", "1"):
+            self.fail("bad boolean")
+        self.i += 1
+        return c == "1"

@@ -1,0 +1,294 @@
+"""Client API (DESIGN §6): JSON over HTTP, one bearer token per mailbox.
+
+Handlers are thin: authenticate, decode JSON, call `relay.submit` or a
+ledger read, encode the answer. Every refusal is `{"error", "detail"}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from relay import ledger, submit
+from relay.envelope import decode_header
+from relay.errors import (
+    BadRequest,
+    MalformedError,
+    NotFound,
+    PolicyRefused,
+    RelayError,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
+from relay.logs import event
+from relay.node_state import NodeState
+
+log = logging.getLogger("relay.api")
+
+MAX_BATCH = 1000
+MAX_LIMIT = 1000
+MAX_WAIT_S = 60
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def authenticate(state: NodeState, request: web.Request) -> str:
+    """The mailbox a bearer token belongs to; compares every hash in constant time."""
+    auth = request.headers.get("Authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("send 'Authorization: Bearer <mailbox token>'")
+    digest = hashlib.sha256(token.strip().encode()).hexdigest().encode()
+    found: str | None = None
+    for mb in state.config.mailboxes:
+        if hmac.compare_digest(digest, mb.token_sha256.encode()):
+            found = mb.name
+    if found is None:
+        raise Unauthorized("the token does not belong to any mailbox of this node")
+    return found
+
+
+async def read_json(request: web.Request, limit: int) -> Any:
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(f"request body over {limit} bytes")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise TooLarge(f"request body over {limit} bytes")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MalformedError(f"request body is not JSON: {e}") from None
+
+
+def _error(e: RelayError) -> web.Response:
+    return web.json_response(e.to_json(), status=e.status)
+
+
+def _check_ready(state: NodeState) -> None:
+    if state.stopping:
+        raise Unavailable("the node is shutting down; retry on another attempt")
+
+
+async def _submit(request: web.Request, batch: bool) -> web.Response:
+    state = request.app[NodeState.KEY]
+    mailbox = ""
+    to: list[str] = []
+    try:
+        _check_ready(state)
+        mailbox = authenticate(state, request)
+        idem = request.headers.get("Idempotency-Key")
+        if idem is not None and not 0 < len(idem) <= MAX_IDEMPOTENCY_KEY:
+            raise BadRequest(f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
+        if idem is not None:
+            earlier = await ledger.idempotent_answer(state.store, mailbox, idem)
+            if earlier is not None:
+                return web.json_response(earlier, status=202)
+        doc = await read_json(request, state.config.node.max_body_bytes * 2)
+        if batch:
+            if not isinstance(doc, dict) or set(doc) != {"messages"}:
+                raise BadRequest('the body is {"messages": [message, ...]}')
+            msgs = doc["messages"]
+            if not isinstance(msgs, list) or not 1 <= len(msgs) <= MAX_BATCH:
+                raise BadRequest(f"'messages' must hold 1..{MAX_BATCH} messages")
+            parsed = [submit.parse_message(m, i) for i, m in enumerate(msgs)]
+        else:
+            parsed = [submit.parse_message(doc)]
+        for p in parsed:
+            to.extend(p["to"])
+        planned = [
+            submit.plan(state, mailbox, p, i if batch else None) for i, p in enumerate(parsed)
+        ]
+        ids = [pm.msg_id.hex() for pm in planned]
+        answer: dict[str, Any] = {"ids": ids} if batch else {"id": ids[0]}
+
+        async def job(tx: Any) -> dict[str, Any]:
+            if idem is not None and not await ledger.remember_answer(
+                tx, mailbox, idem, answer, state.now_ms()
+            ):
+                async with tx.execute(
+                    "SELECT response FROM idempotency WHERE mailbox = ? AND key = ?",
+                    (mailbox, idem),
+                ) as cur:
+                    row = await cur.fetchone()
+                earlier: dict[str, Any] = json.loads(row[0])
+                return earlier
+            await submit.record(state, tx, mailbox, planned)
+            return answer
+
+        result = await state.store.write(job)
+    except PolicyRefused as e:
+        event(log, "submit_refused", logging.WARNING, mailbox=mailbox, rule=e.rule, detail=e.detail)
+        await submit.record_refusal(state, mailbox, e, to)
+        return _error(e)
+    except RelayError as e:
+        event(log, "submit_refused", logging.INFO, mailbox=mailbox, code=e.code, detail=e.detail)
+        return _error(e)
+    event(log, "submitted", mailbox=mailbox, messages=len(planned))
+    return web.json_response(result, status=202)
+
+
+async def post_message(request: web.Request) -> web.Response:
+    return await _submit(request, batch=False)
+
+
+async def post_batch(request: web.Request) -> web.Response:
+    return await _submit(request, batch=True)
+
+
+def _msg_id(text: str) -> bytes:
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raise BadRequest(f"{text!r} is not a message id (32 lowercase hex digits)") from None
+    if len(raw) != 16 or text != raw.hex():
+        raise BadRequest(f"{text!r} is not a message id (32 lowercase hex digits)")
+    return raw
+
+
+async def get_message(request: web.Request) -> web.Response:
+    state = request.app[NodeState.KEY]
+    try:
+        mailbox = authenticate(state, request)
+        ident = _msg_id(request.match_info["id"])
+        rows = await state.store.fetchall(
+            "SELECT address, status, reason, at FROM recipients WHERE msg = ? AND mailbox = ?"
+            " ORDER BY address",
+            (ident, mailbox),
+        )
+        if not rows:
+            raise NotFound(f"no message {ident.hex()} sent by {mailbox}")
+    except RelayError as e:
+        return _error(e)
+    return web.json_response(
+        {
+            "id": ident.hex(),
+            "recipients": {r[0]: {"status": r[1], "reason": r[2], "at": r[3]} for r in rows},
+        }
+    )
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"'{name}' must be a whole number from {low} to {high}") from None
+    if not low <= value <= high:
+        raise BadRequest(f"'{name}' must be a whole number from {low} to {high}")
+    return value
+
+
+async def fetch_inbox(state: NodeState, mailbox: str, limit: int) -> list[dict[str, Any]]:
+    rows = await state.store.fetchall(
+        "SELECT e.header, p.body FROM inbox i JOIN envelopes e ON e.rid = i.rid"
+        " LEFT JOIN payloads p ON p.sha = e.payload_sha"
+        " WHERE i.mailbox = ? AND i.acked IS NULL ORDER BY i.seq LIMIT ?",
+        (mailbox, limit),
+    )
+    out: list[dict[str, Any]] = []
+    for header_bytes, body in rows:
+        h = decode_header(bytes(header_bytes))
+        payload = bytes(body) if body is not None else b""
+        item: dict[str, Any] = {
+            "id": h.id.hex(),
+            "from": h.sender,
+            "to": list(h.to),
+            "origin": h.origin,
+            "created": h.created,
+            "ctype": h.ctype,
+            "residency": list(h.residency),
+            "body_b64": base64.b64encode(payload).decode(),
+        }
+        if h.ctype.startswith("text/"):
+            # binary under a text type: body_b64 alone carries it
+            with contextlib.suppress(UnicodeDecodeError):
+                item["text"] = payload.decode("utf-8")
+        out.append(item)
+    return out
+
+
+async def get_inbox(request: web.Request) -> web.Response:
+    state = request.app[NodeState.KEY]
+    try:
+        mailbox = authenticate(state, request)
+        wait = _int_param(request, "wait", 0, 0, MAX_WAIT_S)
+        limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            ev = state.inbox_event(mailbox)
+            messages = await fetch_inbox(state, mailbox, limit)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if messages or remaining <= 0 or state.stopping:
+                break
+            # when the long-poll runs out, answer what there is (nothing)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ev.wait(), timeout=remaining)
+    except RelayError as e:
+        return _error(e)
+    return web.json_response({"messages": messages})
+
+
+async def post_ack(request: web.Request) -> web.Response:
+    state = request.app[NodeState.KEY]
+    try:
+        _check_ready(state)
+        mailbox = authenticate(state, request)
+        doc = await read_json(request, 1024 * 1024)
+        if not isinstance(doc, dict) or set(doc) != {"ids"} or not isinstance(doc["ids"], list):
+            raise BadRequest('the body is {"ids": [message id, ...]}')
+        if len(doc["ids"]) > MAX_LIMIT:
+            raise BadRequest(f"at most {MAX_LIMIT} ids per ack")
+        idents = [_msg_id(i) if isinstance(i, str) else _msg_id(repr(i)) for i in doc["ids"]]
+        now = state.now_ms()
+
+        async def job(tx: Any) -> int:
+            n = 0
+            for ident in idents:
+                cur = await tx.execute(
+                    "UPDATE inbox SET acked = ? WHERE mailbox = ? AND acked IS NULL AND rid IN"
+                    " (SELECT rid FROM envelopes WHERE id = ?)",
+                    (now, mailbox, ident),
+                )
+                n += cur.rowcount
+                await cur.close()
+            return n
+
+        acked = await state.store.write(job)
+    except RelayError as e:
+        return _error(e)
+    return web.json_response({"acked": acked})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[NodeState.KEY]
+    if state.stopping:
+        return web.json_response({"status": "shutting down"}, status=503)
+    try:
+        await state.store.fetchone("SELECT 1")
+    except RelayError as e:
+        return web.json_response({"status": f"store: {e.detail}"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/messages", post_message)
+    app.router.add_post("/v1/messages/batch", post_batch)
+    app.router.add_get("/v1/messages/{id}", get_message)
+    app.router.add_get("/v1/inbox", get_inbox)
+    app.router.add_post("/v1/inbox/ack", post_ack)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

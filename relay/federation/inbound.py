@@ -1,0 +1,336 @@
+"""`POST /federation/v1/batch`: the receiving side of DESIGN §5.
+
+Order of request-level checks (each refusal stores nothing):
+413 too_large (before the body is read) -> 401 unknown_sender / unknown_key /
+bad_signature -> 400 digest_mismatch / wrong_destination / clock_skew /
+replay / malformed. Then each item is judged on its own (`rejected:<code>`),
+the survivors are committed together with the nonce and the batch results,
+and only after that commit is the signed result sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from relay import httpsig, ledger
+from relay.envelope import (
+    RECEIPT_CTYPE,
+    Batch,
+    BatchItem,
+    BatchResult,
+    Envelope,
+    check_payload,
+    check_trace,
+    decode_batch,
+    decode_receipt,
+    header_digest,
+    open_envelope,
+    peek_id,
+    sign_result,
+    split_address,
+    verify_envelope,
+)
+from relay.errors import (
+    ItemRejected,
+    MalformedError,
+    RelayError,
+    Replay,
+    TooLarge,
+    UnknownKey,
+    UnknownSender,
+    WrongDestination,
+)
+from relay.logs import event
+from relay.node_state import NodeState
+from relay.residency import check_accept
+from relay.store import Tx
+
+log = logging.getLogger("relay.federation.in")
+
+BATCH_PATH = "/federation/v1/batch"
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """An item that passed every check that needs no database."""
+
+    env: Envelope
+    trace: tuple[str, ...]
+    mailboxes: tuple[str, ...]
+    rule_id: str
+    policy_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    ident: bytes
+    error: ItemRejected
+    origin: str
+    rule: str = ""
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """Read at most `limit` bytes; TooLarge as soon as the body passes it."""
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(
+            f"body of {request.content_length} bytes is over this node's limit of {limit}"
+        )
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.content.iter_chunked(65536):
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge(f"body is over this node's limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def handle_batch(request: web.Request) -> web.StreamResponse:
+    state: NodeState = request.app[NodeState.KEY]
+    peer = request.headers.get("Relay-Origin", "")
+    try:
+        body = await receive(state, request)
+    except RelayError as e:
+        event(
+            log,
+            "batch_refused",
+            logging.WARNING,
+            peer=peer,
+            status=e.status,
+            code=e.code,
+            detail=e.detail,
+        )
+        if isinstance(e, TooLarge):
+            # The body was not read; do not keep the connection for its rest.
+            return web.json_response(e.to_json(), status=e.status, headers={"Connection": "close"})
+        return web.json_response(e.to_json(), status=e.status)
+    return web.Response(body=body, content_type="application/msgpack")
+
+
+async def receive(state: NodeState, request: web.Request) -> bytes:
+    cfg = state.config
+    limit = cfg.node.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(
+            f"body of {request.content_length} bytes is over this node's limit of {limit}"
+        )
+    if request.query_string:
+        raise MalformedError("the batch endpoint takes no query string")
+    sreq = httpsig.parse_request(
+        method=request.method, path=request.raw_path.partition("?")[0], headers=request.headers
+    )
+    peer = state.trust.node(sreq.origin)
+    if peer is None:
+        raise UnknownSender(f"{sreq.origin!r} is not a node this node trusts")
+    pub = peer.keys.get(sreq.key_id)
+    if pub is None:
+        raise UnknownKey(f"{sreq.origin} has no key {sreq.key_id!r} pinned at this node")
+    httpsig.verify_request(sreq, pub)
+    body = await read_body(request, limit)
+    httpsig.check_content_digest(request.headers.get("Content-Digest"), body)
+    if sreq.destination != state.name:
+        raise WrongDestination(
+            f"this node is {state.name!r}, the request is for {sreq.destination!r}"
+        )
+    httpsig.check_clock(sreq.created, state.now_ms() // 1000)
+    if not state.claim_nonce(peer.name, sreq.nonce) or await ledger.nonce_seen(
+        state.store, peer.name, sreq.nonce
+    ):
+        state.release_nonce(peer.name, sreq.nonce)
+        raise Replay(f"nonce {sreq.nonce} from {peer.name} was already used")
+    try:
+        return await _answer(state, peer.name, sreq, body)
+    finally:
+        state.release_nonce(peer.name, sreq.nonce)
+
+
+async def _answer(state: NodeState, peer: str, sreq: httpsig.SignedRequest, body: bytes) -> bytes:
+    batch = decode_batch(body)
+    ids = [peek_id(it.header_bytes) for it in batch.items]
+    if len(set(ids)) != len(ids):
+        raise MalformedError("the batch carries the same envelope id more than once")
+    now = state.now_ms()
+    stored = await ledger.stored_results(state.store, peer, batch.batch_id)
+    if stored is not None:
+
+        async def note_nonce(tx: Tx) -> None:
+            if not await ledger.record_nonce(tx, peer, sreq.nonce, now):
+                raise Replay(f"nonce {sreq.nonce} from {peer} was already used")
+
+        await state.store.write(note_nonce)
+        event(log, "batch_repeat", peer=peer, batch=batch.batch_id, envelopes=len(ids))
+        return sign_result(BatchResult(batch.batch_id, sreq.nonce, stored), state.key)
+
+    candidates: list[Candidate] = []
+    refusals: list[Refusal] = []
+    for ident, item in zip(ids, batch.items, strict=True):
+        try:
+            candidates.append(judge(state, peer, sreq.key_id, item, now))
+        except ItemRejected as e:
+            refusals.append(Refusal(ident, e, _origin_hint(item), getattr(e, "rule", "")))
+
+    results = await state.store.write(
+        lambda tx: _commit(state, tx, peer, sreq.nonce, batch, candidates, refusals, now)
+    )
+    if state.fault == "exit_after_commit":
+        os._exit(70)
+    accepted = sum(1 for r in results.values() if r == "accepted")
+    event(
+        log,
+        "batch_received",
+        peer=peer,
+        batch=batch.batch_id,
+        envelopes=len(ids),
+        accepted=accepted,
+        rejected=len(refusals),
+        duplicate=len(ids) - accepted - len(refusals),
+    )
+    for r in refusals:
+        event(
+            log,
+            "envelope_refused",
+            logging.WARNING,
+            peer=peer,
+            envelope=r.ident,
+            origin=r.origin,
+            code=r.error.item_code,
+            rule=r.rule,
+            detail=r.error.detail,
+        )
+    return sign_result(BatchResult(batch.batch_id, sreq.nonce, results), state.key)
+
+
+def _origin_hint(item: BatchItem) -> str:
+    return item.trace[0] if item.trace else ""
+
+
+class ResidencyRefused(ItemRejected):
+    def __init__(self, detail: str, rule: str) -> None:
+        super().__init__("residency", detail)
+        self.rule = rule
+
+
+def judge(state: NodeState, peer: str, request_key: str, item: BatchItem, now: int) -> Candidate:
+    """Every check on one item that needs no database; ItemRejected on the first fault."""
+    try:
+        env = open_envelope(item.header_bytes, item.signature, item.payload)
+    except MalformedError as e:
+        raise ItemRejected("malformed", e.detail) from None
+    h = env.header
+    check_payload(env)
+    if h.expires <= now:
+        raise ItemRejected("expired", f"envelope expired at {h.expires} (now {now})")
+    check_trace(item.trace, h.origin, peer, h.max_hops)
+    if state.name in item.trace or h.origin == state.name:
+        raise ItemRejected("loop", f"{state.name} is already in the trace of this envelope")
+    if h.dest != state.name:
+        raise ItemRejected("not_for_us", f"envelope is for {h.dest}, this node is {state.name}")
+    origin = state.trust.node(h.origin)
+    if origin is None:
+        raise ItemRejected("unknown_origin", f"origin {h.origin} is not trusted by this node")
+    origin_key = origin.keys.get(h.key)
+    if origin_key is None:
+        raise ItemRejected("signature", f"origin {h.origin} has no key {h.key!r} pinned here")
+    # The request signature already proves authorship when the origin itself
+    # sent this batch with the same key to us, the destination (DESIGN §5).
+    if not (peer == h.origin and request_key == h.key):
+        verify_envelope(env, origin_key)
+    holders = [(n, state.trust.jurisdiction(n)) for n in item.trace]
+    decision = check_accept(state.policy, h.residency, holders=holders)
+    if not decision.allowed:
+        raise ResidencyRefused(decision.reason, decision.rule)
+    mailboxes: tuple[str, ...] = ()
+    if h.kind == "message":
+        names = []
+        for addr in h.to:
+            local, _ = split_address(addr)
+            if state.config.mailbox(local) is None:
+                raise ItemRejected("unknown_mailbox", f"no mailbox {addr} at {state.name}")
+            names.append(local)
+        mailboxes = tuple(dict.fromkeys(names))
+    else:
+        if h.ctype != RECEIPT_CTYPE or list(h.to) != [f"postmaster@{state.name}"]:
+            raise ItemRejected("malformed", "a receipt goes to postmaster with the receipt type")
+        if h.sender != f"postmaster@{h.origin}":
+            raise ItemRejected("malformed", "a receipt comes from the writer's postmaster")
+        try:
+            decode_receipt(env.payload)
+        except MalformedError as e:
+            raise ItemRejected("malformed", e.detail) from None
+    return Candidate(env, item.trace, mailboxes, decision.rule, state.policy_hash)
+
+
+async def _commit(
+    state: NodeState,
+    tx: Tx,
+    peer: str,
+    nonce: str,
+    batch: Batch,
+    candidates: Sequence[Candidate],
+    refusals: Sequence[Refusal],
+    now: int,
+) -> dict[bytes, str]:
+    if not await ledger.record_nonce(tx, peer, nonce, now):
+        raise Replay(f"nonce {nonce} from {peer} was already used")
+    results: dict[bytes, str] = {r.ident: r.error.result for r in refusals}
+    existing = await ledger.existing_digests(
+        tx, [(c.env.header.origin, c.env.header.id) for c in candidates]
+    )
+    fresh: list[ledger.NewEnvelope] = []
+    for c in candidates:
+        h = c.env.header
+        known = existing.get((h.origin, h.id))
+        if known is None:
+            results[h.id] = "accepted"
+            fresh.append(
+                ledger.NewEnvelope(
+                    env=c.env,
+                    trace=c.trace,
+                    from_peer=peer,
+                    hop=None,
+                    mailboxes=c.mailboxes,
+                    rule_id=c.rule_id,
+                    policy_hash=c.policy_hash,
+                )
+            )
+        elif known == header_digest(c.env.header_bytes):
+            results[h.id] = "duplicate"
+        else:
+            results[h.id] = "rejected:id_conflict"
+    await ledger.insert_envelopes(tx, fresh, now)
+    for new in fresh:
+        h = new.env.header
+        if h.kind == "message":
+            await ledger.add_pending_receipt(
+                tx,
+                origin=h.origin,
+                status="delivered",
+                reason="",
+                residency=",".join(h.residency),
+                ident=h.id,
+                recipients=h.to,
+                now=now,
+            )
+        else:
+            await state.apply_receipt(tx, new.env, now)
+    for r in refusals:
+        if r.error.item_code == "residency":
+            await ledger.record_decision(
+                tx,
+                at=now,
+                point="accept",
+                envelope=r.ident,
+                peer=peer,
+                outcome="deny",
+                rule=r.rule,
+                reason=r.error.detail,
+                policy_hash=state.policy_hash,
+            )
+    await ledger.record_batch(tx, peer, batch.batch_id, results, now)
+    state.note_inbox([m for new in fresh for m in new.mailboxes])
+    return results

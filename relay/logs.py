@@ -1,0 +1,69 @@
+"""Structured logs: one line per event, `key=value` text or JSON.
+
+Call `event(log, "delivery", peer=..., batch=..., outcome=...)`; the formatter
+renders the fields. Every refusal names its envelope, peer and rule.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+_FIELDS = "relay_fields"
+
+
+def event(log: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log event `name` with structured fields."""
+    if log.isEnabledFor(level):
+        log.log(level, name, extra={_FIELDS: fields})
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bytes):
+        return v.hex()
+    s = str(v)
+    if s == "" or any(c in s for c in ' "=\n'):
+        return json.dumps(s, ensure_ascii=False)
+    return s
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        parts = [f"{ts}.{int(record.msecs):03d}Z", record.levelname.lower(), record.getMessage()]
+        fields: dict[str, Any] = getattr(record, _FIELDS, {})
+        parts += [f"{k}={_value(v)}" for k, v in fields.items()]
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+            "logger": record.name,
+        }
+        fields: dict[str, Any] = getattr(record, _FIELDS, {})
+        for k, v in fields.items():
+            doc[k] = v.hex() if isinstance(v, bytes) else v
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False, default=str)
+
+
+def setup(fmt: str = "text", level: str = "info") -> None:
+    """Send relay's logs to stderr in the chosen format."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger("relay")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

@@ -1,0 +1,162 @@
+"""The state one running node shares between its routes and tasks.
+
+Handlers and senders reach it through `app[NodeState.KEY]`. It owns no
+sockets: `relay.node` wires it into an aiohttp app and runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import ClassVar
+
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from relay import ledger
+from relay.config import Config
+from relay.envelope import Envelope, decode_receipt
+from relay.keystr import key_id, public_key_string
+from relay.logs import event
+from relay.residency import Policy, policy_hash
+from relay.store import Store, Tx
+from relay.trust import Trust
+
+log = logging.getLogger("relay.node")
+
+FINAL = frozenset({"delivered", "rejected", "expired"})
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class NodeState:
+    KEY: ClassVar[web.AppKey[NodeState]]
+
+    def __init__(
+        self,
+        config: Config,
+        key: Ed25519PrivateKey,
+        store: Store,
+        *,
+        clock: Callable[[], int] = wall_clock_ms,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.key = key
+        self.store = store
+        self.now_ms = clock
+        self.random = random
+        self.key_string = public_key_string(key.public_key())
+        self.key_id = key_id(self.key_string)
+        self.stopping = False
+        # Fault injection for crash tests: "exit_after_commit" makes the node
+        # die after committing a received batch and before answering it.
+        self.fault = os.environ.get("RELAY_FAULT", "")
+        self._nonces: set[tuple[str, str]] = set()
+        self._inbox_events: dict[str, asyncio.Event] = {}
+        self._dirty_inboxes: set[str] = set()
+        self._dirty_hops: set[str] = set()
+        self.wake_hop: Callable[[str], None] = lambda hop: None
+        self.load(config)
+        store.on_commit(self._after_commit)
+
+    def load(self, config: Config) -> None:
+        """Take a (re)loaded config: peers, mailboxes, policy."""
+        self.config = config
+        self.name = config.node.name
+        self.trust = Trust(config)
+        self.policy: Policy = config.policy
+        self.policy_hash = policy_hash(config.policy)
+
+    # --- replay guard for requests still in flight ---------------------------
+
+    def claim_nonce(self, peer: str, nonce: str) -> bool:
+        key = (peer, nonce)
+        if key in self._nonces:
+            return False
+        self._nonces.add(key)
+        return True
+
+    def release_nonce(self, peer: str, nonce: str) -> None:
+        self._nonces.discard((peer, nonce))
+
+    # --- wake-ups after commit ---------------------------------------------------
+
+    def note_inbox(self, mailboxes: Iterable[str]) -> None:
+        self._dirty_inboxes.update(mailboxes)
+
+    def note_hop(self, hop: str) -> None:
+        self._dirty_hops.add(hop)
+
+    def inbox_event(self, mailbox: str) -> asyncio.Event:
+        ev = self._inbox_events.get(mailbox)
+        if ev is None:
+            ev = self._inbox_events[mailbox] = asyncio.Event()
+        return ev
+
+    def _after_commit(self) -> None:
+        for mb in self._dirty_inboxes:
+            ev = self._inbox_events.pop(mb, None)
+            if ev is not None:
+                ev.set()
+        self._dirty_inboxes.clear()
+        hops, self._dirty_hops = self._dirty_hops, set()
+        for hop in hops:
+            self.wake_hop(hop)
+
+    # --- receipts arriving at the origin ------------------------------------------
+
+    async def apply_receipt(self, tx: Tx, env: Envelope, now: int) -> None:
+        """Record what a receipt says about envelopes this node originated.
+
+        An entry counts only when the receipt's writer is that envelope's
+        destination; other entries are logged and ignored.
+        """
+        receipt = decode_receipt(env.payload)
+        writer = env.header.origin
+        for ident, recipients in receipt.entries:
+            async with tx.execute(
+                "SELECT rid, dest, kind FROM envelopes WHERE origin = ? AND id = ?",
+                (self.name, ident),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None or row[2] != "message":
+                event(
+                    log,
+                    "receipt_entry_ignored",
+                    logging.WARNING,
+                    peer=writer,
+                    envelope=ident,
+                    reason="no message with this id originated here",
+                )
+                continue
+            if row[1] != writer:
+                event(
+                    log,
+                    "receipt_entry_ignored",
+                    logging.WARNING,
+                    peer=writer,
+                    envelope=ident,
+                    reason=f"the writer is not the destination {row[1]}",
+                )
+                continue
+            await ledger.set_status(
+                tx, row[0], receipt.status, receipt.reason, now, list(recipients)
+            )
+        event(
+            log,
+            "receipt_applied",
+            peer=writer,
+            envelope=env.header.id,
+            status=receipt.status,
+            reason=receipt.reason,
+            entries=len(receipt.entries),
+            mode=receipt.mode,
+        )
+
+
+NodeState.KEY = web.AppKey("relay_node", NodeState)

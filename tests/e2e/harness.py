@@ -1,0 +1,219 @@
+"""Whole nodes as subprocesses, set up and driven only through the `relay` CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TIMEOUT = 60
+
+
+def free_port() -> int:
+    """An ephemeral port the kernel just handed out (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def relay(
+    *args: str | Path, check: bool = True, input: str | None = None, timeout: float = TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    """Run `relay ARGS...` as a new user would; return the finished process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "relay", *map(str, args)],
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"relay {' '.join(map(str, args))} exited {proc.returncode}\n"
+            f"stdout: {proc.stdout}\nstderr: {proc.stderr}"
+        )
+    return proc
+
+
+@dataclass
+class NodeProc:
+    dir: Path
+    name: str
+    jurisdiction: str
+    port: int
+    tokens: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    peer_line: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "node.log"
+
+    @property
+    def db_path(self) -> Path:
+        return self.dir / "relay.db"
+
+    def init(self) -> None:
+        out = relay(
+            "init",
+            self.dir,
+            "--name",
+            self.name,
+            "--jurisdiction",
+            self.jurisdiction,
+            "--listen",
+            f"127.0.0.1:{self.port}",
+        )
+        lines = [ln for ln in out.stdout.splitlines() if ln.strip().startswith("relay peer add")]
+        assert lines, f"init printed no peer line: {out.stdout!r}"
+        self.peer_line = lines[-1].strip()
+
+    def add_mailbox(self, name: str) -> str:
+        out = relay("mailbox", "add", self.dir, name)
+        token = out.stdout.strip().splitlines()[-1].strip()
+        self.tokens[name] = token
+        return token
+
+    def add_peer(self, other: NodeProc, *, with_url: bool = True) -> None:
+        """Paste the other admin's printed `relay peer add` line, with our dir."""
+        words = other.peer_line.split()
+        assert words[:3] == ["relay", "peer", "add"], other.peer_line
+        args = [w for w in words[4:]]  # drop the placeholder dir
+        if not with_url:
+            i = args.index("--url")
+            del args[i : i + 2]
+        relay("peer", "add", self.dir, *args)
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "run", str(self.dir)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited {self.proc.returncode}:\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name} not ready after {timeout}s:\n{self.logs()}")
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout=30)
+        self.proc = None
+        return rc
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-6000:]
+        except FileNotFoundError:
+            return ""
+
+    # --- client commands -----------------------------------------------------
+
+    def send(self, mailbox: str, to: list[str], text: str, *extra: str) -> str:
+        out = relay(
+            "send",
+            "--node",
+            self.url,
+            "--token",
+            self.tokens[mailbox],
+            "--to",
+            *to,
+            "--text",
+            text,
+            *extra,
+        )
+        return out.stdout.strip()
+
+    def inbox(self, mailbox: str, *, wait: int = 0, ack: bool = False) -> list[dict[str, Any]]:
+        args = [
+            "inbox",
+            "--node",
+            self.url,
+            "--token",
+            self.tokens[mailbox],
+            "--json",
+            "--wait",
+            str(wait),
+            "--limit",
+            "1000",
+        ]
+        if ack:
+            args.append("--ack")
+        out = relay(*args)
+        return [json.loads(ln) for ln in out.stdout.splitlines() if ln.strip()]
+
+    def status(self, mailbox: str, msg_id: str) -> dict[str, Any]:
+        out = relay("status", "--node", self.url, "--token", self.tokens[mailbox], msg_id, "--json")
+        doc: dict[str, Any] = json.loads(out.stdout)
+        return doc
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows of every table, read through a separate read-only connection."""
+        db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
+        try:
+            names = [
+                r[0]
+                for r in db.execute(
+                    "SELECT name FROM sqlite_master"
+                    " WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+                )
+            ]
+            return {n: db.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
+        finally:
+            db.close()
+
+
+def wait_for(predicate: Any, timeout: float = 30, interval: float = 0.1, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: {last!r}")
+
+
+def make_node(base: Path, name: str, jurisdiction: str) -> NodeProc:
+    node = NodeProc(base / name, name, jurisdiction, free_port())
+    node.init()
+    return node

@@ -4,19 +4,22 @@ Invariants:
 - stdout carries only a command's result; every message goes to stderr.
 - Exit codes: 0 ok, 1 failure, 2 usage or config error, 3 refused by policy,
   130 interrupted. A `RelayError` from a command is printed as its detail.
-- Each module of relay.commands exposes `register(sub)`, adding subparsers
+- Each module of relay.commands exposes `register(sub)` (found by
+  pkgutil, so adding a module adds its commands), adding subparsers
   whose `func(args) -> int` runs the command.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
+import pkgutil
 import sys
 from collections.abc import Callable
 
 from relay import __version__
-from relay.commands import admin, client, run
+import relay.commands
 from relay.errors import ConfigError, ConfigErrors, PolicyRefused, RelayError
 
 EXIT_OK = 0
@@ -33,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND", required=True)
-    for module in (admin, client, run):
+    # Every module of relay.commands registers its own commands; a new command
+    # module needs no edit here.
+    for info in pkgutil.iter_modules(relay.commands.__path__):
+        module = importlib.import_module(f"relay.commands.{info.name}")
         module.register(sub)
     return parser
 

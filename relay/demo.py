@@ -278,7 +278,8 @@ def how_to_poke(nodes: list[DemoNode]) -> None:
     )
     _say(f"  relay inbox --node {ala.url} --token {ala.tokens['bob']} --wait 10 --json")
     _say(
-        f"  relay send --node {msk.url} --token {msk.tokens['alice']} --to carl@ber.demo.de --text x"
+        f"  relay send --node {msk.url} --token {msk.tokens['alice']}"
+        " --to carl@ber.demo.de --text x"
     )
     _say("      (exits 3: refused by policy)")
     _say(f"  relay check {msk.dir}")

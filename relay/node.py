@@ -140,6 +140,7 @@ class Node:
         if state is None:
             return
         state.stopping = True
+        state.wake_all_inboxes()
         if self.runner is not None:
             await self.runner.cleanup()  # closes listeners, waits for in-flight handlers
         for sender in self.senders.values():

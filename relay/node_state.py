@@ -98,6 +98,12 @@ class NodeState:
             ev = self._inbox_events[mailbox] = asyncio.Event()
         return ev
 
+    def wake_all_inboxes(self) -> None:
+        """End every long-poll now (shutdown)."""
+        events, self._inbox_events = self._inbox_events, {}
+        for ev in events.values():
+            ev.set()
+
     def _after_commit(self) -> None:
         for mb in self._dirty_inboxes:
             ev = self._inbox_events.pop(mb, None)

@@ -60,6 +60,7 @@ CREATE TABLE envelopes (
     policy_hash TEXT NOT NULL DEFAULT '',
     UNIQUE (origin, id)
 );
+CREATE INDEX envelopes_id ON envelopes (id);
 CREATE TABLE payloads (
     sha BLOB PRIMARY KEY,
     body BLOB NOT NULL

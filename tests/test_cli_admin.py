@@ -244,6 +244,9 @@ def test_mailbox_add_prints_token_last_and_stores_its_hash(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr
     token = done.stdout.splitlines()[-1]
     assert len(token) >= 40
+    assert token.startswith("rly_"), (
+        "a token never starts with - (argparse would take it for an option)"
+    )
     box = load_config(tmp_path).mailbox("alice")
     assert box is not None
     assert box.token_sha256 == hashlib.sha256(token.encode()).hexdigest()

@@ -60,6 +60,15 @@ DEFAULT_LISTEN = "127.0.0.1:8701"
 PEER_DIR_PLACEHOLDER = "YOUR_NODE_DIR"
 
 
+TOKEN_PREFIX = "rly_"
+
+
+def new_token() -> str:
+    """A fresh mailbox token: a fixed prefix (greppable in leaked logs, and never
+    starting with '-', which argparse would take for an option) and 256 random bits."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add init, key, peer, mailbox and check to the `relay` parser."""
     p = sub.add_parser("init", help="create a new node: node.toml and node.key")
@@ -460,7 +469,7 @@ def cmd_mailbox_add(args: argparse.Namespace) -> int:
             f"mailboxes[{i}].name",
             f"mailbox {args.name!r} already exists (use `relay mailbox rotate` for a new token)",
         )
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     entry: dict[str, object] = {"name": args.name, "token_sha256": mailbox_token_sha256(token)}
     append_table(node_file.doc, "mailboxes", entry)
     node_file.save()
@@ -487,7 +496,7 @@ def cmd_mailbox_rotate(args: argparse.Namespace) -> int:
     found = node_file.find("mailboxes", args.name)
     if found is None:
         return _not_found(node_file, "mailbox", args.name)
-    token = secrets.token_urlsafe(32)
+    token = new_token()
     found[1]["token_sha256"] = mailbox_token_sha256(token)
     node_file.save()
     _say(f"new token for mailbox {args.name}; the old one no longer works after reload:")

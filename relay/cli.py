@@ -18,8 +18,8 @@ import pkgutil
 import sys
 from collections.abc import Callable
 
-from relay import __version__
 import relay.commands
+from relay import __version__
 from relay.errors import ConfigError, ConfigErrors, PolicyRefused, RelayError
 
 EXIT_OK = 0

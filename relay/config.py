@@ -14,6 +14,7 @@ Invariants:
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import ipaddress
 import re
@@ -24,11 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from relay.certs import certificate_lines, decode_line, parse_revoked
+from relay.envelope import open_certificate
 from relay.errors import ConfigError, ConfigErrors, MalformedError
 from relay.iso3166 import is_country
-from relay.keys import check_key_file
-from relay.keystr import parse_public_key
+from relay.keys import KeyFileError, load_private_key
+from relay.keystr import key_id, parse_public_key, public_key_string
 from relay.residency import Effect, Mode, Policy, Rule
+from relay.tls import tls_files_errors
 from relay.tomledit import KeyPath, TomlLocator, dotted
 
 CONFIG_NAME = "node.toml"
@@ -37,13 +41,17 @@ DAY_MS = 86_400_000
 # Tables and keys that later issues will add. Listed here so that using them
 # now says "not supported yet" rather than "unknown"; supporting one means
 # moving it from here into the parser.
-_LATER_TABLES = {
-    "routes": "multi-hop routes",
-    "relay": "relaying for other nodes",
-    "authorities": "certificate authorities",
-    "trust": "certificate trust",
-}
-_LATER_NODE_KEYS = {"tls_cert": "TLS", "tls_key": "TLS", "ca_file": "TLS"}
+_LATER_TABLES: dict[str, str] = {}
+_LATER_NODE_KEYS: dict[str, str] = {}
+_TLS_KEYS = ("tls_cert", "tls_key", "ca_file")  # [node] keys, in tls_files_errors order
+
+
+@dataclass(frozen=True, slots=True)
+class RetiredKey:
+    """One `[node] retired_keys` entry: a former signing key, verifiable until `valid_until`."""
+
+    key: str  # ed25519:... public key string; the private key is no longer needed
+    valid_until_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +69,11 @@ class NodeConfig:
     queue_lifetime_ms: int = 5 * DAY_MS
     certificates: tuple[Path, ...] = ()
     admin_token_sha256: str | None = None
+    retired_keys: tuple[RetiredKey, ...] = ()  # relay.keyring: published, never signing
+    revoked_keys: tuple[str, ...] = ()  # never used, never published
+    tls_cert: Path | None = None  # with tls_key: the listener serves HTTPS (relay.tls)
+    tls_key: Path | None = None
+    ca_file: Path | None = None  # outbound HTTPS trusts only these CAs; None: the system's
 
     @property
     def listen(self) -> str:
@@ -100,6 +113,7 @@ class Peer:
     url: str | None
     jurisdiction: str
     keys: tuple[str, ...]
+    revoked_keys: tuple[str, ...] = ()  # refused at once, with a reason that says so
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +123,26 @@ class Mailbox:
     name: str
     token_sha256: str
     webhook: str | None = None
+    webhook_jurisdiction: str | None = None  # None: the node's own jurisdiction
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """The `[limits]` table: rate limits and backpressure bounds; 0 means unlimited.
+
+    `client_rate` is messages a second per mailbox (a batch submit counts its
+    messages, any other request counts 1); `peer_rate` is batch requests a
+    second per peer. `max_queued` bounds the envelopes queued for other nodes
+    (a submit past it is answered 503); `max_pending_writes` bounds the jobs
+    waiting for the store writer (requests past it are answered 503).
+    """
+
+    client_rate: int = 50_000  # generous: the throughput goal is 10,000 msg/s per node
+    client_burst: int = 100_000
+    peer_rate: int = 2_000  # a sender keeps one batch in flight per destination
+    peer_burst: int = 4_000
+    max_queued: int = 1_000_000
+    max_pending_writes: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +151,55 @@ class LogConfig:
 
     format: str = "text"
     level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The `[metrics]` table: where `GET /metrics` is served and who may read it.
+
+    Without `listen` it is served on the node's own listener.
+    """
+
+    listen_host: str | None = None
+    listen_port: int = 0
+    token_sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One `[[routes]]` entry: envelopes for nodes matching `to` go to `via`."""
+
+    to: str  # a node name or `*.suffix`
+    via: str
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """The `[relay]` table: for whom this node relays (names or `*.suffix`)."""
+
+    for_origins: tuple[str, ...] = ()
+    for_destinations: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Authority:
+    """One `[[authorities]]` entry: a certificate authority and what it may attest."""
+
+    name: str
+    key: str
+    jurisdictions: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class TrustConfig:
+    """The `[trust]` table: where certificates and the revocation list are kept.
+
+    Both default to files next to node.toml (`certs/`, `revoked.txt`) that may
+    be absent; an explicitly configured path must exist.
+    """
+
+    certificates_dir: Path | None = None
+    revoked: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +214,12 @@ class Config:
     peers: tuple[Peer, ...]
     mailboxes: tuple[Mailbox, ...]
     log: LogConfig
+    metrics: MetricsConfig = MetricsConfig()
+    routes: tuple[Route, ...] = ()
+    relay: RelayConfig = RelayConfig()
+    authorities: tuple[Authority, ...] = ()
+    trust: TrustConfig = TrustConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     def peer(self, name: str) -> Peer | None:
         """The pinned peer called `name`, if any."""
@@ -144,13 +233,20 @@ class Config:
 # --- value checks, shared with the CLI ---------------------------------------
 
 _NODE_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_MAILBOX_NAME = re.compile(r"[a-z0-9._+-]{1,64}")
+_MAILBOX_NAME = re.compile(r"[a-z0-9_+-][a-z0-9._+-]{0,63}")  # as relay.envelope.valid_mailbox
 _GROUP_NAME = re.compile(r"[A-Z][A-Z0-9_]{1,31}")
 _RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _DURATION = re.compile(r"(\d{1,12})(ms|s|m|h|d)")
 _DURATION_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": DAY_MS}
 RESERVED_MAILBOXES = frozenset({"postmaster"})
+
+
+def node_pattern_error(pattern: str) -> str | None:
+    """Why `pattern` is neither a node name nor `*.suffix` of one, or None."""
+    if pattern.startswith("*."):
+        return node_name_error(pattern[2:])
+    return node_name_error(pattern)
 
 
 def node_name_error(name: str) -> str | None:
@@ -171,7 +267,7 @@ def node_name_error(name: str) -> str | None:
 def mailbox_name_error(name: str) -> str | None:
     """Why `name` is not a mailbox name, or None."""
     if not _MAILBOX_NAME.fullmatch(name):
-        return f"bad mailbox name {name!r}: use 1..64 of a-z 0-9 . _ + -"
+        return f"bad mailbox name {name!r}: use 1..64 of a-z 0-9 . _ + -, not starting with '.'"
     if name in RESERVED_MAILBOXES:
         return f"mailbox name {name!r} is reserved for receipts"
     return None
@@ -434,10 +530,31 @@ class _Parser:
         federation = self.federation(self.sub(top, "federation"))
         peers = self.peers(top.tables("peers"), node.name if node else None)
         log = self.log(self.sub(top, "log"))
+        metrics = self.metrics(self.sub(top, "metrics"))
+        routes = self.routes(top.tables("routes"), node.name if node else None)
+        relay_cfg = self.relay(self.sub(top, "relay"))
+        authorities = self.authorities(top.tables("authorities"), policy)
+        trust = self.trust(self.sub(top, "trust"))
+        limits = self.limits(self.sub(top, "limits"))
         top.done(_LATER_TABLES)
         if node is None or policy is None:
             return None
-        return Config(self.file, node, policy, retention, federation, peers, mailboxes, log)
+        return Config(
+            self.file,
+            node,
+            policy,
+            retention,
+            federation,
+            peers,
+            mailboxes,
+            log,
+            metrics,
+            routes=routes,
+            relay=relay_cfg,
+            authorities=authorities,
+            trust=trust,
+            limits=limits,
+        )
 
     def sub(self, top: _Table, key: str) -> _Table:
         """An optional table; absent (or reported as mistyped) reads as empty."""
@@ -465,34 +582,102 @@ class _Parser:
         public_url = t.string("public_url", check=url_error)
         key_value = t.string("key_file", required=True)
         key_file = None if key_value is None else self.resolve(key_value)
-        if key_file is not None and (reason := check_key_file(key_file)) is not None:
-            t.error("key_file", reason)
+        signing: str | None = None
+        if key_file is not None:
+            try:
+                signing = public_key_string(load_private_key(key_file).public_key())
+            except KeyFileError as e:
+                t.error("key_file", e.detail)
+        retired, revoked = self.node_keys(t, signing)
+        tls_files = {k: self.resolve(v) if (v := t.string(k)) else None for k in _TLS_KEYS}
+        for tls_key, problem in tls_files_errors(*tls_files.values()):
+            t.error(tls_key, problem)
         database = self.resolve(t.string("database") or "relay.db")
         max_body = t.integer("max_body_bytes", 16 * 1024 * 1024, 1024, 2**31)
         lifetime = t.duration_ms("queue_lifetime", 5 * DAY_MS)
         certificates: list[Path] = []
         for value in t.strings("certificates") or []:
             cert = self.resolve(value)
-            if not cert.is_file():
-                t.error("certificates", f"no such certificate file: {cert}")
+            if (reason := own_certificate_error(cert, name)) is not None:
+                t.error("certificates", reason)
             certificates.append(cert)
         admin = t.string("admin_token_sha256", check=_sha256_error)
         t.done(_LATER_NODE_KEYS)
         if name is None or jurisdiction is None or listen is None or key_file is None:
             return None
+        scheme = "https" if tls_files["tls_cert"] is not None else "http"
         return NodeConfig(
             name=name,
             jurisdiction=jurisdiction,
             listen_host=host,
             listen_port=port,
-            public_url=(public_url or f"http://{listen}").rstrip("/"),
+            public_url=(public_url or f"{scheme}://{listen}").rstrip("/"),
             key_file=key_file,
             database=database,
             max_body_bytes=max_body,
             queue_lifetime_ms=lifetime,
             certificates=tuple(certificates),
             admin_token_sha256=admin,
+            retired_keys=retired,
+            revoked_keys=revoked,
+            tls_cert=tls_files["tls_cert"],
+            tls_key=tls_files["tls_key"],
+            ca_file=tls_files["ca_file"],
         )
+
+    def node_keys(
+        self, t: _Table, signing: str | None
+    ) -> tuple[tuple[RetiredKey, ...], tuple[str, ...]]:
+        """`[node] retired_keys` and `revoked_keys` (relay.keyring says what they mean).
+
+        Every key appears once across the signing, retired and revoked keys, and
+        key ids are distinct, since the node document is keyed by key id.
+        """
+        seen: dict[str, str] = {} if signing is None else {key_id(signing): "the signing key"}
+        revoked: list[str] = []
+        for key in t.strings("revoked_keys") or []:
+            if (reason := _public_key_error(key)) is not None:
+                t.error("revoked_keys", reason)
+            elif key == signing:
+                t.error(
+                    "revoked_keys",
+                    f"{key} is the signing key (key_file); a revoked key never signs: "
+                    "`relay key revoke DIR KEYID` makes a new signing key first",
+                )
+            elif key in revoked:
+                t.error("revoked_keys", f"key {key!r} listed twice")
+            else:
+                revoked.append(key)
+        retired: list[RetiredKey] = []
+        entries = t.raw("retired_keys", list) or []
+        for i, entry in enumerate(entries):
+            where = f"retired_keys[{i}]"
+            if not isinstance(entry, dict):
+                t.error("retired_keys", f"{where}: expected {{key = ..., valid_until = ...}}")
+                continue
+            if extra := sorted(set(entry) - {"key", "valid_until"}):
+                t.error("retired_keys", f"{where}: unknown key {extra[0]!r}")
+            value, until = entry.get("key"), entry.get("valid_until")
+            retired_key = value if isinstance(value, str) else ""
+            fault = _public_key_error(retired_key) if retired_key else "key: expected a string"
+            if fault is None and retired_key in revoked:
+                fault = f"{retired_key} is also in revoked_keys; a key is retired or revoked"
+            elif fault is None and key_id(retired_key) in seen:
+                what = seen[key_id(retired_key)]
+                fault = f"{retired_key} has the key id {key_id(retired_key)!r} of {what}"
+            if fault is not None:
+                t.error("retired_keys", f"{where}: {fault}")
+                continue
+            if not isinstance(until, datetime.datetime) or until.utcoffset() is None:
+                t.error(
+                    "retired_keys",
+                    f"{where}: valid_until: expected a date-time with a UTC offset, "
+                    "such as 2030-01-31T12:00:00Z",
+                )
+                continue
+            seen[key_id(retired_key)] = where
+            retired.append(RetiredKey(retired_key, int(until.timestamp() * 1000)))
+        return tuple(retired), tuple(revoked)
 
     # -- [policy] -------------------------------------------------------------
 
@@ -628,7 +813,7 @@ class _Parser:
             senders = _condition(
                 r, "sender", lambda s: None if s in mailbox_names else f"no mailbox {s!r} here"
             )
-            dest_nodes = _condition(r, "dest_node", node_name_error)
+            dest_nodes = _condition(r, "dest_node", node_pattern_error)
             ctypes = _condition(r, "ctype", lambda s: None if s.strip() else "empty content type")
             dest_j = None
             if (names := r.strings("dest_jurisdiction", single=True)) is not None:
@@ -689,12 +874,115 @@ class _Parser:
         t.done()
         return config
 
+    def limits(self, t: _Table) -> LimitsConfig:
+        d = LimitsConfig()
+        config = LimitsConfig(
+            client_rate=t.integer("client_rate", d.client_rate, 0, 10**9),
+            client_burst=t.integer("client_burst", d.client_burst, 1, 10**9),
+            peer_rate=t.integer("peer_rate", d.peer_rate, 0, 10**9),
+            peer_burst=t.integer("peer_burst", d.peer_burst, 1, 10**9),
+            max_queued=t.integer("max_queued", d.max_queued, 0, 2**62),
+            max_pending_writes=t.integer("max_pending_writes", d.max_pending_writes, 0, 10**9),
+        )
+        t.done()
+        return config
+
     def log(self, t: _Table) -> LogConfig:
         d = LogConfig()
         log_format = t.string("format", check=_one_of("text", "json"))
         level = t.string("level", check=_one_of("debug", "info", "warning", "error"))
         t.done()
         return LogConfig(format=log_format or d.format, level=level or d.level)
+
+    def metrics(self, t: _Table) -> MetricsConfig:
+        listen = t.string("listen")
+        host: str | None = None
+        port = 0
+        if listen is not None:
+            try:
+                host, port = parse_listen(listen)
+            except ValueError as e:
+                t.error("listen", str(e))
+        token = t.string("token_sha256", check=_sha256_error)
+        t.done()
+        return MetricsConfig(listen_host=host, listen_port=port, token_sha256=token)
+
+    # -- [[routes]], [relay], [[authorities]], [trust] ---------------------------
+
+    def routes(self, tables: list[_Table], own_name: str | None) -> tuple[Route, ...]:
+        routes: list[Route] = []
+        first: dict[str, int] = {}
+        for r in tables:
+            to = r.string("to", required=True, check=node_pattern_error)
+            via = r.string("via", required=True, check=node_name_error)
+            if to is not None and to in first:
+                r.error(
+                    "to",
+                    f"a route to {to!r} is already at line {first[to]}; the first match "
+                    "wins, so this one would never apply",
+                )
+                to = None
+            elif to is not None:
+                first[to] = self.line((*r.path, "to"))
+            if via is not None and via == own_name:
+                r.error("via", f"{via!r} is this node itself; a route must lead elsewhere")
+                via = None
+            elif via is not None and via == to:
+                r.error("via", f"{via!r} is the destination itself; without a route it is direct")
+                via = None
+            r.done()
+            if to is not None and via is not None:
+                routes.append(Route(to, via))
+        return tuple(routes)
+
+    def relay(self, t: _Table) -> RelayConfig:
+        lists: dict[str, tuple[str, ...]] = {}
+        for key in ("for_origins", "for_destinations"):
+            values = t.strings(key) or []
+            for value in values:
+                if (reason := node_pattern_error(value)) is not None:
+                    t.error(key, reason)
+            lists[key] = tuple(dict.fromkeys(values))
+        t.done()
+        return RelayConfig(lists["for_origins"], lists["for_destinations"])
+
+    def authorities(self, tables: list[_Table], policy: Policy | None) -> tuple[Authority, ...]:
+        groups = policy.groups if policy else {}
+        out: list[Authority] = []
+        first: dict[str, int] = {}
+        for a in tables:
+            name = a.string("name", required=True, check=node_name_error)
+            if name is not None and name in first:
+                a.error("name", f"duplicate authority {name!r} (first at line {first[name]})")
+                name = None
+            elif name is not None:
+                first[name] = self.line((*a.path, "name"))
+            key = a.string("key", required=True, check=_public_key_error)
+            codes: frozenset[str] = frozenset()
+            names = a.strings("jurisdictions", required=True)
+            if names is not None and not names:
+                a.error("jurisdictions", "an authority must be trusted for at least one")
+            elif names is not None:
+                codes = self.expand(names, groups, set(groups), a, "jurisdictions")
+            a.done()
+            if name is not None and key is not None and codes:
+                out.append(Authority(name, key, codes))
+        return tuple(out)
+
+    def trust(self, t: _Table) -> TrustConfig:
+        explicit_dir = t.string("certificates_dir")
+        explicit_revoked = t.string("revoked")
+        t.done()
+        certificates_dir = self.resolve(explicit_dir or "certs")
+        if explicit_dir is not None and not certificates_dir.is_dir():
+            t.error("certificates_dir", f"no such directory: {certificates_dir}")
+        revoked = self.resolve(explicit_revoked or "revoked.txt")
+        if explicit_revoked is not None and not revoked.is_file():
+            t.error("revoked", f"no such file: {revoked}")
+        elif revoked.is_file():
+            for reason in revoked_file_errors(revoked):
+                t.error("revoked", reason)
+        return TrustConfig(certificates_dir, revoked)
 
     # -- [[peers]], [[mailboxes]] ---------------------------------------------
 
@@ -724,11 +1012,21 @@ class _Parser:
                     continue
                 if key in (keys or [])[:i]:
                     p.error("keys", f"key {key!r} listed twice")
+            revoked = p.strings("revoked_keys") or []
+            for i, key in enumerate(revoked):
+                if (reason := _public_key_error(key)) is not None:
+                    p.error("revoked_keys", reason)
+                elif key in revoked[:i]:
+                    p.error("revoked_keys", f"key {key!r} listed twice")
+                elif key in (keys or []):
+                    p.error(
+                        "revoked_keys",
+                        f"key {key!r} is also in keys; a revoked key is removed from keys",
+                    )
             p.done()
             if name is not None and jurisdiction is not None and keys:
-                peers.append(
-                    Peer(name, url.rstrip("/") if url else None, jurisdiction, tuple(keys))
-                )
+                url_ = url.rstrip("/") if url else None
+                peers.append(Peer(name, url_, jurisdiction, tuple(keys), tuple(revoked)))
         return tuple(peers)
 
     def mailboxes(self, tables: list[_Table]) -> tuple[Mailbox, ...]:
@@ -743,9 +1041,12 @@ class _Parser:
                 first[name] = self.line((*m.path, "name"))
             token = m.string("token_sha256", required=True, check=_sha256_error)
             webhook = m.string("webhook", check=url_error)
+            webhook_j = m.string("webhook_jurisdiction", check=country_error)
+            if webhook_j is not None and "webhook" not in m.data:
+                m.error("webhook_jurisdiction", "set only together with webhook")
             m.done()
             if name is not None and token is not None:
-                mailboxes.append(Mailbox(name, token, webhook))
+                mailboxes.append(Mailbox(name, token, webhook, webhook_j))
         return tuple(mailboxes)
 
 
@@ -775,6 +1076,43 @@ def _sha256_error(value: str) -> str | None:
     if _SHA256_HEX.fullmatch(value):
         return None
     return "expected 64 lowercase hex digits (a SHA-256)"
+
+
+def _public_key_error(value: str) -> str | None:
+    try:
+        parse_public_key(value)
+    except MalformedError as e:
+        return e.detail
+    return None
+
+
+def own_certificate_error(path: Path, node_name: str | None) -> str | None:
+    """Why `path` is not a certificate file for this node (one base64 line), or None."""
+    try:
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        return f"no such certificate file: {path}"
+    except (OSError, UnicodeDecodeError) as e:
+        return f"{path}: cannot read: {e}"
+    lines = certificate_lines(text)
+    if len(lines) != 1:
+        return f"{path}: expected one certificate line, found {len(lines)}"
+    try:
+        cert, _, _ = open_certificate(decode_line(lines[0][1]))
+    except MalformedError as e:
+        return f"{path}: {e.detail}"
+    if node_name is not None and cert.name != node_name:
+        return f"{path}: the certificate is for {cert.name!r}, not this node {node_name!r}"
+    return None
+
+
+def revoked_file_errors(path: Path) -> list[str]:
+    """Problems of a revocation list file, each as `FILE:LINE: reason`."""
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as e:
+        return [f"{path}: cannot read: {e}"]
+    return [f"{path}:{line}: {reason}" for line, reason in parse_revoked(text)[1]]
 
 
 def _rule_id_error(value: str) -> str | None:

@@ -155,6 +155,17 @@ class Unavailable(RelayError):
     code = "unavailable"
 
 
+class Busy(RelayError):
+    """The node is behind (store write backlog, queue over its bound): retry later."""
+
+    status = 503
+    code = "busy"
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 # --- item-level ------------------------------------------------------------
 
 

@@ -46,6 +46,12 @@ class KeyFileError(RelayError):
 def generate_key_file(path: Path) -> Ed25519PrivateKey:
     """Create a new Ed25519 key at `path` (mode 0600); FileExistsError if it exists."""
     key = Ed25519PrivateKey.generate()
+    write_key_file(path, key)
+    return key
+
+
+def write_key_file(path: Path, key: Ed25519PrivateKey) -> None:
+    """Write `key` to a new file at `path` (mode 0600); FileExistsError if it exists."""
     pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
@@ -58,7 +64,6 @@ def generate_key_file(path: Path) -> Ed25519PrivateKey:
         raise
     os.close(fd)
     fsync_dir(path.parent)
-    return key
 
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:

@@ -17,6 +17,8 @@ import msgpack
 from relay.envelope import Envelope, header_digest
 from relay.store import Store, Tx
 
+IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's variable limit
+
 # --- envelopes ---------------------------------------------------------------
 
 
@@ -38,13 +40,19 @@ async def existing_digests(
 ) -> dict[tuple[str, bytes], bytes]:
     """Header digests already stored for these (origin, id) pairs."""
     found: dict[tuple[str, bytes], bytes] = {}
-    for origin, ident in keys:
+    wanted = set(keys)
+    ids = list({ident for _, ident in keys})
+    for start in range(0, len(ids), IN_CHUNK):
+        chunk = ids[start : start + IN_CHUNK]
+        marks = ",".join("?" * len(chunk))
         async with tx.execute(
-            "SELECT hdigest FROM envelopes WHERE origin = ? AND id = ?", (origin, ident)
+            f"SELECT origin, id, hdigest FROM envelopes WHERE id IN ({marks})",
+            chunk,
         ) as cur:
-            row = await cur.fetchone()
-        if row is not None:
-            found[(origin, ident)] = bytes(row[0])
+            for origin, ident, digest in await cur.fetchall():
+                key = (origin, bytes(ident))
+                if key in wanted:
+                    found[key] = bytes(digest)
     return found
 
 
@@ -56,14 +64,18 @@ async def insert_envelopes(tx: Tx, items: Sequence[NewEnvelope], now: int) -> li
         "INSERT OR IGNORE INTO payloads (sha, body) VALUES (?, ?)",
         [(it.env.header.sha256, it.env.payload) for it in items],
     )
-    rids: list[int] = []
-    for it in items:
+    # The writer is the only one inserting, inside its transaction, so rowids
+    # can be assigned here and the rows inserted in one executemany.
+    async with tx.execute("SELECT coalesce(max(rid), 0) FROM envelopes") as cur:
+        row = await cur.fetchone()
+    first = int(row[0]) + 1 if row else 1
+    rids = list(range(first, first + len(items)))
+    rows = []
+    for rid, it in zip(rids, items, strict=True):
         h = it.env.header
-        cur = await tx.execute(
-            "INSERT INTO envelopes (origin, id, hdigest, header, signature, payload_sha, trace,"
-            " kind, sender, dest, created, expires, received, size, residency, from_peer,"
-            " rule_id, policy_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        rows.append(
             (
+                rid,
                 h.origin,
                 h.id,
                 header_digest(it.env.header_bytes),
@@ -82,12 +94,15 @@ async def insert_envelopes(tx: Tx, items: Sequence[NewEnvelope], now: int) -> li
                 it.from_peer,
                 it.rule_id,
                 it.policy_hash,
-            ),
+                it.hop,
+            )
         )
-        rid = cur.lastrowid
-        await cur.close()
-        assert rid is not None
-        rids.append(rid)
+    await tx.executemany(
+        "INSERT INTO envelopes (rid, origin, id, hdigest, header, signature, payload_sha, trace,"
+        " kind, sender, dest, created, expires, received, size, residency, from_peer,"
+        " rule_id, policy_hash, hop) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        rows,
+    )
     queue_rows = [(rid, it.hop, now) for rid, it in zip(rids, items, strict=True) if it.hop]
     if queue_rows:
         await tx.executemany("INSERT INTO queue (rid, hop, enqueued) VALUES (?, ?, ?)", queue_rows)
@@ -101,12 +116,22 @@ async def insert_envelopes(tx: Tx, items: Sequence[NewEnvelope], now: int) -> li
     return rids
 
 
-async def add_recipients(
-    tx: Tx, msg: bytes, rid: int, mailbox: str, addresses: Iterable[str], status: str, now: int
-) -> None:
+RecipientRow = tuple[bytes, str, int, str, str, int]  # msg, address, rid, mailbox, status, at
+
+
+async def add_recipients(tx: Tx, rows: Iterable[RecipientRow]) -> None:
     await tx.executemany(
         "INSERT INTO recipients (msg, address, rid, mailbox, status, at) VALUES (?,?,?,?,?,?)",
-        [(msg, a, rid, mailbox, status, now) for a in addresses],
+        rows,
+    )
+
+
+async def set_status_many(tx: Tx, rids: Sequence[int], status: str, reason: str, now: int) -> None:
+    """`set_status` for every recipient of many envelopes, in one statement batch."""
+    await tx.executemany(
+        "UPDATE recipients SET status = ?, reason = ?, at = ?"
+        " WHERE rid = ? AND status NOT IN ('delivered', 'rejected', 'expired')",
+        [(status, reason, now, rid) for rid in rids],
     )
 
 
@@ -256,9 +281,20 @@ async def stored_results(store: Store, peer: str, batch: bytes) -> dict[bytes, s
     row = await store.fetchone(
         "SELECT results FROM batches WHERE peer = ? AND batch = ?", (peer, batch)
     )
-    if row is None:
-        return None
-    raw = msgpack.unpackb(row[0], raw=False)
+    return _results(row[0]) if row is not None else None
+
+
+async def stored_results_tx(tx: Tx, peer: str, batch: bytes) -> dict[bytes, str] | None:
+    """`stored_results` inside the writer's transaction (sees concurrent commits)."""
+    async with tx.execute(
+        "SELECT results FROM batches WHERE peer = ? AND batch = ?", (peer, batch)
+    ) as cur:
+        row = await cur.fetchone()
+    return _results(row[0]) if row is not None else None
+
+
+def _results(blob: bytes) -> dict[bytes, str]:
+    raw = msgpack.unpackb(blob, raw=False)
     return {bytes(k): str(v) for k, v in raw.items()}
 
 
@@ -281,7 +317,7 @@ async def record_batch(
     tx: Tx, peer: str, batch: bytes, results: dict[bytes, str], now: int
 ) -> None:
     await tx.execute(
-        "INSERT OR REPLACE INTO batches (peer, batch, results, at) VALUES (?, ?, ?, ?)",
+        "INSERT OR IGNORE INTO batches (peer, batch, results, at) VALUES (?, ?, ?, ?)",
         (peer, batch, msgpack.packb(results, use_bin_type=True), now),
     )
 

@@ -13,22 +13,30 @@ import contextlib
 import functools
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
-from relay import ledger
+from relay import certstore, expiry, ledger, retention
 from relay.api import client as client_api
+from relay.api.admin import AdminServer
 from relay.config import Config, load_config
 from relay.errors import RelayError
 from relay.federation import inbound, receipts
 from relay.federation.outbound import Sender
+from relay.keyring import published_keys
 from relay.keys import load_private_key
 from relay.logs import event
+from relay.metrics import serve as serve_metrics
 from relay.node_state import NodeState, wall_clock_ms
+from relay.recheck import recheck
+from relay.reload import ReloadResult, on_sighup, reload_config
 from relay.store import open_store
+from relay.tls import client_context, reload_server_files, server_context
+from relay.webhooks import Webhooks
 
 log = logging.getLogger("relay.node")
 
@@ -43,10 +51,10 @@ def node_document(state: NodeState) -> dict[str, object]:
         "name": state.name,
         "jurisdiction": cfg.node.jurisdiction,
         "url": cfg.node.public_url,
-        "keys": {state.key_id: {"key": state.key_string, "valid_until": 0}},
+        "keys": published_keys(cfg.node, state.key_string, state.now_ms()),
         "max_body_bytes": cfg.node.max_body_bytes,
         "mode": state.policy.mode,
-        "certificates": [],
+        "certificates": state.trust.own_certificate_lines,
     }
 
 
@@ -64,27 +72,39 @@ class Node:
         self.senders: dict[str, Sender] = {}
         self.tasks: list[asyncio.Task[None]] = []
         self.port = 0
+        self.metrics_runner: web.AppRunner | None = None  # with [metrics] listen
+        self.webhooks: Webhooks | None = None
+        self.admin: AdminServer | None = None  # DIR/admin.sock, relay.api.admin
+        self.server_ssl: ssl.SSLContext | None = None  # [node] tls_cert/tls_key, relay.tls
 
     async def start(self) -> None:
         cfg = self.config
         key = load_private_key(cfg.node.key_file)
+        if cfg.node.tls_cert is not None and cfg.node.tls_key is not None:
+            self.server_ssl = server_context(cfg.node.tls_cert, cfg.node.tls_key)
+        client_ssl = client_context(cfg.node.ca_file)  # both before anything is opened
         store = await open_store(cfg.node.database)
         state = NodeState(cfg, key, store, clock=self.clock)
         self.state = state
         state.wake_hop = self._wake
+        state.trust.learn(await certstore.load(store, state.now_ms()), saved=True)
+        await recheck(state)  # queued envelopes under the policy now in force, before any send
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit_per_host=4, keepalive_timeout=60),
+            connector=aiohttp.TCPConnector(limit_per_host=4, keepalive_timeout=60, ssl=client_ssl),
             headers={"User-Agent": "relay/0.1"},
         )
         app = web.Application(client_max_size=cfg.node.max_body_bytes * 2 + 65536)
         app[NodeState.KEY] = state
         app.router.add_get("/.well-known/relay", well_known)
-        app.router.add_post(inbound.BATCH_PATH, inbound.handle_batch)
+        app.router.add_post(
+            inbound.BATCH_PATH, inbound.handle_batch, expect_handler=inbound.expect_continue
+        )
         client_api.add_routes(app)
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self.metrics_runner = await serve_metrics(state, app)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10)
         await self.runner.setup()
         site = web.TCPSite(
-            self.runner, cfg.node.listen_host, cfg.node.listen_port, shutdown_timeout=10
+            self.runner, cfg.node.listen_host, cfg.node.listen_port, ssl_context=self.server_ssl
         )
         await site.start()
         addresses = self.runner.addresses
@@ -94,6 +114,12 @@ class Node:
             self._wake(hop)
         self.tasks.append(asyncio.create_task(receipts.run_flusher(state), name="receipts"))
         self.tasks.append(asyncio.create_task(self._prune_loop(), name="prune"))
+        self.tasks.append(asyncio.create_task(retention.run_purger(state), name="purge"))
+        self.tasks.append(asyncio.create_task(expiry.run_sweeper(state), name="expiry"))
+        self.webhooks = Webhooks(state, self.session)
+        await self.webhooks.sync()
+        self.admin = AdminServer(state)
+        await self.admin.start()
         event(
             log,
             "node_started",
@@ -134,6 +160,20 @@ class Node:
                 event(log, "prune_failed", logging.ERROR, detail=e.detail)
             await asyncio.sleep(60)
 
+    async def reload(self) -> ReloadResult:
+        """SIGHUP: re-read node.toml into the running node (relay.reload)."""
+        assert self.state is not None
+        result = await reload_config(self.state)
+        if result.applied and self.webhooks is not None:
+            await self.webhooks.sync()
+        node_cfg = self.state.config.node
+        if result.applied and self.server_ssl and node_cfg.tls_cert and node_cfg.tls_key:
+            try:  # a renewed certificate at the same paths needs no restart
+                reload_server_files(self.server_ssl, node_cfg.tls_cert, node_cfg.tls_key)
+            except RelayError as e:
+                event(log, "tls_reload_failed", logging.ERROR, detail=e.detail)
+        return result
+
     async def stop(self) -> None:
         """Stop accepting, finish in-flight requests and commits, close the store."""
         state = self.state
@@ -143,8 +183,14 @@ class Node:
         state.wake_all_inboxes()
         if self.runner is not None:
             await self.runner.cleanup()  # closes listeners, waits for in-flight handlers
+        if self.admin is not None:
+            await self.admin.stop()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
         for sender in self.senders.values():
             await sender.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         for task in self.tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -166,6 +212,7 @@ async def run_node(directory: Path) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_sighup, node.reload)
     try:
         await stop.wait()
     finally:

@@ -16,11 +16,14 @@ from typing import ClassVar
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay import ledger
+from relay import fault, ledger
+from relay.backpressure import Backpressure
 from relay.config import Config
 from relay.envelope import Envelope, decode_receipt
 from relay.keystr import key_id, public_key_string
 from relay.logs import event
+from relay.metrics import Metrics
+from relay.ratelimit import Limits
 from relay.residency import Policy, policy_hash
 from relay.store import Store, Tx
 from relay.trust import Trust
@@ -46,31 +49,46 @@ class NodeState:
         clock: Callable[[], int] = wall_clock_ms,
         random: Callable[[int], bytes] = os.urandom,
     ) -> None:
-        self.key = key
         self.store = store
         self.now_ms = clock
         self.random = random
-        self.key_string = public_key_string(key.public_key())
-        self.key_id = key_id(self.key_string)
+        self.use_key(key)
         self.stopping = False
-        # Fault injection for crash tests: "exit_after_commit" makes the node
-        # die after committing a received batch and before answering it.
+        # Fault injection for crash tests (relay.fault): "exit_after_commit"
+        # makes the node die after committing a received batch and before
+        # answering it; "commit_delay_ms=N" holds each transaction open.
         self.fault = os.environ.get("RELAY_FAULT", "")
+        self.faults = fault.install(store, self.fault)
         self._nonces: set[tuple[str, str]] = set()
         self._inbox_events: dict[str, asyncio.Event] = {}
         self._dirty_inboxes: set[str] = set()
         self._dirty_hops: set[str] = set()
         self.wake_hop: Callable[[str], None] = lambda hop: None
+        self.metrics = Metrics()
+        self.backpressure = Backpressure(store)  # write slots, queue length ([limits])
         self.load(config)
         store.on_commit(self._after_commit)
+
+    def use_key(self, key: Ed25519PrivateKey) -> None:
+        """Sign with `key` from now on (start, and a reload after `relay key rotate`).
+
+        Key, key string and key id change together, between two awaits, so
+        nothing is ever signed with one key and labelled with another's id.
+        """
+        self.key = key
+        self.key_string = public_key_string(key.public_key())
+        self.key_id = key_id(self.key_string)
 
     def load(self, config: Config) -> None:
         """Take a (re)loaded config: peers, mailboxes, policy."""
         self.config = config
         self.name = config.node.name
-        self.trust = Trust(config)
+        old: Trust | None = getattr(self, "trust", None)  # keep what peers taught us
+        self.trust = Trust(config, clock=self.now_ms, learned=old.learned_blobs() if old else ())
         self.policy: Policy = config.policy
         self.policy_hash = policy_hash(config.policy)
+        self.limits = Limits.renew(getattr(self, "limits", None), config.limits)
+        self.store.max_backlog = config.limits.max_pending_writes
 
     # --- replay guard for requests still in flight ---------------------------
 
@@ -120,13 +138,15 @@ class NodeState:
         """Record what a receipt says about envelopes this node originated.
 
         An entry counts only when the receipt's writer is that envelope's
-        destination; other entries are logged and ignored.
+        destination, or, for `rejected` and `expired`, the node this node
+        handed it to (the relay on its path); `delivered` comes only from the
+        destination. Other entries are logged and ignored.
         """
         receipt = decode_receipt(env.payload)
         writer = env.header.origin
         for ident, recipients in receipt.entries:
             async with tx.execute(
-                "SELECT rid, dest, kind FROM envelopes WHERE origin = ? AND id = ?",
+                "SELECT rid, dest, kind, hop FROM envelopes WHERE origin = ? AND id = ?",
                 (self.name, ident),
             ) as cur:
                 row = await cur.fetchone()
@@ -140,14 +160,18 @@ class NodeState:
                     reason="no message with this id originated here",
                 )
                 continue
-            if row[1] != writer:
+            dest, hop = row[1], row[3]
+            relay_may = receipt.status != "delivered" and hop == writer
+            if writer != dest and not relay_may:
+                path = dest if hop in (None, dest) else f"{dest} or (not delivered) relay {hop}"
                 event(
                     log,
                     "receipt_entry_ignored",
                     logging.WARNING,
                     peer=writer,
                     envelope=ident,
-                    reason=f"the writer is not the destination {row[1]}",
+                    status=receipt.status,
+                    reason=f"the writer is not on this envelope's path ({path})",
                 )
                 continue
             await ledger.set_status(

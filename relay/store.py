@@ -9,7 +9,12 @@ Invariants:
   callers in a single transaction (group commit). A caller's future resolves
   only after COMMIT returned, so nothing is acknowledged before it is durable.
   Each job runs inside its own SAVEPOINT: one job failing rolls back only
-  itself.
+  itself. When SQLite rolls back the whole transaction (disk full, I/O
+  error), every job of it fails with StoreError (503): nothing is reported
+  stored that was not, and the writer goes on with the next transaction.
+- Every sqlite error reaches callers as StoreError, reads included; a storage
+  failure (full, read-only, I/O) sets `trouble` until a transaction commits
+  cleanly again.
 - Reads use a second connection; WAL gives them the last committed state.
 - Payloads are content-addressed by sha256 and stored once.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -28,13 +34,16 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from relay.errors import RelayError, StoreError
+from relay.errors import Busy, RelayError, StoreError
+from relay.logs import event
+
+log = logging.getLogger("relay.store")
 
 T = TypeVar("T")
 Tx = aiosqlite.Connection
 Job = Callable[[Tx], Awaitable[T]]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 4
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -145,6 +154,57 @@ CREATE TABLE decisions (
 );
 CREATE INDEX decisions_envelope ON decisions (envelope);
 """,
+    # Retention (relay.retention): `discard` marks content that a deletion
+    # path wants gone but a minimum retention still holds; every purge is
+    # recorded in `purges` with what it deleted.
+    2: """
+ALTER TABLE envelopes ADD COLUMN discard INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX envelopes_payload ON envelopes (payload_sha);
+CREATE INDEX envelopes_received ON envelopes (received);
+CREATE INDEX envelopes_content ON envelopes (received) WHERE payload_sha IS NOT NULL;
+CREATE INDEX envelopes_discard ON envelopes (received)
+    WHERE discard = 1 AND payload_sha IS NOT NULL;
+CREATE INDEX decisions_at ON decisions (at);
+CREATE TABLE purges (
+    seq INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    contents INTEGER NOT NULL DEFAULT 0,
+    payloads INTEGER NOT NULL DEFAULT 0,
+    payload_bytes INTEGER NOT NULL DEFAULT 0,
+    ended INTEGER NOT NULL DEFAULT 0,
+    envelopes INTEGER NOT NULL DEFAULT 0,
+    inbox INTEGER NOT NULL DEFAULT 0,
+    recipients INTEGER NOT NULL DEFAULT 0,
+    decisions INTEGER NOT NULL DEFAULT 0
+);
+""",
+    # Webhooks (relay.webhooks): per mailbox, the last inbox seq handled
+    # (POSTed and acked, or refused by residency) and the retry state.
+    3: """
+CREATE TABLE webhook_state (
+    mailbox TEXT PRIMARY KEY,
+    cursor INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    next_try INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    delivered INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+""",
+    # Relaying (relay.routing, relay.certstore): `hop` is the node this node
+    # handed an envelope to (its path as far as this node knows it, used to
+    # accept receipts from a relay); `certificates` keeps node certificates
+    # other nodes carried in batch items, with their validity.
+    4: """
+ALTER TABLE envelopes ADD COLUMN hop TEXT;
+CREATE TABLE certificates (
+    fingerprint TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    not_after INTEGER NOT NULL,
+    blob BLOB NOT NULL,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
+""",
 }
 
 TABLES = (
@@ -159,6 +219,9 @@ TABLES = (
     "peer_state",
     "idempotency",
     "decisions",
+    "purges",
+    "webhook_state",
+    "certificates",
 )
 
 
@@ -185,6 +248,16 @@ class Store:
         self._after_commit: list[Callable[[], None]] = []
         self.commits = 0
         self.max_jobs_per_commit = 512
+        # Fault injection (relay.fault): awaited after a transaction's jobs ran
+        # and before its COMMIT, so crash tests can kill the process inside it.
+        self.before_commit: Callable[[], Awaitable[None]] | None = None
+        # Jobs that may wait for the writer before `write(admit=True)` answers
+        # Busy ([limits] max_pending_writes; 0 = no bound).
+        self.max_backlog = 0
+        # Why the last transaction failed for a storage reason (disk full,
+        # read-only, I/O error) until one commits cleanly; readyz reports it.
+        self.trouble: str | None = None
+        self._storage_failure: sqlite3.Error | None = None
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -210,10 +283,23 @@ class Store:
 
     # --- writing -------------------------------------------------------------
 
-    async def write(self, job: Job[T]) -> T:
-        """Run `job` in the next group-commit transaction; return once committed."""
+    def check_backlog(self) -> None:
+        """Busy (503) while `max_backlog` or more jobs wait for the writer (0: no bound)."""
+        waiting = self._jobs.qsize()
+        if self.max_backlog and waiting >= self.max_backlog:
+            raise Busy(f"the store writer is behind ({waiting} writes waiting); retry shortly")
+
+    async def write(self, job: Job[T], *, admit: bool = False) -> T:
+        """Run `job` in the next group-commit transaction; return once committed.
+
+        With `admit` (request handlers), refuse with Busy rather than queue past
+        `max_backlog`; the node's own tasks always queue (there are few of them).
+        StoreError (503) when the database refused: nothing of the job is stored.
+        """
         if self._writer is None:
             raise StoreError("the store is not accepting writes")
+        if admit:
+            self.check_backlog()
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         await self._jobs.put(_Pending(job, fut))
         return await fut
@@ -234,52 +320,96 @@ class Store:
             await self._run_batch(batch)
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
-        outcomes: list[tuple[_Pending, Any, BaseException | None]] = []
+        self._storage_failure = None
         try:
             await self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
-            err = StoreError(f"cannot begin a transaction: {e}")
-            for p in batch:
-                _settle(p.future, None, err)
+            self._set_trouble(e)
+            _fail(batch, StoreError(f"cannot begin a transaction, nothing was stored: {e}"))
             return
+        outcomes: list[tuple[_Pending, Any, BaseException | None]] = []
         for p in batch:
-            await self._db.execute("SAVEPOINT job")
             try:
-                result = await p.job(self._db)
-            except Exception as e:  # noqa: BLE001 - re-raised in the caller by its future
-                await self._db.execute("ROLLBACK TO job")
-                await self._db.execute("RELEASE job")
-                if isinstance(e, sqlite3.Error):
-                    e = StoreError(f"database error: {e}")
-                outcomes.append((p, None, e))
-            else:
-                await self._db.execute("RELEASE job")
-                outcomes.append((p, result, None))
+                outcomes.append(await self._run_job(p))
+            except sqlite3.Error as e:  # a SAVEPOINT statement itself failed
+                await self._abandon(batch, e)
+                return
+            if not self._db.in_transaction:
+                # SQLite rolled the whole transaction back (disk full, I/O
+                # error): the jobs before this one are gone too.
+                await self._abandon(batch, outcomes[-1][2] or "the transaction ended early")
+                return
+        if self.before_commit is not None:
+            await self.before_commit()
         try:
             await self._db.execute("COMMIT")
         except sqlite3.Error as e:
+            self._set_trouble(e)
             with contextlib.suppress(sqlite3.Error):
                 await self._db.execute("ROLLBACK")
-            err = StoreError(f"commit failed, nothing was stored: {e}")
-            for p, _, _ in outcomes:
-                _settle(p.future, None, err)
+            _fail(batch, StoreError(f"commit failed, nothing was stored: {e}"))
             return
         self.commits += 1
+        if self._storage_failure is not None:
+            self._set_trouble(self._storage_failure)
+        elif self.trouble is not None:
+            event(log, "store_recovered", previous=self.trouble)
+            self.trouble = None
         for p, result, exc in outcomes:
             _settle(p.future, result, exc)
         for hook in self._after_commit:
             hook()
 
+    async def _run_job(self, p: _Pending) -> tuple[_Pending, Any, BaseException | None]:
+        """Run one job inside its own SAVEPOINT; sqlite3.Error if a SAVEPOINT fails."""
+        await self._db.execute("SAVEPOINT job")
+        try:
+            result = await p.job(self._db)
+        except Exception as e:  # noqa: BLE001 - re-raised in the caller by its future
+            if isinstance(e, sqlite3.Error):
+                if storage_error(e):
+                    self._storage_failure = e
+                e = StoreError(f"database error, nothing of this request was stored: {e}")
+            if self._db.in_transaction:
+                await self._db.execute("ROLLBACK TO job")
+                await self._db.execute("RELEASE job")
+            return p, None, e
+        await self._db.execute("RELEASE job")
+        return p, result, None
+
+    async def _abandon(self, batch: list[_Pending], cause: BaseException | str) -> None:
+        """The transaction is lost: roll back what is left and fail every job of `batch`."""
+        self._set_trouble(self._storage_failure or cause)
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                await self._db.execute("ROLLBACK")
+        detail = cause.detail if isinstance(cause, RelayError) else str(cause)
+        _fail(batch, StoreError(f"the transaction was rolled back, nothing was stored: {detail}"))
+
+    def _set_trouble(self, cause: BaseException | str) -> None:
+        why = cause.detail if isinstance(cause, RelayError) else str(cause)
+        if self.trouble is None:
+            event(log, "store_trouble", logging.ERROR, detail=why)
+        self.trouble = why
+
     # --- reading -------------------------------------------------------------
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        async with self.reader.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        """Rows of a read on the last committed state; StoreError if the database fails."""
+        try:
+            async with self.reader.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read the database: {e}") from e
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        async with self.reader.execute(sql, params) as cur:
-            row: sqlite3.Row | None = await cur.fetchone()
-            return row
+        """The first row of a read, or None; StoreError if the database fails."""
+        try:
+            async with self.reader.execute(sql, params) as cur:
+                row: sqlite3.Row | None = await cur.fetchone()
+                return row
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read the database: {e}") from e
 
     async def row_counts(self) -> dict[str, int]:
         """Rows in every table; tests compare these before and after a refusal."""
@@ -292,6 +422,33 @@ class Store:
     async def pragma(self, name: str) -> str:
         row = await self.fetchone(f"PRAGMA {name}")
         return str(row[0]) if row else ""
+
+
+# Primary result codes that mean the disk or file, not the request: the
+# database is full, read-only, unreadable or gone.
+_STORAGE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_NOLFS,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
+
+
+def storage_error(e: sqlite3.Error) -> bool:
+    """True when `e` says the storage failed (full, read-only, I/O), not the SQL."""
+    code = getattr(e, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) in _STORAGE_CODES
+
+
+def _fail(batch: Iterable[_Pending], err: BaseException) -> None:
+    for p in batch:
+        _settle(p.future, None, err)
 
 
 def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
@@ -389,3 +546,36 @@ async def open_store(path: Path) -> Store:
     store = Store(path, db, reader, lock_fd)
     store.start()
     return store
+
+
+async def open_readonly(path: Path) -> tuple[Tx, int]:
+    """A read-only connection to the database at `path`, and its schema version.
+
+    Takes no lock and never writes, so admin commands may read a running
+    node's database (WAL readers see the last commit). StoreError if there is
+    no database or its schema is newer than this code.
+    """
+    if not path.is_file():
+        raise StoreError(f"{path}: no database yet (the node creates it when it first runs)")
+    try:
+        db = await aiosqlite.connect(
+            f"{path.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None
+        )
+    except sqlite3.Error as e:
+        raise StoreError(f"{path}: cannot open the database read-only: {e}") from e
+    db.row_factory = sqlite3.Row
+    try:
+        await db.execute("PRAGMA busy_timeout = 5000")
+        async with db.execute("SELECT max(version) FROM schema_version") as cur:
+            row = await cur.fetchone()
+    except sqlite3.Error as e:
+        await db.close()
+        raise StoreError(f"{path}: cannot read the database: {e}") from e
+    version = int(row[0]) if row and row[0] is not None else 0
+    if version > SCHEMA_VERSION:
+        await db.close()
+        raise StoreError(
+            f"{path} has schema version {version}, newer than this relay "
+            f"(knows up to {SCHEMA_VERSION})"
+        )
+    return db, version

@@ -2,8 +2,10 @@
 
 A message may name recipients at several nodes; it becomes one envelope per
 destination node. The message id the client sees is the first envelope's id.
-Residency is stamped and checked for every destination before anything is
-written; one refusal refuses the whole submit (nothing queued).
+Each envelope is queued for its next hop: the `via` of the first matching
+`[[routes]]` entry, else the destination itself. Residency is stamped and
+checked for every destination and planned hop before anything is written;
+one refusal refuses the whole submit (nothing queued).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from relay.errors import BadRequest, MalformedError, PolicyRefused, RelayError
 from relay.logs import event
 from relay.node_state import NodeState
 from relay.residency import Decision, check_submit, stamp
+from relay.routing import next_hop, route_for
 from relay.store import Tx
 
 log = logging.getLogger("relay.submit")
@@ -137,11 +140,9 @@ def plan(
                     raise _field_error(index, f"no mailbox {a} at this node")
             mailboxes = tuple(dict.fromkeys(names))
         elif state.trust.node(dest) is None:
-            raise PolicyRefused(
-                f"{dest} is not a node this node trusts, so its jurisdiction is unknown "
-                "and nothing may be stored there",
-                "builtin:unknown_destination",
-            )
+            raise PolicyRefused(unknown_destination(state, dest), "builtin:unknown_destination")
+        hop = dest if local else next_hop(state.config.routes, dest)
+        hops = [] if hop == dest else [(hop, state.trust.jurisdiction(hop))]
         try:
             stamped = stamp(
                 state.policy,
@@ -156,7 +157,7 @@ def plan(
         if not stamped.allowed:
             raise PolicyRefused(stamped.reason, stamped.rule)
         checked = check_submit(
-            state.policy, stamped.residency, dest_node=dest, dest_jurisdiction=dest_jur
+            state.policy, stamped.residency, dest_node=dest, dest_jurisdiction=dest_jur, hops=hops
         )
         if not checked.allowed:
             raise PolicyRefused(checked.reason, checked.rule)
@@ -182,8 +183,28 @@ def plan(
         except MalformedError as e:
             raise _field_error(index, e.detail) from None
         env = seal(header, msg["body"], state.key)
-        parts.append(Planned(env, None if local else dest, mailboxes, stamped))
+        parts.append(Planned(env, None if local else hop, mailboxes, stamped))
     return PlannedMessage(msg_id, tuple(parts), tuple(audits))
+
+
+def unknown_destination(state: NodeState, dest: str) -> str:
+    """Why nothing may be sent to `dest`: its jurisdiction is unknown here.
+
+    Discovery never builds a URL from the typed name: a destination is known
+    from config (a pinned peer, with or without URL) or from a certificate
+    this node holds, and from nothing else.
+    """
+    route = route_for(state.config.routes, dest)
+    why = state.trust.why_untrusted(dest)
+    if route is not None:
+        return (
+            f"{dest} is routed via {route.via}, but its jurisdiction is unknown here ({why}); "
+            "pin it (a [[peers]] entry without url will do) or hold a certificate for it"
+        )
+    return (
+        f"{why}, and no [[routes]] entry leads to it; nothing may be sent to a node whose "
+        "jurisdiction is unknown (this node never looks a typed name up on the network)"
+    )
 
 
 async def record(state: NodeState, tx: Tx, mailbox: str, planned: Sequence[PlannedMessage]) -> None:
@@ -202,19 +223,17 @@ async def record(state: NodeState, tx: Tx, mailbox: str, planned: Sequence[Plann
         for pm in planned
         for p in pm.parts
     ]
-    rids = await ledger.insert_envelopes(tx, items, now)
-    i = 0
+    rids = iter(await ledger.insert_envelopes(tx, items, now))
+    rows: list[ledger.RecipientRow] = []
     for pm in planned:
         for p in pm.parts:
+            rid = next(rids)
             status = "queued" if p.hop else "delivered"
-            await ledger.add_recipients(
-                tx, pm.msg_id, rids[i], mailbox, p.env.header.to, status, now
-            )
+            rows.extend((pm.msg_id, a, rid, mailbox, status, now) for a in p.env.header.to)
             if p.hop:
                 state.note_hop(p.hop)
             else:
                 state.note_inbox(p.mailboxes)
-            i += 1
         for dest, d in pm.audits:
             await ledger.record_decision(
                 tx,
@@ -227,6 +246,7 @@ async def record(state: NodeState, tx: Tx, mailbox: str, planned: Sequence[Plann
                 reason=d.reason,
                 policy_hash=state.policy_hash,
             )
+    await ledger.add_recipients(tx, rows)
 
 
 async def record_refusal(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.certs import encode_line
 from relay.config import (
     Config,
     FederationConfig,
@@ -21,9 +22,11 @@ from relay.config import (
     NodeConfig,
     Peer,
     RetentionConfig,
+    TrustConfig,
     load_config,
     parse_duration_ms,
 )
+from relay.envelope import Certificate, sign_certificate
 from relay.errors import ConfigErrors, MalformedError
 from relay.keys import generate_key_file
 from relay.keystr import parse_public_key, private_key_from_seed, public_key_string
@@ -154,7 +157,9 @@ token_sha256 = "{"cd" * 32}"
 
 
 def test_full_config_loads_to_expected_dataclasses(tmp_path: Path) -> None:
-    (tmp_path / "node.cert").write_text("x\n")
+    own = Certificate("msk.example.ru", (KEY_A,), "RU", "https://relay.example.ru", 1, 2, "reg.ru")
+    authority_key = private_key_from_seed(bytes([3]) * 32)
+    (tmp_path / "node.cert").write_text(encode_line(sign_certificate(own, authority_key)) + "\n")
     (tmp_path / "keys").mkdir()
     file = write_node(tmp_path, FULL)
     eaeu = frozenset({"AM", "BY", "KG", "KZ", "RU"})
@@ -209,6 +214,7 @@ def test_full_config_loads_to_expected_dataclasses(tmp_path: Path) -> None:
             Mailbox("billing.bot+1", "cd" * 32),
         ),
         log=LogConfig("json", "debug"),
+        trust=TrustConfig(tmp_path / "certs", tmp_path / "revoked.txt"),
     )
     config = load_config(tmp_path)
     assert config == expected
@@ -247,6 +253,13 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     assert config.federation == FederationConfig()
     assert config.log == LogConfig("text", "info")
     assert config.peers == () and config.mailboxes == ()
+
+
+def test_rule_dest_node_takes_a_wildcard_suffix(tmp_path: Path) -> None:
+    text = NODE + '[[policy.rules]]\nid = "no-kz"\ndest_node = ["*.example.kz", "a.b"]\n'
+    text += 'effect = "deny"\n'
+    config = load_config(write_node(tmp_path, text))
+    assert config.policy.rules[0].dest_nodes == ("*.example.kz", "a.b")
 
 
 def test_empty_export_and_import_lists_are_allowed(tmp_path: Path) -> None:
@@ -297,11 +310,10 @@ BAD = {
     "unknown sub-table": Bad(
         NODE + "\n[node.tls] #!\nx = 1\n", "node.tls", "unknown table [node.tls]"
     ),
-    "table not supported yet": Bad(
-        NODE + '\n[[routes]] #!\nto = "*.kz"\n', "routes", "not supported yet (multi-hop routes)"
-    ),
-    "node key not supported yet": Bad(
-        NODE + 'tls_cert = "c.pem" #!\n', "node.tls_cert", "not supported yet (TLS)"
+    "tls_cert without tls_key": Bad(
+        NODE + 'tls_cert = "c.pem" #!\n',
+        "node.tls_cert",
+        "tls_cert needs tls_key as well (HTTPS needs both)",
     ),
     "missing node table": Bad(
         '# empty #!\n[policy]\nmode = "audit"\n', "node", "missing [node] table"
@@ -496,7 +508,12 @@ BAD = {
     "bad mailbox name": Bad(
         NODE + f'[[mailboxes]]\nname = "Alice" #!\ntoken_sha256 = "{TOKEN_HASH}"\n',
         "mailboxes[0].name",
-        "bad mailbox name 'Alice': use 1..64 of a-z 0-9 . _ + -",
+        "bad mailbox name 'Alice': use 1..64 of a-z 0-9 . _ + -, not starting with '.'",
+    ),
+    "mailbox name starting with a dot (not addressable on the wire)": Bad(
+        NODE + f'[[mailboxes]]\nname = ".alice" #!\ntoken_sha256 = "{TOKEN_HASH}"\n',
+        "mailboxes[0].name",
+        "bad mailbox name '.alice': use 1..64 of a-z 0-9 . _ + -, not starting with '.'",
     ),
     "reserved mailbox name": Bad(
         NODE + f'[[mailboxes]]\nname = "postmaster" #!\ntoken_sha256 = "{TOKEN_HASH}"\n',

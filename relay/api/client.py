@@ -17,10 +17,12 @@ from typing import Any
 
 from aiohttp import web
 
-from relay import ledger, submit
+from relay import backpressure, ledger, submit
+from relay.api import openapi
 from relay.envelope import decode_header
 from relay.errors import (
     BadRequest,
+    Conflict,
     MalformedError,
     NotFound,
     PolicyRefused,
@@ -31,6 +33,7 @@ from relay.errors import (
 )
 from relay.logs import event
 from relay.node_state import NodeState
+from relay.ratelimit import retry_headers
 
 log = logging.getLogger("relay.api")
 
@@ -59,22 +62,54 @@ def authenticate(state: NodeState, request: web.Request) -> str:
 async def read_json(request: web.Request, limit: int) -> Any:
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"request body over {limit} bytes")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise TooLarge(f"request body over {limit} bytes")
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in request.content.iter_chunked(65536):
+        total += len(chunk)
+        if total > limit:
+            raise TooLarge(f"request body over {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
-        return json.loads(raw)
+        doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise MalformedError(f"request body is not JSON: {e}") from None
+    try:  # "\ud800" is valid JSON syntax but no Unicode text (RFC 7493 I-JSON refuses it)
+        json.dumps(doc, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise MalformedError("request body holds a lone UTF-16 surrogate") from None
+    return doc
 
 
 def _error(e: RelayError) -> web.Response:
-    return web.json_response(e.to_json(), status=e.status)
+    return web.json_response(e.to_json(), status=e.status, headers=retry_headers(e))
 
 
 def _check_ready(state: NodeState) -> None:
     if state.stopping:
         raise Unavailable("the node is shutting down; retry on another attempt")
+
+
+def idempotency_key(idem: str, batch: bool, doc: Any) -> str:
+    """The stored form of an Idempotency-Key: the key, then the route and request digest.
+
+    A retry must be the same request (same route, same JSON up to key order
+    and spacing) to get the first answer back.
+    """
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    route = "batch" if batch else "message"
+    return f"{idem}\n{route}:{hashlib.sha256(canonical).hexdigest()}"
+
+
+async def _check_key_unused(state: NodeState, mailbox: str, scoped: str) -> None:
+    """Conflict if the key part of `scoped` was used for another request."""
+    idem = scoped.partition("\n")[0]
+    row = await state.store.fetchone(
+        "SELECT 1 FROM idempotency WHERE mailbox = ? AND key > ? AND key < ? LIMIT 1",
+        (mailbox, idem + "\n", idem + "\x0b"),
+    )
+    if row is not None:
+        raise Conflict("this Idempotency-Key was already used for a different request")
 
 
 async def _submit(request: web.Request, batch: bool) -> web.Response:
@@ -87,10 +122,7 @@ async def _submit(request: web.Request, batch: bool) -> web.Response:
         idem = request.headers.get("Idempotency-Key")
         if idem is not None and not 0 < len(idem) <= MAX_IDEMPOTENCY_KEY:
             raise BadRequest(f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
-        if idem is not None:
-            earlier = await ledger.idempotent_answer(state.store, mailbox, idem)
-            if earlier is not None:
-                return web.json_response(earlier, status=202)
+        await backpressure.admit_submit(state, request)  # 503 busy before the body is read
         doc = await read_json(request, state.config.node.max_body_bytes * 2)
         if batch:
             if not isinstance(doc, dict) or set(doc) != {"messages"}:
@@ -101,6 +133,13 @@ async def _submit(request: web.Request, batch: bool) -> web.Response:
             parsed = [submit.parse_message(m, i) for i, m in enumerate(msgs)]
         else:
             parsed = [submit.parse_message(doc)]
+        scoped = None if idem is None else idempotency_key(idem, batch, doc)
+        if scoped is not None:  # a retry gets the first answer, for the same request only
+            earlier = await ledger.idempotent_answer(state.store, mailbox, scoped)
+            if earlier is not None:
+                return web.json_response(earlier, status=202)
+            await _check_key_unused(state, mailbox, scoped)
+        state.limits.client(mailbox, len(parsed))  # 429: a batch counts its messages
         for p in parsed:
             to.extend(p["to"])
         planned = [
@@ -110,12 +149,12 @@ async def _submit(request: web.Request, batch: bool) -> web.Response:
         answer: dict[str, Any] = {"ids": ids} if batch else {"id": ids[0]}
 
         async def job(tx: Any) -> dict[str, Any]:
-            if idem is not None and not await ledger.remember_answer(
-                tx, mailbox, idem, answer, state.now_ms()
+            if scoped is not None and not await ledger.remember_answer(
+                tx, mailbox, scoped, answer, state.now_ms()
             ):
                 async with tx.execute(
                     "SELECT response FROM idempotency WHERE mailbox = ? AND key = ?",
-                    (mailbox, idem),
+                    (mailbox, scoped),
                 ) as cur:
                     row = await cur.fetchone()
                 earlier: dict[str, Any] = json.loads(row[0])
@@ -127,10 +166,15 @@ async def _submit(request: web.Request, batch: bool) -> web.Response:
     except PolicyRefused as e:
         event(log, "submit_refused", logging.WARNING, mailbox=mailbox, rule=e.rule, detail=e.detail)
         await submit.record_refusal(state, mailbox, e, to)
+        state.metrics.submit_refusal(e.code, e.rule)
         return _error(e)
     except RelayError as e:
         event(log, "submit_refused", logging.INFO, mailbox=mailbox, code=e.code, detail=e.detail)
+        state.metrics.submit_refusal(e.code)
         return _error(e)
+    finally:
+        backpressure.release(state, request)
+    state.metrics.submitted_messages(mailbox, planned)
     event(log, "submitted", mailbox=mailbox, messages=len(planned))
     return web.json_response(result, status=202)
 
@@ -157,6 +201,7 @@ async def get_message(request: web.Request) -> web.Response:
     state = request.app[NodeState.KEY]
     try:
         mailbox = authenticate(state, request)
+        state.limits.client(mailbox)
         ident = _msg_id(request.match_info["id"])
         rows = await state.store.fetchall(
             "SELECT address, status, reason, at FROM recipients WHERE msg = ? AND mailbox = ?"
@@ -195,32 +240,35 @@ async def fetch_inbox(state: NodeState, mailbox: str, limit: int) -> list[dict[s
         " WHERE i.mailbox = ? AND i.acked IS NULL ORDER BY i.seq LIMIT ?",
         (mailbox, limit),
     )
-    out: list[dict[str, Any]] = []
-    for header_bytes, body in rows:
-        h = decode_header(bytes(header_bytes))
-        payload = bytes(body) if body is not None else b""
-        item: dict[str, Any] = {
-            "id": h.id.hex(),
-            "from": h.sender,
-            "to": list(h.to),
-            "origin": h.origin,
-            "created": h.created,
-            "ctype": h.ctype,
-            "residency": list(h.residency),
-            "body_b64": base64.b64encode(payload).decode(),
-        }
-        if h.ctype.startswith("text/"):
-            # binary under a text type: body_b64 alone carries it
-            with contextlib.suppress(UnicodeDecodeError):
-                item["text"] = payload.decode("utf-8")
-        out.append(item)
-    return out
+    return [inbox_item(bytes(header), body) for header, body in rows]
+
+
+def inbox_item(header_bytes: bytes, body: bytes | None) -> dict[str, Any]:
+    """One message as `GET /v1/inbox` (and a webhook) shows it."""
+    h = decode_header(header_bytes)
+    payload = bytes(body) if body is not None else b""
+    item: dict[str, Any] = {
+        "id": h.id.hex(),
+        "from": h.sender,
+        "to": list(h.to),
+        "origin": h.origin,
+        "created": h.created,
+        "ctype": h.ctype,
+        "residency": list(h.residency),
+        "body_b64": base64.b64encode(payload).decode(),
+    }
+    if h.ctype.startswith("text/"):
+        # binary under a text type: body_b64 alone carries it
+        with contextlib.suppress(UnicodeDecodeError):
+            item["text"] = payload.decode("utf-8")
+    return item
 
 
 async def get_inbox(request: web.Request) -> web.Response:
     state = request.app[NodeState.KEY]
     try:
         mailbox = authenticate(state, request)
+        state.limits.client(mailbox)
         wait = _int_param(request, "wait", 0, 0, MAX_WAIT_S)
         limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
         deadline = asyncio.get_running_loop().time() + wait
@@ -243,6 +291,7 @@ async def post_ack(request: web.Request) -> web.Response:
     try:
         _check_ready(state)
         mailbox = authenticate(state, request)
+        state.limits.client(mailbox)
         doc = await read_json(request, 1024 * 1024)
         if not isinstance(doc, dict) or set(doc) != {"ids"} or not isinstance(doc["ids"], list):
             raise BadRequest('the body is {"ids": [message id, ...]}')
@@ -263,7 +312,7 @@ async def post_ack(request: web.Request) -> web.Response:
                 await cur.close()
             return n
 
-        acked = await state.store.write(job)
+        acked = await state.store.write(job, admit=True)
     except RelayError as e:
         return _error(e)
     return web.json_response({"acked": acked})
@@ -281,14 +330,18 @@ async def readyz(request: web.Request) -> web.Response:
         await state.store.fetchone("SELECT 1")
     except RelayError as e:
         return web.json_response({"status": f"store: {e.detail}"}, status=503)
+    if state.store.trouble is not None:  # the last transaction failed: disk full, read-only
+        return web.json_response({"status": f"store: {state.store.trouble}"}, status=503)
     return web.json_response({"status": "ready"})
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/messages", post_message)
     app.router.add_post("/v1/messages/batch", post_batch)
-    app.router.add_get("/v1/messages/{id}", get_message)
+    # any id, even one with "{" or "/", reaches the handler and its JSON 400
+    app.router.add_get("/v1/messages/{id:.+}", get_message)
     app.router.add_get("/v1/inbox", get_inbox)
     app.router.add_post("/v1/inbox/ack", post_ack)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get(openapi.PATH, openapi.serve)

@@ -30,6 +30,7 @@ import tomlkit
 from tomlkit.items import AoT, Table
 from tomlkit.toml_document import TOMLDocument
 
+from relay.commands.keys import add_key_actions
 from relay.config import (
     CONFIG_NAME,
     Config,
@@ -89,6 +90,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = key.add_parser("generate", help="create the key file that node.toml names, if missing")
     _dir_arg(p)
     p.set_defaults(func=cmd_key_generate)
+    add_key_actions(key)  # rotate, revoke, list
 
     peer = sub.add_parser("peer", help="pinned peer nodes in node.toml").add_subparsers(
         metavar="ACTION", required=True

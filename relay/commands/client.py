@@ -1,7 +1,9 @@
 """`relay send`, `relay inbox`, `relay status`: the client API from a shell.
 
-`--node`/`--token` default to RELAY_URL/RELAY_TOKEN. Results go to stdout,
-messages to stderr. A policy refusal exits 3.
+`--node`/`--token` default to RELAY_URL/RELAY_TOKEN, `--ca-file` to
+RELAY_CA_FILE: an https node is verified against those CAs only, else against
+the system's (never unverified). Results go to stdout, messages to stderr. A
+policy refusal exits 3.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from relay.errors import BadRequest, PolicyRefused, RelayError, Unavailable
+from relay.tls import client_context
 
 
 class ApiError(RelayError):
@@ -30,6 +35,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node", default=os.environ.get("RELAY_URL"), help="node URL (RELAY_URL)")
     p.add_argument(
         "--token", default=os.environ.get("RELAY_TOKEN"), help="mailbox token (RELAY_TOKEN)"
+    )
+    p.add_argument(
+        "--ca-file",
+        default=os.environ.get("RELAY_CA_FILE") or None,
+        type=Path,
+        metavar="PEM",
+        help="CA certificates to verify an https node with (RELAY_CA_FILE); default: the system's",
     )
 
 
@@ -59,12 +71,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_status)
 
 
-def _need(args: argparse.Namespace) -> tuple[str, str]:
+def _need(args: argparse.Namespace) -> tuple[str, str, ssl.SSLContext]:
     if not args.node:
         raise BadRequest("give --node URL or set RELAY_URL")
     if not args.token:
         raise BadRequest("give --token TOKEN or set RELAY_TOKEN")
-    return str(args.node).rstrip("/"), str(args.token)
+    tls = client_context(args.ca_file)  # TLSFileError names a bad --ca-file
+    return str(args.node).rstrip("/"), str(args.token), tls
 
 
 async def _call(
@@ -74,11 +87,16 @@ async def _call(
     body: Any = None,
     headers: dict[str, str] | None = None,
     timeout: float = 30,
+    *,
+    tls: ssl.SSLContext,
 ) -> Any:
     hdrs = {"Authorization": f"Bearer {token}", **(headers or {})}
     try:
         async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as s,
+            aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                connector=aiohttp.TCPConnector(ssl=tls),
+            ) as s,
             s.request(method, url, json=body, headers=hdrs) as resp,
         ):
             text = await resp.text()
@@ -100,7 +118,7 @@ async def _call(
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    node, token = _need(args)
+    node, token, tls = _need(args)
     text = args.text if args.text is not None else sys.stdin.read()
     msg: dict[str, Any] = {"to": args.to, "text": text}
     if args.residency:
@@ -110,15 +128,15 @@ def cmd_send(args: argparse.Namespace) -> int:
     if args.ttl is not None:
         msg["ttl"] = args.ttl
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
-    doc = asyncio.run(_call("POST", f"{node}/v1/messages", token, msg, headers))
+    doc = asyncio.run(_call("POST", f"{node}/v1/messages", token, msg, headers, tls=tls))
     print(doc["id"])
     return 0
 
 
 def cmd_inbox(args: argparse.Namespace) -> int:
-    node, token = _need(args)
+    node, token, tls = _need(args)
     url = f"{node}/v1/inbox?wait={args.wait}&limit={args.limit}"
-    doc = asyncio.run(_call("GET", url, token, timeout=args.wait + 30))
+    doc = asyncio.run(_call("GET", url, token, timeout=args.wait + 30, tls=tls))
     messages = doc.get("messages", [])
     for m in messages:
         if args.json:
@@ -128,15 +146,21 @@ def cmd_inbox(args: argparse.Namespace) -> int:
             print(f"{m['id']} from {m['from']} to {','.join(m['to'])}: {body}")
     if args.ack and messages:
         asyncio.run(
-            _call("POST", f"{node}/v1/inbox/ack", token, {"ids": [m["id"] for m in messages]})
+            _call(
+                "POST",
+                f"{node}/v1/inbox/ack",
+                token,
+                {"ids": [m["id"] for m in messages]},
+                tls=tls,
+            )
         )
         print(f"acknowledged {len(messages)} message(s)", file=sys.stderr)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    node, token = _need(args)
-    doc = asyncio.run(_call("GET", f"{node}/v1/messages/{args.id}", token))
+    node, token, tls = _need(args)
+    doc = asyncio.run(_call("GET", f"{node}/v1/messages/{args.id}", token, tls=tls))
     if args.json:
         print(json.dumps(doc, ensure_ascii=False))
         return 0

@@ -2,14 +2,23 @@
 
 Order of request-level checks (each refusal stores nothing):
 413 too_large (before the body is read) -> 401 unknown_sender / unknown_key /
-bad_signature -> 400 digest_mismatch / wrong_destination / clock_skew /
-replay / malformed. Then each item is judged on its own (`rejected:<code>`),
-the survivors are committed together with the nonce and the batch results,
-and only after that commit is the signed result sent.
+bad_signature -> 429 rate_limited (per verified peer) / 503 busy (no write
+slot free, relay.backpressure), both with Retry-After and before the body
+is read -> 400 digest_mismatch / wrong_destination / clock_skew / replay /
+malformed. Then each item is judged on its own (`rejected:<code>`), the
+survivors are committed together with the nonce and the batch results, and
+only after that commit is the signed result sent; a store failure there is
+503 `store` with Retry-After, nothing acknowledged.
+
+An item whose `dest` is another node is relayed (relay.federation.relaying):
+its origin's signature is always verified and it is queued for its next hop.
+A sender neither pinned nor already certified here is read in full before
+the 401 checks, so that the certificate it carries can introduce it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -17,7 +26,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from relay import httpsig, ledger
+from relay import backpressure, certstore, httpsig, ledger
 from relay.envelope import (
     RECEIPT_CTYPE,
     Batch,
@@ -45,9 +54,12 @@ from relay.errors import (
     UnknownSender,
     WrongDestination,
 )
+from relay.federation import relaying
+from relay.keyring import unknown_key_detail
 from relay.logs import event
 from relay.node_state import NodeState
-from relay.residency import check_accept
+from relay.ratelimit import retry_headers
+from relay.residency import Decision, check_accept
 from relay.store import Tx
 
 log = logging.getLogger("relay.federation.in")
@@ -64,6 +76,8 @@ class Candidate:
     mailboxes: tuple[str, ...]
     rule_id: str
     policy_hash: str
+    audit: Decision | None = None  # a would-be denial let through in audit mode
+    hop: str | None = None  # next hop when this node relays it, else None (it is ours)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,12 +104,28 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """Answer `Expect: 100-continue` with 413 at once when the body is too large."""
+    state: NodeState = request.app[NodeState.KEY]
+    limit = state.config.node.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        err = TooLarge(
+            f"body of {request.content_length} bytes is over this node's limit of {limit}"
+        )
+        return web.json_response(err.to_json(), status=err.status, headers={"Connection": "close"})
+    expect = request.headers.get("Expect", "").lower()
+    if request.version >= (1, 1) and expect == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    return None
+
+
 async def handle_batch(request: web.Request) -> web.StreamResponse:
     state: NodeState = request.app[NodeState.KEY]
     peer = request.headers.get("Relay-Origin", "")
     try:
         body = await receive(state, request)
     except RelayError as e:
+        state.metrics.batch_refused(e.code)
         event(
             log,
             "batch_refused",
@@ -108,7 +138,9 @@ async def handle_batch(request: web.Request) -> web.StreamResponse:
         if isinstance(e, TooLarge):
             # The body was not read; do not keep the connection for its rest.
             return web.json_response(e.to_json(), status=e.status, headers={"Connection": "close"})
-        return web.json_response(e.to_json(), status=e.status)
+        return web.json_response(e.to_json(), status=e.status, headers=retry_headers(e))
+    finally:
+        backpressure.release(state, request)
     return web.Response(body=body, content_type="application/msgpack")
 
 
@@ -119,19 +151,28 @@ async def receive(state: NodeState, request: web.Request) -> bytes:
         raise TooLarge(
             f"body of {request.content_length} bytes is over this node's limit of {limit}"
         )
-    if request.query_string:
-        raise MalformedError("the batch endpoint takes no query string")
     sreq = httpsig.parse_request(
         method=request.method, path=request.raw_path.partition("?")[0], headers=request.headers
     )
     peer = state.trust.node(sreq.origin)
+    body: bytes | None = None
+    if peer is None and state.trust.has_authorities:
+        # A node not pinned here may present its certificate with its own
+        # envelopes (item fifth element); the signature is checked below.
+        body = await read_body(request, limit)
+        with contextlib.suppress(MalformedError):
+            peer = relaying.introduce(state, sreq.origin, decode_batch(body).items)
     if peer is None:
         raise UnknownSender(f"{sreq.origin!r} is not a node this node trusts")
     pub = peer.keys.get(sreq.key_id)
     if pub is None:
-        raise UnknownKey(f"{sreq.origin} has no key {sreq.key_id!r} pinned at this node")
+        raise UnknownKey(unknown_key_detail(state.config, sreq.origin, sreq.key_id))
     httpsig.verify_request(sreq, pub)
-    body = await read_body(request, limit)
+    if request.query_string:  # after the 401 checks, as DESIGN §5 orders them
+        raise MalformedError("the batch endpoint takes no query string")
+    backpressure.admit_batch(state, peer.name, request)  # 429 / 503 busy before the body is read
+    if body is None:
+        body = await read_body(request, limit)
     httpsig.check_content_digest(request.headers.get("Content-Digest"), body)
     if sreq.destination != state.name:
         raise WrongDestination(
@@ -166,6 +207,7 @@ async def _answer(state: NodeState, peer: str, sreq: httpsig.SignedRequest, body
         event(log, "batch_repeat", peer=peer, batch=batch.batch_id, envelopes=len(ids))
         return sign_result(BatchResult(batch.batch_id, sreq.nonce, stored), state.key)
 
+    relaying.learn_carried(state, batch.items)  # origins' certificates, before any judging
     candidates: list[Candidate] = []
     refusals: list[Refusal] = []
     for ident, item in zip(ids, batch.items, strict=True):
@@ -177,8 +219,9 @@ async def _answer(state: NodeState, peer: str, sreq: httpsig.SignedRequest, body
     results = await state.store.write(
         lambda tx: _commit(state, tx, peer, sreq.nonce, batch, candidates, refusals, now)
     )
-    if state.fault == "exit_after_commit":
+    if state.faults.exit_after_commit:
         os._exit(70)
+    state.metrics.inbound_batch(peer, results, refusals, candidates)
     accepted = sum(1 for r in results.values() if r == "accepted")
     event(
         log,
@@ -228,22 +271,34 @@ def judge(state: NodeState, peer: str, request_key: str, item: BatchItem, now: i
     check_trace(item.trace, h.origin, peer, h.max_hops)
     if state.name in item.trace or h.origin == state.name:
         raise ItemRejected("loop", f"{state.name} is already in the trace of this envelope")
-    if h.dest != state.name:
-        raise ItemRejected("not_for_us", f"envelope is for {h.dest}, this node is {state.name}")
+    # For another node: relay it, if [relay] allows (relay.federation.relaying).
+    hop = None if h.dest == state.name else relaying.plan_relay(state, h, item.trace)
     origin = state.trust.node(h.origin)
     if origin is None:
         raise ItemRejected("unknown_origin", f"origin {h.origin} is not trusted by this node")
     origin_key = origin.keys.get(h.key)
     if origin_key is None:
-        raise ItemRejected("signature", f"origin {h.origin} has no key {h.key!r} pinned here")
+        raise ItemRejected("signature", unknown_key_detail(state.config, h.origin, h.key))
     # The request signature already proves authorship when the origin itself
     # sent this batch with the same key to us, the destination (DESIGN §5).
-    if not (peer == h.origin and request_key == h.key):
+    # A relay verifies every envelope before it forwards it.
+    if not (peer == h.origin and request_key == h.key and hop is None):
         verify_envelope(env, origin_key)
     holders = [(n, state.trust.jurisdiction(n)) for n in item.trace]
     decision = check_accept(state.policy, h.residency, holders=holders)
     if not decision.allowed:
         raise ResidencyRefused(decision.reason, decision.rule)
+    audit = decision if decision.outcome == "audit" else None
+    if hop is not None:
+        forward = relaying.forward_decision(state, h, hop)
+        if not forward.allowed:
+            raise ResidencyRefused(forward.reason, forward.rule)
+        if h.kind == "receipt":
+            try:
+                decode_receipt(env.payload)
+            except MalformedError as e:
+                raise ItemRejected("malformed", e.detail) from None
+        return Candidate(env, item.trace, (), decision.rule, state.policy_hash, audit, hop)
     mailboxes: tuple[str, ...] = ()
     if h.kind == "message":
         names = []
@@ -262,7 +317,7 @@ def judge(state: NodeState, peer: str, request_key: str, item: BatchItem, now: i
             decode_receipt(env.payload)
         except MalformedError as e:
             raise ItemRejected("malformed", e.detail) from None
-    return Candidate(env, item.trace, mailboxes, decision.rule, state.policy_hash)
+    return Candidate(env, item.trace, mailboxes, decision.rule, state.policy_hash, audit)
 
 
 async def _commit(
@@ -277,6 +332,11 @@ async def _commit(
 ) -> dict[bytes, str]:
     if not await ledger.record_nonce(tx, peer, nonce, now):
         raise Replay(f"nonce {nonce} from {peer} was already used")
+    # The same batch id may have been committed by a concurrent request (a
+    # retry racing the original): answer what that one stored, write nothing.
+    earlier = await ledger.stored_results_tx(tx, peer, batch.batch_id)
+    if earlier is not None:
+        return earlier
     results: dict[bytes, str] = {r.ident: r.error.result for r in refusals}
     existing = await ledger.existing_digests(
         tx, [(c.env.header.origin, c.env.header.id) for c in candidates]
@@ -287,12 +347,24 @@ async def _commit(
         known = existing.get((h.origin, h.id))
         if known is None:
             results[h.id] = "accepted"
+            if c.audit is not None:
+                await ledger.record_decision(
+                    tx,
+                    at=now,
+                    point="accept",
+                    envelope=h.id,
+                    peer=peer,
+                    outcome="audit",
+                    rule=c.audit.rule,
+                    reason=c.audit.reason,
+                    policy_hash=c.policy_hash,
+                )
             fresh.append(
                 ledger.NewEnvelope(
                     env=c.env,
                     trace=c.trace,
                     from_peer=peer,
-                    hop=None,
+                    hop=c.hop,
                     mailboxes=c.mailboxes,
                     rule_id=c.rule_id,
                     policy_hash=c.policy_hash,
@@ -303,9 +375,13 @@ async def _commit(
         else:
             results[h.id] = "rejected:id_conflict"
     await ledger.insert_envelopes(tx, fresh, now)
+    if learned := state.trust.take_unsaved():
+        await certstore.save(tx, learned, now)
     for new in fresh:
         h = new.env.header
-        if h.kind == "message":
+        if new.hop is not None:  # relayed: the destination writes the receipt
+            state.note_hop(new.hop)
+        elif h.kind == "message":
             await ledger.add_pending_receipt(
                 tx,
                 origin=h.origin,

@@ -11,6 +11,11 @@ Invariants:
   ever delays its own sender.
 - A whole-batch 4xx halves the batch to isolate the envelope that causes it;
   a single envelope refused for a permanent reason becomes `rejected`.
+- The first item of each origin in a batch carries the certificate this node
+  holds for that origin (its own, for its own envelopes), so that a next hop
+  that has not pinned the origin can still verify it (relay.federation.relaying).
+- A next hop trusted by certificate is reached at the certificate's URL and
+  its answers are checked against the certificate's keys.
 """
 
 from __future__ import annotations
@@ -22,16 +27,18 @@ import json
 import logging
 import random as _random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiohttp
 
 from relay import httpsig, ledger
+from relay.config import FederationConfig
 from relay.envelope import Batch, BatchItem, BatchResult, decode_header, encode_batch, open_result
 from relay.errors import BadSignature, MalformedError, RelayError
+from relay.federation import relaying
 from relay.logs import event
 from relay.node_state import NodeState
-from relay.residency import check_forward
+from relay.residency import Decision, check_forward
 from relay.store import Tx
 from relay.trust import TrustedNode
 
@@ -40,6 +47,7 @@ log = logging.getLogger("relay.federation.out")
 MAX_RESPONSE = 16 * 1024 * 1024
 PERMANENT_CODES = frozenset({"too_large", "malformed"})
 BATCH_OVERHEAD = 64
+STORE_RETRY_S = 1.0  # pause after the store refused a sender's write
 
 
 @dataclass
@@ -63,10 +71,28 @@ class Sender:
         self._limit = state.config.federation.batch_envelopes
         self._last_batch: tuple[bytes, tuple[int, ...]] | None = None
         self.peer_max_body: int | None = None
+        self.body_bytes = 0  # size of the last batch body sent, for the delivery log
         self.task: asyncio.Task[None] | None = None
+        # would-be denials let through in audit mode, by rid, for the batch in flight
+        self._audits: dict[int, Decision] = {}
 
     def start(self) -> None:
-        self.task = asyncio.create_task(self.run(), name=f"sender-{self.hop}")
+        self.task = asyncio.create_task(self._run_through_trouble(), name=f"sender-{self.hop}")
+
+    async def _run_through_trouble(self) -> None:
+        """`run`, started again a second after the store refused (disk full, read-only).
+
+        What the refused write would have recorded is simply redone: the
+        envelopes are still queued, and a resent batch is a `duplicate`.
+        """
+        while not self.state.stopping:
+            try:
+                await self.run()
+            except RelayError as e:
+                event(
+                    log, "sender_paused", logging.ERROR, peer=self.hop, code=e.code, detail=e.detail
+                )
+                await asyncio.sleep(STORE_RETRY_S)
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -74,13 +100,37 @@ class Sender:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
 
+    async def learn_limits(self) -> None:
+        """Read the peer's advertised max_body_bytes from its node document.
+
+        Informational only (DESIGN §3): it caps our batch size, nothing else.
+        A peer that does not answer keeps the configured batch size; a 413
+        still splits the batch.
+        """
+        peer = self.state.trust.node(self.hop)
+        if peer is None or peer.url is None:
+            return
+        timeout = aiohttp.ClientTimeout(total=10)
+        try:
+            async with self.session.get(f"{peer.url}/.well-known/relay", timeout=timeout) as r:
+                doc = await r.json(content_type=None) if r.status == 200 else None
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+            return
+        limit = doc.get("max_body_bytes") if isinstance(doc, dict) else None
+        if isinstance(limit, int) and not isinstance(limit, bool) and limit > 1024:
+            self.peer_max_body = limit
+
     async def run(self) -> None:
         st = self.state
+        await self.learn_limits()
         while not st.stopping:
             peer_state = await ledger.peer_state(st.store, self.hop)
             wait_ms = peer_state.next_try - st.now_ms()
             if wait_ms > 0:
-                await asyncio.sleep(min(wait_ms, 60_000) / 1000)
+                # a wake-up (`relay queue retry` clears the backoff) ends the wait early
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout=min(wait_ms, 60_000) / 1000)
                 continue
             self.wake.clear()
             items = await ledger.fetch_queue(st.store, self.hop, self._limit)
@@ -103,6 +153,7 @@ class Sender:
         peer = st.trust.node(self.hop)
         keep: list[ledger.Queued] = []
         ended: list[tuple[ledger.Queued, str, str, str, str]] = []
+        self._audits = {}
         for it in items:
             if it.expires <= now:
                 ended.append((it, "expired", "expires", "expires passed before delivery", ""))
@@ -119,10 +170,13 @@ class Sender:
                 )
                 if decision.allowed:
                     keep.append(it)
+                    if decision.outcome == "audit":
+                        self._audits[it.rid] = decision
                 else:
                     ended.append((it, "rejected", "residency", decision.reason, decision.rule))
         if ended:
             await st.store.write(lambda tx: self._end(tx, ended, now))
+            st.metrics.ended_envelopes(self.hop, ended)
         return keep
 
     async def _end(
@@ -155,24 +209,7 @@ class Sender:
             )
 
     async def _final(self, tx: Tx, it: ledger.Queued, status: str, reason: str, now: int) -> None:
-        """Record a final outcome: status at the origin, else a receipt to it."""
-        st = self.state
-        if it.kind != "message":
-            return  # no receipt is ever sent about a receipt
-        if it.origin == st.name:
-            await ledger.set_status(tx, it.rid, status, reason, now)
-        else:
-            h = decode_header(it.header)
-            await ledger.add_pending_receipt(
-                tx,
-                origin=it.origin,
-                status=status,
-                reason=reason,
-                residency=it.residency,
-                ident=it.id,
-                recipients=h.to,
-                now=now,
-            )
+        await end_queued(tx, self.state.name, it, status, reason, now)
 
     # --- one attempt ---------------------------------------------------------------
 
@@ -183,11 +220,16 @@ class Sender:
             budget = min(budget, self.peer_max_body)
         out: list[ledger.Queued] = []
         used = BATCH_OVERHEAD
+        origins: set[str] = set()
         for it in items:
-            if out and used + it.wire_size > budget:
+            size = it.wire_size
+            if it.origin not in origins:  # the first item of an origin carries its certificates
+                size += relaying.carried_size(self.state, it.origin, self.hop)
+            if out and used + size > budget:
                 break
             out.append(it)
-            used += it.wire_size
+            origins.add(it.origin)
+            used += size
         return out
 
     async def _attempt(self, items: list[ledger.Queued], before: ledger.PeerState) -> None:
@@ -199,6 +241,7 @@ class Sender:
         else:
             batch_id = st.random(16)
         self._last_batch = (batch_id, rids)
+        self.body_bytes = 0
         started = st.now_ms()
         peer = st.trust.node(self.hop)
         if peer is None or peer.url is None:
@@ -207,8 +250,18 @@ class Sender:
         else:
             outcome = await self._post(peer, batch_id, items)
         delay = max((started - min(it.enqueued for it in items)) if items else 0, 0)
+        if log.isEnabledFor(logging.DEBUG):
+            event(
+                log,
+                "delivery_ids",
+                logging.DEBUG,
+                peer=self.hop,
+                batch=batch_id,
+                ids=",".join(it.id.hex() for it in items),
+            )
         if outcome.ok and outcome.results is not None:
             await st.store.write(lambda tx: self._settle(tx, items, outcome, before))
+            st.metrics.delivered(self.hop, items, outcome.results, st.now_ms(), self._audits)
             self._last_batch = None
             self._limit = st.config.federation.batch_envelopes
             counts: dict[str, int] = {}
@@ -224,22 +277,17 @@ class Sender:
                 results=",".join(f"{k}:{v}" for k, v in sorted(counts.items())),
                 attempt=before.failures + 1,
                 queue_delay_ms=delay,
+                bytes=self.body_bytes,
                 ms=st.now_ms() - started,
             )
-            if log.isEnabledFor(logging.DEBUG):
-                event(
-                    log,
-                    "delivery_ids",
-                    logging.DEBUG,
-                    peer=self.hop,
-                    batch=batch_id,
-                    ids=",".join(it.id.hex() for it in items),
-                )
             return
+        if outcome.status == 413:
+            await self.learn_limits()
         if outcome.status in (400, 413) and outcome.code in PERMANENT_CODES:
             if len(items) > 1:
                 self._limit = max(1, len(items) // 2)
                 self._last_batch = None
+                st.metrics.attempt(self.hop, "split")
                 event(
                     log,
                     "delivery",
@@ -251,10 +299,12 @@ class Sender:
                     error=outcome.error,
                     attempt=before.failures + 1,
                     queue_delay_ms=delay,
+                    bytes=self.body_bytes,
                 )
                 return
             it = items[0]
             await st.store.write(lambda tx: self._reject_one(tx, it, outcome.code))
+            st.metrics.attempt(self.hop, "rejected")
             self._limit = st.config.federation.batch_envelopes
             self._last_batch = None
             event(
@@ -267,6 +317,9 @@ class Sender:
                 outcome="rejected",
                 error=outcome.error,
                 envelope=it.id,
+                attempt=before.failures + 1,
+                queue_delay_ms=delay,
+                bytes=self.body_bytes,
             )
             return
         await self._fail(items, outcome.error, before, batch_id, delay)
@@ -284,24 +337,16 @@ class Sender:
         delay: int,
     ) -> None:
         st = self.state
-        fed = st.config.federation
-        failures = before.failures + 1
-        cap = min(fed.retry_max_ms, fed.retry_min_ms * (2 ** min(failures - 1, 40)))
-        wait = max(10, int(_random.uniform(0, cap)))  # full jitter
         now = st.now_ms()
-        after = ledger.PeerState(
-            failures=failures,
-            next_try=now + wait,
-            last_error=error,
-            last_ok=before.last_ok,
-            delivered=before.delivered,
-        )
+        after = backoff(st.config.federation, before, error, now)
+        failures, wait = after.failures, after.next_try - now
 
         async def job(tx: Tx) -> None:
             await ledger.save_peer_state(tx, self.hop, after)
             await ledger.note_attempt(tx, [it.rid for it in items], error)
 
         await st.store.write(job)
+        st.metrics.attempt(self.hop, "retry")
         event(
             log,
             "delivery",
@@ -314,6 +359,7 @@ class Sender:
             attempt=failures,
             next_try_ms=wait,
             queue_delay_ms=delay,
+            bytes=self.body_bytes,
         )
 
     async def _settle(
@@ -329,7 +375,21 @@ class Sender:
             r = outcome.results.get(it.id)
             if r is None:
                 missing.append(it.rid)
-            elif r in ("accepted", "duplicate"):
+                continue
+            if (audit := self._audits.get(it.rid)) is not None:
+                # it reached the peer: the forward point let it through in audit mode
+                await ledger.record_decision(
+                    tx,
+                    at=now,
+                    point="forward",
+                    envelope=it.id,
+                    peer=self.hop,
+                    outcome="audit",
+                    rule=audit.rule,
+                    reason=audit.reason,
+                    policy_hash=st.policy_hash,
+                )
+            if r in ("accepted", "duplicate"):
                 done.append(it.rid)
                 delivered += 1
                 if it.origin == st.name and it.kind == "message":
@@ -339,27 +399,32 @@ class Sender:
                 code = r.partition(":")[2] or r
                 await self._final(tx, it, "rejected", code, now)
         await ledger.dequeue(tx, done)
+        after = ledger.PeerState(0, 0, "", now, before.delivered + delivered)
         if missing:
-            await ledger.note_attempt(tx, missing, "missing from the peer's result")
-        await ledger.save_peer_state(
-            tx,
-            self.hop,
-            ledger.PeerState(0, 0, "", now, before.delivered + delivered),
-        )
+            # A signed answer that leaves envelopes out is a failed attempt for
+            # them: back off, or the sender would ask the peer again at once.
+            error = "missing from the peer's result"
+            await ledger.note_attempt(tx, missing, error)
+            after = replace(
+                backoff(st.config.federation, before, error, now),
+                last_ok=now,
+                delivered=after.delivered,
+            )
+        await ledger.save_peer_state(tx, self.hop, after)
 
     async def _post(
         self, peer: TrustedNode, batch_id: bytes, items: Sequence[ledger.Queued]
     ) -> Attempt:
         st = self.state
-        body = encode_batch(
-            Batch(
-                batch_id,
-                tuple(
-                    BatchItem(it.header, it.signature, it.payload, (*it.trace, st.name))
-                    for it in items
-                ),
-            )
-        )
+        batch_items: list[BatchItem] = []
+        seen: set[str] = set()  # origins whose certificates this batch already carries
+        for it in items:
+            certs = None if it.origin in seen else relaying.carried(st, it.origin, self.hop)
+            seen.add(it.origin)
+            trace = (*it.trace, st.name)
+            batch_items.append(BatchItem(it.header, it.signature, it.payload, trace, certs))
+        body = encode_batch(Batch(batch_id, tuple(batch_items)))
+        self.body_bytes = len(body)
         nonce = st.random(32)
         headers = httpsig.sign_request(
             method="POST",
@@ -380,10 +445,12 @@ class Sender:
         )
         try:
             async with self.session.post(url, data=body, headers=headers, timeout=timeout) as resp:
-                data = await resp.content.read(MAX_RESPONSE + 1)
+                data = await _read_capped(resp, MAX_RESPONSE)
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             return Attempt(False, f"{type(e).__name__}: {e}".strip(": "))
+        if data is None:
+            return Attempt(False, f"the answer is over {MAX_RESPONSE} bytes", status=status)
         if status != 200:
             code, detail = _error_of(data)
             return Attempt(False, f"HTTP {status} {code}: {detail}", status=status, code=code)
@@ -394,6 +461,60 @@ class Sender:
         if result.batch_id != batch_id or result.nonce != sent_nonce:
             return Attempt(False, "signed result is for another batch or nonce", status=status)
         return Attempt(True, results=result.results, status=status)
+
+
+async def end_queued(
+    tx: Tx, here: str, it: ledger.Queued, status: str, reason: str, now: int
+) -> None:
+    """Record the final outcome of an envelope that leaves the queue undelivered.
+
+    At the origin (`here`) the recipients' status; for a relayed message a
+    pending receipt to its origin. A receipt never gets a receipt.
+    """
+    if it.kind != "message":
+        return
+    if it.origin == here:
+        await ledger.set_status(tx, it.rid, status, reason, now)
+    else:
+        h = decode_header(it.header)
+        await ledger.add_pending_receipt(
+            tx,
+            origin=it.origin,
+            status=status,
+            reason=reason,
+            residency=it.residency,
+            ident=it.id,
+            recipients=h.to,
+            now=now,
+        )
+
+
+def backoff(
+    fed: FederationConfig, before: ledger.PeerState, error: str, now: int
+) -> ledger.PeerState:
+    """The peer state after one more failure: full-jitter exponential backoff."""
+    failures = before.failures + 1
+    cap = min(fed.retry_max_ms, fed.retry_min_ms * (2 ** min(failures - 1, 40)))
+    wait = max(10, int(_random.uniform(0, cap)))
+    return ledger.PeerState(
+        failures=failures,
+        next_try=now + wait,
+        last_error=error,
+        last_ok=before.last_ok,
+        delivered=before.delivered,
+    )
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
+    """The whole response body, however it is segmented; None once it passes `cap`."""
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_chunked(65536):
+        total += len(chunk)
+        if total > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _open_any(data: bytes, peer: TrustedNode) -> BatchResult | str:

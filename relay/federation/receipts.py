@@ -21,6 +21,7 @@ from relay.envelope import RECEIPT_CTYPE, Receipt, encode_receipt, make_header, 
 from relay.errors import StoreError
 from relay.logs import event
 from relay.node_state import NodeState
+from relay.routing import next_hop
 from relay.store import Tx
 
 log = logging.getLogger("relay.receipts")
@@ -86,8 +87,9 @@ async def _flush_some(state: NodeState, tx: Tx) -> tuple[int, bool]:
                 payload=payload,
             )
             env = seal(header, payload, state.key)
-            new.append(ledger.NewEnvelope(env=env, trace=(), from_peer=None, hop=origin))
-            state.note_hop(origin)
+            hop = next_hop(state.config.routes, origin)  # receipts travel the routes too
+            new.append(ledger.NewEnvelope(env=env, trace=(), from_peer=None, hop=hop))
+            state.note_hop(hop)
             event(
                 log,
                 "receipt_written",

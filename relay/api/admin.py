@@ -1,0 +1,297 @@
+"""The admin API: how commands change a running node (DESIGN §9, issue 6).
+
+JSON over HTTP on a Unix socket, DIR/admin.sock, where DIR is the directory
+of node.toml.
+
+Invariants:
+- The socket is mode 0600, set between bind() and listen(), so no other user
+  can ever connect; it is removed on stop (and a stale one from a killed node
+  is replaced at start: the node already holds its database lock).
+- Every request needs `Authorization: Bearer <token>`: the random token the
+  node writes to DIR/admin.token (mode 0600) at each start, or a token whose
+  SHA-256 is `[node] admin_token_sha256`. Both are compared in constant time.
+- Handlers are thin: decode, call relay.queueops / relay.queueview /
+  relay.backup, encode. Every refusal is `{"error", "detail"}`.
+
+Routes (all under /admin/v1):
+  GET  /node                      name, jurisdiction, pid, database
+  GET  /queue?dest=NODE&limit=N   queued envelopes
+  GET  /queue/summary             age x destination counts
+  POST /queue/retry               {"dest": NODE} or {"ids": [...]}
+  POST /queue/hold | /queue/release | /queue/delete   {"ids": [...]}
+  GET  /peers                     each destination's state
+  POST /backup                    the database, as a consistent SQLite snapshot
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import socket
+import sqlite3
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from relay import queueops, queueview
+from relay.api.admin_client import ADMIN_SOCKET, ADMIN_TOKEN, unix_path
+from relay.api.client import read_json
+from relay.backup import private_temp, remove_temp, snapshot
+from relay.errors import BadRequest, Conflict, NotFound, RelayError, Unauthorized
+from relay.logs import event
+from relay.node_state import NodeState
+
+log = logging.getLogger("relay.admin")
+
+PREFIX = "/admin/v1"
+MAX_BODY = 1024 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AdminServer:
+    """The admin API of one node: its socket, its token, its routes."""
+
+    KEY: web.AppKey[AdminServer]
+
+    def __init__(self, state: NodeState) -> None:
+        self.state = state
+        directory = state.config.path.parent
+        self.socket_path = directory / ADMIN_SOCKET
+        self.token_path = directory / ADMIN_TOKEN
+        self.token = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        """Write a fresh token, bind the socket (0600) and serve."""
+        self.token = secrets.token_urlsafe(32)
+        _write_private(self.token_path, self.token + "\n")
+        sock = _bind_private(self.socket_path)
+        app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY)
+        app[AdminServer.KEY] = self
+        app[NodeState.KEY] = self.state
+        add_routes(app)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+        await self._runner.setup()
+        await web.SockSite(self._runner, sock).start()
+        event(log, "admin_listening", socket=str(self.socket_path), token=str(self.token_path))
+
+    async def stop(self) -> None:
+        """Stop serving; remove the socket and the token file."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for path in (self.socket_path, self.token_path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def authenticate(self, request: web.Request) -> None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized(f"send 'Authorization: Bearer <token from {self.token_path}>'")
+        ok = bool(self.token) and hmac.compare_digest(token.encode(), self.token.encode())
+        configured = self.state.config.node.admin_token_sha256
+        if configured is not None:
+            digest = hashlib.sha256(token.encode()).hexdigest()
+            ok = hmac.compare_digest(digest.encode(), configured.encode()) or ok
+        if not ok:
+            raise Unauthorized("wrong admin token")
+
+
+AdminServer.KEY = web.AppKey("relay_admin", AdminServer)
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def _bind_private(path: Path) -> socket.socket:
+    """A Unix socket bound at `path`, mode 0600, not yet listening."""
+    with contextlib.suppress(FileNotFoundError):
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise Conflict(f"{path} exists and is not a socket; move it away")
+        path.unlink()  # left by a node that was killed
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with unix_path(path) as address:
+            sock.bind(address)
+        os.chmod(path, 0o600)  # before listen(): nobody can connect yet
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        request.app[AdminServer.KEY].authenticate(request)
+        return await handler(request)
+    except RelayError as e:
+        return web.json_response(e.to_json(), status=e.status)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return web.json_response(
+            {"error": e.reason.lower().replace(" ", "_"), "detail": e.text or e.reason},
+            status=e.status,
+        )
+
+
+# --- handlers --------------------------------------------------------------------
+
+
+def _state(request: web.Request) -> NodeState:
+    return request.app[NodeState.KEY]
+
+
+async def _fetch(st: NodeState, sql: str, params: dict[str, Any]) -> list[sqlite3.Row]:
+    """Rows of a query with named parameters, on the node's read connection."""
+    async with st.store.reader.execute(sql, params) as cur:
+        return list(await cur.fetchall())
+
+
+async def get_node(request: web.Request) -> web.Response:
+    st = _state(request)
+    return web.json_response(
+        {
+            "name": st.name,
+            "jurisdiction": st.config.node.jurisdiction,
+            "pid": os.getpid(),
+            "config": str(st.config.path),
+            "database": str(st.store.path),
+            "policy_hash": st.policy_hash,
+        }
+    )
+
+
+async def get_queue(request: web.Request) -> web.Response:
+    st = _state(request)
+    dest = request.query.get("dest") or None
+    raw_limit = request.query.get("limit", "-1")
+    try:
+        limit = int(raw_limit)
+    except ValueError:
+        raise BadRequest("'limit' must be a whole number") from None
+    rows = await _fetch(st, queueview.QUEUE_SQL, queueview.queue_params(dest, limit))
+    now = st.now_ms()
+    entries = queueview.queue_entries(rows, now)
+    return web.json_response({"now": now, "entries": [e.to_json() for e in entries]})
+
+
+async def get_summary(request: web.Request) -> web.Response:
+    st = _state(request)
+    now = st.now_ms()
+    rows = await _fetch(st, queueview.SHAPE_SQL, {"now": now})
+    shape = queueview.queue_shape(rows)
+    return web.json_response(
+        {"now": now, "ages": list(queueview.AGE_LABELS), "rows": [r.to_json() for r in shape]}
+    )
+
+
+async def get_peers(request: web.Request) -> web.Response:
+    st = _state(request)
+    now = st.now_ms()
+    states = await st.store.fetchall(queueview.PEER_STATE_SQL)
+    counts = await st.store.fetchall(queueview.QUEUE_COUNTS_SQL)
+    views = queueview.peer_views(st.config.peers, states, counts, now)
+    return web.json_response({"now": now, "peers": [v.to_json() for v in views]})
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    doc = await read_json(request, MAX_BODY)
+    if not isinstance(doc, dict):
+        raise BadRequest("the body is a JSON object")
+    return doc
+
+
+async def post_retry(request: web.Request) -> web.Response:
+    doc = await _body(request)
+    st = _state(request)
+    if set(doc) == {"dest"} and isinstance(doc["dest"], str) and doc["dest"]:
+        result = await queueops.retry(st, dest=doc["dest"])
+        if result.unknown:
+            raise NotFound(f"nothing is queued for {doc['dest']} and it has no backoff")
+    elif set(doc) == {"ids"}:
+        result = await queueops.retry(st, ids=queueops.parse_ids(doc["ids"]))
+    else:
+        raise BadRequest('the body is {"dest": NODE} or {"ids": [envelope id, ...]}')
+    return web.json_response(result.to_json())
+
+
+def _ids_action(
+    action: Callable[[NodeState, list[bytes]], Awaitable[queueops.ActionResult]],
+) -> Handler:
+    async def handler(request: web.Request) -> web.Response:
+        doc = await _body(request)
+        if set(doc) != {"ids"}:
+            raise BadRequest('the body is {"ids": [envelope id, ...]}')
+        result = await action(_state(request), queueops.parse_ids(doc["ids"]))
+        return web.json_response(result.to_json())
+
+    return handler
+
+
+async def _hold(st: NodeState, ids: list[bytes]) -> queueops.ActionResult:
+    return await queueops.set_held(st, ids, True)
+
+
+async def _release(st: NodeState, ids: list[bytes]) -> queueops.ActionResult:
+    return await queueops.set_held(st, ids, False)
+
+
+async def post_backup(request: web.Request) -> web.StreamResponse:
+    """A consistent snapshot of the database, streamed as the answer's body.
+
+    It is made inside the database's own directory (the one place a
+    sandboxed node may write) and unlinked before it is sent.
+    """
+    st = _state(request)
+    database = st.store.path
+    tmp = private_temp(database.with_name("backup"))
+    try:
+        size = await asyncio.to_thread(snapshot, database, tmp)
+        f = tmp.open("rb")
+    finally:
+        remove_temp(tmp)  # the open file stays readable
+    with f:
+        resp = web.StreamResponse(headers={"Content-Type": "application/vnd.sqlite3"})
+        resp.content_length = size
+        await resp.prepare(request)
+        while chunk := await asyncio.to_thread(f.read, 1 << 20):
+            await resp.write(chunk)
+        await resp.write_eof()
+    event(log, "backup", bytes=size)
+    return resp
+
+
+def add_routes(app: web.Application) -> None:
+    """The admin routes, under PREFIX."""
+    app.router.add_get(f"{PREFIX}/node", get_node)
+    app.router.add_get(f"{PREFIX}/queue", get_queue)
+    app.router.add_get(f"{PREFIX}/queue/summary", get_summary)
+    app.router.add_post(f"{PREFIX}/queue/retry", post_retry)
+    app.router.add_post(f"{PREFIX}/queue/hold", _ids_action(_hold))
+    app.router.add_post(f"{PREFIX}/queue/release", _ids_action(_release))
+    app.router.add_post(f"{PREFIX}/queue/delete", _ids_action(queueops.delete))
+    app.router.add_get(f"{PREFIX}/peers", get_peers)
+    app.router.add_post(f"{PREFIX}/backup", post_backup)

@@ -1,0 +1,62 @@
+"""`relay bench --n 500 --json` runs two real nodes and prints one valid result document.
+
+No timing is asserted: only that the run completes, every message was committed
+at the destination, and the fields docs/performance.md relies on are there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bench_smoke_prints_json_with_every_field() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "relay", "bench", "--n", "500", "--json", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["n"] == 500
+    assert doc["committed"] == 500
+    assert doc["size"] == 1024
+    assert doc["clients"] == 20
+    assert doc["peers"] == 1
+    assert doc["seconds"] > 0
+    assert doc["msgs_per_s"] > 0
+    for p in ("p50", "p90", "p99"):
+        assert isinstance(doc["latency_ms"][p], float)
+        assert doc["latency_ms"][p] >= 0
+    assert doc["latency_ms"]["p50"] <= doc["latency_ms"]["p90"] <= doc["latency_ms"]["p99"]
+    # the first poll that saw a row committed comes no earlier than B's own stamp of it
+    assert doc["latency_observed_ms"]["p50"] >= doc["latency_ms"]["p50"]
+    assert doc["journal_mode"] == "wal"
+    assert doc["synchronous"] == "FULL"
+    assert doc["verify_skipped"] is True
+    assert doc["ed25519_verify_per_s"] > 0
+    roles = sorted(node["role"] for node in doc["nodes"])
+    assert roles == ["destination", "origin"]
+    for node in doc["nodes"]:
+        assert node["peak_rss_mb"] > 0
+        assert node["journal_mode"] == "wal"
+        assert node["synchronous"] == "FULL"
+
+
+def test_bench_refuses_a_bad_flag() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "relay", "bench", "--n", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "--n" in proc.stderr

@@ -130,6 +130,9 @@ class Node:
             peers=len(cfg.peers),
             mailboxes=len(cfg.mailboxes),
             mode=state.policy.mode,
+            journal_mode=await state.store.pragma("journal_mode"),
+            synchronous={"2": "FULL"}.get(sync := await state.store.pragma("synchronous"), sync),
+            loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
 
     def _wake(self, hop: str) -> None:

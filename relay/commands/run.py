@@ -22,7 +22,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = load_config(args.dir)
     logs.setup(config.log.format, config.log.level)
     try:
-        import uvloop  # type: ignore[import-not-found]
-    except ImportError:
+        import uvloop
+    except ImportError:  # not on Linux: the standard loop serves as well, slower
         return asyncio.run(run_node(args.dir))
-    return uvloop.run(run_node(args.dir))  # type: ignore[no-any-return]
+    return uvloop.run(run_node(args.dir))

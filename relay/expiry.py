@@ -23,8 +23,6 @@ import asyncio
 import functools
 import logging
 
-import msgpack
-
 from relay import ledger
 from relay.errors import RelayError
 from relay.federation.outbound import end_queued
@@ -63,20 +61,7 @@ async def _sweep_some(state: NodeState, now: int, tx: Tx) -> int:
         return 0
     ended: list[tuple[ledger.Queued, str]] = []
     for r in rows:
-        it = ledger.Queued(
-            rid=r[0],
-            header=bytes(r[1]),
-            signature=bytes(r[2]),
-            payload=b"",
-            trace=tuple(msgpack.unpackb(r[3])),
-            kind=r[4],
-            origin=r[5],
-            id=bytes(r[6]),
-            expires=r[7],
-            enqueued=r[8],
-            attempts=r[9],
-            residency=r[10],
-        )
+        it = ledger.queued_from(r[0], r[1:11])
         ended.append((it, r[11]))
     await ledger.dequeue(tx, [it.rid for it, _ in ended])
     for it, hop in ended:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
@@ -175,6 +176,25 @@ class Queued:
     @property
     def wire_size(self) -> int:
         return len(self.header) + len(self.signature) + len(self.payload) + 64 * len(self.trace)
+
+
+def queued_from(rid: int, cols: Sequence[Any], payload: bytes = b"") -> Queued:
+    """A Queued from its row: rid, then header, signature, trace, kind, origin,
+    id, expires, enqueued, attempts, residency (the order every queue scan selects)."""
+    return Queued(
+        rid=rid,
+        header=bytes(cols[0]),
+        signature=bytes(cols[1]),
+        payload=payload,
+        trace=tuple(msgpack.unpackb(cols[2])),
+        kind=cols[3],
+        origin=cols[4],
+        id=bytes(cols[5]),
+        expires=cols[6],
+        enqueued=cols[7],
+        attempts=cols[8],
+        residency=cols[9],
+    )
 
 
 async def fetch_queue(store: Store, hop: str, limit: int, after: int = 0) -> list[Queued]:

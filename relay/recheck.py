@@ -23,8 +23,6 @@ import functools
 import logging
 from dataclasses import dataclass
 
-import msgpack
-
 from relay import ledger, retention
 from relay.federation.outbound import end_queued
 from relay.logs import event
@@ -90,20 +88,7 @@ async def _chunk(state: NodeState, tx: Tx, *, after: int) -> tuple[RecheckResult
     older = 0
     denied: list[int] = []
     for r in rows:
-        it = ledger.Queued(
-            rid=r[0],
-            header=bytes(r[2]),
-            signature=bytes(r[3]),
-            payload=b"",
-            trace=tuple(msgpack.unpackb(r[4])),
-            kind=r[5],
-            origin=r[6],
-            id=bytes(r[7]),
-            expires=r[8],
-            enqueued=r[9],
-            attempts=r[10],
-            residency=r[11],
-        )
+        it = ledger.queued_from(r[0], r[2:12])
         hop: str = r[1]
         older += r[12] != state.policy_hash
         decision = check_forward(

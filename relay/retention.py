@@ -32,8 +32,6 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
-import msgpack
-
 from relay import ledger
 from relay.config import DAY_MS, RetentionConfig
 from relay.errors import RelayError
@@ -299,22 +297,7 @@ async def queued(tx: Tx, rids: Sequence[int]) -> list[ledger.Queued]:
             r = await cur.fetchone()
         if r is None:
             continue
-        out.append(
-            ledger.Queued(
-                rid=r[0],
-                header=bytes(r[1]),
-                signature=bytes(r[2]),
-                payload=b"",
-                trace=tuple(msgpack.unpackb(r[3])),
-                kind=r[4],
-                origin=r[5],
-                id=bytes(r[6]),
-                expires=r[7],
-                enqueued=r[8],
-                attempts=r[9],
-                residency=r[10],
-            )
-        )
+        out.append(ledger.queued_from(r[0], r[1:11]))
     return out
 
 

@@ -339,7 +339,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/messages", post_message)
     app.router.add_post("/v1/messages/batch", post_batch)
     # any id, even one with "{" or "/", reaches the handler and its JSON 400
-    app.router.add_get("/v1/messages/{id:.+}", get_message)
+    app.router.add_get(r"/v1/messages/{id:[\s\S]+}", get_message)
     app.router.add_get("/v1/inbox", get_inbox)
     app.router.add_post("/v1/inbox/ack", post_ack)
     app.router.add_get("/healthz", healthz)

@@ -566,6 +566,22 @@ class _Parser:
     def line(self, path: KeyPath) -> int:
         return self.report.locator.line(path)
 
+    def first_use(
+        self, t: _Table, key: str, value: str | None, what: str, first: dict[str, int]
+    ) -> str | None:
+        """`value` if no earlier table of this array used it, else None.
+
+        A repeat is reported with the line of the first use; `first` maps each
+        value seen so far to that line.
+        """
+        if value is None:
+            return None
+        if value in first:
+            t.error(key, f"duplicate {what} {value!r} (first at line {first[value]})")
+            return None
+        first[value] = self.line((*t.path, key))
+        return value
+
     # -- [node] ---------------------------------------------------------------
 
     def node(self, t: _Table) -> NodeConfig | None:
@@ -803,10 +819,7 @@ class _Parser:
         first: dict[str, int] = {}
         for r in tables:
             rule_id = r.string("id", required=True, check=_rule_id_error)
-            if rule_id is not None and rule_id in first:
-                r.error("id", f"duplicate rule id {rule_id!r} (first at line {first[rule_id]})")
-            elif rule_id is not None:
-                first[rule_id] = self.line((*r.path, "id"))
+            self.first_use(r, "id", rule_id, "rule id", first)
             effect_value = r.string("effect", required=True, check=_one_of("deny", "limit"))
             effect: Effect = "limit" if effect_value == "limit" else "deny"
 
@@ -952,11 +965,7 @@ class _Parser:
         first: dict[str, int] = {}
         for a in tables:
             name = a.string("name", required=True, check=node_name_error)
-            if name is not None and name in first:
-                a.error("name", f"duplicate authority {name!r} (first at line {first[name]})")
-                name = None
-            elif name is not None:
-                first[name] = self.line((*a.path, "name"))
+            name = self.first_use(a, "name", name, "authority", first)
             key = a.string("key", required=True, check=_public_key_error)
             codes: frozenset[str] = frozenset()
             names = a.strings("jurisdictions", required=True)
@@ -994,11 +1003,8 @@ class _Parser:
             if name is not None and name == own_name:
                 p.error("name", f"peer {name!r} has this node's own name")
                 name = None
-            elif name is not None and name in first:
-                p.error("name", f"duplicate peer {name!r} (first at line {first[name]})")
-                name = None
-            elif name is not None:
-                first[name] = self.line((*p.path, "name"))
+            else:
+                name = self.first_use(p, "name", name, "peer", first)
             url = p.string("url", check=url_error)
             jurisdiction = p.string("jurisdiction", required=True, check=country_error)
             keys = p.strings("keys", required=True)
@@ -1034,11 +1040,7 @@ class _Parser:
         first: dict[str, int] = {}
         for m in tables:
             name = m.string("name", required=True, check=mailbox_name_error)
-            if name is not None and name in first:
-                m.error("name", f"duplicate mailbox {name!r} (first at line {first[name]})")
-                name = None
-            elif name is not None:
-                first[name] = self.line((*m.path, "name"))
+            name = self.first_use(m, "name", name, "mailbox", first)
             token = m.string("token_sha256", required=True, check=_sha256_error)
             webhook = m.string("webhook", check=url_error)
             webhook_j = m.string("webhook_jurisdiction", check=country_error)

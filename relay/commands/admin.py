@@ -444,13 +444,18 @@ def cmd_peer_update(args: argparse.Namespace) -> int:
 
 def cmd_peer_remove(args: argparse.Namespace) -> int:
     """Unpin a peer."""
-    node_file = _NodeFile.open(args.dir)
-    found = node_file.find("peers", args.name)
+    return _remove_entry(args.dir, "peers", "peer", args.name)
+
+
+def _remove_entry(directory: Path, array: str, what: str, name: str) -> int:
+    """Remove the `[[array]]` entry called `name` from node.toml."""
+    node_file = _NodeFile.open(directory)
+    found = node_file.find(array, name)
     if found is None:
-        return _not_found(node_file, "peer", args.name)
-    remove_table(node_file.doc, "peers", found[0])
+        return _not_found(node_file, what, name)
+    remove_table(node_file.doc, array, found[0])
     node_file.save()
-    _say(f"removed peer {args.name} from {node_file.path}")
+    _say(f"removed {what} {name} from {node_file.path}")
     return 0
 
 
@@ -482,14 +487,7 @@ def cmd_mailbox_add(args: argparse.Namespace) -> int:
 
 def cmd_mailbox_remove(args: argparse.Namespace) -> int:
     """Remove a mailbox."""
-    node_file = _NodeFile.open(args.dir)
-    found = node_file.find("mailboxes", args.name)
-    if found is None:
-        return _not_found(node_file, "mailbox", args.name)
-    remove_table(node_file.doc, "mailboxes", found[0])
-    node_file.save()
-    _say(f"removed mailbox {args.name} from {node_file.path}")
-    return 0
+    return _remove_entry(args.dir, "mailboxes", "mailbox", args.name)
 
 
 def cmd_mailbox_rotate(args: argparse.Namespace) -> int:

@@ -15,10 +15,10 @@ from typing import Any
 
 import aiohttp
 
-from relay.config import load_config, mailbox_token_sha256
-from relay.keys import generate_key_file, load_private_key
-from relay.keystr import public_key_string
-from relay.node import Node
+from relay.config.keys import generate_key_file, load_private_key
+from relay.config.parse import load_config, mailbox_token_sha256
+from relay.node.app import Node
+from relay.protocol.keystr import public_key_string
 
 TIMEOUT = aiohttp.ClientTimeout(total=15)
 

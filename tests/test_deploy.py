@@ -65,7 +65,7 @@ def test_dockerfile_runs_as_non_root() -> None:
 
 def test_compose_setup_pastes_the_printed_peer_line() -> None:
     """compose-setup.sh strips the placeholder `relay init` really prints."""
-    from relay.commands import admin
+    from relay.cli import admin
 
     script = (DEPLOY / "compose-setup.sh").read_text()
     assert "relay peer add YOUR_NODE_DIR" in script

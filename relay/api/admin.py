@@ -10,8 +10,8 @@ Invariants:
 - Every request needs `Authorization: Bearer <token>`: the random token the
   node writes to DIR/admin.token (mode 0600) at each start, or a token whose
   SHA-256 is `[node] admin_token_sha256`. Both are compared in constant time.
-- Handlers are thin: decode, call relay.queueops / relay.queueview /
-  relay.backup, encode. Every refusal is `{"error", "detail"}`.
+- Handlers are thin: decode, call relay.node.queueops / relay.node.queueview /
+  relay.storage.sqlite.backup, encode. Every refusal is `{"error", "detail"}`.
 
 Routes (all under /admin/v1):
   GET  /node                      name, jurisdiction, pid, database
@@ -41,13 +41,13 @@ from typing import Any
 
 from aiohttp import web
 
-from relay import queueops, queueview
 from relay.api.admin_client import ADMIN_SOCKET, ADMIN_TOKEN, unix_path
 from relay.api.client import read_json
-from relay.backup import private_temp, remove_temp, snapshot
 from relay.errors import BadRequest, Conflict, NotFound, RelayError, Unauthorized
 from relay.logs import event
-from relay.node_state import NodeState
+from relay.node import queueops, queueview
+from relay.node.state import NodeState
+from relay.storage.sqlite.backup import private_temp, remove_temp, snapshot
 
 log = logging.getLogger("relay.admin")
 

@@ -1,6 +1,6 @@
 """Client API (DESIGN §6): JSON over HTTP, one bearer token per mailbox.
 
-Handlers are thin: authenticate, decode JSON, call `relay.submit` or a
+Handlers are thin: authenticate, decode JSON, call `relay.node.submit` or a
 ledger read, encode the answer. Every refusal is `{"error", "detail"}`.
 """
 
@@ -17,9 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from relay import backpressure, ledger, submit
 from relay.api import openapi
-from relay.envelope import decode_header
 from relay.errors import (
     BadRequest,
     Conflict,
@@ -32,8 +30,11 @@ from relay.errors import (
     Unavailable,
 )
 from relay.logs import event
-from relay.node_state import NodeState
-from relay.ratelimit import retry_headers
+from relay.node import backpressure, submit
+from relay.node.state import NodeState
+from relay.policy.ratelimit import retry_headers
+from relay.protocol.envelope import decode_header
+from relay.storage.sqlite import ledger
 
 log = logging.getLogger("relay.api")
 

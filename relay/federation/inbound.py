@@ -3,7 +3,7 @@
 Order of request-level checks (each refusal stores nothing):
 413 too_large (before the body is read) -> 401 unknown_sender / unknown_key /
 bad_signature -> 429 rate_limited (per verified peer) / 503 busy (no write
-slot free, relay.backpressure), both with Retry-After and before the body
+slot free, relay.node.backpressure), both with Retry-After and before the body
 is read -> 400 digest_mismatch / wrong_destination / clock_skew / replay /
 malformed. Then each item is judged on its own (`rejected:<code>`), the
 survivors are committed together with the nonce and the batch results, and
@@ -26,8 +26,25 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from relay import backpressure, certstore, httpsig, ledger
-from relay.envelope import (
+from relay.errors import (
+    ItemRejected,
+    MalformedError,
+    RelayError,
+    Replay,
+    TooLarge,
+    UnknownKey,
+    UnknownSender,
+    WrongDestination,
+)
+from relay.federation import relaying
+from relay.logs import event
+from relay.node import backpressure
+from relay.node.state import NodeState
+from relay.policy.keyring import unknown_key_detail
+from relay.policy.ratelimit import retry_headers
+from relay.policy.residency import Decision, check_accept
+from relay.protocol import httpsig
+from relay.protocol.envelope import (
     RECEIPT_CTYPE,
     Batch,
     BatchItem,
@@ -44,23 +61,8 @@ from relay.envelope import (
     split_address,
     verify_envelope,
 )
-from relay.errors import (
-    ItemRejected,
-    MalformedError,
-    RelayError,
-    Replay,
-    TooLarge,
-    UnknownKey,
-    UnknownSender,
-    WrongDestination,
-)
-from relay.federation import relaying
-from relay.keyring import unknown_key_detail
-from relay.logs import event
-from relay.node_state import NodeState
-from relay.ratelimit import retry_headers
-from relay.residency import Decision, check_accept
-from relay.store import Tx
+from relay.storage.sqlite import certstore, ledger
+from relay.storage.sqlite.store import Tx
 
 log = logging.getLogger("relay.federation.in")
 

@@ -31,16 +31,24 @@ from dataclasses import dataclass, replace
 
 import aiohttp
 
-from relay import httpsig, ledger
-from relay.config import FederationConfig
-from relay.envelope import Batch, BatchItem, BatchResult, decode_header, encode_batch, open_result
+from relay.config.parse import FederationConfig
 from relay.errors import BadSignature, MalformedError, RelayError
 from relay.federation import relaying
 from relay.logs import event
-from relay.node_state import NodeState
-from relay.residency import Decision, check_forward
-from relay.store import Tx
-from relay.trust import TrustedNode
+from relay.node.state import NodeState
+from relay.policy.residency import Decision, check_forward
+from relay.policy.trust import TrustedNode
+from relay.protocol import httpsig
+from relay.protocol.envelope import (
+    Batch,
+    BatchItem,
+    BatchResult,
+    decode_header,
+    encode_batch,
+    open_result,
+)
+from relay.storage.sqlite import ledger
+from relay.storage.sqlite.store import Tx
 
 log = logging.getLogger("relay.federation.out")
 

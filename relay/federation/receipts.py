@@ -16,13 +16,13 @@ from collections import defaultdict
 
 import msgpack
 
-from relay import ledger
-from relay.envelope import RECEIPT_CTYPE, Receipt, encode_receipt, make_header, seal
 from relay.errors import StoreError
 from relay.logs import event
-from relay.node_state import NodeState
-from relay.routing import next_hop
-from relay.store import Tx
+from relay.node.state import NodeState
+from relay.policy.routing import next_hop
+from relay.protocol.envelope import RECEIPT_CTYPE, Receipt, encode_receipt, make_header, seal
+from relay.storage.sqlite import ledger
+from relay.storage.sqlite.store import Tx
 
 log = logging.getLogger("relay.receipts")
 

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from relay.envelope import BatchItem, Header, decode_header
 from relay.errors import ItemRejected, MalformedError
-from relay.node_state import NodeState
-from relay.residency import Decision, check_forward
-from relay.routing import next_hop, relay_allowed
-from relay.trust import TrustedNode
+from relay.node.state import NodeState
+from relay.policy.residency import Decision, check_forward
+from relay.policy.routing import next_hop, relay_allowed
+from relay.policy.trust import TrustedNode
+from relay.protocol.envelope import BatchItem, Header, decode_header
 
 MAX_CARRIED = 8  # certificates looked at per item; an origin needs one or two
 
@@ -76,7 +76,7 @@ def learn_carried(state: NodeState, items: Sequence[BatchItem]) -> None:
     """Let Trust judge the certificates items carry for their origins (fifth element).
 
     Those it accepts are kept (and written with the batch's commit, see
-    `relay.certstore`); the rest are ignored: they vouch for nothing.
+    `relay.storage.sqlite.certstore`); the rest are ignored: they vouch for nothing.
     """
     if not state.trust.has_authorities:
         return

@@ -1,7 +1,7 @@
 """Queue lifetime and persisted backoff (issue 4 point 3), in process with a test clock.
 
 The node is set up through the CLI (`relay init`, `peer add`, `mailbox add`)
-and run in the test's event loop as `relay.node.Node(config, clock=...)`. Its
+and run in the test's event loop as `relay.node.app.Node(config, clock=...)`. Its
 only peer, c.test, is dead: its port has no listener, so every attempt fails
 at once. The jitter of the backoff is pinned to its upper bound so that
 `next_try` is known exactly.
@@ -20,9 +20,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay import expiry, ledger
-from relay.config import load_config
-from relay.node import Node
+from relay.config.parse import load_config
+from relay.node import expiry
+from relay.node.app import Node
+from relay.storage.sqlite import ledger
 from tests.e2e.harness import NodeProc, make_node
 from tests.fault.common import query, set_federation
 
@@ -48,7 +49,7 @@ class Setup:
     async def start(self) -> Node:
         node = Node(load_config(self.a.dir), clock=self.clock)
         with warnings.catch_warnings():
-            # relay.node passes shutdown_timeout to its site, which newer aiohttp
+            # relay.node.app passes shutdown_timeout to its site, which newer aiohttp
             # deprecates; that warning is not what these tests are about.
             warnings.filterwarnings("ignore", "shutdown_timeout", DeprecationWarning)
             await node.start()

@@ -3,7 +3,7 @@
 A node "n.test" (jurisdiction DE) runs inside the test's event loop on
 127.0.0.1 port 0 with a frozen clock. The test plays its pinned peer "a.test"
 and builds every batch by hand with the same functions the node uses
-(relay.envelope, relay.httpsig), so that any part can be tampered with.
+(relay.protocol.envelope, relay.protocol.httpsig), so that any part can be tampered with.
 "x.test" is a second pinned origin (no url) whose envelopes a.test relays.
 """
 
@@ -26,9 +26,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from relay import httpsig
-from relay.config import load_config, mailbox_token_sha256
-from relay.envelope import (
+from relay.config.keys import generate_key_file
+from relay.config.parse import load_config, mailbox_token_sha256
+from relay.federation.inbound import BATCH_PATH
+from relay.node.app import Node
+from relay.node.state import NodeState
+from relay.protocol import httpsig
+from relay.protocol.envelope import (
     Batch,
     BatchItem,
     BatchResult,
@@ -38,11 +42,7 @@ from relay.envelope import (
     open_result,
     seal,
 )
-from relay.federation.inbound import BATCH_PATH
-from relay.keys import generate_key_file
-from relay.keystr import key_id, public_key_string
-from relay.node import Node
-from relay.node_state import NodeState
+from relay.protocol.keystr import key_id, public_key_string
 
 NODE = "n.test"
 JURISDICTION = "DE"
@@ -146,7 +146,7 @@ async def start_node(directory: Path, clock: Callable[[], int]) -> Node:
     """Load `directory`'s config and start a node on it."""
     node = Node(load_config(directory), clock=clock)
     with warnings.catch_warnings():
-        # relay.node passes shutdown_timeout to its sites, which aiohttp 3.14
+        # relay.node.app passes shutdown_timeout to its sites, which aiohttp 3.14
         # deprecates; a warning there is not what these tests are about.
         warnings.filterwarnings(
             "ignore", "shutdown_timeout should be set on BaseRunner", DeprecationWarning

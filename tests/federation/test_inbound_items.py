@@ -16,7 +16,8 @@ from collections.abc import Callable
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay.envelope import (
+from relay.errors import BadSignature
+from relay.protocol.envelope import (
     RECEIPT_CTYPE,
     BatchItem,
     Receipt,
@@ -25,7 +26,6 @@ from relay.envelope import (
     pack,
     peek_id,
 )
-from relay.errors import BadSignature
 from tests.federation.conftest import JURISDICTION, NODE, Harness, Identity
 
 # What one accepted message (to bob@n.test, fresh payload) adds to the tables,

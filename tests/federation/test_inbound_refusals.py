@@ -17,9 +17,9 @@ import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay import httpsig
-from relay.envelope import pack
 from relay.federation.inbound import BATCH_PATH
+from relay.protocol import httpsig
+from relay.protocol.envelope import pack
 from tests.federation.conftest import MAX_BODY, NODE, Harness, Identity
 
 # --- 413 too_large -------------------------------------------------------------

@@ -13,9 +13,9 @@ import io
 import json
 from typing import Any
 
-from relay.config import LimitsConfig
-from relay.ratelimit import Limits
-from relay.store import Tx
+from relay.config.parse import LimitsConfig
+from relay.policy.ratelimit import Limits
+from relay.storage.sqlite.store import Tx
 from tests.federation.conftest import TIMEOUT, TOKEN, Harness, Reply
 
 BOB_TOKEN = "bob-token"

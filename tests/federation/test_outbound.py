@@ -23,11 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from relay import httpsig, ledger
-from relay.envelope import BatchResult, decode_batch, peek_id, sign_result
 from relay.errors import RelayError
 from relay.federation.inbound import BATCH_PATH
-from relay.node_state import wall_clock_ms
+from relay.node.state import wall_clock_ms
+from relay.protocol import httpsig
+from relay.protocol.envelope import BatchResult, decode_batch, peek_id, sign_result
+from relay.storage.sqlite import ledger
 from tests.federation.conftest import NODE, Harness, Identity, Pinned, start_node, wait_until
 from tests.federation.conftest import write_node_toml as write_toml
 

@@ -19,8 +19,9 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay.config import DAY_MS
-from relay.envelope import (
+from relay.config.parse import DAY_MS
+from relay.federation.inbound import BATCH_PATH
+from relay.protocol.envelope import (
     BatchItem,
     BatchResult,
     Certificate,
@@ -30,8 +31,7 @@ from relay.envelope import (
     sign_certificate,
     sign_result,
 )
-from relay.federation.inbound import BATCH_PATH
-from relay.keystr import private_key_from_seed, public_key_string
+from relay.protocol.keystr import private_key_from_seed, public_key_string
 from tests.federation.conftest import (
     NODE,
     NOW_MS,

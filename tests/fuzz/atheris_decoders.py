@@ -22,8 +22,9 @@ from pathlib import Path
 import atheris  # type: ignore[import-not-found,import-untyped,unused-ignore]
 
 with atheris.instrument_imports():
-    from relay import httpsig
-    from relay.envelope import (
+    from relay.errors import RelayError
+    from relay.protocol import httpsig
+    from relay.protocol.envelope import (
         batch_ids,
         decode_batch,
         decode_header,
@@ -35,8 +36,7 @@ with atheris.instrument_imports():
         peek_id,
         strict_unpack,
     )
-    from relay.errors import RelayError
-    from relay.keystr import parse_public_key, private_key_from_seed
+    from relay.protocol.keystr import parse_public_key, private_key_from_seed
 
 VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "relay-v1.json").read_text())
 B_PUB = private_key_from_seed(bytes.fromhex(VECTORS["keys"]["b.test"]["seed_hex"])).public_key()

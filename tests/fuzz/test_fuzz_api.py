@@ -42,13 +42,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay.api.openapi import document
-from relay.envelope import (
+from relay.errors import ITEM_CODES, MalformedError
+from relay.protocol.envelope import (
     ENVELOPE_DOMAIN,
     decode_header,
     encode_header,
     open_result,
 )
-from relay.errors import ITEM_CODES, MalformedError
 from tests.federation.conftest import (
     MAX_BODY,
     TIMEOUT,

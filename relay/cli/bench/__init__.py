@@ -1,0 +1,159 @@
+"""`relay bench`: time real nodes on this machine (see relay.cli.bench.run and docs/performance.md).
+
+Progress goes to stderr while it runs; the result goes to stdout, as JSON with
+`--json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _positive(kind: type[int] | type[float]) -> Any:
+    def convert(value: str) -> int | float:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        if number <= 0:
+            raise argparse.ArgumentTypeError(f"{value} must be above zero")
+        return number
+
+    return convert
+
+
+def _client_batch(value: str) -> int:
+    from relay.api.client import MAX_BATCH
+
+    k = int(_positive(int)(value))
+    if k > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"at most {MAX_BATCH} messages per request")
+    return k
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `bench` to the `relay` parser."""
+    p = sub.add_parser(
+        "bench",
+        help="start nodes on loopback and time messages from A's client API to commit at B",
+    )
+    pos_int, pos_float = _positive(int), _positive(float)
+    p.add_argument("--n", type=pos_int, default=20_000, help="messages to send (20000)")
+    p.add_argument("--size", type=pos_int, default=1024, help="payload bytes (1024)")
+    p.add_argument("--clients", type=pos_int, default=20, help="concurrent connections (20)")
+    p.add_argument(
+        "--client-batch",
+        type=_client_batch,
+        default=100,
+        metavar="K",
+        help="messages per request to POST /v1/messages/batch; 1 uses POST /v1/messages (100)",
+    )
+    p.add_argument(
+        "--rate", type=pos_float, help="open-loop offered load in messages/s (for latency)"
+    )
+    p.add_argument("--peers", type=pos_int, default=1, help="destination nodes (1)")
+    p.add_argument(
+        "--backlog",
+        type=pos_int,
+        metavar="M",
+        help="queue M messages with the destinations down, then start them and time the drain",
+    )
+    p.add_argument(
+        "--retry-max",
+        metavar="DURATION",
+        help="with --backlog: A's [federation] retry_max, so the drain is not held up by"
+        " backoff (default 2s; 'default' keeps the 1h production cap)",
+    )
+    p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the nodes into DIR")
+    p.add_argument("--workdir", type=Path, metavar="DIR", help="keep the node directories here")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the benchmark and print its figures."""
+    from relay.cli.bench.run import Options, bench  # aiohttp and friends only when benchmarking
+
+    opts = Options(
+        n=args.n,
+        size=args.size,
+        clients=args.clients,
+        client_batch=args.client_batch,
+        rate=args.rate,
+        peers=args.peers,
+        backlog=args.backlog,
+        retry_max=_retry_max(args),
+        profile_dir=args.profile,
+        workdir=args.workdir,
+        progress=not args.quiet,
+    )
+    result = bench(opts)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(render(result))
+    return 0
+
+
+def _retry_max(args: argparse.Namespace) -> str | None:
+    if args.backlog is None or args.retry_max == "default":
+        return None
+    return str(args.retry_max or "2s")
+
+
+def render(r: dict[str, Any]) -> str:
+    """The result as aligned `key: value` lines."""
+    lat = r["latency_ms"]
+    lines = [
+        f"mode: {r['mode']}  ({r['endpoint']}, {r['client_batch']} per request)",
+        f"n: {r['n']}  size: {r['size']}  clients: {r['clients']}  peers: {r['peers']}"
+        + (f"  offered: {r['rate']:g} msg/s" if r["rate"] else ""),
+        f"seconds: {r['seconds']}",
+        f"msgs_per_s: {r['msgs_per_s']:,.0f}",
+        f"latency_ms: p50 {lat['p50']:g}  p90 {lat['p90']:g}  p99 {lat['p99']:g}"
+        f"  max {lat['max']:g}  (created at A -> delivered stamp at B, read from B)",
+    ]
+    obs = r["latency_observed_ms"]
+    lines.append(
+        f"latency_observed_ms: p50 {obs['p50']:g}  p90 {obs['p90']:g}  p99 {obs['p99']:g}"
+        "  (created at A -> first poll of B's database that saw it committed)"
+    )
+    if "latency_from_schedule_ms" in r:
+        s = r["latency_from_schedule_ms"]
+        lines.append(
+            f"latency_from_schedule_ms: p50 {s['p50']:g}  p90 {s['p90']:g}  p99 {s['p99']:g}"
+        )
+    if "backlog" in r:
+        b = r["backlog"]
+        lines.append(
+            f"backlog: queued {b['queued']} in {b['queue_seconds']}s; drain first 10%"
+            f" {b['first_10pct_msgs_per_s']:,.0f} msg/s, last 10%"
+            f" {b['last_10pct_msgs_per_s']:,.0f} msg/s; waited"
+            f" {b['wait_before_first_delivery_s']}s for the first delivery"
+        )
+    lines += [
+        f"node {node['name']} ({node['role']}): peak_rss {node['peak_rss_mb']} MB"
+        f" (sampled max {node['max_sampled_rss_mb']}), cpu {node['cpu_s']} s,"
+        f" journal_mode={node['journal_mode']} synchronous={node['synchronous']}"
+        f" [{node['synchronous_source']}], loop={node['event_loop']}"
+        for node in r["nodes"]
+    ]
+    lines += [
+        f"verify_skipped: {r['verify_skipped']}  ({r['verify_skipped_basis']})",
+        f"ed25519_verify_per_s: {r['ed25519_verify_per_s']:,}"
+        f"  (sign {r['ed25519_sign_per_s']:,}/s, seal {r['seal_per_s']:,} envelopes/s;"
+        " one core, per CPU second)",
+        f"bench client cpu: {r['bench_client_cpu_s']} s;  code {r['code']};"
+        f"  load average before {r['loadavg_before']}, after {r['loadavg_after']}",
+    ]
+    for name, prof in r.get("profile", {}).items():
+        lines.append(
+            f"profile {name}: {prof['busy_samples']} busy samples"
+            f" ({prof['idle_samples']} idle), threads {prof['threads']}"
+        )
+        lines += [f"  self {e['pct']:5.1f}%  {e['function']}" for e in prof["self"][:10]]
+    return "\n".join(lines)

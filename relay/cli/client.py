@@ -1,0 +1,170 @@
+"""`relay send`, `relay inbox`, `relay status`: the client API from a shell.
+
+`--node`/`--token` default to RELAY_URL/RELAY_TOKEN, `--ca-file` to
+RELAY_CA_FILE: an https node is verified against those CAs only, else against
+the system's (never unverified). Results go to stdout, messages to stderr. A
+policy refusal exits 3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import ssl
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from relay.config.tls import client_context
+from relay.errors import BadRequest, PolicyRefused, RelayError, Unavailable
+
+
+class ApiError(RelayError):
+    """The node answered with an error document."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}" if code else detail)
+        self.http_status = status
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--node", default=os.environ.get("RELAY_URL"), help="node URL (RELAY_URL)")
+    p.add_argument(
+        "--token", default=os.environ.get("RELAY_TOKEN"), help="mailbox token (RELAY_TOKEN)"
+    )
+    p.add_argument(
+        "--ca-file",
+        default=os.environ.get("RELAY_CA_FILE") or None,
+        type=Path,
+        metavar="PEM",
+        help="CA certificates to verify an https node with (RELAY_CA_FILE); default: the system's",
+    )
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("send", help="send a message; prints its id")
+    _common(p)
+    p.add_argument("--to", nargs="+", required=True, metavar="ADDR", help="recipient addresses")
+    p.add_argument("--residency", help="comma-separated country codes or groups, e.g. RU,KZ")
+    p.add_argument("--text", help="message text (read from stdin when absent)")
+    p.add_argument("--ctype", help="content type of the payload")
+    p.add_argument("--ttl", type=int, help="seconds before the message expires")
+    p.add_argument("--idempotency-key", help="retrying with the same key returns the first id")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("inbox", help="print messages waiting in the mailbox")
+    _common(p)
+    p.add_argument("--wait", type=int, default=0, help="long-poll up to S seconds")
+    p.add_argument("--limit", type=int, default=100, help="at most N messages")
+    p.add_argument("--ack", action="store_true", help="acknowledge what was printed")
+    p.add_argument("--json", action="store_true", help="JSON Lines, one message a line")
+    p.set_defaults(func=cmd_inbox)
+
+    p = sub.add_parser("status", help="per-recipient status of a message")
+    _common(p)
+    p.add_argument("id", help="message id")
+    p.add_argument("--json", action="store_true", help="print the status document as JSON")
+    p.set_defaults(func=cmd_status)
+
+
+def _need(args: argparse.Namespace) -> tuple[str, str, ssl.SSLContext]:
+    if not args.node:
+        raise BadRequest("give --node URL or set RELAY_URL")
+    if not args.token:
+        raise BadRequest("give --token TOKEN or set RELAY_TOKEN")
+    tls = client_context(args.ca_file)  # TLSFileError names a bad --ca-file
+    return str(args.node).rstrip("/"), str(args.token), tls
+
+
+async def _call(
+    method: str,
+    url: str,
+    token: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 30,
+    *,
+    tls: ssl.SSLContext,
+) -> Any:
+    hdrs = {"Authorization": f"Bearer {token}", **(headers or {})}
+    try:
+        async with (
+            aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=timeout),
+                connector=aiohttp.TCPConnector(ssl=tls),
+            ) as s,
+            s.request(method, url, json=body, headers=hdrs) as resp,
+        ):
+            text = await resp.text()
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        raise Unavailable(f"cannot reach {url}: {type(e).__name__}: {e}") from None
+    try:
+        doc = json.loads(text) if text else {}
+    except ValueError:
+        doc = {"error": "", "detail": text[:300]}
+    if status >= 400:
+        code = str(doc.get("error", "")) if isinstance(doc, dict) else ""
+        detail = str(doc.get("detail", text[:300])) if isinstance(doc, dict) else text[:300]
+        if status == 422:
+            rule = str(doc.get("rule", "")) if isinstance(doc, dict) else ""
+            raise PolicyRefused(f"{detail} (rule {rule})" if rule else detail, rule)
+        raise ApiError(status, code, f"HTTP {status}: {detail}")
+    return doc
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    node, token, tls = _need(args)
+    text = args.text if args.text is not None else sys.stdin.read()
+    msg: dict[str, Any] = {"to": args.to, "text": text}
+    if args.residency:
+        msg["residency"] = [c.strip() for c in args.residency.split(",") if c.strip()]
+    if args.ctype:
+        msg["ctype"] = args.ctype
+    if args.ttl is not None:
+        msg["ttl"] = args.ttl
+    headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
+    doc = asyncio.run(_call("POST", f"{node}/v1/messages", token, msg, headers, tls=tls))
+    print(doc["id"])
+    return 0
+
+
+def cmd_inbox(args: argparse.Namespace) -> int:
+    node, token, tls = _need(args)
+    url = f"{node}/v1/inbox?wait={args.wait}&limit={args.limit}"
+    doc = asyncio.run(_call("GET", url, token, timeout=args.wait + 30, tls=tls))
+    messages = doc.get("messages", [])
+    for m in messages:
+        if args.json:
+            print(json.dumps(m, ensure_ascii=False))
+        else:
+            body = m.get("text", f"<{len(m.get('body_b64', ''))} base64 chars of {m.get('ctype')}>")
+            print(f"{m['id']} from {m['from']} to {','.join(m['to'])}: {body}")
+    if args.ack and messages:
+        asyncio.run(
+            _call(
+                "POST",
+                f"{node}/v1/inbox/ack",
+                token,
+                {"ids": [m["id"] for m in messages]},
+                tls=tls,
+            )
+        )
+        print(f"acknowledged {len(messages)} message(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    node, token, tls = _need(args)
+    doc = asyncio.run(_call("GET", f"{node}/v1/messages/{args.id}", token, tls=tls))
+    if args.json:
+        print(json.dumps(doc, ensure_ascii=False))
+        return 0
+    for addr, st in sorted(doc.get("recipients", {}).items()):
+        reason = f" ({st['reason']})" if st.get("reason") else ""
+        print(f"{addr}: {st['status']}{reason}")
+    return 0

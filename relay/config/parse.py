@@ -1,0 +1,1125 @@
+"""node.toml -> frozen, validated config (DESIGN §9).
+
+Invariants:
+- `load_config` returns a `Config` only when the file has no problem at all;
+  otherwise it raises `ConfigErrors` listing every problem found, in file
+  order, each as `FILE:LINE: key: reason`. Nothing is silently ignored: an
+  unknown key or table is a problem, and so is a type, range or reference
+  error.
+- Every country code is checked against ISO 3166-1 alpha-2; group names are
+  expanded (recursively, cycles refused) so `Config.policy` holds only codes.
+- Paths (key file, database, certificates) are absolute, resolved against the
+  directory of the config file.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import re
+import tomllib
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from relay.config.keys import KeyFileError, load_private_key
+from relay.config.tls import tls_files_errors
+from relay.config.tomledit import KeyPath, TomlLocator, dotted
+from relay.errors import ConfigError, ConfigErrors, MalformedError
+from relay.policy.certs import certificate_lines, decode_line, parse_revoked
+from relay.policy.residency import Effect, Mode, Policy, Rule
+from relay.protocol.envelope import open_certificate
+from relay.protocol.iso3166 import is_country
+from relay.protocol.keystr import key_id, parse_public_key, public_key_string
+
+CONFIG_NAME = "node.toml"
+DAY_MS = 86_400_000
+
+# Tables and keys that later issues will add. Listed here so that using them
+# now says "not supported yet" rather than "unknown"; supporting one means
+# moving it from here into the parser.
+_LATER_TABLES: dict[str, str] = {}
+_LATER_NODE_KEYS: dict[str, str] = {}
+_TLS_KEYS = ("tls_cert", "tls_key", "ca_file")  # [node] keys, in tls_files_errors order
+
+
+@dataclass(frozen=True, slots=True)
+class RetiredKey:
+    """One `[node] retired_keys` entry: a former signing key, verifiable until `valid_until`."""
+
+    key: str  # ed25519:... public key string; the private key is no longer needed
+    valid_until_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """The `[node]` table."""
+
+    name: str
+    jurisdiction: str
+    listen_host: str
+    listen_port: int
+    public_url: str
+    key_file: Path
+    database: Path
+    max_body_bytes: int = 16 * 1024 * 1024
+    queue_lifetime_ms: int = 5 * DAY_MS
+    certificates: tuple[Path, ...] = ()
+    admin_token_sha256: str | None = None
+    retired_keys: tuple[RetiredKey, ...] = ()  # relay.policy.keyring: published, never signing
+    revoked_keys: tuple[str, ...] = ()  # never used, never published
+    tls_cert: Path | None = None  # with tls_key: the listener serves HTTPS (relay.config.tls)
+    tls_key: Path | None = None
+    ca_file: Path | None = None  # outbound HTTPS trusts only these CAs; None: the system's
+
+    @property
+    def listen(self) -> str:
+        """`host:port`, with brackets around an IPv6 host."""
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{host}:{self.listen_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class FederationConfig:
+    """The `[federation]` table: batching, backoff and timeouts of outbound senders."""
+
+    batch_envelopes: int = 500
+    batch_bytes: int = 4 * 1024 * 1024
+    retry_min_ms: int = 1000
+    retry_max_ms: int = 3_600_000
+    request_timeout_ms: int = 30_000
+    connect_timeout_ms: int = 10_000
+    receipt_window_ms: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """The `[retention]` table, in days."""
+
+    content_min_days: int = 0
+    content_max_days: int = 365
+    metadata_min_days: int = 0
+    metadata_max_days: int = 1095
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """One `[[peers]]` entry: a pinned node, its trusted jurisdiction and keys."""
+
+    name: str
+    url: str | None
+    jurisdiction: str
+    keys: tuple[str, ...]
+    revoked_keys: tuple[str, ...] = ()  # refused at once, with a reason that says so
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """One `[[mailboxes]]` entry; the token itself is never stored."""
+
+    name: str
+    token_sha256: str
+    webhook: str | None = None
+    webhook_jurisdiction: str | None = None  # None: the node's own jurisdiction
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """The `[limits]` table: rate limits and backpressure bounds; 0 means unlimited.
+
+    `client_rate` is messages a second per mailbox (a batch submit counts its
+    messages, any other request counts 1); `peer_rate` is batch requests a
+    second per peer. `max_queued` bounds the envelopes queued for other nodes
+    (a submit past it is answered 503); `max_pending_writes` bounds the jobs
+    waiting for the store writer (requests past it are answered 503).
+    """
+
+    client_rate: int = 50_000  # generous: the throughput goal is 10,000 msg/s per node
+    client_burst: int = 100_000
+    peer_rate: int = 2_000  # a sender keeps one batch in flight per destination
+    peer_burst: int = 4_000
+    max_queued: int = 1_000_000
+    max_pending_writes: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """The `[log]` table."""
+
+    format: str = "text"
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The `[metrics]` table: where `GET /metrics` is served and who may read it.
+
+    Without `listen` it is served on the node's own listener.
+    """
+
+    listen_host: str | None = None
+    listen_port: int = 0
+    token_sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One `[[routes]]` entry: envelopes for nodes matching `to` go to `via`."""
+
+    to: str  # a node name or `*.suffix`
+    via: str
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """The `[relay]` table: for whom this node relays (names or `*.suffix`)."""
+
+    for_origins: tuple[str, ...] = ()
+    for_destinations: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Authority:
+    """One `[[authorities]]` entry: a certificate authority and what it may attest."""
+
+    name: str
+    key: str
+    jurisdictions: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class TrustConfig:
+    """The `[trust]` table: where certificates and the revocation list are kept.
+
+    Both default to files next to node.toml (`certs/`, `revoked.txt`) that may
+    be absent; an explicitly configured path must exist.
+    """
+
+    certificates_dir: Path | None = None
+    revoked: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole, valid node.toml."""
+
+    path: Path
+    node: NodeConfig
+    policy: Policy
+    retention: RetentionConfig
+    federation: FederationConfig
+    peers: tuple[Peer, ...]
+    mailboxes: tuple[Mailbox, ...]
+    log: LogConfig
+    metrics: MetricsConfig = MetricsConfig()
+    routes: tuple[Route, ...] = ()
+    relay: RelayConfig = RelayConfig()
+    authorities: tuple[Authority, ...] = ()
+    trust: TrustConfig = TrustConfig()
+    limits: LimitsConfig = LimitsConfig()
+
+    def peer(self, name: str) -> Peer | None:
+        """The pinned peer called `name`, if any."""
+        return next((p for p in self.peers if p.name == name), None)
+
+    def mailbox(self, name: str) -> Mailbox | None:
+        """The local mailbox called `name`, if any."""
+        return next((m for m in self.mailboxes if m.name == name), None)
+
+
+# --- value checks, shared with the CLI ---------------------------------------
+
+_NODE_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_MAILBOX_NAME = re.compile(
+    r"[a-z0-9_+-][a-z0-9._+-]{0,63}"
+)  # as relay.protocol.envelope.valid_mailbox
+_GROUP_NAME = re.compile(r"[A-Z][A-Z0-9_]{1,31}")
+_RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_DURATION = re.compile(r"(\d{1,12})(ms|s|m|h|d)")
+_DURATION_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": DAY_MS}
+RESERVED_MAILBOXES = frozenset({"postmaster"})
+
+
+def node_pattern_error(pattern: str) -> str | None:
+    """Why `pattern` is neither a node name nor `*.suffix` of one, or None."""
+    if pattern.startswith("*."):
+        return node_name_error(pattern[2:])
+    return node_name_error(pattern)
+
+
+def node_name_error(name: str) -> str | None:
+    """Why `name` is not a node name (lowercase DNS-style), or None."""
+    if not name:
+        return "empty node name"
+    if len(name) > 253:
+        return "node name longer than 253 characters"
+    for label in name.split("."):
+        if not _NODE_LABEL.fullmatch(label):
+            return (
+                f"bad node name {name!r}: use lowercase labels of a-z, 0-9 and '-' "
+                "separated by '.', no empty label, no '-' at a label's ends"
+            )
+    return None
+
+
+def mailbox_name_error(name: str) -> str | None:
+    """Why `name` is not a mailbox name, or None."""
+    if not _MAILBOX_NAME.fullmatch(name):
+        return f"bad mailbox name {name!r}: use 1..64 of a-z 0-9 . _ + -, not starting with '.'"
+    if name in RESERVED_MAILBOXES:
+        return f"mailbox name {name!r} is reserved for receipts"
+    return None
+
+
+def country_error(code: str) -> str | None:
+    """Why `code` is not an ISO 3166-1 alpha-2 country code, or None."""
+    if is_country(code):
+        return None
+    if is_country(code.upper()):
+        return f"bad country code {code!r} (codes are uppercase: {code.upper()!r})"
+    return f"bad country code {code!r}"
+
+
+def url_error(url: str) -> str | None:
+    """Why `url` is not an http(s) URL with a host, or None."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError as e:
+        return f"bad URL {url!r}: {e}"
+    if parts.scheme not in ("http", "https"):
+        return f"bad URL {url!r}: must start with http:// or https://"
+    if not parts.hostname:
+        return f"bad URL {url!r}: no host"
+    if not port_ok:
+        return f"bad URL {url!r}: port 0"
+    if parts.username is not None or parts.query or parts.fragment:
+        return f"bad URL {url!r}: no user, query or fragment allowed"
+    return None
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Split `host:port` or `[v6]:port`; ValueError with a reason."""
+    m = re.fullmatch(r"\[([^\]]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", listen)
+    if m is None:
+        raise ValueError(f"bad listen address {listen!r}: use HOST:PORT or [IPV6]:PORT")
+    v6, host = m.group(1), m.group(3)
+    port = int(m.group(2) or m.group(4))
+    if port > 65535:
+        raise ValueError(f"bad listen address {listen!r}: port over 65535")
+    if v6 is not None:
+        try:
+            ipaddress.IPv6Address(v6)
+        except ValueError:
+            raise ValueError(f"bad listen address {listen!r}: not an IPv6 address") from None
+        return v6, port
+    if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+        raise ValueError(f"bad listen address {listen!r}: bad host")
+    return host, port
+
+
+def parse_duration_ms(s: str) -> int:
+    """Milliseconds in a duration such as "500ms", "30s", "5m", "1h" or "5d".
+
+    ValueError, with a reason, for anything else.
+    """
+    m = _DURATION.fullmatch(s)
+    if m is None:
+        raise ValueError(f"bad duration {s!r}: use a whole number and a unit ms, s, m, h or d")
+    return int(m.group(1)) * _DURATION_UNIT_MS[m.group(2)]
+
+
+def mailbox_token_sha256(token: str) -> str:
+    """The stored form of a mailbox token: lowercase hex SHA-256 of its UTF-8 bytes."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def config_file(path: Path) -> Path:
+    """A node directory means its node.toml; a file path is taken as is."""
+    return path / CONFIG_NAME if path.is_dir() else path
+
+
+# --- reading tables ----------------------------------------------------------
+
+T = TypeVar("T")
+_TYPE_NAMES = {str: "a string", int: "an integer", list: "an array", dict: "a table"}
+
+
+class _Report:
+    """Collects problems, each located by key path."""
+
+    def __init__(self, file: str, locator: TomlLocator) -> None:
+        self.file = file
+        self.locator = locator
+        self.errors: list[ConfigError] = []
+
+    def add(self, path: KeyPath, reason: str) -> None:
+        line = self.locator.line(path)
+        self.errors.append(ConfigError(self.file, line, dotted(path), reason))
+
+
+class _Table:
+    """One TOML table being read; remembers which keys were used."""
+
+    def __init__(self, data: Mapping[str, object], path: KeyPath, report: _Report) -> None:
+        self.data = data
+        self.path = path
+        self.report = report
+        self.used: set[str] = set()
+
+    def error(self, key: str, reason: str) -> None:
+        self.report.add((*self.path, key), reason)
+
+    def raw(self, key: str, kind: type[T], *, required: bool = False) -> T | None:
+        """The value under `key` if present and of `kind` (bool is never an int)."""
+        self.used.add(key)
+        if key not in self.data:
+            if required:
+                self.report.add((*self.path, key), "missing (required)")
+            return None
+        value = self.data[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            self.error(key, f"expected {_TYPE_NAMES[kind]}, got {_toml_type(value)}")
+            return None
+        return value
+
+    def string(
+        self, key: str, *, required: bool = False, check: Callable[[str], str | None] | None = None
+    ) -> str | None:
+        value = self.raw(key, str, required=required)
+        if value is not None and check is not None and (reason := check(value)) is not None:
+            self.error(key, reason)
+            return None
+        return value
+
+    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
+        value = self.raw(key, int)
+        if value is None:
+            return default
+        if not lo <= value <= hi:
+            self.error(key, f"{value} is out of range {lo}..{hi}")
+            return default
+        return value
+
+    def duration_ms(self, key: str, default: int, *, lo: int = 1) -> int:
+        if key in self.data and not isinstance(self.data[key], str):
+            self.used.add(key)
+            self.error(key, 'expected a duration string such as "30s", "5m", "1h" or "5d"')
+            return default
+        value = self.raw(key, str)
+        if value is None:
+            return default
+        try:
+            ms = parse_duration_ms(value)
+        except ValueError as e:
+            self.error(key, str(e))
+            return default
+        if ms < lo:
+            self.error(key, f"duration {value!r} is too short (at least {lo} ms)")
+            return default
+        return ms
+
+    def strings(
+        self, key: str, *, single: bool = False, required: bool = False
+    ) -> list[str] | None:
+        """A list of strings; with `single`, one string is taken as a list of one."""
+        self.used.add(key)
+        if key not in self.data:
+            if required:
+                self.report.add((*self.path, key), "missing (required)")
+            return None
+        value = self.data[key]
+        if single and isinstance(value, str):
+            return [value]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            what = "a string or an array of strings" if single else "an array of strings"
+            self.error(key, f"expected {what}")
+            return None
+        return [str(v) for v in value]
+
+    def table(self, key: str) -> _Table | None:
+        value = self.raw(key, dict)
+        return None if value is None else _Table(value, (*self.path, key), self.report)
+
+    def tables(self, key: str) -> list[_Table]:
+        """An array of tables `[[key]]`."""
+        value = self.raw(key, list)
+        if value is None:
+            return []
+        if not all(isinstance(v, dict) for v in value):
+            self.error(key, f"expected [[{dotted((*self.path, key))}]] tables")
+            return []
+        return [_Table(v, (*self.path, key, i), self.report) for i, v in enumerate(value)]
+
+    def done(self, later: Mapping[str, str] | None = None) -> None:
+        """Report every key that was not read."""
+        for key in self.data:
+            if key in self.used:
+                continue
+            value = self.data[key]
+            if later and key in later:
+                self.error(key, f"not supported yet ({later[key]})")
+            elif isinstance(value, dict):
+                self.error(key, f"unknown table [{dotted((*self.path, key))}]")
+            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                self.error(key, f"unknown table [[{dotted((*self.path, key))}]]")
+            else:
+                self.error(key, "unknown key")
+
+
+def _toml_type(value: object) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
+    names |= {list: "an array", dict: "a table"}
+    return names.get(type(value), "a date or time")
+
+
+# --- load --------------------------------------------------------------------
+
+
+def load_config(path: Path) -> Config:
+    """Load and validate `path` (a node directory or its node.toml); ConfigErrors if bad."""
+    file = config_file(path).absolute()
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigErrors([ConfigError(str(file), 1, "(file)", "no such file")]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigErrors([ConfigError(str(file), 1, "(file)", f"not UTF-8: {e}")]) from None
+    except OSError as e:
+        raise ConfigErrors([ConfigError(str(file), 1, "(file)", str(e.strerror))]) from None
+    return parse_config(text, file)
+
+
+def parse_config(text: str, file: Path) -> Config:
+    """Validate `text` as if it were the content of `file` (relative paths resolve there)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        msg = str(e)
+        m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", msg)
+        line = int(m.group(1)) if m else text.count("\n") + 1
+        reason = f"{msg[: m.start()]} at column {m.group(2)}" if m else msg
+        raise ConfigErrors([ConfigError(str(file), line, "(syntax)", reason)]) from None
+    report = _Report(str(file), TomlLocator(text))
+    config = _Parser(report, file).parse(_Table(data, (), report))
+    if report.errors or config is None:
+        raise ConfigErrors(sorted(report.errors, key=lambda e: e.line))
+    return config
+
+
+class _Parser:
+    """Reads each table in turn; reports problems rather than stopping at the first."""
+
+    def __init__(self, report: _Report, file: Path) -> None:
+        self.report = report
+        self.file = file
+        self.jurisdiction = ""
+
+    def parse(self, top: _Table) -> Config | None:
+        if "node" not in top.data:
+            self.report.add(("node",), "missing [node] table")
+        node_t = top.table("node")
+        node = self.node(node_t) if node_t is not None else None
+        if node is not None:
+            self.jurisdiction = node.jurisdiction
+        mailboxes = self.mailboxes(top.tables("mailboxes"))
+        policy = self.policy(self.sub(top, "policy"), {m.name for m in mailboxes})
+        retention = self.retention(self.sub(top, "retention"))
+        federation = self.federation(self.sub(top, "federation"))
+        peers = self.peers(top.tables("peers"), node.name if node else None)
+        log = self.log(self.sub(top, "log"))
+        metrics = self.metrics(self.sub(top, "metrics"))
+        routes = self.routes(top.tables("routes"), node.name if node else None)
+        relay_cfg = self.relay(self.sub(top, "relay"))
+        authorities = self.authorities(top.tables("authorities"), policy)
+        trust = self.trust(self.sub(top, "trust"))
+        limits = self.limits(self.sub(top, "limits"))
+        top.done(_LATER_TABLES)
+        if node is None or policy is None:
+            return None
+        return Config(
+            self.file,
+            node,
+            policy,
+            retention,
+            federation,
+            peers,
+            mailboxes,
+            log,
+            metrics,
+            routes=routes,
+            relay=relay_cfg,
+            authorities=authorities,
+            trust=trust,
+            limits=limits,
+        )
+
+    def sub(self, top: _Table, key: str) -> _Table:
+        """An optional table; absent (or reported as mistyped) reads as empty."""
+        return top.table(key) or _Table({}, (key,), self.report)
+
+    def resolve(self, value: str) -> Path:
+        return (self.file.parent / value).absolute()
+
+    def line(self, path: KeyPath) -> int:
+        return self.report.locator.line(path)
+
+    def first_use(
+        self, t: _Table, key: str, value: str | None, what: str, first: dict[str, int]
+    ) -> str | None:
+        """`value` if no earlier table of this array used it, else None.
+
+        A repeat is reported with the line of the first use; `first` maps each
+        value seen so far to that line.
+        """
+        if value is None:
+            return None
+        if value in first:
+            t.error(key, f"duplicate {what} {value!r} (first at line {first[value]})")
+            return None
+        first[value] = self.line((*t.path, key))
+        return value
+
+    # -- [node] ---------------------------------------------------------------
+
+    def node(self, t: _Table) -> NodeConfig | None:
+        name = t.string("name", required=True, check=node_name_error)
+        jurisdiction = t.string("jurisdiction", required=True, check=country_error)
+        listen = t.string("listen", required=True)
+        host, port = "", 0
+        if listen is not None:
+            try:
+                host, port = parse_listen(listen)
+            except ValueError as e:
+                t.error("listen", str(e))
+                listen = None
+        public_url = t.string("public_url", check=url_error)
+        key_value = t.string("key_file", required=True)
+        key_file = None if key_value is None else self.resolve(key_value)
+        signing: str | None = None
+        if key_file is not None:
+            try:
+                signing = public_key_string(load_private_key(key_file).public_key())
+            except KeyFileError as e:
+                t.error("key_file", e.detail)
+        retired, revoked = self.node_keys(t, signing)
+        tls_files = {k: self.resolve(v) if (v := t.string(k)) else None for k in _TLS_KEYS}
+        for tls_key, problem in tls_files_errors(*tls_files.values()):
+            t.error(tls_key, problem)
+        database = self.resolve(t.string("database") or "relay.db")
+        max_body = t.integer("max_body_bytes", 16 * 1024 * 1024, 1024, 2**31)
+        lifetime = t.duration_ms("queue_lifetime", 5 * DAY_MS)
+        certificates: list[Path] = []
+        for value in t.strings("certificates") or []:
+            cert = self.resolve(value)
+            if (reason := own_certificate_error(cert, name)) is not None:
+                t.error("certificates", reason)
+            certificates.append(cert)
+        admin = t.string("admin_token_sha256", check=_sha256_error)
+        t.done(_LATER_NODE_KEYS)
+        if name is None or jurisdiction is None or listen is None or key_file is None:
+            return None
+        scheme = "https" if tls_files["tls_cert"] is not None else "http"
+        return NodeConfig(
+            name=name,
+            jurisdiction=jurisdiction,
+            listen_host=host,
+            listen_port=port,
+            public_url=(public_url or f"{scheme}://{listen}").rstrip("/"),
+            key_file=key_file,
+            database=database,
+            max_body_bytes=max_body,
+            queue_lifetime_ms=lifetime,
+            certificates=tuple(certificates),
+            admin_token_sha256=admin,
+            retired_keys=retired,
+            revoked_keys=revoked,
+            tls_cert=tls_files["tls_cert"],
+            tls_key=tls_files["tls_key"],
+            ca_file=tls_files["ca_file"],
+        )
+
+    def node_keys(
+        self, t: _Table, signing: str | None
+    ) -> tuple[tuple[RetiredKey, ...], tuple[str, ...]]:
+        """`[node] retired_keys` and `revoked_keys` (relay.policy.keyring says what they mean).
+
+        Every key appears once across the signing, retired and revoked keys, and
+        key ids are distinct, since the node document is keyed by key id.
+        """
+        seen: dict[str, str] = {} if signing is None else {key_id(signing): "the signing key"}
+        revoked: list[str] = []
+        for key in t.strings("revoked_keys") or []:
+            if (reason := _public_key_error(key)) is not None:
+                t.error("revoked_keys", reason)
+            elif key == signing:
+                t.error(
+                    "revoked_keys",
+                    f"{key} is the signing key (key_file); a revoked key never signs: "
+                    "`relay key revoke DIR KEYID` makes a new signing key first",
+                )
+            elif key in revoked:
+                t.error("revoked_keys", f"key {key!r} listed twice")
+            else:
+                revoked.append(key)
+        retired: list[RetiredKey] = []
+        entries = t.raw("retired_keys", list) or []
+        for i, entry in enumerate(entries):
+            where = f"retired_keys[{i}]"
+            if not isinstance(entry, dict):
+                t.error("retired_keys", f"{where}: expected {{key = ..., valid_until = ...}}")
+                continue
+            if extra := sorted(set(entry) - {"key", "valid_until"}):
+                t.error("retired_keys", f"{where}: unknown key {extra[0]!r}")
+            value, until = entry.get("key"), entry.get("valid_until")
+            retired_key = value if isinstance(value, str) else ""
+            fault = _public_key_error(retired_key) if retired_key else "key: expected a string"
+            if fault is None and retired_key in revoked:
+                fault = f"{retired_key} is also in revoked_keys; a key is retired or revoked"
+            elif fault is None and key_id(retired_key) in seen:
+                what = seen[key_id(retired_key)]
+                fault = f"{retired_key} has the key id {key_id(retired_key)!r} of {what}"
+            if fault is not None:
+                t.error("retired_keys", f"{where}: {fault}")
+                continue
+            if not isinstance(until, datetime.datetime) or until.utcoffset() is None:
+                t.error(
+                    "retired_keys",
+                    f"{where}: valid_until: expected a date-time with a UTC offset, "
+                    "such as 2030-01-31T12:00:00Z",
+                )
+                continue
+            seen[key_id(retired_key)] = where
+            retired.append(RetiredKey(retired_key, int(until.timestamp() * 1000)))
+        return tuple(retired), tuple(revoked)
+
+    # -- [policy] -------------------------------------------------------------
+
+    def policy(self, t: _Table, mailbox_names: set[str]) -> Policy | None:
+        mode_value = t.string("mode", check=_one_of("enforce", "audit"))
+        mode: Mode = "audit" if mode_value == "audit" else "enforce"
+        errors_before = len(self.report.errors)
+        groups_t = t.table("groups")
+        declared = set(groups_t.data) if groups_t else set()
+        groups = self.groups(groups_t) if groups_t else {}
+        own = frozenset({self.jurisdiction}) if self.jurisdiction else frozenset()
+
+        def codes(key: str, default: frozenset[str], *, empty_ok: bool) -> frozenset[str]:
+            names = t.strings(key)
+            if names is None:
+                return default
+            if not names and not empty_ok:
+                t.error(key, "must not be empty")
+                return default
+            return self.expand(names, groups, declared, t, key)
+
+        default = codes("default_residency", own, empty_ok=False)
+        allowed = codes("allowed_residency", default, empty_ok=False)
+        outside = default - allowed
+        if outside and len(self.report.errors) == errors_before:  # else a cascade
+            t.error(
+                "default_residency",
+                f"{', '.join(sorted(outside))} not in allowed_residency",
+            )
+        export_to = codes("export_to", allowed, empty_ok=True)
+        import_from = codes("import_from", allowed, empty_ok=True)
+        rules = self.rules(t.tables("rules"), groups, declared, mailbox_names)
+        t.done()
+        return Policy(
+            jurisdiction=self.jurisdiction,
+            mode=mode,
+            default_residency=default,
+            allowed_residency=allowed,
+            export_to=export_to,
+            import_from=import_from,
+            groups=groups,
+            rules=rules,
+        )
+
+    def member_error(self, name: str) -> str:
+        if len(name) == 2:
+            return country_error(name) or ""
+        if _GROUP_NAME.fullmatch(name):
+            return f"unknown group {name!r}"
+        return f"{name!r} is neither a country code nor a group name"
+
+    def expand(
+        self,
+        names: list[str],
+        groups: dict[str, frozenset[str]],
+        declared: set[str],
+        t: _Table,
+        key: str,
+    ) -> frozenset[str]:
+        """Country codes and group names -> codes; bad names reported under `key`."""
+        out: set[str] = set()
+        for name in names:
+            if name in groups:
+                out |= groups[name]
+            elif is_country(name):
+                out.add(name)
+            elif name not in declared:  # a declared but broken group is reported there
+                t.error(key, self.member_error(name))
+        return frozenset(out)
+
+    def groups(self, t: _Table) -> dict[str, frozenset[str]]:
+        raw: dict[str, list[str]] = {}
+        for name in t.data:
+            members = t.strings(name)
+            if not _GROUP_NAME.fullmatch(name):
+                t.error(name, f"bad group name {name!r}: use A-Z, 0-9 and _, 2..32 characters")
+            elif is_country(name):
+                t.error(name, f"group name {name!r} is a country code")
+            elif members is not None and not members:
+                t.error(name, "empty group")
+            elif members is not None:
+                raw[name] = members
+        expanded: dict[str, frozenset[str]] = {}
+        broken: set[str] = set(t.data) - set(raw)
+
+        def visit(name: str, stack: list[str]) -> frozenset[str] | None:
+            if name in expanded:
+                return expanded[name]
+            if name in broken:
+                return None
+            if name in stack:
+                cycle = stack[stack.index(name) :]
+                t.error(name, f"group cycle: {' -> '.join([*cycle, name])}")
+                broken.update(cycle)
+                return None
+            stack.append(name)
+            codes: set[str] = set()
+            for member in raw[name]:
+                if member in t.data:
+                    codes |= visit(member, stack) or frozenset()
+                elif is_country(member):
+                    codes.add(member)
+                else:
+                    t.error(name, self.member_error(member))
+            stack.pop()
+            if name in broken:
+                return None
+            expanded[name] = frozenset(codes)
+            return expanded[name]
+
+        for name in raw:
+            visit(name, [])
+        return expanded
+
+    def rules(
+        self,
+        tables: list[_Table],
+        groups: dict[str, frozenset[str]],
+        declared: set[str],
+        mailbox_names: set[str],
+    ) -> tuple[Rule, ...]:
+        rules: list[Rule] = []
+        first: dict[str, int] = {}
+        for r in tables:
+            rule_id = r.string("id", required=True, check=_rule_id_error)
+            self.first_use(r, "id", rule_id, "rule id", first)
+            effect_value = r.string("effect", required=True, check=_one_of("deny", "limit"))
+            effect: Effect = "limit" if effect_value == "limit" else "deny"
+
+            senders = _condition(
+                r, "sender", lambda s: None if s in mailbox_names else f"no mailbox {s!r} here"
+            )
+            dest_nodes = _condition(r, "dest_node", node_pattern_error)
+            ctypes = _condition(r, "ctype", lambda s: None if s.strip() else "empty content type")
+            dest_j = None
+            if (names := r.strings("dest_jurisdiction", single=True)) is not None:
+                if not names:
+                    r.error("dest_jurisdiction", "empty list matches nothing")
+                codes = self.expand(names, groups, declared, r, "dest_jurisdiction")
+                dest_j = tuple(sorted(codes))
+            residency: frozenset[str] = frozenset()
+            names = r.strings("residency")
+            if effect_value == "limit" and names is None:
+                r.error("residency", 'missing (required for effect = "limit")')
+            elif effect_value == "deny" and names is not None:
+                r.error("residency", 'only a rule with effect = "limit" has a residency')
+            elif names is not None:
+                if not names:
+                    r.error("residency", "must not be empty")
+                residency = self.expand(names, groups, declared, r, "residency")
+            r.done()
+            if rule_id is not None:
+                rules.append(Rule(rule_id, effect, senders, dest_nodes, dest_j, ctypes, residency))
+        return tuple(rules)
+
+    # -- [retention], [federation], [log] -----------------------------------------
+
+    def retention(self, t: _Table) -> RetentionConfig:
+        d = RetentionConfig()
+        days = {
+            "content_min_days": t.integer("content_min_days", d.content_min_days, 0, 36500),
+            "content_max_days": t.integer("content_max_days", d.content_max_days, 0, 36500),
+            "metadata_min_days": t.integer("metadata_min_days", d.metadata_min_days, 0, 36500),
+            "metadata_max_days": t.integer("metadata_max_days", d.metadata_max_days, 0, 36500),
+        }
+        for kind in ("content", "metadata"):
+            low, high = days[f"{kind}_min_days"], days[f"{kind}_max_days"]
+            if low > high:
+                t.error(
+                    f"{kind}_min_days",
+                    f"{kind}_min_days ({low}) is greater than {kind}_max_days ({high})",
+                )
+        t.done()
+        return RetentionConfig(**days)
+
+    def federation(self, t: _Table) -> FederationConfig:
+        d = FederationConfig()
+        retry_min = t.duration_ms("retry_min", d.retry_min_ms)
+        retry_max = t.duration_ms("retry_max", d.retry_max_ms)
+        if retry_min > retry_max:
+            t.error("retry_min", "retry_min is longer than retry_max")
+        config = FederationConfig(
+            batch_envelopes=t.integer("batch_envelopes", d.batch_envelopes, 1, 10_000),
+            batch_bytes=t.integer("batch_bytes", d.batch_bytes, 1024, 2**31),
+            retry_min_ms=retry_min,
+            retry_max_ms=retry_max,
+            request_timeout_ms=t.duration_ms("request_timeout", d.request_timeout_ms),
+            connect_timeout_ms=t.duration_ms("connect_timeout", d.connect_timeout_ms),
+            receipt_window_ms=t.duration_ms("receipt_window", d.receipt_window_ms, lo=0),
+        )
+        t.done()
+        return config
+
+    def limits(self, t: _Table) -> LimitsConfig:
+        d = LimitsConfig()
+        config = LimitsConfig(
+            client_rate=t.integer("client_rate", d.client_rate, 0, 10**9),
+            client_burst=t.integer("client_burst", d.client_burst, 1, 10**9),
+            peer_rate=t.integer("peer_rate", d.peer_rate, 0, 10**9),
+            peer_burst=t.integer("peer_burst", d.peer_burst, 1, 10**9),
+            max_queued=t.integer("max_queued", d.max_queued, 0, 2**62),
+            max_pending_writes=t.integer("max_pending_writes", d.max_pending_writes, 0, 10**9),
+        )
+        t.done()
+        return config
+
+    def log(self, t: _Table) -> LogConfig:
+        d = LogConfig()
+        log_format = t.string("format", check=_one_of("text", "json"))
+        level = t.string("level", check=_one_of("debug", "info", "warning", "error"))
+        t.done()
+        return LogConfig(format=log_format or d.format, level=level or d.level)
+
+    def metrics(self, t: _Table) -> MetricsConfig:
+        listen = t.string("listen")
+        host: str | None = None
+        port = 0
+        if listen is not None:
+            try:
+                host, port = parse_listen(listen)
+            except ValueError as e:
+                t.error("listen", str(e))
+        token = t.string("token_sha256", check=_sha256_error)
+        t.done()
+        return MetricsConfig(listen_host=host, listen_port=port, token_sha256=token)
+
+    # -- [[routes]], [relay], [[authorities]], [trust] ---------------------------
+
+    def routes(self, tables: list[_Table], own_name: str | None) -> tuple[Route, ...]:
+        routes: list[Route] = []
+        first: dict[str, int] = {}
+        for r in tables:
+            to = r.string("to", required=True, check=node_pattern_error)
+            via = r.string("via", required=True, check=node_name_error)
+            if to is not None and to in first:
+                r.error(
+                    "to",
+                    f"a route to {to!r} is already at line {first[to]}; the first match "
+                    "wins, so this one would never apply",
+                )
+                to = None
+            elif to is not None:
+                first[to] = self.line((*r.path, "to"))
+            if via is not None and via == own_name:
+                r.error("via", f"{via!r} is this node itself; a route must lead elsewhere")
+                via = None
+            elif via is not None and via == to:
+                r.error("via", f"{via!r} is the destination itself; without a route it is direct")
+                via = None
+            r.done()
+            if to is not None and via is not None:
+                routes.append(Route(to, via))
+        return tuple(routes)
+
+    def relay(self, t: _Table) -> RelayConfig:
+        lists: dict[str, tuple[str, ...]] = {}
+        for key in ("for_origins", "for_destinations"):
+            values = t.strings(key) or []
+            for value in values:
+                if (reason := node_pattern_error(value)) is not None:
+                    t.error(key, reason)
+            lists[key] = tuple(dict.fromkeys(values))
+        t.done()
+        return RelayConfig(lists["for_origins"], lists["for_destinations"])
+
+    def authorities(self, tables: list[_Table], policy: Policy | None) -> tuple[Authority, ...]:
+        groups = policy.groups if policy else {}
+        out: list[Authority] = []
+        first: dict[str, int] = {}
+        for a in tables:
+            name = a.string("name", required=True, check=node_name_error)
+            name = self.first_use(a, "name", name, "authority", first)
+            key = a.string("key", required=True, check=_public_key_error)
+            codes: frozenset[str] = frozenset()
+            names = a.strings("jurisdictions", required=True)
+            if names is not None and not names:
+                a.error("jurisdictions", "an authority must be trusted for at least one")
+            elif names is not None:
+                codes = self.expand(names, groups, set(groups), a, "jurisdictions")
+            a.done()
+            if name is not None and key is not None and codes:
+                out.append(Authority(name, key, codes))
+        return tuple(out)
+
+    def trust(self, t: _Table) -> TrustConfig:
+        explicit_dir = t.string("certificates_dir")
+        explicit_revoked = t.string("revoked")
+        t.done()
+        certificates_dir = self.resolve(explicit_dir or "certs")
+        if explicit_dir is not None and not certificates_dir.is_dir():
+            t.error("certificates_dir", f"no such directory: {certificates_dir}")
+        revoked = self.resolve(explicit_revoked or "revoked.txt")
+        if explicit_revoked is not None and not revoked.is_file():
+            t.error("revoked", f"no such file: {revoked}")
+        elif revoked.is_file():
+            for reason in revoked_file_errors(revoked):
+                t.error("revoked", reason)
+        return TrustConfig(certificates_dir, revoked)
+
+    # -- [[peers]], [[mailboxes]] ---------------------------------------------
+
+    def peers(self, tables: list[_Table], own_name: str | None) -> tuple[Peer, ...]:
+        peers: list[Peer] = []
+        first: dict[str, int] = {}
+        for p in tables:
+            name = p.string("name", required=True, check=node_name_error)
+            if name is not None and name == own_name:
+                p.error("name", f"peer {name!r} has this node's own name")
+                name = None
+            else:
+                name = self.first_use(p, "name", name, "peer", first)
+            url = p.string("url", check=url_error)
+            jurisdiction = p.string("jurisdiction", required=True, check=country_error)
+            keys = p.strings("keys", required=True)
+            if keys is not None and not keys:
+                p.error("keys", "a peer needs at least one key")
+            for i, key in enumerate(keys or []):
+                try:
+                    parse_public_key(key)
+                except MalformedError as e:
+                    p.error("keys", e.detail)
+                    continue
+                if key in (keys or [])[:i]:
+                    p.error("keys", f"key {key!r} listed twice")
+            revoked = p.strings("revoked_keys") or []
+            for i, key in enumerate(revoked):
+                if (reason := _public_key_error(key)) is not None:
+                    p.error("revoked_keys", reason)
+                elif key in revoked[:i]:
+                    p.error("revoked_keys", f"key {key!r} listed twice")
+                elif key in (keys or []):
+                    p.error(
+                        "revoked_keys",
+                        f"key {key!r} is also in keys; a revoked key is removed from keys",
+                    )
+            p.done()
+            if name is not None and jurisdiction is not None and keys:
+                url_ = url.rstrip("/") if url else None
+                peers.append(Peer(name, url_, jurisdiction, tuple(keys), tuple(revoked)))
+        return tuple(peers)
+
+    def mailboxes(self, tables: list[_Table]) -> tuple[Mailbox, ...]:
+        mailboxes: list[Mailbox] = []
+        first: dict[str, int] = {}
+        for m in tables:
+            name = m.string("name", required=True, check=mailbox_name_error)
+            name = self.first_use(m, "name", name, "mailbox", first)
+            token = m.string("token_sha256", required=True, check=_sha256_error)
+            webhook = m.string("webhook", check=url_error)
+            webhook_j = m.string("webhook_jurisdiction", check=country_error)
+            if webhook_j is not None and "webhook" not in m.data:
+                m.error("webhook_jurisdiction", "set only together with webhook")
+            m.done()
+            if name is not None and token is not None:
+                mailboxes.append(Mailbox(name, token, webhook, webhook_j))
+        return tuple(mailboxes)
+
+
+def _condition(r: _Table, key: str, check: Callable[[str], str | None]) -> tuple[str, ...] | None:
+    """A rule condition: one string or a list of them, each passing `check`."""
+    values = r.strings(key, single=True)
+    if values is None:
+        return None
+    if not values:
+        r.error(key, "empty list matches nothing")
+    for value in values:
+        if (reason := check(value)) is not None:
+            r.error(key, reason)
+    return tuple(values)
+
+
+def _one_of(*allowed: str) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        if value in allowed:
+            return None
+        return f"bad value {value!r}: use " + " or ".join(f'"{a}"' for a in allowed)
+
+    return check
+
+
+def _sha256_error(value: str) -> str | None:
+    if _SHA256_HEX.fullmatch(value):
+        return None
+    return "expected 64 lowercase hex digits (a SHA-256)"
+
+
+def _public_key_error(value: str) -> str | None:
+    try:
+        parse_public_key(value)
+    except MalformedError as e:
+        return e.detail
+    return None
+
+
+def own_certificate_error(path: Path, node_name: str | None) -> str | None:
+    """Why `path` is not a certificate file for this node (one base64 line), or None."""
+    try:
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        return f"no such certificate file: {path}"
+    except (OSError, UnicodeDecodeError) as e:
+        return f"{path}: cannot read: {e}"
+    lines = certificate_lines(text)
+    if len(lines) != 1:
+        return f"{path}: expected one certificate line, found {len(lines)}"
+    try:
+        cert, _, _ = open_certificate(decode_line(lines[0][1]))
+    except MalformedError as e:
+        return f"{path}: {e.detail}"
+    if node_name is not None and cert.name != node_name:
+        return f"{path}: the certificate is for {cert.name!r}, not this node {node_name!r}"
+    return None
+
+
+def revoked_file_errors(path: Path) -> list[str]:
+    """Problems of a revocation list file, each as `FILE:LINE: reason`."""
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as e:
+        return [f"{path}: cannot read: {e}"]
+    return [f"{path}:{line}: {reason}" for line, reason in parse_revoked(text)[1]]
+
+
+def _rule_id_error(value: str) -> str | None:
+    if _RULE_ID.fullmatch(value):
+        return None
+    return f"bad rule id {value!r}: use 1..64 of A-Z a-z 0-9 . _ -, starting with a letter or digit"

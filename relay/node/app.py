@@ -1,0 +1,224 @@
+"""One relay node: config + store + routes + tasks in one aiohttp app.
+
+`Node.start()` opens the store, binds the listener and starts one sender per
+destination with queued work, the receipt flusher and the pruner.
+`Node.stop()` stops accepting, lets in-flight requests and commits finish,
+then closes the store. `run_node` adds signal handling for `relay run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from relay.api import client as client_api
+from relay.api.admin import AdminServer
+from relay.config.keys import load_private_key
+from relay.config.parse import Config, load_config
+from relay.config.tls import client_context, reload_server_files, server_context
+from relay.errors import RelayError
+from relay.federation import inbound, receipts
+from relay.federation.outbound import Sender
+from relay.logs import event
+from relay.node import expiry, retention
+from relay.node.metrics import serve as serve_metrics
+from relay.node.recheck import recheck
+from relay.node.reload import ReloadResult, on_sighup, reload_config
+from relay.node.state import NodeState, wall_clock_ms
+from relay.node.webhooks import Webhooks
+from relay.policy.keyring import published_keys
+from relay.storage.sqlite import certstore, ledger
+from relay.storage.sqlite.store import open_store
+
+log = logging.getLogger("relay.node")
+
+NONCE_KEEP_MS = 3_600_000  # well past the ±300 s window
+BATCH_KEEP_MS = 7 * 24 * 3_600_000  # longer than any sender keeps retrying one batch
+IDEMPOTENCY_KEEP_MS = 24 * 3_600_000
+
+
+def node_document(state: NodeState) -> dict[str, object]:
+    cfg = state.config
+    return {
+        "name": state.name,
+        "jurisdiction": cfg.node.jurisdiction,
+        "url": cfg.node.public_url,
+        "keys": published_keys(cfg.node, state.key_string, state.now_ms()),
+        "max_body_bytes": cfg.node.max_body_bytes,
+        "mode": state.policy.mode,
+        "certificates": state.trust.own_certificate_lines,
+    }
+
+
+async def well_known(request: web.Request) -> web.Response:
+    return web.json_response(node_document(request.app[NodeState.KEY]))
+
+
+class Node:
+    def __init__(self, config: Config, *, clock: Callable[[], int] = wall_clock_ms) -> None:
+        self.config = config
+        self.clock = clock
+        self.state: NodeState | None = None
+        self.runner: web.AppRunner | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.senders: dict[str, Sender] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+        self.port = 0
+        self.metrics_runner: web.AppRunner | None = None  # with [metrics] listen
+        self.webhooks: Webhooks | None = None
+        self.admin: AdminServer | None = None  # DIR/admin.sock, relay.api.admin
+        self.server_ssl: ssl.SSLContext | None = None  # [node] tls_cert/tls_key, relay.config.tls
+
+    async def start(self) -> None:
+        cfg = self.config
+        key = load_private_key(cfg.node.key_file)
+        if cfg.node.tls_cert is not None and cfg.node.tls_key is not None:
+            self.server_ssl = server_context(cfg.node.tls_cert, cfg.node.tls_key)
+        client_ssl = client_context(cfg.node.ca_file)  # both before anything is opened
+        store = await open_store(cfg.node.database)
+        state = NodeState(cfg, key, store, clock=self.clock)
+        self.state = state
+        state.wake_hop = self._wake
+        state.trust.learn(await certstore.load(store, state.now_ms()), saved=True)
+        await recheck(state)  # queued envelopes under the policy now in force, before any send
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit_per_host=4, keepalive_timeout=60, ssl=client_ssl),
+            headers={"User-Agent": "relay/0.1"},
+        )
+        app = web.Application(client_max_size=cfg.node.max_body_bytes * 2 + 65536)
+        app[NodeState.KEY] = state
+        app.router.add_get("/.well-known/relay", well_known)
+        app.router.add_post(
+            inbound.BATCH_PATH, inbound.handle_batch, expect_handler=inbound.expect_continue
+        )
+        client_api.add_routes(app)
+        self.metrics_runner = await serve_metrics(state, app)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10)
+        await self.runner.setup()
+        site = web.TCPSite(
+            self.runner, cfg.node.listen_host, cfg.node.listen_port, ssl_context=self.server_ssl
+        )
+        await site.start()
+        addresses = self.runner.addresses
+        if addresses:
+            self.port = int(addresses[0][1])
+        for hop in await ledger.queue_hops(store):
+            self._wake(hop)
+        self.tasks.append(asyncio.create_task(receipts.run_flusher(state), name="receipts"))
+        self.tasks.append(asyncio.create_task(self._prune_loop(), name="prune"))
+        self.tasks.append(asyncio.create_task(retention.run_purger(state), name="purge"))
+        self.tasks.append(asyncio.create_task(expiry.run_sweeper(state), name="expiry"))
+        self.webhooks = Webhooks(state, self.session)
+        await self.webhooks.sync()
+        self.admin = AdminServer(state)
+        await self.admin.start()
+        event(
+            log,
+            "node_started",
+            node=state.name,
+            jurisdiction=cfg.node.jurisdiction,
+            listen=f"{cfg.node.listen_host}:{self.port}",
+            key=state.key_id,
+            peers=len(cfg.peers),
+            mailboxes=len(cfg.mailboxes),
+            mode=state.policy.mode,
+            journal_mode=await state.store.pragma("journal_mode"),
+            synchronous={"2": "FULL"}.get(sync := await state.store.pragma("synchronous"), sync),
+            loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+        )
+
+    def _wake(self, hop: str) -> None:
+        state = self.state
+        if state is None or state.stopping or self.session is None:
+            return
+        sender = self.senders.get(hop)
+        if sender is None:
+            sender = self.senders[hop] = Sender(state, hop, self.session)
+            sender.start()
+        sender.wake.set()
+
+    async def _prune_loop(self) -> None:
+        assert self.state is not None
+        state = self.state
+        while not state.stopping:
+            now = state.now_ms()
+            try:
+                await state.store.write(
+                    functools.partial(
+                        ledger.prune,
+                        nonce_before=now - NONCE_KEEP_MS,
+                        batch_before=now - BATCH_KEEP_MS,
+                        idem_before=now - IDEMPOTENCY_KEEP_MS,
+                    )
+                )
+            except RelayError as e:
+                event(log, "prune_failed", logging.ERROR, detail=e.detail)
+            await asyncio.sleep(60)
+
+    async def reload(self) -> ReloadResult:
+        """SIGHUP: re-read node.toml into the running node (relay.node.reload)."""
+        assert self.state is not None
+        result = await reload_config(self.state)
+        if result.applied and self.webhooks is not None:
+            await self.webhooks.sync()
+        node_cfg = self.state.config.node
+        if result.applied and self.server_ssl and node_cfg.tls_cert and node_cfg.tls_key:
+            try:  # a renewed certificate at the same paths needs no restart
+                reload_server_files(self.server_ssl, node_cfg.tls_cert, node_cfg.tls_key)
+            except RelayError as e:
+                event(log, "tls_reload_failed", logging.ERROR, detail=e.detail)
+        return result
+
+    async def stop(self) -> None:
+        """Stop accepting, finish in-flight requests and commits, close the store."""
+        state = self.state
+        if state is None:
+            return
+        state.stopping = True
+        state.wake_all_inboxes()
+        if self.runner is not None:
+            await self.runner.cleanup()  # closes listeners, waits for in-flight handlers
+        if self.admin is not None:
+            await self.admin.stop()
+        if self.metrics_runner is not None:
+            await self.metrics_runner.cleanup()
+        for sender in self.senders.values():
+            await sender.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
+        for task in self.tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(RelayError):
+            await receipts.flush(state)
+        if self.session is not None:
+            await self.session.close()
+        await state.store.close()
+        event(log, "node_stopped", node=state.name)
+
+
+async def run_node(directory: Path) -> int:
+    """`relay run`: serve until SIGTERM/SIGINT, then drain and return 0."""
+    config = load_config(directory)
+    node = Node(config)
+    await node.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_sighup, node.reload)
+    try:
+        await stop.wait()
+    finally:
+        await node.stop()
+    return 0

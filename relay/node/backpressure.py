@@ -1,0 +1,111 @@
+"""Backpressure: answer 503 with Retry-After instead of queueing without bound.
+
+Invariants:
+- A write request (client submit, federation batch) holds a slot from its
+  admission, before its body is read, until its answer: at most
+  `[limits] max_pending_writes` hold one at a time, so the bodies, parsed
+  messages and signed envelopes waiting for the writer are bounded by that
+  number, however many connections are open. Past it the answer is 503
+  `busy` with Retry-After, and the body is never read.
+- A submit is also refused while the outbound queue holds `max_queued`
+  envelopes or more. The federation endpoint does not look at the queue:
+  refusing batches because this node's own queue is long would also refuse
+  the results and receipts that drain it, and two busy nodes would wait on
+  each other.
+- Admission comes after authentication (a token, a verified request
+  signature): nobody unknown can take the slots of known clients and peers.
+- The queue is counted at most once per `max_age` seconds; requests arriving
+  while a count is running wait for that one instead of starting their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from relay.errors import Busy
+from relay.storage.sqlite.store import Store
+
+if TYPE_CHECKING:
+    from relay.node.state import NodeState
+
+QUEUE_FULL_RETRY_S = 5
+
+
+class Backpressure:
+    """The node's write slots in use and its (cached) outbound queue length."""
+
+    def __init__(
+        self, store: Store, max_age: float = 1.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.store = store
+        self.max_age = max_age
+        self.clock = clock
+        self._holders: set[int] = set()  # id() of the requests holding a write slot
+        self._count = 0
+        self._at: float | None = None
+        self._lock = asyncio.Lock()
+
+    def _fresh(self) -> bool:
+        return self._at is not None and self.clock() - self._at < self.max_age
+
+    async def queued(self) -> int:
+        """Envelopes in the outbound queue as of at most `max_age` seconds ago."""
+        if self._fresh():
+            return self._count
+        async with self._lock:
+            if not self._fresh():
+                row = await self.store.fetchone("SELECT count(*) FROM queue")
+                self._count = int(row[0]) if row else 0
+                self._at = self.clock()
+            return self._count
+
+    @property
+    def in_progress(self) -> int:
+        """Write requests holding a slot now."""
+        return len(self._holders)
+
+    def take_slot(self, request: web.Request, bound: int) -> None:
+        """A slot for `request`; Busy when `bound` are taken (0: no bound)."""
+        if bound and len(self._holders) >= bound:
+            raise Busy(
+                f"this node has {len(self._holders)} write requests in progress, its bound; "
+                "retry shortly"
+            )
+        self._holders.add(id(request))
+
+    def release(self, request: web.Request) -> None:
+        """Give back `request`'s slot, if it holds one."""
+        self._holders.discard(id(request))
+
+
+async def admit_submit(state: NodeState, request: web.Request) -> None:
+    """Take a write slot for a submit, or Busy (503); `release` gives it back."""
+    bp = state.backpressure
+    bp.take_slot(request, state.config.limits.max_pending_writes)
+    state.store.check_backlog()
+    bound = state.config.limits.max_queued
+    if bound:
+        queued = await bp.queued()
+        if queued >= bound:
+            raise Busy(
+                f"{queued} envelopes are queued for other nodes, at or over this node's "
+                f"bound of {bound}; retry once they drain",
+                QUEUE_FULL_RETRY_S,
+            )
+
+
+def admit_batch(state: NodeState, peer: str, request: web.Request) -> None:
+    """Charge a batch request to `peer` (429), then take a write slot (503)."""
+    state.limits.peer(peer)
+    state.backpressure.take_slot(request, state.config.limits.max_pending_writes)
+    state.store.check_backlog()
+
+
+def release(state: NodeState, request: web.Request) -> None:
+    """Give back the write slot `request` holds, if any (call once it is answered)."""
+    state.backpressure.release(request)

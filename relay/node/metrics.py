@@ -1,0 +1,397 @@
+"""Prometheus metrics of one node (`GET /metrics`).
+
+Invariants:
+- Every node has its own `CollectorRegistry`; nothing is registered in the
+  process-wide default registry, so several nodes can run in one process.
+- Counters and histograms are fed by one-line calls from the code that did
+  the work, after its transaction committed. Gauges about stored state
+  (queue depth, unacked inbox rows, database size) are read from the
+  database at scrape time, so they are never stale and need no bookkeeping.
+- Label values come from config (peers, mailboxes, rule ids) or from fixed
+  code lists (item codes, outcomes), never from unauthenticated input, so the
+  number of series stays bounded.
+- `[metrics] listen` moves the endpoint to its own listener (the main one
+  then has no /metrics); `[metrics] token_sha256` requires a bearer token
+  whose SHA-256 matches, compared in constant time.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import logging
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from relay.logs import event
+
+if TYPE_CHECKING:
+    from relay.federation.inbound import Candidate, Refusal
+    from relay.node.state import NodeState
+    from relay.node.submit import PlannedMessage
+    from relay.policy.residency import Decision
+    from relay.storage.sqlite.ledger import Queued
+
+log = logging.getLogger("relay.metrics")
+
+PATH = "/metrics"
+LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
+BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """The queue toward one next hop, as read at scrape time."""
+
+    destination: str
+    envelopes: int
+    held: int
+    oldest_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Stored state read from the database for one scrape."""
+
+    queues: tuple[QueueDepth, ...] = ()
+    unacked: tuple[tuple[str, int], ...] = ()  # (mailbox, rows)
+    database_bytes: int = 0
+    now_ms: int = 0
+    node: str = ""
+    jurisdiction: str = ""
+    mode: str = ""
+
+
+class _StoredState(Collector):
+    """Yields the gauges of the latest snapshot; the scrape handler refreshes it."""
+
+    def __init__(self) -> None:
+        self.snapshot = Snapshot()
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.snapshot
+        info = GaugeMetricFamily(
+            "relay_node_info",
+            "This node's name, jurisdiction and policy mode",
+            labels=["node", "jurisdiction", "mode"],
+        )
+        if s.node:
+            info.add_metric([s.node, s.jurisdiction, s.mode], 1)
+        yield info
+        depth = GaugeMetricFamily(
+            "relay_queue_envelopes", "Envelopes queued per next hop", labels=["destination"]
+        )
+        held = GaugeMetricFamily(
+            "relay_queue_held_envelopes",
+            "Queued envelopes on hold per next hop",
+            labels=["destination"],
+        )
+        oldest = GaugeMetricFamily(
+            "relay_queue_oldest_age_seconds",
+            "Age of the oldest queued envelope per next hop",
+            labels=["destination"],
+        )
+        for q in s.queues:
+            depth.add_metric([q.destination], q.envelopes)
+            held.add_metric([q.destination], q.held)
+            oldest.add_metric([q.destination], max(s.now_ms - q.oldest_ms, 0) / 1000)
+        yield depth
+        yield held
+        yield oldest
+        inbox = GaugeMetricFamily(
+            "relay_inbox_unacked_messages",
+            "Messages delivered to a mailbox and not acknowledged yet",
+            labels=["mailbox"],
+        )
+        for mailbox, rows in s.unacked:
+            inbox.add_metric([mailbox], rows)
+        yield inbox
+        yield GaugeMetricFamily(
+            "relay_database_size_bytes",
+            "Bytes of the SQLite database file plus its write-ahead log",
+            value=s.database_bytes,
+        )
+
+
+class Metrics:
+    """The counters, histograms and scrape-time gauges of one node."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.stored = _StoredState()
+        r.register(self.stored)
+        self.accepted = Counter(
+            "relay_envelopes_accepted",
+            "Envelopes received from a peer and stored",
+            ["peer"],
+            registry=r,
+        )
+        self.duplicate = Counter(
+            "relay_envelopes_duplicate",
+            "Envelopes received from a peer that were already stored",
+            ["peer"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "relay_envelopes_rejected",
+            "Envelopes received from a peer and refused, by item code",
+            ["peer", "reason"],
+            registry=r,
+        )
+        self.batches_refused = Counter(
+            "relay_batches_refused",
+            "Inbound batch requests refused as a whole, by error code",
+            ["reason"],
+            registry=r,
+        )
+        self.submitted = Counter(
+            "relay_messages_submitted",
+            "Messages accepted from clients through the API",
+            ["mailbox"],
+            registry=r,
+        )
+        self.submit_refused = Counter(
+            "relay_submits_refused",
+            "Client submits refused, by error code",
+            ["reason"],
+            registry=r,
+        )
+        self.attempts = Counter(
+            "relay_delivery_attempts",
+            "Outbound batch attempts per next hop, by outcome (ok, retry, split, rejected)",
+            ["peer", "outcome"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "relay_delivery_retries",
+            "Outbound batch attempts that failed and will be retried, per next hop",
+            ["peer"],
+            registry=r,
+        )
+        self.ended = Counter(
+            "relay_envelopes_ended",
+            "Queued envelopes that ended without delivery (expired, rejected), per next hop",
+            ["peer", "status", "reason"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "relay_delivery_latency_seconds",
+            "Time from queueing at this node to the next hop's signed acceptance",
+            ["peer"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "relay_batch_envelopes",
+            "Envelopes per federation batch, inbound and outbound",
+            ["direction"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.decisions = Counter(
+            "relay_decisions",
+            "Residency decisions by enforcement point, outcome and rule",
+            ["point", "outcome", "rule"],
+            registry=r,
+        )
+        self.webhooks = Counter(
+            "relay_webhook_deliveries",
+            "Webhook POST attempts per mailbox, by outcome (ok, retry, refused)",
+            ["mailbox", "outcome"],
+            registry=r,
+        )
+
+    # --- hooks -------------------------------------------------------------------
+
+    def decision(self, point: str, outcome: str, rule: str) -> None:
+        """Count one residency decision."""
+        self.decisions.labels(point, outcome, rule).inc()
+
+    def inbound_batch(
+        self,
+        peer: str,
+        results: Mapping[bytes, str],
+        refusals: Sequence[Refusal],
+        candidates: Sequence[Candidate],
+    ) -> None:
+        """A committed inbound batch: results per envelope and the accept decisions."""
+        self.batch_size.labels("in").observe(len(results))
+        for result in results.values():
+            if result == "accepted":
+                self.accepted.labels(peer).inc()
+            elif result == "duplicate":
+                self.duplicate.labels(peer).inc()
+            else:
+                self.rejected.labels(peer, result.partition(":")[2] or result).inc()
+        for r in refusals:
+            if r.error.item_code == "residency":
+                self.decision("accept", "deny", r.rule)
+        for c in candidates:
+            if results.get(c.env.header.id) == "accepted":
+                if c.audit is not None:
+                    self.decision("accept", "audit", c.audit.rule)
+                else:
+                    self.decision("accept", "allow", c.rule_id)
+
+    def batch_refused(self, code: str) -> None:
+        """An inbound batch request refused before any item was judged."""
+        self.batches_refused.labels(code).inc()
+
+    def submitted_messages(self, mailbox: str, planned: Sequence[PlannedMessage]) -> None:
+        """Messages a client submitted, and their submit decisions."""
+        self.submitted.labels(mailbox).inc(len(planned))
+        for pm in planned:
+            audited = {dest for dest, _ in pm.audits}
+            for _, d in pm.audits:
+                self.decision("submit", d.outcome, d.rule)
+            for p in pm.parts:
+                if p.env.header.dest not in audited:
+                    self.decision("submit", "allow", p.decision.rule)
+
+    def submit_refusal(self, code: str, rule: str | None = None) -> None:
+        """A refused submit; with `rule`, a policy refusal (a submit deny decision)."""
+        self.submit_refused.labels(code).inc()
+        if rule is not None:
+            self.decision("submit", "deny", rule)
+
+    def delivered(
+        self,
+        peer: str,
+        items: Sequence[Queued],
+        results: Mapping[bytes, str],
+        now_ms: int,
+        audits: Mapping[int, Decision],
+    ) -> None:
+        """A batch the next hop answered with a signed result; `audits` by queue rid."""
+        self.attempts.labels(peer, "ok").inc()
+        self.batch_size.labels("out").observe(len(items))
+        for it in items:
+            if results.get(it.id) in ("accepted", "duplicate"):
+                self.latency.labels(peer).observe(max(now_ms - it.enqueued, 0) / 1000)
+                audit = audits.get(it.rid)
+                if audit is not None:
+                    self.decision("forward", "audit", audit.rule)
+                else:
+                    self.decision("forward", "allow", "")
+
+    def attempt(self, peer: str, outcome: str) -> None:
+        """An outbound attempt that did not deliver: retry, split or rejected."""
+        self.attempts.labels(peer, outcome).inc()
+        if outcome == "retry":
+            self.retries.labels(peer).inc()
+
+    def ended_envelopes(
+        self, peer: str, ended: Iterable[tuple[Queued, str, str, str, str]]
+    ) -> None:
+        """Envelopes a sender ended before sending: (item, status, reason, detail, rule)."""
+        for _, status, reason, _, rule in ended:
+            self.ended.labels(peer, status, reason).inc()
+            if status == "rejected" and reason == "residency":
+                self.decision("forward", "deny", rule)
+
+    def webhook(self, mailbox: str, outcome: str) -> None:
+        """One webhook delivery attempt or refusal."""
+        self.webhooks.labels(mailbox, outcome).inc()
+
+    # --- scraping ---------------------------------------------------------------
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition of every metric, and its content type, for an Accept header."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+
+def database_bytes(path: Path) -> int:
+    """Bytes of the database file and its -wal file (missing files count 0)."""
+    total = 0
+    for p in (path, path.with_name(path.name + "-wal")):
+        try:
+            total += os.stat(p).st_size
+        except FileNotFoundError:
+            continue
+    return total
+
+
+async def read_snapshot(state: NodeState) -> Snapshot:
+    """Queue depth per next hop, unacked inbox rows per mailbox and database size."""
+    store = state.store
+    queues = await store.fetchall(
+        "SELECT hop, count(*), coalesce(sum(held), 0), min(enqueued) FROM queue"
+        " GROUP BY hop ORDER BY hop"
+    )
+    unacked = await store.fetchall(
+        "SELECT mailbox, count(*) FROM inbox WHERE acked IS NULL GROUP BY mailbox ORDER BY mailbox"
+    )
+    return Snapshot(
+        queues=tuple(QueueDepth(str(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in queues),
+        unacked=tuple((str(r[0]), int(r[1])) for r in unacked),
+        database_bytes=database_bytes(store.path),
+        now_ms=state.now_ms(),
+        node=state.name,
+        jurisdiction=state.config.node.jurisdiction,
+        mode=state.policy.mode,
+    )
+
+
+def token_ok(header: str, token_sha256: str) -> bool:
+    """True if `header` is `Bearer <token>` and sha256(token) is `token_sha256`."""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    digest = hashlib.sha256(token.strip().encode()).hexdigest()
+    return hmac.compare_digest(digest.encode(), token_sha256.encode())
+
+
+async def scrape(state: NodeState, request: web.Request) -> web.Response:
+    """`GET /metrics`: refresh the stored-state gauges, then render every metric."""
+    wanted = state.config.metrics.token_sha256
+    if wanted is not None and not token_ok(request.headers.get("Authorization", ""), wanted):
+        return web.json_response(
+            {"error": "unauthorized", "detail": "send 'Authorization: Bearer <metrics token>'"},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
+    metrics = state.metrics
+    try:
+        metrics.stored.snapshot = await read_snapshot(state)
+    except (sqlite3.Error, ValueError) as e:
+        # serve the counters anyway; the stored-state gauges keep their last values
+        event(log, "metrics_snapshot_failed", logging.WARNING, detail=str(e))
+    body, content_type = metrics.render(request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def serve(state: NodeState, app: web.Application) -> web.AppRunner | None:
+    """Route `GET /metrics` on `app`, or on its own listener with `[metrics] listen`.
+
+    Call before `app` is set up. Returns the separate listener's runner (the
+    caller cleans it up at stop) or None.
+    """
+    handler = functools.partial(scrape, state)
+    cfg = state.config.metrics
+    if cfg.listen_host is None:
+        app.router.add_get(PATH, handler)
+        return None
+    own = web.Application()
+    own.router.add_get(PATH, handler)
+    runner = web.AppRunner(own, access_log=None, handle_signals=False, shutdown_timeout=2)
+    await runner.setup()
+    site = web.TCPSite(runner, cfg.listen_host, cfg.listen_port)
+    try:
+        await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner

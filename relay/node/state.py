@@ -1,0 +1,193 @@
+"""The state one running node shares between its routes and tasks.
+
+Handlers and senders reach it through `app[NodeState.KEY]`. It owns no
+sockets: `relay.node.app` wires it into an aiohttp app and runs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from typing import ClassVar
+
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from relay.config.parse import Config
+from relay.logs import event
+from relay.node import fault
+from relay.node.backpressure import Backpressure
+from relay.node.metrics import Metrics
+from relay.policy.ratelimit import Limits
+from relay.policy.residency import Policy, policy_hash
+from relay.policy.trust import Trust
+from relay.protocol.envelope import Envelope, decode_receipt
+from relay.protocol.keystr import key_id, public_key_string
+from relay.storage.sqlite import ledger
+from relay.storage.sqlite.store import Store, Tx
+
+log = logging.getLogger("relay.node")
+
+FINAL = frozenset({"delivered", "rejected", "expired"})
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class NodeState:
+    KEY: ClassVar[web.AppKey[NodeState]]
+
+    def __init__(
+        self,
+        config: Config,
+        key: Ed25519PrivateKey,
+        store: Store,
+        *,
+        clock: Callable[[], int] = wall_clock_ms,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.store = store
+        self.now_ms = clock
+        self.random = random
+        self.use_key(key)
+        self.stopping = False
+        # Fault injection for crash tests (relay.node.fault): "exit_after_commit"
+        # makes the node die after committing a received batch and before
+        # answering it; "commit_delay_ms=N" holds each transaction open.
+        self.fault = os.environ.get("RELAY_FAULT", "")
+        self.faults = fault.install(store, self.fault)
+        self._nonces: set[tuple[str, str]] = set()
+        self._inbox_events: dict[str, asyncio.Event] = {}
+        self._dirty_inboxes: set[str] = set()
+        self._dirty_hops: set[str] = set()
+        self.wake_hop: Callable[[str], None] = lambda hop: None
+        self.metrics = Metrics()
+        self.backpressure = Backpressure(store)  # write slots, queue length ([limits])
+        self.load(config)
+        store.on_commit(self._after_commit)
+
+    def use_key(self, key: Ed25519PrivateKey) -> None:
+        """Sign with `key` from now on (start, and a reload after `relay key rotate`).
+
+        Key, key string and key id change together, between two awaits, so
+        nothing is ever signed with one key and labelled with another's id.
+        """
+        self.key = key
+        self.key_string = public_key_string(key.public_key())
+        self.key_id = key_id(self.key_string)
+
+    def load(self, config: Config) -> None:
+        """Take a (re)loaded config: peers, mailboxes, policy."""
+        self.config = config
+        self.name = config.node.name
+        old: Trust | None = getattr(self, "trust", None)  # keep what peers taught us
+        self.trust = Trust(config, clock=self.now_ms, learned=old.learned_blobs() if old else ())
+        self.policy: Policy = config.policy
+        self.policy_hash = policy_hash(config.policy)
+        self.limits = Limits.renew(getattr(self, "limits", None), config.limits)
+        self.store.max_backlog = config.limits.max_pending_writes
+
+    # --- replay guard for requests still in flight ---------------------------
+
+    def claim_nonce(self, peer: str, nonce: str) -> bool:
+        key = (peer, nonce)
+        if key in self._nonces:
+            return False
+        self._nonces.add(key)
+        return True
+
+    def release_nonce(self, peer: str, nonce: str) -> None:
+        self._nonces.discard((peer, nonce))
+
+    # --- wake-ups after commit ---------------------------------------------------
+
+    def note_inbox(self, mailboxes: Iterable[str]) -> None:
+        self._dirty_inboxes.update(mailboxes)
+
+    def note_hop(self, hop: str) -> None:
+        self._dirty_hops.add(hop)
+
+    def inbox_event(self, mailbox: str) -> asyncio.Event:
+        ev = self._inbox_events.get(mailbox)
+        if ev is None:
+            ev = self._inbox_events[mailbox] = asyncio.Event()
+        return ev
+
+    def wake_all_inboxes(self) -> None:
+        """End every long-poll now (shutdown)."""
+        events, self._inbox_events = self._inbox_events, {}
+        for ev in events.values():
+            ev.set()
+
+    def _after_commit(self) -> None:
+        for mb in self._dirty_inboxes:
+            ev = self._inbox_events.pop(mb, None)
+            if ev is not None:
+                ev.set()
+        self._dirty_inboxes.clear()
+        hops, self._dirty_hops = self._dirty_hops, set()
+        for hop in hops:
+            self.wake_hop(hop)
+
+    # --- receipts arriving at the origin ------------------------------------------
+
+    async def apply_receipt(self, tx: Tx, env: Envelope, now: int) -> None:
+        """Record what a receipt says about envelopes this node originated.
+
+        An entry counts only when the receipt's writer is that envelope's
+        destination, or, for `rejected` and `expired`, the node this node
+        handed it to (the relay on its path); `delivered` comes only from the
+        destination. Other entries are logged and ignored.
+        """
+        receipt = decode_receipt(env.payload)
+        writer = env.header.origin
+        for ident, recipients in receipt.entries:
+            async with tx.execute(
+                "SELECT rid, dest, kind, hop FROM envelopes WHERE origin = ? AND id = ?",
+                (self.name, ident),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None or row[2] != "message":
+                event(
+                    log,
+                    "receipt_entry_ignored",
+                    logging.WARNING,
+                    peer=writer,
+                    envelope=ident,
+                    reason="no message with this id originated here",
+                )
+                continue
+            dest, hop = row[1], row[3]
+            relay_may = receipt.status != "delivered" and hop == writer
+            if writer != dest and not relay_may:
+                path = dest if hop in (None, dest) else f"{dest} or (not delivered) relay {hop}"
+                event(
+                    log,
+                    "receipt_entry_ignored",
+                    logging.WARNING,
+                    peer=writer,
+                    envelope=ident,
+                    status=receipt.status,
+                    reason=f"the writer is not on this envelope's path ({path})",
+                )
+                continue
+            await ledger.set_status(
+                tx, row[0], receipt.status, receipt.reason, now, list(recipients)
+            )
+        event(
+            log,
+            "receipt_applied",
+            peer=writer,
+            envelope=env.header.id,
+            status=receipt.status,
+            reason=receipt.reason,
+            entries=len(receipt.entries),
+            mode=receipt.mode,
+        )
+
+
+NodeState.KEY = web.AppKey("relay_node", NodeState)

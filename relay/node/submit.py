@@ -1,0 +1,274 @@
+"""From a client's message to signed, queued envelopes (DESIGN §6, §7 submit).
+
+A message may name recipients at several nodes; it becomes one envelope per
+destination node. The message id the client sees is the first envelope's id.
+Each envelope is queued for its next hop: the `via` of the first matching
+`[[routes]]` entry, else the destination itself. Residency is stamped and
+checked for every destination and planned hop before anything is written;
+one refusal refuses the whole submit (nothing queued).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from relay.errors import BadRequest, MalformedError, PolicyRefused, RelayError
+from relay.logs import event
+from relay.node.state import NodeState
+from relay.policy.residency import Decision, check_submit, stamp
+from relay.policy.routing import next_hop, route_for
+from relay.protocol.envelope import (
+    MAX_LIFETIME_MS,
+    MAX_RECIPIENTS,
+    Envelope,
+    make_header,
+    seal,
+    split_address,
+)
+from relay.storage.sqlite import ledger
+from relay.storage.sqlite.store import Tx
+
+log = logging.getLogger("relay.submit")
+
+TEXT_CTYPE = "text/plain; charset=utf-8"
+BINARY_CTYPE = "application/octet-stream"
+MESSAGE_KEYS = frozenset({"to", "text", "body_b64", "ctype", "residency", "ttl"})
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    env: Envelope
+    hop: str | None
+    mailboxes: tuple[str, ...]
+    decision: Decision
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedMessage:
+    msg_id: bytes
+    parts: tuple[Planned, ...]
+    audits: tuple[tuple[str, Decision], ...]  # (dest, decision) passed in audit mode
+
+
+def _field_error(index: int | None, detail: str) -> BadRequest:
+    where = "" if index is None else f"messages[{index}]: "
+    return BadRequest(where + detail)
+
+
+def parse_message(doc: Any, index: int | None = None) -> dict[str, Any]:
+    """Check one message object's shape; BadRequest naming what is wrong."""
+    if not isinstance(doc, Mapping):
+        raise _field_error(index, "a message is a JSON object")
+    unknown = set(doc) - MESSAGE_KEYS
+    if unknown:
+        raise _field_error(index, f"unknown field(s): {', '.join(sorted(unknown))}")
+    to = doc.get("to")
+    if isinstance(to, str):
+        to = [to]
+    if not isinstance(to, list) or not to or not all(isinstance(a, str) for a in to):
+        raise _field_error(index, "'to' must be a non-empty list of addresses")
+    if len(to) > MAX_RECIPIENTS:
+        raise _field_error(index, f"'to' has {len(to)} addresses, at most {MAX_RECIPIENTS}")
+    has_text, has_body = "text" in doc, "body_b64" in doc
+    if has_text == has_body:
+        raise _field_error(index, "give exactly one of 'text' or 'body_b64'")
+    if has_text:
+        if not isinstance(doc["text"], str):
+            raise _field_error(index, "'text' must be a string")
+        body = doc["text"].encode("utf-8")
+        ctype = TEXT_CTYPE
+    else:
+        if not isinstance(doc["body_b64"], str):
+            raise _field_error(index, "'body_b64' must be a base64 string")
+        try:
+            body = base64.b64decode(doc["body_b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise _field_error(index, "'body_b64' is not valid base64") from None
+        ctype = BINARY_CTYPE
+    if "ctype" in doc:
+        if not isinstance(doc["ctype"], str) or not doc["ctype"] or not doc["ctype"].isascii():
+            raise _field_error(index, "'ctype' must be a non-empty ASCII string")
+        ctype = doc["ctype"]
+    residency = doc.get("residency")
+    if isinstance(residency, str):
+        residency = [r.strip() for r in residency.split(",") if r.strip()]
+    if residency is not None and (
+        not isinstance(residency, list) or not all(isinstance(r, str) for r in residency)
+    ):
+        raise _field_error(index, "'residency' must be a list of country codes or group names")
+    ttl = doc.get("ttl")
+    if ttl is not None and (
+        not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_LIFETIME_MS // 1000
+    ):
+        raise _field_error(index, f"'ttl' must be seconds from 1 to {MAX_LIFETIME_MS // 1000}")
+    return {"to": to, "body": body, "ctype": ctype, "residency": residency, "ttl": ttl}
+
+
+def plan(
+    state: NodeState, mailbox: str, msg: Mapping[str, Any], index: int | None
+) -> PlannedMessage:
+    """Build and sign the envelopes of one checked message; nothing is written."""
+    now = state.now_ms()
+    by_dest: dict[str, list[str]] = {}
+    for addr in msg["to"]:
+        try:
+            _, dest = split_address(addr)
+        except MalformedError as e:
+            raise _field_error(index, e.detail) from None
+        by_dest.setdefault(dest, [])
+        if addr not in by_dest[dest]:
+            by_dest[dest].append(addr)
+    ttl_ms = (msg["ttl"] * 1000) if msg["ttl"] else state.config.node.queue_lifetime_ms
+    ttl_ms = min(ttl_ms, MAX_LIFETIME_MS)
+    sender = f"{mailbox}@{state.name}"
+    parts: list[Planned] = []
+    audits: list[tuple[str, Decision]] = []
+    msg_id = b""
+    for dest, addrs in by_dest.items():
+        local = dest == state.name
+        dest_jur = state.config.node.jurisdiction if local else state.trust.jurisdiction(dest)
+        mailboxes: tuple[str, ...] = ()
+        if local:
+            names = [split_address(a)[0] for a in addrs]
+            for a, name in zip(addrs, names, strict=True):
+                if state.config.mailbox(name) is None:
+                    raise _field_error(index, f"no mailbox {a} at this node")
+            mailboxes = tuple(dict.fromkeys(names))
+        elif state.trust.node(dest) is None:
+            raise PolicyRefused(unknown_destination(state, dest), "builtin:unknown_destination")
+        hop = dest if local else next_hop(state.config.routes, dest)
+        hops = [] if hop == dest else [(hop, state.trust.jurisdiction(hop))]
+        try:
+            stamped = stamp(
+                state.policy,
+                msg["residency"],
+                sender=mailbox,
+                dest_node=dest,
+                dest_jurisdiction=dest_jur,
+                ctype=msg["ctype"],
+            )
+        except BadRequest as e:
+            raise _field_error(index, e.detail) from None
+        if not stamped.allowed:
+            raise PolicyRefused(stamped.reason, stamped.rule)
+        checked = check_submit(
+            state.policy, stamped.residency, dest_node=dest, dest_jurisdiction=dest_jur, hops=hops
+        )
+        if not checked.allowed:
+            raise PolicyRefused(checked.reason, checked.rule)
+        audits.extend((dest, d) for d in (stamped, checked) if d.outcome == "audit")
+        ident = state.random(16)
+        if not msg_id:
+            msg_id = ident
+        try:
+            header = make_header(
+                id=ident,
+                kind="message",
+                origin=state.name,
+                key_id=state.key_id,
+                sender=sender,
+                to=addrs,
+                dest=dest,
+                created=now,
+                expires=now + ttl_ms,
+                residency=stamped.residency,
+                ctype=msg["ctype"],
+                payload=msg["body"],
+            )
+        except MalformedError as e:
+            raise _field_error(index, e.detail) from None
+        env = seal(header, msg["body"], state.key)
+        parts.append(Planned(env, None if local else hop, mailboxes, stamped))
+    return PlannedMessage(msg_id, tuple(parts), tuple(audits))
+
+
+def unknown_destination(state: NodeState, dest: str) -> str:
+    """Why nothing may be sent to `dest`: its jurisdiction is unknown here.
+
+    Discovery never builds a URL from the typed name: a destination is known
+    from config (a pinned peer, with or without URL) or from a certificate
+    this node holds, and from nothing else.
+    """
+    route = route_for(state.config.routes, dest)
+    why = state.trust.why_untrusted(dest)
+    if route is not None:
+        return (
+            f"{dest} is routed via {route.via}, but its jurisdiction is unknown here ({why}); "
+            "pin it (a [[peers]] entry without url will do) or hold a certificate for it"
+        )
+    return (
+        f"{why}, and no [[routes]] entry leads to it; nothing may be sent to a node whose "
+        "jurisdiction is unknown (this node never looks a typed name up on the network)"
+    )
+
+
+async def record(state: NodeState, tx: Tx, mailbox: str, planned: Sequence[PlannedMessage]) -> None:
+    """Store planned messages: envelopes, queue and inbox rows, recipient status."""
+    now = state.now_ms()
+    items = [
+        ledger.NewEnvelope(
+            env=p.env,
+            trace=(),
+            from_peer=None,
+            hop=p.hop,
+            mailboxes=p.mailboxes,
+            rule_id=p.decision.rule,
+            policy_hash=state.policy_hash,
+        )
+        for pm in planned
+        for p in pm.parts
+    ]
+    rids = iter(await ledger.insert_envelopes(tx, items, now))
+    rows: list[ledger.RecipientRow] = []
+    for pm in planned:
+        for p in pm.parts:
+            rid = next(rids)
+            status = "queued" if p.hop else "delivered"
+            rows.extend((pm.msg_id, a, rid, mailbox, status, now) for a in p.env.header.to)
+            if p.hop:
+                state.note_hop(p.hop)
+            else:
+                state.note_inbox(p.mailboxes)
+        for dest, d in pm.audits:
+            await ledger.record_decision(
+                tx,
+                at=now,
+                point="submit",
+                envelope=pm.msg_id,
+                peer=dest,
+                outcome="audit",
+                rule=d.rule,
+                reason=d.reason,
+                policy_hash=state.policy_hash,
+            )
+    await ledger.add_recipients(tx, rows)
+
+
+async def record_refusal(
+    state: NodeState, mailbox: str, err: PolicyRefused, to: Sequence[str]
+) -> None:
+    """A submit refused by policy leaves a decision row and nothing else."""
+    now = state.now_ms()
+
+    async def job(tx: Tx) -> None:
+        await ledger.record_decision(
+            tx,
+            at=now,
+            point="submit",
+            envelope=None,
+            peer=",".join(sorted({a.rpartition("@")[2] for a in to})),
+            outcome="deny",
+            rule=err.rule,
+            reason=f"{mailbox}: {err.detail}",
+            policy_hash=state.policy_hash,
+        )
+
+    try:
+        await state.store.write(job)
+    except RelayError as e:
+        event(log, "decision_not_recorded", logging.ERROR, rule=err.rule, detail=e.detail)

@@ -1,0 +1,598 @@
+"""The node's SQLite store (DESIGN §8).
+
+Invariants:
+- One process per database: `open_store` takes an exclusive lock file and
+  refuses a second opener.
+- WAL, synchronous=FULL, file mode 0600; numbered migrations in
+  `schema_version`; a database newer than the code is refused.
+- Every write goes through one writer task that runs the queued jobs of many
+  callers in a single transaction (group commit). A caller's future resolves
+  only after COMMIT returned, so nothing is acknowledged before it is durable.
+  Each job runs inside its own SAVEPOINT: one job failing rolls back only
+  itself. When SQLite rolls back the whole transaction (disk full, I/O
+  error), every job of it fails with StoreError (503): nothing is reported
+  stored that was not, and the writer goes on with the next transaction.
+- Every sqlite error reaches callers as StoreError, reads included; a storage
+  failure (full, read-only, I/O) sets `trouble` until a transaction commits
+  cleanly again.
+- Reads use a second connection; WAL gives them the last committed state.
+- Payloads are content-addressed by sha256 and stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from relay.errors import Busy, RelayError, StoreError
+from relay.logs import event
+
+log = logging.getLogger("relay.store")
+
+T = TypeVar("T")
+Tx = aiosqlite.Connection
+Job = Callable[[Tx], Awaitable[T]]
+
+SCHEMA_VERSION = 5
+CACHE_KIB = -32768  # negative means KiB: 32 MiB of page cache per connection
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+CREATE TABLE envelopes (
+    rid INTEGER PRIMARY KEY,
+    origin TEXT NOT NULL,
+    id BLOB NOT NULL,
+    hdigest BLOB NOT NULL,
+    header BLOB NOT NULL,
+    signature BLOB NOT NULL,
+    payload_sha BLOB,
+    trace BLOB NOT NULL,
+    kind TEXT NOT NULL,
+    sender TEXT NOT NULL,
+    dest TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    expires INTEGER NOT NULL,
+    received INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    residency TEXT NOT NULL,
+    from_peer TEXT,
+    rule_id TEXT NOT NULL DEFAULT '',
+    policy_hash TEXT NOT NULL DEFAULT '',
+    UNIQUE (origin, id)
+);
+CREATE INDEX envelopes_id ON envelopes (id);
+CREATE TABLE payloads (
+    sha BLOB PRIMARY KEY,
+    body BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE queue (
+    rid INTEGER PRIMARY KEY,
+    hop TEXT NOT NULL,
+    enqueued INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    held INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX queue_hop ON queue (hop, rid);
+CREATE TABLE inbox (
+    seq INTEGER PRIMARY KEY,
+    mailbox TEXT NOT NULL,
+    rid INTEGER NOT NULL,
+    delivered INTEGER NOT NULL,
+    acked INTEGER
+);
+CREATE UNIQUE INDEX inbox_once ON inbox (mailbox, rid);
+CREATE INDEX inbox_unacked ON inbox (mailbox, seq) WHERE acked IS NULL;
+CREATE TABLE recipients (
+    msg BLOB NOT NULL,
+    address TEXT NOT NULL,
+    rid INTEGER NOT NULL,
+    mailbox TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    at INTEGER NOT NULL,
+    PRIMARY KEY (msg, address)
+) WITHOUT ROWID;
+CREATE INDEX recipients_rid ON recipients (rid);
+CREATE TABLE pending_receipts (
+    seq INTEGER PRIMARY KEY,
+    origin TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    residency TEXT NOT NULL,
+    id BLOB NOT NULL,
+    recipients BLOB NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE TABLE batches (
+    peer TEXT NOT NULL,
+    batch BLOB NOT NULL,
+    results BLOB NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (peer, batch)
+) WITHOUT ROWID;
+CREATE TABLE nonces (
+    peer TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (peer, nonce)
+) WITHOUT ROWID;
+CREATE TABLE peer_state (
+    peer TEXT PRIMARY KEY,
+    failures INTEGER NOT NULL DEFAULT 0,
+    next_try INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    last_ok INTEGER NOT NULL DEFAULT 0,
+    delivered INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE idempotency (
+    mailbox TEXT NOT NULL,
+    key TEXT NOT NULL,
+    response TEXT NOT NULL,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (mailbox, key)
+) WITHOUT ROWID;
+CREATE TABLE decisions (
+    seq INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    point TEXT NOT NULL,
+    envelope BLOB,
+    peer TEXT NOT NULL DEFAULT '',
+    outcome TEXT NOT NULL,
+    rule TEXT NOT NULL DEFAULT '',
+    reason TEXT NOT NULL DEFAULT '',
+    policy_hash TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX decisions_envelope ON decisions (envelope);
+""",
+    # Retention (relay.node.retention): `discard` marks content that a deletion
+    # path wants gone but a minimum retention still holds; every purge is
+    # recorded in `purges` with what it deleted.
+    2: """
+ALTER TABLE envelopes ADD COLUMN discard INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX envelopes_payload ON envelopes (payload_sha);
+CREATE INDEX envelopes_received ON envelopes (received);
+CREATE INDEX envelopes_content ON envelopes (received) WHERE payload_sha IS NOT NULL;
+CREATE INDEX envelopes_discard ON envelopes (received)
+    WHERE discard = 1 AND payload_sha IS NOT NULL;
+CREATE INDEX decisions_at ON decisions (at);
+CREATE TABLE purges (
+    seq INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    contents INTEGER NOT NULL DEFAULT 0,
+    payloads INTEGER NOT NULL DEFAULT 0,
+    payload_bytes INTEGER NOT NULL DEFAULT 0,
+    ended INTEGER NOT NULL DEFAULT 0,
+    envelopes INTEGER NOT NULL DEFAULT 0,
+    inbox INTEGER NOT NULL DEFAULT 0,
+    recipients INTEGER NOT NULL DEFAULT 0,
+    decisions INTEGER NOT NULL DEFAULT 0
+);
+""",
+    # Webhooks (relay.node.webhooks): per mailbox, the last inbox seq handled
+    # (POSTed and acked, or refused by residency) and the retry state.
+    3: """
+CREATE TABLE webhook_state (
+    mailbox TEXT PRIMARY KEY,
+    cursor INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    next_try INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    delivered INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+""",
+    # Relaying (relay.policy.routing, relay.storage.sqlite.certstore): `hop` is the node this node
+    # handed an envelope to (its path as far as this node knows it, used to
+    # accept receipts from a relay); `certificates` keeps node certificates
+    # other nodes carried in batch items, with their validity.
+    4: """
+ALTER TABLE envelopes ADD COLUMN hop TEXT;
+CREATE TABLE certificates (
+    fingerprint TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    not_after INTEGER NOT NULL,
+    blob BLOB NOT NULL,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
+""",
+    # payloads as a rowid table: in a WITHOUT ROWID table every 1 KiB body
+    # spilled into its own overflow page (4.5 KB on disk per message) and
+    # commits slowed as the table grew; a rowid table keeps small bodies
+    # inline in its leaves. sha stays unique (payloads are stored once).
+    5: """
+CREATE TABLE payloads_v5 (
+    id INTEGER PRIMARY KEY,
+    sha BLOB NOT NULL UNIQUE,
+    body BLOB NOT NULL
+);
+INSERT INTO payloads_v5 (sha, body) SELECT sha, body FROM payloads;
+DROP TABLE payloads;
+ALTER TABLE payloads_v5 RENAME TO payloads;
+""",
+}
+
+TABLES = (
+    "envelopes",
+    "payloads",
+    "queue",
+    "inbox",
+    "recipients",
+    "pending_receipts",
+    "batches",
+    "nonces",
+    "peer_state",
+    "idempotency",
+    "decisions",
+    "purges",
+    "webhook_state",
+    "certificates",
+)
+
+
+@dataclass
+class _Pending:
+    job: Job[Any]
+    future: asyncio.Future[Any]
+
+
+class DatabaseLocked(StoreError):
+    code = "locked"
+
+
+class Store:
+    """Group-commit writer plus a read connection over one SQLite file."""
+
+    def __init__(self, path: Path, db: Tx, reader: Tx, lock_fd: int) -> None:
+        self.path = path
+        self._db = db
+        self.reader = reader
+        self._lock_fd = lock_fd
+        self._jobs: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._after_commit: list[Callable[[], None]] = []
+        self.commits = 0
+        self.max_jobs_per_commit = 512
+        # Fault injection (relay.node.fault): awaited after a transaction's jobs ran
+        # and before its COMMIT, so crash tests can kill the process inside it.
+        self.before_commit: Callable[[], Awaitable[None]] | None = None
+        # Jobs that may wait for the writer before `write(admit=True)` answers
+        # Busy ([limits] max_pending_writes; 0 = no bound).
+        self.max_backlog = 0
+        # Why the last transaction failed for a storage reason (disk full,
+        # read-only, I/O error) until one commits cleanly; readyz reports it.
+        self.trouble: str | None = None
+        self._storage_failure: sqlite3.Error | None = None
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
+
+    async def close(self) -> None:
+        """Finish every queued write, then close both connections and the lock."""
+        if self._writer is not None:
+            await self._jobs.put(None)
+            await self._writer
+            self._writer = None
+        await self.reader.close()
+        await self._db.close()
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+        os.close(self._lock_fd)
+
+    def on_commit(self, hook: Callable[[], None]) -> None:
+        """Run `hook` after every successful commit (wake senders, long-polls)."""
+        self._after_commit.append(hook)
+
+    # --- writing -------------------------------------------------------------
+
+    def check_backlog(self) -> None:
+        """Busy (503) while `max_backlog` or more jobs wait for the writer (0: no bound)."""
+        waiting = self._jobs.qsize()
+        if self.max_backlog and waiting >= self.max_backlog:
+            raise Busy(f"the store writer is behind ({waiting} writes waiting); retry shortly")
+
+    async def write(self, job: Job[T], *, admit: bool = False) -> T:
+        """Run `job` in the next group-commit transaction; return once committed.
+
+        With `admit` (request handlers), refuse with Busy rather than queue past
+        `max_backlog`; the node's own tasks always queue (there are few of them).
+        StoreError (503) when the database refused: nothing of the job is stored.
+        """
+        if self._writer is None:
+            raise StoreError("the store is not accepting writes")
+        if admit:
+            self.check_backlog()
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        await self._jobs.put(_Pending(job, fut))
+        return await fut
+
+    async def _write_loop(self) -> None:
+        stop = False
+        while not stop:
+            first = await self._jobs.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.max_jobs_per_commit and not self._jobs.empty():
+                nxt = self._jobs.get_nowait()
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        self._storage_failure = None
+        try:
+            await self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            self._set_trouble(e)
+            _fail(batch, StoreError(f"cannot begin a transaction, nothing was stored: {e}"))
+            return
+        outcomes: list[tuple[_Pending, Any, BaseException | None]] = []
+        for p in batch:
+            try:
+                outcomes.append(await self._run_job(p))
+            except sqlite3.Error as e:  # a SAVEPOINT statement itself failed
+                await self._abandon(batch, e)
+                return
+            if not self._db.in_transaction:
+                # SQLite rolled the whole transaction back (disk full, I/O
+                # error): the jobs before this one are gone too.
+                await self._abandon(batch, outcomes[-1][2] or "the transaction ended early")
+                return
+        if self.before_commit is not None:
+            await self.before_commit()
+        try:
+            await self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            self._set_trouble(e)
+            with contextlib.suppress(sqlite3.Error):
+                await self._db.execute("ROLLBACK")
+            _fail(batch, StoreError(f"commit failed, nothing was stored: {e}"))
+            return
+        self.commits += 1
+        if self._storage_failure is not None:
+            self._set_trouble(self._storage_failure)
+        elif self.trouble is not None:
+            event(log, "store_recovered", previous=self.trouble)
+            self.trouble = None
+        for p, result, exc in outcomes:
+            _settle(p.future, result, exc)
+        for hook in self._after_commit:
+            hook()
+
+    async def _run_job(self, p: _Pending) -> tuple[_Pending, Any, BaseException | None]:
+        """Run one job inside its own SAVEPOINT; sqlite3.Error if a SAVEPOINT fails."""
+        await self._db.execute("SAVEPOINT job")
+        try:
+            result = await p.job(self._db)
+        except Exception as e:  # noqa: BLE001 - re-raised in the caller by its future
+            if isinstance(e, sqlite3.Error):
+                if storage_error(e):
+                    self._storage_failure = e
+                e = StoreError(f"database error, nothing of this request was stored: {e}")
+            if self._db.in_transaction:
+                await self._db.execute("ROLLBACK TO job")
+                await self._db.execute("RELEASE job")
+            return p, None, e
+        await self._db.execute("RELEASE job")
+        return p, result, None
+
+    async def _abandon(self, batch: list[_Pending], cause: BaseException | str) -> None:
+        """The transaction is lost: roll back what is left and fail every job of `batch`."""
+        self._set_trouble(self._storage_failure or cause)
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                await self._db.execute("ROLLBACK")
+        detail = cause.detail if isinstance(cause, RelayError) else str(cause)
+        _fail(batch, StoreError(f"the transaction was rolled back, nothing was stored: {detail}"))
+
+    def _set_trouble(self, cause: BaseException | str) -> None:
+        why = cause.detail if isinstance(cause, RelayError) else str(cause)
+        if self.trouble is None:
+            event(log, "store_trouble", logging.ERROR, detail=why)
+        self.trouble = why
+
+    # --- reading -------------------------------------------------------------
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """Rows of a read on the last committed state; StoreError if the database fails."""
+        try:
+            async with self.reader.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read the database: {e}") from e
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
+        """The first row of a read, or None; StoreError if the database fails."""
+        try:
+            async with self.reader.execute(sql, params) as cur:
+                row: sqlite3.Row | None = await cur.fetchone()
+                return row
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read the database: {e}") from e
+
+    async def row_counts(self) -> dict[str, int]:
+        """Rows in every table; tests compare these before and after a refusal."""
+        counts: dict[str, int] = {}
+        for t in TABLES:
+            row = await self.fetchone(f"SELECT count(*) FROM {t}")
+            counts[t] = int(row[0]) if row else 0
+        return counts
+
+    async def pragma(self, name: str) -> str:
+        row = await self.fetchone(f"PRAGMA {name}")
+        return str(row[0]) if row else ""
+
+
+# Primary result codes that mean the disk or file, not the request: the
+# database is full, read-only, unreadable or gone.
+_STORAGE_CODES = frozenset(
+    {
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_NOLFS,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
+
+
+def storage_error(e: sqlite3.Error) -> bool:
+    """True when `e` says the storage failed (full, read-only, I/O), not the SQL."""
+    code = getattr(e, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) in _STORAGE_CODES
+
+
+def _fail(batch: Iterable[_Pending], err: BaseException) -> None:
+    for p in batch:
+        _settle(p.future, None, err)
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(result)
+
+
+def _take_lock(path: Path) -> int:
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DatabaseLocked(
+            f"{path} is in use by another relay process (lock {lock_path} is held)"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+async def _connect(path: Path) -> Tx:
+    db = await aiosqlite.connect(str(path), isolation_level=None)
+    db.row_factory = sqlite3.Row
+    await db.execute("PRAGMA busy_timeout = 5000")
+    await db.execute("PRAGMA foreign_keys = ON")
+    return db
+
+
+async def migrate(db: Tx, path: Path) -> int:
+    """Bring the schema to SCHEMA_VERSION; refuse a database newer than the code."""
+    await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    async with db.execute("SELECT max(version) FROM schema_version") as cur:
+        row = await cur.fetchone()
+    current = int(row[0]) if row and row[0] is not None else 0
+    if current > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} has schema version {current}, newer than this relay "
+            f"(knows up to {SCHEMA_VERSION}); upgrade relay or restore a backup"
+        )
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in _statements(MIGRATIONS[version]):
+                await db.execute(stmt)
+            await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            await db.execute("COMMIT")
+        except sqlite3.Error:
+            await db.execute("ROLLBACK")
+            raise
+    return SCHEMA_VERSION
+
+
+def _statements(script: str) -> Iterable[str]:
+    return (s.strip() for s in script.split(";") if s.strip())
+
+
+async def open_store(path: Path) -> Store:
+    """Lock, open, configure and migrate the database at `path`; start the writer."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock_fd = _take_lock(path)
+    try:
+        if not path.exists():
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            os.close(fd)
+        os.chmod(path, 0o600)
+        db = await _connect(path)
+        try:
+            async with db.execute("PRAGMA journal_mode = WAL") as cur:
+                row = await cur.fetchone()
+            if row is None or str(row[0]).lower() != "wal":
+                raise StoreError(f"{path}: could not switch the journal to WAL")
+            await db.execute("PRAGMA synchronous = FULL")
+            await db.execute(f"PRAGMA cache_size = {CACHE_KIB}")
+            await migrate(db, path)
+            reader = await _connect(path)
+            await reader.execute("PRAGMA synchronous = FULL")
+            await reader.execute(f"PRAGMA cache_size = {CACHE_KIB}")
+        except (sqlite3.Error, RelayError):
+            await db.close()
+            raise
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                os.chmod(side, 0o600)
+    except sqlite3.Error as e:
+        os.close(lock_fd)
+        raise StoreError(f"{path}: cannot open the database: {e}") from e
+    except RelayError:
+        os.close(lock_fd)
+        raise
+    store = Store(path, db, reader, lock_fd)
+    store.start()
+    return store
+
+
+async def open_readonly(path: Path) -> tuple[Tx, int]:
+    """A read-only connection to the database at `path`, and its schema version.
+
+    Takes no lock and never writes, so admin commands may read a running
+    node's database (WAL readers see the last commit). StoreError if there is
+    no database or its schema is newer than this code.
+    """
+    if not path.is_file():
+        raise StoreError(f"{path}: no database yet (the node creates it when it first runs)")
+    try:
+        db = await aiosqlite.connect(
+            f"{path.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None
+        )
+    except sqlite3.Error as e:
+        raise StoreError(f"{path}: cannot open the database read-only: {e}") from e
+    db.row_factory = sqlite3.Row
+    try:
+        await db.execute("PRAGMA busy_timeout = 5000")
+        async with db.execute("SELECT max(version) FROM schema_version") as cur:
+            row = await cur.fetchone()
+    except sqlite3.Error as e:
+        await db.close()
+        raise StoreError(f"{path}: cannot read the database: {e}") from e
+    version = int(row[0]) if row and row[0] is not None else 0
+    if version > SCHEMA_VERSION:
+        await db.close()
+        raise StoreError(
+            f"{path} has schema version {version}, newer than this relay "
+            f"(knows up to {SCHEMA_VERSION})"
+        )
+    return db, version

@@ -1,0 +1,121 @@
+"""relay.storage.sqlite.store: durability settings, locking, migrations and group commit."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import stat
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from relay.errors import RelayError, StoreError
+from relay.storage.sqlite.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    TABLES,
+    DatabaseLocked,
+    Tx,
+    open_store,
+)
+
+
+async def test_wal_full_sync_and_private_file(tmp_path: Path) -> None:
+    db = tmp_path / "relay.db"
+    store = await open_store(db)
+    try:
+        assert await store.pragma("journal_mode") == "wal"
+        # synchronous is per connection: 2 = FULL on the reader as on the writer
+        assert await store.pragma("synchronous") == "2"
+        assert stat.S_IMODE(db.stat().st_mode) == 0o600
+        assert set(await store.row_counts()) == set(TABLES)
+    finally:
+        await store.close()
+
+
+async def test_second_opener_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    db = tmp_path / "relay.db"
+    store = await open_store(db)
+    try:
+        with pytest.raises(DatabaseLocked, match="in use by another relay process"):
+            await open_store(db)
+    finally:
+        await store.close()
+    again = await open_store(db)  # released on close
+    await again.close()
+
+
+async def test_database_newer_than_the_code_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "relay.db"
+    store = await open_store(db)
+    await store.close()
+    con = sqlite3.connect(db)
+    con.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION + 1,))
+    con.commit()
+    con.close()
+    with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
+        await open_store(db)
+
+
+async def test_payloads_survive_the_migration_to_a_rowid_table(tmp_path: Path) -> None:
+    """A database at version 4 keeps its payloads through migration 5."""
+    db = tmp_path / "relay.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for version in range(1, 5):
+        for stmt in (s.strip() for s in MIGRATIONS[version].split(";")):
+            if stmt:
+                con.execute(stmt)
+        con.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+    con.execute("INSERT INTO payloads (sha, body) VALUES (?, ?)", (b"\x01" * 32, b"kept"))
+    con.commit()
+    con.close()
+    store = await open_store(db)
+    try:
+        row = await store.fetchone("SELECT body FROM payloads WHERE sha = ?", (b"\x01" * 32,))
+        assert row is not None and bytes(row[0]) == b"kept"
+        row = await store.fetchone("SELECT max(version) FROM schema_version")
+        assert row is not None and row[0] == SCHEMA_VERSION
+
+        async def again(tx: Tx) -> None:
+            await tx.execute("INSERT INTO payloads (sha, body) VALUES (?, ?)", (b"\x01" * 32, b"x"))
+
+        with pytest.raises(StoreError):  # sha is still unique: payloads are stored once
+            await store.write(again)
+    finally:
+        await store.close()
+
+
+async def test_group_commit_answers_after_commit_and_isolates_a_failing_job(
+    tmp_path: Path,
+) -> None:
+    store = await open_store(tmp_path / "relay.db")
+    try:
+
+        def job(i: int) -> Callable[[Tx], Awaitable[int]]:
+            async def run(tx: Tx) -> int:
+                await tx.execute(
+                    "INSERT INTO nonces (peer, nonce, at) VALUES (?, ?, ?)", ("p", f"n{i}", i)
+                )
+                if i == 7:
+                    raise RelayError("job 7 fails on purpose")
+                return i
+
+            return run
+
+        commits_before = store.commits
+        results: list[int | BaseException] = await asyncio.gather(
+            *(store.write(job(i)) for i in range(50)), return_exceptions=True
+        )
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert len(failed) == 1 and failed[0] is results[7]
+        assert isinstance(results[7], RelayError)
+        done = [r for r in results if isinstance(r, int)]
+        assert done == [i for i in range(50) if i != 7]
+        # many jobs shared few transactions, and every answer came after its commit
+        assert store.commits - commits_before < 50
+        counts = await store.row_counts()
+        assert counts["nonces"] == 49
+    finally:
+        await store.close()

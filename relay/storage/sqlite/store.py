@@ -3,8 +3,8 @@
 Invariants:
 - One process per database: `open_store` takes an exclusive lock file and
   refuses a second opener.
-- WAL, synchronous=FULL, file mode 0600; numbered migrations in
-  `schema_version`; a database newer than the code is refused.
+- WAL, synchronous=FULL, file mode 0600; numbered migrations
+  (relay.storage.sqlite.schema); a database newer than the code is refused.
 - Every write goes through one writer task that runs the queued jobs of many
   callers in a single transaction (group commit). A caller's future resolves
   only after COMMIT returned, so nothing is acknowledged before it is durable.
@@ -36,6 +36,9 @@ import aiosqlite
 
 from relay.errors import Busy, RelayError, StoreError
 from relay.logs import event
+from relay.storage.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, TABLES, migrate
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "TABLES", "migrate"]
 
 log = logging.getLogger("relay.store")
 
@@ -43,201 +46,7 @@ T = TypeVar("T")
 Tx = aiosqlite.Connection
 Job = Callable[[Tx], Awaitable[T]]
 
-SCHEMA_VERSION = 5
 CACHE_KIB = -32768  # negative means KiB: 32 MiB of page cache per connection
-
-MIGRATIONS: dict[int, str] = {
-    1: """
-CREATE TABLE envelopes (
-    rid INTEGER PRIMARY KEY,
-    origin TEXT NOT NULL,
-    id BLOB NOT NULL,
-    hdigest BLOB NOT NULL,
-    header BLOB NOT NULL,
-    signature BLOB NOT NULL,
-    payload_sha BLOB,
-    trace BLOB NOT NULL,
-    kind TEXT NOT NULL,
-    sender TEXT NOT NULL,
-    dest TEXT NOT NULL,
-    created INTEGER NOT NULL,
-    expires INTEGER NOT NULL,
-    received INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    residency TEXT NOT NULL,
-    from_peer TEXT,
-    rule_id TEXT NOT NULL DEFAULT '',
-    policy_hash TEXT NOT NULL DEFAULT '',
-    UNIQUE (origin, id)
-);
-CREATE INDEX envelopes_id ON envelopes (id);
-CREATE TABLE payloads (
-    sha BLOB PRIMARY KEY,
-    body BLOB NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE queue (
-    rid INTEGER PRIMARY KEY,
-    hop TEXT NOT NULL,
-    enqueued INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT NOT NULL DEFAULT '',
-    held INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX queue_hop ON queue (hop, rid);
-CREATE TABLE inbox (
-    seq INTEGER PRIMARY KEY,
-    mailbox TEXT NOT NULL,
-    rid INTEGER NOT NULL,
-    delivered INTEGER NOT NULL,
-    acked INTEGER
-);
-CREATE UNIQUE INDEX inbox_once ON inbox (mailbox, rid);
-CREATE INDEX inbox_unacked ON inbox (mailbox, seq) WHERE acked IS NULL;
-CREATE TABLE recipients (
-    msg BLOB NOT NULL,
-    address TEXT NOT NULL,
-    rid INTEGER NOT NULL,
-    mailbox TEXT NOT NULL,
-    status TEXT NOT NULL,
-    reason TEXT NOT NULL DEFAULT '',
-    at INTEGER NOT NULL,
-    PRIMARY KEY (msg, address)
-) WITHOUT ROWID;
-CREATE INDEX recipients_rid ON recipients (rid);
-CREATE TABLE pending_receipts (
-    seq INTEGER PRIMARY KEY,
-    origin TEXT NOT NULL,
-    status TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    residency TEXT NOT NULL,
-    id BLOB NOT NULL,
-    recipients BLOB NOT NULL,
-    at INTEGER NOT NULL
-);
-CREATE TABLE batches (
-    peer TEXT NOT NULL,
-    batch BLOB NOT NULL,
-    results BLOB NOT NULL,
-    at INTEGER NOT NULL,
-    PRIMARY KEY (peer, batch)
-) WITHOUT ROWID;
-CREATE TABLE nonces (
-    peer TEXT NOT NULL,
-    nonce TEXT NOT NULL,
-    at INTEGER NOT NULL,
-    PRIMARY KEY (peer, nonce)
-) WITHOUT ROWID;
-CREATE TABLE peer_state (
-    peer TEXT PRIMARY KEY,
-    failures INTEGER NOT NULL DEFAULT 0,
-    next_try INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT NOT NULL DEFAULT '',
-    last_ok INTEGER NOT NULL DEFAULT 0,
-    delivered INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE idempotency (
-    mailbox TEXT NOT NULL,
-    key TEXT NOT NULL,
-    response TEXT NOT NULL,
-    at INTEGER NOT NULL,
-    PRIMARY KEY (mailbox, key)
-) WITHOUT ROWID;
-CREATE TABLE decisions (
-    seq INTEGER PRIMARY KEY,
-    at INTEGER NOT NULL,
-    point TEXT NOT NULL,
-    envelope BLOB,
-    peer TEXT NOT NULL DEFAULT '',
-    outcome TEXT NOT NULL,
-    rule TEXT NOT NULL DEFAULT '',
-    reason TEXT NOT NULL DEFAULT '',
-    policy_hash TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX decisions_envelope ON decisions (envelope);
-""",
-    # Retention (relay.node.retention): `discard` marks content that a deletion
-    # path wants gone but a minimum retention still holds; every purge is
-    # recorded in `purges` with what it deleted.
-    2: """
-ALTER TABLE envelopes ADD COLUMN discard INTEGER NOT NULL DEFAULT 0;
-CREATE INDEX envelopes_payload ON envelopes (payload_sha);
-CREATE INDEX envelopes_received ON envelopes (received);
-CREATE INDEX envelopes_content ON envelopes (received) WHERE payload_sha IS NOT NULL;
-CREATE INDEX envelopes_discard ON envelopes (received)
-    WHERE discard = 1 AND payload_sha IS NOT NULL;
-CREATE INDEX decisions_at ON decisions (at);
-CREATE TABLE purges (
-    seq INTEGER PRIMARY KEY,
-    at INTEGER NOT NULL,
-    source TEXT NOT NULL,
-    contents INTEGER NOT NULL DEFAULT 0,
-    payloads INTEGER NOT NULL DEFAULT 0,
-    payload_bytes INTEGER NOT NULL DEFAULT 0,
-    ended INTEGER NOT NULL DEFAULT 0,
-    envelopes INTEGER NOT NULL DEFAULT 0,
-    inbox INTEGER NOT NULL DEFAULT 0,
-    recipients INTEGER NOT NULL DEFAULT 0,
-    decisions INTEGER NOT NULL DEFAULT 0
-);
-""",
-    # Webhooks (relay.node.webhooks): per mailbox, the last inbox seq handled
-    # (POSTed and acked, or refused by residency) and the retry state.
-    3: """
-CREATE TABLE webhook_state (
-    mailbox TEXT PRIMARY KEY,
-    cursor INTEGER NOT NULL DEFAULT 0,
-    failures INTEGER NOT NULL DEFAULT 0,
-    next_try INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT NOT NULL DEFAULT '',
-    delivered INTEGER NOT NULL DEFAULT 0
-) WITHOUT ROWID;
-""",
-    # Relaying (relay.policy.routing, relay.storage.sqlite.certstore): `hop` is the node this node
-    # handed an envelope to (its path as far as this node knows it, used to
-    # accept receipts from a relay); `certificates` keeps node certificates
-    # other nodes carried in batch items, with their validity.
-    4: """
-ALTER TABLE envelopes ADD COLUMN hop TEXT;
-CREATE TABLE certificates (
-    fingerprint TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    not_after INTEGER NOT NULL,
-    blob BLOB NOT NULL,
-    at INTEGER NOT NULL
-) WITHOUT ROWID;
-""",
-    # payloads as a rowid table: in a WITHOUT ROWID table every 1 KiB body
-    # spilled into its own overflow page (4.5 KB on disk per message) and
-    # commits slowed as the table grew; a rowid table keeps small bodies
-    # inline in its leaves. sha stays unique (payloads are stored once).
-    5: """
-CREATE TABLE payloads_v5 (
-    id INTEGER PRIMARY KEY,
-    sha BLOB NOT NULL UNIQUE,
-    body BLOB NOT NULL
-);
-INSERT INTO payloads_v5 (sha, body) SELECT sha, body FROM payloads;
-DROP TABLE payloads;
-ALTER TABLE payloads_v5 RENAME TO payloads;
-""",
-}
-
-TABLES = (
-    "envelopes",
-    "payloads",
-    "queue",
-    "inbox",
-    "recipients",
-    "pending_receipts",
-    "batches",
-    "nonces",
-    "peer_state",
-    "idempotency",
-    "decisions",
-    "purges",
-    "webhook_state",
-    "certificates",
-)
 
 
 @dataclass
@@ -496,34 +305,6 @@ async def _connect(path: Path) -> Tx:
     await db.execute("PRAGMA busy_timeout = 5000")
     await db.execute("PRAGMA foreign_keys = ON")
     return db
-
-
-async def migrate(db: Tx, path: Path) -> int:
-    """Bring the schema to SCHEMA_VERSION; refuse a database newer than the code."""
-    await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    async with db.execute("SELECT max(version) FROM schema_version") as cur:
-        row = await cur.fetchone()
-    current = int(row[0]) if row and row[0] is not None else 0
-    if current > SCHEMA_VERSION:
-        raise StoreError(
-            f"{path} has schema version {current}, newer than this relay "
-            f"(knows up to {SCHEMA_VERSION}); upgrade relay or restore a backup"
-        )
-    for version in range(current + 1, SCHEMA_VERSION + 1):
-        await db.execute("BEGIN IMMEDIATE")
-        try:
-            for stmt in _statements(MIGRATIONS[version]):
-                await db.execute(stmt)
-            await db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-            await db.execute("COMMIT")
-        except sqlite3.Error:
-            await db.execute("ROLLBACK")
-            raise
-    return SCHEMA_VERSION
-
-
-def _statements(script: str) -> Iterable[str]:
-    return (s.strip() for s in script.split(";") if s.strip())
 
 
 async def open_store(path: Path) -> Store:

@@ -33,7 +33,6 @@ import logging
 import os
 import secrets
 import socket
-import sqlite3
 import stat
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -47,7 +46,7 @@ from relay.errors import BadRequest, Conflict, NotFound, RelayError, Unauthorize
 from relay.logs import event
 from relay.node import queueops, queueview
 from relay.node.state import NodeState
-from relay.storage.sqlite.backup import private_temp, remove_temp, snapshot
+from relay.storage.sqlite.backup import CONTENT_TYPE, private_temp, remove_temp, snapshot
 
 log = logging.getLogger("relay.admin")
 
@@ -164,12 +163,6 @@ def _state(request: web.Request) -> NodeState:
     return request.app[NodeState.KEY]
 
 
-async def _fetch(st: NodeState, sql: str, params: dict[str, Any]) -> list[sqlite3.Row]:
-    """Rows of a query with named parameters, on the node's read connection."""
-    async with st.store.reader.execute(sql, params) as cur:
-        return list(await cur.fetchall())
-
-
 async def get_node(request: web.Request) -> web.Response:
     st = _state(request)
     return web.json_response(
@@ -192,7 +185,7 @@ async def get_queue(request: web.Request) -> web.Response:
         limit = int(raw_limit)
     except ValueError:
         raise BadRequest("'limit' must be a whole number") from None
-    rows = await _fetch(st, queueview.QUEUE_SQL, queueview.queue_params(dest, limit))
+    rows = await st.store.queue_listing(dest, limit)
     now = st.now_ms()
     entries = queueview.queue_entries(rows, now)
     return web.json_response({"now": now, "entries": [e.to_json() for e in entries]})
@@ -201,7 +194,7 @@ async def get_queue(request: web.Request) -> web.Response:
 async def get_summary(request: web.Request) -> web.Response:
     st = _state(request)
     now = st.now_ms()
-    rows = await _fetch(st, queueview.SHAPE_SQL, {"now": now})
+    rows = await st.store.queue_ages(now, queueview.AGE_BOUNDS_MS)
     shape = queueview.queue_shape(rows)
     return web.json_response(
         {"now": now, "ages": list(queueview.AGE_LABELS), "rows": [r.to_json() for r in shape]}
@@ -211,8 +204,8 @@ async def get_summary(request: web.Request) -> web.Response:
 async def get_peers(request: web.Request) -> web.Response:
     st = _state(request)
     now = st.now_ms()
-    states = await st.store.fetchall(queueview.PEER_STATE_SQL)
-    counts = await st.store.fetchall(queueview.QUEUE_COUNTS_SQL)
+    states = await st.store.peer_states()
+    counts = await st.store.queue_counts()
     views = queueview.peer_views(st.config.peers, states, counts, now)
     return web.json_response({"now": now, "peers": [v.to_json() for v in views]})
 
@@ -274,7 +267,7 @@ async def post_backup(request: web.Request) -> web.StreamResponse:
     finally:
         remove_temp(tmp)  # the open file stays readable
     with f:
-        resp = web.StreamResponse(headers={"Content-Type": "application/vnd.sqlite3"})
+        resp = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE})
         resp.content_length = size
         await resp.prepare(request)
         while chunk := await asyncio.to_thread(f.read, 1 << 20):

@@ -1,7 +1,7 @@
 """Client API (DESIGN §6): JSON over HTTP, one bearer token per mailbox.
 
 Handlers are thin: authenticate, decode JSON, call `relay.node.submit` or a
-ledger read, encode the answer. Every refusal is `{"error", "detail"}`.
+storage read, encode the answer. Every refusal is `{"error", "detail"}`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from relay.errors import (
     NotFound,
     PolicyRefused,
     RelayError,
+    StoreError,
     TooLarge,
     Unauthorized,
     Unavailable,
@@ -34,7 +35,7 @@ from relay.node import backpressure, submit
 from relay.node.state import NodeState
 from relay.policy.ratelimit import retry_headers
 from relay.protocol.envelope import decode_header
-from relay.storage.sqlite import ledger
+from relay.storage.interface import WriteTx
 
 log = logging.getLogger("relay.api")
 
@@ -105,11 +106,7 @@ def idempotency_key(idem: str, batch: bool, doc: Any) -> str:
 async def _check_key_unused(state: NodeState, mailbox: str, scoped: str) -> None:
     """Conflict if the key part of `scoped` was used for another request."""
     idem = scoped.partition("\n")[0]
-    row = await state.store.fetchone(
-        "SELECT 1 FROM idempotency WHERE mailbox = ? AND key > ? AND key < ? LIMIT 1",
-        (mailbox, idem + "\n", idem + "\x0b"),
-    )
-    if row is not None:
+    if await state.store.key_used(mailbox, idem):
         raise Conflict("this Idempotency-Key was already used for a different request")
 
 
@@ -136,7 +133,7 @@ async def _submit(request: web.Request, batch: bool) -> web.Response:
             parsed = [submit.parse_message(doc)]
         scoped = None if idem is None else idempotency_key(idem, batch, doc)
         if scoped is not None:  # a retry gets the first answer, for the same request only
-            earlier = await ledger.idempotent_answer(state.store, mailbox, scoped)
+            earlier = await state.store.idempotent_answer(mailbox, scoped)
             if earlier is not None:
                 return web.json_response(earlier, status=202)
             await _check_key_unused(state, mailbox, scoped)
@@ -149,16 +146,13 @@ async def _submit(request: web.Request, batch: bool) -> web.Response:
         ids = [pm.msg_id.hex() for pm in planned]
         answer: dict[str, Any] = {"ids": ids} if batch else {"id": ids[0]}
 
-        async def job(tx: Any) -> dict[str, Any]:
-            if scoped is not None and not await ledger.remember_answer(
-                tx, mailbox, scoped, answer, state.now_ms()
+        async def job(tx: WriteTx) -> dict[str, Any]:
+            if scoped is not None and not await tx.remember_answer(
+                mailbox, scoped, answer, state.now_ms()
             ):
-                async with tx.execute(
-                    "SELECT response FROM idempotency WHERE mailbox = ? AND key = ?",
-                    (mailbox, scoped),
-                ) as cur:
-                    row = await cur.fetchone()
-                earlier: dict[str, Any] = json.loads(row[0])
+                earlier = await tx.idempotent_answer(mailbox, scoped)
+                if earlier is None:  # taken and gone within one transaction: a storage bug
+                    raise StoreError("the stored answer of this Idempotency-Key vanished")
                 return earlier
             await submit.record(state, tx, mailbox, planned)
             return answer
@@ -204,11 +198,7 @@ async def get_message(request: web.Request) -> web.Response:
         mailbox = authenticate(state, request)
         state.limits.client(mailbox)
         ident = _msg_id(request.match_info["id"])
-        rows = await state.store.fetchall(
-            "SELECT address, status, reason, at FROM recipients WHERE msg = ? AND mailbox = ?"
-            " ORDER BY address",
-            (ident, mailbox),
-        )
+        rows = await state.store.recipient_statuses(ident, mailbox)
         if not rows:
             raise NotFound(f"no message {ident.hex()} sent by {mailbox}")
     except RelayError as e:
@@ -216,7 +206,9 @@ async def get_message(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "id": ident.hex(),
-            "recipients": {r[0]: {"status": r[1], "reason": r[2], "at": r[3]} for r in rows},
+            "recipients": {
+                r.address: {"status": r.status, "reason": r.reason, "at": r.at} for r in rows
+            },
         }
     )
 
@@ -235,13 +227,9 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
 
 
 async def fetch_inbox(state: NodeState, mailbox: str, limit: int) -> list[dict[str, Any]]:
-    rows = await state.store.fetchall(
-        "SELECT e.header, p.body FROM inbox i JOIN envelopes e ON e.rid = i.rid"
-        " LEFT JOIN payloads p ON p.sha = e.payload_sha"
-        " WHERE i.mailbox = ? AND i.acked IS NULL ORDER BY i.seq LIMIT ?",
-        (mailbox, limit),
-    )
-    return [inbox_item(bytes(header), body) for header, body in rows]
+    """The oldest `limit` unacked messages of `mailbox`, as `GET /v1/inbox` shows them."""
+    rows = await state.store.inbox(mailbox, 0, limit)
+    return [inbox_item(r.header, r.payload) for r in rows]
 
 
 def inbox_item(header_bytes: bytes, body: bytes | None) -> dict[str, Any]:
@@ -301,17 +289,8 @@ async def post_ack(request: web.Request) -> web.Response:
         idents = [_msg_id(i) if isinstance(i, str) else _msg_id(repr(i)) for i in doc["ids"]]
         now = state.now_ms()
 
-        async def job(tx: Any) -> int:
-            n = 0
-            for ident in idents:
-                cur = await tx.execute(
-                    "UPDATE inbox SET acked = ? WHERE mailbox = ? AND acked IS NULL AND rid IN"
-                    " (SELECT rid FROM envelopes WHERE id = ?)",
-                    (now, mailbox, ident),
-                )
-                n += cur.rowcount
-                await cur.close()
-            return n
+        async def job(tx: WriteTx) -> int:
+            return await tx.ack_inbox(mailbox, idents, now)
 
         acked = await state.store.write(job, admit=True)
     except RelayError as e:
@@ -328,7 +307,7 @@ async def readyz(request: web.Request) -> web.Response:
     if state.stopping:
         return web.json_response({"status": "shutting down"}, status=503)
     try:
-        await state.store.fetchone("SELECT 1")
+        await state.store.ping()
     except RelayError as e:
         return web.json_response({"status": f"store: {e.detail}"}, status=503)
     if state.store.trouble is not None:  # the last transaction failed: disk full, read-only

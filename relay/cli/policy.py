@@ -32,7 +32,8 @@ from relay.policy.residency import Decision, Policy, check_submit, policy_hash, 
 from relay.policy.routing import next_hop
 from relay.policy.trust import Trust
 from relay.protocol.envelope import split_address
-from relay.storage.sqlite.store import DatabaseLocked, open_readonly, open_store
+from relay.storage.backends import open_readonly_storage, open_storage
+from relay.storage.interface import DatabaseLocked
 
 EXIT_REFUSED = 3
 CERTIFICATES_SCHEMA = 4  # the store migration that added learned certificates
@@ -173,51 +174,31 @@ async def read_decisions(
     path: Path, envelope: bytes | None, outcome: str | None, limit: int
 ) -> list[Row]:
     """The latest `limit` decisions, oldest first; allows come from stored envelopes."""
-    db, _ = await open_readonly(path)
+    reads = await open_readonly_storage(path)
     try:
-        where: list[str] = []
-        params: list[Any] = []
         if outcome == "allow":
             # Allows cost no row of their own: the envelope keeps rule id and policy hash.
-            where.append("(kind = 'message' OR from_peer IS NOT NULL)")
-            if envelope is not None:
-                where.append("id = ?")
-                params.append(envelope)
-            sql = (
-                "SELECT received, CASE WHEN from_peer IS NULL THEN 'submit' ELSE 'accept' END,"
-                " 'allow', id, coalesce(from_peer, dest), rule_id, 'residency ' || residency,"
-                f" policy_hash FROM envelopes WHERE {' AND '.join(where)}"
-                " ORDER BY rid DESC LIMIT ?"
-            )
+            rows = [
+                Row(
+                    a.at,
+                    a.point,
+                    "allow",
+                    a.envelope,
+                    a.peer,
+                    a.rule,
+                    f"residency {a.residency}",
+                    a.policy_hash,
+                )
+                for a in await reads.allows(envelope, limit)
+            ]
         else:
-            if envelope is not None:
-                where.append("envelope = ?")
-                params.append(envelope)
-            if outcome is not None:
-                where.append("outcome = ?")
-                params.append(outcome)
-            sql = (
-                "SELECT at, point, outcome, envelope, peer, rule, reason, policy_hash"
-                f" FROM decisions {'WHERE ' + ' AND '.join(where) if where else ''}"
-                " ORDER BY seq DESC LIMIT ?"
-            )
-        async with db.execute(sql, (*params, limit)) as cur:
-            rows = list(await cur.fetchall())
+            rows = [
+                Row(d.at, d.point, d.outcome, d.envelope, d.peer, d.rule, d.reason, d.policy_hash)
+                for d in await reads.decisions(envelope, outcome, limit)
+            ]
     finally:
-        await db.close()
-    return [
-        Row(
-            at=int(r[0]),
-            point=str(r[1]),
-            outcome=str(r[2]),
-            envelope=bytes(r[3]) if r[3] is not None else None,
-            peer=str(r[4] or ""),
-            rule=str(r[5] or ""),
-            reason=str(r[6] or ""),
-            policy_hash=str(r[7] or ""),
-        )
-        for r in reversed(rows)
-    ]
+        await reads.close()
+    return rows[::-1]
 
 
 def cmd_decisions(args: argparse.Namespace) -> int:
@@ -445,16 +426,13 @@ async def _learned_certificates(path: Path) -> list[bytes]:
     """Certificates the node learned from others and keeps (as it loads them at start)."""
     if not path.is_file():
         return []
-    db, version = await open_readonly(path)
+    reads = await open_readonly_storage(path)
     try:
-        if version < CERTIFICATES_SCHEMA:
+        if reads.schema_version < CERTIFICATES_SCHEMA:
             return []
-        async with db.execute(
-            "SELECT blob FROM certificates WHERE not_after >= ? ORDER BY at", (_now_ms(),)
-        ) as cur:
-            return [bytes(r[0]) for r in await cur.fetchall()]
+        return await reads.certificates(_now_ms())
     finally:
-        await db.close()
+        await reads.close()
 
 
 def _print_destination(d: Destination, groups: Mapping[str, frozenset[str]]) -> None:
@@ -512,20 +490,21 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 async def _preview(path: Path, config: Config, now: int, limit: int) -> Preview:
-    db, version = await open_readonly(path)
+    reads = await open_readonly_storage(path)
     try:
+        version = reads.schema_version
         if version < RETENTION_SCHEMA:
             raise RelayError(
                 f"{path} has schema version {version}, older than retention needs "
                 f"({RETENTION_SCHEMA}); start the node once (it migrates) and try again"
             )
-        return await preview(db, config.retention, now, limit)
+        return await preview(reads, config.retention, now, limit)
     finally:
-        await db.close()
+        await reads.close()
 
 
 async def _purge_offline(path: Path, config: Config) -> dict[str, int]:
-    store = await open_store(path)
+    store = await open_storage(path)
     try:
         counts = await purge(store, config.retention, config.node.name, _now_ms(), source="admin")
     finally:

@@ -2,8 +2,8 @@
 
 Invariants:
 - Listing (`relay queue DIR`, `--summary`, `relay peers`) only reads: it
-  opens the database read-only, which is safe while the node runs, and works
-  when it is stopped.
+  opens the node's storage read-only (relay.storage.backends), which is safe
+  while the node runs, and works when it is stopped.
 - Every change (retry, hold, release, delete) goes through the running
   node's admin API (relay.api.admin), never into the database behind the
   node's back; with no node running it fails and says so.
@@ -13,20 +13,23 @@ Invariants:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
-import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from relay.api.admin_client import call
 from relay.config.parse import Config, load_config, node_name_error
-from relay.errors import StoreError
 from relay.node import queueview
 from relay.node.queueops import DELETED_REASON
-from relay.storage.sqlite.backup import connect_read_only
+from relay.storage.backends import open_readonly_storage
+from relay.storage.interface import ReadOnlyStorage
+from relay.storage.records import AgeBucket, PeerState, QueueCount, QueueListing
+
+T = TypeVar("T")
 
 ACTIONS = ("list", "retry", "hold", "release", "delete")
 USAGE = """relay queue DIR [--summary] [--dest NODE] [--json]
@@ -94,19 +97,21 @@ def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _read(config: Config, sql: str, params: dict[str, Any] | Sequence[Any] = ()) -> list[Any]:
-    """Rows of a query on a read-only connection; none when the node never ran."""
+def _read(config: Config, query: Callable[[ReadOnlyStorage], Awaitable[T]], empty: T) -> T:
+    """What `query` reads on a read-only open of the node's storage; `empty`
+    when the node never ran (no database yet)."""
     database = config.node.database
     if not database.exists():
-        return []
-    try:
-        db = connect_read_only(database)
+        return empty
+
+    async def run() -> T:
+        reads = await open_readonly_storage(database)
         try:
-            return list(db.execute(sql, params).fetchall())
+            return await query(reads)
         finally:
-            db.close()
-    except sqlite3.Error as e:
-        raise StoreError(f"cannot read {database}: {e}") from e
+            await reads.close()
+
+    return asyncio.run(run())
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
@@ -154,9 +159,11 @@ def _list(directory: Path, args: argparse.Namespace) -> int:
     config = load_config(directory)
     now = _now_ms()
     if args.summary:
-        rows = _read(config, queueview.SHAPE_SQL, {"now": now})
+        rows: list[AgeBucket] = _read(
+            config, lambda r: r.queue_ages(now, queueview.AGE_BOUNDS_MS), []
+        )
         if args.dest is not None:
-            rows = [r for r in rows if r[0] == args.dest]
+            rows = [r for r in rows if r.hop == args.dest]
         shape = queueview.queue_shape(rows)
         if args.json:
             print(
@@ -167,8 +174,8 @@ def _list(directory: Path, args: argparse.Namespace) -> int:
         else:
             print(queueview.render_shape(shape))
         return 0
-    rows = _read(config, queueview.QUEUE_SQL, queueview.queue_params(args.dest))
-    entries = queueview.queue_entries(rows, now)
+    listing: list[QueueListing] = _read(config, lambda r: r.queue_listing(args.dest, -1), [])
+    entries = queueview.queue_entries(listing, now)
     if args.json:
         for e in entries:
             print(json.dumps(e.to_json()))
@@ -216,8 +223,8 @@ def cmd_peers(args: argparse.Namespace) -> int:
     """Each destination: state, queued, delivered, next retry, last error."""
     config = load_config(args.dir)
     now = _now_ms()
-    states = _read(config, queueview.PEER_STATE_SQL)
-    counts = _read(config, queueview.QUEUE_COUNTS_SQL)
+    states: dict[str, PeerState] = _read(config, lambda r: r.peer_states(), {})
+    counts: list[QueueCount] = _read(config, lambda r: r.queue_counts(), [])
     views = queueview.peer_views(config.peers, states, counts, now)
     if args.json:
         for v in views:

@@ -38,7 +38,8 @@ from relay.errors import (
 )
 from relay.federation import relaying
 from relay.logs import event
-from relay.node import backpressure
+from relay.node import backpressure, certificates
+from relay.node.decisions import decision_record, refusal
 from relay.node.state import NodeState
 from relay.policy.keyring import unknown_key_detail
 from relay.policy.ratelimit import retry_headers
@@ -61,8 +62,8 @@ from relay.protocol.envelope import (
     split_address,
     verify_envelope,
 )
-from relay.storage.sqlite import certstore, ledger
-from relay.storage.sqlite.store import Tx
+from relay.storage.interface import WriteTx
+from relay.storage.records import DecisionRecord, NewEnvelope, PendingReceipt
 
 log = logging.getLogger("relay.federation.in")
 
@@ -181,8 +182,8 @@ async def receive(state: NodeState, request: web.Request) -> bytes:
             f"this node is {state.name!r}, the request is for {sreq.destination!r}"
         )
     httpsig.check_clock(sreq.created, state.now_ms() // 1000)
-    if not state.claim_nonce(peer.name, sreq.nonce) or await ledger.nonce_seen(
-        state.store, peer.name, sreq.nonce
+    if not state.claim_nonce(peer.name, sreq.nonce) or await state.store.nonce_seen(
+        peer.name, sreq.nonce
     ):
         state.release_nonce(peer.name, sreq.nonce)
         raise Replay(f"nonce {sreq.nonce} from {peer.name} was already used")
@@ -198,11 +199,11 @@ async def _answer(state: NodeState, peer: str, sreq: httpsig.SignedRequest, body
     if len(set(ids)) != len(ids):
         raise MalformedError("the batch carries the same envelope id more than once")
     now = state.now_ms()
-    stored = await ledger.stored_results(state.store, peer, batch.batch_id)
+    stored = await state.store.stored_results(peer, batch.batch_id)
     if stored is not None:
 
-        async def note_nonce(tx: Tx) -> None:
-            if not await ledger.record_nonce(tx, peer, sreq.nonce, now):
+        async def note_nonce(tx: WriteTx) -> None:
+            if not await tx.record_nonce(peer, sreq.nonce, now):
                 raise Replay(f"nonce {sreq.nonce} from {peer} was already used")
 
         await state.store.write(note_nonce)
@@ -324,7 +325,7 @@ def judge(state: NodeState, peer: str, request_key: str, item: BatchItem, now: i
 
 async def _commit(
     state: NodeState,
-    tx: Tx,
+    tx: WriteTx,
     peer: str,
     nonce: str,
     batch: Batch,
@@ -332,37 +333,37 @@ async def _commit(
     refusals: Sequence[Refusal],
     now: int,
 ) -> dict[bytes, str]:
-    if not await ledger.record_nonce(tx, peer, nonce, now):
+    if not await tx.record_nonce(peer, nonce, now):
         raise Replay(f"nonce {nonce} from {peer} was already used")
     # The same batch id may have been committed by a concurrent request (a
     # retry racing the original): answer what that one stored, write nothing.
-    earlier = await ledger.stored_results_tx(tx, peer, batch.batch_id)
+    earlier = await tx.stored_results(peer, batch.batch_id)
     if earlier is not None:
         return earlier
     results: dict[bytes, str] = {r.ident: r.error.result for r in refusals}
-    existing = await ledger.existing_digests(
-        tx, [(c.env.header.origin, c.env.header.id) for c in candidates]
+    existing = await tx.existing_digests(
+        [(c.env.header.origin, c.env.header.id) for c in candidates]
     )
-    fresh: list[ledger.NewEnvelope] = []
+    fresh: list[NewEnvelope] = []
+    decisions: list[DecisionRecord] = []
     for c in candidates:
         h = c.env.header
         known = existing.get((h.origin, h.id))
         if known is None:
             results[h.id] = "accepted"
             if c.audit is not None:
-                await ledger.record_decision(
-                    tx,
-                    at=now,
-                    point="accept",
-                    envelope=h.id,
-                    peer=peer,
-                    outcome="audit",
-                    rule=c.audit.rule,
-                    reason=c.audit.reason,
-                    policy_hash=c.policy_hash,
+                decisions.append(
+                    decision_record(
+                        "accept",
+                        c.audit,
+                        at=now,
+                        envelope=h.id,
+                        peer=peer,
+                        policy_hash=c.policy_hash,
+                    )
                 )
             fresh.append(
-                ledger.NewEnvelope(
+                NewEnvelope(
                     env=c.env,
                     trace=c.trace,
                     from_peer=peer,
@@ -376,39 +377,41 @@ async def _commit(
             results[h.id] = "duplicate"
         else:
             results[h.id] = "rejected:id_conflict"
-    await ledger.insert_envelopes(tx, fresh, now)
+    await tx.insert_envelopes(fresh, now)
     if learned := state.trust.take_unsaved():
-        await certstore.save(tx, learned, now)
+        await tx.save_certificates(certificates.records(learned), now)
+    receipts: list[PendingReceipt] = []
     for new in fresh:
         h = new.env.header
         if new.hop is not None:  # relayed: the destination writes the receipt
             state.note_hop(new.hop)
         elif h.kind == "message":
-            await ledger.add_pending_receipt(
-                tx,
-                origin=h.origin,
-                status="delivered",
-                reason="",
-                residency=",".join(h.residency),
-                ident=h.id,
-                recipients=h.to,
-                now=now,
+            receipts.append(
+                PendingReceipt(
+                    origin=h.origin,
+                    status="delivered",
+                    reason="",
+                    residency=",".join(h.residency),
+                    id=h.id,
+                    recipients=h.to,
+                )
             )
         else:
             await state.apply_receipt(tx, new.env, now)
-    for r in refusals:
-        if r.error.item_code == "residency":
-            await ledger.record_decision(
-                tx,
-                at=now,
-                point="accept",
-                envelope=r.ident,
-                peer=peer,
-                outcome="deny",
-                rule=r.rule,
-                reason=r.error.detail,
-                policy_hash=state.policy_hash,
-            )
-    await ledger.record_batch(tx, peer, batch.batch_id, results, now)
+    await tx.add_pending_receipts(receipts, now)
+    decisions.extend(
+        decision_record(
+            "accept",
+            refusal(r.rule, r.error.detail),
+            at=now,
+            envelope=r.ident,
+            peer=peer,
+            policy_hash=state.policy_hash,
+        )
+        for r in refusals
+        if r.error.item_code == "residency"
+    )
+    await tx.record_decisions(decisions)
+    await tx.record_batch(peer, batch.batch_id, results, now)
     state.note_inbox([m for new in fresh for m in new.mailboxes])
     return results

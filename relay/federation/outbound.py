@@ -35,6 +35,8 @@ from relay.config.parse import FederationConfig
 from relay.errors import BadSignature, MalformedError, RelayError
 from relay.federation import relaying
 from relay.logs import event
+from relay.node.decisions import decision_record
+from relay.node.queue_end import Ending, end_queued
 from relay.node.state import NodeState
 from relay.policy.residency import Decision, check_forward
 from relay.policy.trust import TrustedNode
@@ -43,12 +45,11 @@ from relay.protocol.envelope import (
     Batch,
     BatchItem,
     BatchResult,
-    decode_header,
     encode_batch,
     open_result,
 )
-from relay.storage.sqlite import ledger
-from relay.storage.sqlite.store import Tx
+from relay.storage.interface import WriteTx
+from relay.storage.records import DecisionRecord, PeerState, Queued, StatusUpdate
 
 log = logging.getLogger("relay.federation.out")
 
@@ -132,7 +133,7 @@ class Sender:
         st = self.state
         await self.learn_limits()
         while not st.stopping:
-            peer_state = await ledger.peer_state(st.store, self.hop)
+            peer_state = await st.store.peer_state(self.hop)
             wait_ms = peer_state.next_try - st.now_ms()
             if wait_ms > 0:
                 # a wake-up (`relay queue retry` clears the backoff) ends the wait early
@@ -141,7 +142,7 @@ class Sender:
                     await asyncio.wait_for(self.wake.wait(), timeout=min(wait_ms, 60_000) / 1000)
                 continue
             self.wake.clear()
-            items = await ledger.fetch_queue(st.store, self.hop, self._limit)
+            items = await st.store.queue_head(self.hop, self._limit)
             if not items:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout=5.0)
@@ -153,21 +154,21 @@ class Sender:
 
     # --- expiry and residency before sending ------------------------------------
 
-    async def _drop_dead(self, items: list[ledger.Queued]) -> list[ledger.Queued]:
+    async def _drop_dead(self, items: list[Queued]) -> list[Queued]:
         """End envelopes past their expiry or the queue lifetime, or no longer allowed here."""
         st = self.state
         now = st.now_ms()
         lifetime = st.config.node.queue_lifetime_ms
         peer = st.trust.node(self.hop)
-        keep: list[ledger.Queued] = []
-        ended: list[tuple[ledger.Queued, str, str, str, str]] = []
+        keep: list[Queued] = []
+        ended: list[Ending] = []
         self._audits = {}
         for it in items:
             if it.expires <= now:
-                ended.append((it, "expired", "expires", "expires passed before delivery", ""))
+                ended.append(Ending(it, "expired", "expires", "expires passed before delivery"))
             elif it.enqueued + lifetime <= now:
                 ended.append(
-                    (it, "expired", "queue_lifetime", "queue lifetime passed before delivery", "")
+                    Ending(it, "expired", "queue_lifetime", "queue lifetime passed before delivery")
                 )
             else:
                 decision = check_forward(
@@ -181,52 +182,34 @@ class Sender:
                     if decision.outcome == "audit":
                         self._audits[it.rid] = decision
                 else:
-                    ended.append((it, "rejected", "residency", decision.reason, decision.rule))
+                    record = self._decision(it, decision, now)
+                    ended.append(Ending(it, "rejected", "residency", decision.reason, record))
         if ended:
-            await st.store.write(lambda tx: self._end(tx, ended, now))
-            st.metrics.ended_envelopes(self.hop, ended)
+            await st.store.write(lambda tx: end_queued(tx, st.name, ended, now, by="sender"))
+            st.metrics.ended_envelopes(
+                self.hop, [(e.item, e.status, e.reason, e.detail, e.rule) for e in ended]
+            )
         return keep
 
-    async def _end(
-        self, tx: Tx, ended: Sequence[tuple[ledger.Queued, str, str, str, str]], now: int
-    ) -> None:
-        await ledger.dequeue(tx, [e[0].rid for e in ended])
-        for it, status, code, reason, rule in ended:
-            if status == "rejected":
-                await ledger.record_decision(
-                    tx,
-                    at=now,
-                    point="forward",
-                    envelope=it.id,
-                    peer=self.hop,
-                    outcome="deny",
-                    rule=rule,
-                    reason=reason,
-                    policy_hash=self.state.policy_hash,
-                )
-            await self._final(tx, it, status, code, now)
-            event(
-                log,
-                "envelope_ended",
-                logging.WARNING,
-                peer=self.hop,
-                envelope=it.id,
-                status=status,
-                reason=reason,
-                attempts=it.attempts,
-            )
-
-    async def _final(self, tx: Tx, it: ledger.Queued, status: str, reason: str, now: int) -> None:
-        await end_queued(tx, self.state.name, it, status, reason, now)
+    def _decision(self, it: Queued, decision: Decision, now: int) -> DecisionRecord:
+        """The decision row of the forward point for `it` going to this hop."""
+        return decision_record(
+            "forward",
+            decision,
+            at=now,
+            envelope=it.id,
+            peer=self.hop,
+            policy_hash=self.state.policy_hash,
+        )
 
     # --- one attempt ---------------------------------------------------------------
 
-    def _trim(self, items: list[ledger.Queued]) -> list[ledger.Queued]:
+    def _trim(self, items: list[Queued]) -> list[Queued]:
         cfg = self.state.config.federation
         budget = cfg.batch_bytes
         if self.peer_max_body is not None:
             budget = min(budget, self.peer_max_body)
-        out: list[ledger.Queued] = []
+        out: list[Queued] = []
         used = BATCH_OVERHEAD
         origins: set[str] = set()
         for it in items:
@@ -240,7 +223,7 @@ class Sender:
             used += size
         return out
 
-    async def _attempt(self, items: list[ledger.Queued], before: ledger.PeerState) -> None:
+    async def _attempt(self, items: list[Queued], before: PeerState) -> None:
         st = self.state
         items = self._trim(items)
         rids = tuple(it.rid for it in items)
@@ -332,15 +315,15 @@ class Sender:
             return
         await self._fail(items, outcome.error, before, batch_id, delay)
 
-    async def _reject_one(self, tx: Tx, it: ledger.Queued, code: str) -> None:
-        await ledger.dequeue(tx, [it.rid])
-        await self._final(tx, it, "rejected", code, self.state.now_ms())
+    async def _reject_one(self, tx: WriteTx, it: Queued, code: str) -> None:
+        ending = Ending(it, "rejected", code, "refused by the next hop")
+        await end_queued(tx, self.state.name, [ending], self.state.now_ms(), by="sender")
 
     async def _fail(
         self,
-        items: Sequence[ledger.Queued],
+        items: Sequence[Queued],
         error: str,
-        before: ledger.PeerState,
+        before: PeerState,
         batch_id: bytes,
         delay: int,
     ) -> None:
@@ -349,9 +332,9 @@ class Sender:
         after = backoff(st.config.federation, before, error, now)
         failures, wait = after.failures, after.next_try - now
 
-        async def job(tx: Tx) -> None:
-            await ledger.save_peer_state(tx, self.hop, after)
-            await ledger.note_attempt(tx, [it.rid for it in items], error)
+        async def job(tx: WriteTx) -> None:
+            await tx.save_peer_state(self.hop, after)
+            await tx.note_attempt([it.rid for it in items], error)
 
         await st.store.write(job)
         st.metrics.attempt(self.hop, "retry")
@@ -371,14 +354,16 @@ class Sender:
         )
 
     async def _settle(
-        self, tx: Tx, items: Sequence[ledger.Queued], outcome: Attempt, before: ledger.PeerState
+        self, tx: WriteTx, items: Sequence[Queued], outcome: Attempt, before: PeerState
     ) -> None:
         st = self.state
         now = st.now_ms()
         assert outcome.results is not None
         done: list[int] = []
         missing: list[int] = []
-        delivered = 0
+        sent: list[StatusUpdate] = []
+        refused: list[Ending] = []
+        audits: list[DecisionRecord] = []
         for it in items:
             r = outcome.results.get(it.id)
             if r is None:
@@ -386,43 +371,32 @@ class Sender:
                 continue
             if (audit := self._audits.get(it.rid)) is not None:
                 # it reached the peer: the forward point let it through in audit mode
-                await ledger.record_decision(
-                    tx,
-                    at=now,
-                    point="forward",
-                    envelope=it.id,
-                    peer=self.hop,
-                    outcome="audit",
-                    rule=audit.rule,
-                    reason=audit.reason,
-                    policy_hash=st.policy_hash,
-                )
+                audits.append(self._decision(it, audit, now))
             if r in ("accepted", "duplicate"):
                 done.append(it.rid)
-                delivered += 1
                 if it.origin == st.name and it.kind == "message":
-                    await ledger.set_status(tx, it.rid, "sent", "", now)
+                    sent.append(StatusUpdate(it.rid, "sent", ""))
             else:
-                done.append(it.rid)
                 code = r.partition(":")[2] or r
-                await self._final(tx, it, "rejected", code, now)
-        await ledger.dequeue(tx, done)
-        after = ledger.PeerState(0, 0, "", now, before.delivered + delivered)
+                refused.append(Ending(it, "rejected", code, f"the next hop answered {r}"))
+        await tx.record_decisions(audits)
+        await tx.set_status(sent, now)
+        await end_queued(tx, st.name, refused, now, by="peer")
+        await tx.dequeue(done)
+        after = PeerState(0, 0, "", now, before.delivered + len(done))
         if missing:
             # A signed answer that leaves envelopes out is a failed attempt for
             # them: back off, or the sender would ask the peer again at once.
             error = "missing from the peer's result"
-            await ledger.note_attempt(tx, missing, error)
+            await tx.note_attempt(missing, error)
             after = replace(
                 backoff(st.config.federation, before, error, now),
                 last_ok=now,
                 delivered=after.delivered,
             )
-        await ledger.save_peer_state(tx, self.hop, after)
+        await tx.save_peer_state(self.hop, after)
 
-    async def _post(
-        self, peer: TrustedNode, batch_id: bytes, items: Sequence[ledger.Queued]
-    ) -> Attempt:
+    async def _post(self, peer: TrustedNode, batch_id: bytes, items: Sequence[Queued]) -> Attempt:
         st = self.state
         batch_items: list[BatchItem] = []
         seen: set[str] = set()  # origins whose certificates this batch already carries
@@ -471,40 +445,12 @@ class Sender:
         return Attempt(True, results=result.results, status=status)
 
 
-async def end_queued(
-    tx: Tx, here: str, it: ledger.Queued, status: str, reason: str, now: int
-) -> None:
-    """Record the final outcome of an envelope that leaves the queue undelivered.
-
-    At the origin (`here`) the recipients' status; for a relayed message a
-    pending receipt to its origin. A receipt never gets a receipt.
-    """
-    if it.kind != "message":
-        return
-    if it.origin == here:
-        await ledger.set_status(tx, it.rid, status, reason, now)
-    else:
-        h = decode_header(it.header)
-        await ledger.add_pending_receipt(
-            tx,
-            origin=it.origin,
-            status=status,
-            reason=reason,
-            residency=it.residency,
-            ident=it.id,
-            recipients=h.to,
-            now=now,
-        )
-
-
-def backoff(
-    fed: FederationConfig, before: ledger.PeerState, error: str, now: int
-) -> ledger.PeerState:
+def backoff(fed: FederationConfig, before: PeerState, error: str, now: int) -> PeerState:
     """The peer state after one more failure: full-jitter exponential backoff."""
     failures = before.failures + 1
     cap = min(fed.retry_max_ms, fed.retry_min_ms * (2 ** min(failures - 1, 40)))
     wait = max(10, int(_random.uniform(0, cap)))
-    return ledger.PeerState(
+    return PeerState(
         failures=failures,
         next_try=now + wait,
         last_error=error,

@@ -14,15 +14,13 @@ import asyncio
 import logging
 from collections import defaultdict
 
-import msgpack
-
 from relay.errors import StoreError
 from relay.logs import event
 from relay.node.state import NodeState
 from relay.policy.routing import next_hop
 from relay.protocol.envelope import RECEIPT_CTYPE, Receipt, encode_receipt, make_header, seal
-from relay.storage.sqlite import ledger
-from relay.storage.sqlite.store import Tx
+from relay.storage.interface import WriteTx
+from relay.storage.records import NewEnvelope
 
 log = logging.getLogger("relay.receipts")
 
@@ -40,25 +38,20 @@ async def flush(state: NodeState) -> int:
             return written
 
 
-async def _flush_some(state: NodeState, tx: Tx) -> tuple[int, bool]:
-    async with tx.execute(
-        "SELECT seq, origin, status, reason, residency, id, recipients FROM pending_receipts"
-        " ORDER BY seq LIMIT ?",
-        (SCAN,),
-    ) as cur:
-        rows = list(await cur.fetchall())
-    if not rows:
+async def _flush_some(state: NodeState, tx: WriteTx) -> tuple[int, bool]:
+    pending = await tx.pending_receipts(SCAN)
+    if not pending:
         return 0, False
     # group -> envelope id -> recipients (merged, so an id appears once per receipt)
     groups: dict[tuple[str, str, str, str], dict[bytes, list[str]]] = defaultdict(dict)
-    for _, origin, status, reason, residency, ident, recipients in rows:
-        per_id = groups[(origin, status, reason, residency)].setdefault(bytes(ident), [])
-        for r in msgpack.unpackb(recipients, raw=False):
+    for p in pending:
+        per_id = groups[(p.origin, p.status, p.reason, p.residency)].setdefault(p.id, [])
+        for r in p.recipients:
             if r not in per_id:
                 per_id.append(r)
     now = state.now_ms()
     lifetime = min(state.config.node.queue_lifetime_ms, 30 * 24 * 3600 * 1000)
-    new: list[ledger.NewEnvelope] = []
+    new: list[NewEnvelope] = []
     for (origin, status, reason, residency), by_id in groups.items():
         entries = [(ident, tuple(rs)) for ident, rs in by_id.items()]
         for start in range(0, len(entries), MAX_ENTRIES):
@@ -88,7 +81,7 @@ async def _flush_some(state: NodeState, tx: Tx) -> tuple[int, bool]:
             )
             env = seal(header, payload, state.key)
             hop = next_hop(state.config.routes, origin)  # receipts travel the routes too
-            new.append(ledger.NewEnvelope(env=env, trace=(), from_peer=None, hop=hop))
+            new.append(NewEnvelope(env=env, trace=(), from_peer=None, hop=hop))
             state.note_hop(hop)
             event(
                 log,
@@ -99,9 +92,9 @@ async def _flush_some(state: NodeState, tx: Tx) -> tuple[int, bool]:
                 reason=reason,
                 entries=len(chunk),
             )
-    await ledger.insert_envelopes(tx, new, now)
-    await tx.executemany("DELETE FROM pending_receipts WHERE seq = ?", [(r[0],) for r in rows])
-    return len(new), len(rows) == SCAN
+    await tx.insert_envelopes(new, now)
+    await tx.delete_pending_receipts([p.seq for p in pending])
+    return len(new), len(pending) == SCAN
 
 
 async def run_flusher(state: NodeState) -> None:

@@ -76,7 +76,7 @@ def learn_carried(state: NodeState, items: Sequence[BatchItem]) -> None:
     """Let Trust judge the certificates items carry for their origins (fifth element).
 
     Those it accepts are kept (and written with the batch's commit, see
-    `relay.storage.sqlite.certstore`); the rest are ignored: they vouch for nothing.
+    `relay.node.certificates`); the rest are ignored: they vouch for nothing.
     """
     if not state.trust.has_authorities:
         return

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 import ssl
 from collections.abc import Callable
@@ -36,8 +37,8 @@ from relay.node.reload import ReloadResult, on_sighup, reload_config
 from relay.node.state import NodeState, wall_clock_ms
 from relay.node.webhooks import Webhooks
 from relay.policy.keyring import published_keys
-from relay.storage.sqlite import certstore, ledger
-from relay.storage.sqlite.store import open_store
+from relay.storage.backends import open_storage
+from relay.storage.interface import WriteTx
 
 log = logging.getLogger("relay.node")
 
@@ -63,6 +64,10 @@ async def well_known(request: web.Request) -> web.Response:
     return web.json_response(node_document(request.app[NodeState.KEY]))
 
 
+async def _prune(tx: WriteTx, *, nonce_before: int, batch_before: int, idem_before: int) -> None:
+    await tx.prune(nonce_before, batch_before, idem_before)
+
+
 class Node:
     def __init__(self, config: Config, *, clock: Callable[[], int] = wall_clock_ms) -> None:
         self.config = config
@@ -84,11 +89,12 @@ class Node:
         if cfg.node.tls_cert is not None and cfg.node.tls_key is not None:
             self.server_ssl = server_context(cfg.node.tls_cert, cfg.node.tls_key)
         client_ssl = client_context(cfg.node.ca_file)  # both before anything is opened
-        store = await open_store(cfg.node.database)
-        state = NodeState(cfg, key, store, clock=self.clock)
+        store = await open_storage(cfg.node.database)
+        fault_spec = os.environ.get("RELAY_FAULT", "")  # crash tests only (relay.node.fault)
+        state = NodeState(cfg, key, store, clock=self.clock, fault_spec=fault_spec)
         self.state = state
         state.wake_hop = self._wake
-        state.trust.learn(await certstore.load(store, state.now_ms()), saved=True)
+        state.trust.learn(await store.certificates(state.now_ms()), saved=True)
         await recheck(state)  # queued envelopes under the policy now in force, before any send
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit_per_host=4, keepalive_timeout=60, ssl=client_ssl),
@@ -111,7 +117,7 @@ class Node:
         addresses = self.runner.addresses
         if addresses:
             self.port = int(addresses[0][1])
-        for hop in await ledger.queue_hops(store):
+        for hop in await store.queue_hops():
             self._wake(hop)
         self.tasks.append(asyncio.create_task(receipts.run_flusher(state), name="receipts"))
         self.tasks.append(asyncio.create_task(self._prune_loop(), name="prune"))
@@ -124,6 +130,7 @@ class Node:
         event(
             log,
             "node_started",
+            logging.INFO,
             node=state.name,
             jurisdiction=cfg.node.jurisdiction,
             listen=f"{cfg.node.listen_host}:{self.port}",
@@ -131,8 +138,7 @@ class Node:
             peers=len(cfg.peers),
             mailboxes=len(cfg.mailboxes),
             mode=state.policy.mode,
-            journal_mode=await state.store.pragma("journal_mode"),
-            synchronous={"2": "FULL"}.get(sync := await state.store.pragma("synchronous"), sync),
+            **await state.store.settings(),  # journal_mode, synchronous
             loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
 
@@ -154,7 +160,7 @@ class Node:
             try:
                 await state.store.write(
                     functools.partial(
-                        ledger.prune,
+                        _prune,
                         nonce_before=now - NONCE_KEEP_MS,
                         batch_before=now - BATCH_KEEP_MS,
                         idem_before=now - IDEMPOTENCY_KEEP_MS,

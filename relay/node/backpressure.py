@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from relay.errors import Busy
-from relay.storage.sqlite.store import Store
+from relay.storage.interface import Storage
 
 if TYPE_CHECKING:
     from relay.node.state import NodeState
@@ -40,7 +40,7 @@ class Backpressure:
     """The node's write slots in use and its (cached) outbound queue length."""
 
     def __init__(
-        self, store: Store, max_age: float = 1.0, clock: Callable[[], float] = time.monotonic
+        self, store: Storage, max_age: float = 1.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.store = store
         self.max_age = max_age
@@ -59,8 +59,7 @@ class Backpressure:
             return self._count
         async with self._lock:
             if not self._fresh():
-                row = await self.store.fetchone("SELECT count(*) FROM queue")
-                self._count = int(row[0]) if row else 0
+                self._count = await self.store.queue_length()
                 self._at = self.clock()
             return self._count
 

@@ -24,11 +24,10 @@ import functools
 import logging
 
 from relay.errors import RelayError
-from relay.federation.outbound import end_queued
 from relay.logs import event
+from relay.node.queue_end import Ending, end_queued
 from relay.node.state import NodeState
-from relay.storage.sqlite import ledger
-from relay.storage.sqlite.store import Tx
+from relay.storage.interface import WriteTx
 
 log = logging.getLogger("relay.expiry")
 
@@ -46,43 +45,17 @@ async def sweep(state: NodeState) -> int:
             return total
 
 
-async def _sweep_some(state: NodeState, now: int, tx: Tx) -> int:
+async def _sweep_some(state: NodeState, now: int, tx: WriteTx) -> int:
     lifetime = state.config.node.queue_lifetime_ms
-    async with tx.execute(
-        "SELECT q.rid, e.header, e.signature, e.trace, e.kind, e.origin, e.id, e.expires,"
-        " q.enqueued, q.attempts, e.residency, q.hop"
-        " FROM queue q JOIN peer_state p ON p.peer = q.hop JOIN envelopes e ON e.rid = q.rid"
-        " WHERE p.next_try > ? AND (e.expires <= ? OR q.enqueued <= ?)"
-        " ORDER BY q.rid LIMIT ?",
-        (now, now, now - lifetime, CHUNK),
-    ) as cur:
-        rows = list(await cur.fetchall())
-    if not rows:
-        return 0
-    ended: list[tuple[ledger.Queued, str]] = []
-    for r in rows:
-        it = ledger.queued_from(r[0], r[1:11])
-        ended.append((it, r[11]))
-    await ledger.dequeue(tx, [it.rid for it, _ in ended])
-    for it, hop in ended:
-        code = "expires" if it.expires <= now else "queue_lifetime"
-        await end_queued(tx, state.name, it, "expired", code, now)
-        event(
-            log,
-            "envelope_ended",
-            logging.WARNING,
-            peer=hop,
-            envelope=it.id,
-            status="expired",
-            reason=(
-                "expires passed before delivery"
-                if code == "expires"
-                else "queue lifetime passed before delivery"
-            ),
-            attempts=it.attempts,
-            by="sweep",
-        )
-    return len(rows)
+    items = await tx.queued_past_lifetime(now, now - lifetime, CHUNK)
+    endings = [
+        Ending(it, "expired", "expires", "expires passed before delivery")
+        if it.expires <= now
+        else Ending(it, "expired", "queue_lifetime", "queue lifetime passed before delivery")
+        for it in items
+    ]
+    await end_queued(tx, state.name, endings, now, by="sweep")
+    return len(items)
 
 
 async def run_sweeper(state: NodeState) -> None:

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass
 
 from relay.logs import event
-from relay.storage.sqlite.store import Store
+from relay.storage.interface import Storage
 
 log = logging.getLogger("relay.fault")
 
@@ -50,7 +50,7 @@ def parse(spec: str) -> Faults:
     return Faults(exit_after_commit=exit_after_commit, commit_delay_ms=delay)
 
 
-def install(store: Store, spec: str) -> Faults:
+def install(store: Storage, spec: str) -> Faults:
     """Hook the faults named by `spec` (a RELAY_FAULT value) into `store`."""
     faults = parse(spec)
     if faults.commit_delay_ms > 0:

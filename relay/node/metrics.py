@@ -22,7 +22,6 @@ import hashlib
 import hmac
 import logging
 import os
-import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from relay.errors import RelayError
 from relay.logs import event
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from relay.node.state import NodeState
     from relay.node.submit import PlannedMessage
     from relay.policy.residency import Decision
-    from relay.storage.sqlite.ledger import Queued
+    from relay.storage.records import Queued
 
 log = logging.getLogger("relay.metrics")
 
@@ -327,16 +327,11 @@ def database_bytes(path: Path) -> int:
 async def read_snapshot(state: NodeState) -> Snapshot:
     """Queue depth per next hop, unacked inbox rows per mailbox and database size."""
     store = state.store
-    queues = await store.fetchall(
-        "SELECT hop, count(*), coalesce(sum(held), 0), min(enqueued) FROM queue"
-        " GROUP BY hop ORDER BY hop"
-    )
-    unacked = await store.fetchall(
-        "SELECT mailbox, count(*) FROM inbox WHERE acked IS NULL GROUP BY mailbox ORDER BY mailbox"
-    )
+    queues = await store.queue_counts()
+    unacked = await store.unacked_counts()
     return Snapshot(
-        queues=tuple(QueueDepth(str(r[0]), int(r[1]), int(r[2]), int(r[3])) for r in queues),
-        unacked=tuple((str(r[0]), int(r[1])) for r in unacked),
+        queues=tuple(QueueDepth(q.hop, q.queued, q.held, q.oldest or 0) for q in queues),
+        unacked=tuple(sorted(unacked.items())),
         database_bytes=database_bytes(store.path),
         now_ms=state.now_ms(),
         node=state.name,
@@ -366,7 +361,7 @@ async def scrape(state: NodeState, request: web.Request) -> web.Response:
     metrics = state.metrics
     try:
         metrics.stored.snapshot = await read_snapshot(state)
-    except (sqlite3.Error, ValueError) as e:
+    except (RelayError, ValueError) as e:
         # serve the counters anyway; the stored-state gauges keep their last values
         event(log, "metrics_snapshot_failed", logging.WARNING, detail=str(e))
     body, content_type = metrics.render(request.headers.get("Accept", ""))

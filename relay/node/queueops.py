@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.errors import BadRequest
-from relay.federation.outbound import end_queued
 from relay.logs import event
 from relay.node import retention
+from relay.node.queue_end import Ending, end_queued
 from relay.node.state import NodeState
-from relay.storage.sqlite import ledger
-from relay.storage.sqlite.store import Tx
+from relay.storage.interface import WriteTx
+from relay.storage.records import QueueRef
 
 log = logging.getLogger("relay.admin")
 
@@ -73,29 +73,7 @@ def _is_hex32(v: str) -> bool:
     return len(v) == 32 and all(c in "0123456789abcdef" for c in v)
 
 
-@dataclass(frozen=True, slots=True)
-class _Row:
-    id: bytes
-    rid: int
-    hop: str
-    held: bool
-
-
-async def _rows_of(tx: Tx, ids: Sequence[bytes]) -> list[_Row]:
-    rows: list[_Row] = []
-    for start in range(0, len(ids), ledger.IN_CHUNK):
-        chunk = ids[start : start + ledger.IN_CHUNK]
-        marks = ",".join("?" * len(chunk))
-        async with tx.execute(
-            "SELECT e.id, q.rid, q.hop, q.held FROM queue q JOIN envelopes e ON e.rid = q.rid"
-            f" WHERE e.id IN ({marks}) ORDER BY q.rid",
-            chunk,
-        ) as cur:
-            rows.extend(_Row(bytes(r[0]), r[1], r[2], bool(r[3])) for r in await cur.fetchall())
-    return rows
-
-
-def _unknown(ids: Iterable[bytes], rows: Iterable[_Row]) -> tuple[str, ...]:
+def _unknown(ids: Iterable[bytes], rows: Iterable[QueueRef]) -> tuple[str, ...]:
     found = {r.id for r in rows}
     return tuple(i.hex() for i in ids if i not in found)
 
@@ -103,12 +81,10 @@ def _unknown(ids: Iterable[bytes], rows: Iterable[_Row]) -> tuple[str, ...]:
 async def set_held(state: NodeState, ids: Sequence[bytes], held: bool) -> ActionResult:
     """Hold (the sender skips them) or release queued envelopes."""
 
-    async def job(tx: Tx) -> ActionResult:
-        rows = await _rows_of(tx, ids)
+    async def job(tx: WriteTx) -> ActionResult:
+        rows = await tx.queue_refs(ids)
         todo = [r for r in rows if r.held != held]
-        await tx.executemany(
-            "UPDATE queue SET held = ? WHERE rid = ?", [(int(held), r.rid) for r in todo]
-        )
+        await tx.set_held([r.rid for r in todo], held)
         hops = sorted({r.hop for r in todo}) if not held else []
         for hop in hops:
             state.note_hop(hop)
@@ -129,23 +105,17 @@ async def retry(
 ) -> ActionResult:
     """Clear the backoff of `dest`, or of the hops where `ids` are queued, and wake them."""
 
-    async def job(tx: Tx) -> ActionResult:
+    async def job(tx: WriteTx) -> ActionResult:
         if dest is not None:
-            async with tx.execute(
-                "SELECT count(*), coalesce(sum(held), 0) FROM queue WHERE hop = ?", (dest,)
-            ) as cur:
-                row = await cur.fetchone()
-            queued, held = (int(row[0]), int(row[1])) if row else (0, 0)
-            async with tx.execute("SELECT 1 FROM peer_state WHERE peer = ?", (dest,)) as cur:
-                known = await cur.fetchone() is not None
-            if not queued and not known:
+            count = await tx.queue_count(dest)
+            if not count.queued and not await tx.has_peer_state(dest):
                 return ActionResult(0, 0, (dest,))
-            await _clear_backoff(tx, [dest])
+            await tx.clear_backoff([dest])  # failures stay counted: a dead peer backs off on
             state.note_hop(dest)
-            return ActionResult(queued, queued - held, (), (dest,))
-        rows = await _rows_of(tx, ids)
+            return ActionResult(count.queued, count.queued - count.held, (), (dest,))
+        rows = await tx.queue_refs(ids)
         hops = sorted({r.hop for r in rows})
-        await _clear_backoff(tx, hops)
+        await tx.clear_backoff(hops)
         for hop in hops:
             state.note_hop(hop)
         changed = sum(not r.held for r in rows)
@@ -156,33 +126,15 @@ async def retry(
     return result
 
 
-async def _clear_backoff(tx: Tx, hops: Sequence[str]) -> None:
-    # failures stay counted: a peer still down backs off from where it was
-    await tx.executemany("UPDATE peer_state SET next_try = 0 WHERE peer = ?", [(h,) for h in hops])
-
-
 async def delete(state: NodeState, ids: Sequence[bytes]) -> ActionResult:
     """Take envelopes out of the queue, each ending `rejected` (DELETED_REASON)."""
 
-    async def job(tx: Tx) -> ActionResult:
-        rows = await _rows_of(tx, ids)
-        hop_of = {r.rid: r.hop for r in rows}
-        items = await retention.queued(tx, list(hop_of))
+    async def job(tx: WriteTx) -> ActionResult:
+        rows = await tx.queue_refs(ids)
+        items = await tx.queued([r.rid for r in rows])
         now = state.now_ms()
-        await ledger.dequeue(tx, [it.rid for it in items])
-        for it in items:
-            await end_queued(tx, state.name, it, "rejected", DELETED_REASON, now)
-            event(
-                log,
-                "envelope_ended",
-                logging.WARNING,
-                peer=hop_of[it.rid],
-                envelope=it.id,
-                origin=it.origin,
-                status="rejected",
-                reason=DELETED_REASON,
-                attempts=it.attempts,
-            )
+        endings = [Ending(it, "rejected", DELETED_REASON) for it in items]
+        await end_queued(tx, state.name, endings, now, by="admin")
         await retention.drop_content(
             tx, [it.rid for it in items], state.config.retention, now, source="admin_delete"
         )

@@ -1,11 +1,10 @@
 """What an admin sees of the outbound queue and of the peers (`relay queue`, `relay peers`).
 
 Invariants:
-- Read-only: every query here is a SELECT, so it runs on the node's read
-  connection (admin API) or on a separate read-only connection opened by the
-  CLI while the node runs (WAL gives it the last committed state).
-- The SQL and the shaping of its rows are separate, so the async node and the
-  synchronous CLI share both. "Now" is always passed in, never read here.
+- Read-only: the records come from the storage's reads, on the node's own
+  storage (admin API) or on a read-only open by the CLI while the node runs.
+- The reads and the shaping of their records are separate, so the node and
+  the CLI share both. "Now" is always passed in, never read here.
 - Times are unix ms. An envelope's age is its time in this node's queue
   (now - enqueued). Its next retry is its next hop's: backoff is per peer.
 """
@@ -17,37 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.config.parse import Peer
+from relay.storage.records import AgeBucket, PeerState, QueueCount, QueueListing
 
 # Postfix qshape-like age buckets: upper bounds in ms, the last bucket is open.
 AGE_BOUNDS_MS = (60_000, 300_000, 600_000, 1_200_000, 2_400_000, 4_800_000, 9_600_000)
 AGE_LABELS = ("0-1m", "1-5m", "5-10m", "10-20m", "20-40m", "40-80m", "80-160m", "160m+")
-
-QUEUE_SQL = (
-    "SELECT q.rid, e.id, e.origin, e.kind, e.sender, e.dest, q.hop, q.enqueued, q.attempts,"
-    " q.last_error, q.held, e.size, e.expires, coalesce(ps.next_try, 0)"
-    " FROM queue q JOIN envelopes e ON e.rid = q.rid"
-    " LEFT JOIN peer_state ps ON ps.peer = q.hop"
-    " WHERE (:hop IS NULL OR q.hop = :hop) ORDER BY q.rid LIMIT :limit"
-)
-
-_BUCKET = " ".join(
-    f"WHEN :now - enqueued < {bound} THEN {i}" for i, bound in enumerate(AGE_BOUNDS_MS)
-)
-SHAPE_SQL = (
-    f"SELECT hop, CASE {_BUCKET} ELSE {len(AGE_BOUNDS_MS)} END AS bucket,"
-    " count(*), coalesce(sum(held), 0) FROM queue GROUP BY hop, bucket"
-)
-
-PEER_STATE_SQL = "SELECT peer, failures, next_try, last_error, last_ok, delivered FROM peer_state"
-QUEUE_COUNTS_SQL = (
-    "SELECT hop, count(*), coalesce(sum(held), 0), min(enqueued) FROM queue GROUP BY hop"
-)
-
-
-def queue_params(hop: str | None = None, limit: int = -1) -> dict[str, Any]:
-    """Parameters of QUEUE_SQL; a negative limit means no limit."""
-    return {"hop": hop, "limit": limit}
-
 
 # --- queue entries -------------------------------------------------------------
 
@@ -90,24 +63,24 @@ class QueueEntry:
         }
 
 
-def queue_entries(rows: Iterable[Sequence[Any]], now: int) -> list[QueueEntry]:
-    """Shape the rows of QUEUE_SQL."""
+def queue_entries(rows: Iterable[QueueListing], now: int) -> list[QueueEntry]:
+    """Shape the listing of `Reads.queue_listing`."""
     return [
         QueueEntry(
-            id=bytes(r[1]).hex(),
-            origin=r[2],
-            kind=r[3],
-            sender=r[4],
-            dest=r[5],
-            hop=r[6],
-            enqueued=r[7],
-            age_ms=max(now - r[7], 0),
-            attempts=r[8],
-            last_error=r[9],
-            held=bool(r[10]),
-            size=r[11],
-            expires=r[12],
-            next_try=r[13],
+            id=r.id.hex(),
+            origin=r.origin,
+            kind=r.kind,
+            sender=r.sender,
+            dest=r.dest,
+            hop=r.hop,
+            enqueued=r.enqueued,
+            age_ms=max(now - r.enqueued, 0),
+            attempts=r.attempts,
+            last_error=r.last_error,
+            held=r.held,
+            size=r.size,
+            expires=r.expires,
+            next_try=r.next_try,
         )
         for r in rows
     ]
@@ -165,13 +138,14 @@ class ShapeRow:
         }
 
 
-def queue_shape(rows: Iterable[Sequence[Any]]) -> list[ShapeRow]:
-    """Shape the rows of SHAPE_SQL: TOTAL first, then destinations by size, then name."""
+def queue_shape(rows: Iterable[AgeBucket]) -> list[ShapeRow]:
+    """Shape `Reads.queue_ages(now, AGE_BOUNDS_MS)`: TOTAL first, then destinations
+    by size, then name."""
     per: dict[str, list[int]] = {}
     held: dict[str, int] = {}
-    for hop, bucket, count, n_held in rows:
-        per.setdefault(hop, [0] * len(AGE_LABELS))[bucket] += count
-        held[hop] = held.get(hop, 0) + n_held
+    for r in rows:
+        per.setdefault(r.hop, [0] * len(AGE_LABELS))[r.bucket] += r.count
+        held[r.hop] = held.get(r.hop, 0) + r.held
     dests = [ShapeRow(h, sum(c), held[h], tuple(c)) for h, c in per.items()]
     dests.sort(key=lambda r: (-r.total, r.dest))
     total = ShapeRow(
@@ -238,34 +212,33 @@ def peer_state_name(failures: int, next_try: int, last_ok: int, now: int) -> str
 
 def peer_views(
     peers: Sequence[Peer],
-    state_rows: Iterable[Sequence[Any]],
-    count_rows: Iterable[Sequence[Any]],
+    states: Mapping[str, PeerState],
+    queue_counts: Iterable[QueueCount],
     now: int,
 ) -> list[PeerView]:
     """Every pinned peer, and every other hop with queue or state, by name."""
     pinned: Mapping[str, Peer] = {p.name: p for p in peers}
-    states = {r[0]: tuple(r[1:]) for r in state_rows}
-    counts = {r[0]: tuple(r[1:]) for r in count_rows}
+    counts = {c.hop: c for c in queue_counts}
     out: list[PeerView] = []
     for name in sorted({*pinned, *states, *counts}):
         p = pinned.get(name)
-        failures, next_try, last_error, last_ok, delivered = states.get(name, (0, 0, "", 0, 0))
-        queued, held, oldest = counts.get(name, (0, 0, None))
+        st = states.get(name, PeerState())
+        c = counts.get(name, QueueCount(name, 0, 0, None))
         out.append(
             PeerView(
                 name=name,
                 pinned=p is not None,
                 url=p.url if p else None,
                 jurisdiction=p.jurisdiction if p else None,
-                state=peer_state_name(failures, next_try, last_ok, now),
-                queued=queued,
-                held=held,
-                delivered=delivered,
-                failures=failures,
-                next_try=next_try,
-                last_error=last_error,
-                last_ok=last_ok,
-                oldest_ms=max(now - oldest, 0) if oldest is not None else 0,
+                state=peer_state_name(st.failures, st.next_try, st.last_ok, now),
+                queued=c.queued,
+                held=c.held,
+                delivered=st.delivered,
+                failures=st.failures,
+                next_try=st.next_try,
+                last_error=st.last_error,
+                last_ok=st.last_ok,
+                oldest_ms=max(now - c.oldest, 0) if c.oldest is not None else 0,
             )
         )
     return out

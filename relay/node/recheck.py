@@ -23,13 +23,13 @@ import functools
 import logging
 from dataclasses import dataclass
 
-from relay.federation.outbound import end_queued
 from relay.logs import event
 from relay.node import retention
+from relay.node.decisions import decision_record
+from relay.node.queue_end import Ending, end_queued
 from relay.node.state import NodeState
 from relay.policy.residency import check_forward
-from relay.storage.sqlite import ledger
-from relay.storage.sqlite.store import Tx
+from relay.storage.interface import WriteTx
 
 log = logging.getLogger("relay.recheck")
 
@@ -76,64 +76,35 @@ async def recheck(state: NodeState) -> RecheckResult:
     return total
 
 
-async def _chunk(state: NodeState, tx: Tx, *, after: int) -> tuple[RecheckResult, int]:
+async def _chunk(state: NodeState, tx: WriteTx, *, after: int) -> tuple[RecheckResult, int]:
     now = state.now_ms()
-    async with tx.execute(
-        "SELECT q.rid, q.hop, e.header, e.signature, e.trace, e.kind, e.origin, e.id,"
-        " e.expires, q.enqueued, q.attempts, e.residency, e.policy_hash"
-        " FROM queue q JOIN envelopes e ON e.rid = q.rid WHERE q.rid > ?"
-        " ORDER BY q.rid LIMIT ?",
-        (after, CHUNK),
-    ) as cur:
-        rows = list(await cur.fetchall())
+    items = await tx.queue_page(after, CHUNK)
     older = 0
-    denied: list[int] = []
-    for r in rows:
-        it = ledger.queued_from(r[0], r[2:12])
-        hop: str = r[1]
-        older += r[12] != state.policy_hash
+    endings: list[Ending] = []
+    for it in items:
+        older += it.policy_hash != state.policy_hash
         decision = check_forward(
             state.policy,
             it.residency.split(","),
-            peer=hop,
-            peer_jurisdiction=state.trust.jurisdiction(hop),
+            peer=it.hop,
+            peer_jurisdiction=state.trust.jurisdiction(it.hop),
         )
         if decision.allowed:
             continue
-        denied.append(it.rid)
-        await ledger.dequeue(tx, [it.rid])
-        await end_queued(tx, state.name, it, "rejected", "residency", now)
-        await ledger.record_decision(
-            tx,
-            at=now,
-            point="recheck",
-            envelope=it.id,
-            peer=hop,
-            outcome="deny",
-            rule=decision.rule,
-            reason=decision.reason,
-            policy_hash=state.policy_hash,
+        record = decision_record(
+            "recheck", decision, at=now, envelope=it.id, peer=it.hop, policy_hash=state.policy_hash
         )
-        event(
-            log,
-            "envelope_ended",
-            logging.WARNING,
-            peer=hop,
-            envelope=it.id,
-            origin=it.origin,
-            status="rejected",
-            reason="residency",
-            rule=decision.rule,
-            detail=decision.reason,
-        )
+        endings.append(Ending(it, "rejected", "residency", decision.reason, record))
+    await end_queued(tx, state.name, endings, now, by="recheck")
+    denied = [e.item.rid for e in endings]
     dropped = await retention.drop_content(
         tx, denied, state.config.retention, now, source="recheck"
     )
     result = RecheckResult(
-        checked=len(rows),
+        checked=len(items),
         older_policy=older,
         rejected=len(denied),
         content_deleted=dropped.contents,
         content_held=len(denied) - dropped.contents,
     )
-    return result, (rows[-1][0] if rows else after)
+    return result, (items[-1].rid if items else after)

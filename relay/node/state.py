@@ -26,8 +26,8 @@ from relay.policy.residency import Policy, policy_hash
 from relay.policy.trust import Trust
 from relay.protocol.envelope import Envelope, decode_receipt
 from relay.protocol.keystr import key_id, public_key_string
-from relay.storage.sqlite import ledger
-from relay.storage.sqlite.store import Store, Tx
+from relay.storage.interface import Storage, WriteTx
+from relay.storage.records import StatusUpdate
 
 log = logging.getLogger("relay.node")
 
@@ -45,21 +45,23 @@ class NodeState:
         self,
         config: Config,
         key: Ed25519PrivateKey,
-        store: Store,
+        store: Storage,
         *,
         clock: Callable[[], int] = wall_clock_ms,
         random: Callable[[int], bytes] = os.urandom,
+        fault_spec: str = "",
     ) -> None:
         self.store = store
         self.now_ms = clock
         self.random = random
         self.use_key(key)
         self.stopping = False
-        # Fault injection for crash tests (relay.node.fault): "exit_after_commit"
-        # makes the node die after committing a received batch and before
-        # answering it; "commit_delay_ms=N" holds each transaction open.
-        self.fault = os.environ.get("RELAY_FAULT", "")
-        self.faults = fault.install(store, self.fault)
+        # Fault injection for crash tests (relay.node.fault; the RELAY_FAULT
+        # value relay.node.app passes in): "exit_after_commit" makes the node
+        # die after committing a received batch and before answering it;
+        # "commit_delay_ms=N" holds each transaction open.
+        self.fault = fault_spec
+        self.faults = fault.install(store, fault_spec)
         self._nonces: set[tuple[str, str]] = set()
         self._inbox_events: dict[str, asyncio.Event] = {}
         self._dirty_inboxes: set[str] = set()
@@ -135,23 +137,22 @@ class NodeState:
 
     # --- receipts arriving at the origin ------------------------------------------
 
-    async def apply_receipt(self, tx: Tx, env: Envelope, now: int) -> None:
+    async def apply_receipt(self, tx: WriteTx, env: Envelope, now: int) -> None:
         """Record what a receipt says about envelopes this node originated.
 
         An entry counts only when the receipt's writer is that envelope's
         destination, or, for `rejected` and `expired`, the node this node
         handed it to (the relay on its path); `delivered` comes only from the
-        destination. Other entries are logged and ignored.
+        destination. Other entries are logged and ignored. One lookup of all
+        the entries' envelopes, one batch of status updates.
         """
         receipt = decode_receipt(env.payload)
         writer = env.header.origin
+        sent = await tx.sent_envelopes(self.name, [ident for ident, _ in receipt.entries])
+        updates: list[StatusUpdate] = []
         for ident, recipients in receipt.entries:
-            async with tx.execute(
-                "SELECT rid, dest, kind, hop FROM envelopes WHERE origin = ? AND id = ?",
-                (self.name, ident),
-            ) as cur:
-                row = await cur.fetchone()
-            if row is None or row[2] != "message":
+            found = sent.get(ident)
+            if found is None or found.kind != "message":
                 event(
                     log,
                     "receipt_entry_ignored",
@@ -161,7 +162,7 @@ class NodeState:
                     reason="no message with this id originated here",
                 )
                 continue
-            dest, hop = row[1], row[3]
+            dest, hop = found.dest, found.hop
             relay_may = receipt.status != "delivered" and hop == writer
             if writer != dest and not relay_may:
                 path = dest if hop in (None, dest) else f"{dest} or (not delivered) relay {hop}"
@@ -175,9 +176,10 @@ class NodeState:
                     reason=f"the writer is not on this envelope's path ({path})",
                 )
                 continue
-            await ledger.set_status(
-                tx, row[0], receipt.status, receipt.reason, now, list(recipients)
+            updates.append(
+                StatusUpdate(found.rid, receipt.status, receipt.reason, tuple(recipients))
             )
+        await tx.set_status(updates, now)
         event(
             log,
             "receipt_applied",

@@ -19,6 +19,7 @@ from typing import Any
 
 from relay.errors import BadRequest, MalformedError, PolicyRefused, RelayError
 from relay.logs import event
+from relay.node.decisions import decision_record, refusal
 from relay.node.state import NodeState
 from relay.policy.residency import Decision, check_submit, stamp
 from relay.policy.routing import next_hop, route_for
@@ -30,8 +31,8 @@ from relay.protocol.envelope import (
     seal,
     split_address,
 )
-from relay.storage.sqlite import ledger
-from relay.storage.sqlite.store import Tx
+from relay.storage.interface import WriteTx
+from relay.storage.records import DecisionRecord, NewEnvelope, Recipient
 
 log = logging.getLogger("relay.submit")
 
@@ -207,11 +208,13 @@ def unknown_destination(state: NodeState, dest: str) -> str:
     )
 
 
-async def record(state: NodeState, tx: Tx, mailbox: str, planned: Sequence[PlannedMessage]) -> None:
+async def record(
+    state: NodeState, tx: WriteTx, mailbox: str, planned: Sequence[PlannedMessage]
+) -> None:
     """Store planned messages: envelopes, queue and inbox rows, recipient status."""
     now = state.now_ms()
     items = [
-        ledger.NewEnvelope(
+        NewEnvelope(
             env=p.env,
             trace=(),
             from_peer=None,
@@ -223,30 +226,26 @@ async def record(state: NodeState, tx: Tx, mailbox: str, planned: Sequence[Plann
         for pm in planned
         for p in pm.parts
     ]
-    rids = iter(await ledger.insert_envelopes(tx, items, now))
-    rows: list[ledger.RecipientRow] = []
+    rids = iter(await tx.insert_envelopes(items, now))
+    rows: list[Recipient] = []
+    decisions: list[DecisionRecord] = []
     for pm in planned:
         for p in pm.parts:
             rid = next(rids)
             status = "queued" if p.hop else "delivered"
-            rows.extend((pm.msg_id, a, rid, mailbox, status, now) for a in p.env.header.to)
+            rows.extend(Recipient(pm.msg_id, a, rid, mailbox, status, now) for a in p.env.header.to)
             if p.hop:
                 state.note_hop(p.hop)
             else:
                 state.note_inbox(p.mailboxes)
-        for dest, d in pm.audits:
-            await ledger.record_decision(
-                tx,
-                at=now,
-                point="submit",
-                envelope=pm.msg_id,
-                peer=dest,
-                outcome="audit",
-                rule=d.rule,
-                reason=d.reason,
-                policy_hash=state.policy_hash,
+        decisions.extend(
+            decision_record(
+                "submit", d, at=now, envelope=pm.msg_id, peer=dest, policy_hash=state.policy_hash
             )
-    await ledger.add_recipients(tx, rows)
+            for dest, d in pm.audits
+        )
+    await tx.record_decisions(decisions)
+    await tx.add_recipients(rows)
 
 
 async def record_refusal(
@@ -255,18 +254,17 @@ async def record_refusal(
     """A submit refused by policy leaves a decision row and nothing else."""
     now = state.now_ms()
 
-    async def job(tx: Tx) -> None:
-        await ledger.record_decision(
-            tx,
-            at=now,
-            point="submit",
-            envelope=None,
-            peer=",".join(sorted({a.rpartition("@")[2] for a in to})),
-            outcome="deny",
-            rule=err.rule,
-            reason=f"{mailbox}: {err.detail}",
-            policy_hash=state.policy_hash,
-        )
+    denial = decision_record(
+        "submit",
+        refusal(err.rule, f"{mailbox}: {err.detail}"),
+        at=now,
+        envelope=None,
+        peer=",".join(sorted({a.rpartition("@")[2] for a in to})),
+        policy_hash=state.policy_hash,
+    )
+
+    async def job(tx: WriteTx) -> None:
+        await tx.record_decisions([denial])
 
     try:
         await state.store.write(job)

@@ -40,11 +40,12 @@ from yarl import URL
 from relay.api.client import inbox_item
 from relay.errors import RelayError
 from relay.logs import event
+from relay.node.decisions import decision_record
 from relay.node.state import NodeState
 from relay.policy.residency import Decision, check_forward
 from relay.protocol import httpsig
-from relay.storage.sqlite import ledger
-from relay.storage.sqlite.store import Tx
+from relay.storage.interface import WriteTx
+from relay.storage.records import DecisionRecord, WebhookFailure
 
 log = logging.getLogger("relay.webhooks")
 
@@ -99,46 +100,33 @@ def sign(state: NodeState, mailbox: str, url: URL, body: bytes) -> dict[str, str
 
 
 async def cursor(state: NodeState, mailbox: str) -> int:
-    row = await state.store.fetchone(
-        "SELECT cursor FROM webhook_state WHERE mailbox = ?", (mailbox,)
-    )
-    return int(row[0]) if row is not None else 0
+    """The last inbox seq `mailbox`'s webhook handled."""
+    return await state.store.webhook_cursor(mailbox)
 
 
 async def pending(state: NodeState, mailbox: str, after: int, limit: int = FETCH) -> list[Pending]:
     """Unacked inbox rows of `mailbox` past the cursor, oldest first."""
-    rows = await state.store.fetchall(
-        "SELECT i.seq, e.id, e.residency, e.header, p.body FROM inbox i"
-        " JOIN envelopes e ON e.rid = i.rid LEFT JOIN payloads p ON p.sha = e.payload_sha"
-        " WHERE i.mailbox = ? AND i.acked IS NULL AND i.seq > ? ORDER BY i.seq LIMIT ?",
-        (mailbox, after, limit),
-    )
     return [
         Pending(
-            seq=int(r[0]),
-            ident=bytes(r[1]),
-            residency=tuple(str(r[2]).split(",")),
-            item=inbox_item(bytes(r[3]), r[4]),
+            seq=r.seq,
+            ident=r.id,
+            residency=tuple(r.residency.split(",")),
+            item=inbox_item(r.header, r.payload),
         )
-        for r in rows
+        for r in await state.store.inbox(mailbox, after, limit)
     ]
 
 
-async def _advance(tx: Tx, mailbox: str, seq: int, *, delivered: int) -> None:
-    await tx.execute(
-        "INSERT INTO webhook_state (mailbox, cursor, delivered) VALUES (?, ?, ?)"
-        " ON CONFLICT (mailbox) DO UPDATE SET cursor = max(cursor, excluded.cursor),"
-        " failures = 0, next_try = 0, last_error = '', delivered = delivered + excluded.delivered",
-        (mailbox, seq, delivered),
-    )
-
-
-async def _note_failure(tx: Tx, mailbox: str, failures: int, next_try: int, error: str) -> None:
-    await tx.execute(
-        "INSERT INTO webhook_state (mailbox, failures, next_try, last_error) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (mailbox) DO UPDATE SET failures = excluded.failures,"
-        " next_try = excluded.next_try, last_error = excluded.last_error",
-        (mailbox, failures, next_try, error),
+def _decision(
+    state: NodeState, mailbox: str, row: Pending, d: Decision, now: int
+) -> DecisionRecord:
+    return decision_record(
+        POINT,
+        d,
+        at=now,
+        envelope=row.ident,
+        peer=peer_label(mailbox),
+        policy_hash=state.policy_hash,
     )
 
 
@@ -222,22 +210,10 @@ class MailboxHook:
         st = self.state
         now = st.now_ms()
 
-        async def job(tx: Tx) -> None:
-            await tx.execute(
-                "UPDATE inbox SET acked = ? WHERE seq = ? AND acked IS NULL", (now, row.seq)
-            )
-            await ledger.record_decision(
-                tx,
-                at=now,
-                point=POINT,
-                envelope=row.ident,
-                peer=peer_label(self.mailbox),
-                outcome=decision.outcome,
-                rule=decision.rule,
-                reason=decision.reason,
-                policy_hash=st.policy_hash,
-            )
-            await _advance(tx, self.mailbox, row.seq, delivered=1)
+        async def job(tx: WriteTx) -> None:
+            await tx.ack_inbox_seqs([row.seq], now)
+            await tx.record_decisions([_decision(st, self.mailbox, row, decision, now)])
+            await tx.webhook_advance(self.mailbox, row.seq, delivered=1)
 
         await st.store.write(job)
         self.failures = 0
@@ -256,19 +232,9 @@ class MailboxHook:
         st = self.state
         now = st.now_ms()
 
-        async def job(tx: Tx) -> None:
-            await ledger.record_decision(
-                tx,
-                at=now,
-                point=POINT,
-                envelope=row.ident,
-                peer=peer_label(self.mailbox),
-                outcome="deny",
-                rule=decision.rule,
-                reason=decision.reason,
-                policy_hash=st.policy_hash,
-            )
-            await _advance(tx, self.mailbox, row.seq, delivered=0)
+        async def job(tx: WriteTx) -> None:
+            await tx.record_decisions([_decision(st, self.mailbox, row, decision, now)])
+            await tx.webhook_advance(self.mailbox, row.seq, delivered=0)
 
         await st.store.write(job)
         st.metrics.webhook(self.mailbox, "refused")
@@ -290,7 +256,8 @@ class MailboxHook:
         cap = min(fed.retry_max_ms, fed.retry_min_ms * (2 ** min(self.failures - 1, 40)))
         wait_ms = max(10, int(_random.uniform(0, cap)))  # full jitter
         failures, next_try = self.failures, st.now_ms() + wait_ms
-        await st.store.write(lambda tx: _note_failure(tx, self.mailbox, failures, next_try, error))
+        failure = WebhookFailure(failures, next_try, error)
+        await st.store.write(lambda tx: tx.webhook_failure(self.mailbox, failure))
         st.metrics.webhook(self.mailbox, "retry")
         event(
             log,

@@ -31,9 +31,10 @@ from relay.node.app import Node
 from relay.node.queueops import DELETED_REASON
 from relay.protocol.envelope import make_header, seal
 from relay.protocol.keystr import key_id, public_key_string
-from relay.storage.sqlite import ledger
+from relay.storage.interface import WriteTx
+from relay.storage.records import NewEnvelope
 from relay.storage.sqlite.backup import backup_file, schema_version_of
-from relay.storage.sqlite.store import SCHEMA_VERSION
+from relay.storage.sqlite.store import SCHEMA_VERSION, open_store, sqlite_store, sqlite_tx
 from tests.e2e.harness import free_port
 
 NOW_MS = 1_700_000_000_000
@@ -339,7 +340,7 @@ async def test_hold_and_release(world: World) -> None:
     assert status == 200
     assert doc == {"matched": 1, "changed": 1, "unknown": [unknown], "peers": []}
     assert [e["held"] for e in await world.queue()] == [True, False]
-    rows = await ledger.fetch_queue(world.state_a.store, "b.test", 100)
+    rows = await world.state_a.store.queue_head("b.test", 100)
     assert [r.id.hex() for r in rows] == [ids[1]]  # the sender no longer sees it
 
     status, doc = await world.admin("POST", "/queue/hold", {"ids": [ids[0]]})
@@ -397,11 +398,11 @@ async def test_delete_of_a_relayed_envelope_sends_a_rejected_receipt(world: Worl
         payload=b"relayed",
     )
     env = seal(header, b"relayed", x_key)
-    item = ledger.NewEnvelope(env=env, trace=("x.test",), from_peer="x.test", hop="b.test")
-    await st.store.write(lambda tx: ledger.insert_envelopes(tx, [item], NOW_MS))
+    item = NewEnvelope(env=env, trace=("x.test",), from_peer="x.test", hop="b.test")
+    await st.store.write(lambda tx: tx.insert_envelopes([item], NOW_MS))
     status, doc = await world.admin("POST", "/queue/delete", {"ids": [header.id.hex()]})
     assert (status, doc["changed"]) == (200, 1)
-    rows = await st.store.fetchall(
+    rows = await sqlite_store(st.store).fetchall(
         "SELECT origin, status, reason, id, recipients FROM pending_receipts"
     )
     assert [(r[0], r[1], r[2], bytes(r[3])) for r in rows] == [
@@ -424,7 +425,7 @@ async def test_retry_clears_the_backoff_and_delivers(world: World) -> None:
     peer = await world.peer_b()
     assert peer["delivered"] == 3 and peer["failures"] == 0
     assert world.node_b is not None and world.node_b.state is not None
-    rows = await world.node_b.state.store.fetchall(
+    rows = await sqlite_store(world.node_b.state.store).fetchall(
         "SELECT e.id FROM inbox i JOIN envelopes e ON e.rid = i.rid ORDER BY i.seq"
     )
     assert sorted(bytes(r[0]).hex() for r in rows) == sorted(ids)
@@ -543,23 +544,30 @@ async def test_reload_with_a_new_policy_rechecks_the_queue(world: World) -> None
     assert await world.queue() == []
     for i in ids:
         assert (await world.status(i))["status"] == "rejected"
-    rows = await world.state_a.store.fetchall("SELECT point, outcome FROM decisions")
+    rows = await sqlite_store(world.state_a.store).fetchall("SELECT point, outcome FROM decisions")
     assert [tuple(r) for r in rows] == [("recheck", "deny")] * 2
 
 
 # --- the summary's buckets, on a bare queue table ------------------------------------------
 
 
-def test_summary_buckets_edges_and_order() -> None:
-    db = sqlite3.connect(":memory:")
-    db.execute("CREATE TABLE queue (rid INTEGER PRIMARY KEY, hop TEXT, enqueued INT, held INT)")
+async def test_summary_buckets_edges_and_order(tmp_path: Path) -> None:
     now = NOW_MS
     ages = {"b.test": [0, 59_999, 60_000, 9_599_999, 9_600_000], "c.test": [300_000, 600_000]}
     rows = [(hop, now - age, 0) for hop, xs in ages.items() for age in xs]
     rows.append(("c.test", now - 10, 1))
-    db.executemany("INSERT INTO queue (hop, enqueued, held) VALUES (?, ?, ?)", rows)
-    shape = queueview.queue_shape(db.execute(queueview.SHAPE_SQL, {"now": now}).fetchall())
-    db.close()
+
+    async def fill(tx: WriteTx) -> None:  # queue rows alone: the buckets read nothing else
+        await sqlite_tx(tx).executemany(
+            "INSERT INTO queue (hop, enqueued, held) VALUES (?, ?, ?)", rows
+        )
+
+    store = await open_store(tmp_path / "relay.db")
+    try:
+        await store.write(fill)
+        shape = queueview.queue_shape(await store.queue_ages(now, queueview.AGE_BOUNDS_MS))
+    finally:
+        await store.close()
     assert [(r.dest, r.total, r.held) for r in shape] == [
         ("TOTAL", 8, 1),
         ("b.test", 5, 0),

@@ -20,8 +20,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from relay.cli import main as cli
 from relay.config.parse import load_config
 from relay.protocol.keystr import public_key_string
-from relay.storage.sqlite import ledger
-from relay.storage.sqlite.store import Tx, open_store
+from relay.storage.interface import WriteTx
+from relay.storage.records import DecisionRecord
+from relay.storage.sqlite.store import open_store
 from tests.federation.conftest import Pinned, write_node_toml
 
 RULES = """
@@ -174,21 +175,24 @@ def test_explain_refuses_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture
 # --- decisions and purge -----------------------------------------------------------------
 
 
-async def _decide(tx: Tx) -> None:
-    for i, (outcome, envelope) in enumerate(
-        [("deny", None), ("audit", b"\x01" * 16), ("deny", b"\x02" * 16)]
-    ):
-        await ledger.record_decision(
-            tx,
-            at=1_000_000_000_000 + i * 1000,  # long past metadata_max_days
-            point="submit" if envelope is None else "accept",
-            envelope=envelope,
-            peer="f.test",
-            outcome=outcome,
-            rule=f"rule-{i}",
-            reason=f"reason {i}",
-            policy_hash="ab" * 8,
-        )
+async def _decide(tx: WriteTx) -> None:
+    await tx.record_decisions(
+        [
+            DecisionRecord(
+                at=1_000_000_000_000 + i * 1000,  # long past metadata_max_days
+                point="submit" if envelope is None else "accept",
+                envelope=envelope,
+                peer="f.test",
+                outcome=outcome,
+                rule=f"rule-{i}",
+                reason=f"reason {i}",
+                policy_hash="ab" * 8,
+            )
+            for i, (outcome, envelope) in enumerate(
+                [("deny", None), ("audit", b"\x01" * 16), ("deny", b"\x02" * 16)]
+            )
+        ]
+    )
 
 
 async def _fill(db: Path) -> None:

@@ -39,6 +39,7 @@ from relay.protocol.envelope import (
     seal,
 )
 from relay.protocol.keystr import key_id, private_key_from_seed, public_key_string
+from relay.storage.sqlite.store import sqlite_store
 from tests.inprocess import PeerLine, send, start_node, token, url_of, write_node
 
 DAY_MS = 86_400_000
@@ -263,7 +264,7 @@ async def wait_for(probe: Any, what: str, timeout: float = 15) -> Any:
 async def header_key(node: Node, msg_id: str) -> str:
     """The `key` field of the header of the message `msg_id` as stored at its origin."""
     assert node.state is not None
-    rows = await node.state.store.fetchall("SELECT id, header FROM envelopes")
+    rows = await sqlite_store(node.state.store).fetchall("SELECT id, header FROM envelopes")
     (header,) = [h for i, h in rows if bytes(i).hex() == msg_id]
     return decode_header(bytes(header)).key
 

@@ -30,7 +30,8 @@ from relay.config.tls import TLSFileError, client_context
 from relay.errors import ConfigErrors
 from relay.node.app import Node
 from relay.protocol.keystr import public_key_string
-from relay.storage.sqlite import ledger
+from relay.storage.records import PeerState
+from relay.storage.sqlite.store import sqlite_store
 from tests.inprocess import PeerLine, start_node, token, write_node
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -305,14 +306,16 @@ async def test_nodes_deliver_over_https_only_to_a_trusted_issuer(
             assert c.state is not None
             store = c.state.store
 
-            async def failing() -> ledger.PeerState | None:
-                st = await ledger.peer_state(store, "b.test")
+            async def failing() -> PeerState | None:
+                st = await store.peer_state("b.test")
                 return st if st.failures >= 2 else None
 
             state = await wait_for(failing, "c.test backing off from b.test")
             assert "certificate verify failed" in state.last_error.lower(), state.last_error
             assert state.next_try > 0
-            queued = await store.fetchall("SELECT rid FROM queue WHERE hop = 'b.test'")
+            queued = await sqlite_store(store).fetchall(
+                "SELECT rid FROM queue WHERE hop = 'b.test'"
+            )
             assert len(queued) == 1
             assert await inbox_texts(s, b_url) == {"over https"}
         logged = [r for r in caplog.records if r.getMessage() == "delivery"]

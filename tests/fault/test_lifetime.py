@@ -23,7 +23,8 @@ import pytest
 from relay.config.parse import load_config
 from relay.node import expiry
 from relay.node.app import Node
-from relay.storage.sqlite import ledger
+from relay.storage.records import PeerState
+from relay.storage.sqlite.store import sqlite_store
 from tests.e2e.harness import NodeProc, make_node
 from tests.fault.common import query, set_federation
 
@@ -85,9 +86,9 @@ class Setup:
         rec = doc["recipients"]["carol@c.test"]
         return rec["status"], rec["reason"]
 
-    async def peer(self) -> ledger.PeerState:
+    async def peer(self) -> PeerState:
         assert self.node is not None and self.node.state is not None
-        return await ledger.peer_state(self.node.state.store, "c.test")
+        return await self.node.state.store.peer_state("c.test")
 
 
 async def eventually(probe: Any, what: str, timeout: float = 10.0) -> Any:
@@ -160,7 +161,7 @@ async def test_past_lifetime_expires_while_backing_off(
     after = await setup.peer()
     assert (after.failures, after.next_try) == (1, T0 + 2 * HOUR)
     assert setup.node is not None and setup.node.state is not None
-    assert await setup.node.state.store.fetchall("SELECT rid FROM queue") == []
+    assert await sqlite_store(setup.node.state.store).fetchall("SELECT rid FROM queue") == []
     print(f"\nlifetime: 3 envelopes expired at a backing-off peer (next_try {after.next_try})")
 
 
@@ -196,7 +197,7 @@ async def test_backoff_state_survives_restart(tmp_path: Path, pinned_jitter: Non
         await setup.stop()
 
 
-async def _failed(setup: Setup, failures: int) -> ledger.PeerState | None:
+async def _failed(setup: Setup, failures: int) -> PeerState | None:
     st = await setup.peer()
     return st if st.failures >= failures else None
 

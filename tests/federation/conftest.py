@@ -43,6 +43,7 @@ from relay.protocol.envelope import (
     seal,
 )
 from relay.protocol.keystr import key_id, public_key_string
+from relay.storage.sqlite.store import sqlite_store
 
 NODE = "n.test"
 JURISDICTION = "DE"
@@ -225,9 +226,9 @@ class Harness:
         # its sender has failed once and backs off (the frozen clock keeps it
         # there), so that it writes nothing while the test compares row counts.
         async def backing_off() -> bool:
-            hops = await self.state.store.fetchall("SELECT DISTINCT hop FROM queue")
+            hops = await sqlite_store(self.state.store).fetchall("SELECT DISTINCT hop FROM queue")
             for (hop,) in hops:
-                row = await self.state.store.fetchone(
+                row = await sqlite_store(self.state.store).fetchone(
                     "SELECT next_try FROM peer_state WHERE peer = ?", (hop,)
                 )
                 if row is None or row[0] <= self.clock():
@@ -380,7 +381,7 @@ class Harness:
         assert await self.stored(env.header.origin, env.header.id)
 
     async def stored(self, origin: str, ident: bytes) -> bool:
-        row = await self.state.store.fetchone(
+        row = await sqlite_store(self.state.store).fetchone(
             "SELECT 1 FROM envelopes WHERE origin = ? AND id = ?", (origin, ident)
         )
         return row is not None

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 
+from relay.storage.sqlite.store import sqlite_store
 from tests.federation.conftest import TIMEOUT, TOKEN, Harness, Reply
 
 BIG = "x" * 6000  # needs new pages: a full database cannot take it
@@ -23,7 +24,7 @@ UNLIMITED_PAGES = 1_073_741_823
 
 async def pragma_on_writer(h: Harness, sql: str) -> None:
     """Run a PRAGMA on the writer connection, between two transactions."""
-    await h.state.store._db.execute(sql)
+    await sqlite_store(h.state.store)._db.execute(sql)
 
 
 async def client(h: Harness, method: str, path: str, body: Any = None) -> tuple[Reply, str]:
@@ -45,7 +46,7 @@ async def ready(h: Harness) -> tuple[int, str]:
 
 async def acknowledged_state(h: Harness) -> list[tuple[Any, ...]]:
     """Every stored envelope with its header digest and payload: what must survive."""
-    rows = await h.state.store.fetchall(
+    rows = await sqlite_store(h.state.store).fetchall(
         "SELECT e.origin, e.id, e.hdigest, p.body FROM envelopes e"
         " LEFT JOIN payloads p ON p.sha = e.payload_sha ORDER BY e.rid"
     )
@@ -87,7 +88,7 @@ async def works_again(h: Harness) -> None:
     result = await h.send([h.item(env)])
     assert result.results == {env.header.id: "accepted"}
     assert await ready(h) == (200, "ready")
-    assert await h.state.store.pragma("integrity_check") == "ok"
+    assert await sqlite_store(h.state.store).pragma("integrity_check") == "ok"
 
 
 async def some_traffic(h: Harness) -> None:

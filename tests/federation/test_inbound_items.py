@@ -26,6 +26,7 @@ from relay.protocol.envelope import (
     pack,
     peek_id,
 )
+from relay.storage.sqlite.store import sqlite_store
 from tests.federation.conftest import JURISDICTION, NODE, Harness, Identity
 
 # What one accepted message (to bob@n.test, fresh payload) adds to the tables,
@@ -212,7 +213,9 @@ async def test_faulty_item_is_rejected_and_the_others_accepted(harness: Harness,
     if code == "residency":
         expected["decisions"] = 1  # every deny gets its own row (DESIGN §7)
     assert diff(before, await h.counts()) == expected
-    row = await h.state.store.fetchone("SELECT count(*) FROM envelopes WHERE id = ?", (bad_id,))
+    row = await sqlite_store(h.state.store).fetchone(
+        "SELECT count(*) FROM envelopes WHERE id = ?", (bad_id,)
+    )
     assert row is not None and row[0] == 0
 
 
@@ -221,7 +224,7 @@ async def test_residency_refusal_is_recorded_as_a_decision(harness: Harness) -> 
     bad = h.envelope(residency=["FR", "NL"])
     result = await h.send([h.item(bad)])
     assert result.results == {bad.header.id: "rejected:residency"}
-    rows = await h.state.store.fetchall(
+    rows = await sqlite_store(h.state.store).fetchall(
         "SELECT point, envelope, peer, outcome, rule, reason FROM decisions"
     )
     assert len(rows) == 1
@@ -240,7 +243,7 @@ async def test_id_conflict_in_a_later_batch(harness: Harness) -> None:
     result = await h.send([h.item(rival), h.item(other)])
     assert result.results == {first.header.id: "rejected:id_conflict", other.header.id: "accepted"}
     assert diff(before, await h.counts()) == ONE_ACCEPTED
-    row = await h.state.store.fetchone(
+    row = await sqlite_store(h.state.store).fetchone(
         "SELECT header FROM envelopes WHERE origin = ? AND id = ?", (h.a.name, first.header.id)
     )
     assert row is not None and bytes(row[0]) == first.header_bytes
@@ -320,7 +323,7 @@ async def test_response_is_signed_and_sent_after_commit(harness: Harness) -> Non
     assert reply.status == 200 and reply.content_type == "application/msgpack"
     # Rows are readable the moment the answer is in: it was sent after COMMIT.
     for e in envs:
-        row = await h.state.store.fetchone(
+        row = await sqlite_store(h.state.store).fetchone(
             "SELECT count(*) FROM envelopes e JOIN inbox i ON i.rid = e.rid"
             " WHERE e.origin = ? AND e.id = ? AND i.mailbox = 'bob'",
             (h.a.name, e.header.id),
@@ -355,7 +358,7 @@ async def test_relayed_envelope_is_verified_against_its_origin(harness: Harness)
     forged = h.envelope(origin=h.x, signer=h.a.key)  # a.test cannot write as x.test
     result = await h.send([h.item(good), h.item(forged)])
     assert result.results == {good.header.id: "accepted", forged.header.id: "rejected:signature"}
-    row = await h.state.store.fetchone(
+    row = await sqlite_store(h.state.store).fetchone(
         "SELECT trace, from_peer FROM envelopes WHERE origin = ? AND id = ?",
         (h.x.name, good.header.id),
     )

@@ -15,7 +15,8 @@ from typing import Any
 
 from relay.config.parse import LimitsConfig
 from relay.policy.ratelimit import Limits
-from relay.storage.sqlite.store import Tx
+from relay.storage.interface import WriteTx
+from relay.storage.sqlite.store import sqlite_tx
 from tests.federation.conftest import TIMEOUT, TOKEN, Harness, Reply
 
 BOB_TOKEN = "bob-token"
@@ -207,7 +208,7 @@ async def test_writer_backlog_answers_503_busy(harness: Harness) -> None:
     store.max_backlog = 2
     gate = asyncio.Event()
 
-    async def hold(tx: Tx) -> None:
+    async def hold(tx: WriteTx) -> None:
         await gate.wait()
 
     held = [asyncio.ensure_future(store.write(hold))]
@@ -256,8 +257,8 @@ async def test_queue_bound_answers_503_at_submit_only(harness: Harness) -> None:
     assert reply.status == 202, reply.body
 
 
-async def _exec(tx: Tx, sql: str) -> None:
-    await (await tx.execute(sql)).close()
+async def _exec(tx: WriteTx, sql: str) -> None:
+    await (await sqlite_tx(tx).execute(sql)).close()
 
 
 async def test_write_slots_bound_requests_in_progress(harness: Harness) -> None:
@@ -267,7 +268,7 @@ async def test_write_slots_bound_requests_in_progress(harness: Harness) -> None:
     st.config = dataclasses.replace(st.config, limits=LimitsConfig(max_pending_writes=1))
     gate = asyncio.Event()
 
-    async def hold(tx: Tx) -> None:
+    async def hold(tx: WriteTx) -> None:
         await gate.wait()
 
     held = asyncio.ensure_future(st.store.write(hold))  # the writer waits on the gate

@@ -28,7 +28,8 @@ from relay.federation.inbound import BATCH_PATH
 from relay.node.state import wall_clock_ms
 from relay.protocol import httpsig
 from relay.protocol.envelope import BatchResult, decode_batch, peek_id, sign_result
-from relay.storage.sqlite import ledger
+from relay.storage.records import PeerState
+from relay.storage.sqlite.store import sqlite_store
 from tests.federation.conftest import NODE, Harness, Identity, Pinned, start_node, wait_until
 from tests.federation.conftest import write_node_toml as write_toml
 
@@ -148,11 +149,11 @@ class Outbound:
     peer: FakePeer
     node_dir: Path
 
-    async def peer_state(self) -> ledger.PeerState:
-        return await ledger.peer_state(self.h.state.store, PEER)
+    async def peer_state(self) -> PeerState:
+        return await self.h.state.store.peer_state(PEER)
 
     async def queue_rows(self) -> list[tuple[bytes, int, str]]:
-        rows = await self.h.state.store.fetchall(
+        rows = await sqlite_store(self.h.state.store).fetchall(
             "SELECT e.id, q.attempts, q.last_error FROM queue q JOIN envelopes e ON e.rid = q.rid"
             " WHERE q.hop = ? ORDER BY q.rid",
             (PEER,),
@@ -171,12 +172,12 @@ class Outbound:
         found: tuple[str, str] = await wait_until(probe, what=f"{msg_id} {status}")
         return found
 
-    async def wait_failures(self, at_least: int) -> ledger.PeerState:
-        async def probe() -> ledger.PeerState | None:
+    async def wait_failures(self, at_least: int) -> PeerState:
+        async def probe() -> PeerState | None:
             ps = await self.peer_state()
             return ps if ps.failures >= at_least else None
 
-        found: ledger.PeerState = await wait_until(probe, what=f"{at_least} failures")
+        found: PeerState = await wait_until(probe, what=f"{at_least} failures")
         return found
 
 

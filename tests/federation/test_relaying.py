@@ -32,6 +32,7 @@ from relay.protocol.envelope import (
     sign_result,
 )
 from relay.protocol.keystr import private_key_from_seed, public_key_string
+from relay.storage.sqlite.store import sqlite_store
 from tests.federation.conftest import (
     NODE,
     NOW_MS,
@@ -164,7 +165,7 @@ async def test_a_relayed_envelope_is_queued_for_its_next_hop(relay: Relay) -> No
     assert got[far.header.id].trace == ("a.test", NODE)
     assert got[env.header.id].header_bytes == env.header_bytes  # the exact bytes travel
     assert got[env.header.id].signature == env.signature
-    row = await relay.h.state.store.fetchone(
+    row = await sqlite_store(relay.h.state.store).fetchone(
         "SELECT hop, from_peer FROM envelopes WHERE id = ?", (far.header.id,)
     )
     assert row is not None and tuple(row) == ("b.test", "a.test")
@@ -235,7 +236,7 @@ async def test_an_origins_certificate_carried_in_the_item_lets_it_through(
     second = relay.h.envelope(origin=o, to=("bob@b.test",), dest="b.test")
     result = await relay.h.send([carried, relay.h.item(second)])  # one certificate serves both
     assert result.results == {env.header.id: "accepted", second.header.id: "accepted"}
-    row = await relay.h.state.store.fetchone("SELECT name, blob FROM certificates")
+    row = await sqlite_store(relay.h.state.store).fetchone("SELECT name, blob FROM certificates")
     assert row is not None and (row[0], bytes(row[1])) == ("o.test", cert)
 
     await wait_until(relay.forwarded(2), what="forwarded")

@@ -49,6 +49,7 @@ from relay.protocol.envelope import (
     encode_header,
     open_result,
 )
+from relay.storage.sqlite.store import sqlite_store
 from tests.federation.conftest import (
     MAX_BODY,
     TIMEOUT,
@@ -381,7 +382,7 @@ async def post_batch_case(h: Harness, kind: str, body: bytes) -> None:
     for item in sent["items"]:
         ident = decode_id(item[0])
         if result.results[ident] == "accepted":
-            row = await h.state.store.fetchone(
+            row = await sqlite_store(h.state.store).fetchone(
                 "SELECT header FROM envelopes WHERE origin = 'a.test' AND id = ?", (ident,)
             )
             assert row is not None and bytes(row[0]) == item[0]
@@ -670,8 +671,8 @@ async def still_healthy(h: Harness) -> None:
         assert resp.status == 200
     assert h.state.backpressure.in_progress == 0  # every write slot was given back
     store = h.state.store
-    assert await store.pragma("integrity_check") == "ok"
-    rows = await store.fetchall(
+    assert await sqlite_store(store).pragma("integrity_check") == "ok"
+    rows = await sqlite_store(store).fetchall(
         "SELECT e.header, e.size, e.payload_sha, p.body FROM envelopes e"
         " LEFT JOIN payloads p ON p.sha = e.payload_sha"
     )
@@ -682,7 +683,7 @@ async def still_healthy(h: Harness) -> None:
             raise AssertionError(f"stored garbage: {e.detail}") from None
         assert decoded.size == size and len(bytes(body)) == size
         assert hashlib.sha256(bytes(body)).digest() == decoded.sha256 == bytes(sha)
-    orphans = await store.fetchone(
+    orphans = await sqlite_store(store).fetchone(
         "SELECT count(*) FROM inbox i LEFT JOIN envelopes e ON e.rid = i.rid WHERE e.rid IS NULL"
     )
     assert orphans is not None and orphans[0] == 0

@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 
 from relay.policy.residency import RULE_IMPORT
+from relay.storage.sqlite.store import sqlite_store
 from tests.federation.conftest import (
     Clock,
     Harness,
@@ -50,7 +51,7 @@ async def node_with(tmp_path: Path, policy_lines: str) -> AsyncIterator[Harness]
 
 
 async def decisions(h: Harness) -> list[tuple[str, bytes, str, str, str, str]]:
-    rows = await h.state.store.fetchall(
+    rows = await sqlite_store(h.state.store).fetchall(
         "SELECT point, envelope, peer, outcome, rule, policy_hash FROM decisions ORDER BY seq"
     )
     return [(r[0], bytes(r[1]), r[2], r[3], r[4], r[5]) for r in rows]
@@ -92,7 +93,7 @@ async def test_allowed_accept_costs_no_decision_row(tmp_path: Path) -> None:
         result = await h.send([h.item(env)])
         assert result.results == {env.header.id: "accepted"}
         assert await decisions(h) == []
-        row = await h.state.store.fetchone(
+        row = await sqlite_store(h.state.store).fetchone(
             "SELECT rule_id, policy_hash FROM envelopes WHERE id = ?", (env.header.id,)
         )
         assert row is not None and tuple(row) == ("", h.state.policy_hash)

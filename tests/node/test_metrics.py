@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from relay.config.parse import mailbox_token_sha256
 from relay.node.app import Node
+from relay.storage.sqlite.store import sqlite_store
 from tests.inprocess import TIMEOUT, PeerLine, send, start_node, status, url_of, write_node
 
 METRICS_TOKEN = "scrape-me"
@@ -161,7 +162,9 @@ async def test_metrics_after_traffic(pair: Pair) -> None:
                 return False
         nobody = (await status(session, a, to_nobody))["nobody@b.test"]
         assert a.state is not None
-        row = await a.state.store.fetchone("SELECT failures FROM peer_state WHERE peer = 'c.test'")
+        row = await sqlite_store(a.state.store).fetchone(
+            "SELECT failures FROM peer_state WHERE peer = 'c.test'"
+        )
         return nobody["status"] == "rejected" and row is not None and row[0] >= 1
 
     await wait_until(settled, "deliveries to b.test and a retry toward c.test")

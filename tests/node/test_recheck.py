@@ -14,6 +14,7 @@ import tomlkit
 
 from relay.config.parse import DAY_MS
 from relay.policy.residency import RULE_PEER
+from relay.storage.sqlite.store import sqlite_store
 from tests.federation.conftest import (
     Clock,
     Harness,
@@ -56,19 +57,23 @@ async def test_repinned_peer_ends_queued_mail_and_deletes_its_content(tmp_path: 
         assert state is not None and state.policy_hash == hash_before
         store = state.store
         ident = bytes.fromhex(kept)
-        rows = await store.fetchall("SELECT status, reason FROM recipients WHERE msg = ?", (ident,))
+        rows = await sqlite_store(store).fetchall(
+            "SELECT status, reason FROM recipients WHERE msg = ?", (ident,)
+        )
         assert [tuple(r) for r in rows] == [("rejected", "residency")]
         assert (await store.row_counts())["queue"] == 0
-        decision = await store.fetchone(
+        decision = await sqlite_store(store).fetchone(
             "SELECT point, envelope, peer, outcome, rule FROM decisions"
         )
         assert decision is not None
         assert tuple(decision) == ("recheck", ident, "a.test", "deny", RULE_PEER)
         # content_min_days is 0: the content went with the re-check, and that is recorded
-        env = await store.fetchone("SELECT payload_sha FROM envelopes WHERE id = ?", (ident,))
+        env = await sqlite_store(store).fetchone(
+            "SELECT payload_sha FROM envelopes WHERE id = ?", (ident,)
+        )
         assert env is not None and env[0] is None
         assert (await store.row_counts())["payloads"] == 0
-        purge = await store.fetchone("SELECT source, contents, payloads FROM purges")
+        purge = await sqlite_store(store).fetchone("SELECT source, contents, payloads FROM purges")
         assert purge is not None and tuple(purge) == ("recheck", 1, 1)
     finally:
         await node.stop()

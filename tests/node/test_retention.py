@@ -10,7 +10,6 @@ import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-import aiosqlite
 import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,8 +18,16 @@ from relay.config.parse import DAY_MS, RetentionConfig
 from relay.node.retention import EXPIRY_MARGIN_MS, Counts, drop_content, preview, purge
 from relay.protocol.envelope import Envelope, make_header, seal
 from relay.protocol.keystr import key_id, public_key_string
-from relay.storage.sqlite import ledger
-from relay.storage.sqlite.store import MIGRATIONS, SCHEMA_VERSION, Store, open_readonly, open_store
+from relay.storage.interface import WriteTx
+from relay.storage.records import DecisionRecord, NewEnvelope, Recipient
+from relay.storage.sqlite.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Store,
+    open_readonly,
+    open_store,
+    sqlite_tx,
+)
 
 HERE = "here.test"
 T0 = 1_700_000_000_000
@@ -75,21 +82,19 @@ async def put(
 ) -> int:
     """Store `env` as received at `received`; with `recipients`, as sent from here."""
 
-    async def job(tx: aiosqlite.Connection) -> int:
-        item = ledger.NewEnvelope(
+    async def job(tx: WriteTx) -> int:
+        item = NewEnvelope(
             env=env,
             trace=(env.header.origin,) if from_peer else (),
             from_peer=from_peer,
             hop=hop,
             mailboxes=tuple(mailboxes),
         )
-        (rid,) = await ledger.insert_envelopes(tx, [item], received)
+        (rid,) = await tx.insert_envelopes([item], received)
         if recipients:
             status = "queued" if hop else "delivered"
-            await tx.executemany(
-                "INSERT INTO recipients (msg, address, rid, mailbox, status, at)"
-                " VALUES (?, ?, ?, 'alice', ?, ?)",
-                [(env.header.id, a, rid, status, received) for a in env.header.to],
+            await tx.add_recipients(
+                [Recipient(env.header.id, a, rid, "alice", status, received) for a in env.header.to]
             )
         return rid
 
@@ -172,8 +177,8 @@ async def test_content_under_min_is_kept_even_when_acked_and_discarded(store: St
     r = retention(content_min=30, content_max=60)
     rid = await put(store, envelope(payload=b"legal hold"), T0)
 
-    async def ack(tx: aiosqlite.Connection) -> None:
-        await tx.execute("UPDATE inbox SET acked = ? WHERE rid = ?", (T0 + DAY_MS, rid))
+    async def ack(tx: WriteTx) -> None:
+        await sqlite_tx(tx).execute("UPDATE inbox SET acked = ? WHERE rid = ?", (T0 + DAY_MS, rid))
 
     await store.write(ack)
     # a deletion path (re-check) asks for the content to go a day later: it only marks it
@@ -237,8 +242,8 @@ async def test_dedupe_rows_outlive_expires(store: Store) -> None:
     assert counts == Counts(contents=1, payloads=1, payload_bytes=5)
     assert await exists(store, rid)  # still the dedupe record: the envelope has not expired
 
-    async def seen(tx: aiosqlite.Connection) -> dict[tuple[str, bytes], bytes]:
-        return await ledger.existing_digests(tx, [(env.header.origin, env.header.id)])
+    async def seen(tx: WriteTx) -> dict[tuple[str, bytes], bytes]:
+        return await tx.existing_digests([(env.header.origin, env.header.id)])
 
     assert await store.write(seen)
     assert await purge(store, r, HERE, expires + EXPIRY_MARGIN_MS - 1) == Counts()
@@ -269,19 +274,22 @@ async def test_origin_metadata_and_old_decisions_go(store: Store) -> None:
     env = envelope(origin=HERE, to=["carol@far.test"], dest="far.test")
     rid = await put(store, env, T0, from_peer=None, mailboxes=(), recipients=True)
 
-    async def decide(tx: aiosqlite.Connection) -> None:
-        for at in (T0, T0 + 5 * DAY_MS):
-            await ledger.record_decision(
-                tx,
-                at=at,
-                point="submit",
-                envelope=env.header.id,
-                peer="far.test",
-                outcome="deny",
-                rule="builtin:dest_jurisdiction",
-                reason="test",
-                policy_hash="0" * 16,
-            )
+    async def decide(tx: WriteTx) -> None:
+        await tx.record_decisions(
+            [
+                DecisionRecord(
+                    at=at,
+                    point="submit",
+                    envelope=env.header.id,
+                    peer="far.test",
+                    outcome="deny",
+                    rule="builtin:dest_jurisdiction",
+                    reason="test",
+                    policy_hash="0" * 16,
+                )
+                for at in (T0, T0 + 5 * DAY_MS)
+            ]
+        )
 
     await store.write(decide)
     counts = await purge(store, r, HERE, T0 + 3 * DAY_MS)
@@ -316,12 +324,12 @@ async def test_preview_says_exactly_what_purge_then_does(tmp_path: Path, store: 
     ]
     await store.write(lambda tx: drop_content(tx, [rids[2]], r, T0 + 7 * DAY_MS, source="t"))
     now = T0 + 9 * DAY_MS + DAY_MS // 2
-    db, version = await open_readonly(store.path)
+    reads = await open_readonly(store.path)
     try:
-        assert version == SCHEMA_VERSION
-        before = await preview(db, r, now, limit=2)
+        assert reads.schema_version == SCHEMA_VERSION
+        before = await preview(reads, r, now, limit=2)
     finally:
-        await db.close()
+        await reads.close()
     counts = await purge(store, r, HERE, now)
     assert before.counts == counts
     # all five lose their content (the young one was marked and is past its

@@ -26,6 +26,7 @@ from relay.errors import BadSignature, DigestMismatch
 from relay.node.app import Node
 from relay.node.webhooks import sign
 from relay.protocol import httpsig
+from relay.storage.sqlite.store import sqlite_store
 from tests.inprocess import TIMEOUT, send, start_node, token, url_of, write_node
 
 
@@ -118,7 +119,7 @@ def verify(req: Received, key: Ed25519PrivateKey, path: str, destination: str) -
 
 async def decisions(node: Node) -> list[tuple[str, str, str, str, bytes]]:
     assert node.state is not None
-    rows = await node.state.store.fetchall(
+    rows = await sqlite_store(node.state.store).fetchall(
         "SELECT point, peer, outcome, rule, envelope FROM decisions WHERE point = 'webhook'"
         " ORDER BY seq"
     )
@@ -178,7 +179,7 @@ async def test_webhook_delivery_retry_ack_and_residency(tmp_path: Path, receiver
             allowed = [d for d in await decisions(node) if d[2] == "allow"]
             assert allowed == [("webhook", "webhook:alice", "allow", "", bytes.fromhex(msg_id))]
             assert node.state is not None
-            row = await node.state.store.fetchone(
+            row = await sqlite_store(node.state.store).fetchone(
                 "SELECT failures, delivered, last_error FROM webhook_state WHERE mailbox = 'alice'"
             )
             assert row is not None and (row[0], row[1], row[2]) == (0, 1, "")

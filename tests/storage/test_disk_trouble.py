@@ -18,15 +18,16 @@ import pytest
 
 from relay.errors import StoreError
 from relay.node.app import Node
-from relay.storage.sqlite.store import Store, Tx, open_store
+from relay.storage.interface import WriteTx
+from relay.storage.sqlite.store import Store, open_store, sqlite_store, sqlite_tx
 from tests.inprocess import PeerLine, send, start_node, status, token, url_of, write_node
 
 UNLIMITED_PAGES = 1_073_741_823
 TIMEOUT = 10.0
 
 
-async def _exec(tx: Tx, sql: str, params: tuple[Any, ...] = ()) -> None:
-    await (await tx.execute(sql, params)).close()
+async def _exec(tx: WriteTx, sql: str, params: tuple[Any, ...] = ()) -> None:
+    await (await sqlite_tx(tx).execute(sql, params)).close()
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ async def test_full_disk_fails_every_job_of_the_rolled_back_transaction(store: S
     await store.write(lambda tx: _exec(tx, "PRAGMA max_page_count = 1"))  # cannot grow now
     gate = asyncio.Event()
 
-    async def hold(tx: Tx) -> None:  # keeps the writer busy until the three jobs are queued
+    async def hold(tx: WriteTx) -> None:  # keeps the writer busy until the three jobs are queued
         await gate.wait()
 
     held = asyncio.ensure_future(store.write(hold))
@@ -67,7 +68,7 @@ async def test_full_disk_fails_every_job_of_the_rolled_back_transaction(store: S
     )
     assert all(isinstance(r, StoreError) and r.status == 503 for r in results), results
     assert store.trouble is not None and "full" in store.trouble
-    rows = await store.fetchall("SELECT x FROM t")
+    rows = await sqlite_store(store).fetchall("SELECT x FROM t")
     assert [bytes(r[0]) for r in rows] == [b"before"]  # nothing of the three was stored
 
     await asyncio.wait_for(
@@ -77,15 +78,15 @@ async def test_full_disk_fails_every_job_of_the_rolled_back_transaction(store: S
     await asyncio.wait_for(
         store.write(lambda tx: _exec(tx, "INSERT INTO t VALUES (?)", (b"y" * 50_000,))), TIMEOUT
     )
-    assert await store.pragma("integrity_check") == "ok"
-    assert len(await store.fetchall("SELECT x FROM t")) == 2
+    assert await sqlite_store(store).pragma("integrity_check") == "ok"
+    assert len(await sqlite_store(store).fetchall("SELECT x FROM t")) == 2
 
 
 async def test_read_errors_are_store_errors(store: Store) -> None:
     with pytest.raises(StoreError):
-        await store.fetchall("SELECT * FROM no_such_table")
+        await sqlite_store(store).fetchall("SELECT * FROM no_such_table")
     with pytest.raises(StoreError):
-        await store.fetchone("SELECT * FROM no_such_table")
+        await sqlite_store(store).fetchone("SELECT * FROM no_such_table")
 
 
 # --- two nodes: a sender whose own store fails keeps going ----------------------
@@ -94,7 +95,7 @@ async def test_read_errors_are_store_errors(store: Store) -> None:
 def writer_of(node: Node) -> Any:
     """The writer connection of a running node (the test reaches inside to break it)."""
     assert node.state is not None
-    return node.state.store._db
+    return sqlite_store(node.state.store)._db
 
 
 async def set_read_only(node: Node, on: bool) -> None:
@@ -144,7 +145,7 @@ async def test_both_stores_read_only_then_everything_is_delivered(
 
         async def a_retried() -> bool:
             assert a.state is not None
-            row = await a.state.store.fetchone(
+            row = await sqlite_store(a.state.store).fetchone(
                 "SELECT failures, last_error FROM peer_state WHERE peer = 'b.test'"
             )
             return row is not None and row[0] >= 1 and "503" in row[1]
@@ -190,4 +191,4 @@ async def test_both_stores_read_only_then_everything_is_delivered(
         assert texts == ["through trouble"]
         for n in (a, b):
             assert n.state is not None
-            assert await n.state.store.pragma("integrity_check") == "ok"
+            assert await sqlite_store(n.state.store).pragma("integrity_check") == "ok"

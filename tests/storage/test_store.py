@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 
 from relay.errors import RelayError, StoreError
+from relay.storage.interface import WriteTx
 from relay.storage.sqlite.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     TABLES,
     DatabaseLocked,
-    Tx,
     open_store,
+    sqlite_tx,
 )
 
 
@@ -78,8 +79,10 @@ async def test_payloads_survive_the_migration_to_a_rowid_table(tmp_path: Path) -
         row = await store.fetchone("SELECT max(version) FROM schema_version")
         assert row is not None and row[0] == SCHEMA_VERSION
 
-        async def again(tx: Tx) -> None:
-            await tx.execute("INSERT INTO payloads (sha, body) VALUES (?, ?)", (b"\x01" * 32, b"x"))
+        async def again(tx: WriteTx) -> None:
+            await sqlite_tx(tx).execute(
+                "INSERT INTO payloads (sha, body) VALUES (?, ?)", (b"\x01" * 32, b"x")
+            )
 
         with pytest.raises(StoreError):  # sha is still unique: payloads are stored once
             await store.write(again)
@@ -93,9 +96,9 @@ async def test_group_commit_answers_after_commit_and_isolates_a_failing_job(
     store = await open_store(tmp_path / "relay.db")
     try:
 
-        def job(i: int) -> Callable[[Tx], Awaitable[int]]:
-            async def run(tx: Tx) -> int:
-                await tx.execute(
+        def job(i: int) -> Callable[[WriteTx], Awaitable[int]]:
+            async def run(tx: WriteTx) -> int:
+                await sqlite_tx(tx).execute(
                     "INSERT INTO nonces (peer, nonce, at) VALUES (?, ?, ?)", ("p", f"n{i}", i)
                 )
                 if i == 7:

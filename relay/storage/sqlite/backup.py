@@ -32,6 +32,7 @@ from relay.errors import BadRequest, Conflict, StoreError
 from relay.storage.sqlite.store import SCHEMA_VERSION, DatabaseLocked
 
 SIDE_FILES = ("-wal", "-shm", "-journal")
+CONTENT_TYPE = "application/vnd.sqlite3"  # a backup as the admin API streams it
 
 
 def connect_read_only(path: Path) -> sqlite3.Connection:

@@ -1,4 +1,4 @@
-"""The node's SQLite store (DESIGN §8).
+"""The node's SQLite storage (DESIGN §8), implementing relay.storage.interface.Storage.
 
 Invariants:
 - One process per database: `open_store` takes an exclusive lock file and
@@ -27,7 +27,7 @@ import fcntl
 import logging
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,15 +36,25 @@ import aiosqlite
 
 from relay.errors import Busy, RelayError, StoreError
 from relay.logs import event
+from relay.storage.interface import DatabaseLocked, Job
+from relay.storage.sqlite.reads import SqliteReads
 from relay.storage.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, TABLES, migrate
+from relay.storage.sqlite.writes import SqliteWriteTx
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "TABLES", "migrate"]
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "TABLES",
+    "DatabaseLocked",
+    "ReadOnlyStore",
+    "Store",
+    "open_readonly",
+    "open_store",
+]
 
 log = logging.getLogger("relay.store")
 
 T = TypeVar("T")
-Tx = aiosqlite.Connection
-Job = Callable[[Tx], Awaitable[T]]
 
 CACHE_KIB = -32768  # negative means KiB: 32 MiB of page cache per connection
 
@@ -55,17 +65,15 @@ class _Pending:
     future: asyncio.Future[Any]
 
 
-class DatabaseLocked(StoreError):
-    code = "locked"
+class Store(SqliteReads):
+    """The SQLite Storage: group-commit writer plus a read connection over one file."""
 
-
-class Store:
-    """Group-commit writer plus a read connection over one SQLite file."""
-
-    def __init__(self, path: Path, db: Tx, reader: Tx, lock_fd: int) -> None:
-        self.path = path
+    def __init__(
+        self, path: Path, db: aiosqlite.Connection, reader: aiosqlite.Connection, lock_fd: int
+    ) -> None:
+        super().__init__(path, reader)
         self._db = db
-        self.reader = reader
+        self._tx = SqliteWriteTx(db)
         self._lock_fd = lock_fd
         self._jobs: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -188,7 +196,7 @@ class Store:
         """Run one job inside its own SAVEPOINT; sqlite3.Error if a SAVEPOINT fails."""
         await self._db.execute("SAVEPOINT job")
         try:
-            result = await p.job(self._db)
+            result = await p.job(self._tx)
         except Exception as e:  # noqa: BLE001 - re-raised in the caller by its future
             if isinstance(e, sqlite3.Error):
                 if storage_error(e):
@@ -216,36 +224,13 @@ class Store:
             event(log, "store_trouble", logging.ERROR, detail=why)
         self.trouble = why
 
-    # --- reading -------------------------------------------------------------
-
-    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        """Rows of a read on the last committed state; StoreError if the database fails."""
-        try:
-            async with self.reader.execute(sql, params) as cur:
-                return list(await cur.fetchall())
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot read the database: {e}") from e
-
-    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
-        """The first row of a read, or None; StoreError if the database fails."""
-        try:
-            async with self.reader.execute(sql, params) as cur:
-                row: sqlite3.Row | None = await cur.fetchone()
-                return row
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot read the database: {e}") from e
-
-    async def row_counts(self) -> dict[str, int]:
-        """Rows in every table; tests compare these before and after a refusal."""
-        counts: dict[str, int] = {}
-        for t in TABLES:
-            row = await self.fetchone(f"SELECT count(*) FROM {t}")
-            counts[t] = int(row[0]) if row else 0
-        return counts
-
-    async def pragma(self, name: str) -> str:
-        row = await self.fetchone(f"PRAGMA {name}")
-        return str(row[0]) if row else ""
+    async def settings(self) -> dict[str, str]:
+        """Journal mode and sync level of the database, as logged at start."""
+        sync = await self.pragma("synchronous")
+        return {
+            "journal_mode": await self.pragma("journal_mode"),
+            "synchronous": {"2": "FULL"}.get(sync, sync),
+        }
 
 
 # Primary result codes that mean the disk or file, not the request: the
@@ -299,7 +284,7 @@ def _take_lock(path: Path) -> int:
     return fd
 
 
-async def _connect(path: Path) -> Tx:
+async def _connect(path: Path) -> aiosqlite.Connection:
     db = await aiosqlite.connect(str(path), isolation_level=None)
     db.row_factory = sqlite3.Row
     await db.execute("PRAGMA busy_timeout = 5000")
@@ -346,8 +331,20 @@ async def open_store(path: Path) -> Store:
     return store
 
 
-async def open_readonly(path: Path) -> tuple[Tx, int]:
-    """A read-only connection to the database at `path`, and its schema version.
+class ReadOnlyStore(SqliteReads):
+    """Reads on a read-only connection: no lock, no writer (relay.storage.interface)."""
+
+    def __init__(self, path: Path, reader: aiosqlite.Connection, schema_version: int) -> None:
+        super().__init__(path, reader)
+        self.schema_version = schema_version
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self.reader.close()
+
+
+async def open_readonly(path: Path) -> ReadOnlyStore:
+    """Reads on the database at `path` through a read-only connection.
 
     Takes no lock and never writes, so admin commands may read a running
     node's database (WAL readers see the last commit). StoreError if there is
@@ -376,4 +373,24 @@ async def open_readonly(path: Path) -> tuple[Tx, int]:
             f"{path} has schema version {version}, newer than this relay "
             f"(knows up to {SCHEMA_VERSION})"
         )
-    return db, version
+    return ReadOnlyStore(path, db, version)
+
+
+def sqlite_store(storage: object) -> Store:
+    """`storage` as the SQLite Store it is, for SQLite-only inspection (tests, tools).
+
+    TypeError if it is another backend: code above relay/storage/ must not need this.
+    """
+    if not isinstance(storage, Store):
+        raise TypeError(f"not a SQLite store: {type(storage).__name__}")
+    return storage
+
+
+def sqlite_tx(tx: object) -> aiosqlite.Connection:
+    """The writer connection under a SQLite write transaction, for SQLite-only tests.
+
+    TypeError if `tx` is another backend's transaction.
+    """
+    if not isinstance(tx, SqliteWriteTx):
+        raise TypeError(f"not a SQLite write transaction: {type(tx).__name__}")
+    return tx.connection

@@ -1,0 +1,351 @@
+"""Reads on a SQLite connection (relay.storage.interface.Reads).
+
+Invariants:
+- Every sqlite error becomes StoreError: no caller above storage ever sees
+  a sqlite3 exception.
+- The node reads on its own read connection (WAL: the last commit); the CLI
+  reads on a read-only connection beside a running node. Both use this class.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from relay.errors import StoreError
+from relay.storage.records import (
+    AgeBucket,
+    AllowRecord,
+    Counts,
+    Cutoffs,
+    DecisionRecord,
+    Due,
+    InboxItem,
+    PeerState,
+    Preview,
+    QueueCount,
+    Queued,
+    QueueListing,
+    RecipientStatus,
+)
+from relay.storage.sqlite import retention_sql as rs
+from relay.storage.sqlite import rows as q
+from relay.storage.sqlite.schema import TABLES
+
+
+class SqliteReads:
+    """The interface's reads over one connection."""
+
+    def __init__(self, path: Path, reader: aiosqlite.Connection) -> None:
+        self.path = path
+        self.reader = reader
+
+    # --- SQLite-only helpers (tests and inspection; not part of the interface) ----------
+
+    async def fetchall(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+        """Rows of a read on the last committed state; StoreError if the database fails."""
+        try:
+            return await q.rows(self.reader, sql, params)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read the database: {e}") from e
+
+    async def fetchone(self, sql: str, params: Any = ()) -> sqlite3.Row | None:
+        """The first row of a read, or None; StoreError if the database fails."""
+        try:
+            return await q.one(self.reader, sql, params)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read the database: {e}") from e
+
+    async def pragma(self, name: str) -> str:
+        """The value of `PRAGMA name` on the read connection."""
+        row = await self.fetchone(f"PRAGMA {name}")
+        return str(row[0]) if row else ""
+
+    # --- the queue -------------------------------------------------------------------
+
+    async def queue_head(self, hop: str, limit: int, after: int = 0) -> list[Queued]:
+        rs_ = await self.fetchall(
+            f"SELECT {q.QUEUED_COLS}, p.body FROM queue q JOIN envelopes e ON e.rid = q.rid"
+            " LEFT JOIN payloads p ON p.sha = e.payload_sha"
+            " WHERE q.hop = ? AND q.held = 0 AND q.rid > ? ORDER BY q.rid LIMIT ?",
+            (hop, after, limit),
+        )
+        return [q.queued_of(r, bytes(r["body"]) if r["body"] is not None else b"") for r in rs_]
+
+    async def queue_hops(self) -> list[str]:
+        return [str(r[0]) for r in await self.fetchall("SELECT DISTINCT hop FROM queue")]
+
+    async def queue_length(self) -> int:
+        row = await self.fetchone("SELECT count(*) FROM queue")
+        return int(row[0]) if row else 0
+
+    async def queue_counts(self) -> list[QueueCount]:
+        found = await self.fetchall(
+            "SELECT hop, count(*) AS n, coalesce(sum(held), 0) AS held, min(enqueued) AS oldest"
+            " FROM queue GROUP BY hop ORDER BY hop"
+        )
+        return [QueueCount(str(r["hop"]), int(r["n"]), int(r["held"]), r["oldest"]) for r in found]
+
+    async def queue_listing(self, hop: str | None, limit: int) -> list[QueueListing]:
+        found = await self.fetchall(
+            "SELECT q.rid, e.id, e.origin, e.kind, e.sender, e.dest, q.hop, q.enqueued,"
+            " q.attempts, q.last_error, q.held, e.size, e.expires,"
+            " coalesce(ps.next_try, 0) AS next_try"
+            " FROM queue q JOIN envelopes e ON e.rid = q.rid"
+            " LEFT JOIN peer_state ps ON ps.peer = q.hop"
+            " WHERE (:hop IS NULL OR q.hop = :hop) ORDER BY q.rid LIMIT :limit",
+            {"hop": hop, "limit": limit},
+        )
+        return [
+            QueueListing(
+                rid=int(r["rid"]),
+                id=bytes(r["id"]),
+                origin=str(r["origin"]),
+                kind=str(r["kind"]),
+                sender=str(r["sender"]),
+                dest=str(r["dest"]),
+                hop=str(r["hop"]),
+                enqueued=int(r["enqueued"]),
+                attempts=int(r["attempts"]),
+                last_error=str(r["last_error"]),
+                held=bool(r["held"]),
+                size=int(r["size"]),
+                expires=int(r["expires"]),
+                next_try=int(r["next_try"]),
+            )
+            for r in found
+        ]
+
+    async def queue_ages(self, now: int, bounds: Sequence[int]) -> list[AgeBucket]:
+        cases = " ".join(f"WHEN :now - enqueued < {int(b)} THEN {i}" for i, b in enumerate(bounds))
+        found = await self.fetchall(
+            f"SELECT hop, CASE {cases} ELSE {len(bounds)} END AS bucket,"
+            " count(*) AS n, coalesce(sum(held), 0) AS held FROM queue GROUP BY hop, bucket",
+            {"now": now},
+        )
+        return [
+            AgeBucket(str(r["hop"]), int(r["bucket"]), int(r["n"]), int(r["held"])) for r in found
+        ]
+
+    # --- peers and federation --------------------------------------------------------
+
+    async def peer_state(self, peer: str) -> PeerState:
+        row = await self.fetchone("SELECT * FROM peer_state WHERE peer = ?", (peer,))
+        return q.peer_state_of(row) if row is not None else PeerState()
+
+    async def peer_states(self) -> dict[str, PeerState]:
+        found = await self.fetchall("SELECT * FROM peer_state ORDER BY peer")
+        return {str(r["peer"]): q.peer_state_of(r) for r in found}
+
+    async def nonce_seen(self, peer: str, nonce: str) -> bool:
+        row = await self.fetchone(
+            "SELECT 1 FROM nonces WHERE peer = ? AND nonce = ?", (peer, nonce)
+        )
+        return row is not None
+
+    async def stored_results(self, peer: str, batch: bytes) -> dict[bytes, str] | None:
+        try:
+            return await q.stored_results(self.reader, peer, batch)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read the database: {e}") from e
+
+    # --- clients ---------------------------------------------------------------------
+
+    async def idempotent_answer(self, mailbox: str, key: str) -> dict[str, object] | None:
+        try:
+            return await q.idempotent_answer(self.reader, mailbox, key)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read the database: {e}") from e
+
+    async def key_used(self, mailbox: str, prefix: str) -> bool:
+        row = await self.fetchone(
+            "SELECT 1 FROM idempotency WHERE mailbox = ? AND key > ? AND key < ? LIMIT 1",
+            (mailbox, prefix + "\n", prefix + "\x0b"),
+        )
+        return row is not None
+
+    async def recipient_statuses(self, msg: bytes, mailbox: str) -> list[RecipientStatus]:
+        found = await self.fetchall(
+            "SELECT address, status, reason, at FROM recipients WHERE msg = ? AND mailbox = ?"
+            " ORDER BY address",
+            (msg, mailbox),
+        )
+        return [
+            RecipientStatus(str(r["address"]), str(r["status"]), str(r["reason"]), int(r["at"]))
+            for r in found
+        ]
+
+    async def inbox(self, mailbox: str, after: int, limit: int) -> list[InboxItem]:
+        found = await self.fetchall(
+            "SELECT i.seq, e.id, e.residency, e.header, p.body FROM inbox i"
+            " JOIN envelopes e ON e.rid = i.rid LEFT JOIN payloads p ON p.sha = e.payload_sha"
+            " WHERE i.mailbox = ? AND i.acked IS NULL AND i.seq > ? ORDER BY i.seq LIMIT ?",
+            (mailbox, after, limit),
+        )
+        return [
+            InboxItem(
+                seq=int(r["seq"]),
+                id=bytes(r["id"]),
+                residency=str(r["residency"]),
+                header=bytes(r["header"]),
+                payload=bytes(r["body"]) if r["body"] is not None else None,
+            )
+            for r in found
+        ]
+
+    async def unacked_counts(self) -> dict[str, int]:
+        found = await self.fetchall(
+            "SELECT mailbox, count(*) FROM inbox WHERE acked IS NULL GROUP BY mailbox"
+            " ORDER BY mailbox"
+        )
+        return {str(r[0]): int(r[1]) for r in found}
+
+    async def webhook_cursor(self, mailbox: str) -> int:
+        row = await self.fetchone("SELECT cursor FROM webhook_state WHERE mailbox = ?", (mailbox,))
+        return int(row[0]) if row is not None else 0
+
+    # --- certificates and decisions --------------------------------------------------
+
+    async def certificates(self, now: int) -> list[bytes]:
+        found = await self.fetchall(
+            "SELECT blob FROM certificates WHERE not_after >= ? ORDER BY at", (now,)
+        )
+        return [bytes(r[0]) for r in found]
+
+    async def decisions(
+        self, envelope: bytes | None, outcome: str | None, limit: int
+    ) -> list[DecisionRecord]:
+        where: list[str] = []
+        params: list[Any] = []
+        if envelope is not None:
+            where.append("envelope = ?")
+            params.append(envelope)
+        if outcome is not None:
+            where.append("outcome = ?")
+            params.append(outcome)
+        found = await self.fetchall(
+            "SELECT at, point, outcome, envelope, peer, rule, reason, policy_hash"
+            f" FROM decisions {'WHERE ' + ' AND '.join(where) if where else ''}"
+            " ORDER BY seq DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [
+            DecisionRecord(
+                at=int(r["at"]),
+                point=str(r["point"]),
+                envelope=bytes(r["envelope"]) if r["envelope"] is not None else None,
+                peer=str(r["peer"] or ""),
+                outcome=str(r["outcome"]),
+                rule=str(r["rule"] or ""),
+                reason=str(r["reason"] or ""),
+                policy_hash=str(r["policy_hash"] or ""),
+            )
+            for r in found
+        ]
+
+    async def allows(self, envelope: bytes | None, limit: int) -> list[AllowRecord]:
+        # Allows cost no row of their own: the envelope keeps rule id and policy hash.
+        where = ["(kind = 'message' OR from_peer IS NOT NULL)"]
+        params: list[Any] = []
+        if envelope is not None:
+            where.append("id = ?")
+            params.append(envelope)
+        found = await self.fetchall(
+            "SELECT received, from_peer, id, dest, rule_id, residency, policy_hash"
+            f" FROM envelopes WHERE {' AND '.join(where)} ORDER BY rid DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [
+            AllowRecord(
+                at=int(r["received"]),
+                point="submit" if r["from_peer"] is None else "accept",
+                envelope=bytes(r["id"]),
+                peer=str(r["from_peer"] if r["from_peer"] is not None else r["dest"]),
+                rule=str(r["rule_id"] or ""),
+                residency=str(r["residency"]),
+                policy_hash=str(r["policy_hash"] or ""),
+            )
+            for r in found
+        ]
+
+    # --- retention preview -----------------------------------------------------------
+
+    async def retention_preview(self, cut: Cutoffs, limit: int) -> Preview:
+        p = rs.params(cut, limit)
+
+        async def count(sql: str) -> int:
+            row = await self.fetchone(sql, p)
+            return int(row[0] or 0) if row else 0
+
+        due = rs.CONTENT_DUE
+        meta = rs.METADATA_DUE
+        contents = await count(f"SELECT count(*) FROM envelopes e WHERE {due}")
+        ended = await count(f"SELECT count(*) FROM envelopes e WHERE {due} AND {rs.QUEUED}")
+        envelopes = await count(f"SELECT count(*) FROM envelopes e WHERE {meta}")
+        inbox = await count(
+            f"SELECT count(*) FROM inbox i JOIN envelopes e ON e.rid = i.rid WHERE {meta}"
+        )
+        recipients = await count(
+            f"SELECT count(*) FROM recipients r JOIN envelopes e ON e.rid = r.rid WHERE {meta}"
+        )
+        decisions = await count(f"SELECT count(*) FROM decisions d WHERE {rs.DECISIONS_DUE}")
+        survivors = (
+            f"SELECT 1 FROM envelopes e WHERE e.payload_sha = p.sha AND NOT {due} AND NOT {meta}"
+        )
+        row = await self.fetchone(
+            "SELECT count(*), coalesce(sum(length(p.body)), 0) FROM payloads p"
+            f" WHERE NOT EXISTS ({survivors})",
+            p,
+        )
+        payloads, payload_bytes = (int(row[0] or 0), int(row[1] or 0)) if row else (0, 0)
+        content = await self.fetchall(
+            "SELECT e.origin, e.id, e.kind, e.received, e.expires,"
+            " CASE WHEN e.received <= :cmax THEN 'content_max' ELSE 'discarded' END AS why,"
+            f" {rs.QUEUED} AS queued FROM envelopes e WHERE {due}"
+            " ORDER BY e.received, e.rid LIMIT :limit",
+            p,
+        )
+        metadata = await self.fetchall(
+            "SELECT e.origin, e.id, e.kind, e.received, e.expires, 'metadata_max' AS why,"
+            f" 0 AS queued FROM envelopes e WHERE {meta} ORDER BY e.received, e.rid LIMIT :limit",
+            p,
+        )
+        counts = Counts(
+            contents=contents,
+            payloads=payloads,
+            payload_bytes=payload_bytes,
+            ended=ended,
+            envelopes=envelopes,
+            inbox=inbox,
+            recipients=recipients,
+            decisions=decisions,
+        )
+        return Preview(cut, counts, tuple(map(_due, content)), tuple(map(_due, metadata)))
+
+    # --- health ----------------------------------------------------------------------
+
+    async def row_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for t in TABLES:
+            row = await self.fetchone(f"SELECT count(*) FROM {t}")
+            counts[t] = int(row[0]) if row else 0
+        return counts
+
+    async def ping(self) -> None:
+        await self.fetchone("SELECT 1")
+
+
+def _due(r: sqlite3.Row) -> Due:
+    return Due(
+        origin=str(r["origin"]),
+        id=bytes(r["id"]),
+        kind=str(r["kind"]),
+        received=int(r["received"]),
+        expires=int(r["expires"]),
+        why=str(r["why"]),
+        queued=bool(r["queued"]),
+    )

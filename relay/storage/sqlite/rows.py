@@ -1,0 +1,120 @@
+"""Rows to records, and the queries the reads and the write transaction share.
+
+Invariants:
+- Every SELECT that builds a record names its columns, and the record is
+  built here by name, once per kind of row.
+- Helpers take any aiosqlite connection: the reader's, the writer's (inside
+  a transaction, seeing its own writes) or a read-only one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiosqlite
+import msgpack
+
+from relay.storage.records import PeerState, Queued
+
+IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's variable limit
+
+# The columns of a queue entry (queue q JOIN envelopes e), read by `queued_of`.
+QUEUED_COLS = (
+    "q.rid, q.hop, e.header, e.signature, e.trace, e.kind, e.origin, e.id, e.expires,"
+    " q.enqueued, q.attempts, e.residency, e.policy_hash"
+)
+
+
+async def rows(db: aiosqlite.Connection, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+    """Every row of a query."""
+    async with db.execute(sql, params) as cur:
+        return list(await cur.fetchall())
+
+
+async def one(db: aiosqlite.Connection, sql: str, params: Any = ()) -> sqlite3.Row | None:
+    """The first row of a query, or None."""
+    async with db.execute(sql, params) as cur:
+        row: sqlite3.Row | None = await cur.fetchone()
+        return row
+
+
+async def changed(db: aiosqlite.Connection, sql: str, params: Any = ()) -> int:
+    """Run a write statement; the rows it changed."""
+    cur = await db.execute(sql, params)
+    n = cur.rowcount
+    await cur.close()
+    return n
+
+
+def chunks(values: Sequence[Any]) -> list[Sequence[Any]]:
+    """`values` in slices of at most IN_CHUNK, for `IN (...)` queries."""
+    return [values[i : i + IN_CHUNK] for i in range(0, len(values), IN_CHUNK)]
+
+
+def marks(values: Sequence[Any]) -> str:
+    """`?,?,...`: one placeholder per value."""
+    return ",".join("?" * len(values))
+
+
+def queued_of(r: sqlite3.Row, payload: bytes = b"") -> Queued:
+    """A Queued from a row selecting QUEUED_COLS."""
+    return Queued(
+        rid=int(r["rid"]),
+        hop=str(r["hop"]),
+        header=bytes(r["header"]),
+        signature=bytes(r["signature"]),
+        payload=payload,
+        trace=tuple(msgpack.unpackb(r["trace"])),
+        kind=str(r["kind"]),
+        origin=str(r["origin"]),
+        id=bytes(r["id"]),
+        expires=int(r["expires"]),
+        enqueued=int(r["enqueued"]),
+        attempts=int(r["attempts"]),
+        residency=str(r["residency"]),
+        policy_hash=str(r["policy_hash"]),
+    )
+
+
+def peer_state_of(r: sqlite3.Row) -> PeerState:
+    """A PeerState from a peer_state row."""
+    return PeerState(
+        failures=int(r["failures"]),
+        next_try=int(r["next_try"]),
+        last_error=str(r["last_error"]),
+        last_ok=int(r["last_ok"]),
+        delivered=int(r["delivered"]),
+    )
+
+
+async def stored_results(
+    db: aiosqlite.Connection, peer: str, batch: bytes
+) -> dict[bytes, str] | None:
+    """The results recorded for `peer`'s batch, None if it was not seen."""
+    row = await one(db, "SELECT results FROM batches WHERE peer = ? AND batch = ?", (peer, batch))
+    if row is None:
+        return None
+    raw = msgpack.unpackb(row["results"], raw=False)
+    return {bytes(k): str(v) for k, v in raw.items()}
+
+
+async def idempotent_answer(
+    db: aiosqlite.Connection, mailbox: str, key: str
+) -> dict[str, object] | None:
+    """The answer stored for (mailbox, key), if any."""
+    row = await one(
+        db, "SELECT response FROM idempotency WHERE mailbox = ? AND key = ?", (mailbox, key)
+    )
+    if row is None:
+        return None
+    answer: dict[str, object] = json.loads(row["response"])
+    return answer
+
+
+def pack_results(results: Mapping[bytes, str]) -> bytes:
+    """Batch results as stored."""
+    packed: bytes = msgpack.packb(dict(results), use_bin_type=True)
+    return packed

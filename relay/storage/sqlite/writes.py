@@ -1,0 +1,511 @@
+"""The write transaction on SQLite (relay.storage.interface.WriteTx).
+
+Invariants:
+- Used only by the group-commit writer (relay.storage.sqlite.store): every
+  method runs inside the job's SAVEPOINT of the open transaction, so it
+  shares the job's commit or rollback.
+- Batches are written with executemany or `IN (...)` chunks, not a
+  statement per record where a set-based statement exists.
+- Envelope rowids are assigned here: the writer is the only one inserting,
+  inside its transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+import aiosqlite
+import msgpack
+
+from relay.protocol.envelope import header_digest
+from relay.storage.records import (
+    FINAL_STATUSES,
+    CertificateRecord,
+    ContentDue,
+    Counts,
+    Cutoffs,
+    DecisionRecord,
+    Deleted,
+    MetadataDue,
+    NewEnvelope,
+    PeerState,
+    PendingReceipt,
+    QueueCount,
+    Queued,
+    QueueRef,
+    Recipient,
+    SentEnvelope,
+    StatusUpdate,
+    WebhookFailure,
+)
+from relay.storage.sqlite import retention_sql as rs
+from relay.storage.sqlite import rows as q
+
+_NOT_FINAL = f"status NOT IN ({', '.join(repr(s) for s in sorted(FINAL_STATUSES))})"
+
+
+class SqliteWriteTx:
+    """WriteTx over the writer connection, inside its open transaction."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.connection = db  # SQLite only: tests run raw statements in a job through it
+
+    # --- envelopes and recipients ----------------------------------------------------
+
+    async def existing_digests(
+        self, keys: Sequence[tuple[str, bytes]]
+    ) -> dict[tuple[str, bytes], bytes]:
+        found: dict[tuple[str, bytes], bytes] = {}
+        wanted = set(keys)
+        for chunk in q.chunks(list({ident for _, ident in keys})):
+            for r in await q.rows(
+                self.connection,
+                f"SELECT origin, id, hdigest FROM envelopes WHERE id IN ({q.marks(chunk)})",
+                chunk,
+            ):
+                key = (str(r["origin"]), bytes(r["id"]))
+                if key in wanted:
+                    found[key] = bytes(r["hdigest"])
+        return found
+
+    async def insert_envelopes(self, items: Sequence[NewEnvelope], now: int) -> list[int]:
+        if not items:
+            return []
+        db = self.connection
+        await db.executemany(
+            "INSERT OR IGNORE INTO payloads (sha, body) VALUES (?, ?)",
+            [(it.env.header.sha256, it.env.payload) for it in items],
+        )
+        row = await q.one(db, "SELECT coalesce(max(rid), 0) FROM envelopes")
+        first = int(row[0]) + 1 if row else 1
+        rids = list(range(first, first + len(items)))
+        envelope_rows = []
+        for rid, it in zip(rids, items, strict=True):
+            h = it.env.header
+            envelope_rows.append(
+                (
+                    rid,
+                    h.origin,
+                    h.id,
+                    header_digest(it.env.header_bytes),
+                    it.env.header_bytes,
+                    it.env.signature,
+                    h.sha256,
+                    msgpack.packb(list(it.trace)),
+                    h.kind,
+                    h.sender,
+                    h.dest,
+                    h.created,
+                    h.expires,
+                    now,
+                    h.size,
+                    ",".join(h.residency),
+                    it.from_peer,
+                    it.rule_id,
+                    it.policy_hash,
+                    it.hop,
+                )
+            )
+        await db.executemany(
+            "INSERT INTO envelopes (rid, origin, id, hdigest, header, signature, payload_sha,"
+            " trace, kind, sender, dest, created, expires, received, size, residency, from_peer,"
+            " rule_id, policy_hash, hop) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            envelope_rows,
+        )
+        pairs = list(zip(rids, items, strict=True))
+        queue_rows = [(rid, it.hop, now) for rid, it in pairs if it.hop]
+        if queue_rows:
+            await db.executemany(
+                "INSERT INTO queue (rid, hop, enqueued) VALUES (?, ?, ?)", queue_rows
+            )
+        inbox_rows = [(mb, rid, now) for rid, it in pairs for mb in it.mailboxes]
+        if inbox_rows:
+            await db.executemany(
+                "INSERT OR IGNORE INTO inbox (mailbox, rid, delivered) VALUES (?, ?, ?)",
+                inbox_rows,
+            )
+        return rids
+
+    async def add_recipients(self, rows: Sequence[Recipient]) -> None:
+        await self.connection.executemany(
+            "INSERT INTO recipients (msg, address, rid, mailbox, status, at) VALUES (?,?,?,?,?,?)",
+            [(r.msg, r.address, r.rid, r.mailbox, r.status, r.at) for r in rows],
+        )
+
+    async def set_status(self, updates: Sequence[StatusUpdate], now: int) -> None:
+        whole = [(u.status, u.reason, now, u.rid) for u in updates if u.addresses is None]
+        some = [
+            (u.status, u.reason, now, u.rid, a)
+            for u in updates
+            if u.addresses is not None
+            for a in u.addresses
+        ]
+        sql = f"UPDATE recipients SET status = ?, reason = ?, at = ? WHERE rid = ? AND {_NOT_FINAL}"
+        if whole:
+            await self.connection.executemany(sql, whole)
+        if some:
+            await self.connection.executemany(
+                sql.replace("WHERE rid = ?", "WHERE rid = ? AND address = ?"), some
+            )
+
+    async def sent_envelopes(self, origin: str, ids: Sequence[bytes]) -> dict[bytes, SentEnvelope]:
+        found: dict[bytes, SentEnvelope] = {}
+        for chunk in q.chunks(list(dict.fromkeys(ids))):
+            for r in await q.rows(
+                self.connection,
+                "SELECT rid, id, dest, kind, hop FROM envelopes"
+                f" WHERE origin = ? AND id IN ({q.marks(chunk)})",
+                (origin, *chunk),
+            ):
+                env = SentEnvelope(
+                    int(r["rid"]), bytes(r["id"]), str(r["dest"]), str(r["kind"]), r["hop"]
+                )
+                found[env.id] = env
+        return found
+
+    # --- the outbound queue ----------------------------------------------------------
+
+    async def dequeue(self, rids: Sequence[int]) -> None:
+        await self.connection.executemany("DELETE FROM queue WHERE rid = ?", [(r,) for r in rids])
+
+    async def note_attempt(self, rids: Sequence[int], error: str) -> None:
+        await self.connection.executemany(
+            "UPDATE queue SET attempts = attempts + 1, last_error = ? WHERE rid = ?",
+            [(error, r) for r in rids],
+        )
+
+    async def set_held(self, rids: Sequence[int], held: bool) -> None:
+        await self.connection.executemany(
+            "UPDATE queue SET held = ? WHERE rid = ?", [(int(held), r) for r in rids]
+        )
+
+    async def queue_refs(self, ids: Sequence[bytes]) -> list[QueueRef]:
+        found: list[QueueRef] = []
+        for chunk in q.chunks(list(ids)):
+            found.extend(
+                QueueRef(bytes(r["id"]), int(r["rid"]), str(r["hop"]), bool(r["held"]))
+                for r in await q.rows(
+                    self.connection,
+                    "SELECT e.id, q.rid, q.hop, q.held FROM queue q JOIN envelopes e"
+                    f" ON e.rid = q.rid WHERE e.id IN ({q.marks(chunk)}) ORDER BY q.rid",
+                    chunk,
+                )
+            )
+        return sorted(found, key=lambda r: r.rid)
+
+    async def queued(self, rids: Sequence[int]) -> list[Queued]:
+        found: list[Queued] = []
+        for chunk in q.chunks(sorted(set(rids))):
+            found.extend(
+                map(
+                    q.queued_of,
+                    await q.rows(
+                        self.connection,
+                        f"SELECT {q.QUEUED_COLS} FROM queue q JOIN envelopes e ON e.rid = q.rid"
+                        f" WHERE q.rid IN ({q.marks(chunk)}) ORDER BY q.rid",
+                        chunk,
+                    ),
+                )
+            )
+        return found
+
+    async def queue_page(self, after: int, limit: int) -> list[Queued]:
+        found = await q.rows(
+            self.connection,
+            f"SELECT {q.QUEUED_COLS} FROM queue q JOIN envelopes e ON e.rid = q.rid"
+            " WHERE q.rid > ? ORDER BY q.rid LIMIT ?",
+            (after, limit),
+        )
+        return [q.queued_of(r) for r in found]
+
+    async def queued_past_lifetime(
+        self, now: int, enqueued_before: int, limit: int
+    ) -> list[Queued]:
+        found = await q.rows(
+            self.connection,
+            f"SELECT {q.QUEUED_COLS} FROM queue q JOIN peer_state p ON p.peer = q.hop"
+            " JOIN envelopes e ON e.rid = q.rid"
+            " WHERE p.next_try > ? AND (e.expires <= ? OR q.enqueued <= ?)"
+            " ORDER BY q.rid LIMIT ?",
+            (now, now, enqueued_before, limit),
+        )
+        return [q.queued_of(r) for r in found]
+
+    async def queue_count(self, hop: str) -> QueueCount:
+        row = await q.one(
+            self.connection,
+            "SELECT count(*) AS n, coalesce(sum(held), 0) AS held, min(enqueued) AS oldest"
+            " FROM queue WHERE hop = ?",
+            (hop,),
+        )
+        if row is None:
+            return QueueCount(hop, 0, 0, None)
+        return QueueCount(hop, int(row["n"]), int(row["held"]), row["oldest"])
+
+    # --- peers -----------------------------------------------------------------------
+
+    async def has_peer_state(self, peer: str) -> bool:
+        row = await q.one(self.connection, "SELECT 1 FROM peer_state WHERE peer = ?", (peer,))
+        return row is not None
+
+    async def save_peer_state(self, peer: str, state: PeerState) -> None:
+        await self.connection.execute(
+            "INSERT INTO peer_state (peer, failures, next_try, last_error, last_ok, delivered)"
+            " VALUES (?,?,?,?,?,?) ON CONFLICT (peer) DO UPDATE SET failures = excluded.failures,"
+            " next_try = excluded.next_try, last_error = excluded.last_error,"
+            " last_ok = excluded.last_ok, delivered = excluded.delivered",
+            (
+                peer,
+                state.failures,
+                state.next_try,
+                state.last_error,
+                state.last_ok,
+                state.delivered,
+            ),
+        )
+
+    async def clear_backoff(self, peers: Sequence[str]) -> None:
+        await self.connection.executemany(
+            "UPDATE peer_state SET next_try = 0 WHERE peer = ?", [(p,) for p in peers]
+        )
+
+    # --- receipts --------------------------------------------------------------------
+
+    async def add_pending_receipts(self, receipts: Sequence[PendingReceipt], now: int) -> None:
+        await self.connection.executemany(
+            "INSERT INTO pending_receipts (origin, status, reason, residency, id, recipients, at)"
+            " VALUES (?,?,?,?,?,?,?)",
+            [
+                (
+                    r.origin,
+                    r.status,
+                    r.reason,
+                    r.residency,
+                    r.id,
+                    msgpack.packb(list(r.recipients)),
+                    now,
+                )
+                for r in receipts
+            ],
+        )
+
+    async def pending_receipts(self, limit: int) -> list[PendingReceipt]:
+        found = await q.rows(
+            self.connection,
+            "SELECT seq, origin, status, reason, residency, id, recipients FROM pending_receipts"
+            " ORDER BY seq LIMIT ?",
+            (limit,),
+        )
+        return [
+            PendingReceipt(
+                origin=str(r["origin"]),
+                status=str(r["status"]),
+                reason=str(r["reason"]),
+                residency=str(r["residency"]),
+                id=bytes(r["id"]),
+                recipients=tuple(msgpack.unpackb(r["recipients"], raw=False)),
+                seq=int(r["seq"]),
+            )
+            for r in found
+        ]
+
+    async def delete_pending_receipts(self, seqs: Sequence[int]) -> None:
+        await self.connection.executemany(
+            "DELETE FROM pending_receipts WHERE seq = ?", [(s,) for s in seqs]
+        )
+
+    # --- federation requests ---------------------------------------------------------
+
+    async def record_nonce(self, peer: str, nonce: str, now: int) -> bool:
+        n = await q.changed(
+            self.connection,
+            "INSERT OR IGNORE INTO nonces (peer, nonce, at) VALUES (?, ?, ?)",
+            (peer, nonce, now),
+        )
+        return n == 1
+
+    async def stored_results(self, peer: str, batch: bytes) -> dict[bytes, str] | None:
+        return await q.stored_results(self.connection, peer, batch)
+
+    async def record_batch(
+        self, peer: str, batch: bytes, results: Mapping[bytes, str], now: int
+    ) -> None:
+        await self.connection.execute(
+            "INSERT OR IGNORE INTO batches (peer, batch, results, at) VALUES (?, ?, ?, ?)",
+            (peer, batch, q.pack_results(results), now),
+        )
+
+    async def prune(self, nonce_before: int, batch_before: int, idem_before: int) -> None:
+        db = self.connection
+        await db.execute("DELETE FROM nonces WHERE at < ?", (nonce_before,))
+        await db.execute("DELETE FROM batches WHERE at < ?", (batch_before,))
+        await db.execute("DELETE FROM idempotency WHERE at < ?", (idem_before,))
+
+    # --- client requests -------------------------------------------------------------
+
+    async def remember_answer(
+        self, mailbox: str, key: str, answer: Mapping[str, object], now: int
+    ) -> bool:
+        n = await q.changed(
+            self.connection,
+            "INSERT OR IGNORE INTO idempotency (mailbox, key, response, at) VALUES (?, ?, ?, ?)",
+            (mailbox, key, json.dumps(dict(answer)), now),
+        )
+        return n == 1
+
+    async def idempotent_answer(self, mailbox: str, key: str) -> dict[str, object] | None:
+        return await q.idempotent_answer(self.connection, mailbox, key)
+
+    async def ack_inbox(self, mailbox: str, ids: Sequence[bytes], now: int) -> int:
+        acked = 0
+        for chunk in q.chunks(list(dict.fromkeys(ids))):
+            acked += await q.changed(
+                self.connection,
+                "UPDATE inbox SET acked = ? WHERE mailbox = ? AND acked IS NULL AND rid IN"
+                f" (SELECT rid FROM envelopes WHERE id IN ({q.marks(chunk)}))",
+                (now, mailbox, *chunk),
+            )
+        return acked
+
+    async def ack_inbox_seqs(self, seqs: Sequence[int], now: int) -> None:
+        await self.connection.executemany(
+            "UPDATE inbox SET acked = ? WHERE seq = ? AND acked IS NULL", [(now, s) for s in seqs]
+        )
+
+    async def webhook_advance(self, mailbox: str, seq: int, delivered: int) -> None:
+        await self.connection.execute(
+            "INSERT INTO webhook_state (mailbox, cursor, delivered) VALUES (?, ?, ?)"
+            " ON CONFLICT (mailbox) DO UPDATE SET cursor = max(cursor, excluded.cursor),"
+            " failures = 0, next_try = 0, last_error = '',"
+            " delivered = delivered + excluded.delivered",
+            (mailbox, seq, delivered),
+        )
+
+    async def webhook_failure(self, mailbox: str, failure: WebhookFailure) -> None:
+        await self.connection.execute(
+            "INSERT INTO webhook_state (mailbox, failures, next_try, last_error)"
+            " VALUES (?, ?, ?, ?) ON CONFLICT (mailbox) DO UPDATE SET"
+            " failures = excluded.failures, next_try = excluded.next_try,"
+            " last_error = excluded.last_error",
+            (mailbox, failure.failures, failure.next_try, failure.error),
+        )
+
+    # --- decisions and certificates --------------------------------------------------
+
+    async def record_decisions(self, decisions: Sequence[DecisionRecord]) -> None:
+        await self.connection.executemany(
+            "INSERT INTO decisions (at, point, envelope, peer, outcome, rule, reason, policy_hash)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            [
+                (d.at, d.point, d.envelope, d.peer, d.outcome, d.rule, d.reason, d.policy_hash)
+                for d in decisions
+            ],
+        )
+
+    async def save_certificates(self, certs: Sequence[CertificateRecord], now: int) -> None:
+        if certs:
+            await self.connection.executemany(
+                "INSERT OR IGNORE INTO certificates (fingerprint, name, not_after, blob, at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(c.fingerprint, c.name, c.not_after, c.blob, now) for c in certs],
+            )
+        await self.connection.execute("DELETE FROM certificates WHERE not_after < ?", (now,))
+
+    # --- retention -------------------------------------------------------------------
+
+    async def content_due(self, cut: Cutoffs, limit: int) -> tuple[list[ContentDue], bool]:
+        by_rid: dict[int, ContentDue] = {}
+        more = False
+        for due in rs.CONTENT_DUE_PARTS:
+            found = await q.rows(
+                self.connection,
+                f"SELECT e.rid, e.payload_sha, {rs.QUEUED} AS queued FROM envelopes e"
+                f" WHERE e.payload_sha IS NOT NULL AND {due} ORDER BY e.received LIMIT :limit",
+                rs.params(cut, limit),
+            )
+            more = more or len(found) == limit
+            for r in found:
+                by_rid[int(r["rid"])] = ContentDue(
+                    int(r["rid"]), bytes(r["payload_sha"]), bool(r["queued"])
+                )
+        return list(by_rid.values()), more
+
+    async def clear_content(self, rids: Sequence[int]) -> None:
+        await self.connection.executemany(
+            "UPDATE envelopes SET payload_sha = NULL, discard = 0 WHERE rid = ?",
+            [(r,) for r in rids],
+        )
+
+    async def mark_discard(self, rids: Sequence[int]) -> None:
+        await self.connection.executemany(
+            "UPDATE envelopes SET discard = 1 WHERE rid = ?", [(r,) for r in rids]
+        )
+
+    async def content_received_before(self, rids: Sequence[int], cut: int) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        for chunk in q.chunks(list(rids)):
+            for r in await q.rows(
+                self.connection,
+                "SELECT rid, payload_sha FROM envelopes WHERE payload_sha IS NOT NULL"
+                f" AND received <= ? AND rid IN ({q.marks(chunk)})",
+                (cut, *chunk),
+            ):
+                found[int(r["rid"])] = bytes(r["payload_sha"])
+        return found
+
+    async def metadata_due(self, cut: Cutoffs, limit: int) -> list[MetadataDue]:
+        found = await q.rows(
+            self.connection,
+            f"SELECT e.rid, e.payload_sha FROM envelopes e WHERE {rs.METADATA_DUE}"
+            " ORDER BY e.received LIMIT :limit",
+            rs.params(cut, limit),
+        )
+        return [
+            MetadataDue(
+                int(r["rid"]), bytes(r["payload_sha"]) if r["payload_sha"] is not None else None
+            )
+            for r in found
+        ]
+
+    async def delete_envelopes(self, rids: Sequence[int]) -> Deleted:
+        counts = {"inbox": 0, "recipients": 0, "envelopes": 0}
+        for chunk in q.chunks(list(rids)):
+            for table in counts:  # envelopes last: the other two reference it
+                counts[table] += await q.changed(
+                    self.connection, f"DELETE FROM {table} WHERE rid IN ({q.marks(chunk)})", chunk
+                )
+        return Deleted(**counts)
+
+    async def delete_decisions_due(self, cut: Cutoffs, limit: int) -> int:
+        return await q.changed(
+            self.connection,
+            "DELETE FROM decisions WHERE seq IN (SELECT d.seq FROM decisions d"
+            f" WHERE {rs.DECISIONS_DUE} ORDER BY d.at LIMIT :limit)",
+            rs.params(cut, limit),
+        )
+
+    async def drop_unreferenced_payloads(self, shas: Sequence[bytes]) -> tuple[int, int]:
+        deleted = 0
+        size = 0
+        for sha in sorted(set(shas)):
+            row = await q.one(
+                self.connection,
+                "SELECT length(body) FROM payloads p WHERE p.sha = ?"
+                " AND NOT EXISTS (SELECT 1 FROM envelopes e WHERE e.payload_sha = p.sha)",
+                (sha,),
+            )
+            if row is None:
+                continue
+            await self.connection.execute("DELETE FROM payloads WHERE sha = ?", (sha,))
+            deleted += 1
+            size += int(row[0])
+        return deleted, size
+
+    async def record_purge(self, now: int, source: str, counts: Counts) -> None:
+        d = counts.as_dict()
+        await self.connection.execute(
+            f"INSERT INTO purges (at, source, {', '.join(d)})"
+            f" VALUES (?, ?, {', '.join('?' * len(d))})",
+            (now, source, *d.values()),
+        )

@@ -372,7 +372,7 @@ class Storage(Reads, Protocol):
         ...
 
     async def close(self) -> None:
-        """Finish every queued write, then release the database."""
+        """Finish every queued write, then release the database; a second close does nothing."""
         ...
 
 

@@ -5,19 +5,16 @@ Every test drives time by hand: `purge` and `drop_content` take `now`.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import msgpack
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.config.parse import DAY_MS, RetentionConfig
 from relay.node.retention import EXPIRY_MARGIN_MS, Counts, drop_content, preview, purge
-from relay.protocol.envelope import Envelope, make_header, seal
-from relay.protocol.keystr import key_id, public_key_string
+from relay.protocol.envelope import Envelope
 from relay.storage.interface import WriteTx
 from relay.storage.records import DecisionRecord, NewEnvelope, Recipient
 from relay.storage.sqlite.store import (
@@ -28,11 +25,7 @@ from relay.storage.sqlite.store import (
     open_store,
     sqlite_tx,
 )
-
-HERE = "here.test"
-T0 = 1_700_000_000_000
-KEY = Ed25519PrivateKey.generate()
-KEY_ID = key_id(public_key_string(KEY.public_key()))
+from tests.storage.contract import HERE, T0, envelope
 
 
 @pytest.fixture
@@ -42,32 +35,6 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
         yield s
     finally:
         await s.close()
-
-
-def envelope(
-    *,
-    origin: str = "peer.test",
-    payload: bytes = b"hello",
-    created: int = T0,
-    expires: int | None = None,
-    to: Sequence[str] = (f"bob@{HERE}",),
-    dest: str = HERE,
-) -> Envelope:
-    header = make_header(
-        id=os.urandom(16),
-        kind="message",
-        origin=origin,
-        key_id=KEY_ID,
-        sender=f"alice@{origin}",
-        to=to,
-        dest=dest,
-        created=created,
-        expires=created + DAY_MS if expires is None else expires,
-        residency=["DE"],
-        ctype="text/plain",
-        payload=payload,
-    )
-    return seal(header, payload, KEY)
 
 
 async def put(

@@ -98,7 +98,9 @@ class Store(SqliteReads):
             self._writer = asyncio.create_task(self._write_loop(), name="store-writer")
 
     async def close(self) -> None:
-        """Finish every queued write, then close both connections and the lock."""
+        """Finish every queued write, then close both connections and the lock (once)."""
+        if self._lock_fd < 0:
+            return
         if self._writer is not None:
             await self._jobs.put(None)
             await self._writer
@@ -108,6 +110,7 @@ class Store(SqliteReads):
         with contextlib.suppress(OSError):
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         os.close(self._lock_fd)
+        self._lock_fd = -1
 
     def on_commit(self, hook: Callable[[], None]) -> None:
         """Run `hook` after every successful commit (wake senders, long-polls)."""

@@ -1,0 +1,263 @@
+"""Storage contract, part 1: group commit, envelopes, recipients and the queue.
+
+Runs against every backend of relay.storage.backends.BACKENDS through the
+interface only (tests/storage/contract.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from relay.errors import Busy, RelayError, StoreError
+from relay.protocol.envelope import header_digest
+from relay.storage.interface import Storage, WriteTx
+from relay.storage.records import (
+    AgeBucket,
+    PeerState,
+    QueueCount,
+    Recipient,
+    RecipientStatus,
+    StatusUpdate,
+)
+from tests.storage.contract import HERE, T0, envelope, new, put, readonly
+
+# --- group commit ---------------------------------------------------------------------
+
+
+async def test_a_failing_job_rolls_back_only_itself(storage: Storage) -> None:
+    commits = storage.commits
+    hooks: list[int] = []
+    storage.on_commit(lambda: hooks.append(storage.commits))
+
+    def job(i: int, fail: bool) -> Callable[[WriteTx], Awaitable[int]]:
+        async def run(tx: WriteTx) -> int:
+            assert await tx.record_nonce("p.test", f"n{i}", T0)
+            if fail:
+                raise RelayError("this job fails on purpose")
+            return i
+
+        return run
+
+    results = await asyncio.gather(
+        *(storage.write(job(i, i == 3)) for i in range(8)),
+        return_exceptions=True,
+    )
+    assert [i for i, r in enumerate(results) if isinstance(r, BaseException)] == [3]
+    assert isinstance(results[3], RelayError) and "on purpose" in results[3].detail
+    assert [r for i, r in enumerate(results) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
+    # what `write` answered is committed: the reads see it, the failed job left nothing
+    for i in range(8):
+        assert await storage.nonce_seen("p.test", f"n{i}") == (i != 3)
+    assert storage.commits > commits
+    assert hooks and hooks[-1] == storage.commits
+    assert storage.trouble is None
+    assert all(isinstance(v, str) and v for v in (await storage.settings()).values())
+
+
+async def test_before_commit_runs_inside_the_transaction(storage: Storage) -> None:
+    seen: list[bool] = []
+
+    async def peek() -> None:  # the job ran but has not committed yet
+        seen.append(await storage.nonce_seen("p.test", "n"))
+
+    storage.before_commit = peek
+    try:
+        await storage.write(lambda tx: tx.record_nonce("p.test", "n", T0))
+    finally:
+        storage.before_commit = None
+    assert seen == [False]
+    assert await storage.nonce_seen("p.test", "n")
+
+
+async def test_backlog_bound_answers_busy(storage: Storage) -> None:
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def hold(tx: WriteTx) -> None:
+        started.set()
+        await release.wait()
+
+    first = asyncio.create_task(storage.write(hold))
+    await started.wait()
+    queued = [asyncio.create_task(storage.write(hold)) for _ in range(2)]
+    await asyncio.sleep(0)
+    storage.max_backlog = 2
+    try:
+        with pytest.raises(Busy):
+            await storage.write(hold, admit=True)
+        with pytest.raises(Busy):
+            storage.check_backlog()
+    finally:
+        storage.max_backlog = 0
+        release.set()
+        await asyncio.gather(first, *queued)
+    storage.check_backlog()  # nothing waits any more
+
+
+async def test_no_write_after_close(storage: Storage) -> None:
+    await storage.close()
+    await storage.close()  # closing twice is harmless
+    with pytest.raises(StoreError):
+        await storage.write(lambda tx: tx.record_nonce("p.test", "n", T0))
+
+
+# --- envelopes and dedupe -------------------------------------------------------------
+
+
+async def test_insert_assigns_rids_and_dedupes_payloads(storage: Storage) -> None:
+    shared = b"same body"
+    a, b = envelope(payload=shared), envelope(payload=shared)
+    c = envelope(payload=b"other")
+    rids = await put(storage, [new(a, mailboxes=["bob"]), new(b, hop="far.test"), new(c)])
+    assert len(set(rids)) == 3 and rids == sorted(rids)
+    more = await put(storage, [new(envelope())])
+    assert more[0] > rids[-1]
+    counts = await storage.row_counts()
+    assert counts["envelopes"] == 4
+    assert counts["payloads"] == 3  # `shared` is stored once
+    assert counts["queue"] == 1 and counts["inbox"] == 1
+
+    keys = [(x.header.origin, x.header.id) for x in (a, b, c)] + [("other.test", a.header.id)]
+
+    async def digests(tx: WriteTx) -> dict[tuple[str, bytes], bytes]:
+        return await tx.existing_digests(keys)
+
+    found = await storage.write(digests)
+    assert found == {
+        (x.header.origin, x.header.id): header_digest(x.header_bytes) for x in (a, b, c)
+    }
+    assert await storage.write(lambda tx: tx.insert_envelopes([], T0)) == []
+
+
+async def test_final_status_is_never_overwritten(storage: Storage) -> None:
+    env = envelope(origin=HERE, to=["x@far.test", "y@far.test"], dest="far.test")
+    (rid,) = await put(storage, [new(env, hop="far.test", from_peer=None)])
+    msg = env.header.id
+
+    async def add(tx: WriteTx) -> None:
+        await tx.add_recipients(
+            [Recipient(msg, a, rid, "alice", "queued", T0) for a in env.header.to]
+        )
+
+    await storage.write(add)
+
+    async def status(updates: list[StatusUpdate], now: int) -> list[RecipientStatus]:
+        await storage.write(lambda tx: tx.set_status(updates, now))
+        return await storage.recipient_statuses(msg, "alice")
+
+    after = await status([StatusUpdate(rid, "delivered", "", ("x@far.test",))], T0 + 1)
+    assert [(r.address, r.status, r.at) for r in after] == [
+        ("x@far.test", "delivered", T0 + 1),
+        ("y@far.test", "queued", T0),
+    ]
+    after = await status([StatusUpdate(rid, "sent", "")], T0 + 2)
+    assert [(r.status, r.at) for r in after] == [("delivered", T0 + 1), ("sent", T0 + 2)]
+    after = await status([StatusUpdate(rid, "rejected", "residency")], T0 + 3)
+    assert [(r.status, r.reason) for r in after] == [("delivered", ""), ("rejected", "residency")]
+    after = await status([StatusUpdate(rid, "expired", "expires")], T0 + 4)
+    assert [r.status for r in after] == ["delivered", "rejected"]
+    assert await storage.recipient_statuses(msg, "someone-else") == []
+
+
+async def test_sent_envelopes_are_found_by_origin_and_id(storage: Storage) -> None:
+    mine = envelope(origin=HERE, to=["x@far.test"], dest="far.test")
+    theirs = envelope(origin="peer.test")
+    rids = await put(storage, [new(mine, hop="relay.test", from_peer=None), new(theirs)])
+    ids = [mine.header.id, theirs.header.id, b"\x00" * 16]
+
+    found = await storage.write(lambda tx: tx.sent_envelopes(HERE, ids))
+    assert list(found) == [mine.header.id]
+    sent = found[mine.header.id]
+    assert (sent.rid, sent.dest, sent.kind, sent.hop) == (
+        rids[0],
+        "far.test",
+        "message",
+        "relay.test",
+    )
+
+
+# --- the queue ------------------------------------------------------------------------
+
+
+async def test_queue_order_hold_attempts_and_dequeue(storage: Storage) -> None:
+    envs = [envelope(payload=f"m{i}".encode()) for i in range(4)]
+    rids = await put(
+        storage, [new(e, hop="b.test") for e in envs[:3]] + [new(envs[3], hop="c.test")]
+    )
+    assert sorted(await storage.queue_hops()) == ["b.test", "c.test"]
+    assert await storage.queue_length() == 4
+
+    head = await storage.queue_head("b.test", 10)
+    assert [q.rid for q in head] == rids[:3]
+    assert head[0].payload == b"m0" and head[0].hop == "b.test" and head[0].attempts == 0
+    assert head[0].header == envs[0].header_bytes and head[0].signature == envs[0].signature
+    assert head[0].trace == ("peer.test",) and head[0].policy_hash == "ab" * 8
+    assert [q.rid for q in await storage.queue_head("b.test", 1, after=rids[0])] == [rids[1]]
+
+    refs = await storage.write(lambda tx: tx.queue_refs([envs[1].header.id, b"\x01" * 16]))
+    assert [(r.id, r.rid, r.hop, r.held) for r in refs] == [
+        (envs[1].header.id, rids[1], "b.test", False)
+    ]
+    await storage.write(lambda tx: tx.set_held([rids[1]], True))
+    assert [q.rid for q in await storage.queue_head("b.test", 10)] == [rids[0], rids[2]]
+    counts = await storage.queue_counts()
+    assert counts == [QueueCount("b.test", 3, 1, T0), QueueCount("c.test", 1, 0, T0)]
+    assert await storage.write(lambda tx: tx.queue_count("b.test")) == counts[0]
+    assert await storage.write(lambda tx: tx.queue_count("none.test")) == QueueCount(
+        "none.test", 0, 0, None
+    )
+
+    await storage.write(lambda tx: tx.note_attempt([rids[0]], "HTTP 500"))
+    listing = await storage.queue_listing("b.test", -1)
+    assert [(q.rid, q.attempts, q.last_error, q.held) for q in listing] == [
+        (rids[0], 1, "HTTP 500", False),
+        (rids[1], 0, "", True),
+        (rids[2], 0, "", False),
+    ]
+    assert [q.rid for q in await storage.queue_listing(None, 2)] == rids[:2]
+
+    page = await storage.write(lambda tx: tx.queue_page(rids[0], 2))
+    assert [q.rid for q in page] == rids[1:3] and all(q.payload == b"" for q in page)
+    queued = await storage.write(lambda tx: tx.queued([rids[3], rids[0], 10_000]))
+    assert [q.rid for q in queued] == [rids[0], rids[3]]
+
+    await storage.write(lambda tx: tx.dequeue(rids[:2]))
+    assert [q.rid for q in await storage.queue_listing(None, -1)] == rids[2:]
+    assert (await storage.row_counts())["envelopes"] == 4  # dequeued envelopes stay stored
+
+
+async def test_queue_ages_and_lifetime_at_backing_off_hops(storage: Storage) -> None:
+    old = envelope(expires=T0 + 10)
+    young = envelope()
+    elsewhere = envelope(expires=T0 + 10)
+    rids = await put(
+        storage, [new(old, hop="b.test"), new(young, hop="b.test"), new(elsewhere, hop="c.test")]
+    )
+    ages = await storage.queue_ages(T0 + 120_000, (60_000, 300_000))
+    assert sorted(ages, key=lambda a: a.hop) == [
+        AgeBucket("b.test", 1, 2, 0),
+        AgeBucket("c.test", 1, 1, 0),
+    ]
+
+    now = T0 + 1000
+    await storage.write(lambda tx: tx.save_peer_state("b.test", PeerState(1, now + 60_000, "down")))
+    ended = await storage.write(lambda tx: tx.queued_past_lifetime(now, T0 - 1, 10))
+    assert [q.rid for q in ended] == [rids[0]]  # c.test is not backing off: its sender ends it
+    ended = await storage.write(lambda tx: tx.queued_past_lifetime(now, T0, 10))
+    assert [q.rid for q in ended] == rids[:2]  # enqueued at T0: past a lifetime ending at T0
+
+
+async def test_reads_from_a_readonly_open_see_commits(storage: Storage, backend: str) -> None:
+    (rid,) = await put(storage, [new(envelope(), hop="b.test")])
+    reads = await readonly(storage, backend)
+    try:
+        assert reads.schema_version >= 1
+        assert [q.rid for q in await reads.queue_listing(None, -1)] == [rid]
+        await put(storage, [new(envelope(), hop="b.test")])
+        assert await reads.queue_length() == 2  # each read sees the last commit
+        await reads.ping()
+    finally:
+        await reads.close()

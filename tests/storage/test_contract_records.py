@@ -1,0 +1,228 @@
+"""Storage contract, part 2: nonces, batches, idempotency, receipts, peers, inbox,
+decisions, certificates and retention.
+
+Runs against every backend of relay.storage.backends.BACKENDS through the
+interface only (tests/storage/contract.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from relay.storage.interface import Storage, WriteTx
+from relay.storage.records import (
+    CertificateRecord,
+    Counts,
+    Cutoffs,
+    DecisionRecord,
+    Deleted,
+    PeerState,
+    PendingReceipt,
+    WebhookFailure,
+)
+from tests.storage.contract import DAY_MS, HERE, T0, envelope, new, put
+
+# --- federation requests --------------------------------------------------------------
+
+
+async def test_nonces_batches_and_prune(storage: Storage) -> None:
+    assert await storage.write(lambda tx: tx.record_nonce("p.test", "n1", T0))
+    assert not await storage.write(lambda tx: tx.record_nonce("p.test", "n1", T0 + 5))  # replay
+    assert await storage.write(lambda tx: tx.record_nonce("q.test", "n1", T0))  # per peer
+    assert await storage.nonce_seen("p.test", "n1")
+    assert not await storage.nonce_seen("p.test", "n2")
+
+    results = {b"\x01" * 16: "accepted", b"\x02" * 16: "rejected:residency"}
+    await storage.write(lambda tx: tx.record_batch("p.test", b"B" * 16, results, T0))
+    # a batch id is answered once: a second record keeps the first results
+    await storage.write(lambda tx: tx.record_batch("p.test", b"B" * 16, {}, T0))
+    assert await storage.stored_results("p.test", b"B" * 16) == results
+    assert await storage.write(lambda tx: tx.stored_results("p.test", b"B" * 16)) == results
+    assert await storage.stored_results("q.test", b"B" * 16) is None
+
+    await storage.write(lambda tx: tx.remember_answer("alice", "k", {"id": "x"}, T0))
+    await storage.write(lambda tx: tx.prune(T0 + 1, T0 + 1, T0))
+    assert not await storage.nonce_seen("p.test", "n1")
+    assert await storage.stored_results("p.test", b"B" * 16) is None
+    assert await storage.idempotent_answer("alice", "k") == {"id": "x"}  # not older than T0
+    await storage.write(lambda tx: tx.prune(T0 + 1, T0 + 1, T0 + 1))
+    assert await storage.idempotent_answer("alice", "k") is None
+
+
+async def test_idempotent_answers(storage: Storage) -> None:
+    first = {"ids": ["aa", "bb"]}
+    assert await storage.write(lambda tx: tx.remember_answer("alice", "k\nmessage:1", first, T0))
+    again = {"ids": ["cc"]}
+    assert not await storage.write(
+        lambda tx: tx.remember_answer("alice", "k\nmessage:1", again, T0)
+    )
+    assert await storage.idempotent_answer("alice", "k\nmessage:1") == first
+    assert await storage.write(lambda tx: tx.idempotent_answer("alice", "k\nmessage:1")) == first
+    assert await storage.idempotent_answer("bob", "k\nmessage:1") is None
+    assert await storage.key_used("alice", "k")
+    assert not await storage.key_used("alice", "kk")
+    assert not await storage.key_used("bob", "k")
+
+
+# --- receipts and peers ---------------------------------------------------------------
+
+
+async def test_pending_receipts_come_back_in_order_and_go(storage: Storage) -> None:
+    receipts = [
+        PendingReceipt("o.test", "delivered", "", "DE", bytes([i]) * 16, (f"u{i}@o.test",))
+        for i in range(3)
+    ]
+    await storage.write(lambda tx: tx.add_pending_receipts(receipts, T0))
+    got = await storage.write(lambda tx: tx.pending_receipts(2))
+    assert [(r.id, r.recipients) for r in got] == [(x.id, x.recipients) for x in receipts[:2]]
+    assert got[0].seq < got[1].seq
+    await storage.write(lambda tx: tx.delete_pending_receipts([got[0].seq]))
+    left = await storage.write(lambda tx: tx.pending_receipts(10))
+    assert [r.id for r in left] == [receipts[1].id, receipts[2].id]
+
+
+async def test_peer_state_round_trip_and_backoff_clear(storage: Storage) -> None:
+    assert await storage.peer_state("b.test") == PeerState()
+    assert not await storage.write(lambda tx: tx.has_peer_state("b.test"))
+    st = PeerState(failures=3, next_try=T0 + 60_000, last_error="HTTP 503", last_ok=T0, delivered=7)
+    await storage.write(lambda tx: tx.save_peer_state("b.test", st))
+    assert await storage.peer_state("b.test") == st
+    assert await storage.write(lambda tx: tx.has_peer_state("b.test"))
+    await storage.write(lambda tx: tx.clear_backoff(["b.test", "nobody.test"]))
+    cleared = await storage.peer_state("b.test")
+    assert cleared == PeerState(3, 0, "HTTP 503", T0, 7)  # failures stay counted
+    assert await storage.peer_states() == {"b.test": cleared}
+
+
+# --- inbox and webhooks ---------------------------------------------------------------
+
+
+async def test_inbox_ack_and_webhook_cursor(storage: Storage) -> None:
+    envs = [envelope(payload=f"m{i}".encode()) for i in range(3)]
+    await put(
+        storage, [new(e, mailboxes=["bob"]) for e in envs] + [new(envelope(), mailboxes=["carol"])]
+    )
+    items = await storage.inbox("bob", 0, 10)
+    assert [i.id for i in items] == [e.header.id for e in envs]
+    assert items[0].payload == b"m0" and items[0].header == envs[0].header_bytes
+    assert items[0].residency == "DE"
+    assert [i.seq for i in await storage.inbox("bob", items[0].seq, 1)] == [items[1].seq]
+    assert await storage.unacked_counts() == {"bob": 3, "carol": 1}
+
+    acked = await storage.write(lambda tx: tx.ack_inbox("bob", [envs[0].header.id] * 2, T0))
+    assert acked == 1
+    assert await storage.write(lambda tx: tx.ack_inbox("carol", [envs[1].header.id], T0)) == 0
+    await storage.write(lambda tx: tx.ack_inbox_seqs([items[1].seq], T0))
+    assert [i.id for i in await storage.inbox("bob", 0, 10)] == [envs[2].header.id]
+
+    assert await storage.webhook_cursor("bob") == 0
+    await storage.write(lambda tx: tx.webhook_failure("bob", WebhookFailure(2, T0 + 5, "HTTP 500")))
+    await storage.write(lambda tx: tx.webhook_advance("bob", items[1].seq, 1))
+    await storage.write(lambda tx: tx.webhook_advance("bob", items[0].seq, 1))  # never back
+    assert await storage.webhook_cursor("bob") == items[1].seq
+
+
+# --- decisions and certificates -------------------------------------------------------
+
+
+def _decision(i: int, outcome: str, envelope: bytes | None) -> DecisionRecord:
+    return DecisionRecord(T0 + i, "accept", envelope, "p.test", outcome, f"r{i}", f"why {i}", "h")
+
+
+async def test_decisions_newest_first_and_filtered(storage: Storage) -> None:
+    e = b"\x05" * 16
+    rows = [_decision(0, "deny", None), _decision(1, "audit", e), _decision(2, "deny", e)]
+    await storage.write(lambda tx: tx.record_decisions(rows))
+    assert await storage.decisions(None, None, 10) == rows[::-1]
+    assert await storage.decisions(e, None, 10) == [rows[2], rows[1]]
+    assert await storage.decisions(None, "deny", 1) == [rows[2]]
+    assert await storage.decisions(b"\x06" * 16, None, 10) == []
+
+
+async def test_allows_come_from_stored_envelopes(storage: Storage) -> None:
+    accepted = envelope()
+    submitted = envelope(origin=HERE, to=["x@far.test"], dest="far.test")
+    await put(storage, [new(accepted), new(submitted, from_peer=None, hop="far.test")], T0 + 7)
+    allows = await storage.allows(None, 10)
+    assert [(a.envelope, a.point, a.peer, a.rule, a.residency, a.at) for a in allows] == [
+        (submitted.header.id, "submit", "far.test", "rule-1", "DE", T0 + 7),
+        (accepted.header.id, "accept", "peer.test", "rule-1", "DE", T0 + 7),
+    ]
+    assert [a.envelope for a in await storage.allows(accepted.header.id, 10)] == [
+        accepted.header.id
+    ]
+
+
+async def test_certificates_first_copy_wins_and_expired_go(storage: Storage) -> None:
+    a = CertificateRecord("fp-a", "a.test", T0 + DAY_MS, b"blob-a")
+    b = CertificateRecord("fp-b", "b.test", T0 + 10, b"blob-b")
+    await storage.write(lambda tx: tx.save_certificates([a, b], T0))
+    await storage.write(lambda tx: tx.save_certificates([replace(a, blob=b"other copy")], T0 + 1))
+    assert await storage.certificates(T0) == [b"blob-a", b"blob-b"]
+    assert await storage.certificates(T0 + 11) == [b"blob-a"]  # read: only the valid
+    await storage.write(lambda tx: tx.save_certificates([], T0 + 11))  # write: drops expired
+    assert (await storage.row_counts())["certificates"] == 1
+
+
+# --- retention ------------------------------------------------------------------------
+
+
+def _cut(now: int, *, content: int, metadata: int) -> Cutoffs:
+    return Cutoffs(
+        now=now,
+        cmax=now - content,
+        cmin=now - content,
+        mmax=now - metadata,
+        mmin=now - metadata,
+        expired=now - 600_000,
+    )
+
+
+async def test_retention_steps_and_preview_agree(storage: Storage) -> None:
+    shared = b"shared body"
+    old = envelope(payload=shared, expires=T0 + 1000)
+    young = envelope(payload=shared)
+    queued = envelope(payload=b"queued", expires=T0 + 1000)
+    rids = await put(storage, [new(old, mailboxes=["bob"]), new(queued, hop="b.test")], T0)
+    (young_rid,) = await put(storage, [new(young)], T0 + 5 * DAY_MS)
+    await storage.write(lambda tx: tx.record_decisions([_decision(0, "deny", None)]))
+    cut = _cut(T0 + 3 * DAY_MS, content=2 * DAY_MS, metadata=2 * DAY_MS)
+
+    preview = await storage.retention_preview(cut, 1)
+    assert preview.counts.contents == 2 and preview.counts.ended == 1
+    assert len(preview.content) == 1  # listed up to the limit, counted in full
+
+    async def steps(tx: WriteTx) -> tuple[list[int], list[int], Deleted, int, tuple[int, int]]:
+        due, more = await tx.content_due(cut, 10)
+        assert not more
+        await tx.dequeue([d.rid for d in due if d.queued])
+        await tx.clear_content([d.rid for d in due])
+        meta = await tx.metadata_due(cut, 10)
+        deleted = await tx.delete_envelopes([m.rid for m in meta])
+        decisions = await tx.delete_decisions_due(cut, 10)
+        shas = [d.payload_sha for d in due]
+        dropped = await tx.drop_unreferenced_payloads(shas)
+        await tx.record_purge(cut.now, "test", Counts(contents=len(due)))
+        return sorted(d.rid for d in due), [m.rid for m in meta], deleted, decisions, dropped
+
+    content, meta, deleted, decisions, dropped = await storage.write(steps)
+    assert content == rids
+    assert meta == rids  # no content left, expired, no longer queued
+    assert deleted == Deleted(envelopes=2, inbox=1, recipients=0)
+    assert decisions == 1
+    assert dropped == (1, len(b"queued"))  # `shared` stays: the young copy references it
+    assert (preview.counts.envelopes, preview.counts.decisions) == (2, 1)
+    counts = await storage.row_counts()
+    assert (counts["envelopes"], counts["payloads"], counts["purges"]) == (1, 1, 1)
+
+    # a deletion path marks content; what is past the cut can go at once
+    await storage.write(lambda tx: tx.mark_discard([young_rid]))
+    past = await storage.write(lambda tx: tx.content_received_before([young_rid], T0))
+    assert past == {}
+    past = await storage.write(lambda tx: tx.content_received_before([young_rid], T0 + 5 * DAY_MS))
+    assert past == {young_rid: young.header.sha256}
+    later = _cut(T0 + 6 * DAY_MS, content=30 * DAY_MS, metadata=30 * DAY_MS)
+    marked = await storage.retention_preview(
+        Cutoffs(later.now, later.cmax, later.now, later.mmax, later.mmin, later.expired), 10
+    )
+    assert [(d.id, d.why) for d in marked.content] == [(young.header.id, "discarded")]

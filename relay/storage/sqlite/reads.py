@@ -20,10 +20,8 @@ from relay.errors import StoreError
 from relay.storage.records import (
     AgeBucket,
     AllowRecord,
-    Counts,
     Cutoffs,
     DecisionRecord,
-    Due,
     InboxItem,
     PeerState,
     Preview,
@@ -32,7 +30,7 @@ from relay.storage.records import (
     QueueListing,
     RecipientStatus,
 )
-from relay.storage.sqlite import retention_sql as rs
+from relay.storage.sqlite import retention
 from relay.storage.sqlite import rows as q
 from relay.storage.sqlite.schema import TABLES
 
@@ -275,56 +273,10 @@ class SqliteReads:
     # --- retention preview -----------------------------------------------------------
 
     async def retention_preview(self, cut: Cutoffs, limit: int) -> Preview:
-        p = rs.params(cut, limit)
-
-        async def count(sql: str) -> int:
-            row = await self.fetchone(sql, p)
-            return int(row[0] or 0) if row else 0
-
-        due = rs.CONTENT_DUE
-        meta = rs.METADATA_DUE
-        contents = await count(f"SELECT count(*) FROM envelopes e WHERE {due}")
-        ended = await count(f"SELECT count(*) FROM envelopes e WHERE {due} AND {rs.QUEUED}")
-        envelopes = await count(f"SELECT count(*) FROM envelopes e WHERE {meta}")
-        inbox = await count(
-            f"SELECT count(*) FROM inbox i JOIN envelopes e ON e.rid = i.rid WHERE {meta}"
-        )
-        recipients = await count(
-            f"SELECT count(*) FROM recipients r JOIN envelopes e ON e.rid = r.rid WHERE {meta}"
-        )
-        decisions = await count(f"SELECT count(*) FROM decisions d WHERE {rs.DECISIONS_DUE}")
-        survivors = (
-            f"SELECT 1 FROM envelopes e WHERE e.payload_sha = p.sha AND NOT {due} AND NOT {meta}"
-        )
-        row = await self.fetchone(
-            "SELECT count(*), coalesce(sum(length(p.body)), 0) FROM payloads p"
-            f" WHERE NOT EXISTS ({survivors})",
-            p,
-        )
-        payloads, payload_bytes = (int(row[0] or 0), int(row[1] or 0)) if row else (0, 0)
-        content = await self.fetchall(
-            "SELECT e.origin, e.id, e.kind, e.received, e.expires,"
-            " CASE WHEN e.received <= :cmax THEN 'content_max' ELSE 'discarded' END AS why,"
-            f" {rs.QUEUED} AS queued FROM envelopes e WHERE {due}"
-            " ORDER BY e.received, e.rid LIMIT :limit",
-            p,
-        )
-        metadata = await self.fetchall(
-            "SELECT e.origin, e.id, e.kind, e.received, e.expires, 'metadata_max' AS why,"
-            f" 0 AS queued FROM envelopes e WHERE {meta} ORDER BY e.received, e.rid LIMIT :limit",
-            p,
-        )
-        counts = Counts(
-            contents=contents,
-            payloads=payloads,
-            payload_bytes=payload_bytes,
-            ended=ended,
-            envelopes=envelopes,
-            inbox=inbox,
-            recipients=recipients,
-            decisions=decisions,
-        )
-        return Preview(cut, counts, tuple(map(_due, content)), tuple(map(_due, metadata)))
+        try:
+            return await retention.preview(self.reader, cut, limit)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read the database: {e}") from e
 
     # --- health ----------------------------------------------------------------------
 
@@ -337,15 +289,3 @@ class SqliteReads:
 
     async def ping(self) -> None:
         await self.fetchone("SELECT 1")
-
-
-def _due(r: sqlite3.Row) -> Due:
-    return Due(
-        origin=str(r["origin"]),
-        id=bytes(r["id"]),
-        kind=str(r["kind"]),
-        received=int(r["received"]),
-        expires=int(r["expires"]),
-        why=str(r["why"]),
-        queued=bool(r["queued"]),
-    )

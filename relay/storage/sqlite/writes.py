@@ -22,12 +22,7 @@ from relay.protocol.envelope import header_digest
 from relay.storage.records import (
     FINAL_STATUSES,
     CertificateRecord,
-    ContentDue,
-    Counts,
-    Cutoffs,
     DecisionRecord,
-    Deleted,
-    MetadataDue,
     NewEnvelope,
     PeerState,
     PendingReceipt,
@@ -39,13 +34,13 @@ from relay.storage.records import (
     StatusUpdate,
     WebhookFailure,
 )
-from relay.storage.sqlite import retention_sql as rs
 from relay.storage.sqlite import rows as q
+from relay.storage.sqlite.retention import RetentionWrites
 
 _NOT_FINAL = f"status NOT IN ({', '.join(repr(s) for s in sorted(FINAL_STATUSES))})"
 
 
-class SqliteWriteTx:
+class SqliteWriteTx(RetentionWrites):
     """WriteTx over the writer connection, inside its open transaction."""
 
     def __init__(self, db: aiosqlite.Connection) -> None:
@@ -411,101 +406,3 @@ class SqliteWriteTx:
                 [(c.fingerprint, c.name, c.not_after, c.blob, now) for c in certs],
             )
         await self.connection.execute("DELETE FROM certificates WHERE not_after < ?", (now,))
-
-    # --- retention -------------------------------------------------------------------
-
-    async def content_due(self, cut: Cutoffs, limit: int) -> tuple[list[ContentDue], bool]:
-        by_rid: dict[int, ContentDue] = {}
-        more = False
-        for due in rs.CONTENT_DUE_PARTS:
-            found = await q.rows(
-                self.connection,
-                f"SELECT e.rid, e.payload_sha, {rs.QUEUED} AS queued FROM envelopes e"
-                f" WHERE e.payload_sha IS NOT NULL AND {due} ORDER BY e.received LIMIT :limit",
-                rs.params(cut, limit),
-            )
-            more = more or len(found) == limit
-            for r in found:
-                by_rid[int(r["rid"])] = ContentDue(
-                    int(r["rid"]), bytes(r["payload_sha"]), bool(r["queued"])
-                )
-        return list(by_rid.values()), more
-
-    async def clear_content(self, rids: Sequence[int]) -> None:
-        await self.connection.executemany(
-            "UPDATE envelopes SET payload_sha = NULL, discard = 0 WHERE rid = ?",
-            [(r,) for r in rids],
-        )
-
-    async def mark_discard(self, rids: Sequence[int]) -> None:
-        await self.connection.executemany(
-            "UPDATE envelopes SET discard = 1 WHERE rid = ?", [(r,) for r in rids]
-        )
-
-    async def content_received_before(self, rids: Sequence[int], cut: int) -> dict[int, bytes]:
-        found: dict[int, bytes] = {}
-        for chunk in q.chunks(list(rids)):
-            for r in await q.rows(
-                self.connection,
-                "SELECT rid, payload_sha FROM envelopes WHERE payload_sha IS NOT NULL"
-                f" AND received <= ? AND rid IN ({q.marks(chunk)})",
-                (cut, *chunk),
-            ):
-                found[int(r["rid"])] = bytes(r["payload_sha"])
-        return found
-
-    async def metadata_due(self, cut: Cutoffs, limit: int) -> list[MetadataDue]:
-        found = await q.rows(
-            self.connection,
-            f"SELECT e.rid, e.payload_sha FROM envelopes e WHERE {rs.METADATA_DUE}"
-            " ORDER BY e.received LIMIT :limit",
-            rs.params(cut, limit),
-        )
-        return [
-            MetadataDue(
-                int(r["rid"]), bytes(r["payload_sha"]) if r["payload_sha"] is not None else None
-            )
-            for r in found
-        ]
-
-    async def delete_envelopes(self, rids: Sequence[int]) -> Deleted:
-        counts = {"inbox": 0, "recipients": 0, "envelopes": 0}
-        for chunk in q.chunks(list(rids)):
-            for table in counts:  # envelopes last: the other two reference it
-                counts[table] += await q.changed(
-                    self.connection, f"DELETE FROM {table} WHERE rid IN ({q.marks(chunk)})", chunk
-                )
-        return Deleted(**counts)
-
-    async def delete_decisions_due(self, cut: Cutoffs, limit: int) -> int:
-        return await q.changed(
-            self.connection,
-            "DELETE FROM decisions WHERE seq IN (SELECT d.seq FROM decisions d"
-            f" WHERE {rs.DECISIONS_DUE} ORDER BY d.at LIMIT :limit)",
-            rs.params(cut, limit),
-        )
-
-    async def drop_unreferenced_payloads(self, shas: Sequence[bytes]) -> tuple[int, int]:
-        deleted = 0
-        size = 0
-        for sha in sorted(set(shas)):
-            row = await q.one(
-                self.connection,
-                "SELECT length(body) FROM payloads p WHERE p.sha = ?"
-                " AND NOT EXISTS (SELECT 1 FROM envelopes e WHERE e.payload_sha = p.sha)",
-                (sha,),
-            )
-            if row is None:
-                continue
-            await self.connection.execute("DELETE FROM payloads WHERE sha = ?", (sha,))
-            deleted += 1
-            size += int(row[0])
-        return deleted, size
-
-    async def record_purge(self, now: int, source: str, counts: Counts) -> None:
-        d = counts.as_dict()
-        await self.connection.execute(
-            f"INSERT INTO purges (at, source, {', '.join(d)})"
-            f" VALUES (?, ?, {', '.join('?' * len(d))})",
-            (now, source, *d.values()),
-        )

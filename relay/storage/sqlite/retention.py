@@ -1,0 +1,216 @@
+"""Retention on SQLite (relay.node.retention): the purge's steps and its preview.
+
+The predicates are one SQL condition each with named parameters from `Cutoffs`
+(`:cmax`, `:cmin`, `:mmax`, `:mmin`, `:expired`); alias `e` is envelopes,
+`d` is decisions. Purge and preview use the same text, so `relay purge
+--dry-run` shows exactly what a purge deletes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import asdict
+
+import aiosqlite
+
+from relay.storage.records import (
+    ContentDue,
+    Counts,
+    Cutoffs,
+    Deleted,
+    Due,
+    MetadataDue,
+    Preview,
+)
+from relay.storage.sqlite import rows as q
+
+CONTENT_DUE = (
+    "(e.payload_sha IS NOT NULL"
+    " AND (e.received <= :cmax OR (e.discard = 1 AND e.received <= :cmin)))"
+)
+# CONTENT_DUE as two conditions, each served by its partial index
+CONTENT_DUE_PARTS = ("e.received <= :cmax", "e.discard = 1 AND e.received <= :cmin")
+QUEUED = "EXISTS (SELECT 1 FROM queue q WHERE q.rid = e.rid)"
+METADATA_DUE = (
+    "(e.received <= :mmax AND e.received <= :mmin AND e.expires <= :expired"
+    f" AND (NOT {QUEUED} OR {CONTENT_DUE})"
+    " AND (e.payload_sha IS NULL OR e.received <= :cmin))"
+)
+DECISIONS_DUE = "(d.at <= :mmax AND d.at <= :mmin)"
+
+
+def params(cut: Cutoffs, limit: int) -> dict[str, int]:
+    """The named parameters of the predicates, with `:limit`."""
+    return {**asdict(cut), "limit": limit}
+
+
+class RetentionWrites:
+    """The retention part of the write transaction (relay.storage.sqlite.writes)."""
+
+    connection: aiosqlite.Connection
+
+    async def content_due(self, cut: Cutoffs, limit: int) -> tuple[list[ContentDue], bool]:
+        by_rid: dict[int, ContentDue] = {}
+        more = False
+        for due in CONTENT_DUE_PARTS:
+            found = await q.rows(
+                self.connection,
+                f"SELECT e.rid, e.payload_sha, {QUEUED} AS queued FROM envelopes e"
+                f" WHERE e.payload_sha IS NOT NULL AND {due} ORDER BY e.received LIMIT :limit",
+                params(cut, limit),
+            )
+            more = more or len(found) == limit
+            for r in found:
+                by_rid[int(r["rid"])] = ContentDue(
+                    int(r["rid"]), bytes(r["payload_sha"]), bool(r["queued"])
+                )
+        return list(by_rid.values()), more
+
+    async def clear_content(self, rids: Sequence[int]) -> None:
+        await self.connection.executemany(
+            "UPDATE envelopes SET payload_sha = NULL, discard = 0 WHERE rid = ?",
+            [(r,) for r in rids],
+        )
+
+    async def mark_discard(self, rids: Sequence[int]) -> None:
+        await self.connection.executemany(
+            "UPDATE envelopes SET discard = 1 WHERE rid = ?", [(r,) for r in rids]
+        )
+
+    async def content_received_before(self, rids: Sequence[int], cut: int) -> dict[int, bytes]:
+        found: dict[int, bytes] = {}
+        for chunk in q.chunks(list(rids)):
+            for r in await q.rows(
+                self.connection,
+                "SELECT rid, payload_sha FROM envelopes WHERE payload_sha IS NOT NULL"
+                f" AND received <= ? AND rid IN ({q.marks(chunk)})",
+                (cut, *chunk),
+            ):
+                found[int(r["rid"])] = bytes(r["payload_sha"])
+        return found
+
+    async def metadata_due(self, cut: Cutoffs, limit: int) -> list[MetadataDue]:
+        found = await q.rows(
+            self.connection,
+            f"SELECT e.rid, e.payload_sha FROM envelopes e WHERE {METADATA_DUE}"
+            " ORDER BY e.received LIMIT :limit",
+            params(cut, limit),
+        )
+        return [
+            MetadataDue(
+                int(r["rid"]), bytes(r["payload_sha"]) if r["payload_sha"] is not None else None
+            )
+            for r in found
+        ]
+
+    async def delete_envelopes(self, rids: Sequence[int]) -> Deleted:
+        counts = {"inbox": 0, "recipients": 0, "envelopes": 0}
+        for chunk in q.chunks(list(rids)):
+            for table in counts:  # envelopes last: the other two reference it
+                counts[table] += await q.changed(
+                    self.connection, f"DELETE FROM {table} WHERE rid IN ({q.marks(chunk)})", chunk
+                )
+        return Deleted(**counts)
+
+    async def delete_decisions_due(self, cut: Cutoffs, limit: int) -> int:
+        return await q.changed(
+            self.connection,
+            "DELETE FROM decisions WHERE seq IN (SELECT d.seq FROM decisions d"
+            f" WHERE {DECISIONS_DUE} ORDER BY d.at LIMIT :limit)",
+            params(cut, limit),
+        )
+
+    async def drop_unreferenced_payloads(self, shas: Sequence[bytes]) -> tuple[int, int]:
+        deleted = 0
+        size = 0
+        for sha in sorted(set(shas)):
+            row = await q.one(
+                self.connection,
+                "SELECT length(body) FROM payloads p WHERE p.sha = ?"
+                " AND NOT EXISTS (SELECT 1 FROM envelopes e WHERE e.payload_sha = p.sha)",
+                (sha,),
+            )
+            if row is None:
+                continue
+            await self.connection.execute("DELETE FROM payloads WHERE sha = ?", (sha,))
+            deleted += 1
+            size += int(row[0])
+        return deleted, size
+
+    async def record_purge(self, now: int, source: str, counts: Counts) -> None:
+        d = counts.as_dict()
+        await self.connection.execute(
+            f"INSERT INTO purges (at, source, {', '.join(d)})"
+            f" VALUES (?, ?, {', '.join('?' * len(d))})",
+            (now, source, *d.values()),
+        )
+
+
+async def preview(db: aiosqlite.Connection, cut: Cutoffs, limit: int) -> Preview:
+    """What a purge at `cut` would delete (relay.storage.interface.Reads.retention_preview)."""
+    p = params(cut, limit)
+
+    async def count(sql: str) -> int:
+        row = await q.one(db, sql, p)
+        return int(row[0] or 0) if row else 0
+
+    due = CONTENT_DUE
+    meta = METADATA_DUE
+    contents = await count(f"SELECT count(*) FROM envelopes e WHERE {due}")
+    ended = await count(f"SELECT count(*) FROM envelopes e WHERE {due} AND {QUEUED}")
+    envelopes = await count(f"SELECT count(*) FROM envelopes e WHERE {meta}")
+    inbox = await count(
+        f"SELECT count(*) FROM inbox i JOIN envelopes e ON e.rid = i.rid WHERE {meta}"
+    )
+    recipients = await count(
+        f"SELECT count(*) FROM recipients r JOIN envelopes e ON e.rid = r.rid WHERE {meta}"
+    )
+    decisions = await count(f"SELECT count(*) FROM decisions d WHERE {DECISIONS_DUE}")
+    survivors = (
+        f"SELECT 1 FROM envelopes e WHERE e.payload_sha = p.sha AND NOT {due} AND NOT {meta}"
+    )
+    row = await q.one(
+        db,
+        "SELECT count(*), coalesce(sum(length(p.body)), 0) FROM payloads p"
+        f" WHERE NOT EXISTS ({survivors})",
+        p,
+    )
+    payloads, payload_bytes = (int(row[0] or 0), int(row[1] or 0)) if row else (0, 0)
+    content = await q.rows(
+        db,
+        "SELECT e.origin, e.id, e.kind, e.received, e.expires,"
+        " CASE WHEN e.received <= :cmax THEN 'content_max' ELSE 'discarded' END AS why,"
+        f" {QUEUED} AS queued FROM envelopes e WHERE {due}"
+        " ORDER BY e.received, e.rid LIMIT :limit",
+        p,
+    )
+    metadata = await q.rows(
+        db,
+        "SELECT e.origin, e.id, e.kind, e.received, e.expires, 'metadata_max' AS why,"
+        f" 0 AS queued FROM envelopes e WHERE {meta} ORDER BY e.received, e.rid LIMIT :limit",
+        p,
+    )
+    counts = Counts(
+        contents=contents,
+        payloads=payloads,
+        payload_bytes=payload_bytes,
+        ended=ended,
+        envelopes=envelopes,
+        inbox=inbox,
+        recipients=recipients,
+        decisions=decisions,
+    )
+    return Preview(cut, counts, tuple(map(_due, content)), tuple(map(_due, metadata)))
+
+
+def _due(r: sqlite3.Row) -> Due:
+    return Due(
+        origin=str(r["origin"]),
+        id=bytes(r["id"]),
+        kind=str(r["kind"]),
+        received=int(r["received"]),
+        expires=int(r["expires"]),
+        why=str(r["why"]),
+        queued=bool(r["queued"]),
+    )

@@ -13,8 +13,8 @@ Invariants:
   attempt ended), so no batch in flight carries an envelope ended here: an
   envelope the peer accepted is never also called `expired`.
 - An envelope leaves the queue in the same transaction that ends it as
-  `expired`, through `outbound.end_queued` as the sender does: the status at
-  the origin, a pending `expired` receipt to the origin otherwise.
+  `expired`, through `relay.node.queue_end` as the sender does: the status
+  at the origin, a pending `expired` receipt to the origin otherwise.
 """
 
 from __future__ import annotations

@@ -31,8 +31,6 @@ from relay.storage.records import StatusUpdate
 
 log = logging.getLogger("relay.node")
 
-FINAL = frozenset({"delivered", "rejected", "expired"})
-
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000

@@ -254,7 +254,7 @@ class Trust:
         return new
 
     def take_unsaved(self) -> list[bytes]:
-        """Learned certificates not yet persisted; relay.storage.sqlite.certstore writes them."""
+        """Learned certificates not yet persisted; relay.node.certificates stores them."""
         out, self._unsaved = self._unsaved, []
         return out
 

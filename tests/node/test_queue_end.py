@@ -1,0 +1,85 @@
+"""relay.node.queue_end: the one way a queued envelope ends undelivered."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from relay.node.queue_end import Ending, end_queued
+from relay.storage.backends import open_storage
+from relay.storage.interface import Storage, WriteTx
+from relay.storage.records import DecisionRecord, Queued, Recipient
+from tests.storage.contract import HERE, T0, envelope, new, put
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[Storage]:
+    s = await open_storage(tmp_path / "relay.db")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_origin_status_relayed_receipt_decision_and_log(
+    storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    mine = envelope(origin=HERE, to=["x@far.test"], dest="far.test")
+    relayed = envelope(origin="o.test", to=["y@far.test"], dest="far.test")
+    rids = await put(
+        storage, [new(mine, hop="far.test", from_peer=None), new(relayed, hop="far.test")]
+    )
+
+    async def recipients(tx: WriteTx) -> None:
+        await tx.add_recipients(
+            [Recipient(mine.header.id, "x@far.test", rids[0], "alice", "queued", T0)]
+        )
+
+    await storage.write(recipients)
+    denial = DecisionRecord(
+        T0 + 1, "recheck", relayed.header.id, "far.test", "deny", "r1", "no", "h"
+    )
+
+    async def end(tx: WriteTx) -> list[Queued]:
+        items = await tx.queued(rids)
+        endings = [
+            Ending(items[0], "expired", "expires", "expires passed before delivery"),
+            Ending(items[1], "rejected", "residency", "no", denial),
+        ]
+        await end_queued(tx, HERE, endings, T0 + 1, by="test")
+        return items
+
+    with caplog.at_level(logging.WARNING, logger="relay.queue"):
+        await storage.write(end)
+
+    assert await storage.queue_length() == 0
+    statuses = await storage.recipient_statuses(mine.header.id, "alice")
+    assert [(s.status, s.reason) for s in statuses] == [("expired", "expires")]
+    pending = await storage.write(lambda tx: tx.pending_receipts(10))
+    assert [(p.origin, p.id, p.status, p.reason, p.recipients) for p in pending] == [
+        ("o.test", relayed.header.id, "rejected", "residency", ("y@far.test",))
+    ]
+    assert await storage.decisions(None, None, 10) == [denial]
+    ended = [r for r in caplog.records if r.getMessage() == "envelope_ended"]
+    assert len(ended) == 2
+
+
+async def test_a_receipt_never_gets_a_receipt(storage: Storage) -> None:
+    (rid,) = await put(
+        storage,
+        [new(envelope(origin="o.test", dest="far.test", to=["p@far.test"]), hop="far.test")],
+    )
+
+    async def end(tx: WriteTx) -> None:
+        (item,) = await tx.queued([rid])
+        receipt = replace(item, kind="receipt")
+        await end_queued(tx, HERE, [Ending(receipt, "expired", "expires")], T0, by="test")
+
+    await storage.write(end)
+    assert await storage.queue_length() == 0
+    assert await storage.write(lambda tx: tx.pending_receipts(10)) == []
+    await storage.write(lambda tx: end_queued(tx, HERE, [], T0, by="test"))  # nothing to end

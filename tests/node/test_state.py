@@ -1,0 +1,28 @@
+"""relay.node.state: what NodeState takes from its caller."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from relay.config.parse import load_config
+from relay.node.state import NodeState
+from relay.storage.backends import open_storage
+from tests.federation.conftest import write_node_toml
+
+
+async def test_the_fault_spec_is_passed_in_not_read_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RELAY_FAULT", "commit_delay_ms=5")
+    key = write_node_toml(tmp_path, peers=[])
+    config = load_config(tmp_path)
+    storage = await open_storage(config.node.database)
+    try:
+        plain = NodeState(config, key, storage)
+        assert plain.fault == "" and storage.before_commit is None
+        held = NodeState(config, key, storage, fault_spec="commit_delay_ms=5")
+        assert held.faults.commit_delay_ms == 5 and storage.before_commit is not None
+    finally:
+        await storage.close()

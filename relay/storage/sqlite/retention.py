@@ -124,18 +124,20 @@ class RetentionWrites:
     async def drop_unreferenced_payloads(self, shas: Sequence[bytes]) -> tuple[int, int]:
         deleted = 0
         size = 0
-        for sha in sorted(set(shas)):
-            row = await q.one(
+        for chunk in q.chunks(sorted(set(shas))):
+            gone = await q.rows(
                 self.connection,
-                "SELECT length(body) FROM payloads p WHERE p.sha = ?"
+                f"SELECT sha, length(body) AS n FROM payloads p WHERE p.sha IN ({q.marks(chunk)})"
                 " AND NOT EXISTS (SELECT 1 FROM envelopes e WHERE e.payload_sha = p.sha)",
-                (sha,),
+                chunk,
             )
-            if row is None:
+            if not gone:
                 continue
-            await self.connection.execute("DELETE FROM payloads WHERE sha = ?", (sha,))
-            deleted += 1
-            size += int(row[0])
+            await self.connection.execute(
+                f"DELETE FROM payloads WHERE sha IN ({q.marks(gone)})", [r["sha"] for r in gone]
+            )
+            deleted += len(gone)
+            size += sum(int(r["n"]) for r in gone)
         return deleted, size
 
     async def record_purge(self, now: int, source: str, counts: Counts) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from relay.errors import RelayError, StoreError
 from relay.storage.interface import WriteTx
+from relay.storage.records import Cutoffs
 from relay.storage.sqlite.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -120,5 +121,45 @@ async def test_group_commit_answers_after_commit_and_isolates_a_failing_job(
         assert store.commits - commits_before < 50
         counts = await store.row_counts()
         assert counts["nonces"] == 49
+    finally:
+        await store.close()
+
+
+async def test_every_read_maps_database_errors_to_store_error(tmp_path: Path) -> None:
+    store = await open_store(tmp_path / "relay.db")
+    try:
+
+        async def drop_all(tx: WriteTx) -> None:  # every read now fails inside SQLite
+            for table in TABLES:
+                await sqlite_tx(tx).execute(f"DROP TABLE {table}")
+
+        await store.write(drop_all)
+        cut = Cutoffs(0, 0, 0, 0, 0, 0)
+        reads: list[Callable[[], Awaitable[object]]] = [
+            lambda: store.queue_head("b.test", 10),
+            lambda: store.queue_hops(),
+            lambda: store.queue_length(),
+            lambda: store.queue_counts(),
+            lambda: store.queue_listing(None, -1),
+            lambda: store.queue_ages(0, (60_000,)),
+            lambda: store.peer_state("b.test"),
+            lambda: store.peer_states(),
+            lambda: store.nonce_seen("b.test", "n"),
+            lambda: store.stored_results("b.test", b"b"),
+            lambda: store.idempotent_answer("alice", "k"),
+            lambda: store.key_used("alice", "k"),
+            lambda: store.recipient_statuses(b"m", "alice"),
+            lambda: store.inbox("alice", 0, 10),
+            lambda: store.unacked_counts(),
+            lambda: store.webhook_cursor("alice"),
+            lambda: store.certificates(0),
+            lambda: store.decisions(None, None, 10),
+            lambda: store.allows(None, 10),
+            lambda: store.retention_preview(cut, 10),
+            lambda: store.row_counts(),
+        ]
+        for read in reads:
+            with pytest.raises(StoreError, match="cannot read the database"):
+                await read()
     finally:
         await store.close()

@@ -68,14 +68,15 @@ class RetentionWrites:
         return list(by_rid.values()), more
 
     async def clear_content(self, rids: Sequence[int]) -> None:
-        await self.connection.executemany(
+        await q.many(
+            self.connection,
             "UPDATE envelopes SET payload_sha = NULL, discard = 0 WHERE rid = ?",
             [(r,) for r in rids],
         )
 
     async def mark_discard(self, rids: Sequence[int]) -> None:
-        await self.connection.executemany(
-            "UPDATE envelopes SET discard = 1 WHERE rid = ?", [(r,) for r in rids]
+        await q.many(
+            self.connection, "UPDATE envelopes SET discard = 1 WHERE rid = ?", [(r,) for r in rids]
         )
 
     async def content_received_before(self, rids: Sequence[int], cut: int) -> dict[int, bytes]:

@@ -118,3 +118,9 @@ def pack_results(results: Mapping[bytes, str]) -> bytes:
     """Batch results as stored."""
     packed: bytes = msgpack.packb(dict(results), use_bin_type=True)
     return packed
+
+
+async def many(db: aiosqlite.Connection, sql: str, params: Sequence[Sequence[Any]]) -> None:
+    """executemany, skipped when there is nothing to write (each call is a thread hop)."""
+    if params:
+        await db.executemany(sql, params)

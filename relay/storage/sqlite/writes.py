@@ -68,7 +68,8 @@ class SqliteWriteTx(RetentionWrites):
         if not items:
             return []
         db = self.connection
-        await db.executemany(
+        await q.many(
+            db,
             "INSERT OR IGNORE INTO payloads (sha, body) VALUES (?, ?)",
             [(it.env.header.sha256, it.env.payload) for it in items],
         )
@@ -102,7 +103,8 @@ class SqliteWriteTx(RetentionWrites):
                     it.hop,
                 )
             )
-        await db.executemany(
+        await q.many(
+            db,
             "INSERT INTO envelopes (rid, origin, id, hdigest, header, signature, payload_sha,"
             " trace, kind, sender, dest, created, expires, received, size, residency, from_peer,"
             " rule_id, policy_hash, hop) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -111,19 +113,19 @@ class SqliteWriteTx(RetentionWrites):
         pairs = list(zip(rids, items, strict=True))
         queue_rows = [(rid, it.hop, now) for rid, it in pairs if it.hop]
         if queue_rows:
-            await db.executemany(
-                "INSERT INTO queue (rid, hop, enqueued) VALUES (?, ?, ?)", queue_rows
-            )
+            await q.many(db, "INSERT INTO queue (rid, hop, enqueued) VALUES (?, ?, ?)", queue_rows)
         inbox_rows = [(mb, rid, now) for rid, it in pairs for mb in it.mailboxes]
         if inbox_rows:
-            await db.executemany(
+            await q.many(
+                db,
                 "INSERT OR IGNORE INTO inbox (mailbox, rid, delivered) VALUES (?, ?, ?)",
                 inbox_rows,
             )
         return rids
 
     async def add_recipients(self, rows: Sequence[Recipient]) -> None:
-        await self.connection.executemany(
+        await q.many(
+            self.connection,
             "INSERT INTO recipients (msg, address, rid, mailbox, status, at) VALUES (?,?,?,?,?,?)",
             [(r.msg, r.address, r.rid, r.mailbox, r.status, r.at) for r in rows],
         )
@@ -138,10 +140,10 @@ class SqliteWriteTx(RetentionWrites):
         ]
         sql = f"UPDATE recipients SET status = ?, reason = ?, at = ? WHERE rid = ? AND {_NOT_FINAL}"
         if whole:
-            await self.connection.executemany(sql, whole)
+            await q.many(self.connection, sql, whole)
         if some:
-            await self.connection.executemany(
-                sql.replace("WHERE rid = ?", "WHERE rid = ? AND address = ?"), some
+            await q.many(
+                self.connection, sql.replace("WHERE rid = ?", "WHERE rid = ? AND address = ?"), some
             )
 
     async def sent_envelopes(self, origin: str, ids: Sequence[bytes]) -> dict[bytes, SentEnvelope]:
@@ -162,17 +164,20 @@ class SqliteWriteTx(RetentionWrites):
     # --- the outbound queue ----------------------------------------------------------
 
     async def dequeue(self, rids: Sequence[int]) -> None:
-        await self.connection.executemany("DELETE FROM queue WHERE rid = ?", [(r,) for r in rids])
+        await q.many(self.connection, "DELETE FROM queue WHERE rid = ?", [(r,) for r in rids])
 
     async def note_attempt(self, rids: Sequence[int], error: str) -> None:
-        await self.connection.executemany(
+        await q.many(
+            self.connection,
             "UPDATE queue SET attempts = attempts + 1, last_error = ? WHERE rid = ?",
             [(error, r) for r in rids],
         )
 
     async def set_held(self, rids: Sequence[int], held: bool) -> None:
-        await self.connection.executemany(
-            "UPDATE queue SET held = ? WHERE rid = ?", [(int(held), r) for r in rids]
+        await q.many(
+            self.connection,
+            "UPDATE queue SET held = ? WHERE rid = ?",
+            [(int(held), r) for r in rids],
         )
 
     async def queue_refs(self, ids: Sequence[bytes]) -> list[QueueRef]:
@@ -261,14 +266,17 @@ class SqliteWriteTx(RetentionWrites):
         )
 
     async def clear_backoff(self, peers: Sequence[str]) -> None:
-        await self.connection.executemany(
-            "UPDATE peer_state SET next_try = 0 WHERE peer = ?", [(p,) for p in peers]
+        await q.many(
+            self.connection,
+            "UPDATE peer_state SET next_try = 0 WHERE peer = ?",
+            [(p,) for p in peers],
         )
 
     # --- receipts --------------------------------------------------------------------
 
     async def add_pending_receipts(self, receipts: Sequence[PendingReceipt], now: int) -> None:
-        await self.connection.executemany(
+        await q.many(
+            self.connection,
             "INSERT INTO pending_receipts (origin, status, reason, residency, id, recipients, at)"
             " VALUES (?,?,?,?,?,?,?)",
             [
@@ -306,8 +314,8 @@ class SqliteWriteTx(RetentionWrites):
         ]
 
     async def delete_pending_receipts(self, seqs: Sequence[int]) -> None:
-        await self.connection.executemany(
-            "DELETE FROM pending_receipts WHERE seq = ?", [(s,) for s in seqs]
+        await q.many(
+            self.connection, "DELETE FROM pending_receipts WHERE seq = ?", [(s,) for s in seqs]
         )
 
     # --- federation requests ---------------------------------------------------------
@@ -364,8 +372,10 @@ class SqliteWriteTx(RetentionWrites):
         return acked
 
     async def ack_inbox_seqs(self, seqs: Sequence[int], now: int) -> None:
-        await self.connection.executemany(
-            "UPDATE inbox SET acked = ? WHERE seq = ? AND acked IS NULL", [(now, s) for s in seqs]
+        await q.many(
+            self.connection,
+            "UPDATE inbox SET acked = ? WHERE seq = ? AND acked IS NULL",
+            [(now, s) for s in seqs],
         )
 
     async def webhook_advance(self, mailbox: str, seq: int, delivered: int) -> None:
@@ -389,7 +399,8 @@ class SqliteWriteTx(RetentionWrites):
     # --- decisions and certificates --------------------------------------------------
 
     async def record_decisions(self, decisions: Sequence[DecisionRecord]) -> None:
-        await self.connection.executemany(
+        await q.many(
+            self.connection,
             "INSERT INTO decisions (at, point, envelope, peer, outcome, rule, reason, policy_hash)"
             " VALUES (?,?,?,?,?,?,?,?)",
             [
@@ -400,7 +411,8 @@ class SqliteWriteTx(RetentionWrites):
 
     async def save_certificates(self, certs: Sequence[CertificateRecord], now: int) -> None:
         if certs:
-            await self.connection.executemany(
+            await q.many(
+                self.connection,
                 "INSERT OR IGNORE INTO certificates (fingerprint, name, not_after, blob, at)"
                 " VALUES (?, ?, ?, ?, ?)",
                 [(c.fingerprint, c.name, c.not_after, c.blob, now) for c in certs],

@@ -325,6 +325,7 @@ async def test_nodes_deliver_over_https_only_to_a_trusted_issuer(
             await n.stop()
 
 
+@pytest.mark.slow
 async def test_cli_send_verifies_the_node_with_ca_file(tmp_path: Path) -> None:
     ca = make_ca("client CA")
     write_node(tmp_path, "b.test")

@@ -27,6 +27,8 @@ from relay.storage.sqlite import ledger
 from tests.e2e.harness import NodeProc, make_node
 from tests.fault.common import query, set_federation
 
+pytestmark = pytest.mark.slow
+
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MINUTE = 60_000
 HOUR = 60 * MINUTE

@@ -392,6 +392,7 @@ def decode_id(header_bytes: bytes) -> bytes:
     return ident
 
 
+@pytest.mark.slow
 async def test_fuzz_batch_endpoint(harness: Harness) -> None:
     h = harness
     bridge = Bridge(asyncio.get_running_loop())
@@ -647,6 +648,7 @@ async def client_request(h: Harness, case: dict[str, Any]) -> None:
     assert grew == {}, (case, grew)  # reads and acks add no rows
 
 
+@pytest.mark.slow
 async def test_fuzz_client_api(harness: Harness) -> None:
     h = harness
     bridge = Bridge(asyncio.get_running_loop())

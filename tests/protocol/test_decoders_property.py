@@ -202,6 +202,7 @@ def test_random_bytes(data: bytes) -> None:
     feed(data)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(values)
 def test_random_msgpack(value: object) -> None:
@@ -281,6 +282,7 @@ mailboxes = st.from_regex(r"[a-z0-9_+-][a-z0-9._+-]{0,8}", fullmatch=True)
 codes = st.from_regex(r"[A-Z]{2}", fullmatch=True)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(
     env_id=st.binary(min_size=16, max_size=16),

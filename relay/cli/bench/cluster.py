@@ -11,7 +11,6 @@ import re
 import shlex
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import aiohttp
 
 from relay.config.parse import load_config
 from relay.errors import RelayError, Unavailable
+from relay.storage.sqlite.inspect import DatabaseView
 
 JURISDICTION = "DE"
 ORIGIN = "a.bench"
@@ -70,7 +70,7 @@ class BenchNode:
     peer_args: list[str] = field(default_factory=list)
     token: str = ""
     proc: subprocess.Popen[bytes] | None = None
-    db: sqlite3.Connection | None = None
+    db: DatabaseView | None = None
     max_rss_kb: int = 0
     cpu_at_start: float = 0.0
     seen: list[tuple[float, int]] = field(default_factory=list)  # (wall ms, max inbox seq)
@@ -132,7 +132,7 @@ class BenchNode:
 
     def open_db(self) -> None:
         path = load_config(self.dir).node.database
-        self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        self.db = DatabaseView(path)
 
     def committed(self) -> int:
         """Inbox rows committed at this node (inbox.seq only grows during a bench).
@@ -142,8 +142,7 @@ class BenchNode:
         """
         if self.db is None:
             return 0
-        row = self.db.execute("SELECT max(seq) FROM inbox").fetchone()
-        count = int(row[0]) if row and row[0] is not None else 0
+        count = self.db.max_inbox_seq()
         if not self.seen or self.seen[-1][1] != count:
             self.seen.append((time.time() * 1000, count))
         return count

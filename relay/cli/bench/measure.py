@@ -8,7 +8,6 @@ import inspect
 import os
 import platform
 import re
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from relay.cli.bench.cluster import INBOX, JURISDICTION, ORIGIN, BenchNode, Clus
 from relay.config.parse import load_config
 from relay.protocol.envelope import ENVELOPE_DOMAIN, make_header, seal, verify_envelope
 from relay.storage.sqlite import store as store_module
+from relay.storage.sqlite.inspect import sqlite_version
 
 # --- measurements ------------------------------------------------------------------
 
@@ -82,16 +82,12 @@ def destination_rows(b: BenchNode, with_ids: bool) -> list[tuple[bytes, int, int
     max(seq) covered the row: an upper bound on its commit time (within one poll).
     """
     assert b.db is not None
-    cols = "e.id" if with_ids else "x''"
     seqs = [c for _, c in b.seen]
     out: list[tuple[bytes, int, int, float]] = []
-    for r in b.db.execute(
-        f"SELECT {cols}, i.delivered, e.created, i.seq FROM inbox i JOIN envelopes e"
-        " ON e.rid = i.rid"
-    ):
-        k = bisect.bisect_left(seqs, int(r[3]))
+    for ident, delivered, created, seq in b.db.inbox_rows(with_ids):
+        k = bisect.bisect_left(seqs, seq)
         seen = b.seen[k][0] if k < len(seqs) else time.time() * 1000
-        out.append((bytes(r[0]), int(r[1]), int(r[2]), seen))
+        out.append((ident, delivered, created, seen))
     return out
 
 
@@ -100,12 +96,9 @@ def verification_basis(cluster: Cluster) -> tuple[bool, str]:
     total = relayed = 0
     for b in cluster.bs:
         assert b.db is not None
-        row = b.db.execute(
-            "SELECT count(*), sum(from_peer IS NULL OR from_peer != origin) FROM envelopes"
-            " WHERE kind = 'message'"
-        ).fetchone()
-        total += int(row[0] or 0)
-        relayed += int(row[1] or 0)
+        messages, not_direct = b.db.message_envelopes()
+        total += messages
+        relayed += not_direct
     keys = len(load_config(cluster.a.dir).peers[0].keys) if cluster.bs else 0
     skipped = relayed == 0 and total > 0
     basis = (
@@ -121,7 +114,7 @@ def journal_mode(node: BenchNode) -> str:
     if node.db is None:
         node.open_db()
     assert node.db is not None
-    return str(node.db.execute("PRAGMA journal_mode").fetchone()[0])
+    return node.db.journal_mode()
 
 
 def synchronous_setting(node: BenchNode) -> tuple[str, str]:
@@ -183,5 +176,5 @@ def machine() -> dict[str, Any]:
         "cpu": cpu,
         "memory_gb": round(mem_kb / 1024 / 1024, 1),
         "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
+        "sqlite": sqlite_version(),
     }

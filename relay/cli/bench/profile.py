@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import re
 import shutil
 import subprocess
@@ -13,6 +12,7 @@ from typing import Any
 
 from relay.cli.bench.cluster import Cluster
 from relay.errors import RelayError
+from relay.storage.sqlite.inspect import WORKER_THREAD_FUNCTION, worker_thread_lines
 
 # --- profiling ----------------------------------------------------------------------
 
@@ -35,25 +35,6 @@ def start_profilers(cluster: Cluster, directory: Path) -> None:
         cluster.profilers.append((node, prof, out))
 
 
-def _worker_lines() -> dict[int, str]:
-    """Line numbers of aiosqlite's worker thread loop, named by what the thread does there."""
-    try:
-        import aiosqlite.core as core
-
-        lines, first = inspect.getsourcelines(core._connection_worker_thread)
-    except (ImportError, AttributeError, OSError, TypeError):
-        return {}
-    names: dict[int, str] = {}
-    for i, text in enumerate(lines, start=first):
-        if "tx.get()" in text:
-            names[i] = "idle: aiosqlite thread waiting for the next statement"
-        elif "result = function()" in text:
-            names[i] = "aiosqlite thread: one sqlite call (SQL, WAL I/O, fsync)"
-        elif "call_soon_threadsafe" in text:
-            names[i] = "aiosqlite thread: waking the event loop (call_soon_threadsafe)"
-    return names
-
-
 IDLE_LEAVES = ("select (selectors.py)", "EpollSelector.select (selectors.py)")
 
 
@@ -63,7 +44,7 @@ def _frame_name(frame: str, worker: dict[int, str]) -> str:
     if not m:
         return frame
     func, path, line = m.group(1), m.group(2), m.group(3)
-    if func == "_connection_worker_thread" and line and int(line) in worker:
+    if func == WORKER_THREAD_FUNCTION and line and int(line) in worker:
         return worker[int(line)]
     for marker in ("site-packages/", "/relay/", "lib/python3.11/", "lib/python3"):
         if marker in path:
@@ -80,7 +61,7 @@ def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
     Samples whose innermost frame is waiting (epoll, aiosqlite's queue) are idle:
     counted separately, not in the shares.
     """
-    worker = _worker_lines()
+    worker = worker_thread_lines()
     self_n: Counter[str] = Counter()
     incl_n: Counter[str] = Counter()
     threads: Counter[str] = Counter()

@@ -212,9 +212,7 @@ async def run(opts: Options, cluster: Cluster, progress: Progress) -> dict[str, 
     if opts.rate is not None:
         sched = [d - load.scheduled_ms[i] for i, d, _, _ in rows if i in load.scheduled_ms]
         extra["latency_from_schedule_ms"] = {k: round(v, 1) for k, v in percentiles(sched).items()}
-    committed_rows = sum(
-        int(b.db.execute("SELECT count(*) FROM inbox").fetchone()[0]) for b in cluster.bs if b.db
-    )
+    committed_rows = sum(b.db.inbox_count() for b in cluster.bs if b.db)
     skipped, basis = verification_basis(cluster)
     nodes: list[dict[str, Any]] = []
     for node in cluster.nodes:

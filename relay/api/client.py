@@ -50,7 +50,11 @@ def authenticate(state: NodeState, request: web.Request) -> str:
     scheme, _, token = auth.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send 'Authorization: Bearer <mailbox token>'")
-    digest = hashlib.sha256(token.strip().encode()).hexdigest().encode()
+    try:  # aiohttp hands over bytes that are not UTF-8 as lone surrogates
+        raw = token.strip().encode()
+    except UnicodeEncodeError:
+        raise Unauthorized("the token is not UTF-8 text") from None
+    digest = hashlib.sha256(raw).hexdigest().encode()
     found: str | None = None
     for mb in state.config.mailboxes:
         if hmac.compare_digest(digest, mb.token_sha256.encode()):
@@ -65,11 +69,15 @@ async def read_json(request: web.Request, limit: int) -> Any:
         raise TooLarge(f"request body over {limit} bytes")
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.content.iter_chunked(65536):
-        total += len(chunk)
-        if total > limit:
-            raise TooLarge(f"request body over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(65536):
+            total += len(chunk)
+            if total > limit:
+                raise TooLarge(f"request body over {limit} bytes")
+            chunks.append(chunk)
+    except ConnectionResetError:  # aiohttp's "Connection lost": nobody is left to answer
+        got = request.content.total_bytes
+        raise BadRequest(f"the client went away before the end of the body ({got} bytes)") from None
     raw = b"".join(chunks)
     try:
         doc = json.loads(raw)

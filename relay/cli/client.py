@@ -97,7 +97,7 @@ async def _call(
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 connector=aiohttp.TCPConnector(ssl=tls),
             ) as s,
-            s.request(method, url, json=body, headers=hdrs) as resp,
+            s.request(method, url, json=body, headers=hdrs, allow_redirects=False) as resp,
         ):
             text = await resp.text()
             status = resp.status

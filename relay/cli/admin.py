@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import shlex
-import sqlite3
 import sys
 import tomllib
 import urllib.parse
@@ -54,9 +53,9 @@ from relay.config.tomledit import (
     remove_table,
     tables_of,
 )
-from relay.errors import ConfigError, ConfigErrors, Conflict, MalformedError, StoreError
+from relay.errors import ConfigError, ConfigErrors, Conflict, MalformedError
 from relay.protocol.keystr import key_id, parse_public_key, public_key_string
-from relay.storage.sqlite.backup import connect_read_only
+from relay.storage.sqlite.unread import unread_count
 
 KEY_NAME = "node.key"
 DEFAULT_LISTEN = "127.0.0.1:8701"
@@ -474,28 +473,6 @@ def _unique(values: list[str]) -> list[str]:
 # --- mailbox -----------------------------------------------------------------
 
 
-def unread_mail(config: Config, mailbox: str) -> int:
-    """Messages in `mailbox`'s inbox not yet acknowledged, read beside a running node.
-
-    The inbox is keyed by mailbox name, so whoever next holds that name
-    would read them.
-    """
-    if not config.node.database.exists():
-        return 0
-    try:
-        db = connect_read_only(config.node.database)
-        try:
-            row = db.execute(
-                "SELECT count(*) FROM inbox WHERE mailbox = ? AND acked IS NULL", (mailbox,)
-            ).fetchone()
-        finally:
-            db.close()
-    except sqlite3.Error as e:
-        where = config.node.database
-        raise StoreError(f"cannot count {mailbox}'s unread mail in {where}: {e}") from None
-    return int(row[0])
-
-
 def cmd_mailbox_add(args: argparse.Namespace) -> int:
     """Add a mailbox; print its token once, as the last line of stdout.
 
@@ -510,7 +487,7 @@ def cmd_mailbox_add(args: argparse.Namespace) -> int:
             f"mailboxes[{i}].name",
             f"mailbox {args.name!r} already exists (use `relay mailbox rotate` for a new token)",
         )
-    left = unread_mail(node_file.config, args.name)
+    left = unread_count(node_file.config.node.database, args.name)
     if left and not args.inherit:
         raise Conflict(
             f"{left} unread message(s) for a removed mailbox {args.name!r} are still stored;"
@@ -533,7 +510,7 @@ def cmd_mailbox_remove(args: argparse.Namespace) -> int:
     """
     config = load_config(args.dir)
     if any(mb.name == args.name for mb in config.mailboxes):
-        left = unread_mail(config, args.name)
+        left = unread_count(config.node.database, args.name)
         if left:
             raise Conflict(
                 f"mailbox {args.name!r} has {left} unread message(s); read and acknowledge"

@@ -169,7 +169,7 @@ class BenchNode:
             if self.proc is None or self.proc.poll() is not None:
                 raise Unavailable(f"node {self.name} exited during start:\n{self.log_tail()}")
             with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with session.get(f"{self.url}/readyz", allow_redirects=False) as r:
+                async with session.get(f"{self.url}/readyz") as r:
                     if r.status == 200:
                         self.open_db()
                         return
@@ -326,9 +326,7 @@ class Load:
         else:
             path, body = "/v1/messages/batch", json.dumps({"messages": msgs})
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
-        async with self.session.post(
-            self.url + path, data=body, headers=headers, allow_redirects=False
-        ) as r:
+        async with self.session.post(self.url + path, data=body, headers=headers) as r:
             text = await r.text()
             if r.status != 202:
                 raise RelayError(f"A answered {path} with HTTP {r.status}: {text[:300]}")

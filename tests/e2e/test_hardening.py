@@ -63,6 +63,38 @@ def test_non_utf8_authorization_is_a_json_401(node: NodeProc, method: str, path:
     assert "Traceback" not in node.logs()
 
 
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/messages", _nested(1000)),
+        ("/v1/messages", _nested(200_000)),
+        ("/v1/messages", f'{{"to": ["bob@n.test"], "text": "x", "ctype": {_nested(900)}}}'),
+        ("/v1/messages/batch", f'{{"messages": [{_nested(990)}]}}'),
+        ("/v1/inbox/ack", f'{{"ids": [{_nested(950)}]}}'),
+        ("/v1/inbox/ack", f'{{"ids": [{_nested(32)}]}}'),
+    ],
+)
+def test_deeply_nested_json_is_a_400(node: NodeProc, path: str, body: str) -> None:
+    before = node.row_counts()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: n.test\r\nConnection: close\r\n"
+        f"Authorization: Bearer {node.tokens['alice']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    status, _, answer = _raw(node.port, head.encode() + body.encode())
+    assert status == 400, answer[:300]
+    assert json.loads(answer) == {
+        "error": "malformed",
+        "detail": "request body nests arrays and objects over 32 deep",
+    }
+    assert node.row_counts() == before
+    assert "Traceback" not in node.logs()
+
+
 def test_client_gone_mid_body_is_one_quiet_line(node: NodeProc) -> None:
     before = node.row_counts()
     head = (

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
 import ssl
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from relay.api.admin import AdminServer
 from relay.config.keys import load_private_key
 from relay.config.parse import Config, load_config
 from relay.config.tls import client_context, reload_server_files, server_context
-from relay.errors import RelayError
+from relay.errors import RelayError, Unavailable
 from relay.federation import inbound, receipts
 from relay.federation.outbound import Sender
 from relay.logs import event
@@ -107,7 +108,14 @@ class Node:
         site = web.TCPSite(
             self.runner, cfg.node.listen_host, cfg.node.listen_port, ssl_context=self.server_ssl
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            reason = os.strerror(e.errno) if e.errno else str(e)
+            raise Unavailable(
+                f"cannot listen on {cfg.node.listen_host}:{cfg.node.listen_port}"
+                f" ([node] listen in {cfg.path}): {reason}"
+            ) from None
         addresses = self.runner.addresses
         if addresses:
             self.port = int(addresses[0][1])
@@ -211,7 +219,13 @@ async def run_node(directory: Path) -> int:
     """`relay run`: serve until SIGTERM/SIGINT, then drain and return 0."""
     config = load_config(directory)
     node = Node(config)
-    await node.start()
+    try:
+        await node.start()
+    except BaseException:
+        # Close what start() opened (the store's threads and lock, the session,
+        # the listeners) so that the process can exit with the error.
+        await node.stop()
+        raise
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -121,7 +121,7 @@ class BenchNode:
             if self.proc is None or self.proc.poll() is not None:
                 raise Unavailable(f"node {self.name} exited during start:\n{self.log_tail()}")
             with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with session.get(f"{self.url}/readyz") as r:
+                async with session.get(f"{self.url}/readyz", allow_redirects=False) as r:
                     if r.status == 200:
                         self.open_db()
                         return

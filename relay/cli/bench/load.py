@@ -43,7 +43,9 @@ class Load:
         else:
             path, body = "/v1/messages/batch", json.dumps({"messages": msgs})
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
-        async with self.session.post(self.url + path, data=body, headers=headers) as r:
+        async with self.session.post(
+            self.url + path, data=body, headers=headers, allow_redirects=False
+        ) as r:
             text = await r.text()
             if r.status != 202:
                 raise RelayError(f"A answered {path} with HTTP {r.status}: {text[:300]}")

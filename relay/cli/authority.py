@@ -34,7 +34,7 @@ from relay.config.parse import DAY_MS, country_error, node_name_error, url_error
 from relay.config.tomledit import TomlLocator, append_table
 from relay.errors import ConfigError, ConfigErrors, MalformedError
 from relay.policy.certs import decode_line, encode_line, fingerprint, format_ms
-from relay.protocol.envelope import Certificate, open_certificate, sign_certificate
+from relay.protocol.certificate import Certificate, open_certificate, sign_certificate
 from relay.protocol.keystr import parse_public_key, public_key_string
 
 AUTHORITY_TOML = "authority.toml"

@@ -31,7 +31,7 @@ from relay.node.retention import RETENTION_SCHEMA, Due, Preview, preview, purge
 from relay.policy.residency import Decision, Policy, check_submit, policy_hash, rule_matches, stamp
 from relay.policy.routing import next_hop
 from relay.policy.trust import Trust
-from relay.protocol.envelope import split_address
+from relay.protocol.names import split_address
 from relay.storage.sqlite.store import DatabaseLocked, open_readonly, open_store
 
 EXIT_REFUSED = 3

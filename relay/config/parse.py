@@ -31,7 +31,7 @@ from relay.config.tomledit import KeyPath, TomlLocator, dotted
 from relay.errors import ConfigError, ConfigErrors, MalformedError
 from relay.policy.certs import certificate_lines, decode_line, parse_revoked
 from relay.policy.residency import Effect, Mode, Policy, Rule
-from relay.protocol.envelope import open_certificate
+from relay.protocol.certificate import open_certificate
 from relay.protocol.iso3166 import is_country
 from relay.protocol.keystr import key_id, parse_public_key, public_key_string
 

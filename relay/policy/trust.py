@@ -43,7 +43,7 @@ from relay.policy.certs import (
     parse_revoked,
     time_fault,
 )
-from relay.protocol.envelope import open_certificate
+from relay.protocol.certificate import open_certificate
 from relay.protocol.keystr import key_id, parse_public_key
 
 log = logging.getLogger("relay.trust")

@@ -30,7 +30,7 @@ from relay.config.tomledit import TomlLocator
 from relay.errors import ConfigErrors, MalformedError
 from relay.policy.certs import encode_line
 from relay.policy.residency import Policy, Rule
-from relay.protocol.envelope import Certificate, sign_certificate
+from relay.protocol.certificate import Certificate, sign_certificate
 from relay.protocol.keystr import parse_public_key, private_key_from_seed, public_key_string
 
 KEY_A = public_key_string(private_key_from_seed(bytes([1]) * 32).public_key())

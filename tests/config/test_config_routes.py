@@ -17,7 +17,7 @@ from relay.config.parse import Authority, RelayConfig, Route, TrustConfig, load_
 from relay.errors import ConfigErrors
 from relay.policy.certs import decode_line, encode_line, fingerprint
 from relay.policy.routing import matches, next_hop, relay_allowed, route_for
-from relay.protocol.envelope import Certificate, open_certificate, sign_certificate
+from relay.protocol.certificate import Certificate, open_certificate, sign_certificate
 from relay.protocol.keystr import private_key_from_seed, public_key_string
 
 AUTHORITY = private_key_from_seed(bytes([7]) * 32)

@@ -29,15 +29,8 @@ from relay.errors import BadRequest, ConfigErrors, NotFound
 from relay.federation.inbound import BATCH_PATH
 from relay.node.app import Node
 from relay.protocol import httpsig
-from relay.protocol.envelope import (
-    Batch,
-    BatchItem,
-    decode_header,
-    encode_batch,
-    make_header,
-    open_result,
-    seal,
-)
+from relay.protocol.batch import Batch, BatchItem, encode_batch, open_result
+from relay.protocol.envelope import decode_header, make_header, seal
 from relay.protocol.keystr import key_id, private_key_from_seed, public_key_string
 from tests.inprocess import PeerLine, send, start_node, token, url_of, write_node
 

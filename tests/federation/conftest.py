@@ -32,16 +32,8 @@ from relay.federation.inbound import BATCH_PATH
 from relay.node.app import Node
 from relay.node.state import NodeState
 from relay.protocol import httpsig
-from relay.protocol.envelope import (
-    Batch,
-    BatchItem,
-    BatchResult,
-    Envelope,
-    encode_batch,
-    make_header,
-    open_result,
-    seal,
-)
+from relay.protocol.batch import Batch, BatchItem, BatchResult, encode_batch, open_result
+from relay.protocol.envelope import Envelope, make_header, seal
 from relay.protocol.keystr import key_id, public_key_string
 
 NODE = "n.test"

@@ -27,7 +27,12 @@ from relay.policy.certs import (
     time_fault,
 )
 from relay.policy.trust import MAX_LEARNED_PER_NAME, Trust
-from relay.protocol.envelope import CERT_DOMAIN, Certificate, encode_certificate, sign_certificate
+from relay.protocol.certificate import (
+    CERT_DOMAIN,
+    Certificate,
+    encode_certificate,
+    sign_certificate,
+)
 from relay.protocol.keystr import key_id, private_key_from_seed, public_key_string
 
 NOW = 1_800_000_000_000

@@ -13,40 +13,35 @@ import msgpack
 import pytest
 
 from relay.errors import BadSignature, ItemRejected, MalformedError
-from relay.protocol.envelope import (
-    MAX_LIFETIME_MS,
-    RECEIPT_CTYPE,
+from relay.protocol.batch import (
     Batch,
     BatchItem,
     BatchResult,
-    Certificate,
-    Receipt,
     batch_ids,
-    check_payload,
     check_trace,
     decode_batch,
-    decode_header,
-    decode_receipt,
     encode_batch,
+    open_result,
+    sign_result,
+)
+from relay.protocol.certificate import Certificate, open_certificate, sign_certificate
+from relay.protocol.envelope import (
+    MAX_LIFETIME_MS,
+    RECEIPT_CTYPE,
+    check_payload,
+    decode_header,
     encode_header,
-    encode_receipt,
     header_digest,
     make_header,
-    open_certificate,
     open_envelope,
-    open_result,
-    pack,
     peek_id,
     seal,
-    sign_certificate,
-    sign_result,
-    split_address,
-    strict_unpack,
-    valid_mailbox,
-    valid_node_name,
     verify_envelope,
 )
 from relay.protocol.keystr import private_key_from_seed
+from relay.protocol.names import split_address, valid_mailbox, valid_node_name
+from relay.protocol.receipt import Receipt, decode_receipt, encode_receipt
+from relay.protocol.strict import pack, strict_unpack
 
 V: Any = json.loads((Path(__file__).parent.parent / "vectors" / "relay-v1.json").read_text("utf-8"))
 A_KEY = private_key_from_seed(bytes.fromhex(V["keys"]["a.test"]["seed_hex"]))

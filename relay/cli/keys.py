@@ -24,7 +24,8 @@ from relay.config.keyops import (
     rotate,
 )
 from relay.config.keyops import wall_ms as now
-from relay.config.parse import load_config, parse_duration_ms
+from relay.config.parse import load_config
+from relay.config.values import parse_duration_ms
 from relay.errors import MalformedError
 from relay.protocol.keystr import key_id, parse_public_key
 

@@ -30,7 +30,8 @@ from tomlkit.items import Array, Table
 from tomlkit.toml_document import TOMLDocument
 
 from relay.config.keys import load_private_key, write_key_file
-from relay.config.parse import Config, RetiredKey, load_config, parse_config
+from relay.config.model import Config, RetiredKey
+from relay.config.parse import load_config, parse_config
 from relay.config.tomledit import atomic_write_text, dumps, tables_of
 from relay.errors import BadRequest, ConfigError, ConfigErrors, NotFound
 from relay.protocol.keystr import key_id, public_key_string

@@ -15,28 +15,50 @@ Invariants:
 from __future__ import annotations
 
 import datetime
-import hashlib
-import ipaddress
 import re
 import tomllib
-import urllib.parse
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
+from relay.config.files import config_file, own_certificate_error, revoked_file_errors
 from relay.config.keys import KeyFileError, load_private_key
+from relay.config.model import (
+    DAY_MS,
+    Authority,
+    Config,
+    FederationConfig,
+    LimitsConfig,
+    LogConfig,
+    Mailbox,
+    MetricsConfig,
+    NodeConfig,
+    Peer,
+    RelayConfig,
+    RetentionConfig,
+    RetiredKey,
+    Route,
+    TrustConfig,
+)
+from relay.config.table import _Report, _Table
 from relay.config.tls import tls_files_errors
-from relay.config.tomledit import KeyPath, TomlLocator, dotted
+from relay.config.tomledit import KeyPath, TomlLocator
+from relay.config.values import (
+    _GROUP_NAME,
+    _one_of,
+    _public_key_error,
+    _rule_id_error,
+    _sha256_error,
+    country_error,
+    mailbox_name_error,
+    node_name_error,
+    node_pattern_error,
+    parse_listen,
+    url_error,
+)
 from relay.errors import ConfigError, ConfigErrors, MalformedError
-from relay.policy.certs import certificate_lines, decode_line, parse_revoked
 from relay.policy.residency import Effect, Mode, Policy, Rule
-from relay.protocol.certificate import open_certificate
 from relay.protocol.iso3166 import is_country
 from relay.protocol.keystr import key_id, parse_public_key, public_key_string
-
-CONFIG_NAME = "node.toml"
-DAY_MS = 86_400_000
 
 # Tables and keys that later issues will add. Listed here so that using them
 # now says "not supported yet" rather than "unknown"; supporting one means
@@ -44,437 +66,6 @@ DAY_MS = 86_400_000
 _LATER_TABLES: dict[str, str] = {}
 _LATER_NODE_KEYS: dict[str, str] = {}
 _TLS_KEYS = ("tls_cert", "tls_key", "ca_file")  # [node] keys, in tls_files_errors order
-
-
-@dataclass(frozen=True, slots=True)
-class RetiredKey:
-    """One `[node] retired_keys` entry: a former signing key, verifiable until `valid_until`."""
-
-    key: str  # ed25519:... public key string; the private key is no longer needed
-    valid_until_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class NodeConfig:
-    """The `[node]` table."""
-
-    name: str
-    jurisdiction: str
-    listen_host: str
-    listen_port: int
-    public_url: str
-    key_file: Path
-    database: Path
-    max_body_bytes: int = 16 * 1024 * 1024
-    queue_lifetime_ms: int = 5 * DAY_MS
-    certificates: tuple[Path, ...] = ()
-    admin_token_sha256: str | None = None
-    retired_keys: tuple[RetiredKey, ...] = ()  # relay.policy.keyring: published, never signing
-    revoked_keys: tuple[str, ...] = ()  # never used, never published
-    tls_cert: Path | None = None  # with tls_key: the listener serves HTTPS (relay.config.tls)
-    tls_key: Path | None = None
-    ca_file: Path | None = None  # outbound HTTPS trusts only these CAs; None: the system's
-
-    @property
-    def listen(self) -> str:
-        """`host:port`, with brackets around an IPv6 host."""
-        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
-        return f"{host}:{self.listen_port}"
-
-
-@dataclass(frozen=True, slots=True)
-class FederationConfig:
-    """The `[federation]` table: batching, backoff and timeouts of outbound senders."""
-
-    batch_envelopes: int = 500
-    batch_bytes: int = 4 * 1024 * 1024
-    retry_min_ms: int = 1000
-    retry_max_ms: int = 3_600_000
-    request_timeout_ms: int = 30_000
-    connect_timeout_ms: int = 10_000
-    receipt_window_ms: int = 200
-
-
-@dataclass(frozen=True, slots=True)
-class RetentionConfig:
-    """The `[retention]` table, in days."""
-
-    content_min_days: int = 0
-    content_max_days: int = 365
-    metadata_min_days: int = 0
-    metadata_max_days: int = 1095
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """One `[[peers]]` entry: a pinned node, its trusted jurisdiction and keys."""
-
-    name: str
-    url: str | None
-    jurisdiction: str
-    keys: tuple[str, ...]
-    revoked_keys: tuple[str, ...] = ()  # refused at once, with a reason that says so
-
-
-@dataclass(frozen=True, slots=True)
-class Mailbox:
-    """One `[[mailboxes]]` entry; the token itself is never stored."""
-
-    name: str
-    token_sha256: str
-    webhook: str | None = None
-    webhook_jurisdiction: str | None = None  # None: the node's own jurisdiction
-
-
-@dataclass(frozen=True, slots=True)
-class LimitsConfig:
-    """The `[limits]` table: rate limits and backpressure bounds; 0 means unlimited.
-
-    `client_rate` is messages a second per mailbox (a batch submit counts its
-    messages, any other request counts 1); `peer_rate` is batch requests a
-    second per peer. `max_queued` bounds the envelopes queued for other nodes
-    (a submit past it is answered 503); `max_pending_writes` bounds the jobs
-    waiting for the store writer (requests past it are answered 503).
-    """
-
-    client_rate: int = 50_000  # generous: the throughput goal is 10,000 msg/s per node
-    client_burst: int = 100_000
-    peer_rate: int = 2_000  # a sender keeps one batch in flight per destination
-    peer_burst: int = 4_000
-    max_queued: int = 1_000_000
-    max_pending_writes: int = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class LogConfig:
-    """The `[log]` table."""
-
-    format: str = "text"
-    level: str = "info"
-
-
-@dataclass(frozen=True, slots=True)
-class MetricsConfig:
-    """The `[metrics]` table: where `GET /metrics` is served and who may read it.
-
-    Without `listen` it is served on the node's own listener.
-    """
-
-    listen_host: str | None = None
-    listen_port: int = 0
-    token_sha256: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One `[[routes]]` entry: envelopes for nodes matching `to` go to `via`."""
-
-    to: str  # a node name or `*.suffix`
-    via: str
-
-
-@dataclass(frozen=True, slots=True)
-class RelayConfig:
-    """The `[relay]` table: for whom this node relays (names or `*.suffix`)."""
-
-    for_origins: tuple[str, ...] = ()
-    for_destinations: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Authority:
-    """One `[[authorities]]` entry: a certificate authority and what it may attest."""
-
-    name: str
-    key: str
-    jurisdictions: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class TrustConfig:
-    """The `[trust]` table: where certificates and the revocation list are kept.
-
-    Both default to files next to node.toml (`certs/`, `revoked.txt`) that may
-    be absent; an explicitly configured path must exist.
-    """
-
-    certificates_dir: Path | None = None
-    revoked: Path | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    """A whole, valid node.toml."""
-
-    path: Path
-    node: NodeConfig
-    policy: Policy
-    retention: RetentionConfig
-    federation: FederationConfig
-    peers: tuple[Peer, ...]
-    mailboxes: tuple[Mailbox, ...]
-    log: LogConfig
-    metrics: MetricsConfig = MetricsConfig()
-    routes: tuple[Route, ...] = ()
-    relay: RelayConfig = RelayConfig()
-    authorities: tuple[Authority, ...] = ()
-    trust: TrustConfig = TrustConfig()
-    limits: LimitsConfig = LimitsConfig()
-
-    def peer(self, name: str) -> Peer | None:
-        """The pinned peer called `name`, if any."""
-        return next((p for p in self.peers if p.name == name), None)
-
-    def mailbox(self, name: str) -> Mailbox | None:
-        """The local mailbox called `name`, if any."""
-        return next((m for m in self.mailboxes if m.name == name), None)
-
-
-# --- value checks, shared with the CLI ---------------------------------------
-
-_NODE_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_MAILBOX_NAME = re.compile(
-    r"[a-z0-9_+-][a-z0-9._+-]{0,63}"
-)  # as relay.protocol.envelope.valid_mailbox
-_GROUP_NAME = re.compile(r"[A-Z][A-Z0-9_]{1,31}")
-_RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_DURATION = re.compile(r"(\d{1,12})(ms|s|m|h|d)")
-_DURATION_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": DAY_MS}
-RESERVED_MAILBOXES = frozenset({"postmaster"})
-
-
-def node_pattern_error(pattern: str) -> str | None:
-    """Why `pattern` is neither a node name nor `*.suffix` of one, or None."""
-    if pattern.startswith("*."):
-        return node_name_error(pattern[2:])
-    return node_name_error(pattern)
-
-
-def node_name_error(name: str) -> str | None:
-    """Why `name` is not a node name (lowercase DNS-style), or None."""
-    if not name:
-        return "empty node name"
-    if len(name) > 253:
-        return "node name longer than 253 characters"
-    for label in name.split("."):
-        if not _NODE_LABEL.fullmatch(label):
-            return (
-                f"bad node name {name!r}: use lowercase labels of a-z, 0-9 and '-' "
-                "separated by '.', no empty label, no '-' at a label's ends"
-            )
-    return None
-
-
-def mailbox_name_error(name: str) -> str | None:
-    """Why `name` is not a mailbox name, or None."""
-    if not _MAILBOX_NAME.fullmatch(name):
-        return f"bad mailbox name {name!r}: use 1..64 of a-z 0-9 . _ + -, not starting with '.'"
-    if name in RESERVED_MAILBOXES:
-        return f"mailbox name {name!r} is reserved for receipts"
-    return None
-
-
-def country_error(code: str) -> str | None:
-    """Why `code` is not an ISO 3166-1 alpha-2 country code, or None."""
-    if is_country(code):
-        return None
-    if is_country(code.upper()):
-        return f"bad country code {code!r} (codes are uppercase: {code.upper()!r})"
-    return f"bad country code {code!r}"
-
-
-def url_error(url: str) -> str | None:
-    """Why `url` is not an http(s) URL with a host, or None."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError as e:
-        return f"bad URL {url!r}: {e}"
-    if parts.scheme not in ("http", "https"):
-        return f"bad URL {url!r}: must start with http:// or https://"
-    if not parts.hostname:
-        return f"bad URL {url!r}: no host"
-    if not port_ok:
-        return f"bad URL {url!r}: port 0"
-    if parts.username is not None or parts.query or parts.fragment:
-        return f"bad URL {url!r}: no user, query or fragment allowed"
-    return None
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """Split `host:port` or `[v6]:port`; ValueError with a reason."""
-    m = re.fullmatch(r"\[([^\]]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", listen)
-    if m is None:
-        raise ValueError(f"bad listen address {listen!r}: use HOST:PORT or [IPV6]:PORT")
-    v6, host = m.group(1), m.group(3)
-    port = int(m.group(2) or m.group(4))
-    if port > 65535:
-        raise ValueError(f"bad listen address {listen!r}: port over 65535")
-    if v6 is not None:
-        try:
-            ipaddress.IPv6Address(v6)
-        except ValueError:
-            raise ValueError(f"bad listen address {listen!r}: not an IPv6 address") from None
-        return v6, port
-    if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
-        raise ValueError(f"bad listen address {listen!r}: bad host")
-    return host, port
-
-
-def parse_duration_ms(s: str) -> int:
-    """Milliseconds in a duration such as "500ms", "30s", "5m", "1h" or "5d".
-
-    ValueError, with a reason, for anything else.
-    """
-    m = _DURATION.fullmatch(s)
-    if m is None:
-        raise ValueError(f"bad duration {s!r}: use a whole number and a unit ms, s, m, h or d")
-    return int(m.group(1)) * _DURATION_UNIT_MS[m.group(2)]
-
-
-def mailbox_token_sha256(token: str) -> str:
-    """The stored form of a mailbox token: lowercase hex SHA-256 of its UTF-8 bytes."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def config_file(path: Path) -> Path:
-    """A node directory means its node.toml; a file path is taken as is."""
-    return path / CONFIG_NAME if path.is_dir() else path
-
-
-# --- reading tables ----------------------------------------------------------
-
-T = TypeVar("T")
-_TYPE_NAMES = {str: "a string", int: "an integer", list: "an array", dict: "a table"}
-
-
-class _Report:
-    """Collects problems, each located by key path."""
-
-    def __init__(self, file: str, locator: TomlLocator) -> None:
-        self.file = file
-        self.locator = locator
-        self.errors: list[ConfigError] = []
-
-    def add(self, path: KeyPath, reason: str) -> None:
-        line = self.locator.line(path)
-        self.errors.append(ConfigError(self.file, line, dotted(path), reason))
-
-
-class _Table:
-    """One TOML table being read; remembers which keys were used."""
-
-    def __init__(self, data: Mapping[str, object], path: KeyPath, report: _Report) -> None:
-        self.data = data
-        self.path = path
-        self.report = report
-        self.used: set[str] = set()
-
-    def error(self, key: str, reason: str) -> None:
-        self.report.add((*self.path, key), reason)
-
-    def raw(self, key: str, kind: type[T], *, required: bool = False) -> T | None:
-        """The value under `key` if present and of `kind` (bool is never an int)."""
-        self.used.add(key)
-        if key not in self.data:
-            if required:
-                self.report.add((*self.path, key), "missing (required)")
-            return None
-        value = self.data[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            self.error(key, f"expected {_TYPE_NAMES[kind]}, got {_toml_type(value)}")
-            return None
-        return value
-
-    def string(
-        self, key: str, *, required: bool = False, check: Callable[[str], str | None] | None = None
-    ) -> str | None:
-        value = self.raw(key, str, required=required)
-        if value is not None and check is not None and (reason := check(value)) is not None:
-            self.error(key, reason)
-            return None
-        return value
-
-    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
-        value = self.raw(key, int)
-        if value is None:
-            return default
-        if not lo <= value <= hi:
-            self.error(key, f"{value} is out of range {lo}..{hi}")
-            return default
-        return value
-
-    def duration_ms(self, key: str, default: int, *, lo: int = 1) -> int:
-        if key in self.data and not isinstance(self.data[key], str):
-            self.used.add(key)
-            self.error(key, 'expected a duration string such as "30s", "5m", "1h" or "5d"')
-            return default
-        value = self.raw(key, str)
-        if value is None:
-            return default
-        try:
-            ms = parse_duration_ms(value)
-        except ValueError as e:
-            self.error(key, str(e))
-            return default
-        if ms < lo:
-            self.error(key, f"duration {value!r} is too short (at least {lo} ms)")
-            return default
-        return ms
-
-    def strings(
-        self, key: str, *, single: bool = False, required: bool = False
-    ) -> list[str] | None:
-        """A list of strings; with `single`, one string is taken as a list of one."""
-        self.used.add(key)
-        if key not in self.data:
-            if required:
-                self.report.add((*self.path, key), "missing (required)")
-            return None
-        value = self.data[key]
-        if single and isinstance(value, str):
-            return [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            what = "a string or an array of strings" if single else "an array of strings"
-            self.error(key, f"expected {what}")
-            return None
-        return [str(v) for v in value]
-
-    def table(self, key: str) -> _Table | None:
-        value = self.raw(key, dict)
-        return None if value is None else _Table(value, (*self.path, key), self.report)
-
-    def tables(self, key: str) -> list[_Table]:
-        """An array of tables `[[key]]`."""
-        value = self.raw(key, list)
-        if value is None:
-            return []
-        if not all(isinstance(v, dict) for v in value):
-            self.error(key, f"expected [[{dotted((*self.path, key))}]] tables")
-            return []
-        return [_Table(v, (*self.path, key, i), self.report) for i, v in enumerate(value)]
-
-    def done(self, later: Mapping[str, str] | None = None) -> None:
-        """Report every key that was not read."""
-        for key in self.data:
-            if key in self.used:
-                continue
-            value = self.data[key]
-            if later and key in later:
-                self.error(key, f"not supported yet ({later[key]})")
-            elif isinstance(value, dict):
-                self.error(key, f"unknown table [{dotted((*self.path, key))}]")
-            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-                self.error(key, f"unknown table [[{dotted((*self.path, key))}]]")
-            else:
-                self.error(key, "unknown key")
-
-
-def _toml_type(value: object) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
-    names |= {list: "an array", dict: "a table"}
-    return names.get(type(value), "a date or time")
 
 
 # --- load --------------------------------------------------------------------
@@ -1065,61 +656,3 @@ def _condition(r: _Table, key: str, check: Callable[[str], str | None]) -> tuple
         if (reason := check(value)) is not None:
             r.error(key, reason)
     return tuple(values)
-
-
-def _one_of(*allowed: str) -> Callable[[str], str | None]:
-    def check(value: str) -> str | None:
-        if value in allowed:
-            return None
-        return f"bad value {value!r}: use " + " or ".join(f'"{a}"' for a in allowed)
-
-    return check
-
-
-def _sha256_error(value: str) -> str | None:
-    if _SHA256_HEX.fullmatch(value):
-        return None
-    return "expected 64 lowercase hex digits (a SHA-256)"
-
-
-def _public_key_error(value: str) -> str | None:
-    try:
-        parse_public_key(value)
-    except MalformedError as e:
-        return e.detail
-    return None
-
-
-def own_certificate_error(path: Path, node_name: str | None) -> str | None:
-    """Why `path` is not a certificate file for this node (one base64 line), or None."""
-    try:
-        text = path.read_text(encoding="ascii")
-    except FileNotFoundError:
-        return f"no such certificate file: {path}"
-    except (OSError, UnicodeDecodeError) as e:
-        return f"{path}: cannot read: {e}"
-    lines = certificate_lines(text)
-    if len(lines) != 1:
-        return f"{path}: expected one certificate line, found {len(lines)}"
-    try:
-        cert, _, _ = open_certificate(decode_line(lines[0][1]))
-    except MalformedError as e:
-        return f"{path}: {e.detail}"
-    if node_name is not None and cert.name != node_name:
-        return f"{path}: the certificate is for {cert.name!r}, not this node {node_name!r}"
-    return None
-
-
-def revoked_file_errors(path: Path) -> list[str]:
-    """Problems of a revocation list file, each as `FILE:LINE: reason`."""
-    try:
-        text = path.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as e:
-        return [f"{path}: cannot read: {e}"]
-    return [f"{path}:{line}: {reason}" for line, reason in parse_revoked(text)[1]]
-
-
-def _rule_id_error(value: str) -> str | None:
-    if _RULE_ID.fullmatch(value):
-        return None
-    return f"bad rule id {value!r}: use 1..64 of A-Z a-z 0-9 . _ -, starting with a letter or digit"

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 
 import aiohttp
 
-from relay.config.parse import FederationConfig
+from relay.config.model import FederationConfig
 from relay.errors import BadSignature, MalformedError, RelayError
 from relay.federation import relaying
 from relay.logs import event

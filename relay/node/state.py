@@ -16,7 +16,7 @@ from typing import ClassVar
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay.config.parse import Config
+from relay.config.model import Config
 from relay.logs import event
 from relay.node import fault
 from relay.node.backpressure import Backpressure

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from relay.config.parse import Config
+from relay.config.model import Config
 from relay.errors import MalformedError
 from relay.logs import event
 from relay.policy.certs import (

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from relay.config.keys import generate_key_file
-from relay.config.parse import (
+from relay.config.model import (
     Config,
     FederationConfig,
     LogConfig,
@@ -23,10 +23,10 @@ from relay.config.parse import (
     Peer,
     RetentionConfig,
     TrustConfig,
-    load_config,
-    parse_duration_ms,
 )
+from relay.config.parse import load_config
 from relay.config.tomledit import TomlLocator
+from relay.config.values import parse_duration_ms
 from relay.errors import ConfigErrors, MalformedError
 from relay.policy.certs import encode_line
 from relay.policy.residency import Policy, Rule

@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from relay.config.keys import generate_key_file
-from relay.config.parse import load_config, mailbox_token_sha256
+from relay.config.parse import load_config
+from relay.config.values import mailbox_token_sha256
 from relay.federation.inbound import BATCH_PATH
 from relay.node.app import Node
 from relay.node.state import NodeState

@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay.config.parse import DAY_MS
+from relay.config.model import DAY_MS
 from relay.federation.inbound import BATCH_PATH
 from relay.protocol.batch import BatchItem, BatchResult, decode_batch, sign_result
 from relay.protocol.certificate import Certificate, sign_certificate

@@ -14,7 +14,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.config.keys import generate_key_file
-from relay.config.parse import DAY_MS, Config, parse_config
+from relay.config.model import DAY_MS, Config
+from relay.config.parse import parse_config
 from relay.errors import MalformedError
 from relay.policy.certs import (
     TrustedAuthority,

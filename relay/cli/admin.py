@@ -31,10 +31,9 @@ from tomlkit.items import AoT, Table
 from tomlkit.toml_document import TOMLDocument
 
 from relay.cli.keys import add_key_actions
-from relay.config.files import config_file
+from relay.config.files import config_file, load_config, validate_config
 from relay.config.keys import generate_key_file, load_private_key
 from relay.config.model import CONFIG_NAME, Config
-from relay.config.parse import load_config, parse_config
 from relay.config.tomledit import (
     TomlLocator,
     append_table,
@@ -218,7 +217,7 @@ class _NodeFile:
     def save(self) -> Config:
         """Validate the edited document as a whole, then write it atomically."""
         new_text = dumps(self.doc)
-        config = parse_config(new_text, self.path)  # ConfigErrors: nothing written
+        config = validate_config(new_text, self.path)  # ConfigErrors: nothing written
         if self.path.read_text(encoding="utf-8") != self.text:
             raise ConfigErrors(
                 [ConfigError(str(self.path), 1, "(file)", "changed while editing; try again")]

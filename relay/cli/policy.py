@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from relay.config.files import load_config
 from relay.config.model import Config
-from relay.config.parse import load_config
 from relay.config.values import parse_duration_ms
 from relay.errors import BadRequest, MalformedError, RelayError
 from relay.node.retention import RETENTION_SCHEMA, Due, Preview, preview, purge

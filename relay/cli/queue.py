@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from relay.api.admin_client import call
+from relay.config.files import load_config
 from relay.config.model import Config
-from relay.config.parse import load_config
 from relay.config.values import node_name_error
 from relay.errors import StoreError
 from relay.node import queueview

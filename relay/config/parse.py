@@ -1,11 +1,14 @@
-"""node.toml -> frozen, validated config (DESIGN §9).
+"""node.toml text -> frozen, validated config (DESIGN §9). Pure: reads no file.
 
 Invariants:
-- `load_config` returns a `Config` only when the file has no problem at all;
+- `parse_config` returns a `Config` only when the text has no problem at all;
   otherwise it raises `ConfigErrors` listing every problem found, in file
   order, each as `FILE:LINE: key: reason`. Nothing is silently ignored: an
   unknown key or table is a problem, and so is a type, range or reference
   error.
+- The files the text names (key, TLS, certificates, revocation list) are not
+  read here: `parse_document` lists them as FileChecks, which
+  relay.config.files runs for `load_config` and `validate_config`.
 - Every country code is checked against ISO 3166-1 alpha-2; group names are
   expanded (recursively, cycles refused) so `Config.policy` holds only codes.
 - Paths (key file, database, certificates) are absolute, resolved against the
@@ -18,10 +21,9 @@ import datetime
 import re
 import tomllib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-from relay.config.files import config_file, own_certificate_error, revoked_file_errors
-from relay.config.keys import KeyFileError, load_private_key
 from relay.config.model import (
     DAY_MS,
     Authority,
@@ -40,7 +42,6 @@ from relay.config.model import (
     TrustConfig,
 )
 from relay.config.table import _Report, _Table
-from relay.config.tls import tls_files_errors
 from relay.config.tomledit import KeyPath, TomlLocator
 from relay.config.values import (
     _GROUP_NAME,
@@ -58,7 +59,7 @@ from relay.config.values import (
 from relay.errors import ConfigError, ConfigErrors, MalformedError
 from relay.policy.residency import Effect, Mode, Policy, Rule
 from relay.protocol.iso3166 import is_country
-from relay.protocol.keystr import key_id, parse_public_key, public_key_string
+from relay.protocol.keystr import key_id, parse_public_key
 
 # Tables and keys that later issues will add. Listed here so that using them
 # now says "not supported yet" rather than "unknown"; supporting one means
@@ -68,25 +69,73 @@ _LATER_NODE_KEYS: dict[str, str] = {}
 _TLS_KEYS = ("tls_cert", "tls_key", "ca_file")  # [node] keys, in tls_files_errors order
 
 
-# --- load --------------------------------------------------------------------
+# --- parse -------------------------------------------------------------------
 
 
-def load_config(path: Path) -> Config:
-    """Load and validate `path` (a node directory or its node.toml); ConfigErrors if bad."""
-    file = config_file(path).absolute()
-    try:
-        text = file.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigErrors([ConfigError(str(file), 1, "(file)", "no such file")]) from None
-    except UnicodeDecodeError as e:
-        raise ConfigErrors([ConfigError(str(file), 1, "(file)", f"not UTF-8: {e}")]) from None
-    except OSError as e:
-        raise ConfigErrors([ConfigError(str(file), 1, "(file)", str(e.strerror))]) from None
-    return parse_config(text, file)
+@dataclass(frozen=True, slots=True)
+class KeyFileCheck:
+    """`[node] key_file` must hold a private key that is neither revoked nor
+    sharing a key id with a retired key (`retired` is (where, key) pairs)."""
+
+    file: Path
+    revoked: tuple[str, ...]
+    retired: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFilesCheck:
+    """`[node] tls_cert`, `tls_key`, `ca_file`: paired, readable, matching."""
+
+    tls_cert: Path | None
+    tls_key: Path | None
+    ca_file: Path | None
+
+
+@dataclass(frozen=True, slots=True)
+class OwnCertificateCheck:
+    """One of `[node] certificates`: one certificate line, for this node."""
+
+    file: Path
+    node_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TrustFilesCheck:
+    """`[trust]`: an explicit directory or revocation list must exist; a
+    revocation list that exists must parse."""
+
+    certificates_dir: Path
+    explicit_dir: bool
+    revoked: Path
+    explicit_revoked: bool
+
+
+FileCheck = KeyFileCheck | TlsFilesCheck | OwnCertificateCheck | TrustFilesCheck
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedConfig:
+    """What the text alone says: the config (None if unusable), the problems
+    found so far, and the file checks still to run (relay.config.files)."""
+
+    config: Config | None
+    report: _Report
+    checks: tuple[FileCheck, ...]
 
 
 def parse_config(text: str, file: Path) -> Config:
-    """Validate `text` as if it were the content of `file` (relative paths resolve there)."""
+    """Validate `text` as if it were the content of `file` (relative paths resolve there).
+
+    Pure: no file is read, so the files node.toml names are not checked;
+    relay.config.files.load_config and validate_config do that too.
+    ConfigErrors if the text has any problem.
+    """
+    parsed = parse_document(text, file)
+    return raise_problems(parsed.report, parsed.config)
+
+
+def parse_document(text: str, file: Path) -> ParsedConfig:
+    """Parse and check `text` without reading any file; ConfigErrors only for bad TOML."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -96,7 +145,13 @@ def parse_config(text: str, file: Path) -> Config:
         reason = f"{msg[: m.start()]} at column {m.group(2)}" if m else msg
         raise ConfigErrors([ConfigError(str(file), line, "(syntax)", reason)]) from None
     report = _Report(str(file), TomlLocator(text))
-    config = _Parser(report, file).parse(_Table(data, (), report))
+    parser = _Parser(report, file)
+    config = parser.parse(_Table(data, (), report))
+    return ParsedConfig(config, report, tuple(parser.checks))
+
+
+def raise_problems(report: _Report, config: Config | None) -> Config:
+    """`config` if no problem was reported, else ConfigErrors in file order."""
     if report.errors or config is None:
         raise ConfigErrors(sorted(report.errors, key=lambda e: e.line))
     return config
@@ -109,6 +164,7 @@ class _Parser:
         self.report = report
         self.file = file
         self.jurisdiction = ""
+        self.checks: list[FileCheck] = []
 
     def parse(self, top: _Table) -> Config | None:
         if "node" not in top.data:
@@ -191,24 +247,16 @@ class _Parser:
         public_url = t.string("public_url", check=url_error)
         key_value = t.string("key_file", required=True)
         key_file = None if key_value is None else self.resolve(key_value)
-        signing: str | None = None
-        if key_file is not None:
-            try:
-                signing = public_key_string(load_private_key(key_file).public_key())
-            except KeyFileError as e:
-                t.error("key_file", e.detail)
-        retired, revoked = self.node_keys(t, signing)
+        retired, revoked = self.node_keys(t, key_file)
         tls_files = {k: self.resolve(v) if (v := t.string(k)) else None for k in _TLS_KEYS}
-        for tls_key, problem in tls_files_errors(*tls_files.values()):
-            t.error(tls_key, problem)
+        self.checks.append(TlsFilesCheck(*tls_files.values()))
         database = self.resolve(t.string("database") or "relay.db")
         max_body = t.integer("max_body_bytes", 16 * 1024 * 1024, 1024, 2**31)
         lifetime = t.duration_ms("queue_lifetime", 5 * DAY_MS)
         certificates: list[Path] = []
         for value in t.strings("certificates") or []:
             cert = self.resolve(value)
-            if (reason := own_certificate_error(cert, name)) is not None:
-                t.error("certificates", reason)
+            self.checks.append(OwnCertificateCheck(cert, name))
             certificates.append(cert)
         admin = t.string("admin_token_sha256", check=_sha256_error)
         t.done(_LATER_NODE_KEYS)
@@ -235,24 +283,19 @@ class _Parser:
         )
 
     def node_keys(
-        self, t: _Table, signing: str | None
+        self, t: _Table, key_file: Path | None
     ) -> tuple[tuple[RetiredKey, ...], tuple[str, ...]]:
         """`[node] retired_keys` and `revoked_keys` (relay.policy.keyring says what they mean).
 
-        Every key appears once across the signing, retired and revoked keys, and
-        key ids are distinct, since the node document is keyed by key id.
+        Every key appears once across the retired and revoked keys, and key ids
+        are distinct, since the node document is keyed by key id. The same
+        against the signing key needs `key_file` read: a KeyFileCheck.
         """
-        seen: dict[str, str] = {} if signing is None else {key_id(signing): "the signing key"}
+        seen: dict[str, str] = {}
         revoked: list[str] = []
         for key in t.strings("revoked_keys") or []:
             if (reason := _public_key_error(key)) is not None:
                 t.error("revoked_keys", reason)
-            elif key == signing:
-                t.error(
-                    "revoked_keys",
-                    f"{key} is the signing key (key_file); a revoked key never signs: "
-                    "`relay key revoke DIR KEYID` makes a new signing key first",
-                )
             elif key in revoked:
                 t.error("revoked_keys", f"key {key!r} listed twice")
             else:
@@ -286,6 +329,9 @@ class _Parser:
                 continue
             seen[key_id(retired_key)] = where
             retired.append(RetiredKey(retired_key, int(until.timestamp() * 1000)))
+        if key_file is not None:
+            places = tuple(zip(seen.values(), (r.key for r in retired), strict=True))
+            self.checks.append(KeyFileCheck(key_file, tuple(revoked), places))
         return tuple(retired), tuple(revoked)
 
     # -- [policy] -------------------------------------------------------------
@@ -576,14 +622,12 @@ class _Parser:
         explicit_revoked = t.string("revoked")
         t.done()
         certificates_dir = self.resolve(explicit_dir or "certs")
-        if explicit_dir is not None and not certificates_dir.is_dir():
-            t.error("certificates_dir", f"no such directory: {certificates_dir}")
         revoked = self.resolve(explicit_revoked or "revoked.txt")
-        if explicit_revoked is not None and not revoked.is_file():
-            t.error("revoked", f"no such file: {revoked}")
-        elif revoked.is_file():
-            for reason in revoked_file_errors(revoked):
-                t.error("revoked", reason)
+        self.checks.append(
+            TrustFilesCheck(
+                certificates_dir, explicit_dir is not None, revoked, explicit_revoked is not None
+            )
+        )
         return TrustConfig(certificates_dir, revoked)
 
     # -- [[peers]], [[mailboxes]] ---------------------------------------------

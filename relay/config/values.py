@@ -20,7 +20,7 @@ from relay.protocol.keystr import parse_public_key
 _NODE_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _MAILBOX_NAME = re.compile(
     r"[a-z0-9_+-][a-z0-9._+-]{0,63}"
-)  # as relay.protocol.envelope.valid_mailbox
+)  # as relay.protocol.names.valid_mailbox
 _GROUP_NAME = re.compile(r"[A-Z][A-Z0-9_]{1,31}")
 _RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")

@@ -22,9 +22,9 @@ from aiohttp import web
 
 from relay.api import client as client_api
 from relay.api.admin import AdminServer
+from relay.config.files import load_config
 from relay.config.keys import load_private_key
 from relay.config.model import Config
-from relay.config.parse import load_config
 from relay.config.tls import client_context, reload_server_files, server_context
 from relay.errors import RelayError
 from relay.federation import inbound, receipts

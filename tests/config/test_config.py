@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.config.files import load_config
 from relay.config.keys import generate_key_file
 from relay.config.model import (
     Config,
@@ -24,7 +25,6 @@ from relay.config.model import (
     RetentionConfig,
     TrustConfig,
 )
-from relay.config.parse import load_config
 from relay.config.tomledit import TomlLocator
 from relay.config.values import parse_duration_ms
 from relay.errors import ConfigErrors, MalformedError

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from relay.config.files import load_config
 from relay.config.keys import generate_key_file
 from relay.config.model import Authority, RelayConfig, Route, TrustConfig
-from relay.config.parse import load_config
 from relay.errors import ConfigErrors
 from relay.policy.certs import decode_line, encode_line, fingerprint
 from relay.policy.routing import matches, next_hop, relay_allowed, route_for

@@ -22,9 +22,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.cli import main as cli
+from relay.config.files import load_config
 from relay.config.keyops import default_grace_ms, key_infos, revoke, revoke_peer_key, rotate
 from relay.config.keys import generate_key_file, load_private_key
-from relay.config.parse import load_config
 from relay.errors import BadRequest, ConfigErrors, NotFound
 from relay.federation.inbound import BATCH_PATH
 from relay.node.app import Node

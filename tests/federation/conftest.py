@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from relay.config.files import load_config
 from relay.config.keys import generate_key_file
-from relay.config.parse import load_config
 from relay.config.values import mailbox_token_sha256
 from relay.federation.inbound import BATCH_PATH
 from relay.node.app import Node

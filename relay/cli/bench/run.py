@@ -47,7 +47,7 @@ from typing import Any
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay.config.parse import load_config
+from relay.config.files import load_config
 from relay.errors import RelayError, Unavailable
 from relay.protocol.envelope import ENVELOPE_DOMAIN, make_header, seal, verify_envelope
 from relay.storage.sqlite import store as store_module

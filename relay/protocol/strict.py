@@ -25,15 +25,15 @@ SIGNATURE_SIZE = 64
 # --- strict msgpack ---------------------------------------------------------
 
 
-class _RepeatedKey(Exception):
-    """Raised from inside the unpacker; turned into MalformedError by strict_unpack."""
+class _RepeatedKey(MalformedError):
+    """Raised from inside the unpacker; strict_unpack re-raises it with `what` in front."""
 
     def __init__(self, key: str | bytes) -> None:
-        super().__init__(key)
+        super().__init__(f"map key {_show(key)} is repeated")
         self.key = key
 
 
-class _Refused(Exception):
+class _Refused(MalformedError):
     """A value the strict subset refuses; `path` is filled in on the way out."""
 
     def __init__(self, reason: str) -> None:

@@ -16,11 +16,8 @@ from relay.config.model import DAY_MS
 from relay.errors import MalformedError
 from relay.protocol.iso3166 import is_country
 from relay.protocol.keystr import parse_public_key
+from relay.protocol.names import valid_mailbox, valid_node_name
 
-_NODE_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_MAILBOX_NAME = re.compile(
-    r"[a-z0-9_+-][a-z0-9._+-]{0,63}"
-)  # as relay.protocol.names.valid_mailbox
 _GROUP_NAME = re.compile(r"[A-Z][A-Z0-9_]{1,31}")
 _RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -42,18 +39,17 @@ def node_name_error(name: str) -> str | None:
         return "empty node name"
     if len(name) > 253:
         return "node name longer than 253 characters"
-    for label in name.split("."):
-        if not _NODE_LABEL.fullmatch(label):
-            return (
-                f"bad node name {name!r}: use lowercase labels of a-z, 0-9 and '-' "
-                "separated by '.', no empty label, no '-' at a label's ends"
-            )
+    if not valid_node_name(name):
+        return (
+            f"bad node name {name!r}: use lowercase labels of a-z, 0-9 and '-' "
+            "separated by '.', no empty label, no '-' at a label's ends"
+        )
     return None
 
 
 def mailbox_name_error(name: str) -> str | None:
     """Why `name` is not a mailbox name, or None."""
-    if not _MAILBOX_NAME.fullmatch(name):
+    if not valid_mailbox(name):
         return f"bad mailbox name {name!r}: use 1..64 of a-z 0-9 . _ + -, not starting with '.'"
     if name in RESERVED_MAILBOXES:
         return f"mailbox name {name!r} is reserved for receipts"

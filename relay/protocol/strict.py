@@ -30,7 +30,6 @@ class _RepeatedKey(MalformedError):
 
     def __init__(self, key: str | bytes) -> None:
         super().__init__(f"map key {_show(key)} is repeated")
-        self.key = key
 
 
 class _Refused(MalformedError):
@@ -116,7 +115,7 @@ def strict_unpack(data: bytes, what: str) -> object:
     except UnicodeDecodeError:
         raise MalformedError(f"{what}: a str is not valid UTF-8") from None
     except _RepeatedKey as e:
-        raise MalformedError(f"{what}: map key {_show(e.key)} is repeated") from None
+        raise MalformedError(f"{what}: {e.detail}") from None
     except ValueError as e:
         reason = str(e)
         if "incomplete input" in reason:

@@ -37,7 +37,6 @@ from relay.policy.certfiles import (
     StoreFiles,
     read_own,
     read_store,
-    read_store_if_changed,
 )
 from relay.policy.certs import (
     TrustedAuthority,
@@ -283,13 +282,6 @@ class Trust:
     def store_signature(self) -> Signature | None:
         """The signature of the files last used (relay.policy.certfiles)."""
         return self._signature
-
-    def refresh(self, *, force: bool = False) -> None:
-        """Read the certificate store and revocation list now, if they changed (or `force`)."""
-        if force:
-            self.use_store(read_store(self._trust_config))
-        elif (files := read_store_if_changed(self._trust_config, self._signature)) is not None:
-            self.use_store(files)
 
     def use_store(self, files: StoreFiles) -> None:
         """Judge the certificate store and revocation list afresh from `files`."""

@@ -25,6 +25,7 @@ from relay.policy.certfiles import (
     CertFile,
     Signature,
     StoreFiles,
+    read_store,
     read_store_if_changed,
     watch_store,
 )
@@ -318,7 +319,7 @@ def test_a_revocation_added_later_applies_to_held_certificates(tmp_path: Path) -
     assert trust.learn([blob]) == [blob]
     assert trust.node("c.test") is not None
     (tmp_path / "revoked.txt").write_text(fp(blob) + "\n")
-    trust.refresh(force=True)
+    trust.use_store(read_store(trust.store_config))
     assert trust.node("c.test") is None
     assert "revoked" in trust.why_untrusted("c.test")
 
@@ -328,7 +329,7 @@ def test_an_unreadable_revocation_list_fails_closed(tmp_path: Path) -> None:
     trust = Trust(node_config(tmp_path), clock=Clock())
     assert trust.node("c.test") is not None
     (tmp_path / "revoked.txt").write_text("garbage line\n")
-    trust.refresh(force=True)
+    trust.use_store(read_store(trust.store_config))
     assert trust.node("c.test") is None
     assert "revoked.txt:1" in trust.why_untrusted("c.test")
 
@@ -337,7 +338,7 @@ def test_new_files_in_the_store_are_picked_up(tmp_path: Path) -> None:
     trust = Trust(node_config(tmp_path), clock=Clock())
     assert trust.node("c.test") is None
     store(tmp_path, "c.cert", make_cert())
-    trust.refresh()
+    trust.use_store(read_store(trust.store_config))
     assert trust.node("c.test") is not None
 
 

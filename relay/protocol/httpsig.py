@@ -61,7 +61,7 @@ from relay.errors import (
     UnknownSender,
     WrongDestination,
 )
-from relay.protocol.sfv import _b64, _b64_canonical, _Bare, _Member, _Params, _Parser
+from relay.protocol.sfv import BareItem, Member, Params, b64, b64_canonical, parse_dictionary
 
 LABEL = "relay"
 ALG = "ed25519"
@@ -77,14 +77,14 @@ CLOCK_WINDOW_S = 300
 
 def content_digest(body: bytes) -> str:
     """The Content-Digest header value for `body`: `sha-256=:<b64>:`."""
-    return f"sha-256=:{_b64(hashlib.sha256(body).digest())}:"
+    return f"sha-256=:{b64(hashlib.sha256(body).digest())}:"
 
 
 def check_content_digest(header_value: str | None, body: bytes) -> None:
     """Raise DigestMismatch unless the header's sha-256 member is sha256(body)."""
     if header_value is None:
         raise DigestMismatch("the request has no Content-Digest header")
-    members = _Parser(header_value.strip(" \t"), DigestMismatch, "Content-Digest").dictionary()
+    members = parse_dictionary(header_value.strip(" \t"), DigestMismatch, "Content-Digest")
     member = members.get("sha-256")
     if member is None:
         listed = ", ".join(sorted(members))
@@ -150,7 +150,7 @@ def sign_request(
         raise ValueError(f"nonce must be {NONCE_MIN}..{NONCE_MAX} bytes, not {len(nonce)}")
     if not origin or not key_id or "#" in origin or "#" in key_id:
         raise ValueError(f"cannot form a keyid from node {origin!r} and key id {key_id!r}")
-    params = signature_params(created, _b64(nonce), f"{origin}#{key_id}")
+    params = signature_params(created, b64(nonce), f"{origin}#{key_id}")
     values = (method, path, content_digest, origin, destination)
     base = signature_base(tuple(zip(COMPONENTS, values, strict=True)), params)
     return {
@@ -158,7 +158,7 @@ def sign_request(
         "Relay-Origin": origin,
         "Relay-Destination": destination,
         "Signature-Input": f"{LABEL}={params}",
-        "Signature": f"{LABEL}=:{_b64(key.sign(base))}:",
+        "Signature": f"{LABEL}=:{b64(key.sign(base))}:",
     }
 
 
@@ -290,15 +290,15 @@ def _one_header(headers: Mapping[str, str], name: str, error: type[RelayError]) 
     return value
 
 
-def _relay_member(header_value: str, header: str) -> _Member:
-    members = _Parser(header_value, BadSignature, header).dictionary()
+def _relay_member(header_value: str, header: str) -> Member:
+    members = parse_dictionary(header_value, BadSignature, header)
     if LABEL not in members:
         labels = ", ".join(sorted(members))
         raise BadSignature(f"{header} has no {LABEL!r} member (it has: {labels})")
     return members[LABEL]
 
 
-def _component_names(items: tuple[tuple[_Bare, _Params], ...]) -> list[str]:
+def _component_names(items: tuple[tuple[BareItem, Params], ...]) -> list[str]:
     names: list[str] = []
     for value, params in items:
         if not isinstance(value, str) or params:
@@ -310,7 +310,7 @@ def _component_names(items: tuple[tuple[_Bare, _Params], ...]) -> list[str]:
     return names
 
 
-def _signature_parameters(params: _Params) -> tuple[int, str, str, str]:
+def _signature_parameters(params: Params) -> tuple[int, str, str, str]:
     """Check the four parameters; return created, nonce, key node, key id."""
     missing = sorted(PARAMS - params.keys())
     if missing:
@@ -323,7 +323,7 @@ def _signature_parameters(params: _Params) -> tuple[int, str, str, str]:
         raise BadSignature("created is not a non-negative integer")
     if not isinstance(nonce, str):
         raise BadSignature("nonce is not a string")
-    raw = _b64_canonical(nonce)
+    raw = b64_canonical(nonce)
     if raw is None or not NONCE_MIN <= len(raw) <= NONCE_MAX:
         raise BadSignature(f"nonce is not padded base64 of {NONCE_MIN}..{NONCE_MAX} bytes")
     if not isinstance(keyid, str) or keyid.count("#") != 1:

@@ -6,7 +6,7 @@ Invariants:
 - Strict: every deviation from RFC 8941 (and a member or parameter key given
   twice, which RFC 8941 would let the last one win) raises the caller's
   `error` class, naming the header and the offset.
-- A member keeps its value text exactly as received (`_Member.text`), so a
+- A member keeps its value text exactly as received (`Member.text`), so a
   signature base can be rebuilt byte for byte without re-serialising.
 - Byte sequences must be canonical padded standard base64.
 """
@@ -22,35 +22,38 @@ from typing import NoReturn
 from relay.errors import RelayError
 
 
-def _b64(raw: bytes) -> str:
+def b64(raw: bytes) -> str:
+    """Padded standard base64, as RFC 8941 byte sequences carry it."""
     return base64.b64encode(raw).decode("ascii")
 
 
-def _b64_canonical(text: str) -> bytes | None:
+def b64_canonical(text: str) -> bytes | None:
     """Decode padded standard base64, or None if it is not in canonical form."""
     try:
         raw = base64.b64decode(text, validate=True)
     except binascii.Error:
         return None
-    return raw if _b64(raw) == text else None
+    return raw if b64(raw) == text else None
 
 
 @dataclass(frozen=True, slots=True)
-class _Token:
+class Token:
+    """An RFC 8941 token (a bare word such as `sha-256` or `*`)."""
+
     value: str
 
 
-_Bare = int | Decimal | str | _Token | bytes | bool
-_Params = dict[str, _Bare]
+BareItem = int | Decimal | str | Token | bytes | bool
+Params = dict[str, BareItem]
 
 
 @dataclass(frozen=True, slots=True)
-class _Member:
+class Member:
     """One dictionary member: an item or an inner list, its parameters, and the
     member value exactly as received (everything after `key=`)."""
 
-    value: _Bare | tuple[tuple[_Bare, _Params], ...]
-    params: _Params
+    value: BareItem | tuple[tuple[BareItem, Params], ...]
+    params: Params
     text: str
     inner: bool
 
@@ -62,6 +65,11 @@ _KEY_START = _LCALPHA | {"*"}
 _KEY_CHARS = _LCALPHA | _DIGITS | frozenset("_-.*")
 _TOKEN_CHARS = _ALPHA | _DIGITS | frozenset("!#$%&'*+-.^_`|~:/")
 _B64_CHARS = _ALPHA | _DIGITS | frozenset("+/=")
+
+
+def parse_dictionary(text: str, error: type[RelayError], header: str) -> dict[str, Member]:
+    """Parse `text` as an RFC 8941 dictionary; any fault raises `error` naming `header`."""
+    return _Parser(text, error, header).dictionary()
 
 
 class _Parser:
@@ -83,8 +91,8 @@ class _Parser:
         while self.i < len(self.s) and self.s[self.i] in chars:
             self.i += 1
 
-    def dictionary(self) -> dict[str, _Member]:
-        out: dict[str, _Member] = {}
+    def dictionary(self) -> dict[str, Member]:
+        out: dict[str, Member] = {}
         self.skip(" ")
         if self.i == len(self.s):
             self.fail("empty dictionary")
@@ -92,14 +100,14 @@ class _Parser:
             key = self.key()
             if key in out:
                 self.fail(f"member {key!r} repeated")
-            value: _Bare | tuple[tuple[_Bare, _Params], ...] = True
+            value: BareItem | tuple[tuple[BareItem, Params], ...] = True
             start = self.i
             if self.peek() == "=":
                 self.i += 1
                 start = self.i
                 value = self.inner_list() if self.peek() == "(" else self.bare_item()
             params = self.params()
-            out[key] = _Member(value, params, self.s[start : self.i], isinstance(value, tuple))
+            out[key] = Member(value, params, self.s[start : self.i], isinstance(value, tuple))
             self.skip(" \t")
             if self.i == len(self.s):
                 return out
@@ -110,9 +118,9 @@ class _Parser:
             if self.i == len(self.s):
                 self.fail("trailing comma")
 
-    def inner_list(self) -> tuple[tuple[_Bare, _Params], ...]:
+    def inner_list(self) -> tuple[tuple[BareItem, Params], ...]:
         self.i += 1  # "("
-        items: list[tuple[_Bare, _Params]] = []
+        items: list[tuple[BareItem, Params]] = []
         while True:
             self.skip(" ")
             if self.peek() == ")":
@@ -122,15 +130,15 @@ class _Parser:
             if self.peek() not in (" ", ")"):
                 self.fail("expected ' ' or ')' in inner list")
 
-    def params(self) -> _Params:
-        out: _Params = {}
+    def params(self) -> Params:
+        out: Params = {}
         while self.peek() == ";":
             self.i += 1
             self.skip(" ")
             key = self.key()
             if key in out:
                 self.fail(f"parameter {key!r} repeated")
-            value: _Bare = True
+            value: BareItem = True
             if self.peek() == "=":
                 self.i += 1
                 value = self.bare_item()
@@ -145,7 +153,7 @@ class _Parser:
             self.i += 1
         return self.s[start : self.i]
 
-    def bare_item(self) -> _Bare:
+    def bare_item(self) -> BareItem:
         c = self.peek()
         if c == "-" or c in _DIGITS:
             return self.number()
@@ -159,7 +167,7 @@ class _Parser:
             start = self.i
             while self.peek() in _TOKEN_CHARS:
                 self.i += 1
-            return _Token(self.s[start : self.i])
+            return Token(self.s[start : self.i])
         self.fail("expected an item")
 
     def number(self) -> int | Decimal:
@@ -209,7 +217,7 @@ class _Parser:
             self.i += 1
         if self.peek() != ":":
             self.fail("unterminated byte sequence")
-        raw = _b64_canonical(self.s[start : self.i])
+        raw = b64_canonical(self.s[start : self.i])
         if raw is None:
             self.fail("byte sequence is not canonical padded base64")
         self.i += 1

@@ -23,15 +23,15 @@ from relay.errors import ITEM_CODES, BadSignature, ItemRejected, MalformedError
 from relay.protocol.envelope import ID_SIZE, peek_id
 from relay.protocol.names import valid_node_name
 from relay.protocol.strict import (
-    _bin,
-    _fields,
-    _kind,
-    _show,
-    _signed_pair,
-    _str,
-    _str_array,
+    bin_field,
+    fields,
     pack,
+    show,
+    signed_pair,
+    str_array,
+    str_field,
     strict_unpack,
+    value_kind,
 )
 
 RESULT_DOMAIN = b"relay-result-v1\x00"
@@ -77,8 +77,8 @@ def decode_batch(data: bytes) -> Batch:
     refused: no sender has a reason to send one.
     """
     w = "batch body"
-    m = _fields(strict_unpack(data, w), w, _BATCH_KEYS)
-    batch_id = _bin(m, "batch", w, ID_SIZE)
+    m = fields(strict_unpack(data, w), w, _BATCH_KEYS)
+    batch_id = bin_field(m, "batch", w, ID_SIZE)
     raw = m["items"]
     if type(raw) is not list or not raw:
         raise MalformedError("batch body: items: expected a non-empty array")
@@ -96,7 +96,7 @@ def _batch_item(item: object, i: int) -> BatchItem:
         or type(payload) is not bytes
     ):
         raise MalformedError(f"{w}: header, signature and payload must be bin")
-    trace = _str_array(item[3], f"{w}: trace")
+    trace = str_array(item[3], f"{w}: trace")
     certificates: tuple[bytes, ...] | None = None
     if len(item) == 5:
         raw = item[4]
@@ -138,7 +138,7 @@ def check_trace(
         raise ItemRejected("malformed", "trace is empty")
     for name in trace:
         if not valid_node_name(name):
-            raise ItemRejected("malformed", f"trace: {_show(name)} is not a valid node name")
+            raise ItemRejected("malformed", f"trace: {show(name)} is not a valid node name")
     if trace[0] != origin:
         raise ItemRejected("malformed", f"trace starts at {trace[0]!r}, not origin {origin!r}")
     if trace[-1] != sender_node:
@@ -184,7 +184,7 @@ def open_result(body: bytes, pub: Ed25519PublicKey) -> BatchResult:
 
     MalformedError for framing, BadSignature for a signature that does not verify.
     """
-    result_bytes, signature = _signed_pair(body, "batch result")
+    result_bytes, signature = signed_pair(body, "batch result")
     try:
         pub.verify(signature, RESULT_DOMAIN + result_bytes)
     except InvalidSignature:
@@ -196,17 +196,17 @@ def open_result(body: bytes, pub: Ed25519PublicKey) -> BatchResult:
 
 def _decode_result(result_bytes: bytes) -> BatchResult:
     w = "batch result"
-    m = _fields(strict_unpack(result_bytes, w), w, _RESULT_KEYS)
-    batch_id = _bin(m, "batch", w, ID_SIZE)
-    nonce = _str(m, "nonce", w)
+    m = fields(strict_unpack(result_bytes, w), w, _RESULT_KEYS)
+    batch_id = bin_field(m, "batch", w, ID_SIZE)
+    nonce = str_field(m, "nonce", w)
     if not nonce:
         raise MalformedError("batch result: nonce: empty")
     raw = m["results"]
     if type(raw) is not dict:
-        raise MalformedError(f"batch result: results: expected a map, got {_kind(raw)}")
+        raise MalformedError(f"batch result: results: expected a map, got {value_kind(raw)}")
     for env_id, outcome in raw.items():
         if type(env_id) is not bytes or len(env_id) != ID_SIZE:
             raise MalformedError("batch result: results: a key is not a 16-byte bin id")
         if type(outcome) is not str or outcome not in _RESULT_VALUES:
-            raise MalformedError(f"batch result: results: {_show(outcome)} is not a known outcome")
+            raise MalformedError(f"batch result: results: {show(outcome)} is not a known outcome")
     return BatchResult(batch_id, nonce, raw)

@@ -22,13 +22,13 @@ from relay.errors import BadSignature, MalformedError
 from relay.protocol.keystr import parse_public_key
 from relay.protocol.names import valid_jurisdiction, valid_node_name
 from relay.protocol.strict import (
-    _fields,
-    _int,
-    _show,
-    _signed_pair,
-    _str,
-    _str_array,
+    fields,
+    int_field,
     pack,
+    show,
+    signed_pair,
+    str_array,
+    str_field,
     strict_unpack,
 )
 
@@ -80,7 +80,7 @@ def sign_certificate(c: Certificate, key: Ed25519PrivateKey) -> bytes:
 
 def open_certificate(blob: bytes) -> tuple[Certificate, bytes, bytes]:
     """Strictly decode a certificate blob to (cert, cert_bytes, signature); no verification."""
-    cert_bytes, signature = _signed_pair(blob, "certificate")
+    cert_bytes, signature = signed_pair(blob, "certificate")
     return _decode_certificate(cert_bytes), cert_bytes, signature
 
 
@@ -102,14 +102,14 @@ def verify_certificate(blob: bytes, authority_pub: Ed25519PublicKey) -> Certific
 
 def _decode_certificate(cert_bytes: bytes) -> Certificate:
     w = "certificate"
-    m = _fields(strict_unpack(cert_bytes, w), w, _CERT_KEYS)
-    v = _int(m, "v", w)
+    m = fields(strict_unpack(cert_bytes, w), w, _CERT_KEYS)
+    v = int_field(m, "v", w)
     if v != 1:
         raise MalformedError(f"certificate: v: version {v} is not supported (expected 1)")
-    name = _str(m, "name", w)
+    name = str_field(m, "name", w)
     if not valid_node_name(name):
-        raise MalformedError(f"certificate: name: {_show(name)} is not a valid node name")
-    keys = _str_array(m["keys"], "certificate: keys")
+        raise MalformedError(f"certificate: name: {show(name)} is not a valid node name")
+    keys = str_array(m["keys"], "certificate: keys")
     if not keys or len(set(keys)) != len(keys):
         raise MalformedError("certificate: keys: expected one or more distinct key strings")
     for i, key in enumerate(keys):
@@ -117,19 +117,19 @@ def _decode_certificate(cert_bytes: bytes) -> Certificate:
             parse_public_key(key)
         except MalformedError as e:
             raise MalformedError(f"certificate: keys[{i}]: {e.detail}") from None
-    jurisdiction = _str(m, "jurisdiction", w)
+    jurisdiction = str_field(m, "jurisdiction", w)
     if not valid_jurisdiction(jurisdiction):
         raise MalformedError(
-            f"certificate: jurisdiction: {_show(jurisdiction)} is not a country code"
+            f"certificate: jurisdiction: {show(jurisdiction)} is not a country code"
         )
-    url = _str(m, "url", w)
+    url = str_field(m, "url", w)
     if not _URL_RE.fullmatch(url):
-        raise MalformedError(f"certificate: url: {_show(url)} is not an http(s) URL")
-    not_before = _int(m, "not_before", w)
-    not_after = _int(m, "not_after", w)
+        raise MalformedError(f"certificate: url: {show(url)} is not an http(s) URL")
+    not_before = int_field(m, "not_before", w)
+    not_after = int_field(m, "not_after", w)
     if not_before >= not_after:
         raise MalformedError("certificate: not_after must be later than not_before")
-    authority = _str(m, "authority", w)
+    authority = str_field(m, "authority", w)
     if not authority:
         raise MalformedError("certificate: authority: empty")
     return Certificate(name, keys, jurisdiction, url, not_before, not_after, authority, v)

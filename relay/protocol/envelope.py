@@ -34,15 +34,15 @@ from relay.errors import ItemRejected, MalformedError
 from relay.protocol.names import split_address, valid_jurisdiction, valid_node_name
 from relay.protocol.strict import (
     SIGNATURE_SIZE,
-    _bin,
-    _fields,
-    _int,
-    _kind,
-    _show,
-    _str,
-    _str_array,
+    bin_field,
+    fields,
+    int_field,
     pack,
+    show,
+    str_array,
+    str_field,
     strict_unpack,
+    value_kind,
 )
 
 ENVELOPE_DOMAIN = b"relay-envelope-v1\x00"
@@ -114,26 +114,26 @@ def decode_header(data: bytes) -> Header:
     exactly [postmaster@dest], ctype RECEIPT_CTYPE.
     """
     w = "header"
-    m = _fields(strict_unpack(data, w), w, _HEADER_KEYS)
-    v = _int(m, "v", w)
+    m = fields(strict_unpack(data, w), w, _HEADER_KEYS)
+    v = int_field(m, "v", w)
     if v != 1:
         raise MalformedError(f"header: v: version {v} is not supported (expected 1)")
     h = Header(
         v=v,
-        id=_bin(m, "id", w, ID_SIZE),
-        kind=_str(m, "kind", w),
-        origin=_str(m, "origin", w),
-        key=_str(m, "key", w),
-        sender=_str(m, "from", w),
-        to=_str_array(m["to"], "header: to"),
-        dest=_str(m, "dest", w),
-        created=_int(m, "created", w),
-        expires=_int(m, "expires", w),
-        residency=_str_array(m["residency"], "header: residency"),
-        ctype=_str(m, "ctype", w),
-        size=_int(m, "size", w),
-        sha256=_bin(m, "sha256", w, 32),
-        max_hops=_int(m, "max_hops", w),
+        id=bin_field(m, "id", w, ID_SIZE),
+        kind=str_field(m, "kind", w),
+        origin=str_field(m, "origin", w),
+        key=str_field(m, "key", w),
+        sender=str_field(m, "from", w),
+        to=str_array(m["to"], "header: to"),
+        dest=str_field(m, "dest", w),
+        created=int_field(m, "created", w),
+        expires=int_field(m, "expires", w),
+        residency=str_array(m["residency"], "header: residency"),
+        ctype=str_field(m, "ctype", w),
+        size=int_field(m, "size", w),
+        sha256=bin_field(m, "sha256", w, 32),
+        max_hops=int_field(m, "max_hops", w),
     )
     _check_header(h)
     return h
@@ -141,20 +141,20 @@ def decode_header(data: bytes) -> Header:
 
 def _check_header(h: Header) -> None:
     if h.kind not in KINDS:
-        raise MalformedError(f"header: kind: {_show(h.kind)} is not message or receipt")
+        raise MalformedError(f"header: kind: {show(h.kind)} is not message or receipt")
     if not valid_node_name(h.origin):
-        raise MalformedError(f"header: origin: {_show(h.origin)} is not a valid node name")
+        raise MalformedError(f"header: origin: {show(h.origin)} is not a valid node name")
     if not valid_node_name(h.dest):
-        raise MalformedError(f"header: dest: {_show(h.dest)} is not a valid node name")
+        raise MalformedError(f"header: dest: {show(h.dest)} is not a valid node name")
     if not h.key:
         raise MalformedError("header: key: the key id is empty")
     if _address_node(h.sender, "from") != h.origin:
-        raise MalformedError(f"header: from: {_show(h.sender)} is not at origin {h.origin!r}")
+        raise MalformedError(f"header: from: {show(h.sender)} is not at origin {h.origin!r}")
     if not 1 <= len(h.to) <= MAX_RECIPIENTS:
         raise MalformedError(f"header: to: {len(h.to)} recipients, expected 1..{MAX_RECIPIENTS}")
     for rcpt in h.to:
         if _address_node(rcpt, "to") != h.dest:
-            raise MalformedError(f"header: to: {_show(rcpt)} is not at dest {h.dest!r}")
+            raise MalformedError(f"header: to: {show(rcpt)} is not at dest {h.dest!r}")
     if len(set(h.to)) != len(h.to):
         raise MalformedError("header: to: a recipient is listed twice")
     if not h.created < h.expires <= h.created + MAX_LIFETIME_MS:
@@ -189,7 +189,7 @@ def _check_residency(codes: tuple[str, ...]) -> None:
     for code in codes:
         if not valid_jurisdiction(code):
             raise MalformedError(
-                f"header: residency: {_show(code)} is not two uppercase ASCII letters"
+                f"header: residency: {show(code)} is not two uppercase ASCII letters"
             )
     if any(a >= b for a, b in pairwise(codes)):
         raise MalformedError("header: residency: codes are not strictly ascending")
@@ -240,7 +240,7 @@ def peek_id(header_bytes: bytes) -> bytes:
     """
     value = strict_unpack(header_bytes, "header")
     if type(value) is not dict:
-        raise MalformedError(f"header: expected a map, got {_kind(value)}")
+        raise MalformedError(f"header: expected a map, got {value_kind(value)}")
     env_id = value.get("id")
     if type(env_id) is not bytes or len(env_id) != ID_SIZE:
         raise MalformedError("header: no 16-byte bin id")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from relay.errors import MalformedError
-from relay.protocol.strict import _show
+from relay.protocol.strict import show
 
 _LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _MAILBOX_RE = re.compile(r"[a-z0-9_+-][a-z0-9._+-]{0,63}")
@@ -38,9 +38,9 @@ def split_address(addr: str) -> tuple[str, str]:
     """Split `mailbox@node` into its parts; MalformedError if either is invalid."""
     mailbox, at, node = addr.partition("@")
     if not at:
-        raise MalformedError(f"address {_show(addr)} has no '@'")
+        raise MalformedError(f"address {show(addr)} has no '@'")
     if not valid_mailbox(mailbox):
-        raise MalformedError(f"address {_show(addr)}: invalid mailbox {_show(mailbox)}")
+        raise MalformedError(f"address {show(addr)}: invalid mailbox {show(mailbox)}")
     if not valid_node_name(node):
-        raise MalformedError(f"address {_show(addr)}: invalid node name {_show(node)}")
+        raise MalformedError(f"address {show(addr)}: invalid node name {show(node)}")
     return mailbox, node

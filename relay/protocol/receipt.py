@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from relay.errors import MalformedError
 from relay.protocol.envelope import ID_SIZE, MAX_RECIPIENTS
 from relay.protocol.names import split_address, valid_jurisdiction
-from relay.protocol.strict import _fields, _int, _show, _str, _str_array, pack, strict_unpack
+from relay.protocol.strict import fields, int_field, pack, show, str_array, str_field, strict_unpack
 
 MAX_RECEIPT_ENTRIES = 1000
 
@@ -53,26 +53,26 @@ def encode_receipt(r: Receipt) -> bytes:
 def decode_receipt(data: bytes) -> Receipt:
     """Strictly decode and check a receipt payload; MalformedError."""
     w = "receipt"
-    m = _fields(strict_unpack(data, w), w, _RECEIPT_KEYS)
-    status = _str(m, "status", w)
+    m = fields(strict_unpack(data, w), w, _RECEIPT_KEYS)
+    status = str_field(m, "status", w)
     if status not in RECEIPT_STATUSES:
-        raise MalformedError(f"receipt: status: {_show(status)} is not delivered|rejected|expired")
-    reason = _str(m, "reason", w)
+        raise MalformedError(f"receipt: status: {show(status)} is not delivered|rejected|expired")
+    reason = str_field(m, "reason", w)
     if status == "delivered" and reason:
         raise MalformedError("receipt: reason: must be empty when delivered")
-    jurisdiction = _str(m, "jurisdiction", w)
+    jurisdiction = str_field(m, "jurisdiction", w)
     if not valid_jurisdiction(jurisdiction):
-        raise MalformedError(f"receipt: jurisdiction: {_show(jurisdiction)} is not a country code")
-    mode = _str(m, "mode", w)
+        raise MalformedError(f"receipt: jurisdiction: {show(jurisdiction)} is not a country code")
+    mode = str_field(m, "mode", w)
     if mode not in MODES:
-        raise MalformedError(f"receipt: mode: {_show(mode)} is not enforce or audit")
+        raise MalformedError(f"receipt: mode: {show(mode)} is not enforce or audit")
     raw = m["envelopes"]
     if type(raw) is not list or not 1 <= len(raw) <= MAX_RECEIPT_ENTRIES:
         raise MalformedError(f"receipt: envelopes: expected an array of 1..{MAX_RECEIPT_ENTRIES}")
     entries = tuple(_receipt_entry(entry, i) for i, entry in enumerate(raw))
     if len({env_id for env_id, _ in entries}) != len(entries):
         raise MalformedError("receipt: envelopes: an envelope id is listed twice")
-    return Receipt(status, reason, _int(m, "at", w), jurisdiction, mode, entries)
+    return Receipt(status, reason, int_field(m, "at", w), jurisdiction, mode, entries)
 
 
 def _receipt_entry(entry: object, i: int) -> tuple[bytes, tuple[str, ...]]:
@@ -82,7 +82,7 @@ def _receipt_entry(entry: object, i: int) -> tuple[bytes, tuple[str, ...]]:
     env_id = entry[0]
     if type(env_id) is not bytes or len(env_id) != ID_SIZE:
         raise MalformedError(f"{w}: the id is not a 16-byte bin")
-    rcpts = _str_array(entry[1], w)
+    rcpts = str_array(entry[1], w)
     if not 1 <= len(rcpts) <= MAX_RECIPIENTS or len(set(rcpts)) != len(rcpts):
         raise MalformedError(f"{w}: expected 1..{MAX_RECIPIENTS} distinct recipients")
     for rcpt in rcpts:

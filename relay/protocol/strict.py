@@ -7,9 +7,9 @@ Invariants:
   trailing bytes; map keys are str (or bin, for the batch result's `results`)
   and never repeated; str is valid UTF-8, bin is the bin family; ints in
   0..2^63-1; no float, nil, bool or ext; containers nest at most MAX_DEPTH.
-- The field readers (_fields, _str, _bin, _int, _str_array, _signed_pair)
+- The field readers (fields, str_field, bin_field, int_field, str_array, signed_pair)
   raise MalformedError naming the structure and the key; error details quote
-  hostile values through _show, so they stay short.
+  hostile values through show, so they stay short.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class _RepeatedKey(MalformedError):
     """Raised from inside the unpacker; strict_unpack re-raises it with `what` in front."""
 
     def __init__(self, key: str | bytes) -> None:
-        super().__init__(f"map key {_show(key)} is repeated")
+        super().__init__(f"map key {show(key)} is repeated")
 
 
 class _Refused(MalformedError):
@@ -52,7 +52,7 @@ def _pairs_to_dict(pairs: list[tuple[str | bytes, object]]) -> dict[str | bytes,
     return d
 
 
-def _kind(value: object) -> str:
+def value_kind(value: object) -> str:
     """The msgpack-level name of a decoded value, for error sentences."""
     if value is None:
         return "nil"
@@ -86,10 +86,10 @@ def _walk(value: object, depth: int) -> None:
             try:
                 _walk(item, depth + 1)
             except _Refused as e:
-                e.path.append(f".{key[:64]}" if type(key) is str else f"[{_show(key)}]")
+                e.path.append(f".{key[:64]}" if type(key) is str else f"[{show(key)}]")
                 raise
         return
-    raise _Refused(f"{_kind(value)} is not allowed")
+    raise _Refused(f"{value_kind(value)} is not allowed")
 
 
 def strict_unpack(data: bytes, what: str) -> object:
@@ -149,17 +149,18 @@ def pack(obj: object) -> bytes:
 # --- field access -----------------------------------------------------------
 
 
-def _show(value: object, limit: int = 64) -> str:
+def show(value: object, limit: int = 64) -> str:
     """repr() cut short, so hostile input cannot blow up an error detail."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _fields(value: object, what: str, keys: frozenset[str]) -> dict[str, object]:
+def fields(value: object, what: str, keys: frozenset[str]) -> dict[str, object]:
+    """`value` as a map with exactly `keys`; MalformedError naming an unknown or missing key."""
     if type(value) is not dict:
-        raise MalformedError(f"{what}: expected a map, got {_kind(value)}")
+        raise MalformedError(f"{what}: expected a map, got {value_kind(value)}")
     if value.keys() != keys:
-        unknown = [_show(k) for k in value if k not in keys]
+        unknown = [show(k) for k in value if k not in keys]
         if unknown:
             raise MalformedError(f"{what}: unknown key {', '.join(sorted(unknown))}")
         missing = sorted(k for k in keys if k not in value)
@@ -167,39 +168,44 @@ def _fields(value: object, what: str, keys: frozenset[str]) -> dict[str, object]
     return value
 
 
-def _str(m: dict[str, object], key: str, what: str) -> str:
+def str_field(m: dict[str, object], key: str, what: str) -> str:
+    """m[key] if it is a str; MalformedError otherwise."""
     value = m[key]
     if type(value) is not str:
-        raise MalformedError(f"{what}: {key}: expected str, got {_kind(value)}")
+        raise MalformedError(f"{what}: {key}: expected str, got {value_kind(value)}")
     return value
 
 
-def _bin(m: dict[str, object], key: str, what: str, size: int) -> bytes:
+def bin_field(m: dict[str, object], key: str, what: str, size: int) -> bytes:
+    """m[key] if it is a bin of exactly `size` bytes; MalformedError otherwise."""
     value = m[key]
     if type(value) is not bytes:
-        raise MalformedError(f"{what}: {key}: expected bin, got {_kind(value)}")
+        raise MalformedError(f"{what}: {key}: expected bin, got {value_kind(value)}")
     if len(value) != size:
         raise MalformedError(f"{what}: {key}: expected {size} bytes, got {len(value)}")
     return value
 
 
-def _int(m: dict[str, object], key: str, what: str) -> int:
+def int_field(m: dict[str, object], key: str, what: str) -> int:
+    """m[key] if it is an int; MalformedError otherwise."""
     value = m[key]
     if type(value) is not int:
-        raise MalformedError(f"{what}: {key}: expected int, got {_kind(value)}")
+        raise MalformedError(f"{what}: {key}: expected int, got {value_kind(value)}")
     return value
 
 
-def _str_array(value: object, what: str) -> tuple[str, ...]:
+def str_array(value: object, what: str) -> tuple[str, ...]:
+    """`value` as a tuple if it is an array of str; MalformedError otherwise."""
     if type(value) is not list:
-        raise MalformedError(f"{what}: expected an array, got {_kind(value)}")
+        raise MalformedError(f"{what}: expected an array, got {value_kind(value)}")
     for item in value:
         if type(item) is not str:
-            raise MalformedError(f"{what}: expected an array of str, found {_kind(item)}")
+            raise MalformedError(f"{what}: expected an array of str, found {value_kind(item)}")
     return tuple(value)
 
 
-def _signed_pair(blob: bytes, what: str) -> tuple[bytes, bytes]:
+def signed_pair(blob: bytes, what: str) -> tuple[bytes, bytes]:
+    """Split the array [bytes, 64-byte signature] that signed structures travel as."""
     value = strict_unpack(blob, what)
     if type(value) is not list or len(value) != 2:
         raise MalformedError(f"{what}: expected the array [bytes, signature]")

@@ -31,20 +31,9 @@ from tomlkit.items import AoT, Table
 from tomlkit.toml_document import TOMLDocument
 
 from relay.cli.keys import add_key_actions
+from relay.config.files import config_file, load_config, validate_config
 from relay.config.keys import generate_key_file, load_private_key
-from relay.config.parse import (
-    CONFIG_NAME,
-    Config,
-    config_file,
-    country_error,
-    load_config,
-    mailbox_name_error,
-    mailbox_token_sha256,
-    node_name_error,
-    parse_config,
-    parse_listen,
-    url_error,
-)
+from relay.config.model import CONFIG_NAME, Config
 from relay.config.tomledit import (
     TomlLocator,
     append_table,
@@ -52,6 +41,14 @@ from relay.config.tomledit import (
     dumps,
     remove_table,
     tables_of,
+)
+from relay.config.values import (
+    country_error,
+    mailbox_name_error,
+    mailbox_token_sha256,
+    node_name_error,
+    parse_listen,
+    url_error,
 )
 from relay.errors import ConfigError, ConfigErrors, Conflict, MalformedError
 from relay.protocol.keystr import key_id, parse_public_key, public_key_string
@@ -227,7 +224,7 @@ class _NodeFile:
     def save(self) -> Config:
         """Validate the edited document as a whole, then write it atomically."""
         new_text = dumps(self.doc)
-        config = parse_config(new_text, self.path)  # ConfigErrors: nothing written
+        config = validate_config(new_text, self.path)  # ConfigErrors: nothing written
         if self.path.read_text(encoding="utf-8") != self.text:
             raise ConfigErrors(
                 [ConfigError(str(self.path), 1, "(file)", "changed while editing; try again")]

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 
 import aiohttp
 
-from relay.config.parse import FederationConfig
+from relay.config.model import FederationConfig
 from relay.errors import BadSignature, MalformedError, RelayError
 from relay.federation import relaying
 from relay.logs import event
@@ -39,14 +39,8 @@ from relay.node.state import NodeState
 from relay.policy.residency import Decision, check_forward
 from relay.policy.trust import TrustedNode
 from relay.protocol import httpsig
-from relay.protocol.envelope import (
-    Batch,
-    BatchItem,
-    BatchResult,
-    decode_header,
-    encode_batch,
-    open_result,
-)
+from relay.protocol.batch import Batch, BatchItem, BatchResult, encode_batch, open_result
+from relay.protocol.envelope import decode_header
 from relay.storage.sqlite import ledger
 from relay.storage.sqlite.store import Tx
 

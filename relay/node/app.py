@@ -23,8 +23,9 @@ from aiohttp import web
 
 from relay.api import client as client_api
 from relay.api.admin import AdminServer
+from relay.config.files import load_config
 from relay.config.keys import load_private_key
-from relay.config.parse import Config, load_config
+from relay.config.model import Config
 from relay.config.tls import client_context, reload_server_files, server_context
 from relay.errors import RelayError, Unavailable
 from relay.federation import inbound, receipts
@@ -36,6 +37,7 @@ from relay.node.recheck import recheck
 from relay.node.reload import ReloadResult, on_sighup, reload_config
 from relay.node.state import NodeState, wall_clock_ms
 from relay.node.webhooks import Webhooks
+from relay.policy.certfiles import watch_store
 from relay.policy.keyring import published_keys
 from relay.storage.sqlite import certstore, ledger
 from relay.storage.sqlite.store import open_store
@@ -125,6 +127,8 @@ class Node:
         self.tasks.append(asyncio.create_task(self._prune_loop(), name="prune"))
         self.tasks.append(asyncio.create_task(retention.run_purger(state), name="purge"))
         self.tasks.append(asyncio.create_task(expiry.run_sweeper(state), name="expiry"))
+        watcher = watch_store(lambda: state.trust, lambda: state.stopping)
+        self.tasks.append(asyncio.create_task(watcher, name="certificate-store"))
         self.webhooks = Webhooks(state, self.session)
         await self.webhooks.sync()
         self.admin = AdminServer(state)

@@ -27,7 +27,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from relay.config.parse import Config
+from relay.config.model import Config
 from relay.errors import Busy
 from relay.policy.ratelimit import Limits
 from relay.storage.sqlite.store import Store

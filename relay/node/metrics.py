@@ -34,7 +34,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from relay.config.parse import Config
+from relay.config.model import Config
 from relay.errors import ItemRejected
 from relay.logs import event
 from relay.policy.residency import Decision, Policy

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from relay.config.parse import Peer
+from relay.config.model import Peer
 
 # Postfix qshape-like age buckets: upper bounds in ms, the last bucket is open.
 AGE_BOUNDS_MS = (60_000, 300_000, 600_000, 1_200_000, 2_400_000, 4_800_000, 9_600_000)

@@ -32,7 +32,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
-from relay.config.parse import DAY_MS, RetentionConfig
+from relay.config.model import DAY_MS, RetentionConfig
 from relay.errors import RelayError
 from relay.federation.outbound import end_queued
 from relay.logs import event

@@ -22,14 +22,8 @@ from relay.logs import event
 from relay.node.state import NodeState
 from relay.policy.residency import Decision, check_submit, stamp
 from relay.policy.routing import next_hop, route_for
-from relay.protocol.envelope import (
-    MAX_LIFETIME_MS,
-    MAX_RECIPIENTS,
-    Envelope,
-    make_header,
-    seal,
-    split_address,
-)
+from relay.protocol.envelope import MAX_LIFETIME_MS, MAX_RECIPIENTS, Envelope, make_header, seal
+from relay.protocol.names import split_address
 from relay.storage.sqlite import ledger
 from relay.storage.sqlite.store import Tx
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from relay.cli import main as cli
+from relay.config.files import load_config
 from relay.config.keys import load_private_key
-from relay.config.parse import load_config
 from relay.errors import ConfigErrors, PolicyRefused, RelayError
 from relay.protocol.keystr import parse_public_key, private_key_from_seed, public_key_string
 

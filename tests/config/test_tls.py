@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from relay.config.files import load_config
 from relay.config.keys import generate_key_file
-from relay.config.parse import load_config
 from relay.config.tls import TLSFileError, client_context
 from relay.errors import ConfigErrors
 from relay.node.app import Node

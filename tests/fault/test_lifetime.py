@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay.config.parse import load_config
+from relay.config.files import load_config
 from relay.node import expiry
 from relay.node.app import Node
 from relay.storage.sqlite import ledger

@@ -43,12 +43,8 @@ from hypothesis import strategies as st
 
 from relay.api.openapi import document
 from relay.errors import ITEM_CODES, MalformedError
-from relay.protocol.envelope import (
-    ENVELOPE_DOMAIN,
-    decode_header,
-    encode_header,
-    open_result,
-)
+from relay.protocol.batch import open_result
+from relay.protocol.envelope import ENVELOPE_DOMAIN, decode_header, encode_header
 from tests.federation.conftest import (
     MAX_BODY,
     TIMEOUT,

@@ -15,7 +15,7 @@ import msgpack
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay.config.parse import DAY_MS, RetentionConfig
+from relay.config.model import DAY_MS, RetentionConfig
 from relay.node.retention import EXPIRY_MARGIN_MS, Counts, drop_content, preview, purge
 from relay.protocol.envelope import Envelope, make_header, seal
 from relay.protocol.keystr import key_id, public_key_string

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import aiohttp
 
-from relay.config.parse import load_config
+from relay.config.files import load_config
 from relay.errors import RelayError, Unavailable
 from relay.storage.sqlite.inspect import DatabaseView
 

@@ -17,7 +17,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.cli.bench.cluster import INBOX, JURISDICTION, ORIGIN, BenchNode, Cluster
-from relay.config.parse import load_config
+from relay.config.files import load_config
 from relay.protocol.envelope import ENVELOPE_DOMAIN, make_header, seal, verify_envelope
 from relay.storage.sqlite import store as store_module
 from relay.storage.sqlite.inspect import sqlite_version

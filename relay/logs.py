@@ -2,6 +2,14 @@
 
 Call `event(log, "delivery", peer=..., batch=..., outcome=...)`; the formatter
 renders the fields. Every refusal names its envelope, peer and rule.
+
+Invariants:
+- A value never ends or forges a line. Fields come from the network (mailbox
+  names, reasons, peer errors), so the text form shows a value bare only when
+  it is printable ASCII without space, quote or '='; anything else is quoted
+  with JSON escapes (ASCII only, so U+2028, U+0085 and other line breaks
+  become \\uXXXX). The JSON form is ASCII-only JSON for the same reason.
+- Ordinary values (printable ASCII) are written exactly as they were given.
 """
 
 from __future__ import annotations
@@ -21,19 +29,35 @@ def event(log: logging.Logger, name: str, level: int = logging.INFO, **fields: A
         log.log(level, name, extra={_FIELDS: fields})
 
 
+def _bare(s: str) -> bool:
+    """True if `s` can be written unquoted: printable ASCII without space, '"' or '='."""
+    return all("!" <= c <= "~" and c not in '"=' for c in s)
+
+
 def _value(v: Any) -> str:
     if isinstance(v, bytes):
         return v.hex()
     s = str(v)
-    if s == "" or any(c in s for c in ' "=\n'):
-        return json.dumps(s, ensure_ascii=False)
-    return s
+    if s and _bare(s):
+        return s
+    return json.dumps(s)  # ensure_ascii: every byte outside printable ASCII is escaped
+
+
+def _message(s: str) -> str:
+    """The event name, escaped like a quoted value if it holds anything but printable ASCII."""
+    if all(" " <= c <= "~" for c in s):
+        return s
+    return json.dumps(s)[1:-1]
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        parts = [f"{ts}.{int(record.msecs):03d}Z", record.levelname.lower(), record.getMessage()]
+        parts = [
+            f"{ts}.{int(record.msecs):03d}Z",
+            record.levelname.lower(),
+            _message(record.getMessage()),
+        ]
         fields: dict[str, Any] = getattr(record, _FIELDS, {})
         parts += [f"{k}={_value(v)}" for k, v in fields.items()]
         line = " ".join(parts)
@@ -55,7 +79,7 @@ class JsonFormatter(logging.Formatter):
             doc[k] = v.hex() if isinstance(v, bytes) else v
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc, ensure_ascii=False, default=str)
+        return json.dumps(doc, default=str)  # ensure_ascii: see the invariants
 
 
 def setup(fmt: str = "text", level: str = "info") -> None:

@@ -15,8 +15,9 @@ from typing import Any
 
 import aiohttp
 
+from relay.config.files import load_config
 from relay.config.keys import generate_key_file, load_private_key
-from relay.config.parse import load_config, mailbox_token_sha256
+from relay.config.values import mailbox_token_sha256
 from relay.node.app import Node
 from relay.protocol.keystr import public_key_string
 

@@ -125,6 +125,7 @@ async def _call(
                     f"http://relay-admin{path}",
                     json=body,
                     headers={"Authorization": f"Bearer {token}"},
+                    allow_redirects=False,
                 ) as resp:
                     status = resp.status
                     if status == 200 and sink is not None:

@@ -51,7 +51,11 @@ def authenticate(state: NodeState, request: web.Request) -> str:
     scheme, _, token = auth.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("send 'Authorization: Bearer <mailbox token>'")
-    digest = hashlib.sha256(token.strip().encode()).hexdigest().encode()
+    try:  # aiohttp hands over bytes that are not UTF-8 as lone surrogates
+        raw = token.strip().encode()
+    except UnicodeEncodeError:
+        raise Unauthorized("the token is not UTF-8 text") from None
+    digest = hashlib.sha256(raw).hexdigest().encode()
     found: str | None = None
     for mb in state.config.mailboxes:
         if hmac.compare_digest(digest, mb.token_sha256.encode()):
@@ -61,21 +65,46 @@ def authenticate(state: NodeState, request: web.Request) -> str:
     return found
 
 
+MAX_JSON_DEPTH = 32  # a client document nests 4 deep; deep nesting only exhausts the stack
+TOO_DEEP = f"request body nests arrays and objects over {MAX_JSON_DEPTH} deep"
+
+
+def _deeper_than(doc: dict[str, Any] | list[Any], limit: int) -> bool:
+    """True if arrays and objects in `doc` nest more than `limit` deep (no recursion)."""
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
+
+
 async def read_json(request: web.Request, limit: int) -> Any:
+    """The request body as JSON; TooLarge over `limit` bytes, MalformedError if not JSON."""
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"request body over {limit} bytes")
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.content.iter_chunked(65536):
-        total += len(chunk)
-        if total > limit:
-            raise TooLarge(f"request body over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(65536):
+            total += len(chunk)
+            if total > limit:
+                raise TooLarge(f"request body over {limit} bytes")
+            chunks.append(chunk)
+    except ConnectionResetError:  # aiohttp's "Connection lost": nobody is left to answer
+        got = request.content.total_bytes
+        raise BadRequest(f"the client went away before the end of the body ({got} bytes)") from None
     raw = b"".join(chunks)
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise MalformedError(f"request body is not JSON: {e}") from None
+    except RecursionError:  # json.loads recurses per level: far too deep
+        raise MalformedError(TOO_DEEP) from None
+    if isinstance(doc, dict | list) and _deeper_than(doc, MAX_JSON_DEPTH):
+        raise MalformedError(TOO_DEEP)
     try:  # "\ud800" is valid JSON syntax but no Unicode text (RFC 7493 I-JSON refuses it)
         json.dumps(doc, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:

@@ -31,20 +31,9 @@ from tomlkit.items import AoT, Table
 from tomlkit.toml_document import TOMLDocument
 
 from relay.cli.keys import add_key_actions
+from relay.config.files import config_file, load_config, validate_config
 from relay.config.keys import generate_key_file, load_private_key
-from relay.config.parse import (
-    CONFIG_NAME,
-    Config,
-    config_file,
-    country_error,
-    load_config,
-    mailbox_name_error,
-    mailbox_token_sha256,
-    node_name_error,
-    parse_config,
-    parse_listen,
-    url_error,
-)
+from relay.config.model import CONFIG_NAME, Config
 from relay.config.tomledit import (
     TomlLocator,
     append_table,
@@ -53,8 +42,17 @@ from relay.config.tomledit import (
     remove_table,
     tables_of,
 )
-from relay.errors import ConfigError, ConfigErrors, MalformedError
+from relay.config.values import (
+    country_error,
+    mailbox_name_error,
+    mailbox_token_sha256,
+    node_name_error,
+    parse_listen,
+    url_error,
+)
+from relay.errors import ConfigError, ConfigErrors, Conflict, MalformedError
 from relay.protocol.keystr import key_id, parse_public_key, public_key_string
+from relay.storage.sqlite.unread import unread_count
 
 KEY_NAME = "node.key"
 DEFAULT_LISTEN = "127.0.0.1:8701"
@@ -111,13 +109,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     for action, func, text in (
         ("add", cmd_mailbox_add, "add a mailbox and print its token once"),
-        ("remove", cmd_mailbox_remove, "remove a mailbox"),
+        ("remove", cmd_mailbox_remove, "remove a mailbox whose inbox is read"),
         ("rotate", cmd_mailbox_rotate, "replace a mailbox's token and print the new one once"),
     ):
         p = mailbox.add_parser(action, help=text)
         _dir_arg(p)
         p.add_argument("name", type=_arg(mailbox_name_error), metavar="NAME")
         p.set_defaults(func=func)
+        if action == "add":
+            p.add_argument(
+                "--inherit",
+                action="store_true",
+                help="give the new mailbox the unread mail a removed mailbox of that name left",
+            )
 
     p = sub.add_parser("check", help="validate node.toml and the key file")
     _dir_arg(p)
@@ -220,7 +224,7 @@ class _NodeFile:
     def save(self) -> Config:
         """Validate the edited document as a whole, then write it atomically."""
         new_text = dumps(self.doc)
-        config = parse_config(new_text, self.path)  # ConfigErrors: nothing written
+        config = validate_config(new_text, self.path)  # ConfigErrors: nothing written
         if self.path.read_text(encoding="utf-8") != self.text:
             raise ConfigErrors(
                 [ConfigError(str(self.path), 1, "(file)", "changed while editing; try again")]
@@ -467,7 +471,11 @@ def _unique(values: list[str]) -> list[str]:
 
 
 def cmd_mailbox_add(args: argparse.Namespace) -> int:
-    """Add a mailbox; print its token once, as the last line of stdout."""
+    """Add a mailbox; print its token once, as the last line of stdout.
+
+    Unread mail left under that name by a removed mailbox goes to the new one
+    only with --inherit: a new owner never reads it by accident.
+    """
     node_file = _NodeFile.open(args.dir)
     if (found := node_file.find("mailboxes", args.name)) is not None:
         i = found[0]
@@ -475,6 +483,12 @@ def cmd_mailbox_add(args: argparse.Namespace) -> int:
             ("mailboxes", i, "name"),
             f"mailboxes[{i}].name",
             f"mailbox {args.name!r} already exists (use `relay mailbox rotate` for a new token)",
+        )
+    left = unread_count(node_file.config.node.database, args.name)
+    if left and not args.inherit:
+        raise Conflict(
+            f"{left} unread message(s) for a removed mailbox {args.name!r} are still stored;"
+            f" give --inherit to hand them to the new mailbox, or choose another name"
         )
     token = new_token()
     entry: dict[str, object] = {"name": args.name, "token_sha256": mailbox_token_sha256(token)}
@@ -486,7 +500,19 @@ def cmd_mailbox_add(args: argparse.Namespace) -> int:
 
 
 def cmd_mailbox_remove(args: argparse.Namespace) -> int:
-    """Remove a mailbox."""
+    """Remove a mailbox, refused while its inbox holds unread mail.
+
+    Accepted mail is never dropped by a config edit: its owner reads (and
+    acknowledges) it first, with a token from `relay mailbox rotate` if lost.
+    """
+    config = load_config(args.dir)
+    if any(mb.name == args.name for mb in config.mailboxes):
+        left = unread_count(config.node.database, args.name)
+        if left:
+            raise Conflict(
+                f"mailbox {args.name!r} has {left} unread message(s); read and acknowledge"
+                f" them first (relay inbox --ack; `relay mailbox rotate` gives a new token)"
+            )
     return _remove_entry(args.dir, "mailboxes", "mailbox", args.name)
 
 

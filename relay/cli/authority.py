@@ -30,11 +30,12 @@ from pathlib import Path
 
 from relay.cli.admin import _NodeFile
 from relay.config.keys import generate_key_file, load_private_key
-from relay.config.parse import DAY_MS, country_error, node_name_error, url_error
+from relay.config.model import DAY_MS
 from relay.config.tomledit import TomlLocator, append_table
+from relay.config.values import country_error, node_name_error, url_error
 from relay.errors import ConfigError, ConfigErrors, MalformedError
 from relay.policy.certs import decode_line, encode_line, fingerprint, format_ms
-from relay.protocol.envelope import Certificate, open_certificate, sign_certificate
+from relay.protocol.certificate import Certificate, open_certificate, sign_certificate
 from relay.protocol.keystr import parse_public_key, public_key_string
 
 AUTHORITY_TOML = "authority.toml"

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from relay.api.admin_client import NodeNotRunning, call
-from relay.config.parse import load_config
+from relay.config.files import load_config
 from relay.storage.sqlite.backup import (
     check_destination,
     database_lock,

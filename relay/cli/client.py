@@ -1,9 +1,12 @@
 """`relay send`, `relay inbox`, `relay status`: the client API from a shell.
 
-`--node`/`--token` default to RELAY_URL/RELAY_TOKEN, `--ca-file` to
-RELAY_CA_FILE: an https node is verified against those CAs only, else against
-the system's (never unverified). Results go to stdout, messages to stderr. A
-policy refusal exits 3.
+`--node` defaults to RELAY_URL, `--ca-file` to RELAY_CA_FILE: an https node
+is verified against those CAs only, else against the system's (never
+unverified). The mailbox token comes from RELAY_TOKEN or `--token-file PATH`
+(a file only its owner can read, holding the token and at most one trailing
+newline); `--token TOKEN` still works but puts the token in the process list
+(/proc/PID/cmdline), where every local user can read it. Results go to
+stdout, messages to stderr. A policy refusal exits 3.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import json
 import os
 import ssl
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,8 +37,18 @@ class ApiError(RelayError):
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node", default=os.environ.get("RELAY_URL"), help="node URL (RELAY_URL)")
-    p.add_argument(
-        "--token", default=os.environ.get("RELAY_TOKEN"), help="mailbox token (RELAY_TOKEN)"
+    token = p.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="PATH",
+        help="read the mailbox token from PATH (mode 0600); default: the RELAY_TOKEN variable",
+    )
+    token.add_argument(
+        "--token",
+        default=os.environ.get("RELAY_TOKEN"),
+        help="the mailbox token itself; other local users can read it in the process list,"
+        " so prefer RELAY_TOKEN or --token-file",
     )
     p.add_argument(
         "--ca-file",
@@ -74,10 +88,53 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def _need(args: argparse.Namespace) -> tuple[str, str, ssl.SSLContext]:
     if not args.node:
         raise BadRequest("give --node URL or set RELAY_URL")
-    if not args.token:
-        raise BadRequest("give --token TOKEN or set RELAY_TOKEN")
+    token = read_token_file(args.token_file) if args.token_file else args.token
+    if not token:
+        raise BadRequest("set RELAY_TOKEN or give --token-file PATH")
     tls = client_context(args.ca_file)  # TLSFileError names a bad --ca-file
-    return str(args.node).rstrip("/"), str(args.token), tls
+    return str(args.node).rstrip("/"), str(token), tls
+
+
+MAX_TOKEN_FILE = 4096
+
+
+def read_token_file(path: Path) -> str:
+    """The token in `path`: its text without one trailing newline.
+
+    The file must be a regular file that neither group nor others can
+    access (like node.key); BadRequest says what is wrong with it.
+    """
+    where = f"--token-file {path}"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise BadRequest(f"{where}: cannot open: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadRequest(f"{where}: not a regular file")
+        if st.st_mode & 0o077:
+            raise BadRequest(
+                f"{where}: accessible by group or others (mode {stat.S_IMODE(st.st_mode):04o});"
+                f" run: chmod 600 {path}"
+            )
+        data = os.read(fd, MAX_TOKEN_FILE + 1)
+    except OSError as e:
+        raise BadRequest(f"{where}: cannot read: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_TOKEN_FILE:
+        raise BadRequest(f"{where}: over {MAX_TOKEN_FILE} bytes; it should hold the token alone")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(f"{where}: not UTF-8 text") from None
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text:
+        raise BadRequest(f"{where}: the file is empty")
+    if any(c < " " or c == "\x7f" for c in text):
+        raise BadRequest(f"{where}: holds more than one line or a control character")
+    return text
 
 
 async def _call(
@@ -97,7 +154,7 @@ async def _call(
                 timeout=aiohttp.ClientTimeout(total=timeout),
                 connector=aiohttp.TCPConnector(ssl=tls),
             ) as s,
-            s.request(method, url, json=body, headers=hdrs) as resp,
+            s.request(method, url, json=body, headers=hdrs, allow_redirects=False) as resp,
         ):
             text = await resp.text()
             status = resp.status

@@ -15,6 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from relay.config.files import load_config
 from relay.config.keyops import (
     Rotation,
     default_grace_ms,
@@ -24,7 +25,7 @@ from relay.config.keyops import (
     rotate,
 )
 from relay.config.keyops import wall_ms as now
-from relay.config.parse import load_config, parse_duration_ms
+from relay.config.values import parse_duration_ms
 from relay.errors import MalformedError
 from relay.protocol.keystr import key_id, parse_public_key
 

@@ -25,13 +25,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from relay.config.parse import Config, load_config, parse_duration_ms
+from relay.config.files import load_config
+from relay.config.model import Config
+from relay.config.values import parse_duration_ms
 from relay.errors import BadRequest, MalformedError, RelayError
 from relay.node.retention import RETENTION_SCHEMA, Due, Preview, preview, purge
 from relay.policy.residency import Decision, Policy, check_submit, policy_hash, rule_matches, stamp
 from relay.policy.routing import next_hop
 from relay.policy.trust import Trust
-from relay.protocol.envelope import split_address
+from relay.protocol.names import split_address
 from relay.storage.backends import open_readonly_storage, open_storage
 from relay.storage.interface import DatabaseLocked
 

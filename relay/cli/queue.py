@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from relay.api.admin_client import call
-from relay.config.parse import Config, load_config, node_name_error
+from relay.config.files import load_config
+from relay.config.model import Config
+from relay.config.values import node_name_error
 from relay.node import queueview
 from relay.node.queueops import DELETED_REASON
 from relay.storage.backends import open_readonly_storage

@@ -7,7 +7,7 @@ import asyncio
 from pathlib import Path
 
 from relay import logs
-from relay.config.parse import load_config
+from relay.config.files import load_config
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -2,7 +2,7 @@
 
 Invariants:
 - node.toml is edited as every admin command edits it: with tomlkit (comments
-  kept), the whole new text validated by `parse_config` before an atomic
+  kept), the whole new text validated by `validate_config` before an atomic
   write, and refused if the file changed meanwhile. An edit that would make
   the file invalid writes nothing.
 - A new key file is created (0600, never overwriting) before node.toml names
@@ -29,8 +29,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tomlkit.items import Array, Table
 from tomlkit.toml_document import TOMLDocument
 
+from relay.config.files import load_config, validate_config
 from relay.config.keys import load_private_key, write_key_file
-from relay.config.parse import Config, RetiredKey, load_config, parse_config
+from relay.config.model import Config, RetiredKey
 from relay.config.tomledit import atomic_write_text, dumps, tables_of
 from relay.errors import BadRequest, ConfigError, ConfigErrors, NotFound
 from relay.protocol.keystr import key_id, public_key_string
@@ -106,7 +107,7 @@ class _NodeToml:
 
     def save(self) -> Config:
         new_text = dumps(self.doc)
-        config = parse_config(new_text, self.path)  # ConfigErrors: nothing written
+        config = validate_config(new_text, self.path)  # ConfigErrors: nothing written
         if self.path.read_text(encoding="utf-8") != self.text:
             raise ConfigErrors(
                 [ConfigError(str(self.path), 1, "(file)", "changed while editing; try again")]

@@ -1,11 +1,14 @@
-"""node.toml -> frozen, validated config (DESIGN §9).
+"""node.toml text -> frozen, validated config (DESIGN §9). Pure: reads no file.
 
 Invariants:
-- `load_config` returns a `Config` only when the file has no problem at all;
+- `parse_config` returns a `Config` only when the text has no problem at all;
   otherwise it raises `ConfigErrors` listing every problem found, in file
   order, each as `FILE:LINE: key: reason`. Nothing is silently ignored: an
   unknown key or table is a problem, and so is a type, range or reference
   error.
+- The files the text names (key, TLS, certificates, revocation list) are not
+  read here: `parse_document` lists them as FileChecks, which
+  relay.config.files runs for `load_config` and `validate_config`.
 - Every country code is checked against ISO 3166-1 alpha-2; group names are
   expanded (recursively, cycles refused) so `Config.policy` holds only codes.
 - Paths (key file, database, certificates) are absolute, resolved against the
@@ -15,28 +18,45 @@ Invariants:
 from __future__ import annotations
 
 import datetime
-import hashlib
-import ipaddress
 import re
 import tomllib
-import urllib.parse
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
-from relay.config.keys import KeyFileError, load_private_key
-from relay.config.tls import tls_files_errors
-from relay.config.tomledit import KeyPath, TomlLocator, dotted
+from relay.config.model import (
+    DAY_MS,
+    Authority,
+    Config,
+    FederationConfig,
+    LimitsConfig,
+    LogConfig,
+    Mailbox,
+    MetricsConfig,
+    NodeConfig,
+    Peer,
+    RelayConfig,
+    RetentionConfig,
+    RetiredKey,
+    Route,
+    TrustConfig,
+)
+from relay.config.policy_tables import _PolicyTables
+from relay.config.table import _Report, _Table
+from relay.config.tomledit import TomlLocator
+from relay.config.values import (
+    _one_of,
+    _public_key_error,
+    _sha256_error,
+    country_error,
+    mailbox_name_error,
+    node_name_error,
+    node_pattern_error,
+    parse_listen,
+    url_error,
+)
 from relay.errors import ConfigError, ConfigErrors, MalformedError
-from relay.policy.certs import certificate_lines, decode_line, parse_revoked
-from relay.policy.residency import Effect, Mode, Policy, Rule
-from relay.protocol.envelope import open_certificate
-from relay.protocol.iso3166 import is_country
-from relay.protocol.keystr import key_id, parse_public_key, public_key_string
-
-CONFIG_NAME = "node.toml"
-DAY_MS = 86_400_000
+from relay.policy.residency import Policy
+from relay.protocol.keystr import key_id, parse_public_key
 
 # Tables and keys that later issues will add. Listed here so that using them
 # now says "not supported yet" rather than "unknown"; supporting one means
@@ -46,456 +66,73 @@ _LATER_NODE_KEYS: dict[str, str] = {}
 _TLS_KEYS = ("tls_cert", "tls_key", "ca_file")  # [node] keys, in tls_files_errors order
 
 
-@dataclass(frozen=True, slots=True)
-class RetiredKey:
-    """One `[node] retired_keys` entry: a former signing key, verifiable until `valid_until`."""
-
-    key: str  # ed25519:... public key string; the private key is no longer needed
-    valid_until_ms: int
+# --- parse -------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class NodeConfig:
-    """The `[node]` table."""
+class KeyFileCheck:
+    """`[node] key_file` must hold a private key that is neither revoked nor
+    sharing a key id with a retired key (`retired` is (where, key) pairs)."""
 
-    name: str
-    jurisdiction: str
-    listen_host: str
-    listen_port: int
-    public_url: str
-    key_file: Path
-    database: Path
-    max_body_bytes: int = 16 * 1024 * 1024
-    queue_lifetime_ms: int = 5 * DAY_MS
-    certificates: tuple[Path, ...] = ()
-    admin_token_sha256: str | None = None
-    retired_keys: tuple[RetiredKey, ...] = ()  # relay.policy.keyring: published, never signing
-    revoked_keys: tuple[str, ...] = ()  # never used, never published
-    tls_cert: Path | None = None  # with tls_key: the listener serves HTTPS (relay.config.tls)
-    tls_key: Path | None = None
-    ca_file: Path | None = None  # outbound HTTPS trusts only these CAs; None: the system's
-
-    @property
-    def listen(self) -> str:
-        """`host:port`, with brackets around an IPv6 host."""
-        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
-        return f"{host}:{self.listen_port}"
+    file: Path
+    revoked: tuple[str, ...]
+    retired: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
-class FederationConfig:
-    """The `[federation]` table: batching, backoff and timeouts of outbound senders."""
+class TlsFilesCheck:
+    """`[node] tls_cert`, `tls_key`, `ca_file`: paired, readable, matching."""
 
-    batch_envelopes: int = 500
-    batch_bytes: int = 4 * 1024 * 1024
-    retry_min_ms: int = 1000
-    retry_max_ms: int = 3_600_000
-    request_timeout_ms: int = 30_000
-    connect_timeout_ms: int = 10_000
-    receipt_window_ms: int = 200
+    tls_cert: Path | None
+    tls_key: Path | None
+    ca_file: Path | None
 
 
 @dataclass(frozen=True, slots=True)
-class RetentionConfig:
-    """The `[retention]` table, in days."""
+class OwnCertificateCheck:
+    """One of `[node] certificates`: one certificate line, for this node."""
 
-    content_min_days: int = 0
-    content_max_days: int = 365
-    metadata_min_days: int = 0
-    metadata_max_days: int = 1095
+    file: Path
+    node_name: str | None
 
 
 @dataclass(frozen=True, slots=True)
-class Peer:
-    """One `[[peers]]` entry: a pinned node, its trusted jurisdiction and keys."""
+class TrustFilesCheck:
+    """`[trust]`: an explicit directory or revocation list must exist; a
+    revocation list that exists must parse."""
 
-    name: str
-    url: str | None
-    jurisdiction: str
-    keys: tuple[str, ...]
-    revoked_keys: tuple[str, ...] = ()  # refused at once, with a reason that says so
+    certificates_dir: Path
+    explicit_dir: bool
+    revoked: Path
+    explicit_revoked: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Mailbox:
-    """One `[[mailboxes]]` entry; the token itself is never stored."""
-
-    name: str
-    token_sha256: str
-    webhook: str | None = None
-    webhook_jurisdiction: str | None = None  # None: the node's own jurisdiction
+FileCheck = KeyFileCheck | TlsFilesCheck | OwnCertificateCheck | TrustFilesCheck
 
 
 @dataclass(frozen=True, slots=True)
-class LimitsConfig:
-    """The `[limits]` table: rate limits and backpressure bounds; 0 means unlimited.
-
-    `client_rate` is messages a second per mailbox (a batch submit counts its
-    messages, any other request counts 1); `peer_rate` is batch requests a
-    second per peer. `max_queued` bounds the envelopes queued for other nodes
-    (a submit past it is answered 503); `max_pending_writes` bounds the jobs
-    waiting for the store writer (requests past it are answered 503).
-    """
-
-    client_rate: int = 50_000  # generous: the throughput goal is 10,000 msg/s per node
-    client_burst: int = 100_000
-    peer_rate: int = 2_000  # a sender keeps one batch in flight per destination
-    peer_burst: int = 4_000
-    max_queued: int = 1_000_000
-    max_pending_writes: int = 1024
-
-
-@dataclass(frozen=True, slots=True)
-class LogConfig:
-    """The `[log]` table."""
-
-    format: str = "text"
-    level: str = "info"
-
-
-@dataclass(frozen=True, slots=True)
-class MetricsConfig:
-    """The `[metrics]` table: where `GET /metrics` is served and who may read it.
-
-    Without `listen` it is served on the node's own listener.
-    """
-
-    listen_host: str | None = None
-    listen_port: int = 0
-    token_sha256: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One `[[routes]]` entry: envelopes for nodes matching `to` go to `via`."""
-
-    to: str  # a node name or `*.suffix`
-    via: str
-
-
-@dataclass(frozen=True, slots=True)
-class RelayConfig:
-    """The `[relay]` table: for whom this node relays (names or `*.suffix`)."""
-
-    for_origins: tuple[str, ...] = ()
-    for_destinations: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Authority:
-    """One `[[authorities]]` entry: a certificate authority and what it may attest."""
-
-    name: str
-    key: str
-    jurisdictions: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class TrustConfig:
-    """The `[trust]` table: where certificates and the revocation list are kept.
-
-    Both default to files next to node.toml (`certs/`, `revoked.txt`) that may
-    be absent; an explicitly configured path must exist.
-    """
-
-    certificates_dir: Path | None = None
-    revoked: Path | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    """A whole, valid node.toml."""
-
-    path: Path
-    node: NodeConfig
-    policy: Policy
-    retention: RetentionConfig
-    federation: FederationConfig
-    peers: tuple[Peer, ...]
-    mailboxes: tuple[Mailbox, ...]
-    log: LogConfig
-    metrics: MetricsConfig = MetricsConfig()
-    routes: tuple[Route, ...] = ()
-    relay: RelayConfig = RelayConfig()
-    authorities: tuple[Authority, ...] = ()
-    trust: TrustConfig = TrustConfig()
-    limits: LimitsConfig = LimitsConfig()
-
-    def peer(self, name: str) -> Peer | None:
-        """The pinned peer called `name`, if any."""
-        return next((p for p in self.peers if p.name == name), None)
-
-    def mailbox(self, name: str) -> Mailbox | None:
-        """The local mailbox called `name`, if any."""
-        return next((m for m in self.mailboxes if m.name == name), None)
-
-
-# --- value checks, shared with the CLI ---------------------------------------
-
-_NODE_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_MAILBOX_NAME = re.compile(
-    r"[a-z0-9_+-][a-z0-9._+-]{0,63}"
-)  # as relay.protocol.envelope.valid_mailbox
-_GROUP_NAME = re.compile(r"[A-Z][A-Z0-9_]{1,31}")
-_RULE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-_DURATION = re.compile(r"(\d{1,12})(ms|s|m|h|d)")
-_DURATION_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": DAY_MS}
-RESERVED_MAILBOXES = frozenset({"postmaster"})
-
-
-def node_pattern_error(pattern: str) -> str | None:
-    """Why `pattern` is neither a node name nor `*.suffix` of one, or None."""
-    if pattern.startswith("*."):
-        return node_name_error(pattern[2:])
-    return node_name_error(pattern)
-
-
-def node_name_error(name: str) -> str | None:
-    """Why `name` is not a node name (lowercase DNS-style), or None."""
-    if not name:
-        return "empty node name"
-    if len(name) > 253:
-        return "node name longer than 253 characters"
-    for label in name.split("."):
-        if not _NODE_LABEL.fullmatch(label):
-            return (
-                f"bad node name {name!r}: use lowercase labels of a-z, 0-9 and '-' "
-                "separated by '.', no empty label, no '-' at a label's ends"
-            )
-    return None
-
-
-def mailbox_name_error(name: str) -> str | None:
-    """Why `name` is not a mailbox name, or None."""
-    if not _MAILBOX_NAME.fullmatch(name):
-        return f"bad mailbox name {name!r}: use 1..64 of a-z 0-9 . _ + -, not starting with '.'"
-    if name in RESERVED_MAILBOXES:
-        return f"mailbox name {name!r} is reserved for receipts"
-    return None
-
-
-def country_error(code: str) -> str | None:
-    """Why `code` is not an ISO 3166-1 alpha-2 country code, or None."""
-    if is_country(code):
-        return None
-    if is_country(code.upper()):
-        return f"bad country code {code!r} (codes are uppercase: {code.upper()!r})"
-    return f"bad country code {code!r}"
-
-
-def url_error(url: str) -> str | None:
-    """Why `url` is not an http(s) URL with a host, or None."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError as e:
-        return f"bad URL {url!r}: {e}"
-    if parts.scheme not in ("http", "https"):
-        return f"bad URL {url!r}: must start with http:// or https://"
-    if not parts.hostname:
-        return f"bad URL {url!r}: no host"
-    if not port_ok:
-        return f"bad URL {url!r}: port 0"
-    if parts.username is not None or parts.query or parts.fragment:
-        return f"bad URL {url!r}: no user, query or fragment allowed"
-    return None
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """Split `host:port` or `[v6]:port`; ValueError with a reason."""
-    m = re.fullmatch(r"\[([^\]]+)\]:(\d{1,5})|([^:\[\]]+):(\d{1,5})", listen)
-    if m is None:
-        raise ValueError(f"bad listen address {listen!r}: use HOST:PORT or [IPV6]:PORT")
-    v6, host = m.group(1), m.group(3)
-    port = int(m.group(2) or m.group(4))
-    if port > 65535:
-        raise ValueError(f"bad listen address {listen!r}: port over 65535")
-    if v6 is not None:
-        try:
-            ipaddress.IPv6Address(v6)
-        except ValueError:
-            raise ValueError(f"bad listen address {listen!r}: not an IPv6 address") from None
-        return v6, port
-    if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
-        raise ValueError(f"bad listen address {listen!r}: bad host")
-    return host, port
-
-
-def parse_duration_ms(s: str) -> int:
-    """Milliseconds in a duration such as "500ms", "30s", "5m", "1h" or "5d".
-
-    ValueError, with a reason, for anything else.
-    """
-    m = _DURATION.fullmatch(s)
-    if m is None:
-        raise ValueError(f"bad duration {s!r}: use a whole number and a unit ms, s, m, h or d")
-    return int(m.group(1)) * _DURATION_UNIT_MS[m.group(2)]
-
-
-def mailbox_token_sha256(token: str) -> str:
-    """The stored form of a mailbox token: lowercase hex SHA-256 of its UTF-8 bytes."""
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def config_file(path: Path) -> Path:
-    """A node directory means its node.toml; a file path is taken as is."""
-    return path / CONFIG_NAME if path.is_dir() else path
-
-
-# --- reading tables ----------------------------------------------------------
-
-T = TypeVar("T")
-_TYPE_NAMES = {str: "a string", int: "an integer", list: "an array", dict: "a table"}
-
-
-class _Report:
-    """Collects problems, each located by key path."""
-
-    def __init__(self, file: str, locator: TomlLocator) -> None:
-        self.file = file
-        self.locator = locator
-        self.errors: list[ConfigError] = []
-
-    def add(self, path: KeyPath, reason: str) -> None:
-        line = self.locator.line(path)
-        self.errors.append(ConfigError(self.file, line, dotted(path), reason))
-
-
-class _Table:
-    """One TOML table being read; remembers which keys were used."""
-
-    def __init__(self, data: Mapping[str, object], path: KeyPath, report: _Report) -> None:
-        self.data = data
-        self.path = path
-        self.report = report
-        self.used: set[str] = set()
-
-    def error(self, key: str, reason: str) -> None:
-        self.report.add((*self.path, key), reason)
-
-    def raw(self, key: str, kind: type[T], *, required: bool = False) -> T | None:
-        """The value under `key` if present and of `kind` (bool is never an int)."""
-        self.used.add(key)
-        if key not in self.data:
-            if required:
-                self.report.add((*self.path, key), "missing (required)")
-            return None
-        value = self.data[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            self.error(key, f"expected {_TYPE_NAMES[kind]}, got {_toml_type(value)}")
-            return None
-        return value
-
-    def string(
-        self, key: str, *, required: bool = False, check: Callable[[str], str | None] | None = None
-    ) -> str | None:
-        value = self.raw(key, str, required=required)
-        if value is not None and check is not None and (reason := check(value)) is not None:
-            self.error(key, reason)
-            return None
-        return value
-
-    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
-        value = self.raw(key, int)
-        if value is None:
-            return default
-        if not lo <= value <= hi:
-            self.error(key, f"{value} is out of range {lo}..{hi}")
-            return default
-        return value
-
-    def duration_ms(self, key: str, default: int, *, lo: int = 1) -> int:
-        if key in self.data and not isinstance(self.data[key], str):
-            self.used.add(key)
-            self.error(key, 'expected a duration string such as "30s", "5m", "1h" or "5d"')
-            return default
-        value = self.raw(key, str)
-        if value is None:
-            return default
-        try:
-            ms = parse_duration_ms(value)
-        except ValueError as e:
-            self.error(key, str(e))
-            return default
-        if ms < lo:
-            self.error(key, f"duration {value!r} is too short (at least {lo} ms)")
-            return default
-        return ms
-
-    def strings(
-        self, key: str, *, single: bool = False, required: bool = False
-    ) -> list[str] | None:
-        """A list of strings; with `single`, one string is taken as a list of one."""
-        self.used.add(key)
-        if key not in self.data:
-            if required:
-                self.report.add((*self.path, key), "missing (required)")
-            return None
-        value = self.data[key]
-        if single and isinstance(value, str):
-            return [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            what = "a string or an array of strings" if single else "an array of strings"
-            self.error(key, f"expected {what}")
-            return None
-        return [str(v) for v in value]
-
-    def table(self, key: str) -> _Table | None:
-        value = self.raw(key, dict)
-        return None if value is None else _Table(value, (*self.path, key), self.report)
-
-    def tables(self, key: str) -> list[_Table]:
-        """An array of tables `[[key]]`."""
-        value = self.raw(key, list)
-        if value is None:
-            return []
-        if not all(isinstance(v, dict) for v in value):
-            self.error(key, f"expected [[{dotted((*self.path, key))}]] tables")
-            return []
-        return [_Table(v, (*self.path, key, i), self.report) for i, v in enumerate(value)]
-
-    def done(self, later: Mapping[str, str] | None = None) -> None:
-        """Report every key that was not read."""
-        for key in self.data:
-            if key in self.used:
-                continue
-            value = self.data[key]
-            if later and key in later:
-                self.error(key, f"not supported yet ({later[key]})")
-            elif isinstance(value, dict):
-                self.error(key, f"unknown table [{dotted((*self.path, key))}]")
-            elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-                self.error(key, f"unknown table [[{dotted((*self.path, key))}]]")
-            else:
-                self.error(key, "unknown key")
-
-
-def _toml_type(value: object) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
-    names |= {list: "an array", dict: "a table"}
-    return names.get(type(value), "a date or time")
-
-
-# --- load --------------------------------------------------------------------
-
-
-def load_config(path: Path) -> Config:
-    """Load and validate `path` (a node directory or its node.toml); ConfigErrors if bad."""
-    file = config_file(path).absolute()
-    try:
-        text = file.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigErrors([ConfigError(str(file), 1, "(file)", "no such file")]) from None
-    except UnicodeDecodeError as e:
-        raise ConfigErrors([ConfigError(str(file), 1, "(file)", f"not UTF-8: {e}")]) from None
-    except OSError as e:
-        raise ConfigErrors([ConfigError(str(file), 1, "(file)", str(e.strerror))]) from None
-    return parse_config(text, file)
+class ParsedConfig:
+    """What the text alone says: the config (None if unusable), the problems
+    found so far, and the file checks still to run (relay.config.files)."""
+
+    config: Config | None
+    report: _Report
+    checks: tuple[FileCheck, ...]
 
 
 def parse_config(text: str, file: Path) -> Config:
-    """Validate `text` as if it were the content of `file` (relative paths resolve there)."""
+    """Validate `text` as if it were the content of `file` (relative paths resolve there).
+
+    Pure: no file is read, so the files node.toml names are not checked;
+    relay.config.files.load_config and validate_config do that too.
+    ConfigErrors if the text has any problem.
+    """
+    parsed = parse_document(text, file)
+    return raise_problems(parsed.report, parsed.config)
+
+
+def parse_document(text: str, file: Path) -> ParsedConfig:
+    """Parse and check `text` without reading any file; ConfigErrors only for bad TOML."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -505,19 +142,26 @@ def parse_config(text: str, file: Path) -> Config:
         reason = f"{msg[: m.start()]} at column {m.group(2)}" if m else msg
         raise ConfigErrors([ConfigError(str(file), line, "(syntax)", reason)]) from None
     report = _Report(str(file), TomlLocator(text))
-    config = _Parser(report, file).parse(_Table(data, (), report))
+    parser = _Parser(report, file)
+    config = parser.parse(_Table(data, (), report))
+    return ParsedConfig(config, report, tuple(parser.checks))
+
+
+def raise_problems(report: _Report, config: Config | None) -> Config:
+    """`config` if no problem was reported, else ConfigErrors in file order."""
     if report.errors or config is None:
         raise ConfigErrors(sorted(report.errors, key=lambda e: e.line))
     return config
 
 
-class _Parser:
+class _Parser(_PolicyTables):
     """Reads each table in turn; reports problems rather than stopping at the first."""
 
     def __init__(self, report: _Report, file: Path) -> None:
         self.report = report
         self.file = file
         self.jurisdiction = ""
+        self.checks: list[FileCheck] = []
 
     def parse(self, top: _Table) -> Config | None:
         if "node" not in top.data:
@@ -565,25 +209,6 @@ class _Parser:
     def resolve(self, value: str) -> Path:
         return (self.file.parent / value).absolute()
 
-    def line(self, path: KeyPath) -> int:
-        return self.report.locator.line(path)
-
-    def first_use(
-        self, t: _Table, key: str, value: str | None, what: str, first: dict[str, int]
-    ) -> str | None:
-        """`value` if no earlier table of this array used it, else None.
-
-        A repeat is reported with the line of the first use; `first` maps each
-        value seen so far to that line.
-        """
-        if value is None:
-            return None
-        if value in first:
-            t.error(key, f"duplicate {what} {value!r} (first at line {first[value]})")
-            return None
-        first[value] = self.line((*t.path, key))
-        return value
-
     # -- [node] ---------------------------------------------------------------
 
     def node(self, t: _Table) -> NodeConfig | None:
@@ -600,24 +225,16 @@ class _Parser:
         public_url = t.string("public_url", check=url_error)
         key_value = t.string("key_file", required=True)
         key_file = None if key_value is None else self.resolve(key_value)
-        signing: str | None = None
-        if key_file is not None:
-            try:
-                signing = public_key_string(load_private_key(key_file).public_key())
-            except KeyFileError as e:
-                t.error("key_file", e.detail)
-        retired, revoked = self.node_keys(t, signing)
+        retired, revoked = self.node_keys(t, key_file)
         tls_files = {k: self.resolve(v) if (v := t.string(k)) else None for k in _TLS_KEYS}
-        for tls_key, problem in tls_files_errors(*tls_files.values()):
-            t.error(tls_key, problem)
+        self.checks.append(TlsFilesCheck(*tls_files.values()))
         database = self.resolve(t.string("database") or "relay.db")
         max_body = t.integer("max_body_bytes", 16 * 1024 * 1024, 1024, 2**31)
         lifetime = t.duration_ms("queue_lifetime", 5 * DAY_MS)
         certificates: list[Path] = []
         for value in t.strings("certificates") or []:
             cert = self.resolve(value)
-            if (reason := own_certificate_error(cert, name)) is not None:
-                t.error("certificates", reason)
+            self.checks.append(OwnCertificateCheck(cert, name))
             certificates.append(cert)
         admin = t.string("admin_token_sha256", check=_sha256_error)
         t.done(_LATER_NODE_KEYS)
@@ -644,24 +261,19 @@ class _Parser:
         )
 
     def node_keys(
-        self, t: _Table, signing: str | None
+        self, t: _Table, key_file: Path | None
     ) -> tuple[tuple[RetiredKey, ...], tuple[str, ...]]:
         """`[node] retired_keys` and `revoked_keys` (relay.policy.keyring says what they mean).
 
-        Every key appears once across the signing, retired and revoked keys, and
-        key ids are distinct, since the node document is keyed by key id.
+        Every key appears once across the retired and revoked keys, and key ids
+        are distinct, since the node document is keyed by key id. The same
+        against the signing key needs `key_file` read: a KeyFileCheck.
         """
-        seen: dict[str, str] = {} if signing is None else {key_id(signing): "the signing key"}
+        seen: dict[str, str] = {}
         revoked: list[str] = []
         for key in t.strings("revoked_keys") or []:
             if (reason := _public_key_error(key)) is not None:
                 t.error("revoked_keys", reason)
-            elif key == signing:
-                t.error(
-                    "revoked_keys",
-                    f"{key} is the signing key (key_file); a revoked key never signs: "
-                    "`relay key revoke DIR KEYID` makes a new signing key first",
-                )
             elif key in revoked:
                 t.error("revoked_keys", f"key {key!r} listed twice")
             else:
@@ -695,161 +307,10 @@ class _Parser:
                 continue
             seen[key_id(retired_key)] = where
             retired.append(RetiredKey(retired_key, int(until.timestamp() * 1000)))
+        if key_file is not None:
+            places = tuple(zip(seen.values(), (r.key for r in retired), strict=True))
+            self.checks.append(KeyFileCheck(key_file, tuple(revoked), places))
         return tuple(retired), tuple(revoked)
-
-    # -- [policy] -------------------------------------------------------------
-
-    def policy(self, t: _Table, mailbox_names: set[str]) -> Policy | None:
-        mode_value = t.string("mode", check=_one_of("enforce", "audit"))
-        mode: Mode = "audit" if mode_value == "audit" else "enforce"
-        errors_before = len(self.report.errors)
-        groups_t = t.table("groups")
-        declared = set(groups_t.data) if groups_t else set()
-        groups = self.groups(groups_t) if groups_t else {}
-        own = frozenset({self.jurisdiction}) if self.jurisdiction else frozenset()
-
-        def codes(key: str, default: frozenset[str], *, empty_ok: bool) -> frozenset[str]:
-            names = t.strings(key)
-            if names is None:
-                return default
-            if not names and not empty_ok:
-                t.error(key, "must not be empty")
-                return default
-            return self.expand(names, groups, declared, t, key)
-
-        default = codes("default_residency", own, empty_ok=False)
-        allowed = codes("allowed_residency", default, empty_ok=False)
-        outside = default - allowed
-        if outside and len(self.report.errors) == errors_before:  # else a cascade
-            t.error(
-                "default_residency",
-                f"{', '.join(sorted(outside))} not in allowed_residency",
-            )
-        export_to = codes("export_to", allowed, empty_ok=True)
-        import_from = codes("import_from", allowed, empty_ok=True)
-        rules = self.rules(t.tables("rules"), groups, declared, mailbox_names)
-        t.done()
-        return Policy(
-            jurisdiction=self.jurisdiction,
-            mode=mode,
-            default_residency=default,
-            allowed_residency=allowed,
-            export_to=export_to,
-            import_from=import_from,
-            groups=groups,
-            rules=rules,
-        )
-
-    def member_error(self, name: str) -> str:
-        if len(name) == 2:
-            return country_error(name) or ""
-        if _GROUP_NAME.fullmatch(name):
-            return f"unknown group {name!r}"
-        return f"{name!r} is neither a country code nor a group name"
-
-    def expand(
-        self,
-        names: list[str],
-        groups: dict[str, frozenset[str]],
-        declared: set[str],
-        t: _Table,
-        key: str,
-    ) -> frozenset[str]:
-        """Country codes and group names -> codes; bad names reported under `key`."""
-        out: set[str] = set()
-        for name in names:
-            if name in groups:
-                out |= groups[name]
-            elif is_country(name):
-                out.add(name)
-            elif name not in declared:  # a declared but broken group is reported there
-                t.error(key, self.member_error(name))
-        return frozenset(out)
-
-    def groups(self, t: _Table) -> dict[str, frozenset[str]]:
-        raw: dict[str, list[str]] = {}
-        for name in t.data:
-            members = t.strings(name)
-            if not _GROUP_NAME.fullmatch(name):
-                t.error(name, f"bad group name {name!r}: use A-Z, 0-9 and _, 2..32 characters")
-            elif is_country(name):
-                t.error(name, f"group name {name!r} is a country code")
-            elif members is not None and not members:
-                t.error(name, "empty group")
-            elif members is not None:
-                raw[name] = members
-        expanded: dict[str, frozenset[str]] = {}
-        broken: set[str] = set(t.data) - set(raw)
-
-        def visit(name: str, stack: list[str]) -> frozenset[str] | None:
-            if name in expanded:
-                return expanded[name]
-            if name in broken:
-                return None
-            if name in stack:
-                cycle = stack[stack.index(name) :]
-                t.error(name, f"group cycle: {' -> '.join([*cycle, name])}")
-                broken.update(cycle)
-                return None
-            stack.append(name)
-            codes: set[str] = set()
-            for member in raw[name]:
-                if member in t.data:
-                    codes |= visit(member, stack) or frozenset()
-                elif is_country(member):
-                    codes.add(member)
-                else:
-                    t.error(name, self.member_error(member))
-            stack.pop()
-            if name in broken:
-                return None
-            expanded[name] = frozenset(codes)
-            return expanded[name]
-
-        for name in raw:
-            visit(name, [])
-        return expanded
-
-    def rules(
-        self,
-        tables: list[_Table],
-        groups: dict[str, frozenset[str]],
-        declared: set[str],
-        mailbox_names: set[str],
-    ) -> tuple[Rule, ...]:
-        rules: list[Rule] = []
-        first: dict[str, int] = {}
-        for r in tables:
-            rule_id = r.string("id", required=True, check=_rule_id_error)
-            self.first_use(r, "id", rule_id, "rule id", first)
-            effect_value = r.string("effect", required=True, check=_one_of("deny", "limit"))
-            effect: Effect = "limit" if effect_value == "limit" else "deny"
-
-            senders = _condition(
-                r, "sender", lambda s: None if s in mailbox_names else f"no mailbox {s!r} here"
-            )
-            dest_nodes = _condition(r, "dest_node", node_pattern_error)
-            ctypes = _condition(r, "ctype", lambda s: None if s.strip() else "empty content type")
-            dest_j = None
-            if (names := r.strings("dest_jurisdiction", single=True)) is not None:
-                if not names:
-                    r.error("dest_jurisdiction", "empty list matches nothing")
-                codes = self.expand(names, groups, declared, r, "dest_jurisdiction")
-                dest_j = tuple(sorted(codes))
-            residency: frozenset[str] = frozenset()
-            names = r.strings("residency")
-            if effect_value == "limit" and names is None:
-                r.error("residency", 'missing (required for effect = "limit")')
-            elif effect_value == "deny" and names is not None:
-                r.error("residency", 'only a rule with effect = "limit" has a residency')
-            elif names is not None:
-                if not names:
-                    r.error("residency", "must not be empty")
-                residency = self.expand(names, groups, declared, r, "residency")
-            r.done()
-            if rule_id is not None:
-                rules.append(Rule(rule_id, effect, senders, dest_nodes, dest_j, ctypes, residency))
-        return tuple(rules)
 
     # -- [retention], [federation], [log] -----------------------------------------
 
@@ -985,14 +446,12 @@ class _Parser:
         explicit_revoked = t.string("revoked")
         t.done()
         certificates_dir = self.resolve(explicit_dir or "certs")
-        if explicit_dir is not None and not certificates_dir.is_dir():
-            t.error("certificates_dir", f"no such directory: {certificates_dir}")
         revoked = self.resolve(explicit_revoked or "revoked.txt")
-        if explicit_revoked is not None and not revoked.is_file():
-            t.error("revoked", f"no such file: {revoked}")
-        elif revoked.is_file():
-            for reason in revoked_file_errors(revoked):
-                t.error("revoked", reason)
+        self.checks.append(
+            TrustFilesCheck(
+                certificates_dir, explicit_dir is not None, revoked, explicit_revoked is not None
+            )
+        )
         return TrustConfig(certificates_dir, revoked)
 
     # -- [[peers]], [[mailboxes]] ---------------------------------------------
@@ -1052,74 +511,3 @@ class _Parser:
             if name is not None and token is not None:
                 mailboxes.append(Mailbox(name, token, webhook, webhook_j))
         return tuple(mailboxes)
-
-
-def _condition(r: _Table, key: str, check: Callable[[str], str | None]) -> tuple[str, ...] | None:
-    """A rule condition: one string or a list of them, each passing `check`."""
-    values = r.strings(key, single=True)
-    if values is None:
-        return None
-    if not values:
-        r.error(key, "empty list matches nothing")
-    for value in values:
-        if (reason := check(value)) is not None:
-            r.error(key, reason)
-    return tuple(values)
-
-
-def _one_of(*allowed: str) -> Callable[[str], str | None]:
-    def check(value: str) -> str | None:
-        if value in allowed:
-            return None
-        return f"bad value {value!r}: use " + " or ".join(f'"{a}"' for a in allowed)
-
-    return check
-
-
-def _sha256_error(value: str) -> str | None:
-    if _SHA256_HEX.fullmatch(value):
-        return None
-    return "expected 64 lowercase hex digits (a SHA-256)"
-
-
-def _public_key_error(value: str) -> str | None:
-    try:
-        parse_public_key(value)
-    except MalformedError as e:
-        return e.detail
-    return None
-
-
-def own_certificate_error(path: Path, node_name: str | None) -> str | None:
-    """Why `path` is not a certificate file for this node (one base64 line), or None."""
-    try:
-        text = path.read_text(encoding="ascii")
-    except FileNotFoundError:
-        return f"no such certificate file: {path}"
-    except (OSError, UnicodeDecodeError) as e:
-        return f"{path}: cannot read: {e}"
-    lines = certificate_lines(text)
-    if len(lines) != 1:
-        return f"{path}: expected one certificate line, found {len(lines)}"
-    try:
-        cert, _, _ = open_certificate(decode_line(lines[0][1]))
-    except MalformedError as e:
-        return f"{path}: {e.detail}"
-    if node_name is not None and cert.name != node_name:
-        return f"{path}: the certificate is for {cert.name!r}, not this node {node_name!r}"
-    return None
-
-
-def revoked_file_errors(path: Path) -> list[str]:
-    """Problems of a revocation list file, each as `FILE:LINE: reason`."""
-    try:
-        text = path.read_text(encoding="ascii")
-    except (OSError, UnicodeDecodeError) as e:
-        return [f"{path}: cannot read: {e}"]
-    return [f"{path}:{line}: {reason}" for line, reason in parse_revoked(text)[1]]
-
-
-def _rule_id_error(value: str) -> str | None:
-    if _RULE_ID.fullmatch(value):
-        return None
-    return f"bad rule id {value!r}: use 1..64 of A-Z a-z 0-9 . _ -, starting with a letter or digit"

@@ -41,12 +41,12 @@ class TLSFileError(RelayError):
         self.reason = reason
 
 
-class _Encrypted(Exception):
+class _Encrypted(RelayError):
     """Raised from the password callback: relay never decrypts a TLS key."""
 
 
 def _refuse_password() -> bytes:
-    raise _Encrypted
+    raise _Encrypted("the key file is encrypted")
 
 
 def private_file_error(path: Path) -> str | None:

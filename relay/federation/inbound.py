@@ -45,23 +45,25 @@ from relay.policy.keyring import unknown_key_detail
 from relay.policy.ratelimit import retry_headers
 from relay.policy.residency import Decision, check_accept
 from relay.protocol import httpsig
-from relay.protocol.envelope import (
-    RECEIPT_CTYPE,
+from relay.protocol.batch import (
     Batch,
     BatchItem,
     BatchResult,
-    Envelope,
-    check_payload,
     check_trace,
     decode_batch,
-    decode_receipt,
+    sign_result,
+)
+from relay.protocol.envelope import (
+    RECEIPT_CTYPE,
+    Envelope,
+    check_payload,
     header_digest,
     open_envelope,
     peek_id,
-    sign_result,
-    split_address,
     verify_envelope,
 )
+from relay.protocol.names import split_address
+from relay.protocol.receipt import decode_receipt
 from relay.storage.interface import WriteTx
 from relay.storage.records import DecisionRecord, NewEnvelope, PendingReceipt
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 
 import aiohttp
 
-from relay.config.parse import FederationConfig
+from relay.config.model import FederationConfig
 from relay.errors import BadSignature, MalformedError, RelayError
 from relay.federation import relaying
 from relay.logs import event
@@ -41,13 +41,7 @@ from relay.node.state import NodeState
 from relay.policy.residency import Decision, check_forward
 from relay.policy.trust import TrustedNode
 from relay.protocol import httpsig
-from relay.protocol.envelope import (
-    Batch,
-    BatchItem,
-    BatchResult,
-    encode_batch,
-    open_result,
-)
+from relay.protocol.batch import Batch, BatchItem, BatchResult, encode_batch, open_result
 from relay.storage.interface import WriteTx
 from relay.storage.records import DecisionRecord, PeerState, Queued, StatusUpdate
 
@@ -121,9 +115,16 @@ class Sender:
             return
         timeout = aiohttp.ClientTimeout(total=10)
         try:
-            async with self.session.get(f"{peer.url}/.well-known/relay", timeout=timeout) as r:
+            async with self.session.get(
+                f"{peer.url}/.well-known/relay", timeout=timeout, allow_redirects=False
+            ) as r:
                 doc = await r.json(content_type=None) if r.status == 200 else None
+                status, location = r.status, r.headers.get("Location", "")
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+            return
+        if 300 <= status < 400:
+            error = f"HTTP {status} redirect to {location!r} not followed"
+            event(log, "node_document_failed", logging.WARNING, peer=self.hop, error=error)
             return
         limit = doc.get("max_body_bytes") if isinstance(doc, dict) else None
         if isinstance(limit, int) and not isinstance(limit, bool) and limit > 1024:
@@ -426,11 +427,18 @@ class Sender:
             total=fed.request_timeout_ms / 1000, connect=fed.connect_timeout_ms / 1000
         )
         try:
-            async with self.session.post(url, data=body, headers=headers, timeout=timeout) as resp:
+            async with self.session.post(
+                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            ) as resp:
                 data = await _read_capped(resp, MAX_RESPONSE)
                 status = resp.status
+                location = resp.headers.get("Location", "")
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             return Attempt(False, f"{type(e).__name__}: {e}".strip(": "))
+        if 300 <= status < 400:  # a signed batch goes to the pinned URL or nowhere
+            return Attempt(
+                False, f"HTTP {status} redirect to {location!r} not followed", status=status
+            )
         if data is None:
             return Attempt(False, f"the answer is over {MAX_RESPONSE} bytes", status=status)
         if status != 200:

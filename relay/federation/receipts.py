@@ -18,7 +18,8 @@ from relay.errors import StoreError
 from relay.logs import event
 from relay.node.state import NodeState
 from relay.policy.routing import next_hop
-from relay.protocol.envelope import RECEIPT_CTYPE, Receipt, encode_receipt, make_header, seal
+from relay.protocol.envelope import RECEIPT_CTYPE, make_header, seal
+from relay.protocol.receipt import Receipt, encode_receipt
 from relay.storage.interface import WriteTx
 from relay.storage.records import NewEnvelope
 

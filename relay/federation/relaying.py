@@ -26,7 +26,8 @@ from relay.node.state import NodeState
 from relay.policy.residency import Decision, check_forward
 from relay.policy.routing import next_hop, relay_allowed
 from relay.policy.trust import TrustedNode
-from relay.protocol.envelope import BatchItem, Header, decode_header
+from relay.protocol.batch import BatchItem
+from relay.protocol.envelope import Header, decode_header
 
 MAX_CARRIED = 8  # certificates looked at per item; an origin needs one or two
 

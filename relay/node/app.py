@@ -23,10 +23,11 @@ from aiohttp import web
 
 from relay.api import client as client_api
 from relay.api.admin import AdminServer
+from relay.config.files import load_config
 from relay.config.keys import load_private_key
-from relay.config.parse import Config, load_config
+from relay.config.model import Config
 from relay.config.tls import client_context, reload_server_files, server_context
-from relay.errors import RelayError
+from relay.errors import RelayError, Unavailable
 from relay.federation import inbound, receipts
 from relay.federation.outbound import Sender
 from relay.logs import event
@@ -36,6 +37,7 @@ from relay.node.recheck import recheck
 from relay.node.reload import ReloadResult, on_sighup, reload_config
 from relay.node.state import NodeState, wall_clock_ms
 from relay.node.webhooks import Webhooks
+from relay.policy.certfiles import watch_store
 from relay.policy.keyring import published_keys
 from relay.storage.backends import open_storage
 from relay.storage.interface import WriteTx
@@ -113,7 +115,14 @@ class Node:
         site = web.TCPSite(
             self.runner, cfg.node.listen_host, cfg.node.listen_port, ssl_context=self.server_ssl
         )
-        await site.start()
+        try:
+            await site.start()
+        except OSError as e:
+            reason = os.strerror(e.errno) if e.errno else str(e)
+            raise Unavailable(
+                f"cannot listen on {cfg.node.listen_host}:{cfg.node.listen_port}"
+                f" ([node] listen in {cfg.path}): {reason}"
+            ) from None
         addresses = self.runner.addresses
         if addresses:
             self.port = int(addresses[0][1])
@@ -123,6 +132,8 @@ class Node:
         self.tasks.append(asyncio.create_task(self._prune_loop(), name="prune"))
         self.tasks.append(asyncio.create_task(retention.run_purger(state), name="purge"))
         self.tasks.append(asyncio.create_task(expiry.run_sweeper(state), name="expiry"))
+        watcher = watch_store(lambda: state.trust, lambda: state.stopping)
+        self.tasks.append(asyncio.create_task(watcher, name="certificate-store"))
         self.webhooks = Webhooks(state, self.session)
         await self.webhooks.sync()
         self.admin = AdminServer(state)
@@ -217,7 +228,13 @@ async def run_node(directory: Path) -> int:
     """`relay run`: serve until SIGTERM/SIGINT, then drain and return 0."""
     config = load_config(directory)
     node = Node(config)
-    await node.start()
+    try:
+        await node.start()
+    except BaseException:
+        # Close what start() opened (the store's threads and lock, the session,
+        # the listeners) so that the process can exit with the error.
+        await node.stop()
+        raise
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

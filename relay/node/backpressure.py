@@ -23,15 +23,28 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiohttp import web
 
+from relay.config.model import Config
 from relay.errors import Busy
+from relay.policy.ratelimit import Limits
 from relay.storage.interface import Storage
 
-if TYPE_CHECKING:
-    from relay.node.state import NodeState
+
+class Admitting(Protocol):
+    """The running node as admission reads it (NodeState, which imports this module)."""
+
+    @property
+    def backpressure(self) -> Backpressure: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def limits(self) -> Limits: ...
+    @property
+    def store(self) -> Storage: ...
+
 
 QUEUE_FULL_RETRY_S = 5
 
@@ -82,7 +95,7 @@ class Backpressure:
         self._holders.discard(id(request))
 
 
-async def admit_submit(state: NodeState, request: web.Request) -> None:
+async def admit_submit(state: Admitting, request: web.Request) -> None:
     """Take a write slot for a submit, or Busy (503); `release` gives it back."""
     bp = state.backpressure
     bp.take_slot(request, state.config.limits.max_pending_writes)
@@ -98,13 +111,13 @@ async def admit_submit(state: NodeState, request: web.Request) -> None:
             )
 
 
-def admit_batch(state: NodeState, peer: str, request: web.Request) -> None:
+def admit_batch(state: Admitting, peer: str, request: web.Request) -> None:
     """Charge a batch request to `peer` (429), then take a write slot (503)."""
     state.limits.peer(peer)
     state.backpressure.take_slot(request, state.config.limits.max_pending_writes)
     state.store.check_backlog()
 
 
-def release(state: NodeState, request: web.Request) -> None:
+def release(state: Admitting, request: web.Request) -> None:
     """Give back the write slot `request` holds, if any (call once it is answered)."""
     state.backpressure.release(request)

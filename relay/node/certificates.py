@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from relay.policy.certs import fingerprint
-from relay.protocol.envelope import open_certificate
+from relay.protocol.certificate import open_certificate
 from relay.storage.records import CertificateRecord
 
 

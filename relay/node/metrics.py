@@ -22,10 +22,10 @@ import hashlib
 import hmac
 import logging
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -33,21 +33,80 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from relay.errors import RelayError
+from relay.config.model import Config
+from relay.errors import ItemRejected, RelayError
 from relay.logs import event
-
-if TYPE_CHECKING:
-    from relay.federation.inbound import Candidate, Refusal
-    from relay.node.state import NodeState
-    from relay.node.submit import PlannedMessage
-    from relay.policy.residency import Decision
-    from relay.storage.records import Queued
+from relay.policy.residency import Decision, Policy
+from relay.protocol.envelope import Envelope
+from relay.storage.interface import Storage
+from relay.storage.records import Queued
 
 log = logging.getLogger("relay.metrics")
 
 PATH = "/metrics"
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+# What the hooks and the scrape read from the code that calls them. NodeState
+# imports this module to build its Metrics, so this module names no feature
+# type (NodeState, inbound's Candidate, submit's PlannedMessage): it says what
+# it reads, and those types match by shape.
+
+
+class RefusedItem(Protocol):
+    """An inbound item refused before storing (federation.inbound's Refusal)."""
+
+    @property
+    def error(self) -> ItemRejected: ...
+    @property
+    def rule(self) -> str: ...
+
+
+class AcceptedItem(Protocol):
+    """An inbound item that passed the checks (federation.inbound's Candidate)."""
+
+    @property
+    def env(self) -> Envelope: ...
+    @property
+    def rule_id(self) -> str: ...
+    @property
+    def audit(self) -> Decision | None: ...
+
+
+class SubmittedPart(Protocol):
+    """One envelope of a submitted message (node.submit's Planned)."""
+
+    @property
+    def env(self) -> Envelope: ...
+    @property
+    def decision(self) -> Decision: ...
+
+
+class SubmittedMessage(Protocol):
+    """A submitted message and its decisions (node.submit's PlannedMessage)."""
+
+    @property
+    def parts(self) -> Sequence[SubmittedPart]: ...
+    @property
+    def audits(self) -> Sequence[tuple[str, Decision]]: ...
+
+
+class Scraped(Protocol):
+    """The running node as the scrape reads it (NodeState)."""
+
+    @property
+    def store(self) -> Storage: ...
+    @property
+    def now_ms(self) -> Callable[[], int]: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def config(self) -> Config: ...
+    @property
+    def policy(self) -> Policy: ...
+    @property
+    def metrics(self) -> Metrics: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,8 +282,8 @@ class Metrics:
         self,
         peer: str,
         results: Mapping[bytes, str],
-        refusals: Sequence[Refusal],
-        candidates: Sequence[Candidate],
+        refusals: Sequence[RefusedItem],
+        candidates: Sequence[AcceptedItem],
     ) -> None:
         """A committed inbound batch: results per envelope and the accept decisions."""
         self.batch_size.labels("in").observe(len(results))
@@ -249,7 +308,7 @@ class Metrics:
         """An inbound batch request refused before any item was judged."""
         self.batches_refused.labels(code).inc()
 
-    def submitted_messages(self, mailbox: str, planned: Sequence[PlannedMessage]) -> None:
+    def submitted_messages(self, mailbox: str, planned: Sequence[SubmittedMessage]) -> None:
         """Messages a client submitted, and their submit decisions."""
         self.submitted.labels(mailbox).inc(len(planned))
         for pm in planned:
@@ -324,7 +383,7 @@ def database_bytes(path: Path) -> int:
     return total
 
 
-async def read_snapshot(state: NodeState) -> Snapshot:
+async def read_snapshot(state: Scraped) -> Snapshot:
     """Queue depth per next hop, unacked inbox rows per mailbox and database size."""
     store = state.store
     queues = await store.queue_counts()
@@ -349,7 +408,7 @@ def token_ok(header: str, token_sha256: str) -> bool:
     return hmac.compare_digest(digest.encode(), token_sha256.encode())
 
 
-async def scrape(state: NodeState, request: web.Request) -> web.Response:
+async def scrape(state: Scraped, request: web.Request) -> web.Response:
     """`GET /metrics`: refresh the stored-state gauges, then render every metric."""
     wanted = state.config.metrics.token_sha256
     if wanted is not None and not token_ok(request.headers.get("Authorization", ""), wanted):
@@ -368,7 +427,7 @@ async def scrape(state: NodeState, request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-async def serve(state: NodeState, app: web.Application) -> web.AppRunner | None:
+async def serve(state: Scraped, app: web.Application) -> web.AppRunner | None:
     """Route `GET /metrics` on `app`, or on its own listener with `[metrics] listen`.
 
     Call before `app` is set up. Returns the separate listener's runner (the

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from relay.config.parse import Peer
+from relay.config.model import Peer
 from relay.storage.records import AgeBucket, PeerState, QueueCount, QueueListing
 
 # Postfix qshape-like age buckets: upper bounds in ms, the last bucket is open.

@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay import logs
+from relay.config.files import load_config
 from relay.config.keys import load_private_key
-from relay.config.parse import Config, load_config
+from relay.config.model import Config
 from relay.errors import ConfigErrors, RelayError
 from relay.logs import event
 from relay.node.recheck import recheck

@@ -30,7 +30,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from relay.config.parse import DAY_MS, RetentionConfig
+from relay.config.model import DAY_MS, RetentionConfig
 from relay.errors import RelayError
 from relay.logs import event
 from relay.node.queue_end import Ending, end_queued

@@ -16,7 +16,7 @@ from typing import ClassVar
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay.config.parse import Config
+from relay.config.model import Config
 from relay.logs import event
 from relay.node import fault
 from relay.node.backpressure import Backpressure
@@ -24,8 +24,9 @@ from relay.node.metrics import Metrics
 from relay.policy.ratelimit import Limits
 from relay.policy.residency import Policy, policy_hash
 from relay.policy.trust import Trust
-from relay.protocol.envelope import Envelope, decode_receipt
+from relay.protocol.envelope import Envelope
 from relay.protocol.keystr import key_id, public_key_string
+from relay.protocol.receipt import decode_receipt
 from relay.storage.interface import Storage, WriteTx
 from relay.storage.records import StatusUpdate
 

@@ -23,14 +23,8 @@ from relay.node.decisions import decision_record, refusal
 from relay.node.state import NodeState
 from relay.policy.residency import Decision, check_submit, stamp
 from relay.policy.routing import next_hop, route_for
-from relay.protocol.envelope import (
-    MAX_LIFETIME_MS,
-    MAX_RECIPIENTS,
-    Envelope,
-    make_header,
-    seal,
-    split_address,
-)
+from relay.protocol.envelope import MAX_LIFETIME_MS, MAX_RECIPIENTS, Envelope, make_header, seal
+from relay.protocol.names import split_address
 from relay.storage.interface import WriteTx
 from relay.storage.records import DecisionRecord, NewEnvelope, Recipient
 

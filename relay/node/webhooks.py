@@ -197,11 +197,16 @@ class MailboxHook:
         )
         headers = sign(st, self.mailbox, url, body)
         try:
-            async with self.session.post(url, data=body, headers=headers, timeout=timeout) as resp:
+            async with self.session.post(
+                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            ) as resp:
                 answer = await resp.content.read(MAX_ERROR_BODY)
                 status = resp.status
+                location = resp.headers.get("Location", "")
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             return f"{type(e).__name__}: {e}".strip(": ")
+        if 300 <= status < 400:  # signed for this URL: never re-posted to another
+            return f"HTTP {status} redirect to {location!r} not followed"
         if 200 <= status < 300:
             return None
         return f"HTTP {status}: {answer.decode('utf-8', 'replace')}".strip(": ")

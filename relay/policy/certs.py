@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from relay.errors import BadSignature, MalformedError
-from relay.protocol.envelope import Certificate, open_certificate, verify_certificate
+from relay.protocol.certificate import Certificate, open_certificate, verify_certificate
 
 _FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 MAX_LINE = 16 * 1024  # a certificate line is a few hundred bytes; refuse anything absurd

@@ -19,7 +19,7 @@ Pure: no files, no clock (callers pass `now_ms`).
 
 from __future__ import annotations
 
-from relay.config.parse import Config, NodeConfig
+from relay.config.model import Config, NodeConfig
 from relay.protocol.keystr import key_id
 
 

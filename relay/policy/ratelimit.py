@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from relay.config.parse import LimitsConfig
+from relay.config.model import LimitsConfig
 from relay.errors import Busy, RateLimited, RelayError
 
 MAX_BUCKETS = 10_000

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from relay.config.parse import RelayConfig, Route
+from relay.config.model import RelayConfig, Route
 
 
 def matches(pattern: str, name: str) -> bool:

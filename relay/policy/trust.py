@@ -10,9 +10,11 @@ Invariants:
   from certificates other nodes carried in batch items (`learn`), kept in
   memory with their validity (the caller persists learned ones). Among several
   valid certificates for one name, the one valid longest is used.
-- The store and the revocation list are read again when their files change
-  (looked at no more often than every RESCAN_S seconds). A revocation list
-  that cannot be read makes every certificate count as refused: fail closed.
+- Lookups do no I/O. The store and the revocation list come in as data
+  (relay.policy.certfiles.StoreFiles), read when the Trust is made (node
+  start, reload) and again by certfiles.watch_store when the files change,
+  via `use_store`. A revocation list that cannot be read makes every
+  certificate count as refused: fail closed.
 - Nothing here touches the network: a URL only ever comes from config or
   from a certificate, never from a name a client typed.
 """
@@ -20,17 +22,22 @@ Invariants:
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from relay.config.parse import Config
+from relay.config.model import Config, TrustConfig
 from relay.errors import MalformedError
 from relay.logs import event
+from relay.policy.certfiles import (
+    Signature,
+    StoreFiles,
+    read_own,
+    read_store,
+)
 from relay.policy.certs import (
     TrustedAuthority,
     Verdict,
@@ -43,12 +50,11 @@ from relay.policy.certs import (
     parse_revoked,
     time_fault,
 )
-from relay.protocol.envelope import open_certificate
+from relay.protocol.certificate import open_certificate
 from relay.protocol.keystr import key_id, parse_public_key
 
 log = logging.getLogger("relay.trust")
 
-RESCAN_S = 2.0
 MAX_LEARNED_PER_NAME = 4
 MAX_LEARNED_NAMES = 10_000
 
@@ -104,7 +110,11 @@ class Trust:
         *,
         clock: Callable[[], int] = _wall_ms,
         learned: Iterable[bytes] = (),
+        store: StoreFiles | None = None,
+        own: Sequence[tuple[Path, str | Exception]] | None = None,
     ) -> None:
+        """Trust as `config` says, with the certificate store and own certificate
+        files as read (`store`, `own`); None reads them now, at load or reload."""
         self._clock = clock
         self._pinned: dict[str, TrustedNode] = {}
         for p in config.peers:
@@ -114,18 +124,18 @@ class Trust:
             a.name: TrustedAuthority(a.name, parse_public_key(a.key), a.jurisdictions)
             for a in config.authorities
         }
-        self._dir = config.trust.certificates_dir
-        self._revoked_path = config.trust.revoked
+        self._trust_config = config.trust
         self._revoked: frozenset[str] = frozenset()
         self._revoked_error = ""
         self._stored: dict[str, list[_Held]] = {}
         self._refused: dict[str, list[str]] = {}  # name -> why its stored certificates fail
         self._learned: dict[str, dict[str, _Held]] = {}  # name -> fingerprint -> held
         self._unsaved: list[bytes] = []
-        self._signature: object = None
-        self._next_scan = 0.0
-        self.own_certificates = self._read_own(config.node.certificates)
-        self.refresh(force=True)
+        self._signature: Signature | None = None
+        self.own_certificates = self._own_blobs(
+            read_own(config.node.certificates) if own is None else own
+        )
+        self.use_store(read_store(config.trust) if store is None else store)
         self.learn(learned, saved=True)
 
     # --- lookups ------------------------------------------------------------------
@@ -187,7 +197,6 @@ class Trust:
         )
 
     def _candidates(self, name: str) -> list[_Held]:
-        self._maybe_refresh()
         return [*self._stored.get(name, []), *self._learned.get(name, {}).values()]
 
     def _best(self, name: str) -> _Held | None:
@@ -264,58 +273,41 @@ class Trust:
 
     # --- the files ----------------------------------------------------------------------
 
-    def _maybe_refresh(self) -> None:
-        if time.monotonic() >= self._next_scan:
-            self.refresh()
+    @property
+    def store_config(self) -> TrustConfig:
+        """Where the certificate store and the revocation list are (`[trust]`)."""
+        return self._trust_config
 
-    def refresh(self, *, force: bool = False) -> None:
-        """Read the certificate store and revocation list again if they changed."""
-        self._next_scan = time.monotonic() + RESCAN_S
-        files = self._cert_files()
-        signature = (_stat(self._revoked_path), [(f, _stat(f)) for f in files])
-        if not force and signature == self._signature:
-            return
-        self._signature = signature
-        self._read_revoked()
+    @property
+    def store_signature(self) -> Signature | None:
+        """The signature of the files last used (relay.policy.certfiles)."""
+        return self._signature
+
+    def use_store(self, files: StoreFiles) -> None:
+        """Judge the certificate store and revocation list afresh from `files`."""
+        self._signature = files.signature
+        self._use_revoked(files)
         self._stored, self._refused = {}, {}
-        for file in files:
-            self._read_cert_file(file)
+        for cert_file in files.cert_files:
+            self._use_cert_file(cert_file.name, cert_file.text, cert_file.error)
 
-    def _cert_files(self) -> list[Path]:
-        if self._dir is None:
-            return []
-        try:
-            entries = sorted(self._dir.glob("*.cert"))
-        except OSError:
-            return []
-        return [p for p in entries if p.is_file()]
-
-    def _read_revoked(self) -> None:
-        self._revoked, self._revoked_error = frozenset(), ""
-        path = self._revoked_path
-        if path is None or not path.exists():
-            return
-        try:
-            text = path.read_text(encoding="ascii")
-        except (OSError, UnicodeDecodeError) as e:
-            self._revoked_error = f"revocation list {path} cannot be read: {e}"
-        else:
-            revoked, bad = parse_revoked(text)
+    def _use_revoked(self, files: StoreFiles) -> None:
+        self._revoked, self._revoked_error = frozenset(), files.revoked_error
+        if files.revoked_text:
+            revoked, bad = parse_revoked(files.revoked_text)
             if bad:
                 line, reason = bad[0]
-                self._revoked_error = f"revocation list {path}:{line}: {reason}"
+                self._revoked_error = f"revocation list {files.revoked_path}:{line}: {reason}"
             self._revoked = revoked
         if self._revoked_error:
             event(log, "revocation_list_unusable", logging.ERROR, detail=self._revoked_error)
 
-    def _read_cert_file(self, file: Path) -> None:
-        try:
-            text = file.read_text(encoding="ascii")
-        except (OSError, UnicodeDecodeError) as e:
-            event(log, "certificate_refused", logging.WARNING, file=str(file), reason=str(e))
+    def _use_cert_file(self, file: str, text: str, error: str) -> None:
+        if error:
+            event(log, "certificate_refused", logging.WARNING, file=file, reason=error)
             return
         for line, value in certificate_lines(text):
-            where = f"{file.name}:{line}"
+            where = f"{file}:{line}"
             try:
                 blob = decode_line(value)
             except MalformedError as e:
@@ -332,13 +324,15 @@ class Trust:
                 continue
             self._stored.setdefault(verdict.cert.name, []).append(_held(verdict, where))
 
-    def _read_own(self, paths: Iterable[Path]) -> tuple[bytes, ...]:
+    def _own_blobs(self, files: Sequence[tuple[Path, str | Exception]]) -> tuple[bytes, ...]:
         out: list[bytes] = []
-        for path in paths:
+        for path, text in files:
+            if isinstance(text, Exception):
+                event(log, "own_certificate_unreadable", logging.ERROR, file=str(path), detail=text)
+                continue
             try:
-                lines = certificate_lines(path.read_text(encoding="ascii"))
-                out.extend(decode_line(value) for _, value in lines)
-            except (OSError, UnicodeDecodeError, MalformedError) as e:
+                out.extend(decode_line(value) for _, value in certificate_lines(text))
+            except MalformedError as e:
                 event(log, "own_certificate_unreadable", logging.ERROR, file=str(path), detail=e)
         return tuple(out)
 
@@ -346,16 +340,6 @@ class Trust:
     def own_certificate_lines(self) -> list[str]:
         """This node's own certificates as base64 strings, for its node document."""
         return [encode_line(b) for b in self.own_certificates]
-
-
-def _stat(path: Path | None) -> tuple[int, int] | None:
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size
 
 
 def _name_of(blob: bytes) -> str:

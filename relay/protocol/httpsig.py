@@ -40,15 +40,11 @@ Invariants:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
-from typing import NoReturn
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -65,6 +61,7 @@ from relay.errors import (
     UnknownSender,
     WrongDestination,
 )
+from relay.protocol.sfv import BareItem, Member, Params, b64, b64_canonical, parse_dictionary
 
 LABEL = "relay"
 ALG = "ed25519"
@@ -80,14 +77,14 @@ CLOCK_WINDOW_S = 300
 
 def content_digest(body: bytes) -> str:
     """The Content-Digest header value for `body`: `sha-256=:<b64>:`."""
-    return f"sha-256=:{_b64(hashlib.sha256(body).digest())}:"
+    return f"sha-256=:{b64(hashlib.sha256(body).digest())}:"
 
 
 def check_content_digest(header_value: str | None, body: bytes) -> None:
     """Raise DigestMismatch unless the header's sha-256 member is sha256(body)."""
     if header_value is None:
         raise DigestMismatch("the request has no Content-Digest header")
-    members = _Parser(header_value.strip(" \t"), DigestMismatch, "Content-Digest").dictionary()
+    members = parse_dictionary(header_value.strip(" \t"), DigestMismatch, "Content-Digest")
     member = members.get("sha-256")
     if member is None:
         listed = ", ".join(sorted(members))
@@ -153,7 +150,7 @@ def sign_request(
         raise ValueError(f"nonce must be {NONCE_MIN}..{NONCE_MAX} bytes, not {len(nonce)}")
     if not origin or not key_id or "#" in origin or "#" in key_id:
         raise ValueError(f"cannot form a keyid from node {origin!r} and key id {key_id!r}")
-    params = signature_params(created, _b64(nonce), f"{origin}#{key_id}")
+    params = signature_params(created, b64(nonce), f"{origin}#{key_id}")
     values = (method, path, content_digest, origin, destination)
     base = signature_base(tuple(zip(COMPONENTS, values, strict=True)), params)
     return {
@@ -161,7 +158,7 @@ def sign_request(
         "Relay-Origin": origin,
         "Relay-Destination": destination,
         "Signature-Input": f"{LABEL}={params}",
-        "Signature": f"{LABEL}=:{_b64(key.sign(base))}:",
+        "Signature": f"{LABEL}=:{b64(key.sign(base))}:",
     }
 
 
@@ -259,19 +256,6 @@ def check_clock(created: int, now_s: int, window_s: int = CLOCK_WINDOW_S) -> Non
 # --- helpers ---------------------------------------------------------------------
 
 
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
-
-def _b64_canonical(text: str) -> bytes | None:
-    """Decode padded standard base64, or None if it is not in canonical form."""
-    try:
-        raw = base64.b64decode(text, validate=True)
-    except binascii.Error:
-        return None
-    return raw if _b64(raw) == text else None
-
-
 def _iso(t: int) -> str:
     try:
         return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -306,15 +290,15 @@ def _one_header(headers: Mapping[str, str], name: str, error: type[RelayError]) 
     return value
 
 
-def _relay_member(header_value: str, header: str) -> _Member:
-    members = _Parser(header_value, BadSignature, header).dictionary()
+def _relay_member(header_value: str, header: str) -> Member:
+    members = parse_dictionary(header_value, BadSignature, header)
     if LABEL not in members:
         labels = ", ".join(sorted(members))
         raise BadSignature(f"{header} has no {LABEL!r} member (it has: {labels})")
     return members[LABEL]
 
 
-def _component_names(items: tuple[tuple[_Bare, _Params], ...]) -> list[str]:
+def _component_names(items: tuple[tuple[BareItem, Params], ...]) -> list[str]:
     names: list[str] = []
     for value, params in items:
         if not isinstance(value, str) or params:
@@ -326,7 +310,7 @@ def _component_names(items: tuple[tuple[_Bare, _Params], ...]) -> list[str]:
     return names
 
 
-def _signature_parameters(params: _Params) -> tuple[int, str, str, str]:
+def _signature_parameters(params: Params) -> tuple[int, str, str, str]:
     """Check the four parameters; return created, nonce, key node, key id."""
     missing = sorted(PARAMS - params.keys())
     if missing:
@@ -339,7 +323,7 @@ def _signature_parameters(params: _Params) -> tuple[int, str, str, str]:
         raise BadSignature("created is not a non-negative integer")
     if not isinstance(nonce, str):
         raise BadSignature("nonce is not a string")
-    raw = _b64_canonical(nonce)
+    raw = b64_canonical(nonce)
     if raw is None or not NONCE_MIN <= len(raw) <= NONCE_MAX:
         raise BadSignature(f"nonce is not padded base64 of {NONCE_MIN}..{NONCE_MAX} bytes")
     if not isinstance(keyid, str) or keyid.count("#") != 1:
@@ -350,195 +334,3 @@ def _signature_parameters(params: _Params) -> tuple[int, str, str, str]:
     if alg != ALG:
         raise BadSignature(f"alg must be the string {ALG!r}")
     return created, nonce, key_node, key_id
-
-
-# --- RFC 8941 structured fields, as far as relay needs them ----------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Token:
-    value: str
-
-
-_Bare = int | Decimal | str | _Token | bytes | bool
-_Params = dict[str, _Bare]
-
-
-@dataclass(frozen=True, slots=True)
-class _Member:
-    """One dictionary member: an item or an inner list, its parameters, and the
-    member value exactly as received (everything after `key=`)."""
-
-    value: _Bare | tuple[tuple[_Bare, _Params], ...]
-    params: _Params
-    text: str
-    inner: bool
-
-
-_DIGITS = frozenset("0123456789")
-_LCALPHA = frozenset("abcdefghijklmnopqrstuvwxyz")
-_ALPHA = _LCALPHA | frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
-_KEY_START = _LCALPHA | {"*"}
-_KEY_CHARS = _LCALPHA | _DIGITS | frozenset("_-.*")
-_TOKEN_CHARS = _ALPHA | _DIGITS | frozenset("!#$%&'*+-.^_`|~:/")
-_B64_CHARS = _ALPHA | _DIGITS | frozenset("+/=")
-
-
-class _Parser:
-    """A strict RFC 8941 dictionary parser; every fault raises `error`."""
-
-    def __init__(self, text: str, error: type[RelayError], header: str) -> None:
-        self.s = text
-        self.i = 0
-        self.error = error
-        self.header = header
-
-    def fail(self, what: str) -> NoReturn:
-        raise self.error(f"{self.header} is not a valid structured field: {what} at {self.i}")
-
-    def peek(self) -> str:
-        return self.s[self.i] if self.i < len(self.s) else ""
-
-    def skip(self, chars: str) -> None:
-        while self.i < len(self.s) and self.s[self.i] in chars:
-            self.i += 1
-
-    def dictionary(self) -> dict[str, _Member]:
-        out: dict[str, _Member] = {}
-        self.skip(" ")
-        if self.i == len(self.s):
-            self.fail("empty dictionary")
-        while True:
-            key = self.key()
-            if key in out:
-                self.fail(f"member {key!r} repeated")
-            value: _Bare | tuple[tuple[_Bare, _Params], ...] = True
-            start = self.i
-            if self.peek() == "=":
-                self.i += 1
-                start = self.i
-                value = self.inner_list() if self.peek() == "(" else self.bare_item()
-            params = self.params()
-            out[key] = _Member(value, params, self.s[start : self.i], isinstance(value, tuple))
-            self.skip(" \t")
-            if self.i == len(self.s):
-                return out
-            if self.peek() != ",":
-                self.fail("expected ','")
-            self.i += 1
-            self.skip(" \t")
-            if self.i == len(self.s):
-                self.fail("trailing comma")
-
-    def inner_list(self) -> tuple[tuple[_Bare, _Params], ...]:
-        self.i += 1  # "("
-        items: list[tuple[_Bare, _Params]] = []
-        while True:
-            self.skip(" ")
-            if self.peek() == ")":
-                self.i += 1
-                return tuple(items)
-            items.append((self.bare_item(), self.params()))
-            if self.peek() not in (" ", ")"):
-                self.fail("expected ' ' or ')' in inner list")
-
-    def params(self) -> _Params:
-        out: _Params = {}
-        while self.peek() == ";":
-            self.i += 1
-            self.skip(" ")
-            key = self.key()
-            if key in out:
-                self.fail(f"parameter {key!r} repeated")
-            value: _Bare = True
-            if self.peek() == "=":
-                self.i += 1
-                value = self.bare_item()
-            out[key] = value
-        return out
-
-    def key(self) -> str:
-        start = self.i
-        if self.peek() not in _KEY_START:
-            self.fail("expected a key")
-        while self.peek() in _KEY_CHARS:
-            self.i += 1
-        return self.s[start : self.i]
-
-    def bare_item(self) -> _Bare:
-        c = self.peek()
-        if c == "-" or c in _DIGITS:
-            return self.number()
-        if c == '"':
-            return self.string()
-        if c == ":":
-            return self.byte_sequence()
-        if c == "?":
-            return self.boolean()
-        if c == "*" or c in _ALPHA:
-            start = self.i
-            while self.peek() in _TOKEN_CHARS:
-                self.i += 1
-            return _Token(self.s[start : self.i])
-        self.fail("expected an item")
-
-    def number(self) -> int | Decimal:
-        start = self.i
-        if self.peek() == "-":
-            self.i += 1
-        digits_start = self.i
-        while self.peek() in _DIGITS:
-            self.i += 1
-        whole = self.i - digits_start
-        if whole == 0:
-            self.fail("expected a digit")
-        if self.peek() != ".":
-            if whole > 15:
-                self.fail("integer too long")
-            return int(self.s[start : self.i])
-        self.i += 1
-        frac_start = self.i
-        while self.peek() in _DIGITS:
-            self.i += 1
-        if whole > 12 or not 1 <= self.i - frac_start <= 3:
-            self.fail("bad decimal")
-        return Decimal(self.s[start : self.i])
-
-    def string(self) -> str:
-        self.i += 1  # '"'
-        chars: list[str] = []
-        while self.i < len(self.s):
-            c = self.s[self.i]
-            self.i += 1
-            if c == '"':
-                return "".join(chars)
-            if c == "\\":
-                if self.peek() not in ('"', "\\"):
-                    self.fail("bad escape in string")
-                c = self.s[self.i]
-                self.i += 1
-            elif not " " <= c <= "~":
-                self.fail("bad character in string")
-            chars.append(c)
-        self.fail("unterminated string")
-
-    def byte_sequence(self) -> bytes:
-        self.i += 1  # ":"
-        start = self.i
-        while self.peek() in _B64_CHARS:
-            self.i += 1
-        if self.peek() != ":":
-            self.fail("unterminated byte sequence")
-        raw = _b64_canonical(self.s[start : self.i])
-        if raw is None:
-            self.fail("byte sequence is not canonical padded base64")
-        self.i += 1
-        return raw
-
-    def boolean(self) -> bool:
-        self.i += 1  # "?"
-        c = self.peek()
-        if c not in ("0", "1"):
-            self.fail("bad boolean")
-        self.i += 1
-        return c == "1"

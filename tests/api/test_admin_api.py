@@ -23,8 +23,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.api.admin_client import ADMIN_SOCKET, ADMIN_TOKEN, unix_path
+from relay.config.files import load_config
 from relay.config.keys import generate_key_file
-from relay.config.parse import load_config, mailbox_token_sha256
+from relay.config.values import mailbox_token_sha256
 from relay.errors import BadRequest, Conflict, StoreError
 from relay.node import queueview
 from relay.node.app import Node

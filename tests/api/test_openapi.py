@@ -123,6 +123,7 @@ def fuzz(base_url: str, doc: dict[str, Any]) -> dict[str, int]:
     return sent
 
 
+@pytest.mark.slow
 async def test_client_api_conforms_to_its_openapi_document(node: Node) -> None:
     base = url_of(node)
     async with aiohttp.ClientSession() as session:

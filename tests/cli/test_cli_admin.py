@@ -15,10 +15,13 @@ from pathlib import Path
 import pytest
 
 from relay.cli import main as cli
+from relay.config.files import load_config
 from relay.config.keys import load_private_key
-from relay.config.parse import load_config
 from relay.errors import ConfigErrors, PolicyRefused, RelayError
 from relay.protocol.keystr import parse_public_key, private_key_from_seed, public_key_string
+
+# Nearly every test here runs `relay` as a subprocess (0.5-6 s each).
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_X = public_key_string(private_key_from_seed(bytes([7]) * 32).public_key())

@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.cli import main as cli
-from relay.config.parse import load_config
+from relay.config.files import load_config
 from relay.protocol.keystr import public_key_string
 from relay.storage.interface import WriteTx
 from relay.storage.records import DecisionRecord

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from relay.config.files import load_config
 from relay.config.keys import generate_key_file
-from relay.config.parse import (
+from relay.config.model import (
     Config,
     FederationConfig,
     LogConfig,
@@ -23,14 +24,12 @@ from relay.config.parse import (
     Peer,
     RetentionConfig,
     TrustConfig,
-    load_config,
-    parse_duration_ms,
 )
 from relay.config.tomledit import TomlLocator
 from relay.errors import ConfigErrors, MalformedError
 from relay.policy.certs import encode_line
 from relay.policy.residency import Policy, Rule
-from relay.protocol.envelope import Certificate, sign_certificate
+from relay.protocol.certificate import Certificate, sign_certificate
 from relay.protocol.keystr import parse_public_key, private_key_from_seed, public_key_string
 
 KEY_A = public_key_string(private_key_from_seed(bytes([1]) * 32).public_key())
@@ -267,20 +266,6 @@ def test_empty_export_and_import_lists_are_allowed(tmp_path: Path) -> None:
     config = load_config(write_node(tmp_path, text))
     assert config.policy.export_to == frozenset() == config.policy.import_from
     assert config.policy.allowed_residency == frozenset({"RU"})
-
-
-@pytest.mark.parametrize(
-    ("text", "ms"),
-    [("500ms", 500), ("30s", 30_000), ("5m", 300_000), ("1h", 3_600_000), ("5d", 432_000_000)],
-)
-def test_parse_duration(text: str, ms: int) -> None:
-    assert parse_duration_ms(text) == ms
-
-
-@pytest.mark.parametrize("text", ["", "5", "5 s", "1.5h", "-1s", "5w", "s", "1H", "1234567890123s"])
-def test_parse_duration_refuses(text: str) -> None:
-    with pytest.raises(ValueError, match="bad duration"):
-        parse_duration_ms(text)
 
 
 # --- bad configs -------------------------------------------------------------

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from relay.config.files import load_config
 from relay.config.keys import generate_key_file
-from relay.config.parse import Mailbox, MetricsConfig, load_config
+from relay.config.model import Mailbox, MetricsConfig
 from relay.errors import ConfigErrors
 
 NODE = """\

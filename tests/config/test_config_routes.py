@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from relay.config.files import load_config
 from relay.config.keys import generate_key_file
-from relay.config.parse import Authority, RelayConfig, Route, TrustConfig, load_config
+from relay.config.model import Authority, RelayConfig, Route, TrustConfig
 from relay.errors import ConfigErrors
 from relay.policy.certs import decode_line, encode_line, fingerprint
 from relay.policy.routing import matches, next_hop, relay_allowed, route_for
-from relay.protocol.envelope import Certificate, open_certificate, sign_certificate
+from relay.protocol.certificate import Certificate, open_certificate, sign_certificate
 from relay.protocol.keystr import private_key_from_seed, public_key_string
 
 AUTHORITY = private_key_from_seed(bytes([7]) * 32)

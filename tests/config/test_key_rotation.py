@@ -22,22 +22,15 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.cli import main as cli
+from relay.config.files import load_config
 from relay.config.keyops import default_grace_ms, key_infos, revoke, revoke_peer_key, rotate
 from relay.config.keys import generate_key_file, load_private_key
-from relay.config.parse import load_config
 from relay.errors import BadRequest, ConfigErrors, NotFound
 from relay.federation.inbound import BATCH_PATH
 from relay.node.app import Node
 from relay.protocol import httpsig
-from relay.protocol.envelope import (
-    Batch,
-    BatchItem,
-    decode_header,
-    encode_batch,
-    make_header,
-    open_result,
-    seal,
-)
+from relay.protocol.batch import Batch, BatchItem, encode_batch, open_result
+from relay.protocol.envelope import decode_header, make_header, seal
 from relay.protocol.keystr import key_id, private_key_from_seed, public_key_string
 from relay.storage.sqlite.store import sqlite_store
 from tests.inprocess import PeerLine, send, start_node, token, url_of, write_node

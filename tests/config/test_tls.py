@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from relay.config.files import load_config
 from relay.config.keys import generate_key_file
-from relay.config.parse import load_config
 from relay.config.tls import TLSFileError, client_context
 from relay.errors import ConfigErrors
 from relay.node.app import Node
@@ -328,6 +328,7 @@ async def test_nodes_deliver_over_https_only_to_a_trusted_issuer(
             await n.stop()
 
 
+@pytest.mark.slow
 async def test_cli_send_verifies_the_node_with_ca_file(tmp_path: Path) -> None:
     ca = make_ca("client CA")
     write_node(tmp_path, "b.test")

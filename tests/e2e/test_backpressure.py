@@ -28,7 +28,7 @@ import pytest
 
 from tests.e2e.harness import NodeProc, make_node, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REQUESTS = 1500
 IN_FLIGHT = 400  # concurrent requests the flood keeps open

@@ -6,7 +6,7 @@ import pytest
 
 from tests.e2e.harness import relay
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_demo_once_narrates_and_exits_zero() -> None:

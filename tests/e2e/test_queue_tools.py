@@ -13,7 +13,7 @@ import pytest
 
 from tests.e2e.harness import NodeProc, make_node, relay, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 SLOW_RETRY = '\n[federation]\nretry_min = "10m"\nretry_max = "1h"\n'
 

@@ -17,7 +17,7 @@ import tomlkit
 
 from tests.e2e.harness import NodeProc, make_node, relay, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 EAEU = ["AM", "BY", "KG", "KZ", "RU"]
 

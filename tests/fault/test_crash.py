@@ -46,7 +46,7 @@ from tests.fault.common import (
     undelivered,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 MESSAGES = int(os.environ.get("RELAY_FAULT_MESSAGES", "5000"))
 KILLS = int(os.environ.get("RELAY_FAULT_KILLS", "6"))

@@ -20,13 +20,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay.config.parse import load_config
+from relay.config.files import load_config
 from relay.node import expiry
 from relay.node.app import Node
 from relay.storage.records import PeerState
 from relay.storage.sqlite.store import sqlite_store
 from tests.e2e.harness import NodeProc, make_node
 from tests.fault.common import query, set_federation
+
+pytestmark = pytest.mark.slow
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 MINUTE = 60_000

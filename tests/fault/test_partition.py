@@ -32,7 +32,7 @@ from tests.fault.common import (
 )
 from tests.fault.netns import Net, NetNode, in_ns, require_netns
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 CUT_S = 30
 

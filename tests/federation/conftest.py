@@ -26,22 +26,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from relay.config.files import load_config
 from relay.config.keys import generate_key_file
-from relay.config.parse import load_config, mailbox_token_sha256
+from relay.config.values import mailbox_token_sha256
 from relay.federation.inbound import BATCH_PATH
 from relay.node.app import Node
 from relay.node.state import NodeState
 from relay.protocol import httpsig
-from relay.protocol.envelope import (
-    Batch,
-    BatchItem,
-    BatchResult,
-    Envelope,
-    encode_batch,
-    make_header,
-    open_result,
-    seal,
-)
+from relay.protocol.batch import Batch, BatchItem, BatchResult, encode_batch, open_result
+from relay.protocol.envelope import Envelope, make_header, seal
 from relay.protocol.keystr import key_id, public_key_string
 from relay.storage.sqlite.store import sqlite_store
 

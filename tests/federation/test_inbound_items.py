@@ -17,15 +17,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.errors import BadSignature
-from relay.protocol.envelope import (
-    RECEIPT_CTYPE,
-    BatchItem,
-    Receipt,
-    encode_receipt,
-    open_result,
-    pack,
-    peek_id,
-)
+from relay.protocol.batch import BatchItem, open_result
+from relay.protocol.envelope import RECEIPT_CTYPE, peek_id
+from relay.protocol.receipt import Receipt, encode_receipt
+from relay.protocol.strict import pack
 from relay.storage.sqlite.store import sqlite_store
 from tests.federation.conftest import JURISDICTION, NODE, Harness, Identity
 

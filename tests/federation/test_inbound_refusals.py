@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.federation.inbound import BATCH_PATH
 from relay.protocol import httpsig
-from relay.protocol.envelope import pack
+from relay.protocol.strict import pack
 from tests.federation.conftest import MAX_BODY, NODE, Harness, Identity
 
 # --- 413 too_large -------------------------------------------------------------

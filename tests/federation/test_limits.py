@@ -13,7 +13,7 @@ import io
 import json
 from typing import Any
 
-from relay.config.parse import LimitsConfig
+from relay.config.model import LimitsConfig
 from relay.policy.ratelimit import Limits
 from relay.storage.interface import WriteTx
 from relay.storage.sqlite.store import sqlite_tx

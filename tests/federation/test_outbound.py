@@ -27,7 +27,8 @@ from relay.errors import RelayError
 from relay.federation.inbound import BATCH_PATH
 from relay.node.state import wall_clock_ms
 from relay.protocol import httpsig
-from relay.protocol.envelope import BatchResult, decode_batch, peek_id, sign_result
+from relay.protocol.batch import BatchResult, decode_batch, sign_result
+from relay.protocol.envelope import peek_id
 from relay.storage.records import PeerState
 from relay.storage.sqlite.store import sqlite_store
 from tests.federation.conftest import NODE, Harness, Identity, Pinned, start_node, wait_until

@@ -19,18 +19,11 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay.config.parse import DAY_MS
+from relay.config.model import DAY_MS
 from relay.federation.inbound import BATCH_PATH
-from relay.protocol.envelope import (
-    BatchItem,
-    BatchResult,
-    Certificate,
-    Envelope,
-    decode_batch,
-    peek_id,
-    sign_certificate,
-    sign_result,
-)
+from relay.protocol.batch import BatchItem, BatchResult, decode_batch, sign_result
+from relay.protocol.certificate import Certificate, sign_certificate
+from relay.protocol.envelope import Envelope, peek_id
 from relay.protocol.keystr import private_key_from_seed, public_key_string
 from relay.storage.sqlite.store import sqlite_store
 from tests.federation.conftest import (

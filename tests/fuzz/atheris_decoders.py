@@ -24,19 +24,12 @@ import atheris  # type: ignore[import-not-found,import-untyped,unused-ignore]
 with atheris.instrument_imports():
     from relay.errors import RelayError
     from relay.protocol import httpsig
-    from relay.protocol.envelope import (
-        batch_ids,
-        decode_batch,
-        decode_header,
-        decode_receipt,
-        open_certificate,
-        open_envelope,
-        open_result,
-        pack,
-        peek_id,
-        strict_unpack,
-    )
+    from relay.protocol.batch import batch_ids, decode_batch, open_result
+    from relay.protocol.certificate import open_certificate
+    from relay.protocol.envelope import decode_header, open_envelope, peek_id
     from relay.protocol.keystr import parse_public_key, private_key_from_seed
+    from relay.protocol.receipt import decode_receipt
+    from relay.protocol.strict import pack, strict_unpack
 
 VECTORS = json.loads((Path(__file__).parent.parent / "vectors" / "relay-v1.json").read_text())
 B_PUB = private_key_from_seed(bytes.fromhex(VECTORS["keys"]["b.test"]["seed_hex"])).public_key()

@@ -21,6 +21,7 @@ MAX_SECONDS = 25
 SCRIPT = Path(__file__).with_name("atheris_decoders.py")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     importlib.util.find_spec("atheris") is None,
     reason="atheris is not installed (pip install atheris; Linux x86_64 wheels only)",

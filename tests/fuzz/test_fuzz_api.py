@@ -43,12 +43,8 @@ from hypothesis import strategies as st
 
 from relay.api.openapi import document
 from relay.errors import ITEM_CODES, MalformedError
-from relay.protocol.envelope import (
-    ENVELOPE_DOMAIN,
-    decode_header,
-    encode_header,
-    open_result,
-)
+from relay.protocol.batch import open_result
+from relay.protocol.envelope import ENVELOPE_DOMAIN, decode_header, encode_header
 from relay.storage.sqlite.store import sqlite_store
 from tests.federation.conftest import (
     MAX_BODY,
@@ -393,6 +389,7 @@ def decode_id(header_bytes: bytes) -> bytes:
     return ident
 
 
+@pytest.mark.slow
 async def test_fuzz_batch_endpoint(harness: Harness) -> None:
     h = harness
     bridge = Bridge(asyncio.get_running_loop())
@@ -648,6 +645,7 @@ async def client_request(h: Harness, case: dict[str, Any]) -> None:
     assert grew == {}, (case, grew)  # reads and acks add no rows
 
 
+@pytest.mark.slow
 async def test_fuzz_client_api(harness: Harness) -> None:
     h = harness
     bridge = Bridge(asyncio.get_running_loop())

@@ -22,7 +22,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.config.parse import mailbox_token_sha256
+from relay.config.values import mailbox_token_sha256
 from relay.node.app import Node
 from relay.storage.sqlite.store import sqlite_store
 from tests.inprocess import TIMEOUT, PeerLine, send, start_node, status, url_of, write_node

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import tomlkit
 
-from relay.config.parse import DAY_MS
+from relay.config.model import DAY_MS
 from relay.policy.residency import RULE_PEER
 from relay.storage.sqlite.store import sqlite_store
 from tests.federation.conftest import (

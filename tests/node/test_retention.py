@@ -12,7 +12,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from relay.config.parse import DAY_MS, RetentionConfig
+from relay.config.model import DAY_MS, RetentionConfig
 from relay.node.retention import EXPIRY_MARGIN_MS, Counts, drop_content, preview, purge
 from relay.protocol.envelope import Envelope
 from relay.storage.interface import WriteTx

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.config.parse import load_config
+from relay.config.files import load_config
 from relay.node.state import NodeState
 from relay.storage.backends import open_storage
 from tests.federation.conftest import write_node_toml

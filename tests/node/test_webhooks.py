@@ -20,8 +20,8 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from relay.config.files import load_config
 from relay.config.keys import load_private_key
-from relay.config.parse import load_config
 from relay.errors import BadSignature, DigestMismatch
 from relay.node.app import Node
 from relay.node.webhooks import sign

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from relay.config.keys import generate_key_file
-from relay.config.parse import LimitsConfig, parse_config
+from relay.config.model import LimitsConfig
+from relay.config.parse import parse_config
 from relay.errors import Busy, ConfigErrors, NotFound, StoreError, Unavailable
 from relay.policy.ratelimit import (
     MAX_BUCKETS,

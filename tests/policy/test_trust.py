@@ -6,7 +6,10 @@ vector; the clock is a plain integer the tests move by hand.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import os
+import time
 from pathlib import Path
 
 import msgpack
@@ -14,8 +17,18 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.config.keys import generate_key_file
-from relay.config.parse import DAY_MS, Config, parse_config
+from relay.config.model import DAY_MS, Config, TrustConfig
+from relay.config.parse import parse_config
 from relay.errors import MalformedError
+from relay.policy import certfiles
+from relay.policy.certfiles import (
+    CertFile,
+    Signature,
+    StoreFiles,
+    read_store,
+    read_store_if_changed,
+    watch_store,
+)
 from relay.policy.certs import (
     TrustedAuthority,
     decode_line,
@@ -27,7 +40,12 @@ from relay.policy.certs import (
     time_fault,
 )
 from relay.policy.trust import MAX_LEARNED_PER_NAME, Trust
-from relay.protocol.envelope import CERT_DOMAIN, Certificate, encode_certificate, sign_certificate
+from relay.protocol.certificate import (
+    CERT_DOMAIN,
+    Certificate,
+    encode_certificate,
+    sign_certificate,
+)
 from relay.protocol.keystr import key_id, private_key_from_seed, public_key_string
 
 NOW = 1_800_000_000_000
@@ -301,7 +319,7 @@ def test_a_revocation_added_later_applies_to_held_certificates(tmp_path: Path) -
     assert trust.learn([blob]) == [blob]
     assert trust.node("c.test") is not None
     (tmp_path / "revoked.txt").write_text(fp(blob) + "\n")
-    trust.refresh(force=True)
+    trust.use_store(read_store(trust.store_config))
     assert trust.node("c.test") is None
     assert "revoked" in trust.why_untrusted("c.test")
 
@@ -311,7 +329,7 @@ def test_an_unreadable_revocation_list_fails_closed(tmp_path: Path) -> None:
     trust = Trust(node_config(tmp_path), clock=Clock())
     assert trust.node("c.test") is not None
     (tmp_path / "revoked.txt").write_text("garbage line\n")
-    trust.refresh(force=True)
+    trust.use_store(read_store(trust.store_config))
     assert trust.node("c.test") is None
     assert "revoked.txt:1" in trust.why_untrusted("c.test")
 
@@ -320,7 +338,7 @@ def test_new_files_in_the_store_are_picked_up(tmp_path: Path) -> None:
     trust = Trust(node_config(tmp_path), clock=Clock())
     assert trust.node("c.test") is None
     store(tmp_path, "c.cert", make_cert())
-    trust.refresh()
+    trust.use_store(read_store(trust.store_config))
     assert trust.node("c.test") is not None
 
 
@@ -385,3 +403,89 @@ def test_own_certificates_are_served_as_base64_lines(tmp_path: Path) -> None:
     trust = Trust(config, clock=Clock())
     assert trust.own_certificates == (blob,)
     assert trust.own_certificate_lines == [encode_line(blob)]
+
+
+# --- certificates as data, read at load and by the store watcher ------------------------
+
+
+def test_lookups_read_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store(tmp_path, "c.cert", make_cert())
+    trust = Trust(node_config(tmp_path), clock=Clock())
+
+    def no_io(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a lookup touched the disk")
+
+    for name in ("read_text", "glob", "is_file", "exists", "stat"):
+        monkeypatch.setattr(Path, name, no_io)
+    monkeypatch.setattr(os, "stat", no_io)
+    monotonic = time.monotonic() + 3600.0  # long past any rescan interval
+    monkeypatch.setattr(time, "monotonic", lambda: monotonic)
+    assert trust.node("c.test") is not None
+    assert trust.why_untrusted("d.test").startswith("d.test is not pinned")
+    assert trust.names() == ["c.test"]
+
+
+def test_trust_takes_its_certificates_as_data(tmp_path: Path) -> None:
+    blob, revoked = make_cert(), make_cert("d.test")
+    files = StoreFiles(
+        (CertFile("c.cert", f"{encode_line(blob)}\n{encode_line(revoked)}\n"),),
+        revoked_path=tmp_path / "revoked.txt",
+        revoked_text=fp(revoked) + "\n",
+    )
+    own = [(tmp_path / "node.cert", encode_line(blob) + "\n")]
+    trust = Trust(node_config(tmp_path), clock=Clock(), store=files, own=own)
+    assert not (tmp_path / "certs").exists()
+    assert trust.certified("c.test") is not None
+    assert trust.certified("d.test") is None and "revoked" in trust.why_untrusted("d.test")
+    assert trust.own_certificates == (blob,)
+
+
+def test_a_cert_file_that_cannot_be_read_counts_for_nothing(tmp_path: Path) -> None:
+    files = StoreFiles((CertFile("c.cert", error="permission denied"),))
+    trust = Trust(node_config(tmp_path), clock=Clock(), store=files, own=[])
+    assert trust.names() == []
+
+
+def test_a_dropped_in_certificate_waits_for_the_watcher(tmp_path: Path) -> None:
+    trust = Trust(node_config(tmp_path), clock=Clock())
+    store(tmp_path, "c.cert", make_cert())
+    assert trust.node("c.test") is None  # no rescan on the request path
+    files = read_store_if_changed(trust.store_config, trust.store_signature)
+    assert files is not None
+    trust.use_store(files)
+    assert trust.node("c.test") is not None
+    assert read_store_if_changed(trust.store_config, trust.store_signature) is None
+
+
+async def test_watch_store_picks_up_a_new_certificate_without_a_reload(tmp_path: Path) -> None:
+    trust = Trust(node_config(tmp_path), clock=Clock())
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch_store(lambda: trust, stop.is_set, interval_s=0.01))
+    store(tmp_path, "c.cert", make_cert())
+    for _ in range(500):
+        if trust.node("c.test") is not None:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(watcher, 5)
+    assert trust.node("c.test") is not None
+
+
+async def test_watch_store_drops_files_read_for_a_trust_swapped_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = Trust(node_config(tmp_path), clock=Clock())
+    current = [old]
+    stop = asyncio.Event()
+    real = certfiles.read_store_if_changed
+
+    def swap_while_reading(config: TrustConfig, last: Signature | None) -> StoreFiles | None:
+        current[0] = Trust(node_config(tmp_path), clock=Clock())  # a reload meanwhile
+        stop.set()
+        return real(config, last)
+
+    monkeypatch.setattr(certfiles, "read_store_if_changed", swap_while_reading)
+    store(tmp_path, "c.cert", make_cert())
+    await asyncio.wait_for(watch_store(lambda: current[0], stop.is_set, interval_s=0.01), 5)
+    assert current[0] is not old
+    assert old.node("c.test") is None

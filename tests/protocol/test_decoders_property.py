@@ -23,29 +23,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.errors import ItemRejected, MalformedError, RelayError
-from relay.protocol.envelope import (
+from relay.protocol.batch import (
     Batch,
     BatchItem,
     BatchResult,
     batch_ids,
     check_trace,
     decode_batch,
-    decode_header,
-    decode_receipt,
     encode_batch,
+    open_result,
+    sign_result,
+)
+from relay.protocol.certificate import open_certificate
+from relay.protocol.envelope import (
+    decode_header,
     encode_header,
     make_header,
-    open_certificate,
     open_envelope,
-    open_result,
-    pack,
     peek_id,
     seal,
-    sign_result,
-    strict_unpack,
     verify_envelope,
 )
 from relay.protocol.keystr import parse_public_key, private_key_from_seed, public_key_string
+from relay.protocol.receipt import decode_receipt
+from relay.protocol.strict import pack, strict_unpack
 
 V: Any = json.loads((Path(__file__).parent.parent / "vectors" / "relay-v1.json").read_text("utf-8"))
 A_KEY = private_key_from_seed(bytes.fromhex(V["keys"]["a.test"]["seed_hex"]))
@@ -202,6 +203,7 @@ def test_random_bytes(data: bytes) -> None:
     feed(data)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(values)
 def test_random_msgpack(value: object) -> None:
@@ -281,6 +283,7 @@ mailboxes = st.from_regex(r"[a-z0-9_+-][a-z0-9._+-]{0,8}", fullmatch=True)
 codes = st.from_regex(r"[A-Z]{2}", fullmatch=True)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(
     env_id=st.binary(min_size=16, max_size=16),

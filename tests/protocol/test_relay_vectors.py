@@ -14,38 +14,40 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.errors import BadSignature, ItemRejected
-from relay.protocol.envelope import (
-    CERT_DOMAIN,
-    ENVELOPE_DOMAIN,
+from relay.protocol.batch import (
     RESULT_DOMAIN,
     Batch,
     BatchItem,
     BatchResult,
-    Certificate,
-    Receipt,
     batch_ids,
-    check_payload,
     decode_batch,
-    decode_header,
-    decode_receipt,
     encode_batch,
-    encode_certificate,
-    encode_header,
-    encode_receipt,
     encode_result,
-    make_header,
-    open_certificate,
-    open_envelope,
     open_result,
-    pack,
+    sign_result,
+)
+from relay.protocol.certificate import (
+    CERT_DOMAIN,
+    Certificate,
+    encode_certificate,
+    open_certificate,
+    sign_certificate,
+    verify_certificate,
+)
+from relay.protocol.envelope import (
+    ENVELOPE_DOMAIN,
+    check_payload,
+    decode_header,
+    encode_header,
+    make_header,
+    open_envelope,
     peek_id,
     seal,
-    sign_certificate,
-    sign_result,
-    verify_certificate,
     verify_envelope,
 )
 from relay.protocol.keystr import key_id, private_key_from_seed
+from relay.protocol.receipt import Receipt, decode_receipt, encode_receipt
+from relay.protocol.strict import pack
 
 V: Any = json.loads((Path(__file__).parent.parent / "vectors" / "relay-v1.json").read_text("utf-8"))
 ENV_ID = bytes(range(16))

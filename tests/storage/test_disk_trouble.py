@@ -129,6 +129,7 @@ async def _until(probe: Any, what: str, timeout: float = 20.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 async def test_both_stores_read_only_then_everything_is_delivered(
     pair: tuple[Node, Node],
 ) -> None:

@@ -76,7 +76,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run the benchmark and print its figures."""
-    from relay.cli.bench.run import Options, bench  # aiohttp and friends only when benchmarking
+    # aiohttp and friends only when benchmarking
+    from relay.cli.bench.options import Options
+    from relay.cli.bench.run import bench
 
     opts = Options(
         n=args.n,

@@ -273,14 +273,15 @@ def how_to_poke(nodes: list[DemoNode]) -> None:
     _say()
     _say("The federation keeps running. Try it from another terminal:")
     _say(
-        f"  relay send --node {msk.url} --token {msk.tokens['alice']} "
-        f"--to bob@ala.demo.kz --residency EAEU --text 'hello again'"
+        f"  RELAY_TOKEN={msk.tokens['alice']} relay send --node {msk.url}"
+        " --to bob@ala.demo.kz --residency EAEU --text 'hello again'"
     )
-    _say(f"  relay inbox --node {ala.url} --token {ala.tokens['bob']} --wait 10 --json")
+    _say(f"  RELAY_TOKEN={ala.tokens['bob']} relay inbox --node {ala.url} --wait 10 --json")
     _say(
-        f"  relay send --node {msk.url} --token {msk.tokens['alice']}"
+        f"  RELAY_TOKEN={msk.tokens['alice']} relay send --node {msk.url}"
         " --to carl@ber.demo.de --text x"
     )
+    _say("  (RELAY_TOKEN or --token-file keeps a token out of the process list; --token does not)")
     _say("      (exits 3: refused by policy)")
     _say(f"  relay check {msk.dir}")
     _say(f"Node logs: {msk.dir.parent}/*/node.log. Ctrl-C stops every node.")

@@ -1,0 +1,255 @@
+"""The bench nodes: set up through the admin CLI, run as `relay run` subprocesses, stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import io
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+
+from relay.config.files import load_config
+from relay.errors import RelayError, Unavailable
+from relay.storage.sqlite.inspect import DatabaseView
+
+JURISDICTION = "DE"
+ORIGIN = "a.bench"
+SENDER_MAILBOX = "bench"
+INBOX = "inbox"
+READY_TIMEOUT_S = 30.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+# --- one node ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback port the kernel just handed out (bound to port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def run_cli(*args: str | Path) -> str:
+    """Run a `relay` admin command in this process; return its stdout."""
+    from relay.cli import main as cli  # the command modules import this one (bench)
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in args])
+    if code != 0:
+        raise RelayError(f"relay {' '.join(map(str, args))} exited {code}: {err.getvalue()}")
+    return out.getvalue()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM (a clean drain) if the bench dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class BenchNode:
+    dir: Path
+    name: str
+    role: str
+    port: int = field(default_factory=free_port)
+    peer_args: list[str] = field(default_factory=list)
+    token: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    db: DatabaseView | None = None
+    max_rss_kb: int = 0
+    cpu_at_start: float = 0.0
+    seen: list[tuple[float, int]] = field(default_factory=list)  # (wall ms, max inbox seq)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "node.log"
+
+    def init(self) -> None:
+        out = run_cli(
+            "init", self.dir, "--name", self.name, "--jurisdiction", JURISDICTION,
+            "--listen", f"127.0.0.1:{self.port}",
+        )  # fmt: skip
+        line = [ln for ln in out.splitlines() if ln.startswith("relay peer add")][-1]
+        self.peer_args = shlex.split(line)[4:]  # after `relay peer add PLACEHOLDER`
+
+    def trust(self, other: BenchNode) -> None:
+        run_cli("peer", "add", self.dir, *other.peer_args)
+
+    def set_retry_max(self, duration: str) -> None:
+        """Cap the sender's backoff (a documented [federation] knob) and check the file."""
+        path = self.dir / "node.toml"
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f'\n# relay bench --backlog: start the drain promptly\n'
+                    f'[federation]\nretry_max = "{duration}"\n')  # fmt: skip
+        load_config(self.dir)
+
+    def add_mailbox(self, name: str) -> str:
+        return run_cli("mailbox", "add", self.dir, name).strip().splitlines()[-1].strip()
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "relay", "run", str(self.dir)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                preexec_fn=_die_with_parent,  # only a prctl before exec
+            )
+
+    async def wait_ready(self, session: aiohttp.ClientSession) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise Unavailable(f"node {self.name} exited during start:\n{self.log_tail()}")
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with session.get(f"{self.url}/readyz", allow_redirects=False) as r:
+                    if r.status == 200:
+                        self.open_db()
+                        return
+            await asyncio.sleep(0.05)
+        raise Unavailable(
+            f"node {self.name} not ready after {READY_TIMEOUT_S}s:\n{self.log_tail()}"
+        )
+
+    def open_db(self) -> None:
+        path = load_config(self.dir).node.database
+        self.db = DatabaseView(path)
+
+    def committed(self) -> int:
+        """Inbox rows committed at this node (inbox.seq only grows during a bench).
+
+        Each reading is kept with the wall-clock time it was taken: a row with
+        seq <= the reading was committed no later than that time.
+        """
+        if self.db is None:
+            return 0
+        count = self.db.max_inbox_seq()
+        if not self.seen or self.seen[-1][1] != count:
+            self.seen.append((time.time() * 1000, count))
+        return count
+
+    def stop(self, timeout: float = 60) -> None:
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def status_kb(self, field_name: str) -> int:
+        if self.proc is None:
+            return 0
+        try:
+            text = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return 0
+        m = re.search(rf"^{field_name}:\s+(\d+) kB", text, re.M)
+        return int(m.group(1)) if m else 0
+
+    def sample_rss(self) -> None:
+        self.max_rss_kb = max(self.max_rss_kb, self.status_kb("VmRSS"))
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the node process (all threads) so far."""
+        if self.proc is None:
+            return 0.0
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        except OSError:
+            return 0.0
+        fields = stat.rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def event_loop(self) -> str:
+        if self.proc is None:
+            return ""
+        try:
+            maps = Path(f"/proc/{self.proc.pid}/maps").read_text()
+        except OSError:
+            return ""
+        return "uvloop" if "uvloop" in maps else "asyncio"
+
+    def log_tail(self, limit: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+
+# --- the cluster ------------------------------------------------------------------
+
+
+class Cluster:
+    """Origin A and P destinations, configured to trust each other both ways."""
+
+    def __init__(self, base: Path, peers: int) -> None:
+        self.a = BenchNode(base / "a", ORIGIN, "origin")
+        self.bs = [BenchNode(base / f"b{i}", f"b{i}.bench", "destination") for i in range(peers)]
+        self.profilers: list[tuple[BenchNode, subprocess.Popen[bytes], Path]] = []
+
+    @property
+    def nodes(self) -> list[BenchNode]:
+        return [self.a, *self.bs]
+
+    def setup(self) -> None:
+        self.a.init()
+        for b in self.bs:
+            b.init()
+            self.a.trust(b)
+            b.trust(self.a)
+            b.token = b.add_mailbox(INBOX)
+        self.a.token = self.a.add_mailbox(SENDER_MAILBOX)
+
+    def close(self) -> None:
+        """Stop profilers, then nodes; safe to call twice and from any failure."""
+        for _, prof, _ in self.profilers:
+            if prof.poll() is None:
+                prof.send_signal(signal.SIGINT)
+        for _, prof, _ in self.profilers:
+            try:
+                prof.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                prof.kill()
+                prof.wait()
+        for node in self.nodes:
+            node.stop()
+
+    def committed(self) -> int:
+        return sum(b.committed() for b in self.bs)
+
+    def sample(self) -> None:
+        for node in self.nodes:
+            node.sample_rss()
+
+
+async def start_nodes(nodes: Sequence[BenchNode], session: aiohttp.ClientSession) -> None:
+    for node in nodes:
+        node.start()
+    for node in nodes:
+        await node.wait_ready(session)

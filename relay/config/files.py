@@ -1,0 +1,133 @@
+"""Reading node.toml and the files it names (key, TLS, certificates, revocation list).
+
+relay.config.parse turns text into a Config without touching the disk and
+lists the file checks the text calls for; this module reads node.toml, runs
+those checks, and reports their problems at the line of the key that named
+the file, in the same `FILE:LINE: key: reason` list as the text's problems.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from relay.config.keys import KeyFileError, load_private_key
+from relay.config.model import CONFIG_NAME, Config
+from relay.config.parse import (
+    FileCheck,
+    KeyFileCheck,
+    OwnCertificateCheck,
+    TlsFilesCheck,
+    TrustFilesCheck,
+    parse_document,
+    raise_problems,
+)
+from relay.config.tls import tls_files_errors
+from relay.config.tomledit import KeyPath
+from relay.errors import ConfigError, ConfigErrors, MalformedError
+from relay.policy.certs import certificate_lines, decode_line, parse_revoked
+from relay.protocol.certificate import open_certificate
+from relay.protocol.keystr import key_id, public_key_string
+
+
+def config_file(path: Path) -> Path:
+    """A node directory means its node.toml; a file path is taken as is."""
+    return path / CONFIG_NAME if path.is_dir() else path
+
+
+def load_config(path: Path) -> Config:
+    """Load and validate `path` (a node directory or its node.toml); ConfigErrors if bad."""
+    file = config_file(path).absolute()
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigErrors([ConfigError(str(file), 1, "(file)", "no such file")]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigErrors([ConfigError(str(file), 1, "(file)", f"not UTF-8: {e}")]) from None
+    except OSError as e:
+        raise ConfigErrors([ConfigError(str(file), 1, "(file)", str(e.strerror))]) from None
+    return validate_config(text, file)
+
+
+def validate_config(text: str, file: Path) -> Config:
+    """parse_config, then check the files the text names; ConfigErrors lists both kinds."""
+    parsed = parse_document(text, file)
+    for key_path, reason in file_problems(parsed.checks):
+        parsed.report.add(key_path, reason)
+    return raise_problems(parsed.report, parsed.config)
+
+
+def file_problems(checks: tuple[FileCheck, ...]) -> Iterator[tuple[KeyPath, str]]:
+    """Run each check, yielding (key path, reason) for every problem found."""
+    for check in checks:
+        match check:
+            case KeyFileCheck():
+                yield from _key_file_problems(check)
+            case TlsFilesCheck(tls_cert, tls_key, ca_file):
+                for key, problem in tls_files_errors(tls_cert, tls_key, ca_file):
+                    yield ("node", key), problem
+            case OwnCertificateCheck(file, node_name):
+                if (reason := own_certificate_error(file, node_name)) is not None:
+                    yield ("node", "certificates"), reason
+            case TrustFilesCheck():
+                yield from _trust_file_problems(check)
+
+
+def _key_file_problems(check: KeyFileCheck) -> Iterator[tuple[KeyPath, str]]:
+    try:
+        signing = public_key_string(load_private_key(check.file).public_key())
+    except KeyFileError as e:
+        yield ("node", "key_file"), e.detail
+        return
+    for key in check.revoked:
+        if key == signing:
+            yield (
+                ("node", "revoked_keys"),
+                f"{key} is the signing key (key_file); a revoked key never signs: "
+                "`relay key revoke DIR KEYID` makes a new signing key first",
+            )
+    for where, retired in check.retired:
+        if key_id(retired) == key_id(signing):
+            yield (
+                ("node", "retired_keys"),
+                f"{where}: {retired} has the key id {key_id(retired)!r} of the signing key",
+            )
+
+
+def _trust_file_problems(check: TrustFilesCheck) -> Iterator[tuple[KeyPath, str]]:
+    if check.explicit_dir and not check.certificates_dir.is_dir():
+        yield ("trust", "certificates_dir"), f"no such directory: {check.certificates_dir}"
+    if check.explicit_revoked and not check.revoked.is_file():
+        yield ("trust", "revoked"), f"no such file: {check.revoked}"
+    elif check.revoked.is_file():
+        for reason in revoked_file_errors(check.revoked):
+            yield ("trust", "revoked"), reason
+
+
+def own_certificate_error(path: Path, node_name: str | None) -> str | None:
+    """Why `path` is not a certificate file for this node (one base64 line), or None."""
+    try:
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        return f"no such certificate file: {path}"
+    except (OSError, UnicodeDecodeError) as e:
+        return f"{path}: cannot read: {e}"
+    lines = certificate_lines(text)
+    if len(lines) != 1:
+        return f"{path}: expected one certificate line, found {len(lines)}"
+    try:
+        cert, _, _ = open_certificate(decode_line(lines[0][1]))
+    except MalformedError as e:
+        return f"{path}: {e.detail}"
+    if node_name is not None and cert.name != node_name:
+        return f"{path}: the certificate is for {cert.name!r}, not this node {node_name!r}"
+    return None
+
+
+def revoked_file_errors(path: Path) -> list[str]:
+    """Problems of a revocation list file, each as `FILE:LINE: reason`."""
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as e:
+        return [f"{path}: cannot read: {e}"]
+    return [f"{path}:{line}: {reason}" for line, reason in parse_revoked(text)[1]]

@@ -1,0 +1,199 @@
+"""The validated node configuration: frozen dataclasses, no behaviour (DESIGN §9).
+
+relay.config.parse builds a Config from node.toml text; nothing else makes one
+outside tests. Paths in it are absolute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from relay.policy.residency import Policy
+
+CONFIG_NAME = "node.toml"
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class RetiredKey:
+    """One `[node] retired_keys` entry: a former signing key, verifiable until `valid_until`."""
+
+    key: str  # ed25519:... public key string; the private key is no longer needed
+    valid_until_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """The `[node]` table."""
+
+    name: str
+    jurisdiction: str
+    listen_host: str
+    listen_port: int
+    public_url: str
+    key_file: Path
+    database: Path
+    max_body_bytes: int = 16 * 1024 * 1024
+    queue_lifetime_ms: int = 5 * DAY_MS
+    certificates: tuple[Path, ...] = ()
+    admin_token_sha256: str | None = None
+    retired_keys: tuple[RetiredKey, ...] = ()  # relay.policy.keyring: published, never signing
+    revoked_keys: tuple[str, ...] = ()  # never used, never published
+    tls_cert: Path | None = None  # with tls_key: the listener serves HTTPS (relay.config.tls)
+    tls_key: Path | None = None
+    ca_file: Path | None = None  # outbound HTTPS trusts only these CAs; None: the system's
+
+    @property
+    def listen(self) -> str:
+        """`host:port`, with brackets around an IPv6 host."""
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"{host}:{self.listen_port}"
+
+
+@dataclass(frozen=True, slots=True)
+class FederationConfig:
+    """The `[federation]` table: batching, backoff and timeouts of outbound senders."""
+
+    batch_envelopes: int = 500
+    batch_bytes: int = 4 * 1024 * 1024
+    retry_min_ms: int = 1000
+    retry_max_ms: int = 3_600_000
+    request_timeout_ms: int = 30_000
+    connect_timeout_ms: int = 10_000
+    receipt_window_ms: int = 200
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """The `[retention]` table, in days."""
+
+    content_min_days: int = 0
+    content_max_days: int = 365
+    metadata_min_days: int = 0
+    metadata_max_days: int = 1095
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """One `[[peers]]` entry: a pinned node, its trusted jurisdiction and keys."""
+
+    name: str
+    url: str | None
+    jurisdiction: str
+    keys: tuple[str, ...]
+    revoked_keys: tuple[str, ...] = ()  # refused at once, with a reason that says so
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """One `[[mailboxes]]` entry; the token itself is never stored."""
+
+    name: str
+    token_sha256: str
+    webhook: str | None = None
+    webhook_jurisdiction: str | None = None  # None: the node's own jurisdiction
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """The `[limits]` table: rate limits and backpressure bounds; 0 means unlimited.
+
+    `client_rate` is messages a second per mailbox (a batch submit counts its
+    messages, any other request counts 1); `peer_rate` is batch requests a
+    second per peer. `max_queued` bounds the envelopes queued for other nodes
+    (a submit past it is answered 503); `max_pending_writes` bounds the jobs
+    waiting for the store writer (requests past it are answered 503).
+    """
+
+    client_rate: int = 50_000  # generous: the throughput goal is 10,000 msg/s per node
+    client_burst: int = 100_000
+    peer_rate: int = 2_000  # a sender keeps one batch in flight per destination
+    peer_burst: int = 4_000
+    max_queued: int = 1_000_000
+    max_pending_writes: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """The `[log]` table."""
+
+    format: str = "text"
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """The `[metrics]` table: where `GET /metrics` is served and who may read it.
+
+    Without `listen` it is served on the node's own listener.
+    """
+
+    listen_host: str | None = None
+    listen_port: int = 0
+    token_sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One `[[routes]]` entry: envelopes for nodes matching `to` go to `via`."""
+
+    to: str  # a node name or `*.suffix`
+    via: str
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """The `[relay]` table: for whom this node relays (names or `*.suffix`)."""
+
+    for_origins: tuple[str, ...] = ()
+    for_destinations: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Authority:
+    """One `[[authorities]]` entry: a certificate authority and what it may attest."""
+
+    name: str
+    key: str
+    jurisdictions: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class TrustConfig:
+    """The `[trust]` table: where certificates and the revocation list are kept.
+
+    Both default to files next to node.toml (`certs/`, `revoked.txt`) that may
+    be absent; an explicitly configured path must exist.
+    """
+
+    certificates_dir: Path | None = None
+    revoked: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole, valid node.toml."""
+
+    path: Path
+    node: NodeConfig
+    policy: Policy
+    retention: RetentionConfig
+    federation: FederationConfig
+    peers: tuple[Peer, ...]
+    mailboxes: tuple[Mailbox, ...]
+    log: LogConfig
+    metrics: MetricsConfig = MetricsConfig()
+    routes: tuple[Route, ...] = ()
+    relay: RelayConfig = RelayConfig()
+    authorities: tuple[Authority, ...] = ()
+    trust: TrustConfig = TrustConfig()
+    limits: LimitsConfig = LimitsConfig()
+
+    def peer(self, name: str) -> Peer | None:
+        """The pinned peer called `name`, if any."""
+        return next((p for p in self.peers if p.name == name), None)
+
+    def mailbox(self, name: str) -> Mailbox | None:
+        """The local mailbox called `name`, if any."""
+        return next((m for m in self.mailboxes if m.name == name), None)

@@ -1,0 +1,212 @@
+"""Federation batch bodies and the receiver's signed batch result (DESIGN §5). Pure.
+
+Invariants:
+- decode_batch checks framing and item shape only; headers are decoded per
+  item, so one bad item never fails the batch, but an item without a readable
+  id (batch_ids) fails the whole request.
+- The batch result is signed over RESULT_DOMAIN + the exact result bytes;
+  sign_result decodes its own output first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from relay.errors import ITEM_CODES, BadSignature, ItemRejected, MalformedError
+from relay.protocol.envelope import ID_SIZE, peek_id
+from relay.protocol.names import valid_node_name
+from relay.protocol.strict import (
+    bin_field,
+    fields,
+    pack,
+    show,
+    signed_pair,
+    str_array,
+    str_field,
+    strict_unpack,
+    value_kind,
+)
+
+RESULT_DOMAIN = b"relay-result-v1\x00"
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One item of a batch body: an envelope, its trace and optional certificates."""
+
+    header_bytes: bytes
+    signature: bytes
+    payload: bytes
+    trace: tuple[str, ...]
+    certificates: tuple[bytes, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A federation batch body: its id and items, headers not yet decoded."""
+
+    batch_id: bytes
+    items: tuple[BatchItem, ...]
+
+
+_BATCH_KEYS = frozenset({"batch", "items"})
+
+
+def encode_batch(b: Batch) -> bytes:
+    """Pack a federation batch body (DESIGN §5)."""
+    items: list[list[object]] = []
+    for it in b.items:
+        item: list[object] = [it.header_bytes, it.signature, it.payload, list(it.trace)]
+        if it.certificates is not None:
+            item.append(list(it.certificates))
+        items.append(item)
+    return pack({"batch": b.batch_id, "items": items})
+
+
+def decode_batch(data: bytes) -> Batch:
+    """Strictly decode a batch body: framing and item shape only, headers untouched.
+
+    MalformedError (the whole request is 400 malformed). An empty item list is
+    refused: no sender has a reason to send one.
+    """
+    w = "batch body"
+    m = fields(strict_unpack(data, w), w, _BATCH_KEYS)
+    batch_id = bin_field(m, "batch", w, ID_SIZE)
+    raw = m["items"]
+    if type(raw) is not list or not raw:
+        raise MalformedError("batch body: items: expected a non-empty array")
+    return Batch(batch_id, tuple(_batch_item(item, i) for i, item in enumerate(raw)))
+
+
+def _batch_item(item: object, i: int) -> BatchItem:
+    w = f"batch body: items[{i}]"
+    if type(item) is not list or len(item) not in (4, 5):
+        raise MalformedError(f"{w}: expected [header, signature, payload, trace(, certificates)]")
+    header_bytes, signature, payload = item[0], item[1], item[2]
+    if (
+        type(header_bytes) is not bytes
+        or type(signature) is not bytes
+        or type(payload) is not bytes
+    ):
+        raise MalformedError(f"{w}: header, signature and payload must be bin")
+    trace = str_array(item[3], f"{w}: trace")
+    certificates: tuple[bytes, ...] | None = None
+    if len(item) == 5:
+        raw = item[4]
+        if type(raw) is not list or any(type(c) is not bytes for c in raw):
+            raise MalformedError(f"{w}: certificates: expected an array of bin")
+        certificates = tuple(raw)
+    return BatchItem(header_bytes, signature, payload, trace, certificates)
+
+
+def batch_ids(b: Batch) -> tuple[bytes, ...]:
+    """Peek every item's id; MalformedError if one has none or two share one (DESIGN §5)."""
+    seen: dict[bytes, int] = {}
+    for i, item in enumerate(b.items):
+        try:
+            env_id = peek_id(item.header_bytes)
+        except MalformedError as e:
+            raise MalformedError(f"batch body: items[{i}]: {e.detail}") from None
+        if env_id in seen:
+            raise MalformedError(
+                f"batch body: items[{i}]: id {env_id.hex()} repeats items[{seen[env_id]}]"
+            )
+        seen[env_id] = i
+    return tuple(seen)
+
+
+def check_trace(
+    trace: Sequence[str],
+    origin: str,
+    sender_node: str,
+    max_hops: int,
+    *,
+    here: str | None = None,
+) -> None:
+    """Check an arriving trace (DESIGN §4): ItemRejected "malformed", "loop" or "hops".
+
+    `here`, if given, is the receiving node: finding it in the trace is a loop.
+    """
+    if not trace:
+        raise ItemRejected("malformed", "trace is empty")
+    for name in trace:
+        if not valid_node_name(name):
+            raise ItemRejected("malformed", f"trace: {show(name)} is not a valid node name")
+    if trace[0] != origin:
+        raise ItemRejected("malformed", f"trace starts at {trace[0]!r}, not origin {origin!r}")
+    if trace[-1] != sender_node:
+        raise ItemRejected("malformed", f"trace ends at {trace[-1]!r}, not sender {sender_node!r}")
+    if len(set(trace)) != len(trace):
+        raise ItemRejected("loop", "trace names a node twice")
+    if here is not None and here in trace:
+        raise ItemRejected("loop", f"trace already passed through {here!r}")
+    if len(trace) > max_hops:
+        raise ItemRejected("hops", f"trace has {len(trace)} nodes, max_hops is {max_hops}")
+
+
+# --- signed batch result --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """The receiver's answer: per envelope id, accepted | duplicate | rejected:<code>."""
+
+    batch_id: bytes
+    nonce: str
+    results: dict[bytes, str]
+
+
+_RESULT_KEYS = frozenset({"batch", "nonce", "results"})
+_RESULT_VALUES = frozenset({"accepted", "duplicate"} | {f"rejected:{c}" for c in ITEM_CODES})
+
+
+def encode_result(r: BatchResult) -> bytes:
+    """Pack result_bytes, keys in the DESIGN's order."""
+    return pack({"batch": r.batch_id, "nonce": r.nonce, "results": r.results})
+
+
+def sign_result(r: BatchResult, key: Ed25519PrivateKey) -> bytes:
+    """The response body: pack([result_bytes, signature over RESULT_DOMAIN + result_bytes])."""
+    result_bytes = encode_result(r)
+    _decode_result(result_bytes)
+    return pack([result_bytes, key.sign(RESULT_DOMAIN + result_bytes)])
+
+
+def open_result(body: bytes, pub: Ed25519PublicKey) -> BatchResult:
+    """Check a response body against the receiver's key, then decode it strictly.
+
+    MalformedError for framing, BadSignature for a signature that does not verify.
+    """
+    result_bytes, signature = signed_pair(body, "batch result")
+    try:
+        pub.verify(signature, RESULT_DOMAIN + result_bytes)
+    except InvalidSignature:
+        raise BadSignature(
+            "batch result: signature does not verify with the receiver's key"
+        ) from None
+    return _decode_result(result_bytes)
+
+
+def _decode_result(result_bytes: bytes) -> BatchResult:
+    w = "batch result"
+    m = fields(strict_unpack(result_bytes, w), w, _RESULT_KEYS)
+    batch_id = bin_field(m, "batch", w, ID_SIZE)
+    nonce = str_field(m, "nonce", w)
+    if not nonce:
+        raise MalformedError("batch result: nonce: empty")
+    raw = m["results"]
+    if type(raw) is not dict:
+        raise MalformedError(f"batch result: results: expected a map, got {value_kind(raw)}")
+    for env_id, outcome in raw.items():
+        if type(env_id) is not bytes or len(env_id) != ID_SIZE:
+            raise MalformedError("batch result: results: a key is not a 16-byte bin id")
+        if type(outcome) is not str or outcome not in _RESULT_VALUES:
+            raise MalformedError(f"batch result: results: {show(outcome)} is not a known outcome")
+    return BatchResult(batch_id, nonce, raw)

@@ -1,0 +1,135 @@
+"""A `relay run` node facing bad input and a taken port (issue 10, first items)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import TIMEOUT, NodeProc, make_node, relay, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProc]:
+    n = make_node(tmp_path_factory.mktemp("hardening"), "n.test", "DE")
+    n.add_mailbox("alice")
+    n.start()
+    yield n
+    assert n.stop() == 0
+
+
+def _raw(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send `request` as it is on a new connection; return status, headers and body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as s:
+        s.sendall(request)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/inbox"),
+        ("POST", "/v1/messages"),
+        ("POST", "/v1/messages/batch"),
+        ("POST", "/v1/inbox/ack"),
+        ("GET", "/v1/messages/00112233445566778899aabbccddeeff"),
+    ],
+)
+def test_non_utf8_authorization_is_a_json_401(node: NodeProc, method: str, path: str) -> None:
+    before = node.row_counts()
+    request = (
+        f"{method} {path} HTTP/1.1\r\nHost: n.test\r\nConnection: close\r\n".encode()
+        + b"Authorization: Bearer \xff\xfe\x80rly_\r\n"
+        + b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    status, headers, body = _raw(node.port, request)
+    assert status == 401, body
+    assert headers["content-type"].startswith("application/json")
+    doc = json.loads(body)
+    assert doc == {"error": "unauthorized", "detail": "the token is not UTF-8 text"}
+    assert node.row_counts() == before
+    assert "Traceback" not in node.logs()
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/messages", _nested(1000)),
+        ("/v1/messages", _nested(200_000)),
+        ("/v1/messages", f'{{"to": ["bob@n.test"], "text": "x", "ctype": {_nested(900)}}}'),
+        ("/v1/messages/batch", f'{{"messages": [{_nested(990)}]}}'),
+        ("/v1/inbox/ack", f'{{"ids": [{_nested(950)}]}}'),
+        ("/v1/inbox/ack", f'{{"ids": [{_nested(32)}]}}'),
+    ],
+)
+def test_deeply_nested_json_is_a_400(node: NodeProc, path: str, body: str) -> None:
+    before = node.row_counts()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: n.test\r\nConnection: close\r\n"
+        f"Authorization: Bearer {node.tokens['alice']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    status, _, answer = _raw(node.port, head.encode() + body.encode())
+    assert status == 400, answer[:300]
+    assert json.loads(answer) == {
+        "error": "malformed",
+        "detail": "request body nests arrays and objects over 32 deep",
+    }
+    assert node.row_counts() == before
+    assert "Traceback" not in node.logs()
+
+
+def test_client_gone_mid_body_is_one_quiet_line(node: NodeProc) -> None:
+    before = node.row_counts()
+    head = (
+        "POST /v1/messages HTTP/1.1\r\nHost: n.test\r\n"
+        f"Authorization: Bearer {node.tokens['alice']}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+    )
+    part = b'{"to": ["bob@n.test"], "text": "cut sh'
+    with socket.create_connection(("127.0.0.1", node.port), timeout=TIMEOUT) as s:
+        s.sendall(head.encode() + part)
+    wanted = f"the client went away before the end of the body ({len(part)} bytes)"
+    lines = wait_for(
+        lambda: [ln for ln in node.logs().splitlines() if wanted in ln], what="the log line"
+    )
+    assert len(lines) == 1
+    assert " info submit_refused mailbox=alice code=bad_request " in lines[0]
+    assert "Traceback" not in node.logs()
+    assert node.row_counts() == before
+    node.send("alice", ["alice@n.test"], "still serving")  # the node carries on
+
+
+def test_run_on_a_taken_port_exits_at_once_naming_the_address(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        relay("init", tmp_path / "n", "--name", "n.test", "--jurisdiction", "DE",
+              "--listen", f"127.0.0.1:{port}")  # fmt: skip
+        try:
+            proc = relay("run", tmp_path / "n", check=False)
+        except subprocess.TimeoutExpired:
+            pytest.fail("relay run on a taken port did not exit")
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        f"relay: cannot listen on 127.0.0.1:{port}"
+        f" ([node] listen in {tmp_path / 'n' / 'node.toml'}): Address already in use"
+    )
+    assert "Traceback" not in proc.stderr

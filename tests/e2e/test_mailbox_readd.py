@@ -1,0 +1,71 @@
+"""A mailbox removed and added again never hands its mail to the new owner (issue 10).
+
+The inbox is keyed by mailbox name. `relay mailbox remove` refuses while the
+inbox holds unread mail; mail that still arrives before the node reloads
+blocks `relay mailbox add` of the same name unless the admin says --inherit.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import NodeProc, make_node, relay, wait_for
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[NodeProc]:
+    n = make_node(tmp_path, "n.test", "DE")
+    n.add_mailbox("alice")
+    n.add_mailbox("bob")
+    n.start()
+    yield n
+    n.kill()
+
+
+def _reload(n: NodeProc) -> None:
+    before = n.logs().count(" reloaded ")
+    assert n.proc is not None
+    n.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: n.logs().count(" reloaded ") > before, what="a reload")
+
+
+def test_remove_refuses_unread_mail_and_readd_does_not_inherit_it(node: NodeProc) -> None:
+    toml = node.dir / "node.toml"
+    first = node.send("bob", ["alice@n.test"], "for the first alice")
+    config = toml.read_text()
+    refused = relay("mailbox", "remove", node.dir, "alice", check=False)
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        "relay: mailbox 'alice' has 1 unread message(s); read and acknowledge them first"
+        " (relay inbox --ack; `relay mailbox rotate` gives a new token)\n"
+    )
+    assert toml.read_text() == config
+
+    assert [m["id"] for m in node.inbox("alice", ack=True)] == [first]
+    relay("mailbox", "remove", node.dir, "alice")
+    # The running node still has alice until it reloads: this one is accepted.
+    late = node.send("bob", ["alice@n.test"], "arrives after the removal")
+    config = toml.read_text()
+    refused = relay("mailbox", "add", node.dir, "alice", check=False)
+    assert refused.returncode == 1
+    assert refused.stdout == ""
+    assert refused.stderr == (
+        "relay: 1 unread message(s) for a removed mailbox 'alice' are still stored;"
+        " give --inherit to hand them to the new mailbox, or choose another name\n"
+    )
+    assert toml.read_text() == config
+
+    node.add_mailbox("carol")  # another name is fine
+    _reload(node)
+    assert node.inbox("carol") == []
+
+    added = relay("mailbox", "add", node.dir, "alice", "--inherit")
+    node.tokens["alice"] = added.stdout.splitlines()[-1]
+    _reload(node)
+    assert [m["id"] for m in node.inbox("alice")] == [late]

@@ -1,0 +1,71 @@
+"""Tables for relay.protocol.strict: what the strict msgpack subset refuses and accepts."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.errors import MalformedError
+from relay.protocol.strict import pack, strict_unpack
+from tests.protocol.wire import (
+    HB,
+)
+
+# --- strict msgpack -------------------------------------------------------------
+
+STRICT_REFUSALS = [
+    pytest.param(b"", "truncated", id="empty"),
+    pytest.param(b"\x01\x02", "trailing bytes", id="trailing"),
+    pytest.param(HB + b"\xc0", "trailing bytes", id="header-trailing"),
+    pytest.param(HB[:-1], "truncated", id="header-truncated"),
+    pytest.param(b"\xc1", "reserved", id="reserved-byte"),
+    pytest.param(b"\xa2\xff\xfe", "UTF-8", id="invalid-utf8"),
+    pytest.param(b"\xa3\xed\xa0\x80", "UTF-8", id="utf8-surrogate"),
+    pytest.param(b"\xcb" + b"\x00" * 8, "float is not allowed", id="float64"),
+    pytest.param(b"\xca" + b"\x00" * 4, "float is not allowed", id="float32"),
+    pytest.param(b"\xc0", "nil is not allowed", id="nil"),
+    pytest.param(b"\xc3", "bool is not allowed", id="bool"),
+    pytest.param(b"\xd4\x01\x00", "ext is not allowed", id="ext"),
+    pytest.param(b"\xd6\xff\x00\x00\x00\x00", "ext is not allowed", id="timestamp-ext"),
+    pytest.param(b"\xc7\x03\xff\x00\x00\x00", "not strict msgpack", id="bad-timestamp"),
+    pytest.param(b"\xff", "outside 0..2", id="negative-fixint"),
+    pytest.param(b"\xd3" + b"\xff" * 8, "outside 0..2", id="negative-int64"),
+    pytest.param(b"\xcf\x80" + b"\x00" * 7, "outside 0..2", id="two-to-the-63"),
+    pytest.param(b"\xcf" + b"\xff" * 8, "outside 0..2", id="uint64-max"),
+    pytest.param(b"\x82\xa1a\x01\xa1a\x02", "'a' is repeated", id="repeated-key"),
+    pytest.param(b"\x82\xc4\x01a\x01\xc4\x01a\x02", "repeated", id="repeated-bin-key"),
+    pytest.param(b"\x81\x01\x01", "map key is not a str", id="int-key"),
+    pytest.param(b"\x81\x91\x01\x01", "map key is not a str", id="array-key"),
+    pytest.param(b"\x91" * 33 + b"\x01", "nested deeper than 32", id="depth-33"),
+    pytest.param(b"\x81\xa1a" * 33 + b"\x01", "nested deeper than 32", id="map-depth-33"),
+    pytest.param(b"\x91" * 100_000 + b"\x01", "nested too deep", id="nesting-bomb"),
+    pytest.param(b"\xdd\xff\xff\xff\xff", "declared length", id="array32-length"),
+    pytest.param(b"\xdf\xff\xff\xff\xff\xa1a", "declared length", id="map32-length"),
+    pytest.param(b"\xdb\xff\xff\xff\xffabc", "truncated", id="str32-length"),
+    pytest.param(b"\xc6\x7f\xff\xff\xff\x00", "truncated", id="bin32-length"),
+    pytest.param(b"\x92\x01\x91\xcb" + b"\x00" * 8, r"at \[1\]\[0\]", id="path-array"),
+    pytest.param(pack({"a": {"b": None}}), r"at \.a\.b", id="path-map"),
+]
+
+
+@pytest.mark.parametrize(("data", "fragment"), STRICT_REFUSALS)
+def test_strict_unpack_refuses(data: bytes, fragment: str) -> None:
+    with pytest.raises(MalformedError, match=fragment) as info:
+        strict_unpack(data, "thing")
+    assert info.value.detail.startswith("thing: ")
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"\x00", 0),
+        (b"\xcf\x7f" + b"\xff" * 7, 2**63 - 1),
+        (b"\xa2\xc3\xa9", "é"),
+        (b"\xc4\x02\xff\x00", b"\xff\x00"),
+        (b"\x91" * 32 + b"\x01", [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]),
+        (b"\x82\xa1a\x01\xc4\x01a\x02", {"a": 1, b"a": 2}),
+        (b"\x90", []),
+        (b"\x80", {}),
+    ],
+)
+def test_strict_unpack_accepts(data: bytes, expected: object) -> None:
+    assert strict_unpack(data, "thing") == expected

@@ -162,6 +162,22 @@ class Planner(Generic[Q]):
     def __init__(
         self, *, batch_envelopes: int, batch_bytes: int, retry_min_ms: int, retry_max_ms: int
     ) -> None:
+        self.batch_envelopes = self.batch_bytes = self.retry_min_ms = self.retry_max_ms = 0
+        self.tune(
+            batch_envelopes=batch_envelopes,
+            batch_bytes=batch_bytes,
+            retry_min_ms=retry_min_ms,
+            retry_max_ms=retry_max_ms,
+        )
+        self.fetch_limit = batch_envelopes
+        self.peer_max_body: int | None = None
+        self._last: tuple[bytes, tuple[int, ...]] | None = None
+        self._sent: tuple[Q, ...] = ()
+
+    def tune(
+        self, *, batch_envelopes: int, batch_bytes: int, retry_min_ms: int, retry_max_ms: int
+    ) -> None:
+        """Take new `[federation]` settings (a reload); the fetch limit keeps until reset."""
         if batch_envelopes < 1 or batch_bytes < 1 or not 0 <= retry_min_ms <= retry_max_ms:
             raise RelayError(
                 f"Planner: batch_envelopes {batch_envelopes} and batch_bytes {batch_bytes} must"
@@ -171,10 +187,6 @@ class Planner(Generic[Q]):
         self.batch_bytes = batch_bytes
         self.retry_min_ms = retry_min_ms
         self.retry_max_ms = retry_max_ms
-        self.fetch_limit = batch_envelopes
-        self.peer_max_body: int | None = None
-        self._last: tuple[bytes, tuple[int, ...]] | None = None
-        self._sent: tuple[Q, ...] = ()
 
     @property
     def budget(self) -> int:

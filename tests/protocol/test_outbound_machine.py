@@ -528,3 +528,17 @@ def test_trim_is_the_longest_prefix_within_the_budget(
     assert list(out) == given_rows[: len(out)] and out
     assert len(out) == 1 or cost(len(out)) <= budget
     assert len(out) == len(given_rows) or cost(len(out) + 1) > budget
+
+
+def test_new_settings_apply_at_once_and_the_fetch_limit_at_its_next_reset() -> None:
+    p, ids = planner(batch_envelopes=8), Ids()
+    p.plan(rows(*range(1, 9)), none, ids)
+    p.answer(SPLIT, failures=0, now_ms=NOW, draw=LOW)
+    p.tune(batch_envelopes=100, batch_bytes=1024, retry_min_ms=5, retry_max_ms=50)
+    assert p.fetch_limit == 4
+    assert [r.rid for r in p.plan(rows(1, 2, 3, size=400), none, ids).items] == [1, 2]
+    d = p.answer(ok(r1="accepted", r2="accepted"), failures=0, now_ms=NOW, draw=LOW)
+    assert isinstance(d, Settle) and p.fetch_limit == 100
+    assert p.backoff("e", 9, NOW, HIGH).wait_ms == 50
+    with pytest.raises(RelayError, match="batch_envelopes 0"):
+        p.tune(batch_envelopes=0, batch_bytes=1024, retry_min_ms=5, retry_max_ms=50)

@@ -406,3 +406,19 @@ async def test_retry_after_is_waited_at_least(tmp_path: Path) -> None:
         await o.h.session.close()
         await peer.stop()
     assert peer.problems == []
+
+
+# --- (g) a redirect is a failed attempt, never followed -------------------------------------
+
+
+async def test_a_redirect_is_not_followed(out: Outbound) -> None:
+    """Following a 307 would re-send the signed request, nonce and all, where the peer points."""
+
+    async def redirect(peer: FakePeer, seen: Seen, request: web.Request) -> web.Response:
+        return web.Response(status=307, headers={"Location": f"{peer.url}{BATCH_PATH}"})
+
+    out.peer.answers = [redirect]
+    msg_id = await out.h.submit(["bob@b.test"])
+    await out.wait_status(msg_id, "sent")
+    nonces = [s.nonce for s in out.peer.seen]
+    assert len(nonces) == 2 and len(set(nonces)) == 2  # the retry, not the redirect

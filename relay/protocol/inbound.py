@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -155,6 +155,16 @@ Step = (
 )
 
 
+S = TypeVar("S", bound=Step)
+
+
+def proceed(step: Refuse | S) -> S:
+    """`step`, unless it is a Refuse: then its error is raised, for a shell that raises."""
+    if isinstance(step, Refuse):
+        raise step.error
+    return step
+
+
 class Reception:
     """The request-level checks of one batch request, fed facts in order.
 
@@ -167,7 +177,7 @@ class Reception:
         self.max_body = max_body
         self.has_authorities = has_authorities
         self.request: httpsig.SignedRequest | None = None
-        self._waiting: type[Step] | None = None
+        self._waiting: type | None = None
         self._query = ""
         self._introduced = False
         self._body: bytes | None = None
@@ -186,13 +196,13 @@ class Reception:
             raise RelayError(f"Reception.{method} called while waiting for {waiting}")
         return self.request
 
-    def _next(self, step: Step) -> Step:
+    def _next(self, step: S) -> S:
         self._waiting = None if isinstance(step, Refuse | AnswerStored | JudgeItems) else type(step)
         return step
 
     def head(
         self, *, method: str, raw_path: str, headers: Mapping[str, str], content_length: int | None
-    ) -> Step:
+    ) -> Refuse | FindSender:
         """The request line and headers, before any body byte: 413, header faults, FindSender."""
         if self._waiting is not None or self.request is not None:
             raise RelayError("Reception.head called twice")
@@ -205,7 +215,9 @@ class Reception:
             return self._next(Refuse(e))
         return self._next(FindSender(self.request))
 
-    def sender(self, keys: Mapping[str, Ed25519PublicKey] | None, *, unknown_key: str = "") -> Step:
+    def sender(
+        self, keys: Mapping[str, Ed25519PublicKey] | None, *, unknown_key: str = ""
+    ) -> Refuse | ReadBodyToIntroduce | Admit:
         """The sender's trusted keys (None: not trusted); `unknown_key` explains a missing key."""
         req = self._expect("sender", FindSender, ReadBodyToIntroduce)
         if keys is None:
@@ -227,7 +239,7 @@ class Reception:
             return self._next(Refuse(MalformedError("the batch endpoint takes no query string")))
         return self._next(Admit(req.origin))
 
-    def admitted(self, refusal: RelayError | None = None) -> Step:
+    def admitted(self, refusal: RelayError | None = None) -> Refuse | ReadBody:
         """The shell's admission: None, or its 429 rate_limited / 503 busy."""
         self._expect("admitted", Admit)
         if refusal is not None:
@@ -235,7 +247,7 @@ class Reception:
         self._admitted = True
         return self._next(ReadBody(self.max_body))
 
-    def body(self, body: bytes, *, now_s: int) -> Step:
+    def body(self, body: bytes, *, now_s: int) -> Refuse | CheckNonce:
         """The body as read (here or for the introduction) and the clock then, in unix seconds."""
         req = self._expect("body", ReadBody)
         if len(body) > self.max_body:
@@ -254,7 +266,7 @@ class Reception:
         self._body = body
         return self._next(CheckNonce(req.origin, req.nonce))
 
-    def nonce(self, *, seen: bool) -> Step:
+    def nonce(self, *, seen: bool) -> Refuse | FindStoredResults:
         """Whether the nonce was seen (in flight or recorded); then the batch is decoded."""
         req = self._expect("nonce", CheckNonce)
         if seen:
@@ -274,7 +286,7 @@ class Reception:
         self._batch, self._ids = batch, ids
         return self._next(FindStoredResults(req.origin, batch, ids))
 
-    def stored(self, results: Mapping[bytes, str] | None) -> Step:
+    def stored(self, results: Mapping[bytes, str] | None) -> AnswerStored | JudgeItems:
         """The results stored for this (peer, batch id), or None for a new batch."""
         req = self._expect("stored", FindStoredResults)
         assert self._batch is not None

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.errors import Busy, ItemRejected, RelayError
+from relay.errors import Busy, ItemRejected, RelayError, TooLarge
 from relay.policy.ratelimit import Throttled
 from relay.policy.residency import Decision
 from relay.protocol import httpsig
@@ -40,6 +40,7 @@ from relay.protocol.inbound import (
     Step,
     judge_item,
     open_item,
+    proceed,
     settle,
 )
 from relay.protocol.receipt import Receipt, encode_receipt
@@ -151,7 +152,9 @@ def drive(r: Req) -> tuple[list[str], Step]:
     """Play the shell: answer each step from `r`; the step types seen and the last one."""
     rx = Reception(here=HERE, max_body=MAX_BODY, has_authorities=r.authorities)
     length = len(r.body) if r.content_length == -1 else r.content_length
-    step = rx.head(method="POST", raw_path=r.raw_path, headers=headers_of(r), content_length=length)
+    step: Step = rx.head(
+        method="POST", raw_path=r.raw_path, headers=headers_of(r), content_length=length
+    )
     seen: list[str] = []
     while True:
         seen.append(type(step).__name__)
@@ -608,3 +611,14 @@ def test_any_body_is_judged_or_refused_with_a_relay_error(body: bytes) -> None:
     assert isinstance(last, JudgeItems) or (
         isinstance(last, Refuse) and last.code in {"malformed", "too_large"}
     )
+
+
+def test_proceed_raises_a_refusal_and_passes_a_step() -> None:
+    rx = Reception(here=HERE, max_body=MAX_BODY, has_authorities=False)
+    step = proceed(
+        rx.head(method="POST", raw_path=PATH, headers=headers_of(Req()), content_length=0)
+    )
+    assert isinstance(step, FindSender)
+    rx = Reception(here=HERE, max_body=MAX_BODY, has_authorities=False)
+    with pytest.raises(TooLarge):
+        proceed(rx.head(method="POST", raw_path=PATH, headers={}, content_length=MAX_BODY + 1))

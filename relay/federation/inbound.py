@@ -1,5 +1,10 @@
 """`POST /federation/v1/batch`: the receiving side of DESIGN §5.
 
+The order of the checks and each item's verdict are decided by
+`relay.protocol.inbound` (Reception, open_item, judge_item); this shell reads
+the body when it is told it may, looks up trust, policy and ledger facts,
+commits, and answers.
+
 Order of request-level checks (each refusal stores nothing):
 413 too_large (before the body is read) -> 401 unknown_sender / unknown_key /
 bad_signature -> 429 rate_limited (per verified peer) / 503 busy (no write
@@ -32,9 +37,6 @@ from relay.errors import (
     RelayError,
     Replay,
     TooLarge,
-    UnknownKey,
-    UnknownSender,
-    WrongDestination,
 )
 from relay.federation import relaying
 from relay.logs import event
@@ -49,21 +51,27 @@ from relay.protocol.batch import (
     Batch,
     BatchItem,
     BatchResult,
-    check_trace,
     decode_batch,
     sign_result,
 )
 from relay.protocol.envelope import (
-    RECEIPT_CTYPE,
     Envelope,
-    check_payload,
     header_digest,
-    open_envelope,
-    peek_id,
-    verify_envelope,
+)
+from relay.protocol.inbound import (
+    Admit,
+    AnswerStored,
+    FindStoredResults,
+    ItemContext,
+    ItemFacts,
+    ItemRefused,
+    ReadBodyToIntroduce,
+    Reception,
+    judge_item,
+    open_item,
+    proceed,
 )
 from relay.protocol.names import split_address
-from relay.protocol.receipt import decode_receipt
 from relay.storage.interface import WriteTx
 from relay.storage.records import DecisionRecord, NewEnvelope, PendingReceipt
 
@@ -152,57 +160,56 @@ async def handle_batch(request: web.Request) -> web.StreamResponse:
 async def receive(state: NodeState, request: web.Request) -> bytes:
     cfg = state.config
     limit = cfg.node.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise TooLarge(
-            f"body of {request.content_length} bytes is over this node's limit of {limit}"
+    rx = Reception(here=state.name, max_body=limit, has_authorities=state.trust.has_authorities)
+    sreq = proceed(
+        rx.head(
+            method=request.method,
+            raw_path=request.raw_path,
+            headers=request.headers,
+            content_length=request.content_length,
         )
-    sreq = httpsig.parse_request(
-        method=request.method, path=request.raw_path.partition("?")[0], headers=request.headers
-    )
+    ).request
     peer = state.trust.node(sreq.origin)
+    unknown_key = unknown_key_detail(cfg, sreq.origin, sreq.key_id)
     body: bytes | None = None
-    if peer is None and state.trust.has_authorities:
+    step = proceed(rx.sender(peer.keys if peer else None, unknown_key=unknown_key))
+    if isinstance(step, ReadBodyToIntroduce):
         # A node not pinned here may present its certificate with its own
-        # envelopes (item fifth element); the signature is checked below.
+        # envelopes (item fifth element); the signature is checked next.
         body = await read_body(request, limit)
         with contextlib.suppress(MalformedError):
             peer = relaying.introduce(state, sreq.origin, decode_batch(body).items)
-    if peer is None:
-        raise UnknownSender(f"{sreq.origin!r} is not a node this node trusts")
-    pub = peer.keys.get(sreq.key_id)
-    if pub is None:
-        raise UnknownKey(unknown_key_detail(state.config, sreq.origin, sreq.key_id))
-    httpsig.verify_request(sreq, pub)
-    if request.query_string:  # after the 401 checks, as DESIGN §5 orders them
-        raise MalformedError("the batch endpoint takes no query string")
+        step = proceed(rx.sender(peer.keys if peer else None, unknown_key=unknown_key))
+    if peer is None or not isinstance(step, Admit):
+        raise RelayError(f"inbound: unexpected step {type(step).__name__}")
     backpressure.admit_batch(state, peer.name, request)  # 429 / 503 busy before the body is read
+    proceed(rx.admitted())
     if body is None:
         body = await read_body(request, limit)
-    httpsig.check_content_digest(request.headers.get("Content-Digest"), body)
-    if sreq.destination != state.name:
-        raise WrongDestination(
-            f"this node is {state.name!r}, the request is for {sreq.destination!r}"
-        )
-    httpsig.check_clock(sreq.created, state.now_ms() // 1000)
+    proceed(rx.body(body, now_s=state.now_ms() // 1000))
     if not state.claim_nonce(peer.name, sreq.nonce) or await state.store.nonce_seen(
         peer.name, sreq.nonce
     ):
         state.release_nonce(peer.name, sreq.nonce)
-        raise Replay(f"nonce {sreq.nonce} from {peer.name} was already used")
+        proceed(rx.nonce(seen=True))
     try:
-        return await _answer(state, peer.name, sreq, body)
+        return await _answer(state, peer.name, sreq, rx, proceed(rx.nonce(seen=False)))
     finally:
         state.release_nonce(peer.name, sreq.nonce)
 
 
-async def _answer(state: NodeState, peer: str, sreq: httpsig.SignedRequest, body: bytes) -> bytes:
-    batch = decode_batch(body)
-    ids = [peek_id(it.header_bytes) for it in batch.items]
-    if len(set(ids)) != len(ids):
-        raise MalformedError("the batch carries the same envelope id more than once")
+async def _answer(
+    state: NodeState,
+    peer: str,
+    sreq: httpsig.SignedRequest,
+    rx: Reception,
+    found: FindStoredResults,
+) -> bytes:
+    batch, ids = found.batch, list(found.ids)
     now = state.now_ms()
     stored = await state.store.stored_results(peer, batch.batch_id)
-    if stored is not None:
+    step = rx.stored(stored)
+    if isinstance(step, AnswerStored):
 
         async def note_nonce(tx: WriteTx) -> None:
             if not await tx.record_nonce(peer, sreq.nonce, now):
@@ -210,16 +217,19 @@ async def _answer(state: NodeState, peer: str, sreq: httpsig.SignedRequest, body
 
         await state.store.write(note_nonce)
         event(log, "batch_repeat", peer=peer, batch=batch.batch_id, envelopes=len(ids))
-        return sign_result(BatchResult(batch.batch_id, sreq.nonce, stored), state.key)
+        return sign_result(BatchResult(batch.batch_id, sreq.nonce, dict(step.results)), state.key)
 
     relaying.learn_carried(state, batch.items)  # origins' certificates, before any judging
+    ctx = ItemContext(here=state.name, peer=peer, request_key=sreq.key_id, now_ms=now)
     candidates: list[Candidate] = []
     refusals: list[Refusal] = []
     for ident, item in zip(ids, batch.items, strict=True):
-        try:
-            candidates.append(judge(state, peer, sreq.key_id, item, now))
-        except ItemRejected as e:
-            refusals.append(Refusal(ident, e, _origin_hint(item), getattr(e, "rule", "")))
+        judged = judge(state, ctx, item)
+        if isinstance(judged, Candidate):
+            candidates.append(judged)
+        else:
+            error = ItemRejected(judged.code, judged.detail)
+            refusals.append(Refusal(ident, error, _origin_hint(item), judged.rule))
 
     results = await state.store.write(
         lambda tx: _commit(state, tx, peer, sreq.nonce, batch, candidates, refusals, now)
@@ -257,72 +267,52 @@ def _origin_hint(item: BatchItem) -> str:
     return item.trace[0] if item.trace else ""
 
 
-class ResidencyRefused(ItemRejected):
-    def __init__(self, detail: str, rule: str) -> None:
-        super().__init__("residency", detail)
-        self.rule = rule
-
-
-def judge(state: NodeState, peer: str, request_key: str, item: BatchItem, now: int) -> Candidate:
-    """Every check on one item that needs no database; ItemRejected on the first fault."""
-    try:
-        env = open_envelope(item.header_bytes, item.signature, item.payload)
-    except MalformedError as e:
-        raise ItemRejected("malformed", e.detail) from None
-    h = env.header
-    check_payload(env)
-    if h.expires <= now:
-        raise ItemRejected("expired", f"envelope expired at {h.expires} (now {now})")
-    check_trace(item.trace, h.origin, peer, h.max_hops)
-    if state.name in item.trace or h.origin == state.name:
-        raise ItemRejected("loop", f"{state.name} is already in the trace of this envelope")
-    # For another node: relay it, if [relay] allows (relay.federation.relaying).
-    hop = None if h.dest == state.name else relaying.plan_relay(state, h, item.trace)
-    origin = state.trust.node(h.origin)
-    if origin is None:
-        raise ItemRejected("unknown_origin", f"origin {h.origin} is not trusted by this node")
-    origin_key = origin.keys.get(h.key)
-    if origin_key is None:
-        raise ItemRejected("signature", unknown_key_detail(state.config, h.origin, h.key))
-    # The request signature already proves authorship when the origin itself
-    # sent this batch with the same key to us, the destination (DESIGN §5).
-    # A relay verifies every envelope before it forwards it.
-    if not (peer == h.origin and request_key == h.key and hop is None):
-        verify_envelope(env, origin_key)
-    holders = [(n, state.trust.jurisdiction(n)) for n in item.trace]
-    decision = check_accept(state.policy, h.residency, holders=holders)
-    if not decision.allowed:
-        raise ResidencyRefused(decision.reason, decision.rule)
-    audit = decision if decision.outcome == "audit" else None
-    if hop is not None:
-        forward = relaying.forward_decision(state, h, hop)
-        if not forward.allowed:
-            raise ResidencyRefused(forward.reason, forward.rule)
-        if h.kind == "receipt":
-            try:
-                decode_receipt(env.payload)
-            except MalformedError as e:
-                raise ItemRejected("malformed", e.detail) from None
-        return Candidate(env, item.trace, (), decision.rule, state.policy_hash, audit, hop)
-    mailboxes: tuple[str, ...] = ()
-    if h.kind == "message":
-        names = []
-        for addr in h.to:
-            local, _ = split_address(addr)
-            if state.config.mailbox(local) is None:
-                raise ItemRejected("unknown_mailbox", f"no mailbox {addr} at {state.name}")
-            names.append(local)
-        mailboxes = tuple(dict.fromkeys(names))
-    else:
-        if h.ctype != RECEIPT_CTYPE or list(h.to) != [f"postmaster@{state.name}"]:
-            raise ItemRejected("malformed", "a receipt goes to postmaster with the receipt type")
-        if h.sender != f"postmaster@{h.origin}":
-            raise ItemRejected("malformed", "a receipt comes from the writer's postmaster")
+def judge(state: NodeState, ctx: ItemContext, item: BatchItem) -> Candidate | ItemRefused:
+    """One item's verdict before the database (relay.protocol.inbound), from this node's facts."""
+    opened = open_item(ctx, item)
+    if isinstance(opened, ItemRefused):
+        return opened
+    h = opened.header
+    hop: str | ItemRejected | None = None
+    forward: Decision | ItemRejected | None = None
+    if h.dest != state.name:  # for another node: relay it, if [relay] allows
         try:
-            decode_receipt(env.payload)
-        except MalformedError as e:
-            raise ItemRejected("malformed", e.detail) from None
-    return Candidate(env, item.trace, mailboxes, decision.rule, state.policy_hash, audit)
+            hop = relaying.plan_relay(state, h, item.trace)
+        except ItemRejected as e:
+            hop = e
+        else:
+            try:
+                forward = relaying.forward_decision(state, h, hop)
+            except ItemRejected as e:
+                forward = e
+    origin = state.trust.node(h.origin)
+    holders = [(n, state.trust.jurisdiction(n)) for n in item.trace]
+    accept = check_accept(state.policy, h.residency, holders=holders)
+    cfg = state.config
+    key_known = origin is not None and h.key in origin.keys
+    facts = ItemFacts(
+        accept=accept,
+        origin_keys=origin.keys if origin else None,
+        hop=hop,
+        forward=forward,
+        unknown_key="" if key_known else unknown_key_detail(cfg, h.origin, h.key),
+        mailboxes=frozenset(
+            local for local, _ in map(split_address, h.to) if cfg.mailbox(local) is not None
+        ),
+    )
+    verdict = judge_item(ctx, opened, facts)
+    if isinstance(verdict, ItemRefused):
+        return verdict
+    audit = accept if verdict.audit is not None else None
+    return Candidate(
+        verdict.env,
+        item.trace,
+        verdict.mailboxes,
+        verdict.rule,
+        state.policy_hash,
+        audit,
+        verdict.hop,
+    )
 
 
 async def _commit(

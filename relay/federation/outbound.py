@@ -3,14 +3,15 @@
 Invariants:
 - A queue row leaves the queue only inside the transaction that records the
   peer's correctly signed answer for it (or its expiry/rejection).
+- What to send and what an answer means (batch size, batch-id reuse,
+  halving on 400/413, giving up, backoff, Retry-After) is decided by
+  `relay.protocol.outbound.Planner`; this shell does the HTTP, the queue rows,
+  metrics and logs, and acts on the decision.
 - Every attempt carries a fresh nonce; a batch that failed is re-sent with the
   same batch id while its envelopes are still the head of the queue, so a
   lost response is answered from the peer's stored results.
-- Failures back off per destination with full jitter between `retry_min` and
-  `retry_max`; the state is persisted so a restart keeps it. A dead peer only
-  ever delays its own sender.
-- A whole-batch 4xx halves the batch to isolate the envelope that causes it;
-  a single envelope refused for a permanent reason becomes `rejected`.
+- The backoff state is persisted per destination so a restart keeps it. A
+  dead peer only ever delays its own sender.
 - The first item of each origin in a batch carries the certificate this node
   holds for that origin (its own, for its own envelopes), so that a next hop
   that has not pinned the origin can still verify it (relay.federation.relaying).
@@ -27,11 +28,10 @@ import json
 import logging
 import random as _random
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from typing import Any
 
 import aiohttp
 
-from relay.config.model import FederationConfig
 from relay.errors import BadSignature, MalformedError, RelayError
 from relay.federation import relaying
 from relay.logs import event
@@ -42,24 +42,24 @@ from relay.policy.residency import Decision, check_forward
 from relay.policy.trust import TrustedNode
 from relay.protocol import httpsig
 from relay.protocol.batch import Batch, BatchItem, BatchResult, encode_batch, open_result
+from relay.protocol.outbound import (
+    Answer,
+    GiveUp,
+    HttpRefusal,
+    NoResult,
+    Planner,
+    Retry,
+    Settle,
+    SignedResult,
+    Split,
+)
 from relay.storage.interface import WriteTx
 from relay.storage.records import DecisionRecord, PeerState, Queued, StatusUpdate
 
 log = logging.getLogger("relay.federation.out")
 
 MAX_RESPONSE = 16 * 1024 * 1024
-PERMANENT_CODES = frozenset({"too_large", "malformed"})
-BATCH_OVERHEAD = 64
 STORE_RETRY_S = 1.0  # pause after the store refused a sender's write
-
-
-@dataclass
-class Attempt:
-    ok: bool
-    error: str = ""
-    results: dict[bytes, str] | None = None
-    status: int = 0
-    code: str = ""
 
 
 class Sender:
@@ -71,9 +71,14 @@ class Sender:
         self.session = session
         self.wake = asyncio.Event()
         self.wake.set()
-        self._limit = state.config.federation.batch_envelopes
-        self._last_batch: tuple[bytes, tuple[int, ...]] | None = None
-        self.peer_max_body: int | None = None
+        fed = state.config.federation
+        # what to fetch, trim, reuse and wait: relay.protocol.outbound decides
+        self.planner: Planner[Queued] = Planner(
+            batch_envelopes=fed.batch_envelopes,
+            batch_bytes=fed.batch_bytes,
+            retry_min_ms=fed.retry_min_ms,
+            retry_max_ms=fed.retry_max_ms,
+        )
         self.body_bytes = 0  # size of the last batch body sent, for the delivery log
         self.task: asyncio.Task[None] | None = None
         # would-be denials let through in audit mode, by rid, for the batch in flight
@@ -128,7 +133,12 @@ class Sender:
             return
         limit = doc.get("max_body_bytes") if isinstance(doc, dict) else None
         if isinstance(limit, int) and not isinstance(limit, bool) and limit > 1024:
-            self.peer_max_body = limit
+            self.planner.peer_max_body = limit
+
+    @property
+    def _limit(self) -> int:
+        """How many queued envelopes to fetch for the next batch."""
+        return self.planner.fetch_limit
 
     async def run(self) -> None:
         st = self.state
@@ -205,42 +215,30 @@ class Sender:
 
     # --- one attempt ---------------------------------------------------------------
 
-    def _trim(self, items: list[Queued]) -> list[Queued]:
-        cfg = self.state.config.federation
-        budget = cfg.batch_bytes
-        if self.peer_max_body is not None:
-            budget = min(budget, self.peer_max_body)
-        out: list[Queued] = []
-        used = BATCH_OVERHEAD
-        origins: set[str] = set()
-        for it in items:
-            size = it.wire_size
-            if it.origin not in origins:  # the first item of an origin carries its certificates
-                size += relaying.carried_size(self.state, it.origin, self.hop)
-            if out and used + size > budget:
-                break
-            out.append(it)
-            origins.add(it.origin)
-            used += size
-        return out
-
     async def _attempt(self, items: list[Queued], before: PeerState) -> None:
         st = self.state
-        items = self._trim(items)
-        rids = tuple(it.rid for it in items)
-        if self._last_batch is not None and self._last_batch[1] == rids:
-            batch_id = self._last_batch[0]
-        else:
-            batch_id = st.random(16)
-        self._last_batch = (batch_id, rids)
+        fed = st.config.federation  # read each time: a reload may have changed it
+        self.planner.tune(
+            batch_envelopes=fed.batch_envelopes,
+            batch_bytes=fed.batch_bytes,
+            retry_min_ms=fed.retry_min_ms,
+            retry_max_ms=fed.retry_max_ms,
+        )
+        send = self.planner.plan(
+            items,
+            lambda origin: relaying.carried_size(st, origin, self.hop),
+            lambda: st.random(16),
+        )
+        items, batch_id = list(send.items), send.batch_id
         self.body_bytes = 0
         started = st.now_ms()
         peer = st.trust.node(self.hop)
+        answer: Answer
         if peer is None or peer.url is None:
             why = "not a trusted peer" if peer is None else "no url is configured for it"
-            outcome = Attempt(False, f"cannot deliver to {self.hop}: {why}")
+            answer = NoResult(f"cannot deliver to {self.hop}: {why}")
         else:
-            outcome = await self._post(peer, batch_id, items)
+            answer = await self._post(peer, batch_id, items)
         delay = max((started - min(it.enqueued for it in items)) if items else 0, 0)
         if log.isEnabledFor(logging.DEBUG):
             event(
@@ -251,13 +249,14 @@ class Sender:
                 batch=batch_id,
                 ids=",".join(it.id.hex() for it in items),
             )
-        if outcome.ok and outcome.results is not None:
+        outcome = self.planner.answer(
+            answer, failures=before.failures, now_ms=st.now_ms(), draw=_random.uniform
+        )
+        if isinstance(outcome, Settle) and isinstance(answer, SignedResult):
             await st.store.write(lambda tx: self._settle(tx, items, outcome, before))
-            st.metrics.delivered(self.hop, items, outcome.results, st.now_ms(), self._audits)
-            self._last_batch = None
-            self._limit = st.config.federation.batch_envelopes
+            st.metrics.delivered(self.hop, items, answer.results, st.now_ms(), self._audits)
             counts: dict[str, int] = {}
-            for r in outcome.results.values():
+            for r in answer.results.values():
                 counts[r] = counts.get(r, 0) + 1
             event(
                 log,
@@ -273,48 +272,52 @@ class Sender:
                 ms=st.now_ms() - started,
             )
             return
-        if outcome.status == 413:
+        if isinstance(outcome, Split | GiveUp | Retry) and outcome.reread_limits:
             await self.learn_limits()
-        if outcome.status in (400, 413) and outcome.code in PERMANENT_CODES:
-            if len(items) > 1:
-                self._limit = max(1, len(items) // 2)
-                self._last_batch = None
-                st.metrics.attempt(self.hop, "split")
-                event(
-                    log,
-                    "delivery",
-                    logging.WARNING,
-                    peer=self.hop,
-                    batch=batch_id,
-                    envelopes=len(items),
-                    outcome="split",
-                    error=outcome.error,
-                    attempt=before.failures + 1,
-                    queue_delay_ms=delay,
-                    bytes=self.body_bytes,
-                )
-                return
-            it = items[0]
+        if isinstance(outcome, Split):
+            st.metrics.attempt(self.hop, "split")
+            self._warn(
+                "split",
+                batch_id,
+                len(items),
+                delay,
+                error=outcome.error,
+                attempt=before.failures + 1,
+            )
+            return
+        if isinstance(outcome, GiveUp):
+            it = outcome.item
             await st.store.write(lambda tx: self._reject_one(tx, it, outcome.code))
             st.metrics.attempt(self.hop, "rejected")
-            self._limit = st.config.federation.batch_envelopes
-            self._last_batch = None
-            event(
-                log,
-                "delivery",
-                logging.WARNING,
-                peer=self.hop,
-                batch=batch_id,
-                envelopes=1,
-                outcome="rejected",
+            self._warn(
+                "rejected",
+                batch_id,
+                1,
+                delay,
                 error=outcome.error,
                 envelope=it.id,
                 attempt=before.failures + 1,
-                queue_delay_ms=delay,
-                bytes=self.body_bytes,
             )
             return
-        await self._fail(items, outcome.error, before, batch_id, delay)
+        if isinstance(outcome, Retry):
+            await self._fail(items, outcome, before, batch_id, delay)
+
+    def _warn(
+        self, outcome: str, batch_id: bytes, envelopes: int, delay: int, **fields: Any
+    ) -> None:
+        """Log an attempt that did not deliver (`outcome` split, rejected or retry)."""
+        event(
+            log,
+            "delivery",
+            logging.WARNING,
+            peer=self.hop,
+            batch=batch_id,
+            envelopes=envelopes,
+            outcome=outcome,
+            **fields,
+            queue_delay_ms=delay,
+            bytes=self.body_bytes,
+        )
 
     async def _reject_one(self, tx: WriteTx, it: Queued, code: str) -> None:
         ending = Ending(it, "rejected", code, "refused by the next hop")
@@ -323,15 +326,15 @@ class Sender:
     async def _fail(
         self,
         items: Sequence[Queued],
-        error: str,
+        retry: Retry,
         before: PeerState,
         batch_id: bytes,
         delay: int,
     ) -> None:
         st = self.state
-        now = st.now_ms()
-        after = backoff(st.config.federation, before, error, now)
-        failures, wait = after.failures, after.next_try - now
+        error = retry.error
+        after = failed(before, retry, before.last_ok)
+        failures, wait = after.failures, retry.wait_ms
 
         async def job(tx: WriteTx) -> None:
             await tx.save_peer_state(self.hop, after)
@@ -339,65 +342,55 @@ class Sender:
 
         await st.store.write(job)
         st.metrics.attempt(self.hop, "retry")
-        event(
-            log,
-            "delivery",
-            logging.WARNING,
-            peer=self.hop,
-            batch=batch_id,
-            envelopes=len(items),
-            outcome="retry",
-            error=error,
-            attempt=failures,
-            next_try_ms=wait,
-            queue_delay_ms=delay,
-            bytes=self.body_bytes,
+        self._warn(
+            "retry", batch_id, len(items), delay, error=error, attempt=failures, next_try_ms=wait
         )
 
     async def _settle(
-        self, tx: WriteTx, items: Sequence[Queued], outcome: Attempt, before: PeerState
+        self,
+        tx: WriteTx,
+        items: Sequence[Queued],
+        outcome: Settle[Queued],
+        before: PeerState,
     ) -> None:
         st = self.state
         now = st.now_ms()
-        assert outcome.results is not None
+        answered = {it.rid for it in outcome.delivered} | {it.rid for it, _ in outcome.rejected}
+        codes = {it.rid: code for it, code in outcome.rejected}
         done: list[int] = []
-        missing: list[int] = []
+        missing = [it.rid for it in outcome.missing]
         sent: list[StatusUpdate] = []
         refused: list[Ending] = []
         audits: list[DecisionRecord] = []
         for it in items:
-            r = outcome.results.get(it.id)
-            if r is None:
-                missing.append(it.rid)
+            if it.rid not in answered:
                 continue
             if (audit := self._audits.get(it.rid)) is not None:
                 # it reached the peer: the forward point let it through in audit mode
                 audits.append(self._decision(it, audit, now))
-            if r in ("accepted", "duplicate"):
+            if it.rid not in codes:
                 done.append(it.rid)
                 if it.origin == st.name and it.kind == "message":
                     sent.append(StatusUpdate(it.rid, "sent", ""))
             else:
-                code = r.partition(":")[2] or r
-                refused.append(Ending(it, "rejected", code, f"the next hop answered {r}"))
+                code = codes[it.rid]
+                refused.append(
+                    Ending(it, "rejected", code, f"the next hop answered rejected:{code}")
+                )
         await tx.record_decisions(audits)
         await tx.set_status(sent, now)
         await end_queued(tx, st.name, refused, now, by="peer")
         await tx.dequeue(done)
         after = PeerState(0, 0, "", now, before.delivered + len(done))
-        if missing:
+        if missing and outcome.retry is not None:
             # A signed answer that leaves envelopes out is a failed attempt for
             # them: back off, or the sender would ask the peer again at once.
-            error = "missing from the peer's result"
+            error = outcome.retry.error
             await tx.note_attempt(missing, error)
-            after = replace(
-                backoff(st.config.federation, before, error, now),
-                last_ok=now,
-                delivered=after.delivered,
-            )
+            after = failed(before, outcome.retry, now, after.delivered)
         await tx.save_peer_state(self.hop, after)
 
-    async def _post(self, peer: TrustedNode, batch_id: bytes, items: Sequence[Queued]) -> Attempt:
+    async def _post(self, peer: TrustedNode, batch_id: bytes, items: Sequence[Queued]) -> Answer:
         st = self.state
         batch_items: list[BatchItem] = []
         seen: set[str] = set()  # origins whose certificates this batch already carries
@@ -433,37 +426,35 @@ class Sender:
                 data = await _read_capped(resp, MAX_RESPONSE)
                 status = resp.status
                 location = resp.headers.get("Location", "")
+                retry_after = resp.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            return Attempt(False, f"{type(e).__name__}: {e}".strip(": "))
+            return NoResult(f"{type(e).__name__}: {e}".strip(": "))
         if 300 <= status < 400:  # a signed batch goes to the pinned URL or nowhere
-            return Attempt(
-                False, f"HTTP {status} redirect to {location!r} not followed", status=status
-            )
+            return NoResult(f"HTTP {status} redirect to {location!r} not followed", status)
         if data is None:
-            return Attempt(False, f"the answer is over {MAX_RESPONSE} bytes", status=status)
+            return NoResult(f"the answer is over {MAX_RESPONSE} bytes", status)
         if status != 200:
             code, detail = _error_of(data)
-            return Attempt(False, f"HTTP {status} {code}: {detail}", status=status, code=code)
+            return HttpRefusal(status, code, detail, retry_after)
         sent_nonce = base64.b64encode(nonce).decode()
         result = _open_any(data, peer)
         if isinstance(result, str):
-            return Attempt(False, result, status=status)
+            return NoResult(result, status)
         if result.batch_id != batch_id or result.nonce != sent_nonce:
-            return Attempt(False, "signed result is for another batch or nonce", status=status)
-        return Attempt(True, results=result.results, status=status)
+            return NoResult("signed result is for another batch or nonce", status)
+        return SignedResult(result.results)
 
 
-def backoff(fed: FederationConfig, before: PeerState, error: str, now: int) -> PeerState:
-    """The peer state after one more failure: full-jitter exponential backoff."""
-    failures = before.failures + 1
-    cap = min(fed.retry_max_ms, fed.retry_min_ms * (2 ** min(failures - 1, 40)))
-    wait = max(10, int(_random.uniform(0, cap)))
+def failed(
+    before: PeerState, retry: Retry, last_ok: int, delivered: int | None = None
+) -> PeerState:
+    """The peer state after the failure `retry` describes (the planner chose its wait)."""
     return PeerState(
-        failures=failures,
-        next_try=now + wait,
-        last_error=error,
-        last_ok=before.last_ok,
-        delivered=before.delivered,
+        failures=retry.failures,
+        next_try=retry.next_try,
+        last_error=retry.error,
+        last_ok=last_ok,
+        delivered=before.delivered if delivered is None else delivered,
     )
 
 

@@ -373,3 +373,53 @@ async def test_malformed_batch_is_split_until_only_the_culprit_is_rejected(
     assert sizes[0] == 2 and set(sizes[1:]) == {1}
     ps = await out.peer_state()
     assert ps.failures == 0  # a split is not a failure of the peer
+
+
+# --- (f) a 429 or 503 with Retry-After ------------------------------------------------------
+
+
+async def test_retry_after_is_waited_at_least(tmp_path: Path) -> None:
+    """The peer asks for 2 s; the jitter alone (retry_min 10 ms) would wait at most 10 ms."""
+
+    async def slow_down(peer: FakePeer, seen: Seen, request: web.Request) -> web.Response:
+        body = {"error": "rate_limited", "detail": "slow down"}
+        return web.json_response(body, status=429, headers={"Retry-After": "2"})
+
+    peer = FakePeer(Identity(PEER))
+    peer.default = slow_down
+    await peer.start()
+    node_dir = tmp_path / "n"
+    node_key = write_toml(
+        node_dir,
+        peers=[Pinned(PEER, (peer.identity.key_string,), url=peer.url)],
+        federation={**FAST_RETRY, "retry_max": "1m"},
+    )
+    peer.node_public = node_key.public_key()
+    o = Outbound(await _start(node_dir), peer, node_dir)
+    try:
+        await o.h.submit(["bob@b.test"])
+        ps = await o.wait_failures(1)
+        assert "429 rate_limited" in ps.last_error
+        assert ps.next_try - wall_clock_ms() > 1000
+        assert len(peer.seen) == 1
+    finally:
+        await o.h.node.stop()
+        await o.h.session.close()
+        await peer.stop()
+    assert peer.problems == []
+
+
+# --- (g) a redirect is a failed attempt, never followed -------------------------------------
+
+
+async def test_a_redirect_is_not_followed(out: Outbound) -> None:
+    """Following a 307 would re-send the signed request, nonce and all, where the peer points."""
+
+    async def redirect(peer: FakePeer, seen: Seen, request: web.Request) -> web.Response:
+        return web.Response(status=307, headers={"Location": f"{peer.url}{BATCH_PATH}"})
+
+    out.peer.answers = [redirect]
+    msg_id = await out.h.submit(["bob@b.test"])
+    await out.wait_status(msg_id, "sent")
+    nonces = [s.nonce for s in out.peer.seen]
+    assert len(nonces) == 2 and len(set(nonces)) == 2  # the retry, not the redirect

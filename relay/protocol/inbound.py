@@ -1,0 +1,469 @@
+"""The receiving side of `POST /federation/v1/batch` as pure decisions (DESIGN §5).
+
+A `Reception` is fed what the HTTP shell learns about one request, one fact
+at a time, and answers each fact with the next step, or with a `Refuse` that
+ends the request (status and reason code in its error). `open_item`,
+`judge_item` and `settle` then give each envelope of the batch its verdict
+from facts the shell looked up. Trust, policy, the ledger, rate limits and the
+body read all stay in the shell; the clock comes in as a number.
+
+Invariants:
+- Request checks run in the order of docs/protocol.md §10: 413 on the
+  declared length; the header faults of httpsig; 401 unknown_sender,
+  unknown_key, bad_signature; 400 for a query string; admission (429/503,
+  decided by the shell and fed back); then, on the body, 400 digest_mismatch,
+  wrong_destination, clock_skew, replay, malformed. The first fault ends the
+  request and nothing after it is asked.
+- `may_read_body` is false until the signature verified and the request was
+  admitted. The one exception is `ReadBodyToIntroduce`: a sender unknown here
+  while authorities are trusted has its body read before its signature, so
+  that a certificate carried in it may introduce the sender (§10 row 3).
+- Item checks run in the order of §11 and the first fault is the verdict;
+  `settle` adds §8's dedupe once the stored header digest is known.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from relay.errors import (
+    BadSignature,
+    ItemRejected,
+    MalformedError,
+    RelayError,
+    Replay,
+    TooLarge,
+    UnknownKey,
+    UnknownSender,
+    WrongDestination,
+)
+from relay.protocol import httpsig
+from relay.protocol.batch import Batch, BatchItem, check_trace, decode_batch
+from relay.protocol.envelope import (
+    RECEIPT_CTYPE,
+    Envelope,
+    check_payload,
+    header_digest,
+    open_envelope,
+    peek_id,
+    verify_envelope,
+)
+from relay.protocol.names import split_address
+from relay.protocol.receipt import decode_receipt
+
+# --- request steps -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """End the request with `error` (its status and code); nothing is stored."""
+
+    error: RelayError
+
+    @property
+    def status(self) -> int:
+        return self.error.status
+
+    @property
+    def code(self) -> str:
+        return self.error.code
+
+
+@dataclass(frozen=True, slots=True)
+class FindSender:
+    """Look up the node named by Relay-Origin; feed its keys to `Reception.sender`."""
+
+    request: httpsig.SignedRequest
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBodyToIntroduce:
+    """Read the body now, before the signature: a certificate in it may introduce the sender.
+
+    The shell lets trust judge the certificates the items carry, looks the
+    sender up again and feeds the answer to `Reception.sender`.
+    """
+
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """Charge the verified `peer`'s rate limit and take a write slot; feed `Reception.admitted`."""
+
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBody:
+    """Read the body (at most `limit` bytes) and feed it to `Reception.body`."""
+
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckNonce:
+    """Has `peer` used `nonce` before (in flight or recorded)? Feed `Reception.nonce`."""
+
+    peer: str
+    nonce: str
+
+
+@dataclass(frozen=True, slots=True)
+class FindStoredResults:
+    """Look up the results stored for (`peer`, batch id); feed `Reception.stored`."""
+
+    peer: str
+    batch: Batch
+    ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerStored:
+    """A repeated batch: record the nonce, answer the stored results signed afresh."""
+
+    batch_id: bytes
+    nonce: str
+    results: Mapping[bytes, str]
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeItems:
+    """A new batch: judge each item (`open_item`, `judge_item`), commit, answer."""
+
+    peer: str
+    request_key: str
+    nonce: str
+    batch: Batch
+    ids: tuple[bytes, ...]
+
+
+Step = (
+    Refuse
+    | FindSender
+    | ReadBodyToIntroduce
+    | Admit
+    | ReadBody
+    | CheckNonce
+    | FindStoredResults
+    | AnswerStored
+    | JudgeItems
+)
+
+
+S = TypeVar("S", bound=Step)
+
+
+def proceed(step: Refuse | S) -> S:
+    """`step`, unless it is a Refuse: then its error is raised, for a shell that raises."""
+    if isinstance(step, Refuse):
+        raise step.error
+    return step
+
+
+class Reception:
+    """The request-level checks of one batch request, fed facts in order.
+
+    Call `head` first, then answer each step with the method it names. A
+    method called out of turn raises RelayError: it is a bug in the shell.
+    """
+
+    def __init__(self, *, here: str, max_body: int, has_authorities: bool) -> None:
+        self.here = here
+        self.max_body = max_body
+        self.has_authorities = has_authorities
+        self.request: httpsig.SignedRequest | None = None
+        self._waiting: type | None = None
+        self._query = ""
+        self._introduced = False
+        self._body: bytes | None = None
+        self._batch: Batch | None = None
+        self._ids: tuple[bytes, ...] = ()
+        self._admitted = False
+
+    @property
+    def may_read_body(self) -> bool:
+        """True once the shell may read (or has read) the body."""
+        return self._introduced or self._admitted
+
+    def _expect(self, method: str, *steps: type[Step]) -> httpsig.SignedRequest:
+        if self._waiting not in steps or self.request is None:
+            waiting = self._waiting.__name__ if self._waiting else "nothing"
+            raise RelayError(f"Reception.{method} called while waiting for {waiting}")
+        return self.request
+
+    def _next(self, step: S) -> S:
+        self._waiting = None if isinstance(step, Refuse | AnswerStored | JudgeItems) else type(step)
+        return step
+
+    def head(
+        self, *, method: str, raw_path: str, headers: Mapping[str, str], content_length: int | None
+    ) -> Refuse | FindSender:
+        """The request line and headers, before any body byte: 413, header faults, FindSender."""
+        if self._waiting is not None or self.request is not None:
+            raise RelayError("Reception.head called twice")
+        if content_length is not None and content_length > self.max_body:
+            return self._next(Refuse(too_large(content_length, self.max_body)))
+        path, _, self._query = raw_path.partition("?")
+        try:
+            self.request = httpsig.parse_request(method=method, path=path, headers=headers)
+        except RelayError as e:
+            return self._next(Refuse(e))
+        return self._next(FindSender(self.request))
+
+    def sender(
+        self, keys: Mapping[str, Ed25519PublicKey] | None, *, unknown_key: str = ""
+    ) -> Refuse | ReadBodyToIntroduce | Admit:
+        """The sender's trusted keys (None: not trusted); `unknown_key` explains a missing key."""
+        req = self._expect("sender", FindSender, ReadBodyToIntroduce)
+        if keys is None:
+            if self.has_authorities and not self._introduced:
+                self._introduced = True
+                return self._next(ReadBodyToIntroduce(self.max_body))
+            return self._next(
+                Refuse(UnknownSender(f"{req.origin!r} is not a node this node trusts"))
+            )
+        pub = keys.get(req.key_id)
+        if pub is None:
+            detail = unknown_key or f"{req.origin} has no key {req.key_id!r} pinned at this node"
+            return self._next(Refuse(UnknownKey(detail)))
+        try:
+            httpsig.verify_request(req, pub)
+        except BadSignature as e:
+            return self._next(Refuse(e))
+        if self._query:
+            return self._next(Refuse(MalformedError("the batch endpoint takes no query string")))
+        return self._next(Admit(req.origin))
+
+    def admitted(self, refusal: RelayError | None = None) -> Refuse | ReadBody:
+        """The shell's admission: None, or its 429 rate_limited / 503 busy."""
+        self._expect("admitted", Admit)
+        if refusal is not None:
+            return self._next(Refuse(refusal))
+        self._admitted = True
+        return self._next(ReadBody(self.max_body))
+
+    def body(self, body: bytes, *, now_s: int) -> Refuse | CheckNonce:
+        """The body as read (here or for the introduction) and the clock then, in unix seconds."""
+        req = self._expect("body", ReadBody)
+        if len(body) > self.max_body:
+            return self._next(
+                Refuse(TooLarge(f"body is over this node's limit of {self.max_body} bytes"))
+            )
+        try:
+            httpsig.check_content_digest(req.content_digest, body)
+            if req.destination != self.here:
+                raise WrongDestination(
+                    f"this node is {self.here!r}, the request is for {req.destination!r}"
+                )
+            httpsig.check_clock(req.created, now_s)
+        except RelayError as e:
+            return self._next(Refuse(e))
+        self._body = body
+        return self._next(CheckNonce(req.origin, req.nonce))
+
+    def nonce(self, *, seen: bool) -> Refuse | FindStoredResults:
+        """Whether the nonce was seen (in flight or recorded); then the batch is decoded."""
+        req = self._expect("nonce", CheckNonce)
+        if seen:
+            return self._next(
+                Refuse(Replay(f"nonce {req.nonce} from {req.origin} was already used"))
+            )
+        assert self._body is not None
+        try:
+            batch = decode_batch(self._body)
+            ids = tuple(peek_id(it.header_bytes) for it in batch.items)
+        except MalformedError as e:
+            return self._next(Refuse(e))
+        if len(set(ids)) != len(ids):
+            return self._next(
+                Refuse(MalformedError("the batch carries the same envelope id more than once"))
+            )
+        self._batch, self._ids = batch, ids
+        return self._next(FindStoredResults(req.origin, batch, ids))
+
+    def stored(self, results: Mapping[bytes, str] | None) -> AnswerStored | JudgeItems:
+        """The results stored for this (peer, batch id), or None for a new batch."""
+        req = self._expect("stored", FindStoredResults)
+        assert self._batch is not None
+        if results is not None:
+            return self._next(AnswerStored(self._batch.batch_id, req.nonce, results))
+        return self._next(JudgeItems(req.origin, req.key_id, req.nonce, self._batch, self._ids))
+
+
+def too_large(length: int, limit: int) -> TooLarge:
+    """The 413 for a declared body length over `limit` (also the 100-continue answer)."""
+    return TooLarge(f"body of {length} bytes is over this node's limit of {limit}")
+
+
+# --- item verdicts -------------------------------------------------------------------
+
+
+class PolicyAnswer(Protocol):
+    """A residency decision as the item checks read it (relay.policy.residency.Decision)."""
+
+    @property
+    def allowed(self) -> bool: ...
+    @property
+    def outcome(self) -> str: ...
+    @property
+    def rule(self) -> str: ...
+    @property
+    def reason(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ItemContext:
+    """What every item of one request is judged against."""
+
+    here: str
+    peer: str  # the verified sending node
+    request_key: str  # key id of the request signature
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFacts:
+    """What the shell looked up for one opened envelope, before it is judged.
+
+    `hop`: None when the envelope is for this node; else the next hop, or the
+    ItemRejected planning refused it with. `forward`: the forward decision
+    toward that hop (or the ItemRejected it raised); None when not relaying.
+    `origin_keys`: None when the origin is not trusted. `mailboxes`: the local
+    parts of `to` that are mailboxes here.
+    """
+
+    accept: PolicyAnswer
+    origin_keys: Mapping[str, Ed25519PublicKey] | None
+    hop: str | ItemRejected | None = None
+    forward: PolicyAnswer | ItemRejected | None = None
+    unknown_key: str = ""  # why the header's key is not trusted, if it is not
+    mailboxes: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRefused:
+    """An item's verdict `rejected:<code>`; `rule` names the residency rule, if any."""
+
+    code: str
+    detail: str
+    rule: str = ""
+
+    @property
+    def result(self) -> str:
+        return f"rejected:{self.code}"
+
+    @classmethod
+    def of(cls, e: ItemRejected, rule: str = "") -> ItemRefused:
+        return cls(e.item_code, e.detail, rule)
+
+
+@dataclass(frozen=True, slots=True)
+class Passed:
+    """An item that passed every check that needs no stored envelope.
+
+    `hop` is the next hop when this node relays it (then `mailboxes` is
+    empty); `audit` a would-be denial let through in audit mode.
+    """
+
+    env: Envelope
+    rule: str
+    hop: str | None = None
+    mailboxes: tuple[str, ...] = ()
+    audit: PolicyAnswer | None = None
+
+
+def open_item(ctx: ItemContext, item: BatchItem) -> Envelope | ItemRefused:
+    """§11 steps 1–8: the checks on an item's own bytes and trace."""
+    try:
+        env = open_envelope(item.header_bytes, item.signature, item.payload)
+    except MalformedError as e:
+        return ItemRefused("malformed", e.detail)
+    h = env.header
+    try:
+        check_payload(env)
+        if h.expires <= ctx.now_ms:
+            raise ItemRejected("expired", f"envelope expired at {h.expires} (now {ctx.now_ms})")
+        check_trace(item.trace, h.origin, ctx.peer, h.max_hops)
+    except ItemRejected as e:
+        return ItemRefused.of(e)
+    if ctx.here in item.trace or h.origin == ctx.here:
+        return ItemRefused("loop", f"{ctx.here} is already in the trace of this envelope")
+    return env
+
+
+def judge_item(ctx: ItemContext, env: Envelope, facts: ItemFacts) -> Passed | ItemRefused:
+    """§11 steps 9–13 for an opened envelope, from the facts the shell looked up."""
+    h = env.header
+    hop = None if h.dest == ctx.here else facts.hop
+    if isinstance(hop, ItemRejected):
+        return ItemRefused.of(hop)
+    if h.dest != ctx.here and hop is None:
+        raise RelayError(f"judge_item: no relay plan for an envelope to {h.dest}")
+    if facts.origin_keys is None:
+        return ItemRefused("unknown_origin", f"origin {h.origin} is not trusted by this node")
+    origin_key = facts.origin_keys.get(h.key)
+    if origin_key is None:
+        detail = facts.unknown_key or f"{h.origin} has no key {h.key!r} pinned at this node"
+        return ItemRefused("signature", detail)
+    # The request signature already proves authorship when the origin itself
+    # sent this batch with the same key to us, the destination (§11 step 11).
+    if not (ctx.peer == h.origin and ctx.request_key == h.key and hop is None):
+        try:
+            verify_envelope(env, origin_key)
+        except ItemRejected as e:
+            return ItemRefused.of(e)
+    accept = facts.accept
+    if not accept.allowed:
+        return ItemRefused("residency", accept.reason, accept.rule)
+    audit = accept if accept.outcome == "audit" else None
+    if hop is not None:
+        forward = facts.forward
+        if isinstance(forward, ItemRejected):
+            return ItemRefused.of(forward)
+        if forward is None:
+            raise RelayError(f"judge_item: no forward decision toward {hop}")
+        if not forward.allowed:
+            return ItemRefused("residency", forward.reason, forward.rule)
+        if h.kind == "receipt" and (bad := _bad_receipt(env.payload)) is not None:
+            return bad
+        return Passed(env, accept.rule, hop=hop, audit=audit)
+    if h.kind == "message":
+        names: list[str] = []
+        for addr in h.to:
+            local, _ = split_address(addr)
+            if local not in facts.mailboxes:
+                return ItemRefused("unknown_mailbox", f"no mailbox {addr} at {ctx.here}")
+            names.append(local)
+        return Passed(env, accept.rule, mailboxes=tuple(dict.fromkeys(names)), audit=audit)
+    if h.ctype != RECEIPT_CTYPE or list(h.to) != [f"postmaster@{ctx.here}"]:
+        return ItemRefused("malformed", "a receipt goes to postmaster with the receipt type")
+    if h.sender != f"postmaster@{h.origin}":
+        return ItemRefused("malformed", "a receipt comes from the writer's postmaster")
+    if (bad := _bad_receipt(env.payload)) is not None:
+        return bad
+    return Passed(env, accept.rule, audit=audit)
+
+
+def _bad_receipt(payload: bytes) -> ItemRefused | None:
+    try:
+        decode_receipt(payload)
+    except MalformedError as e:
+        return ItemRefused("malformed", e.detail)
+    return None
+
+
+def settle(header_bytes: bytes, stored_digest: bytes | None) -> str:
+    """§11 step 14 and §8: the result of an item that passed, given what is stored.
+
+    `stored_digest` is the header digest stored for its (origin, id), or None.
+    """
+    if stored_digest is None:
+        return "accepted"
+    if stored_digest == header_digest(header_bytes):
+        return "duplicate"
+    return "rejected:id_conflict"

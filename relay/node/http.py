@@ -66,22 +66,30 @@ async def answering(
         return await handler(request)
     except web.HTTPException:
         raise
-    except RelayError as e:
+    except Exception as e:
+        if request.writer.output_size > 0:  # a streamed answer has begun: leave it to aiohttp
+            raise
+        return _answer(request, e, headers)
+
+
+def _answer(
+    request: web.Request, e: Exception, headers: Callable[[RelayError], dict[str, str]]
+) -> web.Response:
+    if isinstance(e, RelayError):
         extra = headers(e)
         if request.get(UNREAD_BODY, False):
             extra["Connection"] = "close"
         return error_response(e, extra)
-    except Exception as e:
-        event(
-            log,
-            "internal_error",
-            logging.ERROR,
-            method=request.method,
-            path=request.path,
-            error=f"{type(e).__name__}: {e}",
-        )
-        log.debug("internal_error traceback", exc_info=True)
-        return error_response(RelayError("the node failed to answer; see its log"))
+    event(
+        log,
+        "internal_error",
+        logging.ERROR,
+        method=request.method,
+        path=request.path,
+        error=f"{type(e).__name__}: {e}",
+    )
+    log.debug("internal_error traceback", exc_info=e)
+    return error_response(RelayError("the node failed to answer; see its log"))
 
 
 @web.middleware

@@ -38,6 +38,13 @@ async def broken(request: web.Request) -> web.Response:
     raise KeyError("bug")
 
 
+async def broken_midway(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse()
+    await resp.prepare(request)
+    await resp.write(b"half")
+    raise KeyError("bug")
+
+
 @pytest.fixture
 async def base() -> AsyncIterator[str]:
     app = web.Application(middlewares=[answer_errors])
@@ -45,6 +52,7 @@ async def base() -> AsyncIterator[str]:
     app.router.add_get("/busy", busy)
     app.router.add_post("/capped", capped)
     app.router.add_get("/broken", broken)
+    app.router.add_get("/broken-midway", broken_midway)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -93,20 +101,39 @@ async def test_a_streamed_body_is_cut_at_its_cap_and_the_connection_closed(base:
         assert resp.headers["Connection"] == "close"
 
 
-async def test_a_bug_is_a_json_500_and_one_log_line(
-    base: str, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("level", "names"),
+    [
+        (logging.INFO, ["internal_error"]),
+        (logging.DEBUG, ["internal_error", "internal_error traceback"]),
+    ],
+)
+async def test_a_bug_is_a_json_500_and_one_log_line_with_a_traceback_only_at_debug(
+    base: str, caplog: pytest.LogCaptureFixture, level: int, names: list[str]
 ) -> None:
-    caplog.set_level(logging.INFO, logger="relay.http")
+    caplog.set_level(level, logger="relay.http")
     async with aiohttp.ClientSession() as s, s.get(f"{base}/broken") as resp:
         assert resp.status == 500
         assert (await resp.json())["error"] == "internal"
     lines = [r for r in caplog.records if r.name == "relay.http"]
-    assert [r.getMessage() for r in lines] == ["internal_error"]
+    assert [r.getMessage() for r in lines] == names
     assert lines[0].exc_info is None
     assert lines[0].relay_fields["error"] == "KeyError: 'bug'"  # type: ignore[attr-defined]
+    assert all(r.exc_info is not None for r in lines[1:])
 
 
 async def test_an_unknown_route_stays_aiohttp_s_404(base: str) -> None:
     async with aiohttp.ClientSession() as s, s.get(f"{base}/nowhere") as resp:
         assert resp.status == 404
         assert resp.content_type == "text/plain"
+
+
+async def test_a_bug_after_the_answer_began_is_not_answered_twice(
+    base: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="relay.http")
+    async with aiohttp.ClientSession() as s, s.get(f"{base}/broken-midway") as resp:
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+    assert not [r for r in caplog.records if r.name == "relay.http"]

@@ -45,6 +45,7 @@ from relay.api.client import read_json
 from relay.errors import BadRequest, Conflict, NotFound, RelayError, Unauthorized
 from relay.logs import event
 from relay.node import queueops, queueview
+from relay.node.http import answering
 from relay.node.state import NodeState
 from relay.storage.sqlite.backup import CONTENT_TYPE, private_temp, remove_temp, snapshot
 
@@ -142,18 +143,25 @@ def _bind_private(path: Path) -> socket.socket:
 
 @web.middleware
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
+    """The admin app's one middleware: authenticate, then answer every refusal as JSON."""
+
+    async def authenticated(request: web.Request) -> web.StreamResponse:
         request.app[AdminServer.KEY].authenticate(request)
-        return await handler(request)
-    except RelayError as e:
-        return web.json_response(e.to_json(), status=e.status)
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        return web.json_response(
-            {"error": e.reason.lower().replace(" ", "_"), "detail": e.text or e.reason},
-            status=e.status,
-        )
+        try:
+            return await handler(request)
+        except web.HTTPException as e:  # aiohttp's own 404 / 405 / 413, in the admin's shape
+            if e.status < 400:
+                raise
+            return web.json_response(
+                {"error": e.reason.lower().replace(" ", "_"), "detail": e.text or e.reason},
+                status=e.status,
+            )
+
+    return await answering(request, authenticated, headers=_no_headers)
+
+
+def _no_headers(e: RelayError) -> dict[str, str]:
+    return {}
 
 
 # --- handlers --------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Client API (DESIGN §6): JSON over HTTP, one bearer token per mailbox.
 
 Handlers are thin: authenticate, decode JSON, call `relay.node.submit` or a
-storage read, encode the answer. Every refusal is `{"error", "detail"}`.
+storage read, encode the answer. They raise RelayError; the app's middleware
+(relay.node.http) answers every refusal as `{"error", "detail"}`.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ from relay.errors import (
 )
 from relay.logs import event
 from relay.node import backpressure, submit
+from relay.node.http import read_capped, refuse_declared
 from relay.node.state import NodeState
-from relay.policy.ratelimit import retry_headers
 from relay.protocol.envelope import decode_header
 from relay.storage.interface import WriteTx
 
@@ -81,22 +82,20 @@ def _deeper_than(doc: dict[str, Any] | list[Any], limit: int) -> bool:
     return False
 
 
+def _too_large(length: int, limit: int) -> TooLarge:
+    return TooLarge(f"request body over {limit} bytes")
+
+
 async def read_json(request: web.Request, limit: int) -> Any:
     """The request body as JSON; TooLarge over `limit` bytes, MalformedError if not JSON."""
-    if request.content_length is not None and request.content_length > limit:
-        raise TooLarge(f"request body over {limit} bytes")
-    chunks: list[bytes] = []
-    total = 0
+    refuse_declared(request, limit, _too_large)
     try:
-        async for chunk in request.content.iter_chunked(65536):
-            total += len(chunk)
-            if total > limit:
-                raise TooLarge(f"request body over {limit} bytes")
-            chunks.append(chunk)
+        raw = await read_capped(request.content, limit)
     except ConnectionResetError:  # aiohttp's "Connection lost": nobody is left to answer
         got = request.content.total_bytes
         raise BadRequest(f"the client went away before the end of the body ({got} bytes)") from None
-    raw = b"".join(chunks)
+    if raw is None:
+        raise _too_large(request.content.total_bytes, limit)
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -110,10 +109,6 @@ async def read_json(request: web.Request, limit: int) -> Any:
     except UnicodeEncodeError:
         raise MalformedError("request body holds a lone UTF-16 surrogate") from None
     return doc
-
-
-def _error(e: RelayError) -> web.Response:
-    return web.json_response(e.to_json(), status=e.status, headers=retry_headers(e))
 
 
 def _check_ready(state: NodeState) -> None:
@@ -191,11 +186,11 @@ async def _submit(request: web.Request, batch: bool) -> web.Response:
         event(log, "submit_refused", logging.WARNING, mailbox=mailbox, rule=e.rule, detail=e.detail)
         await submit.record_refusal(state, mailbox, e, to)
         state.metrics.submit_refusal(e.code, e.rule)
-        return _error(e)
+        raise
     except RelayError as e:
         event(log, "submit_refused", logging.INFO, mailbox=mailbox, code=e.code, detail=e.detail)
         state.metrics.submit_refusal(e.code)
-        return _error(e)
+        raise
     finally:
         backpressure.release(state, request)
     state.metrics.submitted_messages(mailbox, planned)
@@ -223,15 +218,12 @@ def _msg_id(text: str) -> bytes:
 
 async def get_message(request: web.Request) -> web.Response:
     state = request.app[NodeState.KEY]
-    try:
-        mailbox = authenticate(state, request)
-        state.limits.client(mailbox)
-        ident = _msg_id(request.match_info["id"])
-        rows = await state.store.recipient_statuses(ident, mailbox)
-        if not rows:
-            raise NotFound(f"no message {ident.hex()} sent by {mailbox}")
-    except RelayError as e:
-        return _error(e)
+    mailbox = authenticate(state, request)
+    state.limits.client(mailbox)
+    ident = _msg_id(request.match_info["id"])
+    rows = await state.store.recipient_statuses(ident, mailbox)
+    if not rows:
+        raise NotFound(f"no message {ident.hex()} sent by {mailbox}")
     return web.json_response(
         {
             "id": ident.hex(),
@@ -284,46 +276,40 @@ def inbox_item(header_bytes: bytes, body: bytes | None) -> dict[str, Any]:
 
 async def get_inbox(request: web.Request) -> web.Response:
     state = request.app[NodeState.KEY]
-    try:
-        mailbox = authenticate(state, request)
-        state.limits.client(mailbox)
-        wait = _int_param(request, "wait", 0, 0, MAX_WAIT_S)
-        limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
-        deadline = asyncio.get_running_loop().time() + wait
-        while True:
-            ev = state.inbox_event(mailbox)
-            messages = await fetch_inbox(state, mailbox, limit)
-            remaining = deadline - asyncio.get_running_loop().time()
-            if messages or remaining <= 0 or state.stopping:
-                break
-            # when the long-poll runs out, answer what there is (nothing)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ev.wait(), timeout=remaining)
-    except RelayError as e:
-        return _error(e)
+    mailbox = authenticate(state, request)
+    state.limits.client(mailbox)
+    wait = _int_param(request, "wait", 0, 0, MAX_WAIT_S)
+    limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        ev = state.inbox_event(mailbox)
+        messages = await fetch_inbox(state, mailbox, limit)
+        remaining = deadline - asyncio.get_running_loop().time()
+        if messages or remaining <= 0 or state.stopping:
+            break
+        # when the long-poll runs out, answer what there is (nothing)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ev.wait(), timeout=remaining)
     return web.json_response({"messages": messages})
 
 
 async def post_ack(request: web.Request) -> web.Response:
     state = request.app[NodeState.KEY]
-    try:
-        _check_ready(state)
-        mailbox = authenticate(state, request)
-        state.limits.client(mailbox)
-        doc = await read_json(request, 1024 * 1024)
-        if not isinstance(doc, dict) or set(doc) != {"ids"} or not isinstance(doc["ids"], list):
-            raise BadRequest('the body is {"ids": [message id, ...]}')
-        if len(doc["ids"]) > MAX_LIMIT:
-            raise BadRequest(f"at most {MAX_LIMIT} ids per ack")
-        idents = [_msg_id(i) if isinstance(i, str) else _msg_id(repr(i)) for i in doc["ids"]]
-        now = state.now_ms()
+    _check_ready(state)
+    mailbox = authenticate(state, request)
+    state.limits.client(mailbox)
+    doc = await read_json(request, 1024 * 1024)
+    if not isinstance(doc, dict) or set(doc) != {"ids"} or not isinstance(doc["ids"], list):
+        raise BadRequest('the body is {"ids": [message id, ...]}')
+    if len(doc["ids"]) > MAX_LIMIT:
+        raise BadRequest(f"at most {MAX_LIMIT} ids per ack")
+    idents = [_msg_id(i) if isinstance(i, str) else _msg_id(repr(i)) for i in doc["ids"]]
+    now = state.now_ms()
 
-        async def job(tx: WriteTx) -> int:
-            return await tx.ack_inbox(mailbox, idents, now)
+    async def job(tx: WriteTx) -> int:
+        return await tx.ack_inbox(mailbox, idents, now)
 
-        acked = await state.store.write(job, admit=True)
-    except RelayError as e:
-        return _error(e)
+    acked = await state.store.write(job, admit=True)
     return web.json_response({"acked": acked})
 
 

@@ -42,9 +42,9 @@ from relay.federation import relaying
 from relay.logs import event
 from relay.node import backpressure, certificates
 from relay.node.decisions import decision_record, refusal
+from relay.node.http import UNREAD_BODY, error_response, read_capped, refuse_declared
 from relay.node.state import NodeState
 from relay.policy.keyring import unknown_key_detail
-from relay.policy.ratelimit import retry_headers
 from relay.policy.residency import Decision, check_accept
 from relay.protocol import httpsig
 from relay.protocol.batch import (
@@ -70,6 +70,7 @@ from relay.protocol.inbound import (
     judge_item,
     open_item,
     proceed,
+    too_large,
 )
 from relay.protocol.names import split_address
 from relay.storage.interface import WriteTx
@@ -102,30 +103,23 @@ class Refusal:
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """Read at most `limit` bytes; TooLarge as soon as the body passes it."""
-    if request.content_length is not None and request.content_length > limit:
-        raise TooLarge(
-            f"body of {request.content_length} bytes is over this node's limit of {limit}"
-        )
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.content.iter_chunked(65536):
-        total += len(chunk)
-        if total > limit:
-            raise TooLarge(f"body is over this node's limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    """Read at most `limit` bytes (Reception.head refused a longer declared length)."""
+    body = await read_capped(request.content, limit)
+    if body is None:
+        raise TooLarge(f"body is over this node's limit of {limit} bytes")
+    return body
 
 
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:
-    """Answer `Expect: 100-continue` with 413 at once when the body is too large."""
+    """Answer `Expect: 100-continue` with 413 at once when the body is too large.
+
+    aiohttp calls this before the app's middleware, so it answers itself.
+    """
     state: NodeState = request.app[NodeState.KEY]
-    limit = state.config.node.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        err = TooLarge(
-            f"body of {request.content_length} bytes is over this node's limit of {limit}"
-        )
-        return web.json_response(err.to_json(), status=err.status, headers={"Connection": "close"})
+    try:
+        refuse_declared(request, state.config.node.max_body_bytes, too_large)
+    except TooLarge as e:
+        return error_response(e, {"Connection": "close"})
     expect = request.headers.get("Expect", "").lower()
     if request.version >= (1, 1) and expect == "100-continue":
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -133,6 +127,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
 
 
 async def handle_batch(request: web.Request) -> web.StreamResponse:
+    """The batch endpoint; a refusal is logged here and answered by the app's middleware."""
     state: NodeState = request.app[NodeState.KEY]
     peer = request.headers.get("Relay-Origin", "")
     try:
@@ -149,9 +144,8 @@ async def handle_batch(request: web.Request) -> web.StreamResponse:
             detail=e.detail,
         )
         if isinstance(e, TooLarge):
-            # The body was not read; do not keep the connection for its rest.
-            return web.json_response(e.to_json(), status=e.status, headers={"Connection": "close"})
-        return web.json_response(e.to_json(), status=e.status, headers=retry_headers(e))
+            request[UNREAD_BODY] = True
+        raise
     finally:
         backpressure.release(state, request)
     return web.Response(body=body, content_type="application/msgpack")

@@ -36,6 +36,7 @@ from relay.errors import BadSignature, MalformedError, RelayError
 from relay.federation import relaying
 from relay.logs import event
 from relay.node.decisions import decision_record
+from relay.node.http import read_capped
 from relay.node.queue_end import Ending, end_queued
 from relay.node.state import NodeState
 from relay.policy.residency import Decision, check_forward
@@ -423,7 +424,7 @@ class Sender:
             async with self.session.post(
                 url, data=body, headers=headers, timeout=timeout, allow_redirects=False
             ) as resp:
-                data = await _read_capped(resp, MAX_RESPONSE)
+                data = await read_capped(resp.content, MAX_RESPONSE)
                 status = resp.status
                 location = resp.headers.get("Location", "")
                 retry_after = resp.headers.get("Retry-After")
@@ -456,18 +457,6 @@ def failed(
         last_ok=last_ok,
         delivered=before.delivered if delivered is None else delivered,
     )
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
-    """The whole response body, however it is segmented; None once it passes `cap`."""
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in resp.content.iter_chunked(65536):
-        total += len(chunk)
-        if total > cap:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _open_any(data: bytes, peer: TrustedNode) -> BatchResult | str:

@@ -26,7 +26,7 @@ from relay.node.state import NodeState
 from relay.policy.residency import Decision, check_forward
 from relay.policy.routing import next_hop, relay_allowed
 from relay.policy.trust import TrustedNode
-from relay.protocol.batch import BatchItem
+from relay.protocol.batch import BatchItem, check_trace
 from relay.protocol.envelope import Header, decode_header
 
 MAX_CARRIED = 8  # certificates looked at per item; an origin needs one or two
@@ -41,14 +41,10 @@ def plan_relay(state: NodeState, h: Header, trace: Sequence[str]) -> str:
             f"envelope is for {h.dest}, and {state.name} does not relay from {h.origin} "
             f"to {h.dest}",
         )
-    if len(trace) + 1 > h.max_hops:
-        raise ItemRejected(
-            "hops",
-            f"relaying would make the trace {len(trace) + 1} nodes long, over max_hops "
-            f"{h.max_hops}",
-        )
+    onward = (*trace, state.name)  # the trace as the next hop will check it
+    check_trace(onward, h.origin, state.name, h.max_hops)
     hop = next_hop(cfg.routes, h.dest)
-    if hop in trace:
+    if hop in onward:
         raise ItemRejected(
             "loop", f"the route from {state.name} to {h.dest} leads back to {hop}, in the trace"
         )

@@ -32,6 +32,7 @@ from relay.federation import inbound, receipts
 from relay.federation.outbound import Sender
 from relay.logs import event
 from relay.node import expiry, retention
+from relay.node.http import answer_errors
 from relay.node.metrics import serve as serve_metrics
 from relay.node.recheck import recheck
 from relay.node.reload import ReloadResult, on_sighup, reload_config
@@ -102,7 +103,9 @@ class Node:
             connector=aiohttp.TCPConnector(limit_per_host=4, keepalive_timeout=60, ssl=client_ssl),
             headers={"User-Agent": "relay/0.1"},
         )
-        app = web.Application(client_max_size=cfg.node.max_body_bytes * 2 + 65536)
+        app = web.Application(
+            middlewares=[answer_errors], client_max_size=cfg.node.max_body_bytes * 2 + 65536
+        )
         app[NodeState.KEY] = state
         app.router.add_get("/.well-known/relay", well_known)
         app.router.add_post(

@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 from relay.config.model import Config
 from relay.errors import ItemRejected, RelayError
 from relay.logs import event
+from relay.node.http import answer_errors
 from relay.policy.residency import Decision, Policy
 from relay.protocol.envelope import Envelope
 from relay.storage.interface import Storage
@@ -438,7 +439,7 @@ async def serve(state: Scraped, app: web.Application) -> web.AppRunner | None:
     if cfg.listen_host is None:
         app.router.add_get(PATH, handler)
         return None
-    own = web.Application()
+    own = web.Application(middlewares=[answer_errors])
     own.router.add_get(PATH, handler)
     runner = web.AppRunner(own, access_log=None, handle_signals=False, shutdown_timeout=2)
     await runner.setup()

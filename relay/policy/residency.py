@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from relay.errors import BadRequest, PolicyRefused
+from relay.errors import BadRequest
 from relay.protocol.iso3166 import is_country
 
 Effect = Literal["deny", "limit"]
@@ -315,12 +315,6 @@ def check_forward(
     inside the set and inside `export_to`."""
     s = frozenset(residency)
     return _decide(p, s, _node_faults(p, s, "peer", peer, peer_jurisdiction, RULE_PEER))
-
-
-def require_allowed(d: Decision) -> None:
-    """Raise PolicyRefused (422, naming the rule) unless the decision allows."""
-    if not d.allowed:
-        raise PolicyRefused(d.reason, d.rule)
 
 
 # --- helpers ---------------------------------------------------------------------

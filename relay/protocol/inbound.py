@@ -42,14 +42,13 @@ from relay.errors import (
     WrongDestination,
 )
 from relay.protocol import httpsig
-from relay.protocol.batch import Batch, BatchItem, check_trace, decode_batch
+from relay.protocol.batch import Batch, BatchItem, batch_ids, check_trace, decode_batch
 from relay.protocol.envelope import (
     RECEIPT_CTYPE,
     Envelope,
     check_payload,
     header_digest,
     open_envelope,
-    peek_id,
     verify_envelope,
 )
 from relay.protocol.names import split_address
@@ -276,13 +275,9 @@ class Reception:
         assert self._body is not None
         try:
             batch = decode_batch(self._body)
-            ids = tuple(peek_id(it.header_bytes) for it in batch.items)
+            ids = batch_ids(batch)
         except MalformedError as e:
             return self._next(Refuse(e))
-        if len(set(ids)) != len(ids):
-            return self._next(
-                Refuse(MalformedError("the batch carries the same envelope id more than once"))
-            )
         self._batch, self._ids = batch, ids
         return self._next(FindStoredResults(req.origin, batch, ids))
 

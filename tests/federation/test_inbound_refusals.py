@@ -26,7 +26,10 @@ from tests.federation.conftest import MAX_BODY, NODE, Harness, Identity
 
 
 async def _raw_exchange(h: Harness, head: bytes, parts: list[bytes]) -> tuple[int, dict[str, str]]:
-    """Send raw request bytes over one connection; read one response (status, JSON body)."""
+    """Send raw request bytes over one connection; read one response (status, JSON body).
+
+    A 413 must also close the connection: the rest of the body is never read.
+    """
     reader, writer = await asyncio.open_connection("127.0.0.1", h.node.port)
     try:
         writer.write(head)
@@ -41,6 +44,7 @@ async def _raw_exchange(h: Harness, head: bytes, parts: list[bytes]) -> tuple[in
         length = int(fields["content-length"])
         doc = json.loads(await asyncio.wait_for(reader.readexactly(length), timeout=10))
         assert isinstance(doc, dict)
+        assert status != 413 or fields.get("connection") == "close"
         return status, doc
     finally:
         writer.close()

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.errors import BadRequest, PolicyRefused
+from relay.errors import BadRequest
 from relay.policy import residency as r
 from relay.policy.residency import Decision, Policy, Rule
 from relay.protocol.iso3166 import ISO_3166_ALPHA2, is_country
@@ -468,25 +468,6 @@ def test_builtin_rule_ids() -> None:
 def test_check_accept_needs_a_sender() -> None:
     with pytest.raises(ValueError):
         r.check_accept(KZ_NODE, ["KZ"], holders=())
-
-
-def test_require_allowed() -> None:
-    r.require_allowed(
-        r.check_forward(RU_NODE, ["RU"], peer="spb.example.ru", peer_jurisdiction="RU")
-    )
-    r.require_allowed(
-        r.stamp(
-            RU_AUDIT, None, sender="mallory", dest_node="x", dest_jurisdiction="RU", ctype="a/b"
-        )
-    )
-    denied = r.stamp(
-        RU_NODE, None, sender="mallory", dest_node="x", dest_jurisdiction="RU", ctype="a/b"
-    )
-    with pytest.raises(PolicyRefused) as info:
-        r.require_allowed(denied)
-    assert info.value.rule == "block-mallory"
-    assert info.value.to_json()["rule"] == "block-mallory"
-    assert info.value.status == 422
 
 
 # --- expand --------------------------------------------------------------------------

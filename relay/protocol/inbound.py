@@ -20,6 +20,9 @@ Invariants:
   that a certificate carried in it may introduce the sender (§10 row 3).
 - Item checks run in the order of §11 and the first fault is the verdict;
   `settle` adds §8's dedupe once the stored header digest is known.
+- Every envelope that passes has had its origin signature verified, whoever
+  sent it: the stored envelope is the origin's proof, and the request
+  signature proves only who sent the batch.
 """
 
 from __future__ import annotations
@@ -322,7 +325,6 @@ class ItemContext:
 
     here: str
     peer: str  # the verified sending node
-    request_key: str  # key id of the request signature
     now_ms: int
 
 
@@ -410,13 +412,10 @@ def judge_item(ctx: ItemContext, env: Envelope, facts: ItemFacts) -> Passed | It
     if origin_key is None:
         detail = facts.unknown_key or f"{h.origin} has no key {h.key!r} pinned at this node"
         return ItemRefused("signature", detail)
-    # The request signature already proves authorship when the origin itself
-    # sent this batch with the same key to us, the destination (§11 step 11).
-    if not (ctx.peer == h.origin and ctx.request_key == h.key and hop is None):
-        try:
-            verify_envelope(env, origin_key)
-        except ItemRejected as e:
-            return ItemRefused.of(e)
+    try:
+        verify_envelope(env, origin_key)
+    except ItemRejected as e:
+        return ItemRefused.of(e)
     accept = facts.accept
     if not accept.allowed:
         return ItemRefused("residency", accept.reason, accept.rule)

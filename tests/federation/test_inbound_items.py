@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 from collections.abc import Callable
 
@@ -364,6 +365,37 @@ async def test_origin_sending_itself_with_its_key_is_accepted(harness: Harness) 
     h = harness
     env = h.envelope()
     assert (await h.send([h.item(env)])).results == {env.header.id: "accepted"}
+
+
+def _refusals(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    return [
+        dict(getattr(r, "relay_fields", {}))
+        for r in caplog.records
+        if r.getMessage() == "envelope_refused"
+    ]
+
+
+async def test_origin_sending_itself_is_still_verified(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The request signature does not stand in for the envelope's: nothing unverified is stored."""
+    h = harness
+    caplog.set_level(logging.INFO, logger="relay")
+    zeros = h.envelope()
+    forged = h.envelope(signer=Ed25519PrivateKey.generate())  # names a.test's key
+    items = [h.item(forged), BatchItem(zeros.header_bytes, bytes(64), zeros.payload, (h.a.name,))]
+    before = await h.counts()
+    result = await h.send(items)
+    assert result.results == {
+        forged.header.id: "rejected:signature",
+        zeros.header.id: "rejected:signature",
+    }
+    assert diff(before, await h.counts()) == {"batches": 1, "nonces": 1}
+    refused = _refusals(caplog)
+    assert {(f["envelope"], f["code"]) for f in refused} == {
+        (forged.header.id, "signature"),
+        (zeros.header.id, "signature"),
+    }
 
 
 async def test_envelope_under_the_origins_other_key_is_verified(harness: Harness) -> None:

@@ -352,7 +352,7 @@ def test_a_step_out_of_turn_is_a_bug() -> None:
 ALLOW = Decision(True, "allow", "rule:ok", "")
 AUDIT = Decision(True, "audit", "rule:audited", "would be denied")
 DENY = Decision(False, "deny", "rule:eu-only", "holder outside the set")
-CTX = ItemContext(here=HERE, peer=PEER, request_key="k1", now_ms=NOW_MS)
+CTX = ItemContext(here=HERE, peer=PEER, now_ms=NOW_MS)
 FACTS = ItemFacts(accept=ALLOW, origin_keys=PEER_KEYS, mailboxes=frozenset({"bob"}))
 RELAY_FACTS = replace(FACTS, origin_keys=OTHER_KEYS, hop=FAR, forward=ALLOW)
 NOT_FOR_US = ItemRejected("not_for_us", "no relaying from x.test")
@@ -495,13 +495,13 @@ ITEM_CASES: list[tuple[str, It, str]] = [
         "rejected:signature",
     ),
     (
-        "11 from its origin with the request key: not verified again",
+        "11 sent by its origin, the destination: still verified",
         It(item(envelope(key=STRANGER_KEY))),
-        "passed bob",
+        "rejected:signature",
     ),
     (
-        "11 from its origin with another key: verified",
-        It(item(envelope(key=STRANGER_KEY)), ctx=replace(CTX, request_key="k9")),
+        "11 sent by its origin with a signature of 64 zero bytes",
+        It(bytes_item(GOOD, signature=bytes(64))),
         "rejected:signature",
     ),
     (

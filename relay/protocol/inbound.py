@@ -379,8 +379,12 @@ class Passed:
     audit: PolicyAnswer | None = None
 
 
+# An envelope's `created` may be ahead of this node's clock by the request window, no more.
+CREATED_AHEAD_MS = httpsig.CLOCK_WINDOW_S * 1000
+
+
 def open_item(ctx: ItemContext, item: BatchItem) -> Envelope | ItemRefused:
-    """§11 steps 1–8: the checks on an item's own bytes and trace."""
+    """§11 steps 1–8: the checks on an item's own bytes, its clock fields and its trace."""
     try:
         env = open_envelope(item.header_bytes, item.signature, item.payload)
     except MalformedError as e:
@@ -390,6 +394,12 @@ def open_item(ctx: ItemContext, item: BatchItem) -> Envelope | ItemRefused:
         check_payload(env)
         if h.expires <= ctx.now_ms:
             raise ItemRejected("expired", f"envelope expired at {h.expires} (now {ctx.now_ms})")
+        if h.created > ctx.now_ms + CREATED_AHEAD_MS:
+            raise ItemRejected(
+                "malformed",
+                f"envelope created at {h.created} is {h.created - ctx.now_ms} ms ahead of this"
+                f" node's clock ({ctx.now_ms}); the limit is {CREATED_AHEAD_MS} ms",
+            )
         check_trace(item.trace, h.origin, ctx.peer, h.max_hops)
     except ItemRejected as e:
         return ItemRefused.of(e)

@@ -41,6 +41,14 @@ def diff(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {t: after[t] - before[t] for t in after if after[t] != before[t]}
 
 
+def _refusals(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    return [
+        dict(getattr(r, "relay_fields", {}))
+        for r in caplog.records
+        if r.getMessage() == "envelope_refused"
+    ]
+
+
 def _item(h: Harness, env_header: bytes, signature: bytes, payload: bytes) -> BatchItem:
     return BatchItem(env_header, signature, payload, (h.a.name,))
 
@@ -77,6 +85,10 @@ def _expired(h: Harness) -> BatchItem:
 def _expires_now(h: Harness) -> BatchItem:
     now = h.clock()
     return h.item(h.envelope(created=now - 7_200_000, expires=now))
+
+
+def _created_in_the_future(h: Harness) -> BatchItem:
+    return h.item(h.envelope(created=h.clock() + 300_001))
 
 
 def _hops(h: Harness) -> BatchItem:
@@ -170,6 +182,7 @@ ITEM_FAULTS: dict[str, tuple[Callable[[Harness], BatchItem], str]] = {
     "size": (_size, "size"),
     "expired": (_expired, "expired"),
     "expires_now": (_expires_now, "expired"),
+    "created_in_the_future": (_created_in_the_future, "malformed"),
     "hops": (_hops, "hops"),
     "loop_in_trace": (_loop_in_trace, "loop"),
     "loop_own_origin": (_loop_own_origin, "loop"),
@@ -213,6 +226,24 @@ async def test_faulty_item_is_rejected_and_the_others_accepted(harness: Harness,
         "SELECT count(*) FROM envelopes WHERE id = ?", (bad_id,)
     )
     assert row is not None and row[0] == 0
+
+
+async def test_created_years_ahead_is_refused_and_logged(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A `created` years ahead would outlive retention: refused beyond the ±300 s window."""
+    h = harness
+    caplog.set_level(logging.INFO, logger="relay")
+    ahead = h.envelope(created=h.clock() + 3 * 365 * 86_400_000)
+    edge = h.envelope(created=h.clock() + 300_000)
+    before = await h.counts()
+    result = await h.send([h.item(ahead), h.item(edge)])
+    assert result.results == {ahead.header.id: "rejected:malformed", edge.header.id: "accepted"}
+    assert diff(before, await h.counts()) == ONE_ACCEPTED
+    assert not await h.stored(h.a.name, ahead.header.id)
+    [line] = _refusals(caplog)
+    assert (line["envelope"], line["code"]) == (ahead.header.id, "malformed")
+    assert "ahead of this node's clock" in str(line["detail"])
 
 
 async def test_residency_refusal_is_recorded_as_a_decision(harness: Harness) -> None:
@@ -365,14 +396,6 @@ async def test_origin_sending_itself_with_its_key_is_accepted(harness: Harness) 
     h = harness
     env = h.envelope()
     assert (await h.send([h.item(env)])).results == {env.header.id: "accepted"}
-
-
-def _refusals(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
-    return [
-        dict(getattr(r, "relay_fields", {}))
-        for r in caplog.records
-        if r.getMessage() == "envelope_refused"
-    ]
 
 
 async def test_origin_sending_itself_is_still_verified(

@@ -73,6 +73,7 @@ def envelope(
     key: Ed25519PrivateKey = PEER_KEY,
     to: tuple[str, ...] = (f"bob@{HERE}",),
     dest: str = HERE,
+    created: int = NOW_MS - 60_000,
     expires: int = NOW_MS + 3_600_000,
     payload: bytes = b"hello",
     kind: str = "message",
@@ -88,7 +89,7 @@ def envelope(
         sender=f"{'postmaster' if receipt else 'alice'}@{origin}",
         to=to,
         dest=dest,
-        created=NOW_MS - 60_000,
+        created=created,
         expires=expires,
         residency=["DE"],
         ctype=RECEIPT_CTYPE if receipt else "text/plain",
@@ -380,6 +381,7 @@ RELAYED_RECEIPT = envelope(
 )
 FROM_OTHER = envelope(origin=OTHER, key_id="k2", key=OTHER_KEY)
 GOOD = envelope()
+YEARS_AHEAD = NOW_MS + 3 * 365 * 86_400_000
 
 
 @dataclass(frozen=True)
@@ -418,6 +420,26 @@ ITEM_CASES: list[tuple[str, It, str]] = [
     ("4 expired", It(item(envelope(expires=NOW_MS))), "rejected:expired"),
     ("4 expires a ms from now", It(item(envelope(expires=NOW_MS + 1))), "passed bob"),
     ("4 expired before a bad trace", It(item(envelope(expires=NOW_MS), ())), "rejected:expired"),
+    (
+        "4 created 300 s ahead of the clock",
+        It(item(envelope(created=NOW_MS + 300_000, expires=NOW_MS + 400_000))),
+        "passed bob",
+    ),
+    (
+        "4 created beyond the clock-skew window",
+        It(item(envelope(created=NOW_MS + 300_001, expires=NOW_MS + 400_000))),
+        "rejected:malformed",
+    ),
+    (
+        "4 created years ahead",
+        It(item(envelope(created=YEARS_AHEAD, expires=YEARS_AHEAD + 3_600_000))),
+        "rejected:malformed",
+    ),
+    (
+        "4 created in the future before a bad trace",
+        It(item(envelope(created=NOW_MS + 300_001, expires=NOW_MS + 400_000), ())),
+        "rejected:malformed",
+    ),
     ("5 empty trace", It(item(GOOD, ())), "rejected:malformed"),
     ("5 trace not from the origin", It(item(GOOD, (OTHER, PEER))), "rejected:malformed"),
     ("5 trace not ending at the peer", It(item(FROM_OTHER, (OTHER,))), "rejected:malformed"),

@@ -23,6 +23,10 @@ Invariants:
 - Every envelope that passes has had its origin signature verified, whoever
   sent it: the stored envelope is the origin's proof, and the request
   signature proves only who sent the batch.
+- The receipts for this node in one batch list at most
+  MAX_BATCH_RECEIPT_ENTRIES entries together: `ItemContext.receipts` counts
+  them across the items of one request, and a receipt that would pass the cap
+  is refused whole.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ from relay.protocol.envelope import (
     verify_envelope,
 )
 from relay.protocol.names import split_address
-from relay.protocol.receipt import decode_receipt
+from relay.protocol.receipt import MAX_BATCH_RECEIPT_ENTRIES, Receipt, decode_receipt
 
 # --- request steps -------------------------------------------------------------------
 
@@ -319,13 +323,31 @@ class PolicyAnswer(Protocol):
     def reason(self) -> str: ...
 
 
+@dataclass(slots=True)
+class ReceiptBudget:
+    """The receipt entries this node will still apply from one batch."""
+
+    left: int = MAX_BATCH_RECEIPT_ENTRIES
+
+    def take(self, entries: int) -> bool:
+        """Spend `entries` if they fit (True); else spend nothing (False)."""
+        if entries > self.left:
+            return False
+        self.left -= entries
+        return True
+
+
 @dataclass(frozen=True, slots=True)
 class ItemContext:
-    """What every item of one request is judged against."""
+    """What every item of one request is judged against.
+
+    `receipts` is spent by the items as they are judged: one context per request.
+    """
 
     here: str
     peer: str  # the verified sending node
     now_ms: int
+    receipts: ReceiptBudget = field(default_factory=ReceiptBudget)
 
 
 @dataclass(frozen=True, slots=True)
@@ -438,7 +460,7 @@ def judge_item(ctx: ItemContext, env: Envelope, facts: ItemFacts) -> Passed | It
             raise RelayError(f"judge_item: no forward decision toward {hop}")
         if not forward.allowed:
             return ItemRefused("residency", forward.reason, forward.rule)
-        if h.kind == "receipt" and (bad := _bad_receipt(env.payload)) is not None:
+        if h.kind == "receipt" and isinstance(bad := _receipt(env.payload), ItemRefused):
             return bad
         return Passed(env, accept.rule, hop=hop, audit=audit)
     if h.kind == "message":
@@ -453,17 +475,23 @@ def judge_item(ctx: ItemContext, env: Envelope, facts: ItemFacts) -> Passed | It
         return ItemRefused("malformed", "a receipt goes to postmaster with the receipt type")
     if h.sender != f"postmaster@{h.origin}":
         return ItemRefused("malformed", "a receipt comes from the writer's postmaster")
-    if (bad := _bad_receipt(env.payload)) is not None:
-        return bad
+    receipt = _receipt(env.payload)
+    if isinstance(receipt, ItemRefused):
+        return receipt
+    if not ctx.receipts.take(len(receipt.entries)):
+        return ItemRefused(
+            "malformed",
+            f"the receipts of this batch list more than {MAX_BATCH_RECEIPT_ENTRIES} entries;"
+            f" this receipt's {len(receipt.entries)} are refused, send them in a later batch",
+        )
     return Passed(env, accept.rule, audit=audit)
 
 
-def _bad_receipt(payload: bytes) -> ItemRefused | None:
+def _receipt(payload: bytes) -> Receipt | ItemRefused:
     try:
-        decode_receipt(payload)
+        return decode_receipt(payload)
     except MalformedError as e:
         return ItemRefused("malformed", e.detail)
-    return None
 
 
 def settle(header_bytes: bytes, stored_digest: bytes | None) -> str:

@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from relay.errors import BadSignature
 from relay.protocol.batch import BatchItem, open_result
 from relay.protocol.envelope import RECEIPT_CTYPE, peek_id
-from relay.protocol.receipt import Receipt, encode_receipt
 from relay.protocol.strict import pack
 from relay.storage.sqlite.store import sqlite_store
 from tests.federation.conftest import JURISDICTION, NODE, Harness, Identity
@@ -444,25 +443,7 @@ async def test_request_under_the_other_key_does_not_skip_verification(harness: H
 def _receipt(
     h: Harness, writer: Identity, ident: bytes, recipients: tuple[str, ...], status: str
 ) -> BatchItem:
-    payload = encode_receipt(
-        Receipt(
-            status=status,
-            reason="" if status == "delivered" else "unknown_mailbox",
-            at=h.clock(),
-            jurisdiction=JURISDICTION,
-            mode="enforce",
-            entries=((ident, recipients),),
-        )
-    )
-    env = h.envelope(
-        origin=writer,
-        kind="receipt",
-        sender=f"postmaster@{writer.name}",
-        to=[f"postmaster@{NODE}"],
-        ctype=RECEIPT_CTYPE,
-        payload=payload,
-    )
-    return h.item(env)
+    return h.receipt(writer, [(ident, recipients)], status)
 
 
 async def _originate_to_a(h: Harness) -> tuple[str, bytes]:

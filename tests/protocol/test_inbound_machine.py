@@ -35,6 +35,7 @@ from relay.protocol.inbound import (
     Passed,
     ReadBody,
     ReadBodyToIntroduce,
+    ReceiptBudget,
     Reception,
     Refuse,
     Step,
@@ -43,7 +44,12 @@ from relay.protocol.inbound import (
     proceed,
     settle,
 )
-from relay.protocol.receipt import Receipt, encode_receipt
+from relay.protocol.receipt import (
+    MAX_BATCH_RECEIPT_ENTRIES,
+    MAX_RECEIPT_ENTRIES,
+    Receipt,
+    encode_receipt,
+)
 from relay.protocol.strict import pack
 
 HERE = "n.test"
@@ -370,6 +376,24 @@ RECEIPT_PAYLOAD = encode_receipt(
 RECEIPT = envelope(kind="receipt", to=(f"postmaster@{HERE}",), payload=RECEIPT_PAYLOAD)
 BAD_RECEIPT = envelope(kind="receipt", to=(f"postmaster@{HERE}",), payload=b"\x90")
 RELAYED = envelope(origin=OTHER, key_id="k2", key=OTHER_KEY, dest=FAR, to=(f"carol@{FAR}",))
+
+
+def receipt_of(entries: int, ident: int = 7, **changes: object) -> Envelope:
+    """A delivered receipt for this node listing `entries` envelope ids."""
+    payload = encode_receipt(
+        Receipt(
+            "delivered",
+            "",
+            NOW_MS,
+            "DE",
+            "enforce",
+            tuple((i.to_bytes(16, "big"), ("alice@a.test",)) for i in range(entries)),
+        )
+    )
+    fields: dict[str, object] = {"kind": "receipt", "to": (f"postmaster@{HERE}",)}
+    return envelope(payload=payload, ident=ident, **{**fields, **changes})  # type: ignore[arg-type]
+
+
 RELAYED_RECEIPT = envelope(
     origin=OTHER,
     key_id="k2",
@@ -378,6 +402,9 @@ RELAYED_RECEIPT = envelope(
     dest=FAR,
     to=(f"postmaster@{FAR}",),
     payload=b"\x90",
+)
+RELAYED_FULL_RECEIPT = receipt_of(
+    1, origin=OTHER, key_id="k2", key=OTHER_KEY, dest=FAR, to=(f"postmaster@{FAR}",)
 )
 FROM_OTHER = envelope(origin=OTHER, key_id="k2", key=OTHER_KEY)
 GOOD = envelope()
@@ -399,10 +426,11 @@ def bytes_item(env: Envelope, **changes: object) -> BatchItem:
 
 
 def verdict(case: It) -> str:
-    opened = open_item(case.ctx, case.item)
+    ctx = replace(case.ctx, receipts=ReceiptBudget(case.ctx.receipts.left))  # the case's own
+    opened = open_item(ctx, case.item)
     if isinstance(opened, ItemRefused):
         return opened.result
-    got = judge_item(case.ctx, case.env or opened, case.facts)
+    got = judge_item(ctx, case.env or opened, case.facts)
     if isinstance(got, ItemRefused):
         return got.result
     via = f" via {got.hop}" if got.hop else ""
@@ -567,6 +595,30 @@ ITEM_CASES: list[tuple[str, It, str]] = [
     ("13 a receipt for this node", It(item(RECEIPT)), "passed"),
     ("13 a receipt with a bad payload", It(item(BAD_RECEIPT)), "rejected:malformed"),
     (
+        "13 a receipt that fits the batch's receipt cap exactly",
+        It(item(RECEIPT), ctx=replace(CTX, receipts=ReceiptBudget(1))),
+        "passed",
+    ),
+    (
+        "13 a receipt over the batch's receipt cap",
+        It(item(RECEIPT), ctx=replace(CTX, receipts=ReceiptBudget(0))),
+        "rejected:malformed",
+    ),
+    (
+        "13 a bad receipt payload before the cap",
+        It(item(BAD_RECEIPT), ctx=replace(CTX, receipts=ReceiptBudget(0))),
+        "rejected:malformed",
+    ),
+    (
+        "9 a relayed receipt does not spend the cap",
+        It(
+            item(RELAYED_FULL_RECEIPT, (OTHER, PEER)),
+            RELAY_FACTS,
+            replace(CTX, receipts=ReceiptBudget(0)),
+        ),
+        "passed via c.test",
+    ),
+    (
         "13 a receipt to another mailbox",
         It(item(RECEIPT), env=_forged(RECEIPT, to=(f"bob@{HERE}",))),
         "rejected:malformed",
@@ -596,6 +648,32 @@ def test_every_item_code_has_a_case() -> None:
 
     covered = {e.removeprefix("rejected:") for _, _, e in ITEM_CASES if e.startswith("rejected:")}
     assert covered | {"id_conflict"} == ITEM_CODES
+
+
+def test_the_receipt_cap_is_spent_across_the_items_of_one_request() -> None:
+    ctx = replace(CTX, receipts=ReceiptBudget())
+    full = MAX_RECEIPT_ENTRIES
+    receipts = [receipt_of(full, ident=10 + n) for n in range(MAX_BATCH_RECEIPT_ENTRIES // full)]
+    receipts += [receipt_of(2, ident=1), receipt_of(1, ident=2)]
+    verdicts = [judge_item(ctx, r, FACTS) for r in receipts[:-2]]
+    assert all(isinstance(v, Passed) for v in verdicts)
+    assert ctx.receipts.left == 0
+    over = judge_item(ctx, receipts[-2], FACTS)
+    assert isinstance(over, ItemRefused) and over.code == "malformed"
+    assert f"more than {MAX_BATCH_RECEIPT_ENTRIES} entries" in over.detail
+    assert isinstance(judge_item(ctx, receipts[-1], FACTS), ItemRefused)
+    fresh = replace(CTX, receipts=ReceiptBudget())
+    assert isinstance(judge_item(fresh, receipts[-1], FACTS), Passed)
+
+
+def test_a_receipt_budget_spends_only_what_fits() -> None:
+    budget = ReceiptBudget(5)
+    assert budget.take(3) and budget.left == 2
+    assert not budget.take(3) and budget.left == 2
+    assert budget.take(2) and budget.left == 0
+    assert ItemContext(here=HERE, peer=PEER, now_ms=NOW_MS).receipts.left == (
+        MAX_BATCH_RECEIPT_ENTRIES
+    )
 
 
 def test_a_residency_refusal_names_its_rule() -> None:

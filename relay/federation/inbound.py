@@ -214,7 +214,7 @@ async def _answer(
         return sign_result(BatchResult(batch.batch_id, sreq.nonce, dict(step.results)), state.key)
 
     relaying.learn_carried(state, batch.items)  # origins' certificates, before any judging
-    ctx = ItemContext(here=state.name, peer=peer, request_key=sreq.key_id, now_ms=now)
+    ctx = ItemContext(here=state.name, peer=peer, now_ms=now)
     candidates: list[Candidate] = []
     refusals: list[Refusal] = []
     for ident, item in zip(ids, batch.items, strict=True):

@@ -142,51 +142,38 @@ class NodeState:
         An entry counts only when the receipt's writer is that envelope's
         destination, or, for `rejected` and `expired`, the node this node
         handed it to (the relay on its path); `delivered` comes only from the
-        destination. Other entries are logged and ignored. One lookup of all
-        the entries' envelopes, one batch of status updates.
+        destination. Other entries are ignored. One lookup of all the entries'
+        envelopes, one batch of status updates, and one log line that counts
+        the entries applied and ignored (by reason), however many there are.
         """
         receipt = decode_receipt(env.payload)
         writer = env.header.origin
         sent = await tx.sent_envelopes(self.name, [ident for ident, _ in receipt.entries])
         updates: list[StatusUpdate] = []
+        unknown = off_path = 0
         for ident, recipients in receipt.entries:
             found = sent.get(ident)
             if found is None or found.kind != "message":
-                event(
-                    log,
-                    "receipt_entry_ignored",
-                    logging.WARNING,
-                    peer=writer,
-                    envelope=ident,
-                    reason="no message with this id originated here",
+                unknown += 1
+            elif writer == found.dest or (receipt.status != "delivered" and found.hop == writer):
+                updates.append(
+                    StatusUpdate(found.rid, receipt.status, receipt.reason, tuple(recipients))
                 )
-                continue
-            dest, hop = found.dest, found.hop
-            relay_may = receipt.status != "delivered" and hop == writer
-            if writer != dest and not relay_may:
-                path = dest if hop in (None, dest) else f"{dest} or (not delivered) relay {hop}"
-                event(
-                    log,
-                    "receipt_entry_ignored",
-                    logging.WARNING,
-                    peer=writer,
-                    envelope=ident,
-                    status=receipt.status,
-                    reason=f"the writer is not on this envelope's path ({path})",
-                )
-                continue
-            updates.append(
-                StatusUpdate(found.rid, receipt.status, receipt.reason, tuple(recipients))
-            )
+            else:
+                off_path += 1
         await tx.set_status(updates, now)
         event(
             log,
             "receipt_applied",
+            logging.WARNING if unknown or off_path else logging.INFO,
             peer=writer,
             envelope=env.header.id,
             status=receipt.status,
             reason=receipt.reason,
             entries=len(receipt.entries),
+            applied=len(updates),
+            ignored_unknown=unknown,
+            ignored_off_path=off_path,
             mode=receipt.mode,
         )
 

@@ -20,6 +20,13 @@ Invariants:
   that a certificate carried in it may introduce the sender (§10 row 3).
 - Item checks run in the order of §11 and the first fault is the verdict;
   `settle` adds §8's dedupe once the stored header digest is known.
+- Every envelope that passes has had its origin signature verified, whoever
+  sent it: the stored envelope is the origin's proof, and the request
+  signature proves only who sent the batch.
+- The receipts for this node in one batch list at most
+  MAX_BATCH_RECEIPT_ENTRIES entries together: `ItemContext.receipts` counts
+  them across the items of one request, and a receipt that would pass the cap
+  is refused whole.
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ from relay.protocol.envelope import (
     verify_envelope,
 )
 from relay.protocol.names import split_address
-from relay.protocol.receipt import decode_receipt
+from relay.protocol.receipt import MAX_BATCH_RECEIPT_ENTRIES, Receipt, decode_receipt
 
 # --- request steps -------------------------------------------------------------------
 
@@ -311,14 +318,31 @@ class PolicyAnswer(Protocol):
     def reason(self) -> str: ...
 
 
+@dataclass(slots=True)
+class ReceiptBudget:
+    """The receipt entries this node will still apply from one batch."""
+
+    left: int = MAX_BATCH_RECEIPT_ENTRIES
+
+    def take(self, entries: int) -> bool:
+        """Spend `entries` if they fit (True); else spend nothing (False)."""
+        if entries > self.left:
+            return False
+        self.left -= entries
+        return True
+
+
 @dataclass(frozen=True, slots=True)
 class ItemContext:
-    """What every item of one request is judged against."""
+    """What every item of one request is judged against.
+
+    `receipts` is spent by the items as they are judged: one context per request.
+    """
 
     here: str
     peer: str  # the verified sending node
-    request_key: str  # key id of the request signature
     now_ms: int
+    receipts: ReceiptBudget = field(default_factory=ReceiptBudget)
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,8 +396,12 @@ class Passed:
     audit: PolicyAnswer | None = None
 
 
+# An envelope's `created` may be ahead of this node's clock by the request window, no more.
+CREATED_AHEAD_MS = httpsig.CLOCK_WINDOW_S * 1000
+
+
 def open_item(ctx: ItemContext, item: BatchItem) -> Envelope | ItemRefused:
-    """§11 steps 1–8: the checks on an item's own bytes and trace."""
+    """§11 steps 1–8: the checks on an item's own bytes, its clock fields and its trace."""
     try:
         env = open_envelope(item.header_bytes, item.signature, item.payload)
     except MalformedError as e:
@@ -383,6 +411,12 @@ def open_item(ctx: ItemContext, item: BatchItem) -> Envelope | ItemRefused:
         check_payload(env)
         if h.expires <= ctx.now_ms:
             raise ItemRejected("expired", f"envelope expired at {h.expires} (now {ctx.now_ms})")
+        if h.created > ctx.now_ms + CREATED_AHEAD_MS:
+            raise ItemRejected(
+                "malformed",
+                f"envelope created at {h.created} is {h.created - ctx.now_ms} ms ahead of this"
+                f" node's clock ({ctx.now_ms}); the limit is {CREATED_AHEAD_MS} ms",
+            )
         check_trace(item.trace, h.origin, ctx.peer, h.max_hops)
     except ItemRejected as e:
         return ItemRefused.of(e)
@@ -405,13 +439,10 @@ def judge_item(ctx: ItemContext, env: Envelope, facts: ItemFacts) -> Passed | It
     if origin_key is None:
         detail = facts.unknown_key or f"{h.origin} has no key {h.key!r} pinned at this node"
         return ItemRefused("signature", detail)
-    # The request signature already proves authorship when the origin itself
-    # sent this batch with the same key to us, the destination (§11 step 11).
-    if not (ctx.peer == h.origin and ctx.request_key == h.key and hop is None):
-        try:
-            verify_envelope(env, origin_key)
-        except ItemRejected as e:
-            return ItemRefused.of(e)
+    try:
+        verify_envelope(env, origin_key)
+    except ItemRejected as e:
+        return ItemRefused.of(e)
     accept = facts.accept
     if not accept.allowed:
         return ItemRefused("residency", accept.reason, accept.rule)
@@ -424,7 +455,7 @@ def judge_item(ctx: ItemContext, env: Envelope, facts: ItemFacts) -> Passed | It
             raise RelayError(f"judge_item: no forward decision toward {hop}")
         if not forward.allowed:
             return ItemRefused("residency", forward.reason, forward.rule)
-        if h.kind == "receipt" and (bad := _bad_receipt(env.payload)) is not None:
+        if h.kind == "receipt" and isinstance(bad := _receipt(env.payload), ItemRefused):
             return bad
         return Passed(env, accept.rule, hop=hop, audit=audit)
     if h.kind == "message":
@@ -439,17 +470,23 @@ def judge_item(ctx: ItemContext, env: Envelope, facts: ItemFacts) -> Passed | It
         return ItemRefused("malformed", "a receipt goes to postmaster with the receipt type")
     if h.sender != f"postmaster@{h.origin}":
         return ItemRefused("malformed", "a receipt comes from the writer's postmaster")
-    if (bad := _bad_receipt(env.payload)) is not None:
-        return bad
+    receipt = _receipt(env.payload)
+    if isinstance(receipt, ItemRefused):
+        return receipt
+    if not ctx.receipts.take(len(receipt.entries)):
+        return ItemRefused(
+            "malformed",
+            f"the receipts of this batch list more than {MAX_BATCH_RECEIPT_ENTRIES} entries;"
+            f" this receipt's {len(receipt.entries)} are refused, send them in a later batch",
+        )
     return Passed(env, accept.rule, audit=audit)
 
 
-def _bad_receipt(payload: bytes) -> ItemRefused | None:
+def _receipt(payload: bytes) -> Receipt | ItemRefused:
     try:
-        decode_receipt(payload)
+        return decode_receipt(payload)
     except MalformedError as e:
         return ItemRefused("malformed", e.detail)
-    return None
 
 
 def settle(header_bytes: bytes, stored_digest: bytes | None) -> str:

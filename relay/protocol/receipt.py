@@ -14,6 +14,8 @@ from relay.protocol.names import split_address, valid_jurisdiction
 from relay.protocol.strict import fields, int_field, pack, show, str_array, str_field, strict_unpack
 
 MAX_RECEIPT_ENTRIES = 1000
+# Entries a node applies from the receipts of one batch; a receipt over it is refused.
+MAX_BATCH_RECEIPT_ENTRIES = 10_000
 
 RECEIPT_STATUSES = frozenset({"delivered", "rejected", "expired"})
 MODES = frozenset({"enforce", "audit"})

@@ -41,7 +41,7 @@ def test_bench_smoke_prints_json_with_every_field() -> None:
     assert doc["latency_observed_ms"]["p50"] >= doc["latency_ms"]["p50"]
     assert doc["journal_mode"] == "wal"
     assert doc["synchronous"] == "FULL"
-    assert doc["verify_skipped"] is True
+    assert doc["verify_skipped"] is False
     assert doc["ed25519_verify_per_s"] > 0
     roles = sorted(node["role"] for node in doc["nodes"])
     assert roles == ["destination", "origin"]

@@ -34,8 +34,9 @@ from relay.node.app import Node
 from relay.node.state import NodeState
 from relay.protocol import httpsig
 from relay.protocol.batch import Batch, BatchItem, BatchResult, encode_batch, open_result
-from relay.protocol.envelope import Envelope, make_header, seal
+from relay.protocol.envelope import RECEIPT_CTYPE, Envelope, make_header, seal
 from relay.protocol.keystr import key_id, public_key_string
+from relay.protocol.receipt import Receipt, encode_receipt
 from relay.storage.sqlite.store import sqlite_store
 
 NODE = "n.test"
@@ -283,6 +284,33 @@ class Harness:
             trace = (origin,) if origin == self.a.name else (origin, self.a.name)
         return BatchItem(env.header_bytes, env.signature, env.payload, tuple(trace))
 
+    def receipt(
+        self,
+        writer: Identity,
+        entries: Sequence[tuple[bytes, tuple[str, ...]]],
+        status: str = "delivered",
+    ) -> BatchItem:
+        """A receipt item from `writer`'s postmaster to n.test's about `entries`."""
+        payload = encode_receipt(
+            Receipt(
+                status=status,
+                reason="" if status == "delivered" else "unknown_mailbox",
+                at=self.clock(),
+                jurisdiction=JURISDICTION,
+                mode="enforce",
+                entries=tuple(entries),
+            )
+        )
+        env = self.envelope(
+            origin=writer,
+            kind="receipt",
+            sender=f"postmaster@{writer.name}",
+            to=[f"postmaster@{NODE}"],
+            ctype=RECEIPT_CTYPE,
+            payload=payload,
+        )
+        return self.item(env)
+
     def body(self, items: Sequence[BatchItem], batch_id: bytes | None = None) -> bytes:
         return encode_batch(Batch(batch_id or os.urandom(16), tuple(items)))
 
@@ -422,7 +450,13 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def harness(tmp_path: Path, clock: Clock) -> AsyncIterator[Harness]:
+def max_body_bytes() -> int:
+    """The harness node's `max_body_bytes`; a test module may override this fixture."""
+    return MAX_BODY
+
+
+@pytest.fixture
+async def harness(tmp_path: Path, clock: Clock, max_body_bytes: int) -> AsyncIterator[Harness]:
     """n.test running with a frozen clock; a.test (two keys) and x.test pinned, no urls."""
     a, a2, x = Identity("a.test"), Identity("a.test"), Identity("x.test")
     node_dir = tmp_path / "n"
@@ -432,6 +466,7 @@ async def harness(tmp_path: Path, clock: Clock) -> AsyncIterator[Harness]:
             Pinned(a.name, (a.key_string, a2.key_string)),
             Pinned(x.name, (x.key_string,)),
         ],
+        max_body_bytes=max_body_bytes,
     )
     node = await start_node(node_dir, clock)
     h = Harness(node, clock, node_key, aiohttp.ClientSession(), a, a2, x)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import os
 from collections.abc import Callable
 
@@ -19,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from relay.errors import BadSignature
 from relay.protocol.batch import BatchItem, open_result
 from relay.protocol.envelope import RECEIPT_CTYPE, peek_id
-from relay.protocol.receipt import Receipt, encode_receipt
 from relay.protocol.strict import pack
 from relay.storage.sqlite.store import sqlite_store
 from tests.federation.conftest import JURISDICTION, NODE, Harness, Identity
@@ -38,6 +38,14 @@ ONE_ACCEPTED = {
 
 def diff(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {t: after[t] - before[t] for t in after if after[t] != before[t]}
+
+
+def _refusals(caplog: pytest.LogCaptureFixture) -> list[dict[str, object]]:
+    return [
+        dict(getattr(r, "relay_fields", {}))
+        for r in caplog.records
+        if r.getMessage() == "envelope_refused"
+    ]
 
 
 def _item(h: Harness, env_header: bytes, signature: bytes, payload: bytes) -> BatchItem:
@@ -76,6 +84,10 @@ def _expired(h: Harness) -> BatchItem:
 def _expires_now(h: Harness) -> BatchItem:
     now = h.clock()
     return h.item(h.envelope(created=now - 7_200_000, expires=now))
+
+
+def _created_in_the_future(h: Harness) -> BatchItem:
+    return h.item(h.envelope(created=h.clock() + 300_001))
 
 
 def _hops(h: Harness) -> BatchItem:
@@ -169,6 +181,7 @@ ITEM_FAULTS: dict[str, tuple[Callable[[Harness], BatchItem], str]] = {
     "size": (_size, "size"),
     "expired": (_expired, "expired"),
     "expires_now": (_expires_now, "expired"),
+    "created_in_the_future": (_created_in_the_future, "malformed"),
     "hops": (_hops, "hops"),
     "loop_in_trace": (_loop_in_trace, "loop"),
     "loop_own_origin": (_loop_own_origin, "loop"),
@@ -212,6 +225,24 @@ async def test_faulty_item_is_rejected_and_the_others_accepted(harness: Harness,
         "SELECT count(*) FROM envelopes WHERE id = ?", (bad_id,)
     )
     assert row is not None and row[0] == 0
+
+
+async def test_created_years_ahead_is_refused_and_logged(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A `created` years ahead would outlive retention: refused beyond the ±300 s window."""
+    h = harness
+    caplog.set_level(logging.INFO, logger="relay")
+    ahead = h.envelope(created=h.clock() + 3 * 365 * 86_400_000)
+    edge = h.envelope(created=h.clock() + 300_000)
+    before = await h.counts()
+    result = await h.send([h.item(ahead), h.item(edge)])
+    assert result.results == {ahead.header.id: "rejected:malformed", edge.header.id: "accepted"}
+    assert diff(before, await h.counts()) == ONE_ACCEPTED
+    assert not await h.stored(h.a.name, ahead.header.id)
+    [line] = _refusals(caplog)
+    assert (line["envelope"], line["code"]) == (ahead.header.id, "malformed")
+    assert "ahead of this node's clock" in str(line["detail"])
 
 
 async def test_residency_refusal_is_recorded_as_a_decision(harness: Harness) -> None:
@@ -366,6 +397,29 @@ async def test_origin_sending_itself_with_its_key_is_accepted(harness: Harness) 
     assert (await h.send([h.item(env)])).results == {env.header.id: "accepted"}
 
 
+async def test_origin_sending_itself_is_still_verified(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The request signature does not stand in for the envelope's: nothing unverified is stored."""
+    h = harness
+    caplog.set_level(logging.INFO, logger="relay")
+    zeros = h.envelope()
+    forged = h.envelope(signer=Ed25519PrivateKey.generate())  # names a.test's key
+    items = [h.item(forged), BatchItem(zeros.header_bytes, bytes(64), zeros.payload, (h.a.name,))]
+    before = await h.counts()
+    result = await h.send(items)
+    assert result.results == {
+        forged.header.id: "rejected:signature",
+        zeros.header.id: "rejected:signature",
+    }
+    assert diff(before, await h.counts()) == {"batches": 1, "nonces": 1}
+    refused = _refusals(caplog)
+    assert {(f["envelope"], f["code"]) for f in refused} == {
+        (forged.header.id, "signature"),
+        (zeros.header.id, "signature"),
+    }
+
+
 async def test_envelope_under_the_origins_other_key_is_verified(harness: Harness) -> None:
     """Request signed with a.test's first key, envelope with its second: checked, accepted."""
     h = harness
@@ -389,25 +443,7 @@ async def test_request_under_the_other_key_does_not_skip_verification(harness: H
 def _receipt(
     h: Harness, writer: Identity, ident: bytes, recipients: tuple[str, ...], status: str
 ) -> BatchItem:
-    payload = encode_receipt(
-        Receipt(
-            status=status,
-            reason="" if status == "delivered" else "unknown_mailbox",
-            at=h.clock(),
-            jurisdiction=JURISDICTION,
-            mode="enforce",
-            entries=((ident, recipients),),
-        )
-    )
-    env = h.envelope(
-        origin=writer,
-        kind="receipt",
-        sender=f"postmaster@{writer.name}",
-        to=[f"postmaster@{NODE}"],
-        ctype=RECEIPT_CTYPE,
-        payload=payload,
-    )
-    return h.item(env)
+    return h.receipt(writer, [(ident, recipients)], status)
 
 
 async def _originate_to_a(h: Harness) -> tuple[str, bytes]:

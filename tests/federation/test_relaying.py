@@ -199,14 +199,13 @@ async def test_a_destination_it_cannot_reach_is_refused_before_storing(relay: Re
 async def test_a_relay_verifies_the_origin_signature_even_from_the_origin(
     relay: Relay,
 ) -> None:
-    """a.test sends its own envelope with a bad envelope signature: the request
-    signature would vouch for it at the destination, but a relay checks anyway."""
+    """a.test sends its own envelope with a bad envelope signature: refused
+    whether this node relays it or is its destination."""
     forged_for_b = for_b(relay, signer=relay.h.a2.key)  # a2's signature, a's key id
     forged_for_n = relay.h.envelope(signer=relay.h.a2.key)
     result = await relay.h.send([relay.h.item(forged_for_b), relay.h.item(forged_for_n)])
     assert result.results[forged_for_b.header.id] == "rejected:signature"
-    # DESIGN §5: at the destination the request signature already proves authorship.
-    assert result.results[forged_for_n.header.id] == "accepted"
+    assert result.results[forged_for_n.header.id] == "rejected:signature"
 
 
 async def test_an_origins_certificate_carried_in_the_item_lets_it_through(

@@ -35,6 +35,7 @@ from relay.protocol.inbound import (
     Passed,
     ReadBody,
     ReadBodyToIntroduce,
+    ReceiptBudget,
     Reception,
     Refuse,
     Step,
@@ -43,7 +44,12 @@ from relay.protocol.inbound import (
     proceed,
     settle,
 )
-from relay.protocol.receipt import Receipt, encode_receipt
+from relay.protocol.receipt import (
+    MAX_BATCH_RECEIPT_ENTRIES,
+    MAX_RECEIPT_ENTRIES,
+    Receipt,
+    encode_receipt,
+)
 from relay.protocol.strict import pack
 
 HERE = "n.test"
@@ -73,6 +79,7 @@ def envelope(
     key: Ed25519PrivateKey = PEER_KEY,
     to: tuple[str, ...] = (f"bob@{HERE}",),
     dest: str = HERE,
+    created: int = NOW_MS - 60_000,
     expires: int = NOW_MS + 3_600_000,
     payload: bytes = b"hello",
     kind: str = "message",
@@ -88,7 +95,7 @@ def envelope(
         sender=f"{'postmaster' if receipt else 'alice'}@{origin}",
         to=to,
         dest=dest,
-        created=NOW_MS - 60_000,
+        created=created,
         expires=expires,
         residency=["DE"],
         ctype=RECEIPT_CTYPE if receipt else "text/plain",
@@ -352,7 +359,7 @@ def test_a_step_out_of_turn_is_a_bug() -> None:
 ALLOW = Decision(True, "allow", "rule:ok", "")
 AUDIT = Decision(True, "audit", "rule:audited", "would be denied")
 DENY = Decision(False, "deny", "rule:eu-only", "holder outside the set")
-CTX = ItemContext(here=HERE, peer=PEER, request_key="k1", now_ms=NOW_MS)
+CTX = ItemContext(here=HERE, peer=PEER, now_ms=NOW_MS)
 FACTS = ItemFacts(accept=ALLOW, origin_keys=PEER_KEYS, mailboxes=frozenset({"bob"}))
 RELAY_FACTS = replace(FACTS, origin_keys=OTHER_KEYS, hop=FAR, forward=ALLOW)
 NOT_FOR_US = ItemRejected("not_for_us", "no relaying from x.test")
@@ -369,6 +376,24 @@ RECEIPT_PAYLOAD = encode_receipt(
 RECEIPT = envelope(kind="receipt", to=(f"postmaster@{HERE}",), payload=RECEIPT_PAYLOAD)
 BAD_RECEIPT = envelope(kind="receipt", to=(f"postmaster@{HERE}",), payload=b"\x90")
 RELAYED = envelope(origin=OTHER, key_id="k2", key=OTHER_KEY, dest=FAR, to=(f"carol@{FAR}",))
+
+
+def receipt_of(entries: int, ident: int = 7, **changes: object) -> Envelope:
+    """A delivered receipt for this node listing `entries` envelope ids."""
+    payload = encode_receipt(
+        Receipt(
+            "delivered",
+            "",
+            NOW_MS,
+            "DE",
+            "enforce",
+            tuple((i.to_bytes(16, "big"), ("alice@a.test",)) for i in range(entries)),
+        )
+    )
+    fields: dict[str, object] = {"kind": "receipt", "to": (f"postmaster@{HERE}",)}
+    return envelope(payload=payload, ident=ident, **{**fields, **changes})  # type: ignore[arg-type]
+
+
 RELAYED_RECEIPT = envelope(
     origin=OTHER,
     key_id="k2",
@@ -378,8 +403,12 @@ RELAYED_RECEIPT = envelope(
     to=(f"postmaster@{FAR}",),
     payload=b"\x90",
 )
+RELAYED_FULL_RECEIPT = receipt_of(
+    1, origin=OTHER, key_id="k2", key=OTHER_KEY, dest=FAR, to=(f"postmaster@{FAR}",)
+)
 FROM_OTHER = envelope(origin=OTHER, key_id="k2", key=OTHER_KEY)
 GOOD = envelope()
+YEARS_AHEAD = NOW_MS + 3 * 365 * 86_400_000
 
 
 @dataclass(frozen=True)
@@ -397,10 +426,11 @@ def bytes_item(env: Envelope, **changes: object) -> BatchItem:
 
 
 def verdict(case: It) -> str:
-    opened = open_item(case.ctx, case.item)
+    ctx = replace(case.ctx, receipts=ReceiptBudget(case.ctx.receipts.left))  # the case's own
+    opened = open_item(ctx, case.item)
     if isinstance(opened, ItemRefused):
         return opened.result
-    got = judge_item(case.ctx, case.env or opened, case.facts)
+    got = judge_item(ctx, case.env or opened, case.facts)
     if isinstance(got, ItemRefused):
         return got.result
     via = f" via {got.hop}" if got.hop else ""
@@ -418,6 +448,26 @@ ITEM_CASES: list[tuple[str, It, str]] = [
     ("4 expired", It(item(envelope(expires=NOW_MS))), "rejected:expired"),
     ("4 expires a ms from now", It(item(envelope(expires=NOW_MS + 1))), "passed bob"),
     ("4 expired before a bad trace", It(item(envelope(expires=NOW_MS), ())), "rejected:expired"),
+    (
+        "4 created 300 s ahead of the clock",
+        It(item(envelope(created=NOW_MS + 300_000, expires=NOW_MS + 400_000))),
+        "passed bob",
+    ),
+    (
+        "4 created beyond the clock-skew window",
+        It(item(envelope(created=NOW_MS + 300_001, expires=NOW_MS + 400_000))),
+        "rejected:malformed",
+    ),
+    (
+        "4 created years ahead",
+        It(item(envelope(created=YEARS_AHEAD, expires=YEARS_AHEAD + 3_600_000))),
+        "rejected:malformed",
+    ),
+    (
+        "4 created in the future before a bad trace",
+        It(item(envelope(created=NOW_MS + 300_001, expires=NOW_MS + 400_000), ())),
+        "rejected:malformed",
+    ),
     ("5 empty trace", It(item(GOOD, ())), "rejected:malformed"),
     ("5 trace not from the origin", It(item(GOOD, (OTHER, PEER))), "rejected:malformed"),
     ("5 trace not ending at the peer", It(item(FROM_OTHER, (OTHER,))), "rejected:malformed"),
@@ -495,13 +545,13 @@ ITEM_CASES: list[tuple[str, It, str]] = [
         "rejected:signature",
     ),
     (
-        "11 from its origin with the request key: not verified again",
+        "11 sent by its origin, the destination: still verified",
         It(item(envelope(key=STRANGER_KEY))),
-        "passed bob",
+        "rejected:signature",
     ),
     (
-        "11 from its origin with another key: verified",
-        It(item(envelope(key=STRANGER_KEY)), ctx=replace(CTX, request_key="k9")),
+        "11 sent by its origin with a signature of 64 zero bytes",
+        It(bytes_item(GOOD, signature=bytes(64))),
         "rejected:signature",
     ),
     (
@@ -545,6 +595,30 @@ ITEM_CASES: list[tuple[str, It, str]] = [
     ("13 a receipt for this node", It(item(RECEIPT)), "passed"),
     ("13 a receipt with a bad payload", It(item(BAD_RECEIPT)), "rejected:malformed"),
     (
+        "13 a receipt that fits the batch's receipt cap exactly",
+        It(item(RECEIPT), ctx=replace(CTX, receipts=ReceiptBudget(1))),
+        "passed",
+    ),
+    (
+        "13 a receipt over the batch's receipt cap",
+        It(item(RECEIPT), ctx=replace(CTX, receipts=ReceiptBudget(0))),
+        "rejected:malformed",
+    ),
+    (
+        "13 a bad receipt payload before the cap",
+        It(item(BAD_RECEIPT), ctx=replace(CTX, receipts=ReceiptBudget(0))),
+        "rejected:malformed",
+    ),
+    (
+        "9 a relayed receipt does not spend the cap",
+        It(
+            item(RELAYED_FULL_RECEIPT, (OTHER, PEER)),
+            RELAY_FACTS,
+            replace(CTX, receipts=ReceiptBudget(0)),
+        ),
+        "passed via c.test",
+    ),
+    (
         "13 a receipt to another mailbox",
         It(item(RECEIPT), env=_forged(RECEIPT, to=(f"bob@{HERE}",))),
         "rejected:malformed",
@@ -574,6 +648,32 @@ def test_every_item_code_has_a_case() -> None:
 
     covered = {e.removeprefix("rejected:") for _, _, e in ITEM_CASES if e.startswith("rejected:")}
     assert covered | {"id_conflict"} == ITEM_CODES
+
+
+def test_the_receipt_cap_is_spent_across_the_items_of_one_request() -> None:
+    ctx = replace(CTX, receipts=ReceiptBudget())
+    full = MAX_RECEIPT_ENTRIES
+    receipts = [receipt_of(full, ident=10 + n) for n in range(MAX_BATCH_RECEIPT_ENTRIES // full)]
+    receipts += [receipt_of(2, ident=1), receipt_of(1, ident=2)]
+    verdicts = [judge_item(ctx, r, FACTS) for r in receipts[:-2]]
+    assert all(isinstance(v, Passed) for v in verdicts)
+    assert ctx.receipts.left == 0
+    over = judge_item(ctx, receipts[-2], FACTS)
+    assert isinstance(over, ItemRefused) and over.code == "malformed"
+    assert f"more than {MAX_BATCH_RECEIPT_ENTRIES} entries" in over.detail
+    assert isinstance(judge_item(ctx, receipts[-1], FACTS), ItemRefused)
+    fresh = replace(CTX, receipts=ReceiptBudget())
+    assert isinstance(judge_item(fresh, receipts[-1], FACTS), Passed)
+
+
+def test_a_receipt_budget_spends_only_what_fits() -> None:
+    budget = ReceiptBudget(5)
+    assert budget.take(3) and budget.left == 2
+    assert not budget.take(3) and budget.left == 2
+    assert budget.take(2) and budget.left == 0
+    assert ItemContext(here=HERE, peer=PEER, now_ms=NOW_MS).receipts.left == (
+        MAX_BATCH_RECEIPT_ENTRIES
+    )
 
 
 def test_a_residency_refusal_names_its_rule() -> None:

@@ -7,12 +7,14 @@ interface only (tests/storage/contract.py).
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 
 import pytest
 
 from relay.errors import Busy, RelayError, StoreError
 from relay.protocol.envelope import header_digest
+from relay.protocol.receipt import MAX_RECEIPT_ENTRIES
 from relay.storage.interface import Storage, WriteTx
 from relay.storage.records import (
     AgeBucket,
@@ -177,6 +179,21 @@ async def test_sent_envelopes_are_found_by_origin_and_id(storage: Storage) -> No
         "message",
         "relay.test",
     )
+
+
+async def test_sent_envelopes_finds_a_full_receipt_of_ids_at_once(storage: Storage) -> None:
+    """A receipt's 1,000 ids in one call (more than one `IN` chunk), known ones found anywhere."""
+    mine = [envelope(origin=HERE, payload=f"m{i}".encode()) for i in range(2)]
+    rids = await put(storage, [new(e, from_peer=None) for e in mine])
+    ids = [os.urandom(16) for _ in range(MAX_RECEIPT_ENTRIES - 2)]
+    ids[1:1] = [mine[0].header.id]
+    ids.append(mine[1].header.id)
+
+    found = await storage.write(lambda tx: tx.sent_envelopes(HERE, ids))
+    assert {i: f.rid for i, f in found.items()} == {
+        mine[0].header.id: rids[0],
+        mine[1].header.id: rids[1],
+    }
 
 
 # --- the queue ------------------------------------------------------------------------

@@ -12,6 +12,10 @@ Invariants:
   at most the byte budget, min(`batch_bytes`, the peer's advertised
   `max_body_bytes`), counting BATCH_OVERHEAD and the certificates carried
   with the first row of each origin. One row is always sent, however large.
+- A batch carries at most MAX_BATCH_RECEIPTS receipt envelopes, so however
+  full each receipt is (receipt.MAX_RECEIPT_ENTRIES), the receiver's cap of
+  receipt.MAX_BATCH_RECEIPT_ENTRIES entries per batch is never passed: a
+  receipt refused for that cap would be refused for good.
 - A batch keeps the id of the last attempt iff that attempt failed and the
   batch holds exactly the same rows in the same order; any other batch gets
   a fresh id. A signed result, a split or a give-up forgets the id.
@@ -35,6 +39,7 @@ from email.utils import parsedate_to_datetime
 from typing import Generic, Protocol, TypeVar
 
 from relay.errors import RelayError
+from relay.protocol.receipt import MAX_BATCH_RECEIPT_ENTRIES, MAX_RECEIPT_ENTRIES
 
 BATCH_OVERHEAD = 64  # bytes of batch framing around the items
 PERMANENT_CODES = frozenset({"too_large", "malformed"})
@@ -42,6 +47,7 @@ SPLIT_STATUSES = frozenset({400, 413})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 MIN_WAIT_MS = 10
 MISSING = "missing from the peer's result"
+MAX_BATCH_RECEIPTS = MAX_BATCH_RECEIPT_ENTRIES // MAX_RECEIPT_ENTRIES
 
 
 class Queued(Protocol):
@@ -53,6 +59,8 @@ class Queued(Protocol):
     def id(self) -> bytes: ...
     @property
     def origin(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
     @property
     def wire_size(self) -> int: ...
 
@@ -196,7 +204,8 @@ class Planner(Generic[Q]):
         return min(self.batch_bytes, self.peer_max_body)
 
     def trim(self, rows: Sequence[Q], carried_size: Callable[[str], int]) -> tuple[Q, ...]:
-        """The longest prefix of `rows` within the byte budget (never empty).
+        """The longest prefix of `rows` within the byte budget and the receipt
+        limit (never empty).
 
         `carried_size(origin)` is what that origin's certificates add to its
         first row.
@@ -204,12 +213,17 @@ class Planner(Generic[Q]):
         out: list[Q] = []
         used = BATCH_OVERHEAD
         origins: set[str] = set()
+        receipts = 0
         for row in rows:
             size = row.wire_size
             if row.origin not in origins:
                 size += carried_size(row.origin)
             if out and used + size > self.budget:
                 break
+            if row.kind == "receipt":
+                if receipts == MAX_BATCH_RECEIPTS:
+                    break
+                receipts += 1
             out.append(row)
             origins.add(row.origin)
             used += size

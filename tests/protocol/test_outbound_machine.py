@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from relay.errors import RelayError
 from relay.protocol.outbound import (
     BATCH_OVERHEAD,
+    MAX_BATCH_RECEIPTS,
     MISSING,
     Answer,
     Decision,
@@ -31,6 +32,7 @@ from relay.protocol.outbound import (
     Split,
     retry_after_ms,
 )
+from relay.protocol.receipt import MAX_BATCH_RECEIPT_ENTRIES, MAX_RECEIPT_ENTRIES
 
 NOW = 1_700_000_000_000
 RETRY_MIN, RETRY_MAX = 1000, 60_000
@@ -41,6 +43,7 @@ class Row:
     rid: int
     origin: str = "a.test"
     wire_size: int = 100
+    kind: str = "message"
 
     @property
     def id(self) -> bytes:
@@ -503,6 +506,25 @@ def test_the_batch_id_is_reused_iff_the_failed_batch_is_sent_again(
         }
         p.answer(answers[kind], failures=0, now_ms=NOW, draw=LOW)
         previous = (send.batch_id, sent, kind)
+
+
+@pytest.mark.parametrize(
+    ("kinds", "sent"),
+    [
+        (["receipt"] * (MAX_BATCH_RECEIPTS + 5), MAX_BATCH_RECEIPTS),
+        (["message"] * 3 + ["receipt"] * (MAX_BATCH_RECEIPTS + 1), 3 + MAX_BATCH_RECEIPTS),
+        (["receipt", "message"] * (MAX_BATCH_RECEIPTS + 1), 2 * MAX_BATCH_RECEIPTS),
+        (["message"] * 40, 40),
+    ],
+)
+def test_trim_stops_before_the_receivers_receipt_cap(kinds: list[str], sent: int) -> None:
+    """However full each receipt is, a batch never passes the receiver's per-batch cap."""
+    p = planner(batch_bytes=10_000_000)
+    out = p.trim([Row(i, kind=k) for i, k in enumerate(kinds)], lambda o: 0)
+    assert len(out) == sent
+    assert [r.rid for r in out] == list(range(sent))
+    worst = sum(1 for r in out if r.kind == "receipt") * MAX_RECEIPT_ENTRIES
+    assert worst <= MAX_BATCH_RECEIPT_ENTRIES
 
 
 @given(

@@ -147,11 +147,17 @@ class Sender:
             peer_state = await st.store.peer_state(self.hop)
             wait_ms = peer_state.next_try - st.now_ms()
             if wait_ms > 0:
-                # a wake-up (`relay queue retry` clears the backoff) ends the wait early
+                if st.backoff_over(self.hop):
+                    await self._waive_backoff(peer_state)
+                    continue
+                # a wake-up (`relay queue retry` clears the backoff, or the peer
+                # contacted us: NodeState.peer_contacted) ends the wait early
+                st.waiting_out_backoff(self.hop)
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout=min(wait_ms, 60_000) / 1000)
                 continue
+            st.backoff_over(self.hop)
             self.wake.clear()
             items = await st.store.queue_head(self.hop, self._limit)
             if not items:
@@ -162,6 +168,23 @@ class Sender:
             if not items:
                 continue
             await self._attempt(items, peer_state)
+
+    async def _waive_backoff(self, before: PeerState) -> None:
+        """Try the peer now: it has just made an authenticated request, so it is up.
+
+        Its failure count stays, as with `relay queue retry`: if it fails
+        again, the next wait is longer still.
+        """
+        st = self.state
+        await st.store.write(lambda tx: tx.clear_backoff([self.hop]))
+        event(
+            log,
+            "backoff_waived",
+            peer=self.hop,
+            failures=before.failures,
+            skipped_ms=max(before.next_try - st.now_ms(), 0),
+            detail="the peer contacted this node; its queue is retried now",
+        )
 
     # --- expiry and residency before sending ------------------------------------
 

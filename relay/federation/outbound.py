@@ -71,18 +71,21 @@ class Sender:
         self.session = session
         self.wake = asyncio.Event()
         self.wake.set()
-        fed = state.config.federation
         # what to fetch, trim, reuse and wait: relay.protocol.outbound decides
-        self.planner: Planner[Queued] = Planner(
+        self.planner: Planner[Queued] = self._new_planner()
+        self.body_bytes = 0  # size of the last batch body sent, for the delivery log
+        self.task: asyncio.Task[None] | None = None
+        # would-be denials let through in audit mode, by rid, for the batch in flight
+        self._audits: dict[int, Decision] = {}
+
+    def _new_planner(self) -> Planner[Queued]:
+        fed = self.state.config.federation
+        return Planner(
             batch_envelopes=fed.batch_envelopes,
             batch_bytes=fed.batch_bytes,
             retry_min_ms=fed.retry_min_ms,
             retry_max_ms=fed.retry_max_ms,
         )
-        self.body_bytes = 0  # size of the last batch body sent, for the delivery log
-        self.task: asyncio.Task[None] | None = None
-        # would-be denials let through in audit mode, by rid, for the batch in flight
-        self._audits: dict[int, Decision] = {}
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run_through_trouble(), name=f"sender-{self.hop}")
@@ -240,6 +243,11 @@ class Sender:
 
     async def _attempt(self, items: list[Queued], before: PeerState) -> None:
         st = self.state
+        if st.take_resigned(self.hop):
+            # Re-signed envelopes are other bytes: the id of a failed batch, which
+            # names its content at the peer, must not be reused for them.
+            limit, self.planner = self.planner.peer_max_body, self._new_planner()
+            self.planner.peer_max_body = limit
         fed = st.config.federation  # read each time: a reload may have changed it
         self.planner.tune(
             batch_envelopes=fed.batch_envelopes,

@@ -20,6 +20,9 @@ Invariants:
   next hop would accept it.
 - One still allowed whose route changed is queued for its new hop, unless
   that hop is already in its trace (it stays where it was queued).
+- An envelope this node originated, signed with a key of its own that is now
+  revoked, is signed again with the signing key in the same transaction
+  (same id; docs/keys.md "Revoke"). Relayed envelopes cannot be.
 - A pass in audit mode is not recorded here: the forward point records it
   when the envelope actually goes.
 """
@@ -35,10 +38,12 @@ from relay.node import retention
 from relay.node.decisions import decision_record, refusal
 from relay.node.queue_end import Ending, end_queued
 from relay.node.state import NodeState
+from relay.node.submit import resign
 from relay.policy.keyring import revoked_key
 from relay.policy.residency import check_forward
 from relay.policy.routing import next_hop
-from relay.protocol.envelope import decode_header
+from relay.protocol.envelope import Envelope, decode_header
+from relay.protocol.keystr import key_id
 from relay.storage.interface import WriteTx
 from relay.storage.records import Queued
 
@@ -56,6 +61,7 @@ class RecheckResult:
     content_deleted: int = 0  # of the rejected, content deleted at once
     content_held: int = 0  # of the rejected, content kept by content_min_days
     rerouted: int = 0  # queued for another hop: a route changed
+    resigned: int = 0  # originated here under a key since revoked, signed again
 
     def __add__(self, o: RecheckResult) -> RecheckResult:
         return RecheckResult(
@@ -65,6 +71,7 @@ class RecheckResult:
             self.content_deleted + o.content_deleted,
             self.content_held + o.content_held,
             self.rerouted + o.rerouted,
+            self.resigned + o.resigned,
         )
 
 
@@ -87,6 +94,7 @@ async def recheck(state: NodeState) -> RecheckResult:
         content_deleted=total.content_deleted,
         content_held=total.content_held,
         rerouted=total.rerouted,
+        resigned=total.resigned,
     )
     return total
 
@@ -94,9 +102,11 @@ async def recheck(state: NodeState) -> RecheckResult:
 async def _chunk(state: NodeState, tx: WriteTx, *, after: int) -> tuple[RecheckResult, int]:
     now = state.now_ms()
     items = await tx.queue_page(after, CHUNK)
+    own_revoked = {key_id(k) for k in state.config.node.revoked_keys} - {state.key_id}
     older = 0
     endings: list[Ending] = []
     moves: dict[str, list[int]] = {}
+    resigned: list[tuple[int, Envelope]] = []
     for it in items:
         older += it.policy_hash != state.policy_hash
         header = decode_header(it.header)
@@ -121,10 +131,14 @@ async def _chunk(state: NodeState, tx: WriteTx, *, after: int) -> tuple[RecheckR
             continue
         if hop != it.hop:
             moves.setdefault(hop, []).append(it.rid)
+        if it.origin == state.name and header.key in own_revoked:
+            resigned.append((it.rid, resign(header, state.key, state.key_id)))
+            state.note_resigned(hop)
     await end_queued(tx, state.name, endings, now, by="recheck")
     for hop, rids in moves.items():
         await tx.reroute(rids, hop)
         state.note_hop(hop)
+    await tx.resign(resigned)
     denied = [e.item.rid for e in endings]
     dropped = await retention.drop_content(
         tx, denied, state.config.retention, now, source="recheck"
@@ -136,6 +150,7 @@ async def _chunk(state: NodeState, tx: WriteTx, *, after: int) -> tuple[RecheckR
         content_deleted=dropped.contents,
         content_held=len(denied) - dropped.contents,
         rerouted=sum(len(rids) for rids in moves.values()),
+        resigned=len(resigned),
     )
     return result, (items[-1].rid if items else after)
 

@@ -67,6 +67,7 @@ class NodeState:
         self._dirty_hops: set[str] = set()
         self._backing_off: set[str] = set()  # hops whose sender waits out a backoff now
         self._contacted: set[str] = set()  # of those, the ones that have since contacted us
+        self._resigned: set[str] = set()  # hops with envelopes re-signed since their last batch
         self.wake_hop: Callable[[str], None] = lambda hop: None
         self.metrics = Metrics()
         self.backpressure = Backpressure(store)  # write slots, queue length ([limits])
@@ -135,6 +136,16 @@ class NodeState:
         hops, self._dirty_hops = self._dirty_hops, set()
         for hop in hops:
             self.wake_hop(hop)
+
+    def note_resigned(self, hop: str) -> None:
+        """Envelopes queued for `hop` got new header bytes (relay.node.recheck)."""
+        self._resigned.add(hop)
+
+    def take_resigned(self, hop: str) -> bool:
+        """True once after `note_resigned(hop)`: a batch id of `hop` names old bytes."""
+        found = hop in self._resigned
+        self._resigned.discard(hop)
+        return found
 
     # --- backoff waived when a peer shows it is up -----------------------------------
 

@@ -15,16 +15,18 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from relay.config.keyops import revoke_peer_key
+from relay.config.keyops import revoke, revoke_peer_key
 from relay.config.model import DAY_MS
 from relay.node.recheck import RULE_REVOKED_KEY
 from relay.policy.certs import encode_line
 from relay.policy.residency import RULE_PEER, RULE_UNKNOWN
 from relay.protocol.certificate import Certificate, sign_certificate
-from relay.protocol.keystr import private_key_from_seed, public_key_string
+from relay.protocol.envelope import open_envelope, verify_envelope
+from relay.protocol.keystr import key_id, parse_public_key, private_key_from_seed, public_key_string
 from relay.storage.records import NewEnvelope
 from relay.storage.sqlite.store import sqlite_store
 from tests.federation.conftest import (
+    NODE,
     NOW_MS,
     Clock,
     Harness,
@@ -167,3 +169,24 @@ async def test_revoking_a_peer_key_ends_relayed_mail_it_signed(world: World) -> 
         "SELECT origin, status, reason, id FROM pending_receipts"
     )
     assert [tuple(r) for r in receipts] == [("x.test", "rejected", "signature", bad.header.id)]
+
+
+async def test_revoking_the_signing_key_re_signs_queued_mail_under_the_same_id(
+    world: World,
+) -> None:
+    h = world.h
+    ours = bytes.fromhex(await h.submit(["bob@a.test"], "signed before the revocation"))
+    old_kid = h.state.key_id
+    revoke(world.dir, old_kid, now_ms=h.clock())
+    result = await h.node.reload()
+    assert result.applied and result.recheck_for == ("revoked_keys",)
+    new_kid = h.state.key_id
+    assert new_kid != old_kid
+    (row,) = await h.state.store.queue_head("a.test", 10)
+    env = open_envelope(row.header, row.signature, b"")
+    assert env.header.id == ours and env.header.key == new_kid
+    verify_envelope(env, parse_public_key(h.state.key_string))
+    assert key_id(h.state.key_string) == new_kid
+    assert (await h.status(ours.hex()))["bob@a.test"]["status"] == "queued"
+    digests = await h.state.store.write(lambda tx: tx.existing_digests([(NODE, ours)]))
+    assert len(digests) == 1  # still one envelope under that id, with the new header's digest

@@ -16,23 +16,24 @@ from relay.node.app import Node
 from relay.node.state import wall_clock_ms
 from relay.storage.records import PeerState
 from tests.federation.conftest import wait_until
-from tests.inprocess import PeerLine, send, start_node, status, url_of, write_node
+from tests.inprocess import (
+    PeerLine,
+    down_at_port,
+    listen_on,
+    send,
+    start_node,
+    status,
+    url_of,
+    write_node,
+)
 
 SLOW_RETRY = {"retry_min": "10m", "retry_max": "10m"}
-
-
-def listen_on(directory: Path, port: int) -> None:
-    """Make the node in `directory` listen on `port` (the port b had, so a's url holds)."""
-    toml = directory / "node.toml"
-    toml.write_text(toml.read_text().replace("127.0.0.1:0", f"127.0.0.1:{port}"))
 
 
 async def test_a_backing_off_peer_that_contacts_us_is_retried_at_once(tmp_path: Path) -> None:
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
     b_key = write_node(b_dir, "b.test")
-    b = await start_node(b_dir)
-    b_port = b.port
-    await b.stop()  # b is down; its port is where a will look for it
+    b_port = await down_at_port(b_dir)  # b is down; a will look for it there
 
     a_key = write_node(
         a_dir,

@@ -16,16 +16,22 @@ from relay.config.keyops import revoke, revoke_peer_key
 from relay.node.app import Node
 from relay.protocol.keystr import key_id
 from tests.federation.conftest import wait_until
-from tests.federation.test_backoff_waived import listen_on
-from tests.inprocess import PeerLine, send, start_node, status, url_of, write_node
+from tests.inprocess import (
+    PeerLine,
+    down_at_port,
+    listen_on,
+    send,
+    start_node,
+    status,
+    url_of,
+    write_node,
+)
 
 
 async def test_queued_mail_is_re_signed_after_the_signing_key_is_revoked(tmp_path: Path) -> None:
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
     b_key = write_node(b_dir, "b.test")
-    b = await start_node(b_dir)
-    b_port = b.port
-    await b.stop()
+    b_port = await down_at_port(b_dir)
     old_key = write_node(
         a_dir, "a.test", peers=[PeerLine("b.test", b_key, f"http://127.0.0.1:{b_port}")]
     )

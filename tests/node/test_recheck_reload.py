@@ -190,3 +190,15 @@ async def test_revoking_the_signing_key_re_signs_queued_mail_under_the_same_id(
     assert (await h.status(ours.hex()))["bob@a.test"]["status"] == "queued"
     digests = await h.state.store.write(lambda tx: tx.existing_digests([(NODE, ours)]))
     assert len(digests) == 1  # still one envelope under that id, with the new header's digest
+
+
+async def test_removing_the_last_route_sends_queued_mail_direct(world: World) -> None:
+    h = world.h
+    world.write_extra(routes='[[routes]]\nto = "e.test"\nvia = "a.test"\n')
+    assert (await h.node.reload()).recheck_for == ("routes",)
+    routed = bytes.fromhex(await h.submit(["bob@e.test"], "via a.test"))
+    assert await world.queue() == {routed: "a.test"}
+    world.write_extra()
+    assert (await h.node.reload()).recheck_for == ("routes",)
+    assert await world.queue() == {routed: "e.test"}
+    assert (await h.status(routed.hex()))["bob@e.test"]["status"] == "queued"

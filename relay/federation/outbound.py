@@ -43,6 +43,7 @@ from relay.policy.trust import TrustedNode
 from relay.protocol import httpsig
 from relay.protocol.batch import Batch, BatchItem, BatchResult, encode_batch, open_result
 from relay.protocol.outbound import (
+    RETRY_AFTER_STATUSES,
     Answer,
     GiveUp,
     HttpRefusal,
@@ -77,6 +78,9 @@ class Sender:
         self.task: asyncio.Task[None] | None = None
         # would-be denials let through in audit mode, by rid, for the batch in flight
         self._audits: dict[int, Decision] = {}
+        # the last failure was the peer asking for time (429/503 with Retry-After):
+        # its own requests to us then do not cut the wait short
+        self._asked_to_wait = False
 
     def _new_planner(self) -> Planner[Queued]:
         fed = self.state.config.federation
@@ -155,7 +159,8 @@ class Sender:
                     continue
                 # a wake-up (`relay queue retry` clears the backoff, or the peer
                 # contacted us: NodeState.peer_contacted) ends the wait early
-                st.waiting_out_backoff(self.hop)
+                if not self._asked_to_wait:
+                    st.waiting_out_backoff(self.hop)
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout=min(wait_ms, 60_000) / 1000)
@@ -282,6 +287,11 @@ class Sender:
             )
         outcome = self.planner.answer(
             answer, failures=before.failures, now_ms=st.now_ms(), draw=_random.uniform
+        )
+        self._asked_to_wait = (
+            isinstance(answer, HttpRefusal)
+            and answer.status in RETRY_AFTER_STATUSES
+            and answer.retry_after is not None
         )
         if isinstance(outcome, Settle) and isinstance(answer, SignedResult):
             await st.store.write(lambda tx: self._settle(tx, items, outcome, before))

@@ -112,6 +112,21 @@ async def start_node(directory: Path) -> Node:
     return node
 
 
+async def down_at_port(directory: Path) -> int:
+    """Start the node in `directory` once and stop it: the port it had, where
+    its peers will look for it. `listen_on` brings it back there."""
+    node = await start_node(directory)
+    port = node.port
+    await node.stop()
+    return port
+
+
+def listen_on(directory: Path, port: int) -> None:
+    """Make the node in `directory` listen on `port` (the one down_at_port gave)."""
+    toml = directory / "node.toml"
+    toml.write_text(toml.read_text().replace("127.0.0.1:0", f"127.0.0.1:{port}"))
+
+
 def url_of(node: Node) -> str:
     return f"http://127.0.0.1:{node.port}"
 

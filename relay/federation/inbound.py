@@ -176,6 +176,7 @@ async def receive(state: NodeState, request: web.Request) -> bytes:
         step = proceed(rx.sender(peer.keys if peer else None, unknown_key=unknown_key))
     if peer is None or not isinstance(step, Admit):
         raise RelayError(f"inbound: unexpected step {type(step).__name__}")
+    state.peer_contacted(peer.name)  # its signature verified: a backoff towards it ends
     backpressure.admit_batch(state, peer.name, request)  # 429 / 503 busy before the body is read
     proceed(rx.admitted())
     if body is None:

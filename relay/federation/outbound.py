@@ -44,6 +44,7 @@ from relay.policy.trust import TrustedNode
 from relay.protocol import httpsig
 from relay.protocol.batch import Batch, BatchItem, BatchResult, encode_batch, open_result
 from relay.protocol.outbound import (
+    RETRY_AFTER_STATUSES,
     Answer,
     GiveUp,
     HttpRefusal,
@@ -72,18 +73,24 @@ class Sender:
         self.session = session
         self.wake = asyncio.Event()
         self.wake.set()
-        fed = state.config.federation
         # what to fetch, trim, reuse and wait: relay.protocol.outbound decides
-        self.planner: Planner[Queued] = Planner(
+        self.planner: Planner[Queued] = self._new_planner()
+        self.body_bytes = 0  # size of the last batch body sent, for the delivery log
+        self.task: asyncio.Task[None] | None = None
+        # would-be denials let through in audit mode, by rid, for the batch in flight
+        self._audits: dict[int, Decision] = {}
+        # the last failure was the peer asking for time (429/503 with Retry-After):
+        # its own requests to us then do not cut the wait short
+        self._asked_to_wait = False
+
+    def _new_planner(self) -> Planner[Queued]:
+        fed = self.state.config.federation
+        return Planner(
             batch_envelopes=fed.batch_envelopes,
             batch_bytes=fed.batch_bytes,
             retry_min_ms=fed.retry_min_ms,
             retry_max_ms=fed.retry_max_ms,
         )
-        self.body_bytes = 0  # size of the last batch body sent, for the delivery log
-        self.task: asyncio.Task[None] | None = None
-        # would-be denials let through in audit mode, by rid, for the batch in flight
-        self._audits: dict[int, Decision] = {}
 
     def start(self) -> None:
         self.task = asyncio.create_task(self._run_through_trouble(), name=f"sender-{self.hop}")
@@ -148,11 +155,18 @@ class Sender:
             peer_state = await st.store.peer_state(self.hop)
             wait_ms = peer_state.next_try - st.now_ms()
             if wait_ms > 0:
-                # a wake-up (`relay queue retry` clears the backoff) ends the wait early
+                if st.backoff_over(self.hop):
+                    await self._waive_backoff(peer_state)
+                    continue
+                # a wake-up (`relay queue retry` clears the backoff, or the peer
+                # contacted us: NodeState.peer_contacted) ends the wait early
+                if not self._asked_to_wait:
+                    st.waiting_out_backoff(self.hop)
                 self.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout=min(wait_ms, 60_000) / 1000)
                 continue
+            st.backoff_over(self.hop)
             self.wake.clear()
             items = await st.store.queue_head(self.hop, self._limit)
             if not items:
@@ -163,6 +177,23 @@ class Sender:
             if not items:
                 continue
             await self._attempt(items, peer_state)
+
+    async def _waive_backoff(self, before: PeerState) -> None:
+        """Try the peer now: it has just made an authenticated request, so it is up.
+
+        Its failure count stays, as with `relay queue retry`: if it fails
+        again, the next wait is longer still.
+        """
+        st = self.state
+        await st.store.write(lambda tx: tx.clear_backoff([self.hop]))
+        event(
+            log,
+            "backoff_waived",
+            peer=self.hop,
+            failures=before.failures,
+            skipped_ms=max(before.next_try - st.now_ms(), 0),
+            detail="the peer contacted this node; its queue is retried now",
+        )
 
     # --- expiry and residency before sending ------------------------------------
 
@@ -218,6 +249,11 @@ class Sender:
 
     async def _attempt(self, items: list[Queued], before: PeerState) -> None:
         st = self.state
+        if st.take_resigned(self.hop):
+            # Re-signed envelopes are other bytes: the id of a failed batch, which
+            # names its content at the peer, must not be reused for them.
+            limit, self.planner = self.planner.peer_max_body, self._new_planner()
+            self.planner.peer_max_body = limit
         fed = st.config.federation  # read each time: a reload may have changed it
         self.planner.tune(
             batch_envelopes=fed.batch_envelopes,
@@ -252,6 +288,11 @@ class Sender:
             )
         outcome = self.planner.answer(
             answer, failures=before.failures, now_ms=st.now_ms(), draw=_random.uniform
+        )
+        self._asked_to_wait = (
+            isinstance(answer, HttpRefusal)
+            and answer.status in RETRY_AFTER_STATUSES
+            and answer.retry_after is not None
         )
         if isinstance(outcome, Settle) and isinstance(answer, SignedResult):
             await st.store.write(lambda tx: self._settle(tx, items, outcome, before))

@@ -9,8 +9,11 @@ Invariants:
 - What only a restart can change (RESTART_KEYS: the node's name, listen
   address, database, body limit, TLS files, metrics listener) keeps its old
   value, and the log says a restart is needed for it.
-- When the policy or the pinned peers change, the queue is re-checked
-  (relay.node.recheck) so that nothing queued goes where it may no longer go.
+- When anything queued mail depends on changes (RECHECK_ON: the policy,
+  peers and their keys, routes, authorities, the certificate store and
+  revocation list, the node's own certificates and revoked keys), the queue
+  is re-checked (relay.node.recheck): nothing queued goes where it may no
+  longer go, and nothing stays signed with a key this node revoked.
 """
 
 from __future__ import annotations
@@ -48,6 +51,17 @@ RESTART_KEYS = {
 
 _running: set[asyncio.Task[ReloadResult]] = set()
 
+# what a change re-checks the queue for -> how it is read from a Config
+RECHECK_ON: dict[str, Callable[[Config], object]] = {
+    "policy": lambda c: c.policy,
+    "peers": lambda c: c.peers,  # jurisdictions, urls, keys and revoked keys
+    "routes": lambda c: c.routes,
+    "authorities": lambda c: c.authorities,
+    "trust": lambda c: c.trust,  # where the certificate store and revocation list are
+    "certificates": lambda c: c.node.certificates,
+    "revoked_keys": lambda c: c.node.revoked_keys,
+}
+
 
 @dataclass(frozen=True, slots=True)
 class ReloadResult:
@@ -58,6 +72,7 @@ class ReloadResult:
     restart_needed: tuple[str, ...] = ()
     policy_changed: bool = False
     peers_changed: bool = False
+    recheck_for: tuple[str, ...] = ()  # what changed that the queue was re-checked for
 
 
 def merge(old: Config, new: Config) -> tuple[Config, tuple[str, ...]]:
@@ -80,6 +95,15 @@ def merge(old: Config, new: Config) -> tuple[Config, tuple[str, ...]]:
         merged = dataclasses.replace(merged, metrics=metrics)
         keys.append("metrics.listen")
     return merged, tuple(dict.fromkeys(keys))
+
+
+def recheck_reasons(old: Config, new: Config, *, store_changed: bool) -> tuple[str, ...]:
+    """The RECHECK_ON names whose value differs, plus "certificate_store" if
+    the store's files (certificates, revocation list) changed on disk."""
+    changed = [name for name, read in RECHECK_ON.items() if read(old) != read(new)]
+    if store_changed:
+        changed.append("certificate_store")
+    return tuple(changed)
 
 
 async def reload_config(state: NodeState) -> ReloadResult:
@@ -106,6 +130,7 @@ async def reload_config(state: NodeState) -> ReloadResult:
         event(log, "reload_refused", logging.ERROR, file=str(old.path), detail=e.detail)
         return ReloadResult(False, (e.detail,))
     previous_key = state.key_id
+    store_before = state.trust.store_signature
     state.load(merged)
     state.use_key(key)
     if state.key_id != previous_key:
@@ -125,6 +150,9 @@ async def reload_config(state: NodeState) -> ReloadResult:
         restart_needed=restart,
         policy_changed=merged.policy != old.policy,
         peers_changed=merged.peers != old.peers,
+        recheck_for=recheck_reasons(
+            old, merged, store_changed=state.trust.store_signature != store_before
+        ),
     )
     event(
         log,
@@ -135,8 +163,9 @@ async def reload_config(state: NodeState) -> ReloadResult:
         policy_hash=state.policy_hash,
         policy_changed=result.policy_changed,
         peers_changed=result.peers_changed,
+        recheck_for=",".join(result.recheck_for),
     )
-    if result.policy_changed or result.peers_changed:
+    if result.recheck_for:
         try:
             await recheck(state)
         except RelayError as e:

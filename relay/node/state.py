@@ -65,6 +65,9 @@ class NodeState:
         self._inbox_events: dict[str, asyncio.Event] = {}
         self._dirty_inboxes: set[str] = set()
         self._dirty_hops: set[str] = set()
+        self._backing_off: set[str] = set()  # hops whose sender waits out a backoff now
+        self._contacted: set[str] = set()  # of those, the ones that have since contacted us
+        self._resigned: set[str] = set()  # hops with envelopes re-signed since their last batch
         self.wake_hop: Callable[[str], None] = lambda hop: None
         self.metrics = Metrics()
         self.backpressure = Backpressure(store)  # write slots, queue length ([limits])
@@ -133,6 +136,39 @@ class NodeState:
         hops, self._dirty_hops = self._dirty_hops, set()
         for hop in hops:
             self.wake_hop(hop)
+
+    def note_resigned(self, hop: str) -> None:
+        """Envelopes queued for `hop` got new header bytes (relay.node.recheck)."""
+        self._resigned.add(hop)
+
+    def take_resigned(self, hop: str) -> bool:
+        """True once after `note_resigned(hop)`: a batch id of `hop` names old bytes."""
+        found = hop in self._resigned
+        self._resigned.discard(hop)
+        return found
+
+    # --- backoff waived when a peer shows it is up -----------------------------------
+
+    def waiting_out_backoff(self, hop: str) -> None:
+        """The sender of `hop` starts (or goes on) waiting for its backoff to pass."""
+        self._backing_off.add(hop)
+
+    def backoff_over(self, hop: str) -> bool:
+        """The sender of `hop` stops waiting; True if the peer contacted us meanwhile."""
+        self._backing_off.discard(hop)
+        contacted = hop in self._contacted
+        self._contacted.discard(hop)
+        return contacted
+
+    def peer_contacted(self, peer: str) -> None:
+        """`peer` made a request whose signature verified: it is up, so a backoff
+        of its queue is cut short and its sender woken.
+
+        In memory and cheap: called for every authenticated request.
+        """
+        if peer in self._backing_off and peer not in self._contacted:
+            self._contacted.add(peer)
+            self.wake_hop(peer)
 
     # --- receipts arriving at the origin ------------------------------------------
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.errors import BadRequest, MalformedError, PolicyRefused, RelayError
 from relay.logs import event
@@ -23,7 +26,17 @@ from relay.node.decisions import decision_record, refusal
 from relay.node.state import NodeState
 from relay.policy.residency import Decision, check_submit, stamp
 from relay.policy.routing import next_hop, route_for
-from relay.protocol.envelope import MAX_LIFETIME_MS, MAX_RECIPIENTS, Envelope, make_header, seal
+from relay.protocol.envelope import (
+    ENVELOPE_DOMAIN,
+    MAX_LIFETIME_MS,
+    MAX_RECIPIENTS,
+    Envelope,
+    Header,
+    decode_header,
+    encode_header,
+    make_header,
+    seal,
+)
 from relay.protocol.names import split_address
 from relay.storage.interface import WriteTx
 from relay.storage.records import DecisionRecord, NewEnvelope, Recipient
@@ -180,6 +193,18 @@ def plan(
         env = seal(header, msg["body"], state.key)
         parts.append(Planned(env, None if local else hop, mailboxes, stamped))
     return PlannedMessage(msg_id, tuple(parts), tuple(audits))
+
+
+def resign(header: Header, key: Ed25519PrivateKey, kid: str) -> Envelope:
+    """`header` naming key id `kid` instead, signed with `key` (docs/keys.md "Revoke").
+
+    Only the `key` field changes: the id, and so dedupe and receipts, stay.
+    The payload is not needed (the signature covers the header alone); the
+    envelope returned carries none, for `WriteTx.resign`.
+    """
+    header_bytes = encode_header(dataclasses.replace(header, key=kid))
+    checked = decode_header(header_bytes)
+    return Envelope(header_bytes, key.sign(ENVELOPE_DOMAIN + header_bytes), b"", checked)
 
 
 def unknown_destination(state: NodeState, dest: str) -> str:

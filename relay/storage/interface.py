@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from relay.errors import StoreError
+from relay.protocol.envelope import Envelope
 from relay.storage.records import (
     AgeBucket,
     AllowRecord,
@@ -121,6 +122,17 @@ class WriteTx(Protocol):
 
     async def queue_count(self, hop: str) -> QueueCount:
         """How many envelopes are queued (and held) for `hop`."""
+        ...
+
+    async def reroute(self, rids: Sequence[int], hop: str) -> None:
+        """Queue these envelopes for `hop` instead (a route changed); the envelope's
+        recorded hop follows, so receipts from `hop` count for it."""
+        ...
+
+    async def resign(self, envelopes: Sequence[tuple[int, Envelope]]) -> None:
+        """Replace the header bytes and signature of stored envelopes (rid, envelope),
+        re-signed under another key: the header digest follows. Each must keep the
+        stored origin and id (RelayError otherwise), so dedupe and receipts still hold."""
         ...
 
     # --- peers -----------------------------------------------------------------------

@@ -409,6 +409,39 @@ async def test_retry_after_is_waited_at_least(tmp_path: Path) -> None:
     assert peer.problems == []
 
 
+async def test_a_peer_that_asked_for_time_is_not_retried_when_it_contacts_us(
+    tmp_path: Path,
+) -> None:
+    """Its own requests to us do not cut short a wait it asked for with Retry-After."""
+
+    async def slow_down(peer: FakePeer, seen: Seen, request: web.Request) -> web.Response:
+        body = {"error": "busy", "detail": "slow down"}
+        return web.json_response(body, status=503, headers={"Retry-After": "60"})
+
+    peer = FakePeer(Identity(PEER))
+    peer.default = slow_down
+    await peer.start()
+    node_dir = tmp_path / "n"
+    node_key = write_toml(
+        node_dir,
+        peers=[Pinned(PEER, (peer.identity.key_string,), url=peer.url)],
+        federation={**FAST_RETRY, "retry_max": "10m"},
+    )
+    peer.node_public = node_key.public_key()
+    o = Outbound(await _start(node_dir), peer, node_dir)
+    try:
+        await o.h.submit(["bob@b.test"])
+        await o.wait_failures(1)
+        o.h.state.peer_contacted(PEER)
+        await asyncio.sleep(0.5)  # long enough for a woken sender to try again
+        assert len(peer.seen) == 1
+    finally:
+        await o.h.node.stop()
+        await o.h.session.close()
+        await peer.stop()
+    assert peer.problems == []
+
+
 # --- (g) a redirect is a failed attempt, never followed -------------------------------------
 
 

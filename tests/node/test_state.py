@@ -26,3 +26,25 @@ async def test_the_fault_spec_is_passed_in_not_read_from_the_environment(
         assert held.faults.commit_delay_ms == 5 and storage.before_commit is not None
     finally:
         await storage.close()
+
+
+async def test_a_contact_wakes_only_a_sender_waiting_out_a_backoff(tmp_path: Path) -> None:
+    key = write_node_toml(tmp_path, peers=[])
+    config = load_config(tmp_path)
+    storage = await open_storage(config.node.database)
+    try:
+        state = NodeState(config, key, storage)
+        woken: list[str] = []
+        state.wake_hop = woken.append
+        state.peer_contacted("b.test")  # not backing off: nothing to cut short
+        assert woken == [] and state.backoff_over("b.test") is False
+        state.waiting_out_backoff("b.test")
+        state.peer_contacted("b.test")
+        state.peer_contacted("b.test")  # one wake-up is enough
+        assert woken == ["b.test"]
+        assert state.backoff_over("b.test") is True
+        assert state.backoff_over("b.test") is False  # the contact is used up
+        state.peer_contacted("b.test")  # the sender no longer waits
+        assert woken == ["b.test"]
+    finally:
+        await storage.close()

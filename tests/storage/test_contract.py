@@ -278,3 +278,36 @@ async def test_reads_from_a_readonly_open_see_commits(storage: Storage, backend:
         await reads.ping()
     finally:
         await reads.close()
+
+
+async def test_reroute_moves_queue_rows_and_the_recorded_hop(storage: Storage) -> None:
+    envs = [envelope(origin=HERE, dest="d.test", to=["bob@d.test"]) for _ in range(3)]
+    rids = await put(storage, [new(e, hop="b.test", from_peer=None) for e in envs])
+    await storage.write(lambda tx: tx.reroute(rids[:2], "c.test"))
+    assert [q.rid for q in await storage.queue_head("c.test", 10)] == rids[:2]
+    assert [q.rid for q in await storage.queue_head("b.test", 10)] == rids[2:]
+    ids = [e.header.id for e in envs]
+    sent = await storage.write(lambda tx: tx.sent_envelopes(HERE, ids))
+    assert [sent[i].hop for i in ids] == ["c.test", "c.test", "b.test"]
+
+
+async def test_resign_replaces_header_signature_and_digest_under_the_same_id(
+    storage: Storage,
+) -> None:
+    old = envelope(origin=HERE, dest="d.test", to=["bob@d.test"])
+    other = envelope(origin=HERE, dest="d.test", to=["bob@d.test"])
+    (rid,) = await put(storage, [new(old, hop="d.test", from_peer=None)])
+    h = old.header
+    again = envelope(
+        origin=HERE, dest="d.test", to=["bob@d.test"], ident=h.id, created=h.created + 1
+    )
+    assert again.header_bytes != old.header_bytes
+    await storage.write(lambda tx: tx.resign([(rid, again)]))
+    (row,) = await storage.queue_head("d.test", 10)
+    assert (row.rid, row.header, row.signature) == (rid, again.header_bytes, again.signature)
+    digests = await storage.write(lambda tx: tx.existing_digests([(HERE, h.id)]))
+    assert digests == {(HERE, h.id): header_digest(again.header_bytes)}
+    with pytest.raises(RelayError, match="keeps its origin and id"):
+        await storage.write(lambda tx: tx.resign([(rid, other)]))
+    (row,) = await storage.queue_head("d.test", 10)
+    assert row.header == again.header_bytes  # the refused job changed nothing

@@ -18,7 +18,8 @@ from collections.abc import Mapping, Sequence
 import aiosqlite
 import msgpack
 
-from relay.protocol.envelope import header_digest
+from relay.errors import RelayError
+from relay.protocol.envelope import Envelope, header_digest
 from relay.storage.records import (
     FINAL_STATUSES,
     CertificateRecord,
@@ -231,6 +232,31 @@ class SqliteWriteTx(RetentionWrites):
             (now, now, enqueued_before, limit),
         )
         return [q.queued_of(r) for r in found]
+
+    async def reroute(self, rids: Sequence[int], hop: str) -> None:
+        params = [(hop, r) for r in rids]
+        await q.many(self.connection, "UPDATE queue SET hop = ? WHERE rid = ?", params)
+        await q.many(self.connection, "UPDATE envelopes SET hop = ? WHERE rid = ?", params)
+
+    async def resign(self, envelopes: Sequence[tuple[int, Envelope]]) -> None:
+        for rid, env in envelopes:
+            h = env.header
+            row = await q.one(
+                self.connection, "SELECT origin, id FROM envelopes WHERE rid = ?", (rid,)
+            )
+            if row is None or (str(row["origin"]), bytes(row["id"])) != (h.origin, h.id):
+                raise RelayError(
+                    f"resign: envelope {rid} is not stored as {h.origin} {h.id.hex()};"
+                    " a re-signed envelope keeps its origin and id"
+                )
+        await q.many(
+            self.connection,
+            "UPDATE envelopes SET header = ?, signature = ?, hdigest = ? WHERE rid = ?",
+            [
+                (env.header_bytes, env.signature, header_digest(env.header_bytes), rid)
+                for rid, env in envelopes
+            ],
+        )
 
     async def queue_count(self, hop: str) -> QueueCount:
         row = await q.one(

@@ -66,7 +66,7 @@ class NodeState:
         self._dirty_inboxes: set[str] = set()
         self._dirty_hops: set[str] = set()
         self.wake_hop: Callable[[str], None] = lambda hop: None
-        self.metrics = Metrics()
+        self.metrics = Metrics(mailbox_labels=config.metrics.mailbox_labels)
         self.backpressure = Backpressure(store)  # write slots, queue length ([limits])
         self.load(config)
         store.on_commit(self._after_commit)

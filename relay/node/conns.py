@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from ssl import SSLContext
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -113,8 +113,8 @@ class _Connection(asyncio.Protocol):
         self.phase = "idle"  # idle -> headers -> body -> idle ...
         self.request: web.Request | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # uvloop's are no asyncio.Transport subclass
         guard = self.guard
         limits = guard.limits()
         if limits.max_connections and len(guard.open) >= limits.max_connections:

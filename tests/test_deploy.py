@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from relay.config.model import LimitsConfig
+from relay.node.conns import FD_HEADROOM
+
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 
@@ -55,6 +58,15 @@ def test_unit_runs_as_dedicated_user_with_state_directory() -> None:
         "ExecStart=/usr/local/bin/relay run /var/lib/relay",
     ):
         assert line in text
+
+
+def test_open_file_limit_fits_the_default_connection_cap() -> None:
+    """LimitNOFILE and the compose ulimit leave room for both listeners at the default cap."""
+    needed = LimitsConfig().max_connections * 2 + FD_HEADROOM
+    unit = re.search(r"^LimitNOFILE=(\d+)$", (DEPLOY / "relay.service").read_text(), re.M)
+    assert unit and int(unit.group(1)) >= needed
+    compose = re.search(r"nofile: \{ soft: (\d+),", (DEPLOY / "compose.yaml").read_text())
+    assert compose and int(compose.group(1)) >= needed
 
 
 def test_dockerfile_runs_as_non_root() -> None:

@@ -104,6 +104,11 @@ class LimitsConfig:
     second per peer. `max_queued` bounds the envelopes queued for other nodes
     (a submit past it is answered 503); `max_pending_writes` bounds the jobs
     waiting for the store writer (requests past it are answered 503).
+
+    `max_connections` caps the open connections of each listener (one more is
+    closed at once). A request's headers must arrive within `header_timeout`
+    of its first byte and its body within `body_timeout` of its headers; a
+    connection with no request in progress is closed after `idle_timeout`.
     """
 
     client_rate: int = 50_000  # generous: the throughput goal is 10,000 msg/s per node
@@ -112,6 +117,10 @@ class LimitsConfig:
     peer_burst: int = 4_000
     max_queued: int = 1_000_000
     max_pending_writes: int = 1024
+    max_connections: int = 10_000  # per listener; under systemd's LimitNOFILE=65536
+    header_timeout_ms: int = 10_000
+    body_timeout_ms: int = 120_000  # a 16 MiB body needs ~140 KiB/s
+    idle_timeout_ms: int = 60_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,12 +135,15 @@ class LogConfig:
 class MetricsConfig:
     """The `[metrics]` table: where `GET /metrics` is served and who may read it.
 
-    Without `listen` it is served on the node's own listener.
+    With `listen` it is served on that listener only. Without it, the node's
+    own listener serves it only to a scraper sending the token of
+    `token_sha256`. Mailbox names appear as labels only with `mailbox_labels`.
     """
 
     listen_host: str | None = None
     listen_port: int = 0
     token_sha256: str | None = None
+    mailbox_labels: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -359,6 +359,10 @@ class _Parser(_PolicyTables):
             peer_burst=t.integer("peer_burst", d.peer_burst, 1, 10**9),
             max_queued=t.integer("max_queued", d.max_queued, 0, 2**62),
             max_pending_writes=t.integer("max_pending_writes", d.max_pending_writes, 0, 10**9),
+            max_connections=t.integer("max_connections", d.max_connections, 0, 10**7),
+            header_timeout_ms=t.duration_ms("header_timeout", d.header_timeout_ms, lo=100),
+            body_timeout_ms=t.duration_ms("body_timeout", d.body_timeout_ms, lo=100),
+            idle_timeout_ms=t.duration_ms("idle_timeout", d.idle_timeout_ms, lo=100),
         )
         t.done()
         return config
@@ -380,8 +384,11 @@ class _Parser(_PolicyTables):
             except ValueError as e:
                 t.error("listen", str(e))
         token = t.string("token_sha256", check=_sha256_error)
+        mailbox_labels = t.boolean("mailbox_labels", MetricsConfig().mailbox_labels)
         t.done()
-        return MetricsConfig(listen_host=host, listen_port=port, token_sha256=token)
+        return MetricsConfig(
+            listen_host=host, listen_port=port, token_sha256=token, mailbox_labels=mailbox_labels
+        )
 
     # -- [[routes]], [relay], [[authorities]], [trust] ---------------------------
 

@@ -14,7 +14,13 @@ from relay.config.values import parse_duration_ms
 from relay.errors import ConfigError
 
 T = TypeVar("T")
-_TYPE_NAMES = {str: "a string", int: "an integer", list: "an array", dict: "a table"}
+_TYPE_NAMES = {
+    bool: "a boolean",
+    str: "a string",
+    int: "an integer",
+    list: "an array",
+    dict: "a table",
+}
 
 
 class _Report:
@@ -72,6 +78,10 @@ class _Table:
             self.error(key, f"{value} is out of range {lo}..{hi}")
             return default
         return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.raw(key, bool)
+        return default if value is None else value
 
     def duration_ms(self, key: str, default: int, *, lo: int = 1) -> int:
         if key in self.data and not isinstance(self.data[key], str):

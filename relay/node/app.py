@@ -32,6 +32,7 @@ from relay.federation import inbound, receipts
 from relay.federation.outbound import Sender
 from relay.logs import event
 from relay.node import expiry, retention
+from relay.node.conns import Listener, descriptor_shortfall
 from relay.node.http import answer_errors
 from relay.node.metrics import serve as serve_metrics
 from relay.node.recheck import recheck
@@ -76,12 +77,12 @@ class Node:
         self.config = config
         self.clock = clock
         self.state: NodeState | None = None
-        self.runner: web.AppRunner | None = None
+        self.listener: Listener | None = None  # [node] listen, guarded by [limits]
         self.session: aiohttp.ClientSession | None = None
         self.senders: dict[str, Sender] = {}
         self.tasks: list[asyncio.Task[None]] = []
         self.port = 0
-        self.metrics_runner: web.AppRunner | None = None  # with [metrics] listen
+        self.metrics_listener: Listener | None = None  # with [metrics] listen
         self.webhooks: Webhooks | None = None
         self.admin: AdminServer | None = None  # DIR/admin.sock, relay.api.admin
         self.server_ssl: ssl.SSLContext | None = None  # [node] tls_cert/tls_key, relay.config.tls
@@ -112,23 +113,28 @@ class Node:
             inbound.BATCH_PATH, inbound.handle_batch, expect_handler=inbound.expect_continue
         )
         client_api.add_routes(app)
-        self.metrics_runner = await serve_metrics(state, app)
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=10)
-        await self.runner.setup()
-        site = web.TCPSite(
-            self.runner, cfg.node.listen_host, cfg.node.listen_port, ssl_context=self.server_ssl
-        )
+        self.metrics_listener = await serve_metrics(state, app)
+        self.listener = Listener(app, lambda: state.config.limits, "node", shutdown_timeout=10)
         try:
-            await site.start()
+            await self.listener.start(cfg.node.listen_host, cfg.node.listen_port, self.server_ssl)
         except OSError as e:
             reason = os.strerror(e.errno) if e.errno else str(e)
             raise Unavailable(
                 f"cannot listen on {cfg.node.listen_host}:{cfg.node.listen_port}"
                 f" ([node] listen in {cfg.path}): {reason}"
             ) from None
-        addresses = self.runner.addresses
-        if addresses:
-            self.port = int(addresses[0][1])
+        self.port = self.listener.port
+        listeners = 1 if self.metrics_listener is None else 2
+        if (soft := descriptor_shortfall(cfg.limits, listeners)) is not None:
+            event(
+                log,
+                "open_files_low",
+                logging.WARNING,
+                limit=soft,
+                max_connections=cfg.limits.max_connections,
+                listeners=listeners,
+                detail="raise the open-file limit (LimitNOFILE) or lower [limits] max_connections",
+            )
         for hop in await store.queue_hops():
             self._wake(hop)
         self.tasks.append(asyncio.create_task(receipts.run_flusher(state), name="receipts"))
@@ -205,12 +211,12 @@ class Node:
             return
         state.stopping = True
         state.wake_all_inboxes()
-        if self.runner is not None:
-            await self.runner.cleanup()  # closes listeners, waits for in-flight handlers
+        if self.listener is not None:
+            await self.listener.stop()  # closes the listener, waits for in-flight handlers
         if self.admin is not None:
             await self.admin.stop()
-        if self.metrics_runner is not None:
-            await self.metrics_runner.cleanup()
+        if self.metrics_listener is not None:
+            await self.metrics_listener.stop()
         for sender in self.senders.values():
             await sender.stop()
         if self.webhooks is not None:

@@ -7,12 +7,14 @@ Invariants:
   the work, after its transaction committed. Gauges about stored state
   (queue depth, unacked inbox rows, database size) are read from the
   database at scrape time, so they are never stale and need no bookkeeping.
-- Label values come from config (peers, mailboxes, rule ids) or from fixed
-  code lists (item codes, outcomes), never from unauthenticated input, so the
-  number of series stays bounded.
-- `[metrics] listen` moves the endpoint to its own listener (the main one
-  then has no /metrics); `[metrics] token_sha256` requires a bearer token
-  whose SHA-256 matches, compared in constant time.
+- Label values come from config (peers, rule ids) or from fixed code lists
+  (item codes, outcomes), never from unauthenticated input, so the number of
+  series stays bounded. Mailbox names are labels only with `[metrics]
+  mailbox_labels = true`; otherwise the per-mailbox series are one sum.
+- The public listener serves /metrics only to a bearer token whose SHA-256
+  is `[metrics] token_sha256` (compared in constant time); without one it
+  answers 404 with the reason. `[metrics] listen` moves the endpoint to its
+  own listener (the token, if set, is still required there).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -36,6 +38,7 @@ from prometheus_client.registry import Collector
 from relay.config.model import Config
 from relay.errors import ItemRejected, RelayError
 from relay.logs import event
+from relay.node.conns import Listener
 from relay.node.http import answer_errors
 from relay.policy.residency import Decision, Policy
 from relay.protocol.envelope import Envelope
@@ -47,6 +50,8 @@ log = logging.getLogger("relay.metrics")
 PATH = "/metrics"
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+_Labelled = TypeVar("_Labelled", Counter, Histogram)
 
 
 # What the hooks and the scrape read from the code that calls them. NodeState
@@ -136,8 +141,9 @@ class Snapshot:
 class _StoredState(Collector):
     """Yields the gauges of the latest snapshot; the scrape handler refreshes it."""
 
-    def __init__(self) -> None:
+    def __init__(self, mailbox_labels: bool) -> None:
         self.snapshot = Snapshot()
+        self.mailbox_labels = mailbox_labels
 
     def collect(self) -> Iterator[Metric]:
         s = self.snapshot
@@ -169,13 +175,14 @@ class _StoredState(Collector):
         yield depth
         yield held
         yield oldest
-        inbox = GaugeMetricFamily(
-            "relay_inbox_unacked_messages",
-            "Messages delivered to a mailbox and not acknowledged yet",
-            labels=["mailbox"],
-        )
-        for mailbox, rows in s.unacked:
-            inbox.add_metric([mailbox], rows)
+        help_text = "Messages delivered to local mailboxes and not acknowledged yet"
+        if self.mailbox_labels:
+            inbox = GaugeMetricFamily("relay_inbox_unacked_messages", help_text, labels=["mailbox"])
+            for mailbox, rows in s.unacked:
+                inbox.add_metric([mailbox], rows)
+        else:
+            total = sum(rows for _, rows in s.unacked)
+            inbox = GaugeMetricFamily("relay_inbox_unacked_messages", help_text, value=total)
         yield inbox
         yield GaugeMetricFamily(
             "relay_database_size_bytes",
@@ -185,12 +192,17 @@ class _StoredState(Collector):
 
 
 class Metrics:
-    """The counters, histograms and scrape-time gauges of one node."""
+    """The counters, histograms and scrape-time gauges of one node.
 
-    def __init__(self) -> None:
+    With `mailbox_labels` false (the default), no series names a mailbox.
+    """
+
+    def __init__(self, *, mailbox_labels: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.mailbox_labels = mailbox_labels
+        by_mailbox = ["mailbox"] if mailbox_labels else []
         r = self.registry
-        self.stored = _StoredState()
+        self.stored = _StoredState(mailbox_labels)
         r.register(self.stored)
         self.accepted = Counter(
             "relay_envelopes_accepted",
@@ -219,7 +231,7 @@ class Metrics:
         self.submitted = Counter(
             "relay_messages_submitted",
             "Messages accepted from clients through the API",
-            ["mailbox"],
+            by_mailbox,
             registry=r,
         )
         self.submit_refused = Counter(
@@ -268,10 +280,15 @@ class Metrics:
         )
         self.webhooks = Counter(
             "relay_webhook_deliveries",
-            "Webhook POST attempts per mailbox, by outcome (ok, retry, refused)",
-            ["mailbox", "outcome"],
+            "Webhook POST attempts, by outcome (ok, retry, refused)",
+            [*by_mailbox, "outcome"],
             registry=r,
         )
+
+    def _for(self, metric: _Labelled, mailbox: str, *labels: str) -> _Labelled:
+        """`metric`'s child for `labels`, and for `mailbox` when mailboxes are labels."""
+        values = (mailbox, *labels) if self.mailbox_labels else labels
+        return metric.labels(*values) if values else metric
 
     # --- hooks -------------------------------------------------------------------
 
@@ -311,7 +328,7 @@ class Metrics:
 
     def submitted_messages(self, mailbox: str, planned: Sequence[SubmittedMessage]) -> None:
         """Messages a client submitted, and their submit decisions."""
-        self.submitted.labels(mailbox).inc(len(planned))
+        self._for(self.submitted, mailbox).inc(len(planned))
         for pm in planned:
             audited = {dest for dest, _ in pm.audits}
             for _, d in pm.audits:
@@ -363,7 +380,7 @@ class Metrics:
 
     def webhook(self, mailbox: str, outcome: str) -> None:
         """One webhook delivery attempt or refusal."""
-        self.webhooks.labels(mailbox, outcome).inc()
+        self._for(self.webhooks, mailbox, outcome).inc()
 
     # --- scraping ---------------------------------------------------------------
 
@@ -409,8 +426,25 @@ def token_ok(header: str, token_sha256: str) -> bool:
     return hmac.compare_digest(digest.encode(), token_sha256.encode())
 
 
+def _not_here(detail: str) -> web.Response:
+    return web.json_response({"error": "not_found", "detail": detail}, status=404)
+
+
+async def scrape_public(state: Scraped, request: web.Request) -> web.Response:
+    """`GET /metrics` on the node's own listener: only with `[metrics] token_sha256`."""
+    cfg = state.config.metrics
+    if cfg.listen_host is not None:
+        return _not_here("/metrics is served on its own listener ([metrics] listen)")
+    if cfg.token_sha256 is None:
+        return _not_here(
+            "/metrics is not served on the public listener without a token: "
+            "set [metrics] listen or [metrics] token_sha256"
+        )
+    return await scrape(state, request)
+
+
 async def scrape(state: Scraped, request: web.Request) -> web.Response:
-    """`GET /metrics`: refresh the stored-state gauges, then render every metric."""
+    """`GET /metrics`: check the token if one is set, refresh the stored-state gauges, render."""
     wanted = state.config.metrics.token_sha256
     if wanted is not None and not token_ok(request.headers.get("Authorization", ""), wanted):
         return web.json_response(
@@ -428,25 +462,23 @@ async def scrape(state: Scraped, request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
-async def serve(state: Scraped, app: web.Application) -> web.AppRunner | None:
-    """Route `GET /metrics` on `app`, or on its own listener with `[metrics] listen`.
+async def serve(state: Scraped, app: web.Application) -> Listener | None:
+    """Route `GET /metrics` on `app`, and with `[metrics] listen` start its own listener.
 
-    Call before `app` is set up. Returns the separate listener's runner (the
-    caller cleans it up at stop) or None.
+    Call before `app` is set up. On `app` (the public listener) the route
+    answers only with a token (`scrape_public`). Returns the separate
+    listener (the caller stops it at stop) or None.
     """
-    handler = functools.partial(scrape, state)
+    app.router.add_get(PATH, functools.partial(scrape_public, state))
     cfg = state.config.metrics
     if cfg.listen_host is None:
-        app.router.add_get(PATH, handler)
         return None
     own = web.Application(middlewares=[answer_errors])
-    own.router.add_get(PATH, handler)
-    runner = web.AppRunner(own, access_log=None, handle_signals=False, shutdown_timeout=2)
-    await runner.setup()
-    site = web.TCPSite(runner, cfg.listen_host, cfg.listen_port)
+    own.router.add_get(PATH, functools.partial(scrape, state))
+    listener = Listener(own, lambda: state.config.limits, "metrics", shutdown_timeout=2)
     try:
-        await site.start()
+        await listener.start(cfg.listen_host, cfg.listen_port)
     except OSError:
-        await runner.cleanup()
+        await listener.stop()
         raise
-    return runner
+    return listener

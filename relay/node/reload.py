@@ -7,8 +7,9 @@ Invariants:
   policy, retention, federation tuning, logging and the node's keys (signing,
   retired, revoked: `relay key rotate/revoke`) take effect at once.
 - What only a restart can change (RESTART_KEYS: the node's name, listen
-  address, database, body limit, TLS files, metrics listener) keeps its old
-  value, and the log says a restart is needed for it.
+  address, database, body limit, TLS files; the metrics listener and mailbox
+  labels; the idle timeout) keeps its old value, and the log says a restart
+  is needed for it.
 - When anything queued mail depends on changes (RECHECK_ON: the policy,
   peers and their keys, routes, authorities, the certificate store and
   revocation list, the node's own certificates and revoked keys), the queue
@@ -94,6 +95,14 @@ def merge(old: Config, new: Config) -> tuple[Config, tuple[str, ...]]:
         )
         merged = dataclasses.replace(merged, metrics=metrics)
         keys.append("metrics.listen")
+    if new_m.mailbox_labels != old_m.mailbox_labels:  # the registry's label names are fixed
+        metrics = dataclasses.replace(merged.metrics, mailbox_labels=old_m.mailbox_labels)
+        merged = dataclasses.replace(merged, metrics=metrics)
+        keys.append("metrics.mailbox_labels")
+    if new.limits.idle_timeout_ms != old.limits.idle_timeout_ms:  # aiohttp's, set at start
+        limits = dataclasses.replace(merged.limits, idle_timeout_ms=old.limits.idle_timeout_ms)
+        merged = dataclasses.replace(merged, limits=limits)
+        keys.append("limits.idle_timeout")
     return merged, tuple(dict.fromkeys(keys))
 
 

@@ -69,7 +69,7 @@ class NodeState:
         self._contacted: set[str] = set()  # of those, the ones that have since contacted us
         self._resigned: set[str] = set()  # hops with envelopes re-signed since their last batch
         self.wake_hop: Callable[[str], None] = lambda hop: None
-        self.metrics = Metrics()
+        self.metrics = Metrics(mailbox_labels=config.metrics.mailbox_labels)
         self.backpressure = Backpressure(store)  # write slots, queue length ([limits])
         self.load(config)
         store.on_commit(self._after_commit)

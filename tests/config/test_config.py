@@ -290,6 +290,21 @@ def peer(name: str, *, extra: str = "", key: str = KEY_A, mark: str = "") -> str
 
 BAD = {
     "unknown key": Bad(NODE + 'colour = "blue" #!\n', "node.colour", "unknown key"),
+    "metrics mailbox_labels not a boolean": Bad(
+        NODE + '\n[metrics]\nmailbox_labels = "yes" #!\n',
+        "metrics.mailbox_labels",
+        "expected a boolean, got a string",
+    ),
+    "limits header_timeout too short": Bad(
+        NODE + '\n[limits]\nheader_timeout = "10ms" #!\n',
+        "limits.header_timeout",
+        "duration '10ms' is too short (at least 100 ms)",
+    ),
+    "limits max_connections negative": Bad(
+        NODE + "\n[limits]\nmax_connections = -1 #!\n",
+        "limits.max_connections",
+        "-1 is out of range 0..10000000",
+    ),
     "unknown top-level key": Bad("colour = 1 #!\n" + NODE, "colour", "unknown key"),
     "unknown table": Bad(NODE + "\n[extras] #!\nx = 1\n", "extras", "unknown table [extras]"),
     "unknown sub-table": Bad(
@@ -642,3 +657,17 @@ def test_locator_finds_keys_in_tables_arrays_and_dotted_keys() -> None:
     assert loc.line(("a", "deep", "z")) == 17
     assert loc.line(("a", "missing")) == 2
     assert loc.line(("arr", 1, "missing")) == 10
+
+
+def test_connection_limits_and_metrics_labels_load(tmp_path: Path) -> None:
+    text = (
+        NODE
+        + '\n[limits]\nmax_connections = 20\nheader_timeout = "2s"\nbody_timeout = "1m"\n'
+        + 'idle_timeout = "500ms"\n\n[metrics]\nmailbox_labels = true\n'
+    )
+    config = load_config(write_node(tmp_path, text))
+    limits = config.limits
+    assert (limits.max_connections, limits.header_timeout_ms) == (20, 2_000)
+    assert (limits.body_timeout_ms, limits.idle_timeout_ms) == (60_000, 500)
+    assert config.metrics.mailbox_labels is True
+    assert load_config(write_node(tmp_path, NODE)).metrics.mailbox_labels is False

@@ -43,8 +43,8 @@ def marked(text: str) -> int:
     return line
 
 
-def test_no_metrics_table_serves_on_the_main_listener_without_token(tmp_path: Path) -> None:
-    assert load_config(write(tmp_path, NODE)).metrics == MetricsConfig(None, 0, None)
+def test_no_metrics_table_means_no_listener_token_or_mailbox_labels(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, NODE)).metrics == MetricsConfig(None, 0, None, False)
 
 
 def test_metrics_listen_and_token(tmp_path: Path) -> None:

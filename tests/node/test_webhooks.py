@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.config.files import load_config
 from relay.config.keys import load_private_key
+from relay.config.values import mailbox_token_sha256
 from relay.errors import BadSignature, DigestMismatch
 from relay.node.app import Node
 from relay.node.webhooks import sign
@@ -82,6 +83,7 @@ def write_hooked_node(directory: Path, rec: Receiver) -> None:
             "bob": {"webhook": f"{base}/bob", "webhook_jurisdiction": "US"},
             "carol": {},
         },
+        tables={"metrics": {"token_sha256": mailbox_token_sha256("m"), "mailbox_labels": True}},
     )
 
 
@@ -183,7 +185,10 @@ async def test_webhook_delivery_retry_ack_and_residency(tmp_path: Path, receiver
                 "SELECT failures, delivered, last_error FROM webhook_state WHERE mailbox = 'alice'"
             )
             assert row is not None and (row[0], row[1], row[2]) == (0, 1, "")
-            async with session.get(url_of(node) + "/metrics", timeout=TIMEOUT) as resp:
+            bearer = {"Authorization": "Bearer m"}
+            async with session.get(
+                url_of(node) + "/metrics", headers=bearer, timeout=TIMEOUT
+            ) as resp:
                 metrics = await resp.text()
             for line in (
                 'relay_webhook_deliveries_total{mailbox="alice",outcome="retry"} 1.0',

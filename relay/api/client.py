@@ -37,6 +37,7 @@ from relay.node.http import read_capped, refuse_declared
 from relay.node.state import NodeState
 from relay.protocol.envelope import decode_header
 from relay.storage.interface import WriteTx
+from relay.storage.records import InboxPage
 
 log = logging.getLogger("relay.api")
 
@@ -247,10 +248,16 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     return value
 
 
-async def fetch_inbox(state: NodeState, mailbox: str, limit: int) -> list[dict[str, Any]]:
-    """The oldest `limit` unacked messages of `mailbox`, as `GET /v1/inbox` shows them."""
-    rows = await state.store.inbox(mailbox, 0, limit)
-    return [inbox_item(r.header, r.payload) for r in rows]
+async def fetch_inbox(
+    state: NodeState, mailbox: str, after: int, limit: int
+) -> tuple[list[dict[str, Any]], InboxPage]:
+    """The oldest unacked messages of `mailbox` past `after`, as `GET /v1/inbox` shows them.
+
+    At most `limit` of them, and no more payload bytes than `[limits] inbox_page_bytes`
+    (but always the first).
+    """
+    page = await state.store.inbox_page(mailbox, after, limit, state.config.limits.inbox_page_bytes)
+    return [inbox_item(r.header, r.payload) for r in page.items], page
 
 
 def inbox_item(header_bytes: bytes, body: bytes | None) -> dict[str, Any]:
@@ -280,17 +287,19 @@ async def get_inbox(request: web.Request) -> web.Response:
     state.limits.client(mailbox)
     wait = _int_param(request, "wait", 0, 0, MAX_WAIT_S)
     limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
+    after = _int_param(request, "after", 0, 0, 2**63 - 1)
     deadline = asyncio.get_running_loop().time() + wait
     while True:
         ev = state.inbox_event(mailbox)
-        messages = await fetch_inbox(state, mailbox, limit)
+        messages, page = await fetch_inbox(state, mailbox, after, limit)
         remaining = deadline - asyncio.get_running_loop().time()
         if messages or remaining <= 0 or state.stopping:
             break
         # when the long-poll runs out, answer what there is (nothing)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ev.wait(), timeout=remaining)
-    return web.json_response({"messages": messages})
+    cursor = page.items[-1].seq if page.items else after
+    return web.json_response({"messages": messages, "more": page.more, "next": cursor})
 
 
 async def post_ack(request: web.Request) -> web.Response:

@@ -190,11 +190,25 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 0
 
 
+async def read_inbox(
+    node: str, token: str, wait: int, limit: int, tls: ssl.SSLContext
+) -> list[dict[str, Any]]:
+    """Up to `limit` messages, page after page: a page may stop early at the node's byte budget."""
+    messages: list[dict[str, Any]] = []
+    after = 0
+    while len(messages) < limit:
+        url = f"{node}/v1/inbox?wait={wait}&limit={limit - len(messages)}&after={after}"
+        doc = await _call("GET", url, token, timeout=wait + 30, tls=tls)
+        messages.extend(doc.get("messages", []))
+        if not doc.get("more") or "next" not in doc:
+            break
+        after, wait = int(doc["next"]), 0
+    return messages
+
+
 def cmd_inbox(args: argparse.Namespace) -> int:
     node, token, tls = _need(args)
-    url = f"{node}/v1/inbox?wait={args.wait}&limit={args.limit}"
-    doc = asyncio.run(_call("GET", url, token, timeout=args.wait + 30, tls=tls))
-    messages = doc.get("messages", [])
+    messages = asyncio.run(read_inbox(node, token, args.wait, args.limit, tls))
     for m in messages:
         if args.json:
             print(json.dumps(m, ensure_ascii=False))

@@ -109,6 +109,11 @@ class LimitsConfig:
     closed at once). A request's headers must arrive within `header_timeout`
     of its first byte and its body within `body_timeout` of its headers; a
     connection with no request in progress is closed after `idle_timeout`.
+
+    A `GET /v1/inbox` page stops before its payload bytes pass `inbox_page_bytes`
+    (a single larger message still makes a page of one). A message that would take
+    a mailbox's unread payload bytes past `mailbox_unread_bytes` is refused for now
+    (503 `busy`), so its sender retries once the mailbox is read.
     """
 
     client_rate: int = 50_000  # generous: the throughput goal is 10,000 msg/s per node
@@ -121,6 +126,8 @@ class LimitsConfig:
     header_timeout_ms: int = 10_000
     body_timeout_ms: int = 120_000  # a 16 MiB body needs ~140 KiB/s
     idle_timeout_ms: int = 60_000
+    inbox_page_bytes: int = 8 * 2**20
+    mailbox_unread_bytes: int = 2**30
 
 
 @dataclass(frozen=True, slots=True)

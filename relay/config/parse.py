@@ -363,6 +363,10 @@ class _Parser(_PolicyTables):
             header_timeout_ms=t.duration_ms("header_timeout", d.header_timeout_ms, lo=100),
             body_timeout_ms=t.duration_ms("body_timeout", d.body_timeout_ms, lo=100),
             idle_timeout_ms=t.duration_ms("idle_timeout", d.idle_timeout_ms, lo=100),
+            inbox_page_bytes=t.integer("inbox_page_bytes", d.inbox_page_bytes, 1024, 2**31),
+            mailbox_unread_bytes=t.integer(
+                "mailbox_unread_bytes", d.mailbox_unread_bytes, 0, 2**62
+            ),
         )
         t.done()
         return config

@@ -35,6 +35,7 @@ from relay.storage.records import (
     DecisionRecord,
     Deleted,
     InboxItem,
+    InboxPage,
     MetadataDue,
     NewEnvelope,
     PeerState,
@@ -321,6 +322,15 @@ class Reads(Protocol):
 
     async def inbox(self, mailbox: str, after: int, limit: int) -> list[InboxItem]:
         """Unacked inbox rows of `mailbox` past seq `after`, oldest first."""
+        ...
+
+    async def inbox_page(self, mailbox: str, after: int, limit: int, max_bytes: int) -> InboxPage:
+        """Like `inbox`, but the page stops before its payload bytes would pass `max_bytes`.
+
+        The first row is always in the page, however large, so every message stays
+        readable; `more` says unacked rows follow the page. Only the payloads of the
+        rows returned are read.
+        """
         ...
 
     async def unacked_counts(self) -> dict[str, int]:

@@ -222,6 +222,14 @@ class InboxItem:
 
 
 @dataclass(frozen=True, slots=True)
+class InboxPage:
+    """One page of an inbox read: its items and whether unacked rows follow them."""
+
+    items: list[InboxItem]
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
 class WebhookFailure:
     """A mailbox webhook's retry state after a failed POST."""
 

@@ -16,6 +16,7 @@ from relay.storage.records import (
     Cutoffs,
     DecisionRecord,
     Deleted,
+    InboxPage,
     PeerState,
     PendingReceipt,
     WebhookFailure,
@@ -120,6 +121,25 @@ async def test_inbox_ack_and_webhook_cursor(storage: Storage) -> None:
     await storage.write(lambda tx: tx.webhook_advance("bob", items[1].seq, 1))
     await storage.write(lambda tx: tx.webhook_advance("bob", items[0].seq, 1))  # never back
     assert await storage.webhook_cursor("bob") == items[1].seq
+
+
+async def test_inbox_page_stops_at_the_byte_budget(storage: Storage) -> None:
+    envs = [envelope(payload=bytes([i]) * n) for i, n in enumerate([40, 30, 30, 100, 5])]
+    await put(storage, [new(e, mailboxes=["bob"]) for e in envs])
+    ids = [e.header.id for e in envs]
+
+    page = await storage.inbox_page("bob", 0, 10, 100)
+    assert [i.id for i in page.items] == ids[:3] and page.more  # 40+30+30 = 100, +100 over
+    assert page.items[2].payload == bytes([2]) * 30
+    after = page.items[-1].seq
+    big = await storage.inbox_page("bob", after, 10, 50)
+    assert [i.id for i in big.items] == [ids[3]] and big.more  # alone over the budget: still read
+    last = await storage.inbox_page("bob", big.items[0].seq, 10, 50)
+    assert [i.id for i in last.items] == [ids[4]] and not last.more
+    by_count = await storage.inbox_page("bob", 0, 2, 10**6)
+    assert [i.id for i in by_count.items] == ids[:2] and by_count.more
+    assert (await storage.inbox_page("bob", 0, 10, 10**6)).more is False
+    assert await storage.inbox_page("carol", 0, 10, 100) == InboxPage([], more=False)
 
 
 # --- decisions and certificates -------------------------------------------------------

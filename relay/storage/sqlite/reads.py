@@ -23,6 +23,7 @@ from relay.storage.records import (
     Cutoffs,
     DecisionRecord,
     InboxItem,
+    InboxPage,
     PeerState,
     Preview,
     QueueCount,
@@ -178,11 +179,39 @@ class SqliteReads:
         ]
 
     async def inbox(self, mailbox: str, after: int, limit: int) -> list[InboxItem]:
+        return await self._inbox_rows(mailbox, after, None, limit)
+
+    async def inbox_page(self, mailbox: str, after: int, limit: int, max_bytes: int) -> InboxPage:
+        # sizes first (length() of a blob reads no overflow page), then the bodies of
+        # the rows that fit, so a page of large messages never loads one too many
+        sizes = await self.fetchall(
+            "SELECT i.seq, coalesce(length(p.body), 0) FROM inbox i"
+            " JOIN envelopes e ON e.rid = i.rid LEFT JOIN payloads p ON p.sha = e.payload_sha"
+            " WHERE i.mailbox = ? AND i.acked IS NULL AND i.seq > ? ORDER BY i.seq LIMIT ?",
+            (mailbox, after, limit + 1),
+        )
+        taken = 0
+        total = 0
+        for _seq, size in sizes[:limit]:
+            if taken and total + int(size) > max_bytes:
+                break
+            taken += 1
+            total += int(size)
+        if not taken:
+            return InboxPage([], more=False)
+        last = int(sizes[taken - 1][0])
+        items = await self._inbox_rows(mailbox, after, last, taken)
+        return InboxPage(items, more=len(sizes) > taken)
+
+    async def _inbox_rows(
+        self, mailbox: str, after: int, upto: int | None, limit: int
+    ) -> list[InboxItem]:
         found = await self.fetchall(
             "SELECT i.seq, e.id, e.residency, e.header, p.body FROM inbox i"
             " JOIN envelopes e ON e.rid = i.rid LEFT JOIN payloads p ON p.sha = e.payload_sha"
-            " WHERE i.mailbox = ? AND i.acked IS NULL AND i.seq > ? ORDER BY i.seq LIMIT ?",
-            (mailbox, after, limit),
+            " WHERE i.mailbox = ? AND i.acked IS NULL AND i.seq > ? AND i.seq <= ?"
+            " ORDER BY i.seq LIMIT ?",
+            (mailbox, after, upto if upto is not None else 2**63 - 1, limit),
         )
         return [
             InboxItem(

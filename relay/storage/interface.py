@@ -174,6 +174,13 @@ class WriteTx(Protocol):
         """The results recorded for `peer`'s batch, None if it was not seen."""
         ...
 
+    async def unread_bytes(self, mailboxes: Sequence[str]) -> dict[str, int]:
+        """Unacked payload bytes of each of `mailboxes`, 0 for one with nothing unread.
+
+        Kept as a counter beside the inbox rows: the cost does not grow with the inbox.
+        """
+        ...
+
     async def record_batch(
         self, peer: str, batch: bytes, results: Mapping[bytes, str], now: int
     ) -> None:
@@ -306,6 +313,13 @@ class Reads(Protocol):
 
     async def stored_results(self, peer: str, batch: bytes) -> dict[bytes, str] | None:
         """The results recorded for `peer`'s batch, None if it was not seen."""
+        ...
+
+    async def unread_bytes(self, mailboxes: Sequence[str]) -> dict[str, int]:
+        """Unacked payload bytes of each of `mailboxes`, 0 for one with nothing unread.
+
+        Kept as a counter beside the inbox rows: the cost does not grow with the inbox.
+        """
         ...
 
     async def idempotent_answer(self, mailbox: str, key: str) -> dict[str, object] | None:

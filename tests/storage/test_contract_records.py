@@ -142,6 +142,28 @@ async def test_inbox_page_stops_at_the_byte_budget(storage: Storage) -> None:
     assert await storage.inbox_page("carol", 0, 10, 100) == InboxPage([], more=False)
 
 
+async def test_unread_bytes_follow_delivery_ack_and_deletion(storage: Storage) -> None:
+    envs = [envelope(payload=bytes([i]) * (10 * (i + 1))) for i in range(4)]  # 10 20 30 40
+    rids = await put(storage, [new(e, mailboxes=["bob", "carol"]) for e in envs[:3]])
+    rids += await put(storage, [new(envs[3], mailboxes=["bob"])])
+    assert await storage.unread_bytes(["bob", "carol", "dave"]) == {
+        "bob": 100,
+        "carol": 60,
+        "dave": 0,
+    }
+    assert await storage.write(lambda tx: tx.unread_bytes(["bob"])) == {"bob": 100}
+
+    await storage.write(lambda tx: tx.ack_inbox("bob", [envs[0].header.id], T0))
+    await storage.write(lambda tx: tx.ack_inbox("bob", [envs[0].header.id], T0))  # no twice
+    seq = (await storage.inbox("carol", 0, 1))[0].seq
+    await storage.write(lambda tx: tx.ack_inbox_seqs([seq], T0))
+    assert await storage.unread_bytes(["bob", "carol"]) == {"bob": 90, "carol": 50}
+
+    # deleting an acked row changes nothing, an unacked one takes its bytes away
+    await storage.write(lambda tx: tx.delete_envelopes([rids[0], rids[3]]))
+    assert await storage.unread_bytes(["bob", "carol"]) == {"bob": 50, "carol": 50}
+
+
 # --- decisions and certificates -------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from relay.storage.sqlite.store import (
     open_store,
     sqlite_tx,
 )
+from tests.storage.contract import envelope, new, put
 
 
 async def test_wal_full_sync_and_private_file(tmp_path: Path) -> None:
@@ -58,6 +59,27 @@ async def test_database_newer_than_the_code_is_refused(tmp_path: Path) -> None:
     con.close()
     with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
         await open_store(db)
+
+
+async def test_migration_6_counts_the_unread_bytes_already_there(tmp_path: Path) -> None:
+    """A database at version 5 with unread mail starts its per-mailbox counters right."""
+    db = tmp_path / "relay.db"
+    store = await open_store(db)
+    await put(store, [new(envelope(payload=b"x" * 7), mailboxes=["bob"])])
+    await put(store, [new(envelope(payload=b"y" * 5), mailboxes=["bob", "carol"])])
+    await store.close()
+    con = sqlite3.connect(db)
+    for trigger in ("unread_delivered", "unread_acked", "unread_deleted"):
+        con.execute(f"DROP TRIGGER {trigger}")
+    con.execute("DROP TABLE unread")
+    con.execute("DELETE FROM schema_version WHERE version = 6")
+    con.commit()
+    con.close()
+    store = await open_store(db)
+    try:
+        assert await store.unread_bytes(["bob", "carol"]) == {"bob": 12, "carol": 5}
+    finally:
+        await store.close()
 
 
 async def test_payloads_survive_the_migration_to_a_rowid_table(tmp_path: Path) -> None:

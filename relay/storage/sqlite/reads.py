@@ -224,6 +224,12 @@ class SqliteReads:
             for r in found
         ]
 
+    async def unread_bytes(self, mailboxes: Sequence[str]) -> dict[str, int]:
+        try:
+            return await q.unread_bytes(self.reader, mailboxes)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read the database: {e}") from e
+
     async def unacked_counts(self) -> dict[str, int]:
         found = await self.fetchall(
             "SELECT mailbox, count(*) FROM inbox WHERE acked IS NULL GROUP BY mailbox"

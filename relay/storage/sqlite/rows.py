@@ -114,6 +114,17 @@ async def idempotent_answer(
     return answer
 
 
+async def unread_bytes(db: aiosqlite.Connection, mailboxes: Sequence[str]) -> dict[str, int]:
+    """Unacked payload bytes of each of `mailboxes` (0 for one with nothing unread)."""
+    found = dict.fromkeys(mailboxes, 0)
+    for chunk in chunks(list(found)):
+        for r in await rows(
+            db, f"SELECT mailbox, bytes FROM unread WHERE mailbox IN ({marks(chunk)})", chunk
+        ):
+            found[str(r[0])] = int(r[1])
+    return found
+
+
 def pack_results(results: Mapping[bytes, str]) -> bytes:
     """Batch results as stored."""
     packed: bytes = msgpack.packb(dict(results), use_bin_type=True)

@@ -54,7 +54,18 @@ TABLES = (
 def statements(script: str) -> Iterable[str]:
     """The statements of a migration script, without its `--` comment lines."""
     code = "\n".join(ln for ln in script.splitlines() if not ln.lstrip().startswith("--"))
-    return (s.strip() for s in code.split(";") if s.strip())
+    found: list[str] = []
+    pending = ""
+    for piece in code.split(";"):
+        pending += piece + ";"
+        # a trigger body holds `;` of its own: a statement ends where SQLite says it does
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                found.append(pending.strip().removesuffix(";"))
+            pending = ""
+    if pending.strip(" \n;"):
+        found.append(pending.strip().removesuffix(";"))
+    return found
 
 
 async def migrate(db: aiosqlite.Connection, path: Path) -> int:

@@ -357,6 +357,9 @@ class SqliteWriteTx(RetentionWrites):
     async def stored_results(self, peer: str, batch: bytes) -> dict[bytes, str] | None:
         return await q.stored_results(self.connection, peer, batch)
 
+    async def unread_bytes(self, mailboxes: Sequence[str]) -> dict[str, int]:
+        return await q.unread_bytes(self.connection, mailboxes)
+
     async def record_batch(
         self, peer: str, batch: bytes, results: Mapping[bytes, str], now: int
     ) -> None:

@@ -40,7 +40,7 @@ from relay.errors import (
 )
 from relay.federation import relaying
 from relay.logs import event
-from relay.node import backpressure, certificates
+from relay.node import backpressure, certificates, quota
 from relay.node.decisions import decision_record, refusal
 from relay.node.http import UNREAD_BODY, error_response, read_capped, refuse_declared
 from relay.node.state import NodeState
@@ -364,6 +364,7 @@ async def _commit(
             results[h.id] = "duplicate"
         else:
             results[h.id] = "rejected:id_conflict"
+    await quota.check_unread(state.config.limits.mailbox_unread_bytes, tx, fresh, peer)
     await tx.insert_envelopes(fresh, now)
     if learned := state.trust.take_unsaved():
         await tx.save_certificates(certificates.records(learned), now)

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.errors import BadRequest, MalformedError, PolicyRefused, RelayError
 from relay.logs import event
+from relay.node import quota
 from relay.node.decisions import decision_record, refusal
 from relay.node.state import NodeState
 from relay.policy.residency import Decision, check_submit, stamp
@@ -245,6 +246,7 @@ async def record(
         for pm in planned
         for p in pm.parts
     ]
+    await quota.check_unread(state.config.limits.mailbox_unread_bytes, tx, items, "local")
     rids = iter(await tx.insert_envelopes(items, now))
     rows: list[Recipient] = []
     decisions: list[DecisionRecord] = []

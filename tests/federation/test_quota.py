@@ -1,18 +1,27 @@
 """Inbox pages bounded in bytes and the per-mailbox unread quota (issue 10 item 4).
 
 A live in-process node on 127.0.0.1: a page stops at `[limits] inbox_page_bytes`
-and says `more`, so a reader pages on with `after` and loses nothing.
+and says `more`, so a reader pages on with `after` and loses nothing. A delivery
+past `[limits] mailbox_unread_bytes` is 503 `busy` with Retry-After, stores
+nothing, and the sender keeps it queued until the mailbox is read.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+from dataclasses import dataclass
 from typing import Any
+
+import pytest
 
 from relay.cli.client import read_inbox
 from relay.config.model import LimitsConfig
 from relay.config.tls import client_context
-from tests.federation.conftest import TIMEOUT, Harness
+from relay.federation.inbound import BATCH_PATH
+from relay.node.quota import RETRY_AFTER_S, RULE
+from relay.protocol.outbound import HttpRefusal, Planner, Retry
+from tests.federation.conftest import TIMEOUT, TOKEN, Harness
 
 BOB_TOKEN = "bob-token"
 
@@ -72,3 +81,90 @@ async def test_relay_inbox_reads_every_page_up_to_its_limit(harness: Harness) ->
     got = await read_inbox(h.url, BOB_TOKEN, 0, 100, tls)
     assert [m["id"] for m in got] == sent
     assert [m["id"] for m in await read_inbox(h.url, BOB_TOKEN, 0, 3, tls)] == sent[:3]
+
+
+async def ack_all(h: Harness) -> None:
+    ids = [m["id"] for m in (await read(h, "?limit=1000"))["messages"]]
+    async with h.session.post(
+        h.url + "/v1/inbox/ack",
+        json={"ids": ids},
+        headers={"Authorization": f"Bearer {BOB_TOKEN}"},
+        timeout=TIMEOUT,
+    ) as resp:
+        assert resp.status == 200 and (await resp.json())["acked"] == len(ids)
+
+
+async def test_a_batch_over_a_mailbox_quota_is_refused_busy_then_taken(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = harness
+    set_limits(h, mailbox_unread_bytes=3000)
+    first = h.envelope(payload=b"a" * 2000)
+    assert (await h.send([h.item(first)])).results == {first.header.id: "accepted"}
+    assert (await h.state.store.unread_bytes(["bob"])) == {"bob": 2000}
+
+    # 2000 + 1200 > 3000: the whole batch waits, alice's item too
+    over = h.envelope(payload=b"b" * 1200)
+    other = h.envelope(payload=b"c" * 10, to=("alice@n.test",))
+    body = h.body([h.item(other), h.item(over)])
+    caplog.set_level(logging.WARNING, logger="relay.quota")
+    async with h.session.post(h.url + BATCH_PATH, data=body, headers=h.sign(body)) as resp:
+        doc = await resp.json()
+        assert (resp.status, doc["error"]) == (503, "busy"), doc
+        assert resp.headers["Retry-After"] == str(RETRY_AFTER_S)
+        assert RULE in doc["detail"]
+    assert not await h.stored(over.header.origin, over.header.id)
+    assert not await h.stored(other.header.origin, other.header.id)
+    lines = [
+        dict(getattr(r, "relay_fields", {}))
+        for r in caplog.records
+        if r.getMessage() == "quota_refused"
+    ]
+    assert len(lines) == 1, lines
+    assert (lines[0]["mailbox"], lines[0]["peer"], lines[0]["rule"]) == ("bob", "a.test", RULE)
+
+    # the sender retries the same items once bob has read his mail: nothing lost
+    await ack_all(h)
+    retried = await h.send([h.item(other), h.item(over)])
+    assert retried.results == {other.header.id: "accepted", over.header.id: "accepted"}
+    assert (await h.state.store.unread_bytes(["bob", "alice"])) == {"bob": 1200, "alice": 10}
+
+
+async def test_a_submit_over_a_mailbox_quota_is_refused_busy(harness: Harness) -> None:
+    h = harness
+    set_limits(h, mailbox_unread_bytes=1500)
+    await h.submit(["bob@n.test"], "x" * 1000)  # an empty mailbox takes anything
+    async with h.session.post(
+        h.url + "/v1/messages",
+        json={"to": ["bob@n.test"], "text": "y" * 600},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=TIMEOUT,
+    ) as resp:
+        doc = await resp.json()
+        assert (resp.status, doc["error"]) == (503, "busy"), doc
+        assert resp.headers["Retry-After"] == str(RETRY_AFTER_S)
+    assert len((await read(h, ""))["messages"]) == 1
+    await h.submit(["bob@n.test"], "y" * 500)  # 1500 is still within the quota
+    set_limits(h, mailbox_unread_bytes=0)  # 0: no quota
+    await h.submit(["bob@n.test"], "z" * 5000)
+    assert len((await read(h, ""))["messages"]) == 3
+
+
+@dataclass(frozen=True)
+class Row:
+    rid: int
+    id: bytes
+    origin: str = "n.test"
+    kind: str = "message"
+    wire_size: int = 100
+
+
+def test_the_sender_keeps_a_busy_refused_batch_queued() -> None:
+    planner: Planner[Row] = Planner(
+        batch_envelopes=10, batch_bytes=10**6, retry_min_ms=100, retry_max_ms=60_000
+    )
+    planner.plan([Row(1, b"\x01" * 16)], lambda _origin: 0, lambda: b"\x02" * 16)
+    refusal = HttpRefusal(503, "busy", "mailbox bob is over its quota", str(RETRY_AFTER_S))
+    decision = planner.answer(refusal, failures=0, now_ms=0, draw=lambda low, high: low)
+    assert isinstance(decision, Retry), decision  # not GiveUp: the row stays queued
+    assert decision.wait_ms >= RETRY_AFTER_S * 1000

@@ -1,0 +1,64 @@
+"""The per-mailbox quota of unread payload bytes (`[limits] mailbox_unread_bytes`).
+
+Invariants:
+- The check runs inside the write transaction that would deliver, against the
+  counter that transaction sees (storage keeps it beside the inbox rows), so
+  two deliveries at once cannot both slip under the quota.
+- A delivery that would take a mailbox past its quota refuses the whole write
+  with 503 `busy` and Retry-After: nothing is stored, and the sender keeps the
+  message queued and retries. Item results cannot say "later": every
+  `rejected:<code>` is final for the sender (protocol.md §11).
+- A mailbox with nothing unread takes any delivery, so a message larger than
+  the quota is delivered once the mailbox is read, never retried forever.
+- Every refusal logs one `quota_refused` line naming mailbox, peer and rule.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from relay.errors import Busy
+from relay.logs import event
+from relay.storage.interface import WriteTx
+from relay.storage.records import NewEnvelope
+
+log = logging.getLogger("relay.quota")
+
+RULE = "limits.mailbox_unread_bytes"
+RETRY_AFTER_S = 30  # a mailbox is read by a person or an application, not in a second
+
+
+async def check_unread(quota: int, tx: WriteTx, items: Sequence[NewEnvelope], peer: str) -> None:
+    """Raise Busy if delivering `items` would take a mailbox past `quota` unread bytes.
+
+    `quota` 0 means no quota; `peer` names the sender in the log ("local" for a submit).
+    """
+    if quota <= 0:
+        return
+    incoming: dict[str, int] = {}
+    for it in items:
+        for mailbox in it.mailboxes:
+            incoming[mailbox] = incoming.get(mailbox, 0) + it.env.header.size
+    if not incoming:
+        return
+    unread = await tx.unread_bytes(list(incoming))
+    for mailbox, adding in incoming.items():
+        have = unread[mailbox]
+        if have and have + adding > quota:
+            event(
+                log,
+                "quota_refused",
+                logging.WARNING,
+                mailbox=mailbox,
+                peer=peer,
+                rule=RULE,
+                unread=have,
+                incoming=adding,
+                quota=quota,
+            )
+            raise Busy(
+                f"mailbox {mailbox} holds {have} unread bytes and {adding} more would pass"
+                f" its quota of {quota} ({RULE}); retry later",
+                retry_after=RETRY_AFTER_S,
+            )

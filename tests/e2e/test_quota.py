@@ -1,0 +1,56 @@
+"""A full mailbox holds mail back at the sender, and nothing is lost (issue 10 item 4).
+
+Two `relay run` nodes on 127.0.0.1: b.test keeps 3,000 unread bytes per mailbox
+and pages its inbox at 1,024 bytes; a.test retries at most a second apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import NodeProc, make_node, wait_for
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+QUOTA = "\n[limits]\nmailbox_unread_bytes = 3000\ninbox_page_bytes = 1024\n"
+FAST_RETRY = '\n[federation]\nretry_min = "100ms"\nretry_max = "1s"\n'
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[tuple[NodeProc, NodeProc]]:
+    a = make_node(tmp_path, "a.test", "RU")
+    b = make_node(tmp_path, "b.test", "RU")
+    a.add_peer(b)
+    b.add_peer(a)
+    a.add_mailbox("alice")
+    b.add_mailbox("bob")
+    for node, extra in ((a, FAST_RETRY), (b, QUOTA)):
+        toml = node.dir / "node.toml"
+        toml.write_text(toml.read_text() + extra)
+    yield a, b
+    for n in (a, b):
+        n.kill()
+
+
+def test_mail_past_the_quota_waits_at_the_sender_until_the_mailbox_is_read(
+    pair: tuple[NodeProc, NodeProc],
+) -> None:
+    a, b = pair
+    a.start()
+    b.start()
+    first = a.send("alice", ["bob@b.test"], "1" * 1500)
+    wait_for(lambda: len(b.inbox("bob")) == 1, what="the first message at bob")
+    later = [a.send("alice", ["bob@b.test"], str(i) * 1500) for i in (2, 3)]
+    wait_for(lambda: "quota_refused" in b.log_path.read_text(), what="a quota refusal")
+    held = b.inbox("bob")  # one message a page: relay inbox reads every page
+    assert 1 <= len(held) < 3 and held[0]["id"] == first
+    line = next(ln for ln in b.log_path.read_text().splitlines() if "quota_refused" in ln)
+    assert all(f in line for f in ("bob", "a.test", "limits.mailbox_unread_bytes")), line
+
+    assert len(b.inbox("bob", ack=True)) == len(held)
+    got = wait_for(lambda: len(b.inbox("bob")) + len(held) == 3 and b.inbox("bob"), what="rest")
+    assert sorted(m["id"] for m in [*held, *got]) == sorted([first, *later])
+    assert a.stop() == 0 and b.stop() == 0

@@ -114,6 +114,8 @@ class LimitsConfig:
     (a single larger message still makes a page of one). A message that would take
     a mailbox's unread payload bytes past `mailbox_unread_bytes` is refused for now
     (503 `busy`), so its sender retries once the mailbox is read.
+    `peer_bytes_per_s` is batch body bytes a second per peer (a second's worth
+    of burst).
     """
 
     client_rate: int = 50_000  # generous: the throughput goal is 10,000 msg/s per node
@@ -128,6 +130,7 @@ class LimitsConfig:
     idle_timeout_ms: int = 60_000
     inbox_page_bytes: int = 8 * 2**20
     mailbox_unread_bytes: int = 2**30
+    peer_bytes_per_s: int = 64 * 2**20
 
 
 @dataclass(frozen=True, slots=True)

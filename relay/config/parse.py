@@ -367,6 +367,7 @@ class _Parser(_PolicyTables):
             mailbox_unread_bytes=t.integer(
                 "mailbox_unread_bytes", d.mailbox_unread_bytes, 0, 2**62
             ),
+            peer_bytes_per_s=t.integer("peer_bytes_per_s", d.peer_bytes_per_s, 0, 2**40),
         )
         t.done()
         return config

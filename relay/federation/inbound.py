@@ -177,10 +177,15 @@ async def receive(state: NodeState, request: web.Request) -> bytes:
     if peer is None or not isinstance(step, Admit):
         raise RelayError(f"inbound: unexpected step {type(step).__name__}")
     state.peer_contacted(peer.name)  # its signature verified: a backoff towards it ends
+    charged = body is None and request.content_length is not None
+    if charged:  # 429 before the body is read
+        state.limits.peer_body(peer.name, request.content_length or 0)
     backpressure.admit_batch(state, peer.name, request)  # 429 / 503 busy before the body is read
     proceed(rx.admitted())
     if body is None:
         body = await read_body(request, limit)
+    if not charged:  # sent chunked, or read to find a certificate: charged as read
+        state.limits.peer_body(peer.name, len(body))
     proceed(rx.body(body, now_s=state.now_ms() // 1000))
     if not state.claim_nonce(peer.name, sreq.nonce) or await state.store.nonce_seen(
         peer.name, sreq.nonce

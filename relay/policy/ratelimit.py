@@ -1,4 +1,5 @@
-"""Token-bucket rate limits: per mailbox on the client API, per peer on federation.
+"""Token-bucket rate limits: per mailbox on the client API, per peer on federation
+(batch requests and batch body bytes).
 
 Invariants:
 - One bucket per key: a mailbox whose token authenticated, or a peer whose
@@ -87,6 +88,7 @@ class Limits:
     def __init__(self, config: LimitsConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.clients = Buckets(config.client_rate, config.client_burst, clock)
         self.peers = Buckets(config.peer_rate, config.peer_burst, clock)
+        self.peer_bytes = Buckets(config.peer_bytes_per_s, _second(config), clock)
 
     @classmethod
     def renew(cls, old: Limits | None, config: LimitsConfig) -> Limits:
@@ -95,6 +97,7 @@ class Limits:
             return cls(config)
         old.clients.rate, old.clients.burst = config.client_rate, config.client_burst
         old.peers.rate, old.peers.burst = config.peer_rate, config.peer_burst
+        old.peer_bytes.rate, old.peer_bytes.burst = config.peer_bytes_per_s, _second(config)
         return old
 
     def client(self, mailbox: str, cost: int = 1) -> None:
@@ -117,6 +120,21 @@ class Limits:
                 f"(burst {self.peers.burst}); retry after {_seconds(wait)} s",
                 _seconds(wait),
             )
+
+    def peer_body(self, peer: str, size: int) -> None:
+        """Charge a batch body of `size` bytes to `peer`; Throttled if over."""
+        wait = self.peer_bytes.take(peer, size)
+        if wait > 0:
+            raise Throttled(
+                f"{peer} is over its limit of {self.peer_bytes.rate:g} batch bytes a second"
+                f" ({size} bytes asked); retry after {_seconds(wait)} s",
+                _seconds(wait),
+            )
+
+
+def _second(config: LimitsConfig) -> int:
+    """The byte bucket's burst: one second's worth."""
+    return max(1, config.peer_bytes_per_s)
 
 
 def _seconds(wait: float) -> int:

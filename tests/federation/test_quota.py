@@ -20,6 +20,7 @@ from relay.config.model import LimitsConfig
 from relay.config.tls import client_context
 from relay.federation.inbound import BATCH_PATH
 from relay.node.quota import RETRY_AFTER_S, RULE
+from relay.policy.ratelimit import Limits
 from relay.protocol.outbound import HttpRefusal, Planner, Retry
 from tests.federation.conftest import TIMEOUT, TOKEN, Harness
 
@@ -168,3 +169,20 @@ def test_the_sender_keeps_a_busy_refused_batch_queued() -> None:
     decision = planner.answer(refusal, failures=0, now_ms=0, draw=lambda low, high: low)
     assert isinstance(decision, Retry), decision  # not GiveUp: the row stays queued
     assert decision.wait_ms >= RETRY_AFTER_S * 1000
+
+
+async def test_a_peer_over_its_byte_rate_gets_429_and_nothing_is_stored(
+    harness: Harness,
+) -> None:
+    h = harness
+    now = [50.0]
+    h.state.limits = Limits(LimitsConfig(peer_bytes_per_s=4000), clock=lambda: now[0])
+    first = h.envelope(payload=b"a" * 3000)
+    await h.send([h.item(first)])  # about 3,300 of the 4,000 bytes
+    over = h.envelope(payload=b"b" * 3000)
+    body = h.body([h.item(over)])
+    detail = await h.refused(body, h.sign(body), 429, "rate_limited")
+    assert "batch bytes a second" in detail
+    assert not await h.stored(over.header.origin, over.header.id)
+    now[0] += 1  # a second later the bucket is full again
+    assert (await h.send([h.item(over)])).results == {over.header.id: "accepted"}

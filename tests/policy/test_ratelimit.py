@@ -147,3 +147,21 @@ def test_limits_table_refuses_mistakes(tmp_path: Path) -> None:
         parse_config(text, tmp_path / "node.toml")
     found = {(e.line, e.key) for e in caught.value.errors}
     assert found == {(8, "limits.client_rate"), (9, "limits.peer_burst"), (10, "limits.speed")}
+
+
+def test_peer_body_bytes_are_a_bucket_of_one_second_per_peer() -> None:
+    clock = Clock()
+    limits = Limits(LimitsConfig(peer_bytes_per_s=1000), clock=clock)
+    limits.peer_body("b.test", 600)
+    limits.peer_body("c.test", 1000)  # its own bucket
+    with pytest.raises(Throttled) as caught:
+        limits.peer_body("b.test", 600)  # 400 left, 200 missing: 0.2 s, whole seconds
+    assert (caught.value.status, caught.value.retry_after) == (429, 1)
+    assert "1000 batch bytes a second" in caught.value.detail
+    clock.now += 0.2
+    limits.peer_body("b.test", 600)
+    clock.now += 10
+    limits.peer_body("b.test", 5000)  # over the burst: taken once the bucket is full
+    renewed = Limits.renew(limits, LimitsConfig(peer_bytes_per_s=0))  # a reload: off
+    assert renewed is limits
+    limits.peer_body("b.test", 10**9)

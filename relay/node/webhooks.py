@@ -44,6 +44,7 @@ from relay.node.decisions import decision_record
 from relay.node.state import NodeState
 from relay.policy.residency import Decision, check_forward
 from relay.protocol import httpsig
+from relay.protocol.outbound import jitter_wait_ms
 from relay.storage.interface import WriteTx
 from relay.storage.records import DecisionRecord, WebhookFailure
 
@@ -258,8 +259,7 @@ class MailboxHook:
         st = self.state
         fed = st.config.federation
         self.failures += 1
-        cap = min(fed.retry_max_ms, fed.retry_min_ms * (2 ** min(self.failures - 1, 40)))
-        wait_ms = max(10, int(_random.uniform(0, cap)))  # full jitter
+        wait_ms = jitter_wait_ms(self.failures, fed.retry_min_ms, fed.retry_max_ms, _random.uniform)
         failures, next_try = self.failures, st.now_ms() + wait_ms
         failure = WebhookFailure(failures, next_try, error)
         await st.store.write(lambda tx: tx.webhook_failure(self.mailbox, failure))

@@ -309,9 +309,15 @@ class Planner(Generic[Q]):
     ) -> Retry:
         """The failure after `failures` others: a full-jitter wait of at least `at_least_ms`."""
         n = failures + 1
-        cap = min(self.retry_max_ms, self.retry_min_ms * (2 ** min(n - 1, 40)))
-        wait = max(MIN_WAIT_MS, int(draw(0, cap)), at_least_ms)
+        wait = max(jitter_wait_ms(n, self.retry_min_ms, self.retry_max_ms, draw), at_least_ms)
         return Retry(error, n, wait, now_ms + wait, reread_limits)
+
+
+def jitter_wait_ms(failures: int, retry_min_ms: int, retry_max_ms: int, draw: Draw) -> int:
+    """The wait after the `failures`-th consecutive failure (1 for the first):
+    uniform(0, min(retry_max, retry_min * 2^(failures-1))) ms, at least MIN_WAIT_MS."""
+    cap = min(retry_max_ms, retry_min_ms * (2 ** min(failures - 1, 40)))
+    return max(MIN_WAIT_MS, int(draw(0, cap)))
 
 
 def retry_after_ms(value: str | None, now_ms: int) -> int | None:

@@ -31,13 +31,12 @@ from tomlkit.items import AoT, Table
 from tomlkit.toml_document import TOMLDocument
 
 from relay.cli.keys import add_key_actions
-from relay.config.files import config_file, load_config, validate_config
+from relay.config.files import config_file, load_config, save_edited
 from relay.config.keys import generate_key_file, load_private_key
 from relay.config.model import CONFIG_NAME, Config
 from relay.config.tomledit import (
     TomlLocator,
     append_table,
-    atomic_write_text,
     dumps,
     remove_table,
     tables_of,
@@ -223,14 +222,7 @@ class _NodeFile:
 
     def save(self) -> Config:
         """Validate the edited document as a whole, then write it atomically."""
-        new_text = dumps(self.doc)
-        config = validate_config(new_text, self.path)  # ConfigErrors: nothing written
-        if self.path.read_text(encoding="utf-8") != self.text:
-            raise ConfigErrors(
-                [ConfigError(str(self.path), 1, "(file)", "changed while editing; try again")]
-            )
-        atomic_write_text(self.path, new_text)
-        return config
+        return save_edited(self.path, self.text, dumps(self.doc))
 
 
 def _not_found(node_file: _NodeFile, what: str, name: str) -> int:

@@ -23,7 +23,7 @@ from relay.config.parse import (
     raise_problems,
 )
 from relay.config.tls import tls_files_errors
-from relay.config.tomledit import KeyPath
+from relay.config.tomledit import KeyPath, atomic_write_text
 from relay.errors import ConfigError, ConfigErrors, MalformedError
 from relay.policy.certs import certificate_lines, decode_line, parse_revoked
 from relay.protocol.certificate import open_certificate
@@ -55,6 +55,21 @@ def validate_config(text: str, file: Path) -> Config:
     for key_path, reason in file_problems(parsed.checks):
         parsed.report.add(key_path, reason)
     return raise_problems(parsed.report, parsed.config)
+
+
+def save_edited(path: Path, read_text: str, new_text: str) -> Config:
+    """Validate `new_text` as a whole, then write it over `path` atomically.
+
+    `read_text` is what the editor read from `path`; if the file changed
+    since, nothing is written. ConfigErrors (nothing written) either way.
+    """
+    config = validate_config(new_text, path)
+    if path.read_text(encoding="utf-8") != read_text:
+        raise ConfigErrors(
+            [ConfigError(str(path), 1, "(file)", "changed while editing; try again")]
+        )
+    atomic_write_text(path, new_text)
+    return config
 
 
 def file_problems(checks: tuple[FileCheck, ...]) -> Iterator[tuple[KeyPath, str]]:

@@ -29,11 +29,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tomlkit.items import Array, Table
 from tomlkit.toml_document import TOMLDocument
 
-from relay.config.files import load_config, validate_config
+from relay.config.files import load_config, save_edited
 from relay.config.keys import load_private_key, write_key_file
 from relay.config.model import Config, RetiredKey
-from relay.config.tomledit import atomic_write_text, dumps, tables_of
-from relay.errors import BadRequest, ConfigError, ConfigErrors, NotFound
+from relay.config.tomledit import dumps, tables_of
+from relay.errors import BadRequest, NotFound
 from relay.protocol.keystr import key_id, public_key_string
 
 MAX_ID_TRIES = 16
@@ -106,14 +106,7 @@ class _NodeToml:
         raise NotFound(f"no peer named {name!r} in {self.path}")
 
     def save(self) -> Config:
-        new_text = dumps(self.doc)
-        config = validate_config(new_text, self.path)  # ConfigErrors: nothing written
-        if self.path.read_text(encoding="utf-8") != self.text:
-            raise ConfigErrors(
-                [ConfigError(str(self.path), 1, "(file)", "changed while editing; try again")]
-            )
-        atomic_write_text(self.path, new_text)
-        return config
+        return save_edited(self.path, self.text, dumps(self.doc))
 
 
 def _iso(ms: int) -> datetime.datetime:

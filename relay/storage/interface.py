@@ -15,6 +15,10 @@ Invariants:
 - Reads (`Reads`) see the last committed state. A read-only open gives the
   same reads without a writer, safe beside a running node.
 - A recipient's final status (records.FINAL_STATUSES) is never overwritten.
+- Several processes (workers, relay.node.leases) may share one database when
+  the backend allows it: leases say which of them does a piece of work, and
+  `WriteTx.announce` reaches every one of them after the commit
+  (docs/workers.md).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from relay.storage.records import (
     Deleted,
     InboxItem,
     InboxPage,
+    Lease,
     MetadataDue,
     NewEnvelope,
     PeerState,
@@ -268,6 +273,29 @@ class WriteTx(Protocol):
         """Write the record of one deletion."""
         ...
 
+    # --- workers: leases and announcements (relay.node.leases) -----------------------
+
+    async def take_leases(
+        self, holder: str, names: Sequence[str], now: int, until: int
+    ) -> list[str]:
+        """Hold each of `names` for `holder` until `until` where it is free, expired
+        (`expires <= now`) or already `holder`'s (a renewal); the names now held, in
+        the order given. A lease another holder keeps past `now` is left alone."""
+        ...
+
+    async def release_leases(self, holder: str, names: Sequence[str]) -> None:
+        """Free those of `names` that `holder` holds; other holders' are left alone."""
+        ...
+
+    async def drop_expired_leases(self, before: int) -> int:
+        """Forget leases that expired before `before` (gone workers); how many."""
+        ...
+
+    def announce(self, topic: str, key: str) -> None:
+        """Tell every process on this storage (`Storage.on_announce`) about (`topic`,
+        `key`) once this transaction commits; nothing if this job rolls back."""
+        ...
+
 
 Job = Callable[[WriteTx], Awaitable[T]]
 
@@ -377,6 +405,10 @@ class Reads(Protocol):
         """Rows per stored table (tests compare them before and after a refusal)."""
         ...
 
+    async def leases(self) -> list[Lease]:
+        """Every lease row, expired ones included, by name."""
+        ...
+
     async def ping(self) -> None:
         """StoreError unless the database answers."""
         ...
@@ -397,6 +429,12 @@ class Storage(Reads, Protocol):
 
     def on_commit(self, hook: Callable[[], None]) -> None:
         """Run `hook` after every successful commit."""
+        ...
+
+    def on_announce(self, hook: Callable[[Sequence[tuple[str, str]]], None]) -> None:
+        """Run `hook` with the (topic, key) pairs announced by each commit, in order,
+        once each: this process's own right after its commit, other processes'
+        (workers on the same database) as they arrive. May be called often."""
         ...
 
     def check_backlog(self) -> None:

@@ -325,3 +325,12 @@ class Preview:
     counts: Counts
     content: tuple[Due, ...]
     metadata: tuple[Due, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A named lease (relay.node.leases): held by `holder` until `expires` (unix ms)."""
+
+    name: str
+    holder: str
+    expires: int

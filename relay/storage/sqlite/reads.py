@@ -24,6 +24,7 @@ from relay.storage.records import (
     DecisionRecord,
     InboxItem,
     InboxPage,
+    Lease,
     PeerState,
     Preview,
     QueueCount,
@@ -321,6 +322,10 @@ class SqliteReads:
             row = await self.fetchone(f"SELECT count(*) FROM {t}")
             counts[t] = int(row[0]) if row else 0
         return counts
+
+    async def leases(self) -> list[Lease]:
+        rows = await self.fetchall("SELECT name, holder, expires FROM leases ORDER BY name")
+        return [Lease(str(r["name"]), str(r["holder"]), int(r["expires"])) for r in rows]
 
     async def ping(self) -> None:
         await self.fetchone("SELECT 1")

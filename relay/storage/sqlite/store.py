@@ -17,6 +17,9 @@ Invariants:
   cleanly again.
 - Reads use a second connection; WAL gives them the last committed state.
 - Payloads are content-addressed by sha256 and stored once.
+- Announcements (WriteTx.announce) reach this process's on_announce hooks
+  after the COMMIT of their transaction, those of a job that rolled back
+  never; with one process per database there is no one else to tell.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import fcntl
 import logging
 import os
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -78,6 +81,7 @@ class Store(SqliteReads):
         self._jobs: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._after_commit: list[Callable[[], None]] = []
+        self._announce_hooks: list[Callable[[Sequence[tuple[str, str]]], None]] = []
         self.commits = 0
         self.max_jobs_per_commit = 512
         # Fault injection (relay.node.fault): awaited after a transaction's jobs ran
@@ -115,6 +119,10 @@ class Store(SqliteReads):
     def on_commit(self, hook: Callable[[], None]) -> None:
         """Run `hook` after every successful commit (wake senders, long-polls)."""
         self._after_commit.append(hook)
+
+    def on_announce(self, hook: Callable[[Sequence[tuple[str, str]]], None]) -> None:
+        """Run `hook` with each commit's announcements (this process is the only one)."""
+        self._announce_hooks.append(hook)
 
     # --- writing -------------------------------------------------------------
 
@@ -156,6 +164,7 @@ class Store(SqliteReads):
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         self._storage_failure = None
+        self._tx.announced.clear()
         try:
             await self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
@@ -194,13 +203,20 @@ class Store(SqliteReads):
             _settle(p.future, result, exc)
         for hook in self._after_commit:
             hook()
+        if self._tx.announced:
+            announced = list(dict.fromkeys(self._tx.announced))  # once each, in order
+            self._tx.announced.clear()
+            for announce in self._announce_hooks:
+                announce(announced)
 
     async def _run_job(self, p: _Pending) -> tuple[_Pending, Any, BaseException | None]:
         """Run one job inside its own SAVEPOINT; sqlite3.Error if a SAVEPOINT fails."""
         await self._db.execute("SAVEPOINT job")
+        mark = len(self._tx.announced)
         try:
             result = await p.job(self._tx)
         except Exception as e:  # noqa: BLE001 - re-raised in the caller by its future
+            del self._tx.announced[mark:]  # a job rolled back announces nothing
             if isinstance(e, sqlite3.Error):
                 if storage_error(e):
                     self._storage_failure = e

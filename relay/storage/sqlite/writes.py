@@ -46,6 +46,9 @@ class SqliteWriteTx(RetentionWrites):
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.connection = db  # SQLite only: tests run raw statements in a job through it
+        # (topic, key) pairs announced in the open transaction; the store trims
+        # a failed job's and hands the rest to its on_announce hooks after COMMIT.
+        self.announced: list[tuple[str, str]] = []
 
     # --- envelopes and recipients ----------------------------------------------------
 
@@ -447,3 +450,41 @@ class SqliteWriteTx(RetentionWrites):
                 [(c.fingerprint, c.name, c.not_after, c.blob, now) for c in certs],
             )
         await self.connection.execute("DELETE FROM certificates WHERE not_after < ?", (now,))
+
+    # --- workers: leases and announcements -------------------------------------------
+
+    async def take_leases(
+        self, holder: str, names: Sequence[str], now: int, until: int
+    ) -> list[str]:
+        if not names:
+            return []
+        await q.many(
+            self.connection,
+            "INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+            " expires = excluded.expires"
+            " WHERE leases.holder = excluded.holder OR leases.expires <= ?",
+            [(name, holder, until, now) for name in names],
+        )
+        held: set[str] = set()
+        for chunk in q.chunks(list(names)):
+            rows = await q.rows(
+                self.connection,
+                f"SELECT name FROM leases WHERE holder = ? AND name IN ({q.marks(chunk)})",
+                [holder, *chunk],
+            )
+            held.update(str(r["name"]) for r in rows)
+        return [name for name in names if name in held]
+
+    async def release_leases(self, holder: str, names: Sequence[str]) -> None:
+        for chunk in q.chunks(list(names)):
+            await self.connection.execute(
+                f"DELETE FROM leases WHERE holder = ? AND name IN ({q.marks(chunk)})",
+                [holder, *chunk],
+            )
+
+    async def drop_expired_leases(self, before: int) -> int:
+        return await q.changed(self.connection, "DELETE FROM leases WHERE expires < ?", (before,))
+
+    def announce(self, topic: str, key: str) -> None:
+        self.announced.append((topic, key))

@@ -377,7 +377,7 @@ async def _commit(
     for new in fresh:
         h = new.env.header
         if new.hop is not None:  # relayed: the destination writes the receipt
-            state.note_hop(new.hop)
+            state.note_hop(tx, new.hop)
         elif h.kind == "message":
             receipts.append(
                 PendingReceipt(
@@ -406,5 +406,5 @@ async def _commit(
     )
     await tx.record_decisions(decisions)
     await tx.record_batch(peer, batch.batch_id, results, now)
-    state.note_inbox([m for new in fresh for m in new.mailboxes])
+    state.note_inbox(tx, [m for new in fresh for m in new.mailboxes])
     return results

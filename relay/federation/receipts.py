@@ -83,7 +83,7 @@ async def _flush_some(state: NodeState, tx: WriteTx) -> tuple[int, bool]:
             env = seal(header, payload, state.key)
             hop = next_hop(state.config.routes, origin)  # receipts travel the routes too
             new.append(NewEnvelope(env=env, trace=(), from_peer=None, hop=hop))
-            state.note_hop(hop)
+            state.note_hop(tx, hop)
             event(
                 log,
                 "receipt_written",

@@ -87,7 +87,7 @@ async def set_held(state: NodeState, ids: Sequence[bytes], held: bool) -> Action
         await tx.set_held([r.rid for r in todo], held)
         hops = sorted({r.hop for r in todo}) if not held else []
         for hop in hops:
-            state.note_hop(hop)
+            state.note_hop(tx, hop)
         return ActionResult(len(rows), len(todo), _unknown(ids, rows), tuple(hops))
 
     result = await state.store.write(job)
@@ -111,13 +111,13 @@ async def retry(
             if not count.queued and not await tx.has_peer_state(dest):
                 return ActionResult(0, 0, (dest,))
             await tx.clear_backoff([dest])  # failures stay counted: a dead peer backs off on
-            state.note_hop(dest)
+            state.note_hop(tx, dest)
             return ActionResult(count.queued, count.queued - count.held, (), (dest,))
         rows = await tx.queue_refs(ids)
         hops = sorted({r.hop for r in rows})
         await tx.clear_backoff(hops)
         for hop in hops:
-            state.note_hop(hop)
+            state.note_hop(tx, hop)
         changed = sum(not r.held for r in rows)
         return ActionResult(len(rows), changed, _unknown(ids, rows), tuple(hops))
 

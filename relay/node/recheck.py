@@ -137,7 +137,7 @@ async def _chunk(state: NodeState, tx: WriteTx, *, after: int) -> tuple[RecheckR
     await end_queued(tx, state.name, endings, now, by="recheck")
     for hop, rids in moves.items():
         await tx.reroute(rids, hop)
-        state.note_hop(hop)
+        state.note_hop(tx, hop)
     await tx.resign(resigned)
     denied = [e.item.rid for e in endings]
     dropped = await retention.drop_content(

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import ClassVar
 
 from aiohttp import web
@@ -31,6 +31,10 @@ from relay.storage.interface import Storage, WriteTx
 from relay.storage.records import StatusUpdate
 
 log = logging.getLogger("relay.node")
+
+# Announcement topics (WriteTx.announce): every worker on the storage hears them.
+INBOX = "inbox"  # key: mailbox; mail landed in it (long-polls, webhooks wake)
+HOP = "hop"  # key: next hop; its queue has work (its sender wakes)
 
 
 def wall_clock_ms() -> int:
@@ -63,8 +67,6 @@ class NodeState:
         self.faults = fault.install(store, fault_spec)
         self._nonces: set[tuple[str, str]] = set()
         self._inbox_events: dict[str, asyncio.Event] = {}
-        self._dirty_inboxes: set[str] = set()
-        self._dirty_hops: set[str] = set()
         self._backing_off: set[str] = set()  # hops whose sender waits out a backoff now
         self._contacted: set[str] = set()  # of those, the ones that have since contacted us
         self._resigned: set[str] = set()  # hops with envelopes re-signed since their last batch
@@ -72,7 +74,7 @@ class NodeState:
         self.metrics = Metrics(mailbox_labels=config.metrics.mailbox_labels)
         self.backpressure = Backpressure(store)  # write slots, queue length ([limits])
         self.load(config)
-        store.on_commit(self._after_commit)
+        store.on_announce(self._announced)
 
     def use_key(self, key: Ed25519PrivateKey) -> None:
         """Sign with `key` from now on (start, and a reload after `relay key rotate`).
@@ -109,11 +111,14 @@ class NodeState:
 
     # --- wake-ups after commit ---------------------------------------------------
 
-    def note_inbox(self, mailboxes: Iterable[str]) -> None:
-        self._dirty_inboxes.update(mailboxes)
+    def note_inbox(self, tx: WriteTx, mailboxes: Iterable[str]) -> None:
+        """Wake the readers of `mailboxes`, on every worker, once `tx` commits."""
+        for mailbox in mailboxes:
+            tx.announce(INBOX, mailbox)
 
-    def note_hop(self, hop: str) -> None:
-        self._dirty_hops.add(hop)
+    def note_hop(self, tx: WriteTx, hop: str) -> None:
+        """Wake the sender of `hop`, wherever it runs, once `tx` commits."""
+        tx.announce(HOP, hop)
 
     def inbox_event(self, mailbox: str) -> asyncio.Event:
         ev = self._inbox_events.get(mailbox)
@@ -127,15 +132,14 @@ class NodeState:
         for ev in events.values():
             ev.set()
 
-    def _after_commit(self) -> None:
-        for mb in self._dirty_inboxes:
-            ev = self._inbox_events.pop(mb, None)
-            if ev is not None:
-                ev.set()
-        self._dirty_inboxes.clear()
-        hops, self._dirty_hops = self._dirty_hops, set()
-        for hop in hops:
-            self.wake_hop(hop)
+    def _announced(self, items: Sequence[tuple[str, str]]) -> None:
+        for topic, key in items:
+            if topic == INBOX:
+                ev = self._inbox_events.pop(key, None)
+                if ev is not None:
+                    ev.set()
+            elif topic == HOP:
+                self.wake_hop(key)
 
     def note_resigned(self, hop: str) -> None:
         """Envelopes queued for `hop` got new header bytes (relay.node.recheck)."""

@@ -256,9 +256,9 @@ async def record(
             status = "queued" if p.hop else "delivered"
             rows.extend(Recipient(pm.msg_id, a, rid, mailbox, status, now) for a in p.env.header.to)
             if p.hop:
-                state.note_hop(p.hop)
+                state.note_hop(tx, p.hop)
             else:
-                state.note_inbox(p.mailboxes)
+                state.note_inbox(tx, p.mailboxes)
         decisions.extend(
             decision_record(
                 "submit", d, at=now, envelope=pm.msg_id, peer=dest, policy_hash=state.policy_hash

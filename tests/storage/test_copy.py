@@ -1,0 +1,131 @@
+"""relay.storage.copying / transfer: every table carried over, counted, and refusals.
+
+The checks read both sides through the storage interface only, so they say
+what a node started on the copy will see.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from relay.errors import BadRequest, Conflict, StoreError
+from relay.storage.backends import open_storage
+from relay.storage.copying import copy_storage
+from relay.storage.interface import DatabaseLocked, Storage, WriteTx
+from relay.storage.records import DecisionRecord, PeerState, PendingReceipt, Recipient
+from relay.storage.transfer import DATA
+from tests.storage.contract import HERE, T0, envelope, new, put
+
+
+async def fill(storage: Storage) -> dict[str, object]:
+    """Queued mail, an inbox, dedupe, decisions, nonces and the rest; what to look for."""
+    out = envelope(origin=HERE, dest="far.test", to=["bob@far.test"], payload=b"queued")
+    mail = [envelope(payload=b"for alice %d" % i, to=[f"alice@{HERE}"]) for i in range(3)]
+    await put(storage, [new(out, hop="far.test", from_peer=None)])
+    rids = await put(storage, [new(e, mailboxes=["alice"]) for e in mail])
+
+    async def job(tx: WriteTx) -> None:
+        await tx.add_recipients(
+            [Recipient(out.header.id, "bob@far.test", 1, "carol", "queued", T0)]
+        )
+        await tx.record_nonce("peer.test", "nonce-1", T0)
+        await tx.record_batch("peer.test", b"b" * 16, {mail[0].header.id: "accepted"}, T0)
+        await tx.remember_answer("carol", "key-1", {"id": "ab"}, T0)
+        await tx.record_decisions(
+            [DecisionRecord(T0, "accept", b"x" * 16, "peer.test", "deny", "r1", "why", "h")]
+        )
+        await tx.add_pending_receipts(
+            [PendingReceipt("peer.test", "delivered", "", "DE", mail[0].header.id, ("a@b",))], T0
+        )
+        await tx.save_peer_state("far.test", PeerState(failures=2, next_try=T0 + 5, last_error="e"))
+        await tx.ack_inbox("alice", [mail[0].header.id], T0)
+
+    await storage.write(job)
+    return {"out": out, "rids": rids}
+
+
+async def test_copy_carries_every_table_and_counts_it(tmp_path: Path) -> None:
+    src = await open_storage(tmp_path / "a.db")
+    await fill(src)
+    before = await src.row_counts()
+    unread_before = await src.unread_bytes(["alice"])
+    head_before = await src.queue_head("far.test", 10)
+    inbox_before = await src.inbox("alice", 0, 10)
+    await src.close()
+    assert all(before[t] for t in ("envelopes", "payloads", "queue", "inbox", "nonces"))
+
+    copied = await copy_storage(tmp_path / "a.db", tmp_path / "b.db")
+
+    assert [c.table for c in copied] == list(DATA)
+    assert {c.table: c.target for c in copied} == {t: before[t] for t in DATA}
+    dst = await open_storage(tmp_path / "b.db")
+    try:
+        assert await dst.row_counts() == before
+        assert await dst.unread_bytes(["alice"]) == unread_before
+        assert await dst.queue_head("far.test", 10) == head_before
+        assert await dst.inbox("alice", 0, 10) == inbox_before
+        assert await dst.nonce_seen("peer.test", "nonce-1")
+        assert await dst.stored_results("peer.test", b"b" * 16) is not None
+        assert await dst.idempotent_answer("carol", "key-1") == {"id": "ab"}
+        assert (await dst.peer_state("far.test")).failures == 2
+        assert len(await dst.decisions(None, None, 10)) == 1
+        # new rows get keys past the copied ones: nothing collides
+        rids = await put(
+            dst, [new(envelope(payload=b"later", to=[f"alice@{HERE}"]), mailboxes=["alice"])]
+        )
+        assert rids[0] > max(r.rid for r in head_before)
+    finally:
+        await dst.close()
+
+
+async def test_a_target_with_data_is_refused_unless_replace(tmp_path: Path) -> None:
+    for name in ("a.db", "b.db"):
+        s = await open_storage(tmp_path / name)
+        await fill(s)
+        await s.close()
+    with pytest.raises(Conflict, match=r"already holds relay data \(payloads: \d+"):
+        await copy_storage(tmp_path / "a.db", tmp_path / "b.db")
+    copied = await copy_storage(tmp_path / "a.db", tmp_path / "b.db", replace=True)
+    assert all(c.source == c.target for c in copied)
+
+
+async def test_copy_onto_itself_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BadRequest, match="source database itself"):
+        await copy_storage(tmp_path / "a.db", tmp_path / "." / "a.db")
+
+
+async def test_an_unknown_table_stops_the_copy_before_writing(tmp_path: Path) -> None:
+    s = await open_storage(tmp_path / "a.db")
+    await fill(s)
+    await s.close()
+    db = sqlite3.connect(tmp_path / "a.db")
+    db.execute("CREATE TABLE mystery (x INTEGER)")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="does not know how to copy: mystery"):
+        await copy_storage(tmp_path / "a.db", tmp_path / "b.db")
+    dst = await open_storage(tmp_path / "b.db")
+    try:
+        assert not any((await dst.row_counts()).values())
+    finally:
+        await dst.close()
+
+
+async def test_a_running_node_database_is_not_copied(tmp_path: Path) -> None:
+    """The source's lock is taken: a store that holds it (a running node) stops the copy."""
+    running = await open_storage(tmp_path / "a.db")
+    try:
+        with pytest.raises(DatabaseLocked, match="in use by another relay process"):
+            await copy_storage(tmp_path / "a.db", tmp_path / "b.db")
+    finally:
+        await running.close()
+
+
+def test_data_tables_cover_every_stored_table() -> None:
+    """The copy's table list and row_counts' list name the same tables."""
+    from relay.storage.sqlite.schema import TABLES
+
+    assert set(DATA) == set(TABLES)

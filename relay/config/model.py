@@ -115,7 +115,8 @@ class LimitsConfig:
     a mailbox's unread payload bytes past `mailbox_unread_bytes` is refused for now
     (503 `busy`), so its sender retries once the mailbox is read.
     `peer_bytes_per_s` is batch body bytes a second per peer (a second's worth
-    of burst).
+    of burst). `unauthenticated_body_bytes` bounds the body of an unknown sender
+    that sent no `Relay-Certificate`, read to find its certificate.
     """
 
     client_rate: int = 50_000  # generous: the throughput goal is 10,000 msg/s per node
@@ -131,6 +132,7 @@ class LimitsConfig:
     inbox_page_bytes: int = 8 * 2**20
     mailbox_unread_bytes: int = 2**30
     peer_bytes_per_s: int = 64 * 2**20
+    unauthenticated_body_bytes: int = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)

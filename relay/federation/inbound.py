@@ -17,8 +17,11 @@ only after that commit is the signed result sent; a store failure there is
 
 An item whose `dest` is another node is relayed (relay.federation.relaying):
 its origin's signature is always verified and it is queued for its next hop.
-A sender neither pinned nor already certified here is read in full before
-the 401 checks, so that the certificate it carries can introduce it.
+A sender neither pinned nor already certified here is introduced by the
+certificates in its `Relay-Certificate` header, before any body byte is read.
+Without that header (a sender of an earlier version) its body is read before
+the 401 checks to find a certificate, but at most `[limits]
+unauthenticated_body_bytes` of it, and at most two such bodies at once.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from relay.protocol.inbound import (
     Admit,
     AnswerStored,
     FindStoredResults,
+    Introduce,
     ItemContext,
     ItemFacts,
     ItemRefused,
@@ -154,7 +158,12 @@ async def handle_batch(request: web.Request) -> web.StreamResponse:
 async def receive(state: NodeState, request: web.Request) -> bytes:
     cfg = state.config
     limit = cfg.node.max_body_bytes
-    rx = Reception(here=state.name, max_body=limit, has_authorities=state.trust.has_authorities)
+    rx = Reception(
+        here=state.name,
+        max_body=limit,
+        has_authorities=state.trust.has_authorities,
+        intro_body=cfg.limits.unauthenticated_body_bytes,
+    )
     sreq = proceed(
         rx.head(
             method=request.method,
@@ -167,12 +176,22 @@ async def receive(state: NodeState, request: web.Request) -> bytes:
     unknown_key = unknown_key_detail(cfg, sreq.origin, sreq.key_id)
     body: bytes | None = None
     step = proceed(rx.sender(peer.keys if peer else None, unknown_key=unknown_key))
-    if isinstance(step, ReadBodyToIntroduce):
-        # A node not pinned here may present its certificate with its own
-        # envelopes (item fifth element); the signature is checked next.
-        body = await read_body(request, limit)
+    if isinstance(step, Introduce):  # its certificates, from Relay-Certificate
+        peer = relaying.introduce(state, sreq.origin, step.certificates)
+        step = proceed(rx.sender(peer.keys if peer else None, unknown_key=unknown_key))
+    elif isinstance(step, ReadBodyToIntroduce):
+        # A sender of an earlier version presents its certificate with its own
+        # envelopes (item fifth element) only; the signature is checked next.
+        state.backpressure.take_unauthenticated(request)
+        body = await read_capped(request.content, step.limit)
+        if body is None:
+            raise TooLarge(
+                f"{sreq.origin!r} is not a node this node trusts, and its body is over the"
+                f" {step.limit} bytes read to find its certificate: send it in the"
+                " Relay-Certificate header"
+            )
         with contextlib.suppress(MalformedError):
-            peer = relaying.introduce(state, sreq.origin, decode_batch(body).items)
+            peer = relaying.introduce_carried(state, sreq.origin, decode_batch(body).items)
         step = proceed(rx.sender(peer.keys if peer else None, unknown_key=unknown_key))
     if peer is None or not isinstance(step, Admit):
         raise RelayError(f"inbound: unexpected step {type(step).__name__}")

@@ -456,6 +456,9 @@ class Sender:
             nonce=nonce,
         )
         headers["Content-Type"] = "application/msgpack"
+        if own := st.trust.own_certificates[: httpsig.MAX_HEADER_CERTIFICATES]:
+            # Introduces this node to a receiver that has not pinned it (protocol.md §9).
+            headers[httpsig.CERTIFICATE_HEADER] = httpsig.certificate_header(own)
         url = f"{peer.url}/federation/v1/batch"
         fed = st.config.federation
         timeout = aiohttp.ClientTimeout(

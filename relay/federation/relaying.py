@@ -87,7 +87,16 @@ def learn_carried(state: NodeState, items: Sequence[BatchItem]) -> None:
         state.trust.learn(item.certificates[:MAX_CARRIED], name=origin)
 
 
-def introduce(state: NodeState, sender: str, items: Sequence[BatchItem]) -> TrustedNode | None:
+def introduce(state: NodeState, sender: str, certificates: Sequence[bytes]) -> TrustedNode | None:
+    """A sender not pinned here, trusted by a certificate of its Relay-Certificate header."""
+    if state.trust.has_authorities:
+        state.trust.learn(certificates[:MAX_CARRIED], name=sender)
+    return state.trust.node(sender)
+
+
+def introduce_carried(
+    state: NodeState, sender: str, items: Sequence[BatchItem]
+) -> TrustedNode | None:
     """A sender not pinned here, trusted by a certificate it carries for its own envelopes."""
     learn_carried(state, items)
     return state.trust.node(sender)

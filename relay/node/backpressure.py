@@ -14,6 +14,10 @@ Invariants:
   each other.
 - Admission comes after authentication (a token, a verified request
   signature): nobody unknown can take the slots of known clients and peers.
+- A body read before its sender is authenticated (an unknown sender without
+  `Relay-Certificate`, read to find a certificate) holds one of
+  UNAUTHENTICATED_READS places of its own, never a write slot; past them the
+  answer is 503 `busy`, so strangers cost at most that many small bodies.
 - The queue is counted at most once per `max_age` seconds; requests arriving
   while a count is running wait for that one instead of starting their own.
 """
@@ -47,6 +51,7 @@ class Admitting(Protocol):
 
 
 QUEUE_FULL_RETRY_S = 5
+UNAUTHENTICATED_READS = 2
 
 
 class Backpressure:
@@ -59,6 +64,7 @@ class Backpressure:
         self.max_age = max_age
         self.clock = clock
         self._holders: set[int] = set()  # id() of the requests holding a write slot
+        self._unauthenticated: set[int] = set()  # id() of requests reading a stranger's body
         self._count = 0
         self._at: float | None = None
         self._lock = asyncio.Lock()
@@ -90,9 +96,24 @@ class Backpressure:
             )
         self._holders.add(id(request))
 
+    @property
+    def unauthenticated_reads(self) -> int:
+        """Bodies of unauthenticated senders being read now."""
+        return len(self._unauthenticated)
+
+    def take_unauthenticated(self, request: web.Request) -> None:
+        """A place to read `request`'s body before its sender is known; Busy when all are taken."""
+        if len(self._unauthenticated) >= UNAUTHENTICATED_READS:
+            raise Busy(
+                f"this node reads at most {UNAUTHENTICATED_READS} bodies of unauthenticated"
+                " senders at once; send the certificate in Relay-Certificate, or retry shortly"
+            )
+        self._unauthenticated.add(id(request))
+
     def release(self, request: web.Request) -> None:
-        """Give back `request`'s slot, if it holds one."""
+        """Give back `request`'s slot and its unauthenticated place, if it holds them."""
         self._holders.discard(id(request))
+        self._unauthenticated.discard(id(request))
 
 
 async def admit_submit(state: Admitting, request: web.Request) -> None:

@@ -36,6 +36,11 @@ Invariants:
       without parameters.
 - Content-Digest may list other algorithms; only sha-256 is checked and it
   must be present. Byte sequences must be canonical padded base64.
+- `Relay-Certificate` (optional, at most once) is an RFC 8941 list of 1..4
+  byte sequences, each a certificate blob (protocol.md §16) of the sending
+  node; a fault in it -> UnknownSender. It is not a covered component: a
+  certificate carries its authority's signature, and it introduces the sender
+  only if the request signature then verifies with a key it lists.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ PARAMS = frozenset({"created", "nonce", "keyid", "alg"})
 NONCE_MIN, NONCE_MAX = 16, 64
 SIGNATURE_LEN = 64
 CLOCK_WINDOW_S = 300
+CERTIFICATE_HEADER = "Relay-Certificate"
+MAX_HEADER_CERTIFICATES = 4
 
 
 # --- Content-Digest (RFC 9530) ---------------------------------------------
@@ -178,6 +185,7 @@ class SignedRequest:
     signature: bytes
     base: bytes
     content_digest: str = ""  # the trimmed header value that was signed
+    certificates: tuple[bytes, ...] = ()  # Relay-Certificate, if sent: the sender's certificates
 
 
 def parse_request(*, method: str, path: str, headers: Mapping[str, str]) -> SignedRequest:
@@ -214,6 +222,7 @@ def parse_request(*, method: str, path: str, headers: Mapping[str, str]) -> Sign
         "relay-destination": destination,
     }
     base = signature_base([(n, values[n]) for n in names], member.text)
+    certificates = _certificates(headers)
     return SignedRequest(
         origin=origin,
         destination=destination,
@@ -224,7 +233,38 @@ def parse_request(*, method: str, path: str, headers: Mapping[str, str]) -> Sign
         signature=signed.value,
         base=base,
         content_digest=digest,
+        certificates=certificates,
     )
+
+
+def certificate_header(blobs: Sequence[bytes]) -> str:
+    """The Relay-Certificate value for the sender's certificate blobs (1..4 of them)."""
+    if not 1 <= len(blobs) <= MAX_HEADER_CERTIFICATES:
+        raise ValueError(f"{CERTIFICATE_HEADER} carries 1..{MAX_HEADER_CERTIFICATES} certificates")
+    return ", ".join(f":{b64(blob)}:" for blob in blobs)
+
+
+def _certificates(headers: Mapping[str, str]) -> tuple[bytes, ...]:
+    """The blobs of an optional Relay-Certificate header; UnknownSender if it is garbled."""
+    if not any(k.lower() == CERTIFICATE_HEADER.lower() for k in headers):
+        return ()
+    text = _one_header(headers, CERTIFICATE_HEADER, UnknownSender)
+    members = [m.strip(" \t") for m in text.split(",")]
+    if len(members) > MAX_HEADER_CERTIFICATES:
+        raise UnknownSender(
+            f"{CERTIFICATE_HEADER} lists {len(members)} certificates;"
+            f" at most {MAX_HEADER_CERTIFICATES} are read"
+        )
+    blobs: list[bytes] = []
+    for i, m in enumerate(members):
+        raw = b64_canonical(m[1:-1]) if len(m) > 2 and m[0] == m[-1] == ":" else None
+        if raw is None:
+            raise UnknownSender(
+                f"{CERTIFICATE_HEADER} member {i + 1} is not a byte sequence of canonical"
+                " padded base64 between colons"
+            )
+        blobs.append(raw)
+    return tuple(blobs)
 
 
 def verify_request(req: SignedRequest, pub: Ed25519PublicKey) -> None:

@@ -15,9 +15,11 @@ Invariants:
   wrong_destination, clock_skew, replay, malformed. The first fault ends the
   request and nothing after it is asked.
 - `may_read_body` is false until the signature verified and the request was
-  admitted. The one exception is `ReadBodyToIntroduce`: a sender unknown here
-  while authorities are trusted has its body read before its signature, so
-  that a certificate carried in it may introduce the sender (§10 row 3).
+  admitted. A sender unknown here while authorities are trusted is introduced
+  by the certificates of its `Relay-Certificate` header (`Introduce`), before
+  any body byte. Only a request without that header (a sender of an earlier
+  version) has its body read first, `ReadBodyToIntroduce`, and then at most
+  `intro_body` bytes of it (§10 row 3).
 - Item checks run in the order of §11 and the first fault is the verdict;
   `settle` adds §8's dedupe once the stored header digest is known.
 - Every envelope that passes has had its origin signature verified, whoever
@@ -87,6 +89,17 @@ class FindSender:
 
 
 @dataclass(frozen=True, slots=True)
+class Introduce:
+    """Let trust judge the sender's `certificates` (Relay-Certificate, not yet verified).
+
+    The shell looks the sender up again and feeds the answer to `Reception.sender`;
+    no body byte is read.
+    """
+
+    certificates: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ReadBodyToIntroduce:
     """Read the body now, before the signature: a certificate in it may introduce the sender.
 
@@ -151,6 +164,7 @@ class JudgeItems:
 Step = (
     Refuse
     | FindSender
+    | Introduce
     | ReadBodyToIntroduce
     | Admit
     | ReadBody
@@ -178,14 +192,19 @@ class Reception:
     method called out of turn raises RelayError: it is a bug in the shell.
     """
 
-    def __init__(self, *, here: str, max_body: int, has_authorities: bool) -> None:
+    def __init__(
+        self, *, here: str, max_body: int, has_authorities: bool, intro_body: int = 256 * 1024
+    ) -> None:
         self.here = here
         self.max_body = max_body
+        self.intro_body = min(intro_body, max_body)
         self.has_authorities = has_authorities
+        self._length: int | None = None
         self.request: httpsig.SignedRequest | None = None
         self._waiting: type | None = None
         self._query = ""
         self._introduced = False
+        self._read_early = False
         self._body: bytes | None = None
         self._batch: Batch | None = None
         self._ids: tuple[bytes, ...] = ()
@@ -194,7 +213,7 @@ class Reception:
     @property
     def may_read_body(self) -> bool:
         """True once the shell may read (or has read) the body."""
-        return self._introduced or self._admitted
+        return self._read_early or self._admitted
 
     def _expect(self, method: str, *steps: type[Step]) -> httpsig.SignedRequest:
         if self._waiting not in steps or self.request is None:
@@ -214,6 +233,7 @@ class Reception:
             raise RelayError("Reception.head called twice")
         if content_length is not None and content_length > self.max_body:
             return self._next(Refuse(too_large(content_length, self.max_body)))
+        self._length = content_length
         path, _, self._query = raw_path.partition("?")
         try:
             self.request = httpsig.parse_request(method=method, path=path, headers=headers)
@@ -223,13 +243,35 @@ class Reception:
 
     def sender(
         self, keys: Mapping[str, Ed25519PublicKey] | None, *, unknown_key: str = ""
-    ) -> Refuse | ReadBodyToIntroduce | Admit:
+    ) -> Refuse | Introduce | ReadBodyToIntroduce | Admit:
         """The sender's trusted keys (None: not trusted); `unknown_key` explains a missing key."""
-        req = self._expect("sender", FindSender, ReadBodyToIntroduce)
+        req = self._expect("sender", FindSender, Introduce, ReadBodyToIntroduce)
         if keys is None:
             if self.has_authorities and not self._introduced:
                 self._introduced = True
-                return self._next(ReadBodyToIntroduce(self.max_body))
+                if req.certificates:
+                    return self._next(Introduce(req.certificates))
+                if self.intro_body == 0:
+                    return self._next(
+                        Refuse(
+                            UnknownSender(
+                                f"{req.origin!r} is not a node this node trusts, and the request"
+                                " has no Relay-Certificate header to introduce it"
+                            )
+                        )
+                    )
+                if self._length is not None and self._length > self.intro_body:
+                    return self._next(
+                        Refuse(
+                            TooLarge(
+                                f"{req.origin!r} is not a node this node trusts, and a body of"
+                                f" {self._length} bytes is over the {self.intro_body} read to"
+                                " find its certificate: send it in the Relay-Certificate header"
+                            )
+                        )
+                    )
+                self._read_early = True
+                return self._next(ReadBodyToIntroduce(self.intro_body))
             return self._next(
                 Refuse(UnknownSender(f"{req.origin!r} is not a node this node trusts"))
             )

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from relay.protocol import httpsig
 from tests.e2e.harness import TIMEOUT, NodeProc, make_node, relay, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -133,3 +137,66 @@ def test_run_on_a_taken_port_exits_at_once_naming_the_address(tmp_path: Path) ->
         f" ([node] listen in {tmp_path / 'n' / 'node.toml'}): Address already in use"
     )
     assert "Traceback" not in proc.stderr
+
+
+# --- a certified stranger and a plain stranger (item 1) --------------------------------------
+
+
+@pytest.mark.slow
+def test_a_certified_stranger_is_introduced_by_its_header_a_stranger_costs_no_body(
+    tmp_path: Path,
+) -> None:
+    reg = tmp_path / "reg"
+    out = relay("authority", "init", reg, "--name", "reg.test", "--jurisdictions", "RU")
+    (add_line,) = out.stdout.splitlines()
+    a = make_node(tmp_path, "a.test", "RU")
+    c = make_node(tmp_path, "c.test", "RU")
+    words = add_line.split()
+    relay(*words[1:3], a.dir, *words[4:])  # A trusts reg.test; it has never heard of C
+    c.add_peer(a)
+    a.add_mailbox("alice")
+    c.add_mailbox("carol")
+    c_key = relay("key", "show", c.dir).stdout.strip()
+    line = relay(
+        "authority", "issue", reg, "--node-name", "c.test", "--node-key", c_key,
+        "--jurisdiction", "RU", "--url", c.url, "--days", "30",
+    ).stdout.strip()  # fmt: skip
+    (c.dir / "node.cert").write_text(line + "\n")
+    toml = c.dir / "node.toml"
+    toml.write_text(
+        toml.read_text().replace(
+            'key_file = "node.key"\n', 'key_file = "node.key"\ncertificates = ["node.cert"]\n'
+        )
+    )
+    a.start()
+    c.start()
+    try:
+        # A stranger declares 15 MiB: refused on its headers, before a body byte is sent.
+        stranger = Ed25519PrivateKey.generate()
+        headers = httpsig.sign_request(
+            method="POST", path="/federation/v1/batch",
+            content_digest=httpsig.content_digest(b"x"), origin="s.test",
+            destination="a.test", key=stranger, key_id="k1", created=int(time.time()),
+            nonce=os.urandom(32),
+        )  # fmt: skip
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        status, _, answer = _raw(
+            a.port,
+            (
+                "POST /federation/v1/batch HTTP/1.1\r\nHost: a.test\r\n"
+                f"Content-Type: application/msgpack\r\nContent-Length: {15 * 2**20}\r\n"
+                f"{head}\r\n"
+            ).encode(),
+        )
+        assert status == 413, answer[:300]
+        assert "Relay-Certificate" in json.loads(answer)["detail"]
+        assert " warning batch_refused peer=s.test status=413 code=too_large " in a.logs()
+
+        msg = c.send("carol", ["alice@a.test"], "from a certified stranger")
+        got = wait_for(lambda: a.inbox("alice"), what="alice's inbox at a")
+        assert [(m["id"], m["origin"]) for m in got] == [(msg, "c.test")]
+        assert "certificate_learned node=c.test jurisdiction=RU authority=reg.test" in a.logs()
+        assert "Traceback" not in a.logs() + c.logs()
+    finally:
+        c.kill()
+        a.kill()

@@ -9,10 +9,12 @@ everything and records what it was sent.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -21,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.config.model import DAY_MS
 from relay.federation.inbound import BATCH_PATH
+from relay.protocol import httpsig
 from relay.protocol.batch import BatchItem, BatchResult, decode_batch, sign_result
 from relay.protocol.certificate import Certificate, sign_certificate
 from relay.protocol.envelope import Envelope, peek_id
@@ -238,13 +241,38 @@ async def test_an_origins_certificate_carried_in_the_item_lets_it_through(
     assert other.certificates is None
 
 
-async def test_a_certified_sender_introduces_itself(relay: Relay) -> None:
+async def test_a_certified_sender_introduces_itself_in_relay_certificate(relay: Relay) -> None:
     o = relay.o
     env = relay.h.envelope(origin=o)
     plain = BatchItem(env.header_bytes, env.signature, env.payload, ("o.test",))
     body = relay.h.body([plain])
     detail = await relay.h.refused(body, relay.h.sign(body, signer=o), 401, "unknown_sender")
     assert "o.test" in detail
+    wrong = relay.h.sign(body, signer=o)  # a certificate for another jurisdiction counts not
+    wrong[httpsig.CERTIFICATE_HEADER] = httpsig.certificate_header([certificate(o, "KZ")])
+    await relay.h.refused(body, wrong, 401, "unknown_sender")
+    stolen = relay.h.sign(body, signer=relay.h.a2, origin="o.test")  # o's certificate, a2's key
+    stolen[httpsig.CERTIFICATE_HEADER] = httpsig.certificate_header([certificate(o)])
+    await relay.h.refused(body, stolen, 401, "unknown_key")
+    headers = relay.h.sign(body, signer=o)
+    headers[httpsig.CERTIFICATE_HEADER] = httpsig.certificate_header([certificate(o)])
+    reply = await relay.h.post(body, headers)
+    assert reply.status == 200, reply.body[:300]
+    assert await relay.h.stored("o.test", env.header.id)
+
+
+async def test_a_sender_without_relay_certificate_is_read_only_a_little(relay: Relay) -> None:
+    """A sender of an earlier version carries its certificate in the body: a large
+    body is refused before a byte of it is read; a small one is read to find it."""
+    o = relay.o
+    cfg = relay.h.state.config
+    relay.h.state.config = replace(cfg, limits=replace(cfg.limits, unauthenticated_body_bytes=2048))
+    big = relay.h.envelope(origin=o, payload=b"x" * 4096)
+    item = BatchItem(big.header_bytes, big.signature, big.payload, ("o.test",), (certificate(o),))
+    body = relay.h.body([item])
+    detail = await relay.h.refused(body, relay.h.sign(body, signer=o), 413, "too_large")
+    assert "Relay-Certificate" in detail
+    env = relay.h.envelope(origin=o)
     item = BatchItem(env.header_bytes, env.signature, env.payload, ("o.test",), (certificate(o),))
     body = relay.h.body([item])
     reply = await relay.h.post(body, relay.h.sign(body, signer=o))
@@ -256,3 +284,39 @@ async def test_the_node_document_serves_no_certificates_by_default(relay: Relay)
     async with relay.h.session.get(relay.h.url + "/.well-known/relay") as resp:
         doc = json.loads(await resp.read())
     assert doc["certificates"] == []
+
+
+async def test_at_most_two_strangers_bodies_are_read_at_once(relay: Relay) -> None:
+    o = relay.o
+    env = relay.h.envelope(origin=o)
+    item = BatchItem(env.header_bytes, env.signature, env.payload, ("o.test",), (certificate(o),))
+    body = relay.h.body([item])
+    headers = relay.h.sign(body, signer=o)
+    head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    raw = (
+        f"POST {BATCH_PATH} HTTP/1.1\r\nHost: n.test\r\nContent-Length: {len(body)}\r\n{head}\r\n"
+    ).encode() + body[:10]  # the rest never comes
+    port = urlsplit(relay.h.url).port
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+    try:
+        for _, writer in held:
+            writer.write(raw)
+            await writer.drain()
+        bp = relay.h.state.backpressure
+
+        async def reading() -> bool:
+            return bp.unauthenticated_reads == 2
+
+        await wait_until(reading, what="two bodies being read")
+        detail = await relay.h.refused(body, relay.h.sign(body, signer=o), 503, "busy")
+        assert "Relay-Certificate" in detail
+    finally:
+        for _, writer in held:
+            writer.close()
+
+    async def released() -> bool:
+        return bp.unauthenticated_reads == 0
+
+    await wait_until(released, what="the places given back")
+    reply = await relay.h.post(body, relay.h.sign(body, signer=o))
+    assert reply.status == 200, reply.body[:300]

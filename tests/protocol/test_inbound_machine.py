@@ -28,6 +28,7 @@ from relay.protocol.inbound import (
     CheckNonce,
     FindSender,
     FindStoredResults,
+    Introduce,
     ItemContext,
     ItemFacts,
     ItemRefused,
@@ -58,6 +59,8 @@ OTHER = "x.test"
 FAR = "c.test"
 PATH = "/federation/v1/batch"
 MAX_BODY = 4096
+INTRO_BODY = 1024
+CERT = b"\x92certificate blob"
 NOW_S = 1_700_000_000
 NOW_MS = NOW_S * 1000
 NONCE = bytes(range(32))
@@ -131,7 +134,9 @@ class Req:
     content_length: int | None = -1  # -1: the body's length
     keys: Mapping[str, Ed25519PublicKey] | None = field(default_factory=lambda: PEER_KEYS)
     authorities: bool = False
-    introduced: Mapping[str, Ed25519PublicKey] | None = None  # keys once the body introduced it
+    introduced: Mapping[str, Ed25519PublicKey] | None = None  # keys once a certificate vouched
+    certificates: tuple[bytes, ...] = ()  # sent in Relay-Certificate
+    intro_body: int = INTRO_BODY
     admission: RelayError | None = None
     now_s: int = NOW_S
     nonce_seen: bool = False
@@ -151,13 +156,17 @@ def headers_of(r: Req) -> dict[str, str]:
         created=r.created,
         nonce=NONCE,
     )
+    if r.certificates:
+        headers[httpsig.CERTIFICATE_HEADER] = httpsig.certificate_header(r.certificates)
     headers.update(r.replace)
     return {k: v for k, v in headers.items() if k not in r.drop}
 
 
 def drive(r: Req) -> tuple[list[str], Step]:
     """Play the shell: answer each step from `r`; the step types seen and the last one."""
-    rx = Reception(here=HERE, max_body=MAX_BODY, has_authorities=r.authorities)
+    rx = Reception(
+        here=HERE, max_body=MAX_BODY, has_authorities=r.authorities, intro_body=r.intro_body
+    )
     length = len(r.body) if r.content_length == -1 else r.content_length
     step: Step = rx.head(
         method="POST", raw_path=r.raw_path, headers=headers_of(r), content_length=length
@@ -169,8 +178,12 @@ def drive(r: Req) -> tuple[list[str], Step]:
             case FindSender():
                 assert not rx.may_read_body
                 step = rx.sender(r.keys, unknown_key="key k1 is revoked here")
+            case Introduce():
+                assert not rx.may_read_body
+                assert step.certificates == r.certificates
+                step = rx.sender(r.introduced)
             case ReadBodyToIntroduce():
-                assert rx.may_read_body
+                assert rx.may_read_body and step.limit == min(r.intro_body, MAX_BODY)
                 step = rx.sender(r.introduced)
             case Admit():
                 step = rx.admitted(r.admission)
@@ -244,9 +257,39 @@ REQUEST_CASES: list[tuple[str, Req, str]] = [
         "401 unknown_sender",
     ),
     (
-        "3 unknown sender introduced by its certificate",
+        "3 unknown sender introduced by a certificate in its body",
         Req(keys=UNKNOWN, authorities=True, introduced=PEER_KEYS),
         "JudgeItems",
+    ),
+    (
+        "3 unknown sender introduced by its Relay-Certificate",
+        Req(keys=UNKNOWN, authorities=True, introduced=PEER_KEYS, certificates=(CERT,)),
+        "JudgeItems",
+    ),
+    (
+        "3 its Relay-Certificate does not introduce it",
+        Req(keys=UNKNOWN, authorities=True, certificates=(CERT, CERT)),
+        "401 unknown_sender",
+    ),
+    (
+        "3 no Relay-Certificate, and a body over what is read to find one",
+        Req(keys=UNKNOWN, authorities=True, introduced=PEER_KEYS, content_length=INTRO_BODY + 1),
+        "413 too_large",
+    ),
+    (
+        "3 no Relay-Certificate, and no body is read to find one",
+        Req(keys=UNKNOWN, authorities=True, introduced=PEER_KEYS, intro_body=0),
+        "401 unknown_sender",
+    ),
+    (
+        "3 a pinned sender's Relay-Certificate is not looked at",
+        Req(certificates=(CERT,), authorities=True),
+        "JudgeItems",
+    ),
+    (
+        "2 a garbled Relay-Certificate",
+        Req(replace=((httpsig.CERTIFICATE_HEADER, "not base64"),)),
+        "401 unknown_sender",
     ),
     ("4 unknown key", Req(keys=OTHER_KEYS), "401 unknown_key"),
     ("5 bad signature", Req(keys={"k1": STRANGER_KEY.public_key()}), "401 bad_signature"),
@@ -322,6 +365,15 @@ def test_an_unknown_sender_is_read_early_only_when_authorities_could_introduce_i
     assert seen[:3] == ["FindSender", "ReadBodyToIntroduce", "Admit"]
     seen, _ = drive(Req(keys=UNKNOWN))
     assert seen == ["FindSender", "Refuse"]
+
+
+def test_a_relay_certificate_introduces_before_any_body_byte() -> None:
+    facts = Req(keys=UNKNOWN, authorities=True, introduced=PEER_KEYS, certificates=(CERT,))
+    seen, _ = drive(facts)
+    assert seen[:4] == ["FindSender", "Introduce", "Admit", "ReadBody"]
+    seen, last = drive(replace(facts, introduced={"k1": STRANGER_KEY.public_key()}))
+    assert seen == ["FindSender", "Introduce", "Refuse"]
+    assert outcome(last) == "401 bad_signature"
 
 
 def test_details_name_what_failed() -> None:

@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.errors import BadSignature, ItemRejected
+from relay.protocol import httpsig
 from relay.protocol.batch import (
     RESULT_DOMAIN,
     Batch,
@@ -230,3 +231,55 @@ def test_certificate_decodes_and_verifies() -> None:
     assert verify_certificate(blob, key("authority").public_key()) == CERT
     with pytest.raises(BadSignature):
         verify_certificate(blob, key("a.test").public_key())
+
+
+INTRO = V["batch_request_with_certificate"]
+INTRO_BATCH = Batch(
+    bytes(range(32, 48)),
+    (BatchItem(HEADER_BYTES, SIGNATURE, PAYLOAD, ("a.test", "c.test")),),
+)
+INTRO_NONCE = b"tuvwxyz012345678"
+
+
+def test_batch_request_with_certificate_is_rebuilt_byte_for_byte() -> None:
+    body = encode_batch(INTRO_BATCH)
+    assert body == bytes.fromhex(INTRO["body_hex"])
+    headers = httpsig.sign_request(
+        method="POST",
+        path="/federation/v1/batch",
+        content_digest=httpsig.content_digest(body),
+        origin="c.test",
+        destination="b.test",
+        key=key("b.test"),  # c.test's certificate lists RFC 8032 test key 2
+        key_id=V["keys"]["b.test"]["key_id"],
+        created=1795600002,
+        nonce=INTRO_NONCE,
+    )
+    assert headers == {
+        "Content-Digest": INTRO["content_digest"],
+        "Relay-Origin": INTRO["relay_origin"],
+        "Relay-Destination": INTRO["relay_destination"],
+        "Signature-Input": INTRO["signature_input"],
+        "Signature": INTRO["signature"],
+    }
+    blob = pack([CERT_BYTES, CERT_SIGNATURE])
+    assert httpsig.certificate_header([blob]) == INTRO["relay_certificate"]
+
+
+def test_batch_request_with_certificate_introduces_its_sender() -> None:
+    headers = {
+        "Content-Digest": INTRO["content_digest"],
+        "Relay-Origin": INTRO["relay_origin"],
+        "Relay-Destination": INTRO["relay_destination"],
+        "Relay-Certificate": INTRO["relay_certificate"],
+        "Signature-Input": INTRO["signature_input"],
+        "Signature": INTRO["signature"],
+    }
+    req = httpsig.parse_request(method="POST", path="/federation/v1/batch", headers=headers)
+    assert req.base == INTRO["signature_base"].encode("ascii")
+    (blob,) = req.certificates
+    cert = verify_certificate(blob, key("authority").public_key())
+    assert (cert.name, cert.keys) == (req.origin, (V["keys"]["b.test"]["public"],))
+    assert req.key_id == key_id(cert.keys[0])
+    httpsig.verify_request(req, key("b.test").public_key())
+    httpsig.check_content_digest(req.content_digest, bytes.fromhex(INTRO["body_hex"]))

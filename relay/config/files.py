@@ -8,6 +8,8 @@ the file, in the same `FILE:LINE: key: reason` list as the text's problems.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from relay.config.parse import (
     FileCheck,
     KeyFileCheck,
     OwnCertificateCheck,
+    PasswordFileCheck,
     TlsFilesCheck,
     TrustFilesCheck,
     parse_document,
@@ -86,6 +89,11 @@ def file_problems(checks: tuple[FileCheck, ...]) -> Iterator[tuple[KeyPath, str]
                     yield ("node", "certificates"), reason
             case TrustFilesCheck():
                 yield from _trust_file_problems(check)
+            case PasswordFileCheck(file):
+                try:
+                    read_password_file(file)
+                except ValueError as e:
+                    yield ("storage", "password_file"), str(e)
 
 
 def _key_file_problems(check: KeyFileCheck) -> Iterator[tuple[KeyPath, str]]:
@@ -146,3 +154,42 @@ def revoked_file_errors(path: Path) -> list[str]:
     except (OSError, UnicodeDecodeError) as e:
         return [f"{path}: cannot read: {e}"]
     return [f"{path}:{line}: {reason}" for line, reason in parse_revoked(text)[1]]
+
+
+_MAX_PASSWORD_BYTES = 4096
+
+
+def read_password_file(path: Path) -> str:
+    """The database password in `path` (one line; a final newline is dropped).
+
+    ValueError naming the file if it is missing, not a regular file, readable
+    by group or others (it is a secret, like the node key), or empty.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ValueError(f"no such password file: {path}") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot open password file: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path}: the password file is not a regular file")
+        if st.st_mode & 0o077:
+            raise ValueError(
+                f"{path}: the password file is accessible by group or others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}); run: chmod 600 {path}"
+            )
+        data = os.read(fd, _MAX_PASSWORD_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > _MAX_PASSWORD_BYTES:
+        raise ValueError(f"{path}: the password file is larger than {_MAX_PASSWORD_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: the password file is not UTF-8") from None
+    password = text.removesuffix("\n").removesuffix("\r")
+    if not password or "\n" in password:
+        raise ValueError(f"{path}: expected the password on one line")
+    return password

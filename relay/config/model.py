@@ -196,6 +196,29 @@ class TrustConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StorageConfig:
+    """The `[storage]` table: where the node keeps its state (relay.config.storage).
+
+    `url` is as written (never with a password); `sqlite_path` is the absolute
+    file of a `sqlite:` url, None for PostgreSQL.
+    """
+
+    url: str
+    sqlite_path: Path | None = None
+    password_file: Path | None = None  # PostgreSQL only; mode 0600 like the key
+
+    @property
+    def backend(self) -> str:
+        """`sqlite` or `postgresql`."""
+        return "sqlite" if self.sqlite_path is not None else "postgresql"
+
+    @property
+    def target(self) -> Path | str:
+        """What relay.storage.backends opens: the SQLite file, or the PostgreSQL url."""
+        return self.sqlite_path if self.sqlite_path is not None else self.url
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole, valid node.toml."""
 
@@ -213,6 +236,14 @@ class Config:
     authorities: tuple[Authority, ...] = ()
     trust: TrustConfig = TrustConfig()
     limits: LimitsConfig = LimitsConfig()
+    storage_table: StorageConfig | None = None  # None: no [storage] url, see `storage`
+
+    @property
+    def storage(self) -> StorageConfig:
+        """`[storage]`, or by default the SQLite file `[node] database`."""
+        if self.storage_table is not None:
+            return self.storage_table
+        return StorageConfig(f"sqlite:{self.node.database}", sqlite_path=self.node.database)
 
     def peer(self, name: str) -> Peer | None:
         """The pinned peer called `name`, if any."""

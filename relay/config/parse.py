@@ -17,6 +17,7 @@ Invariants:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import re
 import tomllib
@@ -38,9 +39,11 @@ from relay.config.model import (
     RetentionConfig,
     RetiredKey,
     Route,
+    StorageConfig,
     TrustConfig,
 )
 from relay.config.policy_tables import _PolicyTables
+from relay.config.storage import parse_storage_url
 from relay.config.table import _Report, _Table
 from relay.config.tomledit import TomlLocator
 from relay.config.values import (
@@ -107,7 +110,14 @@ class TrustFilesCheck:
     explicit_revoked: bool
 
 
-FileCheck = KeyFileCheck | TlsFilesCheck | OwnCertificateCheck | TrustFilesCheck
+@dataclass(frozen=True, slots=True)
+class PasswordFileCheck:
+    """`[storage] password_file`: a regular file no group or other may read."""
+
+    file: Path
+
+
+FileCheck = KeyFileCheck | TlsFilesCheck | OwnCertificateCheck | TrustFilesCheck | PasswordFileCheck
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,9 +192,12 @@ class _Parser(_PolicyTables):
         authorities = self.authorities(top.tables("authorities"), policy)
         trust = self.trust(self.sub(top, "trust"))
         limits = self.limits(self.sub(top, "limits"))
+        storage = self.storage(self.sub(top, "storage"), node_t)
         top.done(_LATER_TABLES)
         if node is None or policy is None:
             return None
+        if storage is not None and storage.sqlite_path is not None:
+            node = dataclasses.replace(node, database=storage.sqlite_path)
         return Config(
             self.file,
             node,
@@ -200,6 +213,7 @@ class _Parser(_PolicyTables):
             authorities=authorities,
             trust=trust,
             limits=limits,
+            storage_table=storage,
         )
 
     def sub(self, top: _Table, key: str) -> _Table:
@@ -397,6 +411,35 @@ class _Parser(_PolicyTables):
         return MetricsConfig(
             listen_host=host, listen_port=port, token_sha256=token, mailbox_labels=mailbox_labels
         )
+
+    def storage(self, t: _Table, node_t: _Table | None) -> StorageConfig | None:
+        """`[storage]`; None when it names no url (the `[node] database` file is used)."""
+        url = t.string("url")
+        password = t.string("password_file")
+        t.done()
+        password_file = self.resolve(password) if password else None
+        if url is None:
+            if password_file is not None:
+                t.error("password_file", "set only together with a postgresql:// url")
+            return None
+        if node_t is not None and "database" in node_t.data:
+            t.error(
+                "url",
+                "[node] database is set too: remove it from [node] "
+                '(url replaces it; url = "sqlite:PATH" names a SQLite file)',
+            )
+            return None
+        try:
+            storage = parse_storage_url(url, self.file.parent)
+        except ValueError as e:
+            t.error("url", str(e))
+            return None
+        if password_file is not None and storage.sqlite_path is not None:
+            t.error("password_file", "set only with a postgresql:// url; SQLite has no password")
+            return None
+        if password_file is not None:
+            self.checks.append(PasswordFileCheck(password_file))
+        return dataclasses.replace(storage, password_file=password_file)
 
     # -- [[routes]], [relay], [[authorities]], [trust] ---------------------------
 

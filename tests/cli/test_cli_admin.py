@@ -296,10 +296,13 @@ def test_check_ok(tmp_path: Path) -> None:
     init(tmp_path, "msk.example.ru", "RU")
     relay("mailbox", "add", tmp_path, "alice")
     done = relay("check", tmp_path)
-    assert (done.returncode, done.stdout) == (0, "ok: msk.example.ru (RU), 0 peers, 1 mailbox\n")
+    storage = f"sqlite:{tmp_path / 'relay.db'}"
+    ok = f"ok: msk.example.ru (RU), 0 peers, 1 mailbox, storage {storage}\n"
+    assert (done.returncode, done.stdout) == (0, ok)
     as_json = json.loads(relay("check", tmp_path, "--json").stdout)
     assert as_json == {
-        "ok": True, "name": "msk.example.ru", "jurisdiction": "RU", "peers": 0, "mailboxes": 1
+        "ok": True, "name": "msk.example.ru", "jurisdiction": "RU", "peers": 0, "mailboxes": 1,
+        "storage": storage,
     }  # fmt: skip
 
 
@@ -419,5 +422,6 @@ def test_demo_configs_work_as_the_readme_says(
             assert cli.main(argv) == 0
         assert cli.main(["check", str(tmp_path / n)]) == 0
         name, _, cc = nodes[n]
-        assert capsys.readouterr().out == f"ok: {name} ({cc}), 2 peers, 0 mailboxes\n"
+        storage = f"storage sqlite:{tmp_path / n / 'relay.db'}"
+        assert capsys.readouterr().out == f"ok: {name} ({cc}), 2 peers, 0 mailboxes, {storage}\n"
     assert cli.main(["key", "generate", str(tmp_path / "ru")]) == 1  # never overwrites

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from relay.api.admin_client import NodeNotRunning, call
 from relay.config.files import load_config
+from relay.node.opening import sqlite_file
 from relay.storage.sqlite.backup import (
     check_destination,
     database_lock,
@@ -27,6 +28,12 @@ from relay.storage.sqlite.backup import (
     schema_version_of,
     snapshot,
 )
+
+_USE_PG_DUMP = (
+    "back up a PostgreSQL node with pg_dump (docs/backup.md), e.g. "
+    "pg_dump --format=custom --file=relay.dump DBNAME"
+)
+_USE_PG_RESTORE = "restore a PostgreSQL node with pg_restore (docs/backup.md)"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,7 +57,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_backup(args: argparse.Namespace) -> int:
     """Back up through the running node, or directly when it is stopped."""
     config = load_config(args.dir)
-    database = config.node.database
+    database = sqlite_file(config, "relay backup", _USE_PG_DUMP)
     dest: Path = args.file.absolute()
     check_destination(database, dest, overwrite=args.force)
     tmp = private_temp(dest)
@@ -74,7 +81,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     """Replace a stopped node's database with a backup; keep the old one beside it."""
     config = load_config(args.dir)
-    database = config.node.database
+    database = sqlite_file(config, "relay restore", _USE_PG_RESTORE)
     backup: Path = args.file.absolute()
     with database_lock(database):
         kept = restore_file(backup, database)

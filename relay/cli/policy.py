@@ -29,6 +29,7 @@ from relay.config.files import load_config
 from relay.config.model import Config
 from relay.config.values import parse_duration_ms
 from relay.errors import BadRequest, MalformedError, RelayError
+from relay.node.opening import open_node_readonly, sqlite_file
 from relay.node.retention import RETENTION_SCHEMA, Due, Preview, preview, purge
 from relay.policy.residency import Decision, Policy, check_submit, policy_hash, rule_matches, stamp
 from relay.policy.routing import next_hop
@@ -173,10 +174,10 @@ class Row:
 
 
 async def read_decisions(
-    path: Path, envelope: bytes | None, outcome: str | None, limit: int
+    config: Config, envelope: bytes | None, outcome: str | None, limit: int
 ) -> list[Row]:
     """The latest `limit` decisions, oldest first; allows come from stored envelopes."""
-    reads = await open_readonly_storage(path)
+    reads = await open_node_readonly(config)
     try:
         if outcome == "allow":
             # Allows cost no row of their own: the envelope keeps rule id and policy hash.
@@ -206,9 +207,7 @@ async def read_decisions(
 def cmd_decisions(args: argparse.Namespace) -> int:
     """Print decisions, one a line: time, point, outcome, envelope, peer, rule, reason."""
     config = load_config(args.dir)
-    rows = asyncio.run(
-        read_decisions(config.node.database, args.envelope, args.outcome, args.limit)
-    )
+    rows = asyncio.run(read_decisions(config, args.envelope, args.outcome, args.limit))
     for row in rows:
         print(json.dumps(row.as_json(), ensure_ascii=False) if args.json else row.text())
     if not rows and not args.json:
@@ -394,7 +393,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     residency = None
     if args.residency is not None:
         residency = [c.strip() for c in args.residency.split(",") if c.strip()]
-    learned = asyncio.run(_learned_certificates(config.node.database))
+    learned = asyncio.run(_learned_certificates(config))
     trust = Trust(config, learned=learned)
     result = explain(config, trust, sender, args.to, residency, args.ctype)
     if args.json:
@@ -424,11 +423,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0 if result.allowed else EXIT_REFUSED
 
 
-async def _learned_certificates(path: Path) -> list[bytes]:
+async def _learned_certificates(config: Config) -> list[bytes]:
     """Certificates the node learned from others and keeps (as it loads them at start)."""
-    if not path.is_file():
+    path = config.storage.sqlite_path
+    if path is not None and not path.is_file():
         return []
-    reads = await open_readonly_storage(path)
+    reads = await open_node_readonly(config)
     try:
         if reads.schema_version < CERTIFICATES_SCHEMA:
             return []
@@ -464,7 +464,9 @@ def _print_destination(d: Destination, groups: Mapping[str, frozenset[str]]) -> 
 def cmd_purge(args: argparse.Namespace) -> int:
     """Show (--dry-run) or delete what is past its retention."""
     config = load_config(args.dir)
-    db_path = config.node.database
+    db_path = sqlite_file(
+        config, "relay purge", "the running node purges by itself at start and every 5 minutes"
+    )
     if args.as_of is not None and not args.dry_run:
         _say("relay: --as-of only goes with --dry-run (a purge deletes only what is due now)")
         return 2

@@ -26,8 +26,8 @@ from relay.config.files import load_config
 from relay.config.model import Config
 from relay.config.values import node_name_error
 from relay.node import queueview
+from relay.node.opening import open_node_readonly
 from relay.node.queueops import DELETED_REASON
-from relay.storage.backends import open_readonly_storage
 from relay.storage.interface import ReadOnlyStorage
 from relay.storage.records import AgeBucket, PeerState, QueueCount, QueueListing
 
@@ -102,12 +102,12 @@ def _say(message: str) -> None:
 def _read(config: Config, query: Callable[[ReadOnlyStorage], Awaitable[T]], empty: T) -> T:
     """What `query` reads on a read-only open of the node's storage; `empty`
     when the node never ran (no database yet)."""
-    database = config.node.database
-    if not database.exists():
+    database = config.storage.sqlite_path
+    if database is not None and not database.exists():
         return empty
 
     async def run() -> T:
-        reads = await open_readonly_storage(database)
+        reads = await open_node_readonly(config)
         try:
             return await query(reads)
         finally:

@@ -35,13 +35,13 @@ from relay.node import expiry, retention
 from relay.node.conns import Listener, descriptor_shortfall
 from relay.node.http import answer_errors
 from relay.node.metrics import serve as serve_metrics
+from relay.node.opening import open_node_storage
 from relay.node.recheck import recheck
 from relay.node.reload import ReloadResult, on_sighup, reload_config
 from relay.node.state import NodeState, wall_clock_ms
 from relay.node.webhooks import Webhooks
 from relay.policy.certfiles import watch_store
 from relay.policy.keyring import published_keys
-from relay.storage.backends import open_storage
 from relay.storage.interface import WriteTx
 
 log = logging.getLogger("relay.node")
@@ -93,7 +93,7 @@ class Node:
         if cfg.node.tls_cert is not None and cfg.node.tls_key is not None:
             self.server_ssl = server_context(cfg.node.tls_cert, cfg.node.tls_key)
         client_ssl = client_context(cfg.node.ca_file)  # both before anything is opened
-        store = await open_storage(cfg.node.database)
+        store = await open_node_storage(cfg)
         fault_spec = os.environ.get("RELAY_FAULT", "")  # crash tests only (relay.node.fault)
         state = NodeState(cfg, key, store, clock=self.clock, fault_spec=fault_spec)
         self.state = state

@@ -2,16 +2,20 @@
 
 Each side is opened through relay.storage.backends first, which migrates it
 to this relay's schema and, for SQLite, takes the lock a running node holds:
-a node cannot start on either database while the copy runs.
+a node cannot start on either database while the copy runs. A source with
+a lease some worker still holds is refused too: workers on a shared database
+(PostgreSQL) hold no file lock, but a live one keeps renewing its leases.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
-from relay.errors import BadRequest
+from relay.errors import BadRequest, Conflict
 from relay.storage.backends import open_storage
+from relay.storage.interface import Storage
 from relay.storage.sqlite.tableio import SqliteTables
 from relay.storage.transfer import Copied, copy_all
 
@@ -22,6 +26,7 @@ async def copy_storage(source: Path, target: Path, *, replace: bool = False) -> 
         raise BadRequest(f"{target} is the source database itself; give another target")
     src_store = await open_storage(source)
     try:
+        await refuse_live_leases(src_store)
         dst_store = await open_storage(target)
         try:
             src, dst = SqliteTables(source), SqliteTables(target)
@@ -34,3 +39,17 @@ async def copy_storage(source: Path, target: Path, *, replace: bool = False) -> 
             await dst_store.close()
     finally:
         await src_store.close()
+
+
+async def refuse_live_leases(storage: Storage) -> None:
+    """Conflict if a worker still holds a lease on `storage` (it may be running)."""
+    now = int(time.time() * 1000)
+    live = [lease for lease in await storage.leases() if lease.expires > now]
+    if live:
+        holders = sorted({lease.holder for lease in live})
+        wait_s = max(lease.expires - now for lease in live) / 1000
+        raise Conflict(
+            f"workers still hold leases on this storage ({', '.join(holders)}): "
+            f"stop every worker of the node first (a stopped worker's leases lapse within "
+            f"{wait_s:.0f} s)"
+        )

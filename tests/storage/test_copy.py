@@ -7,6 +7,7 @@ what a node started on the copy will see.
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,17 @@ def test_data_tables_cover_every_stored_table() -> None:
     from relay.storage.sqlite.schema import TABLES
 
     assert set(DATA) == set(TABLES)
+
+
+async def test_a_live_lease_stops_the_copy(tmp_path: Path) -> None:
+    """A worker on a shared database holds no file lock, but its unexpired leases show it."""
+    s = await open_storage(tmp_path / "a.db")
+    far = int(time.time() * 1000) + 60_000
+
+    async def take(tx: WriteTx) -> object:
+        return await tx.take_leases("worker-7", ["sender:far.test"], int(time.time() * 1000), far)
+
+    await s.write(take)
+    await s.close()
+    with pytest.raises(Conflict, match=r"hold leases on this storage \(worker-7\)"):
+        await copy_storage(tmp_path / "a.db", tmp_path / "b.db")

@@ -1,4 +1,4 @@
-"""deploy/: the systemd unit verifies, and the compose setup matches the CLI."""
+"""deploy/: the systemd units verify, and the compose setup matches the CLI."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from relay.config.model import LimitsConfig
 from relay.node.conns import FD_HEADROOM
@@ -82,3 +84,79 @@ def test_compose_setup_pastes_the_printed_peer_line() -> None:
     script = (DEPLOY / "compose-setup.sh").read_text()
     assert "relay peer add YOUR_NODE_DIR" in script
     assert "YOUR_NODE_DIR" in Path(admin.__file__).read_text()
+
+
+# --- several workers on PostgreSQL (docs/scaling.md) ------------------------------
+
+
+def _workers_unit(tmp_path: Path, workers: int) -> Path:
+    """relay-workers@.service as instance `workers`, pointing at this machine's relay."""
+    relay_bin = Path(sys.executable).with_name("relay")
+    text = (DEPLOY / "relay-workers@.service").read_text()
+    unit = tmp_path / f"relay-workers@{workers}.service"
+    unit.write_text(text.replace("/usr/local/bin/relay", str(relay_bin)))
+    return unit
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
+def test_workers_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
+    unit = _workers_unit(tmp_path, 4)
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "relay-workers" not in proc.stderr, proc.stderr
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    found = re.search(r"Overall exposure level for relay-workers@4.service: ([0-9.]+)", proc.stdout)
+    assert found, proc.stdout[-2000:] + proc.stderr
+    assert float(found.group(1)) <= 2.0, proc.stdout[-3000:]
+
+
+def test_workers_unit_runs_n_workers_with_the_single_node_sandbox() -> None:
+    """The instance name is the worker count; every hardening line of relay.service is kept."""
+    single = (DEPLOY / "relay.service").read_text()
+    workers = (DEPLOY / "relay-workers@.service").read_text()
+    assert "ExecStart=/usr/local/bin/relay run /var/lib/relay --workers %i" in workers
+    assert "KillMode=mixed" in workers  # the supervisor stops its workers itself
+    sandbox = single[single.index("# Hardening") : single.index("[Install]")]
+    settings = [ln for ln in sandbox.splitlines() if ln and not ln.startswith("#")]
+    assert settings
+    missing = [ln for ln in settings if ln not in workers.splitlines()]
+    assert missing == []
+
+
+def _compose() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    return doc
+
+
+def test_compose_runs_a_two_worker_node_on_postgres() -> None:
+    """Checked by parsing: Docker is not available on this project's machines."""
+    services = _compose()["services"]
+    pg = services["postgres"]
+    assert pg["image"].startswith("postgres:")
+    assert "pg_isready" in pg["healthcheck"]["test"]
+    assert "pgdata" in _compose()["volumes"]
+    spb = services["spb"]
+    assert spb["command"] == ["relay", "run", "/var/lib/relay/spb", "--workers", "2"]
+    assert spb["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    assert spb["depends_on"]["setup"] == {"condition": "service_completed_successfully"}
+    # the password setup writes for spb is the one the database was created with
+    setup_env = services["setup"]["environment"]
+    assert setup_env["RELAY_DEMO_DB_PASSWORD"] == pg["environment"]["POSTGRES_PASSWORD"]
+    ports = [p for s in services.values() for p in s.get("ports", [])]
+    assert len(ports) == len(set(ports)) and all(p.startswith("127.0.0.1:") for p in ports)
+
+
+def test_compose_setup_gives_spb_a_postgres_url_without_its_password() -> None:
+    script = (DEPLOY / "compose-setup.sh").read_text()
+    storage = script[script.index("[storage]") : script.index("TOML\n", script.index("[storage]"))]
+    url = re.search(r'^url = "([^"]+)"$', storage, re.M)
+    assert url and url.group(1) == "postgresql://relay@postgres:5432/relay"
+    assert 'password_file = "db.password"' in storage
+    assert "spb:spb.demo.ru:RU" in script and "relay check" in script

@@ -47,6 +47,7 @@ from relay.logs import event
 from relay.node import queueops, queueview
 from relay.node.http import answering
 from relay.node.state import NodeState
+from relay.storage.backends import sqlite_file
 from relay.storage.sqlite.backup import CONTENT_TYPE, private_temp, remove_temp, snapshot
 
 log = logging.getLogger("relay.admin")
@@ -179,7 +180,7 @@ async def get_node(request: web.Request) -> web.Response:
             "jurisdiction": st.config.node.jurisdiction,
             "pid": os.getpid(),
             "config": str(st.config.path),
-            "database": str(st.store.path),
+            "database": st.store.location,
             "policy_hash": st.policy_hash,
         }
     )
@@ -267,7 +268,12 @@ async def post_backup(request: web.Request) -> web.StreamResponse:
     sandboxed node may write) and unlinked before it is sent.
     """
     st = _state(request)
-    database = st.store.path
+    database = sqlite_file(st.store)
+    if database is None:
+        raise Conflict(
+            f"backup streams a SQLite file; this node stores in {st.store.location}:"
+            " back it up with pg_dump (docs/storage.md)"
+        )
     tmp = private_temp(database.with_name("backup"))
     try:
         size = await asyncio.to_thread(snapshot, database, tmp)

@@ -23,10 +23,8 @@ import functools
 import hashlib
 import hmac
 import logging
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol, TypeVar
 
 from aiohttp import web
@@ -390,17 +388,6 @@ class Metrics:
         return encoder(self.registry), content_type
 
 
-def database_bytes(path: Path) -> int:
-    """Bytes of the database file and its -wal file (missing files count 0)."""
-    total = 0
-    for p in (path, path.with_name(path.name + "-wal")):
-        try:
-            total += os.stat(p).st_size
-        except FileNotFoundError:
-            continue
-    return total
-
-
 async def read_snapshot(state: Scraped) -> Snapshot:
     """Queue depth per next hop, unacked inbox rows per mailbox and database size."""
     store = state.store
@@ -409,7 +396,7 @@ async def read_snapshot(state: Scraped) -> Snapshot:
     return Snapshot(
         queues=tuple(QueueDepth(q.hop, q.queued, q.held, q.oldest or 0) for q in queues),
         unacked=tuple(sorted(unacked.items())),
-        database_bytes=database_bytes(store.path),
+        database_bytes=await store.size_bytes(),
         now_ms=state.now_ms(),
         node=state.name,
         jurisdiction=state.config.node.jurisdiction,

@@ -24,7 +24,6 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Protocol, TypeVar
 
 from relay.errors import StoreError
@@ -64,6 +63,12 @@ class DatabaseLocked(StoreError):
     """Another process holds the storage (one writer per database)."""
 
     code = "locked"
+
+
+class NoDatabase(StoreError):
+    """The database is not there: its server cannot be reached or it does not exist."""
+
+    code = "no_database"
 
 
 class WriteTx(Protocol):
@@ -413,11 +418,15 @@ class Reads(Protocol):
         """StoreError unless the database answers."""
         ...
 
+    async def size_bytes(self) -> int:
+        """Bytes the database takes on disk (files, or tables with their indexes)."""
+        ...
+
 
 class Storage(Reads, Protocol):
     """A node's storage: group-commit writes, reads, hooks and health."""
 
-    path: Path  # where the database lives (backup and the database size gauge use it)
+    location: str  # where the database lives, for logs and the CLI (no password)
     commits: int  # transactions committed since the open
     max_backlog: int  # jobs that may wait before `write(admit=True)` answers Busy; 0: none
     trouble: str | None  # why the last transaction failed for a storage reason
@@ -453,6 +462,7 @@ class Storage(Reads, Protocol):
 class ReadOnlyStorage(Reads, Protocol):
     """Reads without a writer, safe beside a running node."""
 
+    location: str
     schema_version: int
 
     async def close(self) -> None:

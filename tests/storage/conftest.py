@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.storage.backends import BACKENDS, open_storage
+from relay.storage.backends import BACKENDS, Target, open_storage
 from relay.storage.interface import Storage
 
 
@@ -18,8 +18,17 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def storage(backend: str, tmp_path: Path) -> AsyncIterator[Storage]:
-    s = await open_storage(tmp_path / "relay.db", backend=backend)
+def target(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Target:
+    """Where this test's storage lives: a file, or its own PostgreSQL schema."""
+    if backend == "postgresql":
+        url: str = request.getfixturevalue("pg_url")
+        return url
+    return tmp_path / "relay.db"
+
+
+@pytest.fixture
+async def storage(target: Target) -> AsyncIterator[Storage]:
+    s = await open_storage(target)
     try:
         yield s
     finally:

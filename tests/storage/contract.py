@@ -26,9 +26,9 @@ KEY = Ed25519PrivateKey.generate()
 KEY_ID = key_id(public_key_string(KEY.public_key()))
 
 
-async def readonly(storage: Storage, backend: str) -> ReadOnlyStorage:
+async def readonly(storage: Storage) -> ReadOnlyStorage:
     """A read-only open of the same database, beside the running writer."""
-    return await open_readonly_storage(storage.path, backend=backend)
+    return await open_readonly_storage(storage.location)
 
 
 def envelope(

@@ -267,9 +267,9 @@ async def test_queue_ages_and_lifetime_at_backing_off_hops(storage: Storage) -> 
     assert [q.rid for q in ended] == rids[:2]  # enqueued at T0: past a lifetime ending at T0
 
 
-async def test_reads_from_a_readonly_open_see_commits(storage: Storage, backend: str) -> None:
+async def test_reads_from_a_readonly_open_see_commits(storage: Storage) -> None:
     (rid,) = await put(storage, [new(envelope(), hop="b.test")])
-    reads = await readonly(storage, backend)
+    reads = await readonly(storage)
     try:
         assert reads.schema_version >= 1
         assert [q.rid for q in await reads.queue_listing(None, -1)] == [rid]

@@ -9,6 +9,7 @@ Invariants:
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +43,7 @@ class SqliteReads:
 
     def __init__(self, path: Path, reader: aiosqlite.Connection) -> None:
         self.path = path
+        self.location = str(path)
         self.reader = reader
 
     # --- SQLite-only helpers (tests and inspection; not part of the interface) ----------
@@ -329,3 +331,13 @@ class SqliteReads:
 
     async def ping(self) -> None:
         await self.fetchone("SELECT 1")
+
+    async def size_bytes(self) -> int:
+        """Bytes of the database file and its -wal file (missing files count 0)."""
+        total = 0
+        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                total += os.stat(p).st_size
+            except FileNotFoundError:
+                continue
+        return total

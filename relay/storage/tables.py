@@ -1,0 +1,20 @@
+"""The tables every backend stores, in one list (row counts, copies between backends)."""
+
+from __future__ import annotations
+
+TABLES = (
+    "envelopes",
+    "payloads",
+    "queue",
+    "inbox",
+    "recipients",
+    "pending_receipts",
+    "batches",
+    "nonces",
+    "peer_state",
+    "idempotency",
+    "decisions",
+    "purges",
+    "webhook_state",
+    "certificates",
+)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -47,6 +47,7 @@ class GroupCommit:
         self._jobs: asyncio.Queue[Pending | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._after_commit: list[Callable[[], None]] = []
+        self._announce_hooks: list[Callable[[Sequence[tuple[str, str]]], None]] = []
         self.commits = 0
         self.max_jobs_per_commit = 512
         # Fault injection (relay.node.fault): awaited after a transaction's jobs ran
@@ -77,6 +78,16 @@ class GroupCommit:
     def on_commit(self, hook: Callable[[], None]) -> None:
         """Run `hook` after every successful commit (wake senders, long-polls)."""
         self._after_commit.append(hook)
+
+    def on_announce(self, hook: Callable[[Sequence[tuple[str, str]]], None]) -> None:
+        """Run `hook` with each commit's announcements (WriteTx.announce), once each."""
+        self._announce_hooks.append(hook)
+
+    def _heard(self, items: Sequence[tuple[str, str]]) -> None:
+        """Hand announcements to the on_announce hooks."""
+        if items:
+            for hook in self._announce_hooks:
+                hook(items)
 
     def check_backlog(self) -> None:
         """Busy (503) while `max_backlog` or more jobs wait for the writer (0: no bound)."""
@@ -114,11 +125,17 @@ class GroupCommit:
                 batch.append(nxt)
             await self._run_batch(batch)
 
-    def _committed(self, outcomes: Iterable[Outcome], failure: BaseException | None) -> None:
+    def _committed(
+        self,
+        outcomes: Iterable[Outcome],
+        failure: BaseException | None,
+        announced: Sequence[tuple[str, str]] = (),
+    ) -> None:
         """After COMMIT returned: count it, settle every job, run the hooks.
 
         `failure` is a storage failure a job met (its savepoint rolled back) in
-        an otherwise committed transaction; it keeps `trouble` set.
+        an otherwise committed transaction; it keeps `trouble` set. `announced`
+        are the transaction's announcements, once each, in order.
         """
         self.commits += 1
         if failure is not None:
@@ -130,6 +147,7 @@ class GroupCommit:
             settle(p.future, result, exc)
         for hook in self._after_commit:
             hook()
+        self._heard(announced)
 
     def _set_trouble(self, cause: BaseException | str) -> None:
         why = cause.detail if isinstance(cause, RelayError) else str(cause)

@@ -36,6 +36,8 @@ async def connect(target: PgTarget, password: str | None, *, read_only: bool = F
     if read_only:
         options += " -c default_transaction_read_only=on"
     kwargs: dict[str, Any] = {"autocommit": True, "options": options}
+    if "application_name" not in target.conninfo:
+        kwargs["application_name"] = application_name(target)
     if password is not None:
         kwargs["password"] = password
     if "connect_timeout" not in target.conninfo:
@@ -46,6 +48,11 @@ async def connect(target: PgTarget, password: str | None, *, read_only: bool = F
         raise NoDatabase(
             f"{target.display}: cannot connect to the database: {_first_line(e)}"
         ) from e
+
+
+def application_name(target: PgTarget) -> str:
+    """How the node's connections show in pg_stat_activity: `relay:SCHEMA`."""
+    return f"relay:{target.schema}"
 
 
 def connection_lost(e: BaseException, db: Conn | None) -> bool:

@@ -29,6 +29,7 @@ from relay.storage.records import (
     DecisionRecord,
     InboxItem,
     InboxPage,
+    Lease,
     PeerState,
     Preview,
     QueueCount,
@@ -282,6 +283,10 @@ class PgReads:
             " UNION ALL ".join(f"SELECT '{t}' AS t, count(*) AS n FROM {t}" for t in TABLES)
         )
         return {str(r["t"]): int(r["n"]) for r in found}
+
+    async def leases(self) -> list[Lease]:
+        found = await self.fetchall("SELECT name, holder, expires FROM leases ORDER BY name")
+        return [Lease(str(r["name"]), str(r["holder"]), int(r["expires"])) for r in found]
 
     async def ping(self) -> None:
         await self.fetchone("SELECT 1 AS x")

@@ -15,6 +15,10 @@ Invariants:
   rids and inbox seqs grow in commit order. Reads take no lock.
 - Writer and reader connections reconnect by themselves (connect.Link):
   while the database is gone the node answers 503 and `trouble` says why.
+- Announcements (WriteTx.announce) go out with NOTIFY inside the
+  transaction: this store's hooks hear them right after its COMMIT, other
+  workers' through their listener (relay.storage.postgres.notify), never
+  those of a job or transaction that rolled back.
 - PostgreSQL text cannot hold NUL: a request whose text holds one is refused
   with 400 `bad_request` naming that, and nothing of it is stored.
 """
@@ -22,12 +26,14 @@ Invariants:
 from __future__ import annotations
 
 import contextlib
+import uuid
 from typing import Any
 
 import psycopg
 
 from relay.errors import BadRequest, RelayError, StoreError
 from relay.storage.groupcommit import GroupCommit, Outcome, Pending, fail
+from relay.storage.postgres import notify
 from relay.storage.postgres.connect import Link, connection_lost, describe
 from relay.storage.postgres.reads import PgReads
 from relay.storage.postgres.schema import SCHEMA_VERSION, WRITE_LOCK, migrate, schema_version
@@ -53,12 +59,19 @@ def _nul_text(e: BaseException) -> bool:
 class PgStore(GroupCommit, PgReads):
     """The PostgreSQL Storage: group-commit writer plus a reader connection."""
 
-    def __init__(self, target: PgTarget, writer: Link, reader: Link) -> None:
+    def __init__(self, target: PgTarget, writer: Link, reader: Link, password: str | None) -> None:
         GroupCommit.__init__(self)
         PgReads.__init__(self, reader)
         self.target = target
         self._link = writer
         self._closed = False
+        self.token = uuid.uuid4().hex  # tells this store's NOTIFYs from other workers'
+        self.listener = notify.Listener(target, password, self.token, self._heard)
+
+    def start(self) -> None:
+        """Start the writer and the announcement listener."""
+        super().start()
+        self.listener.start()
 
     async def close(self) -> None:
         """Finish every queued write, then close both connections (once)."""
@@ -66,6 +79,7 @@ class PgStore(GroupCommit, PgReads):
             return
         self._closed = True
         await self._stop_writer()
+        await self.listener.close()
         await self._link.close()
         await self.reader.close()
 
@@ -110,6 +124,13 @@ class PgStore(GroupCommit, PgReads):
             if isinstance(outcome[2], psycopg.Error) and storage_error(outcome[2]):
                 failure = outcome[2]
             outcomes.append(_public(outcome))
+        announced = list(dict.fromkeys(tx.announced))  # once each, in order
+        try:
+            if announced:
+                await notify.send(db, self.target, self.token, announced)
+        except psycopg.Error as e:
+            await self._abandon(db, batch, e)
+            return
         if self.before_commit is not None:
             await self.before_commit()
         try:
@@ -128,16 +149,18 @@ class PgStore(GroupCommit, PgReads):
             self._set_trouble(err)
             fail(batch, err)
             return
-        self._committed(outcomes, failure)
+        self._committed(outcomes, failure, announced)
 
     async def _run_job(
         self, db: Any, tx: PgWriteTx, p: Pending
     ) -> tuple[Outcome, BaseException | None]:
         """Run one job inside its own SAVEPOINT: (outcome, the error if the connection died)."""
         await db.execute("SAVEPOINT job")
+        mark = len(tx.announced)
         try:
             result = await p.job(tx)
         except Exception as e:  # noqa: BLE001 - re-raised in the caller by its future
+            del tx.announced[mark:]  # a job rolled back announces nothing
             if isinstance(e, psycopg.Error) and connection_lost(e, db):
                 return (p, None, e), e
             await db.execute("ROLLBACK TO SAVEPOINT job")
@@ -184,7 +207,7 @@ async def open_store(url: str, password: str | None = None) -> PgStore:
     except RelayError:
         await writer.close()
         raise
-    store = PgStore(target, writer, reader)
+    store = PgStore(target, writer, reader, password)
     store.start()
     return store
 

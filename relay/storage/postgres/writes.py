@@ -49,6 +49,10 @@ class PgWriteTx(RetentionWrites):
 
     def __init__(self, db: q.Conn) -> None:
         self.connection = db
+        # (topic, key) pairs announced in the open transaction; the store trims
+        # a failed job's, NOTIFYs the rest before COMMIT and hands them to its
+        # own hooks after it.
+        self.announced: list[tuple[str, str]] = []
 
     # --- envelopes and recipients ----------------------------------------------------
 
@@ -455,3 +459,33 @@ class PgWriteTx(RetentionWrites):
             [(c.fingerprint, c.name, c.not_after, c.blob, now) for c in certs],
         )
         await self.connection.execute("DELETE FROM certificates WHERE not_after < %s", (now,))
+
+    # --- workers: leases and announcements -------------------------------------------
+
+    async def take_leases(
+        self, holder: str, names: Sequence[str], now: int, until: int
+    ) -> list[str]:
+        if not names:
+            return []
+        taken = await q.rows(
+            self.connection,
+            "INSERT INTO leases (name, holder, expires) SELECT n, %s, %s FROM unnest(%s::text[]) n"
+            " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+            " expires = excluded.expires"
+            " WHERE leases.holder = excluded.holder OR leases.expires <= %s RETURNING name",
+            (holder, until, list(dict.fromkeys(names)), now),
+        )
+        held = {str(r["name"]) for r in taken}
+        return [name for name in names if name in held]
+
+    async def release_leases(self, holder: str, names: Sequence[str]) -> None:
+        if names:
+            await self.connection.execute(
+                "DELETE FROM leases WHERE holder = %s AND name = ANY(%s)", (holder, list(names))
+            )
+
+    async def drop_expired_leases(self, before: int) -> int:
+        return await q.changed(self.connection, "DELETE FROM leases WHERE expires < %s", (before,))
+
+    def announce(self, topic: str, key: str) -> None:
+        self.announced.append((topic, key))

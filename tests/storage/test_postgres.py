@@ -1,0 +1,157 @@
+"""What only the PostgreSQL backend has: URLs, several stores on one schema,
+migrations applied once, NUL in text, reconnecting, and a missing database.
+
+The interface itself is tested on both backends by the contract tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+
+from relay.errors import BadRequest, StoreError
+from relay.storage.backends import backend_of, open_readonly_storage, open_storage
+from relay.storage.interface import NoDatabase, Storage, WriteTx
+from relay.storage.postgres.connect import application_name
+from relay.storage.postgres.schema import SCHEMA_VERSION
+from relay.storage.postgres.store import PgStore
+from relay.storage.postgres.url import parse_url
+from tests.storage.contract import T0, envelope, new, put
+
+
+def test_urls_name_backend_schema_and_hide_the_password() -> None:
+    assert backend_of("postgresql://relay@db/relay") == "postgresql"
+    assert backend_of("postgres://relay@db/relay") == "postgresql"
+    assert backend_of("relay.db") == "sqlite"
+    t = parse_url("postgresql://relay:s3cret@db.example:5433/relay?schema=msk&sslmode=require")
+    assert t.schema == "msk"
+    assert t.conninfo == "postgresql://relay:s3cret@db.example:5433/relay?sslmode=require"
+    assert t.display == "postgresql://relay@db.example:5433/relay?schema=msk&sslmode=require"
+    assert parse_url("postgresql://db/relay").schema == "public"
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgresql://db", "name the database"),
+        ("postgresql://db/relay?schema=Bad-Name", "schema 'Bad-Name'"),
+        ("postgresql://db/relay?schema=a&schema=b", "given 2 times"),
+        ("mysql://db/relay", "starts with postgresql://"),
+    ],
+)
+def test_bad_urls_are_refused_naming_what_is_wrong(url: str, says: str) -> None:
+    with pytest.raises(StoreError, match=says):
+        parse_url(url)
+
+
+async def test_a_missing_database_is_named(pg_url: str) -> None:
+    url = urlsplit(pg_url)._replace(path="/relay_no_such_db").geturl()
+    with pytest.raises(NoDatabase, match="relay_no_such_db") as err:
+        await open_storage(url)
+    assert err.value.status == 503
+    with pytest.raises(NoDatabase, match=r"127\.0\.0\.1:1/"):
+        await open_storage("postgresql://127.0.0.1:1/relay?connect_timeout=2")
+
+
+async def test_workers_starting_together_migrate_once(pg_url: str) -> None:
+    stores = await asyncio.gather(*(open_storage(pg_url) for _ in range(4)))
+    try:
+        with psycopg.connect(pg_url.split("?")[0]) as db:
+            schema = parse_url(pg_url).schema
+            versions = db.execute(f'SELECT version FROM "{schema}".schema_version').fetchall()
+        assert sorted(v for (v,) in versions) == list(range(1, SCHEMA_VERSION + 1))
+        # every worker writes to the same tables; rids stay unique and in commit order
+        rids = await asyncio.gather(*(put(s, [new(envelope(), hop="b.test")]) for s in stores))
+        assert len({r for (r,) in rids}) == 4
+        assert await stores[0].queue_length() == 4
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_announcements_reach_the_other_workers_once(pg_url: str) -> None:
+    a = await open_storage(pg_url)
+    b = await open_storage(pg_url)
+    try:
+        heard_a: list[tuple[str, str]] = []
+        heard_b: list[tuple[str, str]] = []
+        arrived = asyncio.Event()
+
+        def on_b(items: Sequence[tuple[str, str]]) -> None:
+            heard_b.extend(items)
+            arrived.set()
+
+        a.on_announce(heard_a.extend)
+        b.on_announce(on_b)
+        assert isinstance(b, PgStore)
+        await asyncio.wait_for(b.listener.listening.wait(), 30)
+
+        async def fails(tx: WriteTx) -> None:
+            tx.announce("hop", "lost.test")
+            raise BadRequest("rolled back")
+
+        async def job(tx: WriteTx) -> None:
+            tx.announce("hop", "b.test")
+            tx.announce("inbox", "bob")
+            tx.announce("hop", "b.test")
+
+        with pytest.raises(BadRequest):
+            await a.write(fails)
+        await a.write(job)
+        await asyncio.wait_for(arrived.wait(), 30)
+        assert heard_a == [("hop", "b.test"), ("inbox", "bob")]
+        assert heard_b == [("hop", "b.test"), ("inbox", "bob")]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_text_holding_nul_is_refused_with_400(storage_pg: Storage) -> None:
+    with pytest.raises(BadRequest, match="NUL") as err:
+        await storage_pg.write(lambda tx: tx.record_nonce("p.test", "bad\x00nonce", T0))
+    assert err.value.status == 400
+    assert not await storage_pg.nonce_seen("p.test", "bad")
+    # the writer goes on, untroubled
+    assert await storage_pg.write(lambda tx: tx.record_nonce("p.test", "good", T0))
+    assert storage_pg.trouble is None
+
+
+async def test_a_lost_connection_fails_writes_then_reconnects(storage_pg: Storage) -> None:
+    assert isinstance(storage_pg, PgStore)
+    await storage_pg.write(lambda tx: tx.record_nonce("p.test", "before", T0))
+    # end every connection of this store (its schema is this test's own) from the
+    # server side, as a restart does
+    with psycopg.connect(storage_pg.target.conninfo, autocommit=True) as admin:
+        ended = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (application_name(storage_pg.target),),
+        ).fetchall()
+    assert len(ended) >= 2  # writer and reader (and the listener)
+    with pytest.raises(StoreError):
+        await storage_pg.write(lambda tx: tx.record_nonce("p.test", "lost", T0))
+    assert storage_pg.trouble is not None
+    # the next write connects again; nothing of the failed one was stored
+    assert await storage_pg.write(lambda tx: tx.record_nonce("p.test", "after", T0))
+    assert storage_pg.trouble is None
+    with pytest.raises(StoreError):
+        await storage_pg.nonce_seen("p.test", "x")  # the reader's connection was ended too
+    assert await storage_pg.nonce_seen("p.test", "after")
+    assert not await storage_pg.nonce_seen("p.test", "lost")
+
+
+async def test_a_readonly_open_of_an_empty_schema_says_so(pg_url: str) -> None:
+    with pytest.raises(StoreError, match="no relay tables"):
+        await open_readonly_storage(pg_url)
+
+
+@pytest.fixture
+async def storage_pg(pg_url: str) -> AsyncIterator[Storage]:
+    s = await open_storage(pg_url)
+    try:
+        yield s
+    finally:
+        await s.close()

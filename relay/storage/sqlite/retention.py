@@ -24,6 +24,7 @@ from relay.storage.records import (
     Preview,
 )
 from relay.storage.sqlite import rows as q
+from relay.storage.sqlite.inline import InlineConnection
 
 CONTENT_DUE = (
     "(e.payload_sha IS NOT NULL"
@@ -48,7 +49,7 @@ def params(cut: Cutoffs, limit: int) -> dict[str, int]:
 class RetentionWrites:
     """The retention part of the write transaction (relay.storage.sqlite.writes)."""
 
-    connection: aiosqlite.Connection
+    connection: InlineConnection
 
     async def content_due(self, cut: Cutoffs, limit: int) -> tuple[list[ContentDue], bool]:
         by_rid: dict[int, ContentDue] = {}

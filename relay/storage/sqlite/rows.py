@@ -3,8 +3,9 @@
 Invariants:
 - Every SELECT that builds a record names its columns, and the record is
   built here by name, once per kind of row.
-- Helpers take any aiosqlite connection: the reader's, the writer's (inside
-  a transaction, seeing its own writes) or a read-only one.
+- Helpers take any connection: the reader's (aiosqlite), the writer's
+  (relay.storage.sqlite.inline, inside a transaction, seeing its own writes)
+  or a read-only one.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ import aiosqlite
 import msgpack
 
 from relay.storage.records import PeerState, Queued
+from relay.storage.sqlite.inline import InlineConnection
+
+# The reader's aiosqlite connection or the writer's inline one: same awaitable surface.
+Conn = aiosqlite.Connection | InlineConnection
 
 IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's variable limit
 
@@ -28,20 +33,26 @@ QUEUED_COLS = (
 )
 
 
-async def rows(db: aiosqlite.Connection, sql: str, params: Any = ()) -> list[sqlite3.Row]:
+async def rows(db: Conn, sql: str, params: Any = ()) -> list[sqlite3.Row]:
     """Every row of a query."""
-    async with db.execute(sql, params) as cur:
+    cur = await db.execute(sql, params)
+    try:
         return list(await cur.fetchall())
+    finally:
+        await cur.close()
 
 
-async def one(db: aiosqlite.Connection, sql: str, params: Any = ()) -> sqlite3.Row | None:
+async def one(db: Conn, sql: str, params: Any = ()) -> sqlite3.Row | None:
     """The first row of a query, or None."""
-    async with db.execute(sql, params) as cur:
+    cur = await db.execute(sql, params)
+    try:
         row: sqlite3.Row | None = await cur.fetchone()
         return row
+    finally:
+        await cur.close()
 
 
-async def changed(db: aiosqlite.Connection, sql: str, params: Any = ()) -> int:
+async def changed(db: Conn, sql: str, params: Any = ()) -> int:
     """Run a write statement; the rows it changed."""
     cur = await db.execute(sql, params)
     n = cur.rowcount
@@ -90,9 +101,7 @@ def peer_state_of(r: sqlite3.Row) -> PeerState:
     )
 
 
-async def stored_results(
-    db: aiosqlite.Connection, peer: str, batch: bytes
-) -> dict[bytes, str] | None:
+async def stored_results(db: Conn, peer: str, batch: bytes) -> dict[bytes, str] | None:
     """The results recorded for `peer`'s batch, None if it was not seen."""
     row = await one(db, "SELECT results FROM batches WHERE peer = ? AND batch = ?", (peer, batch))
     if row is None:
@@ -101,9 +110,7 @@ async def stored_results(
     return {bytes(k): str(v) for k, v in raw.items()}
 
 
-async def idempotent_answer(
-    db: aiosqlite.Connection, mailbox: str, key: str
-) -> dict[str, object] | None:
+async def idempotent_answer(db: Conn, mailbox: str, key: str) -> dict[str, object] | None:
     """The answer stored for (mailbox, key), if any."""
     row = await one(
         db, "SELECT response FROM idempotency WHERE mailbox = ? AND key = ?", (mailbox, key)
@@ -114,7 +121,7 @@ async def idempotent_answer(
     return answer
 
 
-async def unread_bytes(db: aiosqlite.Connection, mailboxes: Sequence[str]) -> dict[str, int]:
+async def unread_bytes(db: Conn, mailboxes: Sequence[str]) -> dict[str, int]:
     """Unacked payload bytes of each of `mailboxes` (0 for one with nothing unread)."""
     found = dict.fromkeys(mailboxes, 0)
     for chunk in chunks(list(found)):
@@ -131,7 +138,7 @@ def pack_results(results: Mapping[bytes, str]) -> bytes:
     return packed
 
 
-async def many(db: aiosqlite.Connection, sql: str, params: Sequence[Sequence[Any]]) -> None:
+async def many(db: Conn, sql: str, params: Sequence[Sequence[Any]]) -> None:
     """executemany, skipped when there is nothing to write (each call is a thread hop)."""
     if params:
         await db.executemany(sql, params)

@@ -14,9 +14,8 @@ import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 
-import aiosqlite
-
 from relay.errors import StoreError
+from relay.storage.sqlite.inline import InlineConnection
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -68,11 +67,10 @@ def statements(script: str) -> Iterable[str]:
     return found
 
 
-async def migrate(db: aiosqlite.Connection, path: Path) -> int:
+async def migrate(db: InlineConnection, path: Path) -> int:
     """Bring the schema to SCHEMA_VERSION; refuse a database newer than the code."""
     await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-    async with db.execute("SELECT max(version) FROM schema_version") as cur:
-        row = await cur.fetchone()
+    row = await (await db.execute("SELECT max(version) FROM schema_version")).fetchone()
     current = int(row[0]) if row and row[0] is not None else 0
     if current > SCHEMA_VERSION:
         raise StoreError(

@@ -6,7 +6,9 @@ Invariants:
 - WAL, synchronous=FULL, file mode 0600; numbered migrations
   (relay.storage.sqlite.schema); a database newer than the code is refused.
 - Every write goes through one writer task that runs the queued jobs of many
-  callers in a single transaction (group commit). A caller's future resolves
+  callers in a single transaction (group commit), on a plain sqlite3
+  connection driven from the event loop with COMMIT in a thread
+  (relay.storage.sqlite.inline). A caller's future resolves
   only after COMMIT returned, so nothing is acknowledged before it is durable.
   Each job runs inside its own SAVEPOINT: one job failing rolls back only
   itself. When SQLite rolls back the whole transaction (disk full, I/O
@@ -15,7 +17,8 @@ Invariants:
 - Every sqlite error reaches callers as StoreError, reads included; a storage
   failure (full, read-only, I/O) sets `trouble` until a transaction commits
   cleanly again.
-- Reads use a second connection; WAL gives them the last committed state.
+- Reads use a second (aiosqlite) connection; WAL gives them the last
+  committed state.
 - Payloads are content-addressed by sha256 and stored once.
 - Announcements (WriteTx.announce) reach this process's on_announce hooks
   after the COMMIT of their transaction, those of a job that rolled back
@@ -40,6 +43,7 @@ import aiosqlite
 from relay.errors import Busy, RelayError, StoreError
 from relay.logs import event
 from relay.storage.interface import DatabaseLocked, Job
+from relay.storage.sqlite.inline import InlineConnection, connect_inline
 from relay.storage.sqlite.reads import SqliteReads
 from relay.storage.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, TABLES, migrate
 from relay.storage.sqlite.writes import SqliteWriteTx
@@ -72,7 +76,7 @@ class Store(SqliteReads):
     """The SQLite Storage: group-commit writer plus a read connection over one file."""
 
     def __init__(
-        self, path: Path, db: aiosqlite.Connection, reader: aiosqlite.Connection, lock_fd: int
+        self, path: Path, db: InlineConnection, reader: aiosqlite.Connection, lock_fd: int
     ) -> None:
         super().__init__(path, reader)
         self._db = db
@@ -186,7 +190,7 @@ class Store(SqliteReads):
         if self.before_commit is not None:
             await self.before_commit()
         try:
-            await self._db.execute("COMMIT")
+            await self._db.commit()
         except sqlite3.Error as e:
             self._set_trouble(e)
             with contextlib.suppress(sqlite3.Error):
@@ -320,10 +324,9 @@ async def open_store(path: Path) -> Store:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
         os.chmod(path, 0o600)
-        db = await _connect(path)
+        db = connect_inline(str(path))
         try:
-            async with db.execute("PRAGMA journal_mode = WAL") as cur:
-                row = await cur.fetchone()
+            row = await (await db.execute("PRAGMA journal_mode = WAL")).fetchone()
             if row is None or str(row[0]).lower() != "wal":
                 raise StoreError(f"{path}: could not switch the journal to WAL")
             await db.execute("PRAGMA synchronous = FULL")
@@ -405,7 +408,7 @@ def sqlite_store(storage: object) -> Store:
     return storage
 
 
-def sqlite_tx(tx: object) -> aiosqlite.Connection:
+def sqlite_tx(tx: object) -> InlineConnection:
     """The writer connection under a SQLite write transaction, for SQLite-only tests.
 
     TypeError if `tx` is another backend's transaction.

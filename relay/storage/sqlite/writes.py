@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 
-import aiosqlite
 import msgpack
 
 from relay.errors import RelayError
@@ -36,6 +35,7 @@ from relay.storage.records import (
     WebhookFailure,
 )
 from relay.storage.sqlite import rows as q
+from relay.storage.sqlite.inline import InlineConnection
 from relay.storage.sqlite.retention import RetentionWrites
 
 _NOT_FINAL = f"status NOT IN ({', '.join(repr(s) for s in sorted(FINAL_STATUSES))})"
@@ -44,7 +44,7 @@ _NOT_FINAL = f"status NOT IN ({', '.join(repr(s) for s in sorted(FINAL_STATUSES)
 class SqliteWriteTx(RetentionWrites):
     """WriteTx over the writer connection, inside its open transaction."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: InlineConnection) -> None:
         self.connection = db  # SQLite only: tests run raw statements in a job through it
         # (topic, key) pairs announced in the open transaction; the store trims
         # a failed job's and hands the rest to its on_announce hooks after COMMIT.

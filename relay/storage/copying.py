@@ -17,28 +17,59 @@ from relay.errors import BadRequest, Conflict
 from relay.storage.backends import open_storage
 from relay.storage.interface import Storage
 from relay.storage.sqlite.tableio import SqliteTables
-from relay.storage.transfer import Copied, copy_all
+from relay.storage.transfer import Copied, TableIO, copy_all
+
+Target = Path | str
 
 
-async def copy_storage(source: Path, target: Path, *, replace: bool = False) -> list[Copied]:
+def same_target(a: Target, b: Target) -> bool:
+    """True if `a` and `b` name the same database."""
+    if isinstance(a, Path) and isinstance(b, Path):
+        return a.resolve() == b.resolve()
+    return a == b
+
+
+async def copy_storage(
+    source: Target,
+    target: Target,
+    *,
+    source_password: str | None = None,
+    target_password: str | None = None,
+    replace: bool = False,
+) -> list[Copied]:
     """Copy every table of the storage at `source` into `target`; rows per table."""
-    if target.resolve() == source.resolve():
+    if same_target(source, target):
         raise BadRequest(f"{target} is the source database itself; give another target")
-    src_store = await open_storage(source)
+    src_store = await _open(source, source_password)
     try:
         await refuse_live_leases(src_store)
-        dst_store = await open_storage(target)
+        dst_store = await _open(target, target_password)
         try:
-            src, dst = SqliteTables(source), SqliteTables(target)
+            src = _tables(source, source_password)
             try:
-                return await asyncio.to_thread(copy_all, src, dst, replace=replace)
+                dst = _tables(target, target_password)
+                try:
+                    return await asyncio.to_thread(copy_all, src, dst, replace=replace)
+                finally:
+                    dst.close()
             finally:
                 src.close()
-                dst.close()
         finally:
             await dst_store.close()
     finally:
         await src_store.close()
+
+
+async def _open(target: Target, password: str | None) -> Storage:
+    if not isinstance(target, Path):
+        raise BadRequest(f"{target}: this relay copies between SQLite files only")
+    return await open_storage(target)
+
+
+def _tables(target: Target, password: str | None) -> TableIO:
+    if not isinstance(target, Path):
+        raise BadRequest(f"{target}: this relay copies between SQLite files only")
+    return SqliteTables(target)
 
 
 async def refuse_live_leases(storage: Storage) -> None:

@@ -12,7 +12,8 @@ Invariants:
 - A target that holds any row is refused unless `replace` is set; then its
   rows go in the same transaction as the copy, so a failed copy keeps them.
 - Both sides must have the same columns per table (both migrated to this
-  code's schema); values are converted only between integer and boolean.
+  code's schema), except the LOCAL_COLUMNS one backend keeps for its own
+  layout; values are converted only between integer and boolean.
 """
 
 from __future__ import annotations
@@ -45,9 +46,21 @@ DATA: tuple[str, ...] = (
     "certificates",
 )
 
-# Kept by the database from the DATA tables (SQLite triggers); the target
-# recomputes them rather than trusting a copy.
-DERIVED: tuple[str, ...] = ("unread",)
+# Kept by the database from the DATA tables (triggers, on both backends);
+# the target recomputes them with these statements (valid SQLite and
+# PostgreSQL) rather than trusting a copy.
+DERIVED: dict[str, str] = {
+    "unread": (
+        "INSERT INTO unread (mailbox, bytes) SELECT i.mailbox, sum(e.size) "
+        "FROM inbox i JOIN envelopes e ON e.rid = i.rid "
+        "WHERE i.acked IS NULL GROUP BY i.mailbox"
+    ),
+}
+
+# Columns only one backend has, for its own storage layout, that no other row
+# refers to: SQLite's payloads.id is the rowid that keeps small bodies inline
+# (its migration 5); PostgreSQL keys payloads by sha alone.
+LOCAL_COLUMNS: frozenset[tuple[str, str]] = frozenset({("payloads", "id")})
 
 # Not carried: each backend's own migration bookkeeping, and the leases
 # running workers hold (a copy runs with the node stopped, so none is valid
@@ -90,8 +103,8 @@ class TableIO(Protocol):
         """Insert `rows` (tuples of `columns`) into `table`."""
         ...
 
-    def rebuild(self, table: str) -> None:
-        """Recompute a DERIVED table from the data tables (nothing if it has none)."""
+    def execute(self, sql: str) -> None:
+        """Run one statement in the open transaction."""
         ...
 
     def finish(self) -> None:
@@ -104,6 +117,10 @@ class TableIO(Protocol):
 
     def rollback(self) -> None:
         """Drop the transaction."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
         ...
 
 
@@ -150,12 +167,13 @@ def copy_all(source: TableIO, target: TableIO, *, replace: bool = False) -> list
         if table not in target_tables:
             raise StoreError(f"{target.location} has no table {table}: is it a relay database?")
         src_cols, dst_cols = source.columns(table), target.columns(table)
-        if set(src_cols) != set(dst_cols):
+        odd = set(src_cols) ^ set(dst_cols)
+        if any((table, c) not in LOCAL_COLUMNS for c in odd):
             raise StoreError(
                 f"table {table} differs: {source.location} has "
                 f"{', '.join(src_cols)}; {target.location} has {', '.join(dst_cols)}"
             )
-        plan.append((table, list(src_cols), dst_cols))
+        plan.append((table, [c for c in src_cols if c in dst_cols], dst_cols))
     target.begin()
     try:
         busy = occupied(target)
@@ -172,9 +190,10 @@ def copy_all(source: TableIO, target: TableIO, *, replace: bool = False) -> list
             wanted = [kinds[c] for c in cols]
             for batch in source.rows(table, cols):
                 target.insert(table, cols, [_as_target(row, wanted) for row in batch])
-        for table in DERIVED:
+        for table, sql in DERIVED.items():
             if table in target_tables:
-                target.rebuild(table)
+                target.clear(table)
+                target.execute(sql)
         target.finish()
         copied = [Copied(t, source.count(t), target.count(t)) for t in DATA]
         wrong = [c for c in copied if c.source != c.target]

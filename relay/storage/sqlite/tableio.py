@@ -15,15 +15,6 @@ from relay.storage.transfer import BATCH_ROWS, Row
 
 _KINDS = {"INTEGER": "int", "TEXT": "text", "BLOB": "bytes"}
 
-# What the SQLite triggers of migration 6 keep, recomputed in one statement.
-_REBUILD = {
-    "unread": (
-        "INSERT INTO unread (mailbox, bytes) SELECT i.mailbox, sum(e.size) "
-        "FROM inbox i JOIN envelopes e ON e.rid = i.rid "
-        "WHERE i.acked IS NULL GROUP BY i.mailbox"
-    ),
-}
-
 
 class SqliteTables:
     """relay.storage.transfer.TableIO over one SQLite file."""
@@ -79,10 +70,8 @@ class SqliteTables:
         except sqlite3.Error as e:
             raise StoreError(f"{self.location}: writing {table}: {e}") from e
 
-    def rebuild(self, table: str) -> None:
-        self._run(f'DELETE FROM "{table}"')
-        if table in _REBUILD:
-            self._run(_REBUILD[table])
+    def execute(self, sql: str) -> None:
+        self._run(sql)
 
     def finish(self) -> None:
         """Nothing to do: an INTEGER PRIMARY KEY goes on from the largest key stored."""

@@ -14,12 +14,10 @@ import time
 from pathlib import Path
 
 from relay.errors import BadRequest, Conflict
-from relay.storage.backends import open_storage
+from relay.storage.backends import Target, backend_of, open_storage
 from relay.storage.interface import Storage
 from relay.storage.sqlite.tableio import SqliteTables
 from relay.storage.transfer import Copied, TableIO, copy_all
-
-Target = Path | str
 
 
 def same_target(a: Target, b: Target) -> bool:
@@ -61,15 +59,15 @@ async def copy_storage(
 
 
 async def _open(target: Target, password: str | None) -> Storage:
-    if not isinstance(target, Path):
-        raise BadRequest(f"{target}: this relay copies between SQLite files only")
-    return await open_storage(target)
+    return await open_storage(target, password)
 
 
 def _tables(target: Target, password: str | None) -> TableIO:
-    if not isinstance(target, Path):
-        raise BadRequest(f"{target}: this relay copies between SQLite files only")
-    return SqliteTables(target)
+    if backend_of(target) == "postgresql":
+        from relay.storage.postgres.tableio import PgTables
+
+        return PgTables(str(target), password)
+    return SqliteTables(Path(target))
 
 
 async def refuse_live_leases(storage: Storage) -> None:

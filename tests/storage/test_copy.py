@@ -1,24 +1,45 @@
 """relay.storage.copying / transfer: every table carried over, counted, and refusals.
 
 The checks read both sides through the storage interface only, so they say
-what a node started on the copy will see.
+what a node started on the copy will see. They run for every pair of
+backends: SQLite to PostgreSQL and back, and each to itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from relay.errors import BadRequest, Conflict, StoreError
-from relay.storage.backends import open_storage
+from relay.storage.backends import BACKENDS, Target, open_storage
 from relay.storage.copying import copy_storage
 from relay.storage.interface import DatabaseLocked, Storage, WriteTx
 from relay.storage.records import DecisionRecord, PeerState, PendingReceipt, Recipient
 from relay.storage.transfer import DATA
+from tests import pgserver
+from tests.conftest import require_postgres
 from tests.storage.contract import HERE, T0, envelope, new, put
+
+PAIRS = [(a, b) for a in BACKENDS for b in BACKENDS]
+
+
+@pytest.fixture(params=PAIRS, ids=[f"{a}-to-{b}" for a, b in PAIRS])
+def ends(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Target, Target]]:
+    """A source and a target of the backends named by the parameter (distinct places)."""
+    with contextlib.ExitStack() as stack:
+        found: list[Target] = []
+        for i, backend in enumerate(request.param):
+            if backend == "postgresql":
+                require_postgres()
+                found.append(stack.enter_context(pgserver.schema_url()))
+            else:
+                found.append(tmp_path / f"{i}.db")
+        yield found[0], found[1]
 
 
 async def fill(storage: Storage) -> dict[str, object]:
@@ -48,8 +69,9 @@ async def fill(storage: Storage) -> dict[str, object]:
     return {"out": out, "rids": rids}
 
 
-async def test_copy_carries_every_table_and_counts_it(tmp_path: Path) -> None:
-    src = await open_storage(tmp_path / "a.db")
+async def test_copy_carries_every_table_and_counts_it(ends: tuple[Target, Target]) -> None:
+    source, target = ends
+    src = await open_storage(source)
     await fill(src)
     before = await src.row_counts()
     unread_before = await src.unread_bytes(["alice"])
@@ -58,11 +80,11 @@ async def test_copy_carries_every_table_and_counts_it(tmp_path: Path) -> None:
     await src.close()
     assert all(before[t] for t in ("envelopes", "payloads", "queue", "inbox", "nonces"))
 
-    copied = await copy_storage(tmp_path / "a.db", tmp_path / "b.db")
+    copied = await copy_storage(source, target)
 
     assert [c.table for c in copied] == list(DATA)
     assert {c.table: c.target for c in copied} == {t: before[t] for t in DATA}
-    dst = await open_storage(tmp_path / "b.db")
+    dst = await open_storage(target)
     try:
         assert await dst.row_counts() == before
         assert await dst.unread_bytes(["alice"]) == unread_before
@@ -82,15 +104,16 @@ async def test_copy_carries_every_table_and_counts_it(tmp_path: Path) -> None:
         await dst.close()
 
 
-async def test_a_target_with_data_is_refused_unless_replace(tmp_path: Path) -> None:
-    for name in ("a.db", "b.db"):
-        s = await open_storage(tmp_path / name)
+async def test_a_target_with_data_is_refused_unless_replace(ends: tuple[Target, Target]) -> None:
+    for where in ends:
+        s = await open_storage(where)
         await fill(s)
         await s.close()
     with pytest.raises(Conflict, match=r"already holds relay data \(payloads: \d+"):
-        await copy_storage(tmp_path / "a.db", tmp_path / "b.db")
-    copied = await copy_storage(tmp_path / "a.db", tmp_path / "b.db", replace=True)
+        await copy_storage(*ends)
+    copied = await copy_storage(*ends, replace=True)
     assert all(c.source == c.target for c in copied)
+    assert {c.table: c.target for c in copied}["envelopes"] == 4
 
 
 async def test_copy_onto_itself_is_refused(tmp_path: Path) -> None:
@@ -127,7 +150,7 @@ async def test_a_running_node_database_is_not_copied(tmp_path: Path) -> None:
 
 def test_data_tables_cover_every_stored_table() -> None:
     """The copy's table list and row_counts' list name the same tables."""
-    from relay.storage.sqlite.schema import TABLES
+    from relay.storage.tables import TABLES
 
     assert set(DATA) == set(TABLES)
 

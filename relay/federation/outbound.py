@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 import random as _random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -67,10 +67,19 @@ STORE_RETRY_S = 1.0  # pause after the store refused a sender's write
 class Sender:
     """Delivers the queue of one next hop."""
 
-    def __init__(self, state: NodeState, hop: str, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        state: NodeState,
+        hop: str,
+        session: aiohttp.ClientSession,
+        may_send: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.state = state
         self.hop = hop
         self.session = session
+        # False while this worker's lease on `hop` is not fresh (relay.node.leases):
+        # no batch starts then, so no other worker can be sending the same queue
+        self.may_send = may_send
         self.wake = asyncio.Event()
         self.wake.set()
         # what to fetch, trim, reuse and wait: relay.protocol.outbound decides
@@ -168,6 +177,10 @@ class Sender:
                 continue
             st.backoff_over(self.hop)
             self.wake.clear()
+            if not self.may_send():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+                continue
             items = await st.store.queue_head(self.hop, self._limit)
             if not items:
                 with contextlib.suppress(TimeoutError):

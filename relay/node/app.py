@@ -34,6 +34,7 @@ from relay.logs import event
 from relay.node import expiry, retention
 from relay.node.conns import Listener, descriptor_shortfall
 from relay.node.http import answer_errors
+from relay.node.leases import Coordinator
 from relay.node.metrics import serve as serve_metrics
 from relay.node.opening import open_node_storage
 from relay.node.recheck import recheck
@@ -80,7 +81,9 @@ class Node:
         self.listener: Listener | None = None  # [node] listen, guarded by [limits]
         self.session: aiohttp.ClientSession | None = None
         self.senders: dict[str, Sender] = {}
-        self.tasks: list[asyncio.Task[None]] = []
+        self.tasks: list[asyncio.Task[None]] = []  # this worker's own tasks
+        self.jobs: list[asyncio.Task[None]] = []  # background jobs, while leading
+        self.coordinator: Coordinator | None = None  # leases (relay.node.leases)
         self.port = 0
         self.metrics_listener: Listener | None = None  # with [metrics] listen
         self.webhooks: Webhooks | None = None
@@ -98,8 +101,8 @@ class Node:
         state = NodeState(cfg, key, store, clock=self.clock, fault_spec=fault_spec)
         self.state = state
         state.wake_hop = self._wake
+        state.leading = False  # until the leader lease is taken
         state.trust.learn(await store.certificates(state.now_ms()), saved=True)
-        await recheck(state)  # queued envelopes under the policy now in force, before any send
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit_per_host=4, keepalive_timeout=60, ssl=client_ssl),
             headers={"User-Agent": "relay/0.1"},
@@ -135,16 +138,14 @@ class Node:
                 listeners=listeners,
                 detail="raise the open-file limit (LimitNOFILE) or lower [limits] max_connections",
             )
-        for hop in await store.queue_hops():
-            self._wake(hop)
-        self.tasks.append(asyncio.create_task(receipts.run_flusher(state), name="receipts"))
-        self.tasks.append(asyncio.create_task(self._prune_loop(), name="prune"))
-        self.tasks.append(asyncio.create_task(retention.run_purger(state), name="purge"))
-        self.tasks.append(asyncio.create_task(expiry.run_sweeper(state), name="expiry"))
         watcher = watch_store(lambda: state.trust, lambda: state.stopping)
         self.tasks.append(asyncio.create_task(watcher, name="certificate-store"))
         self.webhooks = Webhooks(state, self.session)
-        await self.webhooks.sync()
+        # The first renewal takes the leader lease (re-check, jobs) and the
+        # senders of the queues with work, if no other worker holds them.
+        self.coordinator = Coordinator(store, self, state.now_ms)
+        await self.coordinator.renew()
+        self.coordinator.start()
         self.admin = AdminServer(state)
         await self.admin.start()
         event(
@@ -163,14 +164,69 @@ class Node:
         )
 
     def _wake(self, hop: str) -> None:
+        """`hop` has work: wake its sender here, or try to take its lease."""
         state = self.state
-        if state is None or state.stopping or self.session is None:
+        if state is None or state.stopping:
             return
         sender = self.senders.get(hop)
-        if sender is None:
-            sender = self.senders[hop] = Sender(state, hop, self.session)
+        if sender is not None:
+            sender.wake.set()
+        elif self.coordinator is not None:
+            self.coordinator.want(hop)
+
+    # --- the work leases cover (relay.node.leases.Work) ------------------------------
+
+    async def start_sender(self, hop: str) -> None:
+        state, coordinator = self.state, self.coordinator
+        if state is None or state.stopping or self.session is None or coordinator is None:
+            return
+        if hop not in self.senders:
+            sender = Sender(state, hop, self.session, lambda: coordinator.may_send(hop))
+            self.senders[hop] = sender
             sender.start()
-        sender.wake.set()
+
+    async def stop_sender(self, hop: str) -> None:
+        sender = self.senders.pop(hop, None)
+        if sender is not None:
+            await sender.stop()
+
+    async def lead(self) -> None:
+        """This worker took the leader lease: re-check the queue, start the jobs."""
+        state = self.state
+        if state is None or state.stopping:
+            return
+        state.leading = True
+        try:  # queued envelopes under the policy now in force, before this worker sends
+            await recheck(state)
+        except RelayError as e:
+            event(log, "recheck_failed", logging.ERROR, detail=e.detail)
+        self.jobs = [
+            asyncio.create_task(receipts.run_flusher(state), name="receipts"),
+            asyncio.create_task(self._prune_loop(), name="prune"),
+            asyncio.create_task(retention.run_purger(state), name="purge"),
+            asyncio.create_task(expiry.run_sweeper(state), name="expiry"),
+        ]
+        if self.webhooks is not None:
+            await self.webhooks.sync()
+
+    async def unlead(self) -> None:
+        """The leader lease is gone (lost, or this worker stops): stop the jobs."""
+        if self.state is not None:
+            self.state.leading = False
+        jobs, self.jobs = self.jobs, []
+        for task in jobs:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.webhooks is not None:
+            await self.webhooks.stop()
+
+    async def _last_flush(self) -> None:
+        """At stop, the leader writes the receipts still pending (before it lets go)."""
+        state = self.state
+        if state is not None and state.leading:
+            with contextlib.suppress(RelayError):
+                await receipts.flush(state)
 
     async def _prune_loop(self) -> None:
         assert self.state is not None
@@ -194,7 +250,7 @@ class Node:
         """SIGHUP: re-read node.toml into the running node (relay.node.reload)."""
         assert self.state is not None
         result = await reload_config(self.state)
-        if result.applied and self.webhooks is not None:
+        if result.applied and self.webhooks is not None and self.state.leading:
             await self.webhooks.sync()
         node_cfg = self.state.config.node
         if result.applied and self.server_ssl and node_cfg.tls_cert and node_cfg.tls_key:
@@ -217,16 +273,17 @@ class Node:
             await self.admin.stop()
         if self.metrics_listener is not None:
             await self.metrics_listener.stop()
-        for sender in self.senders.values():
+        if self.coordinator is not None:
+            # stops the senders and the jobs, then frees the leases for the other workers
+            await self.coordinator.stop(before_release=self._last_flush)
+        for sender in self.senders.values():  # none unless start() failed half-way
             await sender.stop()
         if self.webhooks is not None:
             await self.webhooks.stop()
-        for task in self.tasks:
+        for task in [*self.tasks, *self.jobs]:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        with contextlib.suppress(RelayError):
-            await receipts.flush(state)
         if self.session is not None:
             await self.session.close()
         await state.store.close()

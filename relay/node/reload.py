@@ -174,7 +174,7 @@ async def reload_config(state: NodeState) -> ReloadResult:
         peers_changed=result.peers_changed,
         recheck_for=",".join(result.recheck_for),
     )
-    if result.recheck_for:
+    if result.recheck_for and state.leading:  # once per node: the leader's job
         try:
             await recheck(state)
         except RelayError as e:

@@ -59,6 +59,9 @@ class NodeState:
         self.random = random
         self.use_key(key)
         self.stopping = False
+        # This worker holds the leader lease (relay.node.leases) and runs the
+        # node's background jobs; a state outside a running node is its only worker.
+        self.leading = True
         # Fault injection for crash tests (relay.node.fault; the RELAY_FAULT
         # value relay.node.app passes in): "exit_after_commit" makes the node
         # die after committing a received batch and before answering it;

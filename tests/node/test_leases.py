@@ -1,7 +1,7 @@
 """Leases between workers (relay.node.leases): several Coordinators on one storage.
 
-Each Coordinator here stands for one worker; they share a real store and a
-clock the test moves, and record the work they start and stop.
+Each Coordinator here stands for one worker; they share a real store (every
+backend) and a clock the test moves, and record the work they start and stop.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from relay.node.leases import FRESH_MS, LEADER, SENDER, TTL_MS, WORKER, Coordinator
-from relay.storage.backends import open_storage
+from relay.storage.backends import BACKENDS, Target, open_storage
 from relay.storage.interface import Storage
 from tests.storage.contract import T0, envelope, new, put
 
@@ -57,9 +57,17 @@ class Worker:
 HOPS = ["a.test", "b.test", "c.test", "d.test"]
 
 
+@pytest.fixture(params=BACKENDS)
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("pg_url")
+        return url
+    return tmp_path / "relay.db"
+
+
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Storage]:
-    s = await open_storage(tmp_path / "relay.db")
+async def store(target: Target) -> AsyncIterator[Storage]:
+    s = await open_storage(target)
     try:
         await put(s, [new(envelope(dest=hop, to=[f"x@{hop}"]), hop=hop) for hop in HOPS])
         yield s

@@ -24,13 +24,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 
 from relay.errors import ItemRejected, MalformedError
+from relay.protocol import ed25519
 from relay.protocol.names import split_address, valid_jurisdiction, valid_node_name
 from relay.protocol.strict import (
     SIGNATURE_SIZE,
@@ -267,7 +267,8 @@ def seal(header: Header, payload: bytes, key: Ed25519PrivateKey) -> Envelope:
     """
     header_bytes = encode_header(header)
     checked = decode_header(header_bytes)
-    env = Envelope(header_bytes, key.sign(ENVELOPE_DOMAIN + header_bytes), payload, checked)
+    signature = ed25519.sign(key, ENVELOPE_DOMAIN + header_bytes)
+    env = Envelope(header_bytes, signature, payload, checked)
     try:
         check_payload(env)
     except ItemRejected as e:
@@ -285,12 +286,10 @@ def open_envelope(header_bytes: bytes, signature: bytes, payload: bytes) -> Enve
 
 def verify_envelope(env: Envelope, pub: Ed25519PublicKey) -> None:
     """Verify the origin's signature over the exact header bytes; ItemRejected("signature")."""
-    try:
-        pub.verify(env.signature, ENVELOPE_DOMAIN + env.header_bytes)
-    except InvalidSignature:
+    if not ed25519.verify(pub, env.signature, ENVELOPE_DOMAIN + env.header_bytes):
         raise ItemRejected(
             "signature", f"envelope {env.header.id.hex()}: signature does not verify"
-        ) from None
+        )
 
 
 def check_payload(env: Envelope) -> None:

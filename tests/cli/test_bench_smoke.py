@@ -6,10 +6,13 @@ at the destination, and the fields docs/performance.md relies on are there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -60,3 +63,38 @@ def test_bench_refuses_a_bad_flag() -> None:
     )
     assert proc.returncode == 2
     assert "--n" in proc.stderr
+
+
+def test_bench_app_mode_reads_and_acks_every_message(tmp_path: Path) -> None:
+    flags = ["--n", "300", "--app", "--json", "--quiet", "--workdir", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "relay", "bench", *flags],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert doc["clock_stops"] == "app read and acked at the destinations"
+    assert doc["committed"] == 300
+    for node in doc["nodes"]:
+        assert node["cpu_us_per_msg"] > 0
+    # the app acked what it read: nothing is left unread at the destination
+    (db,) = tmp_path.glob("bench-*/b0*/relay.db")
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        unread, acked = conn.execute(
+            "SELECT sum(acked IS NULL), sum(acked IS NOT NULL) FROM inbox"
+        ).fetchone()
+    assert (unread, acked) == (0, 300)
+
+
+def test_bench_refuses_app_with_backlog() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "relay", "bench", "--app", "--backlog", "10"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "--app" in proc.stderr

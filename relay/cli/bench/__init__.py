@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--peers", type=pos_int, default=1, help="destination nodes (1)")
     p.add_argument(
+        "--app",
+        action="store_true",
+        help="app to app: stop the clock when the app at each destination has read every"
+        " message through GET /v1/inbox and acked it (default: when B committed it)",
+    )
+    p.add_argument(
         "--backlog",
         type=pos_int,
         metavar="M",
@@ -80,6 +87,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from relay.cli.bench.options import Options
     from relay.cli.bench.run import bench
 
+    if args.app and (args.backlog is not None or args.rate is not None):
+        print(
+            "relay bench: --app goes with closed-loop runs only, not --backlog or --rate",
+            file=sys.stderr,
+        )
+        return 2
     opts = Options(
         n=args.n,
         size=args.size,
@@ -87,6 +100,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         client_batch=args.client_batch,
         rate=args.rate,
         peers=args.peers,
+        app=args.app,
         backlog=args.backlog,
         retry_max=_retry_max(args),
         profile_dir=args.profile,
@@ -114,7 +128,7 @@ def render(r: dict[str, Any]) -> str:
         f"mode: {r['mode']}  ({r['endpoint']}, {r['client_batch']} per request)",
         f"n: {r['n']}  size: {r['size']}  clients: {r['clients']}  peers: {r['peers']}"
         + (f"  offered: {r['rate']:g} msg/s" if r["rate"] else ""),
-        f"seconds: {r['seconds']}",
+        f"seconds: {r['seconds']}  (clock stops when {r['clock_stops']})",
         f"msgs_per_s: {r['msgs_per_s']:,.0f}",
         f"latency_ms: p50 {lat['p50']:g}  p90 {lat['p90']:g}  p99 {lat['p99']:g}"
         f"  max {lat['max']:g}  (created at A -> delivered stamp at B, read from B)",
@@ -139,7 +153,8 @@ def render(r: dict[str, Any]) -> str:
         )
     lines += [
         f"node {node['name']} ({node['role']}): peak_rss {node['peak_rss_mb']} MB"
-        f" (sampled max {node['max_sampled_rss_mb']}), cpu {node['cpu_s']} s,"
+        f" (sampled max {node['max_sampled_rss_mb']}), cpu {node['cpu_s']} s"
+        f" ({node['cpu_us_per_msg']:,.0f} µs per message),"
         f" journal_mode={node['journal_mode']} synchronous={node['synchronous']}"
         f" [{node['synchronous_source']}], loop={node['event_loop']}"
         for node in r["nodes"]

@@ -84,3 +84,53 @@ class Load:
                 if delay > 0:
                     await asyncio.sleep(delay)
                 tg.create_task(self.post(first, min(k, n - first), wall0 + offset * 1000))
+
+
+# --- the receiving application (--app) ---------------------------------------------
+
+READ_LIMIT = 1000  # messages per inbox page (the client API's maximum)
+
+
+class Reader:
+    """The application at each destination: reads its inbox page by page and acks it.
+
+    `read` counts messages read and acknowledged (the ack committed at the
+    destination), which is what `--app` times.
+    """
+
+    def __init__(self, cluster: Cluster, session: aiohttp.ClientSession) -> None:
+        self.cluster = cluster
+        self.session = session
+        self.read = 0
+
+    async def run(self, n: int) -> None:
+        """Read and ack at every destination until `n` messages were acked in all."""
+        async with asyncio.TaskGroup() as tg:
+            for b in self.cluster.bs:
+                tg.create_task(self._one(b.url, b.token, n))
+
+    async def _one(self, url: str, token: str, n: int) -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        after = 0
+        while self.read < n:
+            async with self.session.get(
+                f"{url}/v1/inbox",
+                params={"wait": "1", "limit": str(READ_LIMIT), "after": str(after)},
+                headers=headers,
+                allow_redirects=False,
+            ) as r:
+                text = await r.text()
+                if r.status != 200:
+                    raise RelayError(f"{url} answered /v1/inbox with HTTP {r.status}: {text[:300]}")
+            page = json.loads(text)
+            ids = [m["id"] for m in page["messages"]]
+            after = int(page["next"])
+            if not ids:
+                continue
+            async with self.session.post(
+                f"{url}/v1/inbox/ack", json={"ids": ids}, headers=headers, allow_redirects=False
+            ) as r:
+                text = await r.text()
+                if r.status != 200:
+                    raise RelayError(f"{url} answered /v1/inbox/ack with HTTP {r.status}: {text}")
+            self.read += len(ids)

@@ -16,6 +16,7 @@ class Options:
     client_batch: int = 100
     rate: float | None = None  # open-loop offered load, messages/s
     peers: int = 1
+    app: bool = False  # time until the app at each destination read and acked every message
     backlog: int | None = None  # queue this many with the destinations down, then drain
     profile_dir: Path | None = None  # py-spy A and the first destination into this directory
     retry_max: str | None = None  # backlog: cap A's backoff so the drain starts promptly

@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 
 from relay.cli.bench.cluster import Cluster, start_nodes
-from relay.cli.bench.load import Load
+from relay.cli.bench.load import Load, Reader
 from relay.cli.bench.measure import (
     code_version,
     destination_rows,
@@ -78,13 +78,20 @@ async def watch(
     phase: str,
     samples: list[tuple[float, int]] | None = None,
     submitting: asyncio.Task[Any] | None = None,
+    reader: Reader | None = None,
+    reader_task: asyncio.Task[Any] | None = None,
 ) -> float:
-    """Sample RSS and the destinations' commits until `target` are committed; return when."""
+    """Sample RSS and the destinations' commits until `target` are committed; return when.
+
+    With `reader` (--app), until the app at the destinations read and acked `target`.
+    """
     last_change, last_count, last_print, last_rss = time.monotonic(), -1, 0.0, 0.0
     window: list[tuple[float, int]] = []
     while True:
         now = time.monotonic()
-        count = cluster.committed()
+        count = cluster.committed()  # also stamps each row's first sighting (latency)
+        if reader is not None:
+            count = reader.read
         if now - last_rss >= RSS_EVERY_S:
             cluster.sample()
             last_rss = now
@@ -97,12 +104,13 @@ async def watch(
                 raise Unavailable(f"{node.name} exited {node.proc.returncode}:\n{node.log_tail()}")
         if count >= target:
             return now
-        if submitting is not None and submitting.done() and not submitting.cancelled():
-            exc = submitting.exception()
-            while isinstance(exc, BaseExceptionGroup):
-                exc = exc.exceptions[0]
-            if exc is not None:
-                raise exc
+        for task in (submitting, reader_task):
+            if task is not None and task.done() and not task.cancelled():
+                exc = task.exception()
+                while isinstance(exc, BaseExceptionGroup):
+                    exc = exc.exceptions[0]
+                if exc is not None:
+                    raise exc
         if now - last_change > STALL_TIMEOUT_S:
             raise Unavailable(
                 f"no commit at the destinations for {STALL_TIMEOUT_S:.0f}s ({count}/{target});"
@@ -113,9 +121,9 @@ async def watch(
             last_print = now
             rate = (window[-1][1] - window[0][1]) / max(window[-1][0] - window[0][0], 1e-9)
             acked = f"acked by A {load.acked:,}  " if load is not None else ""
+            what = "committed at destination" if reader is None else "read and acked by the app"
             progress.say(
-                f"{phase}: {acked}committed at destination {count:,}/{target:,}"
-                f"  ({rate:,.0f} msg/s)",
+                f"{phase}: {acked}{what} {count:,}/{target:,}  ({rate:,.0f} msg/s)",
                 final=False,
             )
         await asyncio.sleep(POLL_EVERY_S)
@@ -193,18 +201,26 @@ async def run(opts: Options, cluster: Cluster, progress: Progress) -> dict[str, 
                 **drain_rates(samples, n),
             }
         else:
+            reader = Reader(cluster, session) if opts.app else None
+            reading = asyncio.create_task(reader.run(n)) if reader is not None else None
             try:
-                end = await watch(cluster, n, progress, load, "running", None, submitting)
+                end = await watch(
+                    cluster, n, progress, load, "running", None, submitting, reader, reading
+                )
             finally:
-                if not submitting.done():
-                    submitting.cancel()
+                for task in (submitting, reading):
+                    if task is not None and not task.done():
+                        task.cancel()
             await submitting
+            if reading is not None:
+                await reading
             submit_s = submitted_at[0] - t0
         seconds = end - t0
         for node in cluster.nodes:
             node.sample_rss()
         own = resource.getrusage(resource.RUSAGE_SELF)
-        progress.say(f"{n:,} committed at the destination in {seconds:.2f}s")
+        done = "read and acked by the app" if opts.app else "committed"
+        progress.say(f"{n:,} {done} at the destination in {seconds:.2f}s")
 
     rows = [r for b in cluster.bs for r in destination_rows(b, opts.rate is not None)]
     latency = percentiles([float(d - c) for _, d, c, _ in rows])
@@ -225,6 +241,7 @@ async def run(opts: Options, cluster: Cluster, progress: Progress) -> dict[str, 
                 "peak_rss_mb": round(node.status_kb("VmHWM") / 1024, 1),
                 "max_sampled_rss_mb": round(node.max_rss_kb / 1024, 1),
                 "cpu_s": round(node.cpu_seconds() - node.cpu_at_start, 2),
+                "cpu_us_per_msg": round((node.cpu_seconds() - node.cpu_at_start) * 1e6 / n),
                 "journal_mode": journal_mode(node),
                 "synchronous": sync,
                 "synchronous_source": sync_src,
@@ -235,6 +252,9 @@ async def run(opts: Options, cluster: Cluster, progress: Progress) -> dict[str, 
     syncs = {str(x["synchronous"]) for x in nodes}
     result: dict[str, Any] = {
         "mode": "backlog" if backlog else "open-loop" if opts.rate is not None else "closed-loop",
+        "clock_stops": "app read and acked at the destinations"
+        if opts.app
+        else "committed at the destinations",
         "n": n,
         "committed": committed_rows,
         "size": opts.size,

@@ -50,9 +50,8 @@ from relay.config.values import (
     url_error,
 )
 from relay.errors import ConfigError, ConfigErrors, Conflict, MalformedError
-from relay.node.opening import sqlite_file
+from relay.node.opening import unread_messages
 from relay.protocol.keystr import key_id, parse_public_key, public_key_string
-from relay.storage.sqlite.unread import unread_count
 
 KEY_NAME = "node.key"
 DEFAULT_LISTEN = "127.0.0.1:8701"
@@ -60,11 +59,6 @@ PEER_DIR_PLACEHOLDER = "YOUR_NODE_DIR"
 
 
 TOKEN_PREFIX = "rly_"
-
-
-# Counting a mailbox's unread mail reads the SQLite file directly (it works
-# whether the node runs or not); another backend has no such reader yet.
-_NOT_YET = "the unread-mail check is not yet available on this backend"
 
 
 def new_token() -> str:
@@ -482,7 +476,7 @@ def cmd_mailbox_add(args: argparse.Namespace) -> int:
             f"mailboxes[{i}].name",
             f"mailbox {args.name!r} already exists (use `relay mailbox rotate` for a new token)",
         )
-    left = unread_count(sqlite_file(node_file.config, "relay mailbox add", _NOT_YET), args.name)
+    left = unread_messages(node_file.config, args.name)
     if left and not args.inherit:
         raise Conflict(
             f"{left} unread message(s) for a removed mailbox {args.name!r} are still stored;"
@@ -505,7 +499,7 @@ def cmd_mailbox_remove(args: argparse.Namespace) -> int:
     """
     config = load_config(args.dir)
     if any(mb.name == args.name for mb in config.mailboxes):
-        left = unread_count(sqlite_file(config, "relay mailbox remove", _NOT_YET), args.name)
+        left = unread_messages(config, args.name)
         if left:
             raise Conflict(
                 f"mailbox {args.name!r} has {left} unread message(s); read and acknowledge"

@@ -3,8 +3,9 @@
 Two forms:
 - `sqlite:PATH`: a SQLite file, PATH relative to the node directory unless
   absolute. The default is `sqlite:relay.db` (or `[node] database`).
-- `postgresql://USER@HOST[:PORT]/DBNAME[?schema=NAME&sslmode=MODE]`
-  (`postgres://` is the same). No password: node.toml is world-readable, so
+- `postgresql://[USER@]HOST[:PORT]/DBNAME[?schema=NAME&sslmode=MODE]`
+  (`postgres://` is the same; without USER, the server is told the user
+  the node runs as). No password: node.toml is world-readable, so
   a password comes from `[storage] password_file` or RELAY_STORAGE_PASSWORD
   (relay.node.opening reads them).
 
@@ -68,8 +69,6 @@ def _check_postgresql(url: str) -> None:
         raise ValueError(f"bad storage url {url!r}: no host (postgresql://USER@HOST/DBNAME)")
     if port == 0:
         raise ValueError(f"bad storage url {url!r}: port 0")
-    if not parts.username:
-        raise ValueError(f"bad storage url {url!r}: no user (postgresql://USER@HOST/DBNAME)")
     database = urllib.parse.unquote(parts.path.removeprefix("/"))
     if not database or "/" in database:
         raise ValueError(

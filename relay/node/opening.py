@@ -6,11 +6,13 @@ admin commands reach the database `[storage] url` names (relay.config.storage).
 - `sqlite_file`: the file of a SQLite node, for the commands that work on the
   file itself (backup, restore, purge); on another backend they are refused
   with what to use instead.
+- `unread_messages`: what `relay mailbox add/remove` check before they edit.
 - `storage_password`: `[storage] password_file`, else RELAY_STORAGE_PASSWORD.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -20,6 +22,9 @@ from relay.config.storage import PASSWORD_ENV
 from relay.errors import StoreError
 from relay.storage.backends import open_readonly_storage, open_storage
 from relay.storage.interface import ReadOnlyStorage, Storage
+from relay.storage.sqlite.unread import unread_count
+
+_PAGE = 1000
 
 
 def storage_password(storage: StorageConfig, config_file: Path) -> str | None:
@@ -36,19 +41,10 @@ def storage_password(storage: StorageConfig, config_file: Path) -> str | None:
     return os.environ.get(PASSWORD_ENV) or None
 
 
-def _sqlite_only(config: Config) -> Path:
-    storage = config.storage
-    if storage.sqlite_path is None:
-        raise StoreError(
-            f"{storage.url} ([storage] url in {config.path}): PostgreSQL storage is not "
-            "available in this version of relay"
-        )
-    return storage.sqlite_path
-
-
 async def open_node_storage(config: Config) -> Storage:
-    """Lock, open and migrate the storage `config` names and start its writer."""
-    return await open_storage(_sqlite_only(config))
+    """Open (and migrate) the storage `config` names and start its writer."""
+    storage = config.storage
+    return await open_storage(storage.target, storage_password(storage, config.path))
 
 
 async def open_node_readonly(config: Config) -> ReadOnlyStorage:
@@ -56,7 +52,33 @@ async def open_node_readonly(config: Config) -> ReadOnlyStorage:
 
     StoreError if there is no database yet or it is newer than this code.
     """
-    return await open_readonly_storage(_sqlite_only(config))
+    storage = config.storage
+    return await open_readonly_storage(storage.target, storage_password(storage, config.path))
+
+
+def unread_messages(config: Config, mailbox: str) -> int:
+    """Unacknowledged messages in `mailbox`'s inbox (safe beside a running node).
+
+    0 when a SQLite node never ran; StoreError when the database cannot be read.
+    """
+    path = config.storage.sqlite_path
+    if path is not None:
+        return unread_count(path, mailbox)
+    return asyncio.run(_count_unread(config, mailbox))
+
+
+async def _count_unread(config: Config, mailbox: str) -> int:
+    reads = await open_node_readonly(config)
+    try:
+        count, after = 0, 0
+        while page := await reads.inbox(mailbox, after, _PAGE):
+            count += len(page)
+            after = page[-1].seq
+            if len(page) < _PAGE:
+                break
+        return count
+    finally:
+        await reads.close()
 
 
 def sqlite_file(config: Config, command: str, instead: str) -> Path:

@@ -74,6 +74,7 @@ def test_sqlite_url_relative_to_the_node_directory(tmp_path: Path, url: str, pat
     [
         "postgresql://relay@db.example.ru/relay",
         "postgres://relay@127.0.0.1:5433/relay",
+        "postgresql://127.0.0.1:5432/test",
         "postgresql://relay@[::1]/relay?schema=node_a",
         "postgresql://relay@db/relay?schema=a1&sslmode=verify-full",
     ],
@@ -111,7 +112,6 @@ def test_password_file_mode_0600_is_taken(tmp_path: Path) -> None:
         ('url = "sqlite:"  #!', "no path"),
         ('url = "sqlite:///var/relay.db"  #!', "write sqlite:PATH"),
         ('url = "postgresql:///relay"  #!', "no host"),
-        ('url = "postgresql://db/relay"  #!', "no user"),
         ('url = "postgresql://relay@db"  #!', "name one database"),
         ('url = "postgresql://relay@db:0/relay"  #!', "port 0"),
         ('url = "postgresql://relay@db:99999/relay"  #!', "bad storage url"),

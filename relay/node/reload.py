@@ -99,6 +99,9 @@ def merge(old: Config, new: Config) -> tuple[Config, tuple[str, ...]]:
         metrics = dataclasses.replace(merged.metrics, mailbox_labels=old_m.mailbox_labels)
         merged = dataclasses.replace(merged, metrics=metrics)
         keys.append("metrics.mailbox_labels")
+    if new.storage != old.storage:  # the store was opened at start
+        merged = dataclasses.replace(merged, storage_table=old.storage_table)
+        keys.append("storage.url")
     if new.limits.idle_timeout_ms != old.limits.idle_timeout_ms:  # aiohttp's, set at start
         limits = dataclasses.replace(merged.limits, idle_timeout_ms=old.limits.idle_timeout_ms)
         merged = dataclasses.replace(merged, limits=limits)

@@ -82,10 +82,29 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(doc, default=str)  # ensure_ascii: see the invariants
 
 
-def setup(fmt: str = "text", level: str = "info") -> None:
-    """Send relay's logs to stderr in the chosen format."""
+class _Context(logging.Filter):
+    """Puts the same fields first in every line (a worker's `worker=N`)."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        super().__init__()
+        self.fields = fields
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        own: dict[str, Any] = getattr(record, _FIELDS, {})
+        setattr(record, _FIELDS, {**self.fields, **own})
+        return True
+
+
+def setup(fmt: str = "text", level: str = "info", *, worker: int | None = None) -> None:
+    """Send relay's logs to stderr in the chosen format.
+
+    A worker of `relay run --workers N` passes its index: every line then
+    starts its fields with `worker=N`.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    if worker is not None:
+        handler.addFilter(_Context({"worker": worker}))
     root = logging.getLogger("relay")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -21,6 +21,11 @@ Routes (all under /admin/v1):
   POST /queue/hold | /queue/release | /queue/delete   {"ids": [...]}
   GET  /peers                     each destination's state
   POST /backup                    the database, as a consistent SQLite snapshot
+  POST /reload                    re-read node.toml as SIGHUP does; what was applied
+  GET  /metrics                   this process's metrics (Prometheus text)
+
+A worker of `relay run --workers N` serves this API on DIR/admin-I.sock (token
+DIR/admin-I.token); its supervisor owns DIR/admin.sock (relay.node.supervise).
 """
 
 from __future__ import annotations
@@ -40,12 +45,13 @@ from typing import Any
 
 from aiohttp import web
 
-from relay.api.admin_client import ADMIN_SOCKET, ADMIN_TOKEN, unix_path
+from relay.api.admin_client import unix_path, worker_files
 from relay.api.client import read_json
 from relay.errors import BadRequest, Conflict, NotFound, RelayError, Unauthorized
 from relay.logs import event
-from relay.node import queueops, queueview
+from relay.node import metrics, queueops, queueview
 from relay.node.http import answering
+from relay.node.reload import ReloadResult
 from relay.node.state import NodeState
 from relay.storage.backends import sqlite_file
 from relay.storage.sqlite.backup import CONTENT_TYPE, private_temp, remove_temp, snapshot
@@ -62,19 +68,23 @@ class AdminServer:
 
     KEY: web.AppKey[AdminServer]
 
-    def __init__(self, state: NodeState) -> None:
+    def __init__(
+        self, state: NodeState, *, reload: Callable[[], Awaitable[ReloadResult]] | None = None
+    ) -> None:
         self.state = state
+        self.reload = reload  # POST /reload: the node's own reload (SIGHUP does the same)
         directory = state.config.path.parent
-        self.socket_path = directory / ADMIN_SOCKET
-        self.token_path = directory / ADMIN_TOKEN
+        sock_name, token_name = worker_files(state.worker)
+        self.socket_path = directory / sock_name
+        self.token_path = directory / token_name
         self.token = ""
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         """Write a fresh token, bind the socket (0600) and serve."""
         self.token = secrets.token_urlsafe(32)
-        _write_private(self.token_path, self.token + "\n")
-        sock = _bind_private(self.socket_path)
+        write_private(self.token_path, self.token + "\n")
+        sock = bind_private(self.socket_path)
         app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY)
         app[AdminServer.KEY] = self
         app[NodeState.KEY] = self.state
@@ -94,23 +104,29 @@ class AdminServer:
                 path.unlink()
 
     def authenticate(self, request: web.Request) -> None:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthorized(f"send 'Authorization: Bearer <token from {self.token_path}>'")
-        ok = bool(self.token) and hmac.compare_digest(token.encode(), self.token.encode())
-        configured = self.state.config.node.admin_token_sha256
-        if configured is not None:
-            digest = hashlib.sha256(token.encode()).hexdigest()
-            ok = hmac.compare_digest(digest.encode(), configured.encode()) or ok
-        if not ok:
-            raise Unauthorized("wrong admin token")
+        check_token(request, self.token, self.token_path, self.state.config.node.admin_token_sha256)
+
+
+def check_token(
+    request: web.Request, token: str, token_path: Path, configured_sha256: str | None
+) -> None:
+    """Unauthorized unless `request` carries `token` or one whose SHA-256 is configured."""
+    scheme, _, sent = request.headers.get("Authorization", "").partition(" ")
+    sent = sent.strip()
+    if scheme.lower() != "bearer" or not sent:
+        raise Unauthorized(f"send 'Authorization: Bearer <token from {token_path}>'")
+    ok = bool(token) and hmac.compare_digest(sent.encode(), token.encode())
+    if configured_sha256 is not None:
+        digest = hashlib.sha256(sent.encode()).hexdigest()
+        ok = hmac.compare_digest(digest.encode(), configured_sha256.encode()) or ok
+    if not ok:
+        raise Unauthorized("wrong admin token")
 
 
 AdminServer.KEY = web.AppKey("relay_admin", AdminServer)
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
@@ -125,7 +141,7 @@ def _write_private(path: Path, text: str) -> None:
         raise
 
 
-def _bind_private(path: Path) -> socket.socket:
+def bind_private(path: Path) -> socket.socket:
     """A Unix socket bound at `path`, mode 0600, not yet listening."""
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISSOCK(path.lstat().st_mode):
@@ -291,6 +307,33 @@ async def post_backup(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def get_metrics(request: web.Request) -> web.Response:
+    """This process's metrics (a worker's labelled `worker`, for its supervisor to merge)."""
+    body, content_type = await metrics.exposition(_state(request))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def post_reload(request: web.Request) -> web.Response:
+    """Re-read node.toml, as SIGHUP does; the answer says what was applied."""
+    reload = request.app[AdminServer.KEY].reload
+    if reload is None:
+        raise NotFound("this admin socket cannot reload the node")
+    result = await reload()
+    return web.json_response(reload_json(result))
+
+
+def reload_json(result: ReloadResult) -> dict[str, Any]:
+    """A ReloadResult as the admin API answers it."""
+    return {
+        "applied": result.applied,
+        "errors": list(result.errors),
+        "restart_needed": list(result.restart_needed),
+        "policy_changed": result.policy_changed,
+        "peers_changed": result.peers_changed,
+        "recheck_for": list(result.recheck_for),
+    }
+
+
 def add_routes(app: web.Application) -> None:
     """The admin routes, under PREFIX."""
     app.router.add_get(f"{PREFIX}/node", get_node)
@@ -302,3 +345,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{PREFIX}/queue/delete", _ids_action(queueops.delete))
     app.router.add_get(f"{PREFIX}/peers", get_peers)
     app.router.add_post(f"{PREFIX}/backup", post_backup)
+    app.router.add_post(f"{PREFIX}/reload", post_reload)
+    app.router.add_get(f"{PREFIX}/metrics", get_metrics)

@@ -30,6 +30,17 @@ from relay.errors import (
 
 ADMIN_SOCKET = "admin.sock"
 ADMIN_TOKEN = "admin.token"
+
+
+def worker_files(worker: int | None) -> tuple[str, str]:
+    """Admin socket and token file names: a worker of `relay run --workers N`
+    has its own (admin-I.sock, admin-I.token); the supervisor, or the only
+    process, has admin.sock and admin.token."""
+    if worker is None:
+        return ADMIN_SOCKET, ADMIN_TOKEN
+    return f"admin-{worker}.sock", f"admin-{worker}.token"
+
+
 TOKEN_ENV = "RELAY_ADMIN_TOKEN"
 MAX_SUN_PATH = 100  # sockaddr_un holds 108 bytes on Linux; keep a margin
 

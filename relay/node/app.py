@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import signal
+import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -73,10 +74,30 @@ async def _prune(tx: WriteTx, *, nonce_before: int, batch_before: int, idem_befo
     await tx.prune(nonce_before, batch_before, idem_before)
 
 
+WORKER_HEADER = "Relay-Worker"
+
+
+async def _name_worker(request: web.Request, response: web.StreamResponse) -> None:
+    worker = request.app[NodeState.KEY].worker
+    if worker is not None:
+        response.headers[WORKER_HEADER] = str(worker)
+
+
 class Node:
-    def __init__(self, config: Config, *, clock: Callable[[], int] = wall_clock_ms) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], int] = wall_clock_ms,
+        worker: int | None = None,
+        listen_socket: socket.socket | None = None,
+    ) -> None:
+        """One node process; under `relay run --workers N` one of N, numbered
+        `worker`, accepting on the `listen_socket` its supervisor bound."""
         self.config = config
         self.clock = clock
+        self.worker = worker
+        self.listen_socket = listen_socket
         self.state: NodeState | None = None
         self.listener: Listener | None = None  # [node] listen, guarded by [limits]
         self.session: aiohttp.ClientSession | None = None
@@ -98,7 +119,9 @@ class Node:
         client_ssl = client_context(cfg.node.ca_file)  # both before anything is opened
         store = await open_node_storage(cfg)
         fault_spec = os.environ.get("RELAY_FAULT", "")  # crash tests only (relay.node.fault)
-        state = NodeState(cfg, key, store, clock=self.clock, fault_spec=fault_spec)
+        state = NodeState(
+            cfg, key, store, clock=self.clock, fault_spec=fault_spec, worker=self.worker
+        )
         self.state = state
         state.wake_hop = self._wake
         state.leading = False  # until the leader lease is taken
@@ -111,15 +134,19 @@ class Node:
             middlewares=[answer_errors], client_max_size=cfg.node.max_body_bytes * 2 + 65536
         )
         app[NodeState.KEY] = state
+        app.on_response_prepare.append(_name_worker)
         app.router.add_get("/.well-known/relay", well_known)
         app.router.add_post(
             inbound.BATCH_PATH, inbound.handle_batch, expect_handler=inbound.expect_continue
         )
         client_api.add_routes(app)
-        self.metrics_listener = await serve_metrics(state, app)
+        # A worker's [metrics] listen is its supervisor's (relay.node.supervise).
+        self.metrics_listener = await serve_metrics(state, app, own_listener=self.worker is None)
         self.listener = Listener(app, lambda: state.config.limits, "node", shutdown_timeout=10)
         try:
-            await self.listener.start(cfg.node.listen_host, cfg.node.listen_port, self.server_ssl)
+            await self.listener.start(
+                cfg.node.listen_host, cfg.node.listen_port, self.server_ssl, sock=self.listen_socket
+            )
         except OSError as e:
             reason = os.strerror(e.errno) if e.errno else str(e)
             raise Unavailable(
@@ -146,13 +173,14 @@ class Node:
         self.coordinator = Coordinator(store, self, state.now_ms)
         await self.coordinator.renew()
         self.coordinator.start()
-        self.admin = AdminServer(state)
+        self.admin = AdminServer(state, reload=self.reload)
         await self.admin.start()
         event(
             log,
             "node_started",
             logging.INFO,
             node=state.name,
+            pid=os.getpid(),
             jurisdiction=cfg.node.jurisdiction,
             listen=f"{cfg.node.listen_host}:{self.port}",
             key=state.key_id,
@@ -290,10 +318,15 @@ class Node:
         event(log, "node_stopped", node=state.name)
 
 
-async def run_node(directory: Path) -> int:
-    """`relay run`: serve until SIGTERM/SIGINT, then drain and return 0."""
+async def run_node(
+    directory: Path, *, worker: int | None = None, listen_socket: socket.socket | None = None
+) -> int:
+    """`relay run`: serve until SIGTERM/SIGINT, then drain and return 0.
+
+    Under `relay run --workers N` this is one worker (relay.node.workers).
+    """
     config = load_config(directory)
-    node = Node(config)
+    node = Node(config, worker=worker, listen_socket=listen_socket)
     try:
         await node.start()
     except BaseException:

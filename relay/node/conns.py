@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -225,15 +226,28 @@ class Listener:
         self.server: asyncio.Server | None = None
         self.port = 0
 
-    async def start(self, host: str, port: int, ssl_context: SSLContext | None = None) -> None:
-        """Listen on HOST:PORT (port 0: any free port, then in `self.port`)."""
+    async def start(
+        self,
+        host: str,
+        port: int,
+        ssl_context: SSLContext | None = None,
+        *,
+        sock: socket.socket | None = None,
+    ) -> None:
+        """Listen on HOST:PORT (port 0: any free port, then in `self.port`).
+
+        With `sock` (a listening socket a `relay run --workers` supervisor
+        passed down), accept on it instead; host and port are then ignored.
+        """
         await self.runner.setup()
         server = self.runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            self.guard.protocol_factory(server), host, port, ssl=ssl_context
-        )
+        factory = self.guard.protocol_factory(server)
+        if sock is not None:
+            self.server = await loop.create_server(factory, sock=sock, ssl=ssl_context)
+        else:
+            self.server = await loop.create_server(factory, host, port, ssl=ssl_context)
         self.port = int(self.server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:

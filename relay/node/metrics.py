@@ -30,13 +30,14 @@ from typing import Protocol, TypeVar
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import choose_encoder, generate_latest
 from prometheus_client.registry import Collector
 
 from relay.config.model import Config
 from relay.errors import ItemRejected, RelayError
 from relay.logs import event
 from relay.node.conns import Listener
+from relay.node.exposition import with_worker_label
 from relay.node.http import answer_errors
 from relay.policy.residency import Decision, Policy
 from relay.protocol.envelope import Envelope
@@ -46,6 +47,19 @@ from relay.storage.records import Queued
 log = logging.getLogger("relay.metrics")
 
 PATH = "/metrics"
+# The families read from the database at scrape time (_StoredState): one node's
+# facts, the same from every worker, so they carry no worker label.
+STORED_FAMILIES = frozenset(
+    {
+        "relay_node_info",
+        "relay_queue_envelopes",
+        "relay_queue_held_envelopes",
+        "relay_queue_oldest_age_seconds",
+        "relay_inbox_unacked_messages",
+        "relay_database_size_bytes",
+    }
+)
+TEXT_FORMAT = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
@@ -109,6 +123,9 @@ class Scraped(Protocol):
     def config(self) -> Config: ...
     @property
     def policy(self) -> Policy: ...
+
+    @property
+    def worker(self) -> int | None: ...
     @property
     def metrics(self) -> Metrics: ...
 
@@ -195,9 +212,10 @@ class Metrics:
     With `mailbox_labels` false (the default), no series names a mailbox.
     """
 
-    def __init__(self, *, mailbox_labels: bool = False) -> None:
+    def __init__(self, *, mailbox_labels: bool = False, worker: int | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.mailbox_labels = mailbox_labels
+        self.worker = worker  # under `relay run --workers N`: a `worker` label on each series
         by_mailbox = ["mailbox"] if mailbox_labels else []
         r = self.registry
         self.stored = _StoredState(mailbox_labels)
@@ -383,7 +401,14 @@ class Metrics:
     # --- scraping ---------------------------------------------------------------
 
     def render(self, accept: str = "") -> tuple[bytes, str]:
-        """The exposition of every metric, and its content type, for an Accept header."""
+        """The exposition of every metric, and its content type, for an Accept header.
+
+        A worker's is always the text format, its own series labelled `worker`
+        (its supervisor merges the workers', relay.node.exposition).
+        """
+        if self.worker is not None:
+            text = generate_latest(self.registry).decode()
+            return with_worker_label(text, self.worker, STORED_FAMILIES).encode(), TEXT_FORMAT
         encoder, content_type = choose_encoder(accept)
         return encoder(self.registry), content_type
 
@@ -420,6 +445,11 @@ def _not_here(detail: str) -> web.Response:
 async def scrape_public(state: Scraped, request: web.Request) -> web.Response:
     """`GET /metrics` on the node's own listener: only with `[metrics] token_sha256`."""
     cfg = state.config.metrics
+    if state.worker is not None:
+        return _not_here(
+            "this node runs several workers: their merged metrics are served by the "
+            "supervisor on [metrics] listen"
+        )
     if cfg.listen_host is not None:
         return _not_here("/metrics is served on its own listener ([metrics] listen)")
     if cfg.token_sha256 is None:
@@ -439,26 +469,34 @@ async def scrape(state: Scraped, request: web.Request) -> web.Response:
             status=401,
             headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
         )
+    body, content_type = await exposition(state, request.headers.get("Accept", ""))
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def exposition(state: Scraped, accept: str = "") -> tuple[bytes, str]:
+    """Refresh the stored-state gauges, then render every metric."""
     metrics = state.metrics
     try:
         metrics.stored.snapshot = await read_snapshot(state)
     except (RelayError, ValueError) as e:
         # serve the counters anyway; the stored-state gauges keep their last values
         event(log, "metrics_snapshot_failed", logging.WARNING, detail=str(e))
-    body, content_type = metrics.render(request.headers.get("Accept", ""))
-    return web.Response(body=body, headers={"Content-Type": content_type})
+    return metrics.render(accept)
 
 
-async def serve(state: Scraped, app: web.Application) -> Listener | None:
+async def serve(
+    state: Scraped, app: web.Application, *, own_listener: bool = True
+) -> Listener | None:
     """Route `GET /metrics` on `app`, and with `[metrics] listen` start its own listener.
 
     Call before `app` is set up. On `app` (the public listener) the route
     answers only with a token (`scrape_public`). Returns the separate
-    listener (the caller stops it at stop) or None.
+    listener (the caller stops it at stop) or None; never one without
+    `own_listener` (a worker's supervisor serves `[metrics] listen`).
     """
     app.router.add_get(PATH, functools.partial(scrape_public, state))
     cfg = state.config.metrics
-    if cfg.listen_host is None:
+    if cfg.listen_host is None or not own_listener:
         return None
     own = web.Application(middlewares=[answer_errors])
     own.router.add_get(PATH, functools.partial(scrape, state))

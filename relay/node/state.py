@@ -53,8 +53,10 @@ class NodeState:
         clock: Callable[[], int] = wall_clock_ms,
         random: Callable[[int], bytes] = os.urandom,
         fault_spec: str = "",
+        worker: int | None = None,
     ) -> None:
         self.store = store
+        self.worker = worker  # index under `relay run --workers N`; None: the only process
         self.now_ms = clock
         self.random = random
         self.use_key(key)
@@ -74,7 +76,7 @@ class NodeState:
         self._contacted: set[str] = set()  # of those, the ones that have since contacted us
         self._resigned: set[str] = set()  # hops with envelopes re-signed since their last batch
         self.wake_hop: Callable[[str], None] = lambda hop: None
-        self.metrics = Metrics(mailbox_labels=config.metrics.mailbox_labels)
+        self.metrics = Metrics(mailbox_labels=config.metrics.mailbox_labels, worker=worker)
         self.backpressure = Backpressure(store)  # write slots, queue length ([limits])
         self.load(config)
         store.on_announce(self._announced)

@@ -43,6 +43,7 @@ from aiohttp import web
 
 from relay.api.admin import bind_private, check_token, write_private
 from relay.api.admin_client import ADMIN_SOCKET, ADMIN_TOKEN, unix_path, worker_files
+from relay.config.files import load_config
 from relay.config.model import Config
 from relay.errors import RelayError, Unavailable
 from relay.logs import event
@@ -111,7 +112,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
-        loop.add_signal_handler(signal.SIGHUP, self._forward, signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
         try:
             await self._start_admin()
             await self._start_metrics()
@@ -195,6 +196,18 @@ class Supervisor:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), wait)
+
+    def _sighup(self) -> None:
+        self._reread()
+        self._forward(signal.SIGHUP)
+
+    def _reread(self) -> None:
+        """Take node.toml again for what the supervisor itself reads (the admin and
+        metrics tokens); the workers each reload the rest."""
+        try:
+            self.config = load_config(self.config.path)
+        except RelayError as e:  # each worker logs the problems itself
+            event(log, "supervisor_reload_refused", logging.WARNING, detail=e.detail)
 
     def _running(self) -> list[Slot]:
         return [s for s in self.slots if s.process is not None and s.process.returncode is None]
@@ -322,6 +335,7 @@ class Supervisor:
 
     async def _reload(self, request: web.Request) -> web.Response:
         """Reload every running worker; each one's answer (or why it gave none)."""
+        self._reread()
         running = self._running()
         answers = await asyncio.gather(*(self._reload_one(s.index) for s in running))
         results = [{"worker": s.index, **a} for s, a in zip(running, answers, strict=True)]

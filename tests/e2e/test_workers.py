@@ -184,6 +184,26 @@ def test_killed_worker_is_restarted_and_sigterm_stops_all(pg_node: NodeProc) -> 
     assert not list(node.dir.glob("admin*.sock"))
 
 
+def test_workers_stop_when_their_supervisor_is_killed(pg_node: NodeProc) -> None:
+    node = pg_node
+    proc = start(node, 2)
+    rows = wait_for(lambda: all_running(node, 2), timeout=60, what="both workers up")
+    proc.kill()  # SIGKILL: no chance to stop them; the kernel tells them (PR_SET_PDEATHSIG)
+    proc.wait(timeout=30)
+    node.proc = None
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        with open(f"/proc/{pid}/stat") as f:  # an exited child of init not yet reaped
+            return f.read().split(") ")[1].startswith("Z")
+
+    wait_for(lambda: all(gone(r["pid"]) for r in rows), timeout=60, what="workers gone")
+    assert len(log_lines(node, "node_stopped")) == 2  # they drained, as on SIGTERM
+
+
 def test_sqlite_node_refuses_several_workers(tmp_path: Path) -> None:
     node = NodeProc(tmp_path / "msk", "msk.example.ru", "RU", free_port())
     node.init()

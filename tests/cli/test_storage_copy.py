@@ -1,5 +1,7 @@
 """`relay storage copy`: a stopped node's mail moves to another database and is delivered.
 
+SQLite to SQLite, and SQLite to PostgreSQL and back.
+
 A node with queued mail (its peer down), an inbox, dedupe and batch rows,
 nonces and decisions is copied through the real CLI; the node then starts on
 the copy and delivers what was queued, and its inbox still holds what it had.
@@ -7,8 +9,10 @@ the copy and delivers what was queued, and its inbox still holds what it had.
 
 from __future__ import annotations
 
+import getpass
 import json
 import re
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,3 +99,40 @@ def test_a_target_that_is_not_a_database_url_is_refused(pair: tuple[NodeProc, No
     proc = relay("storage", "copy", a.dir, "mysql://x/y", check=False)
     assert proc.returncode == 1
     assert "TARGET: bad storage url 'mysql://x/y'" in proc.stderr
+
+
+def with_user(url: str) -> str:
+    """`url` naming a user (node.toml needs one; libpq's default is the login name)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{getpass.getuser()}@{parts.netloc}"))
+
+
+def test_to_postgres_and_back(tmp_path: Path, pair: tuple[NodeProc, NodeProc], pg_url: str) -> None:
+    """SQLite -> PostgreSQL (started there, delivers the queue) -> SQLite again."""
+    a, b = pair
+    inbound, queued = loaded(tmp_path, a, b)
+    before = a.row_counts()
+    url = with_user(pg_url)
+
+    out = relay("storage", "copy", a.dir, url, "--switch", "--json")
+    counts = json.loads(out.stdout)
+    assert {t: c["target"] for t, c in counts.items()} == {t: before[t] for t in DATA}
+    assert f'url = "{url}"' in (a.dir / "node.toml").read_text()
+    (a.dir / "relay.db").rename(a.dir / "old.db")
+    a.start()
+    b.start()
+    got = wait_for(lambda: b.inbox("bob"), what="the queued message at b")
+    assert [m["id"] for m in got] == [queued]
+    wait_for(
+        lambda: a.status("alice", queued)["recipients"]["bob@b.test"]["status"] == "delivered",
+        what="the delivered receipt at a (on PostgreSQL)",
+    )
+    assert a.stop() == 0
+
+    back = relay("storage", "copy", a.dir, "sqlite:back.db", "--switch", "--json")
+    assert all(c["source"] == c["target"] for c in json.loads(back.stdout).values())
+    a.start()
+    assert [m["id"] for m in a.inbox("alice")] == [inbound]
+    assert a.status("alice", queued)["recipients"]["bob@b.test"]["status"] == "delivered"

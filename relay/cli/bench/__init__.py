@@ -74,6 +74,20 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="with --backlog: A's [federation] retry_max, so the drain is not held up by"
         " backoff (default 2s; 'default' keeps the 1h production cap)",
     )
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="keep every node's state in PostgreSQL (postgresql://USER@HOST/DB), each node in"
+        " a schema of its own, dropped afterwards; the password from $RELAY_STORAGE_PASSWORD"
+        " (default: each node's own SQLite file)",
+    )
+    p.add_argument(
+        "--workers",
+        type=pos_int,
+        default=1,
+        metavar="N",
+        help="run every node as `relay run --workers N` (N > 1 needs --storage) (1)",
+    )
     p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the nodes into DIR")
     p.add_argument("--workdir", type=Path, metavar="DIR", help="keep the node directories here")
     p.add_argument("--json", action="store_true", help="print the result as one JSON document")
@@ -93,6 +107,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.workers > 1 and args.storage is None:
+        print(
+            "relay bench: --workers above 1 needs --storage postgresql://...: a SQLite node"
+            " is one process",
+            file=sys.stderr,
+        )
+        return 2
+    if args.storage is not None and not args.storage.startswith(("postgresql://", "postgres://")):
+        print(
+            f"relay bench: --storage {args.storage!r} is not a postgresql:// URL", file=sys.stderr
+        )
+        return 2
     opts = Options(
         n=args.n,
         size=args.size,
@@ -105,6 +131,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         retry_max=_retry_max(args),
         profile_dir=args.profile,
         workdir=args.workdir,
+        storage=args.storage,
+        workers=args.workers,
         progress=not args.quiet,
     )
     result = bench(opts)
@@ -126,6 +154,7 @@ def render(r: dict[str, Any]) -> str:
     lat = r["latency_ms"]
     lines = [
         f"mode: {r['mode']}  ({r['endpoint']}, {r['client_batch']} per request)",
+        f"storage: {r.get('storage', 'sqlite')}  workers per node: {r.get('workers', 1)}",
         f"n: {r['n']}  size: {r['size']}  clients: {r['clients']}  peers: {r['peers']}"
         + (f"  offered: {r['rate']:g} msg/s" if r["rate"] else ""),
         f"seconds: {r['seconds']}  (clock stops when {r['clock_stops']})",
@@ -157,6 +186,13 @@ def render(r: dict[str, Any]) -> str:
         f" ({node['cpu_us_per_msg']:,.0f} µs per message),"
         f" journal_mode={node['journal_mode']} synchronous={node['synchronous']}"
         f" [{node['synchronous_source']}], loop={node['event_loop']}"
+        + (f", workers={node['workers']}" if node.get("workers", 1) > 1 else "")
+        + (
+            f"; PostgreSQL backends cpu {node['server_cpu_s']} s"
+            f" ({node['server_cpu_us_per_msg']:,.0f} µs per message)"
+            if node.get("server_cpu_s") is not None
+            else ""
+        )
         for node in r["nodes"]
     ]
     lines += [

@@ -8,12 +8,14 @@ import ctypes
 import io
 import os
 import re
+import secrets
 import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,9 @@ from pathlib import Path
 import aiohttp
 
 from relay.config.files import load_config
+from relay.config.storage import PASSWORD_ENV
 from relay.errors import RelayError, Unavailable
+from relay.storage.postgres.inspect import PgDatabaseView, drop_schema
 from relay.storage.sqlite.inspect import DatabaseView
 
 JURISDICTION = "DE"
@@ -70,9 +74,12 @@ class BenchNode:
     peer_args: list[str] = field(default_factory=list)
     token: str = ""
     proc: subprocess.Popen[bytes] | None = None
-    db: DatabaseView | None = None
+    storage_url: str | None = None  # PostgreSQL: this node's own schema; None: SQLite
+    workers: int = 1
+    db: DatabaseView | PgDatabaseView | None = None
     max_rss_kb: int = 0
     cpu_at_start: float = 0.0
+    server_cpu_at_start: dict[int, float] = field(default_factory=dict)
     seen: list[tuple[float, int]] = field(default_factory=list)  # (wall ms, max inbox seq)
 
     @property
@@ -105,10 +112,16 @@ class BenchNode:
     def add_mailbox(self, name: str) -> str:
         return run_cli("mailbox", "add", self.dir, name).strip().splitlines()[-1].strip()
 
+    def use_storage(self) -> None:
+        """Move the new node to its PostgreSQL schema, as an admin would."""
+        if self.storage_url is not None:
+            run_cli("storage", "copy", self.dir, self.storage_url, "--switch")
+
     def start(self) -> None:
+        workers = ["--workers", str(self.workers)] if self.workers > 1 else []
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "relay", "run", str(self.dir)],
+                [sys.executable, "-m", "relay", "run", str(self.dir), *workers],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -131,8 +144,10 @@ class BenchNode:
         )
 
     def open_db(self) -> None:
-        path = load_config(self.dir).node.database
-        self.db = DatabaseView(path)
+        if self.storage_url is not None:
+            self.db = PgDatabaseView(self.storage_url, os.environ.get(PASSWORD_ENV))
+        else:
+            self.db = DatabaseView(load_config(self.dir).node.database)
 
     def committed(self) -> int:
         """Inbox rows committed at this node (inbox.seq only grows during a bench).
@@ -176,15 +191,30 @@ class BenchNode:
         self.max_rss_kb = max(self.max_rss_kb, self.status_kb("VmRSS"))
 
     def cpu_seconds(self) -> float:
-        """User + system CPU of the node process (all threads) so far."""
+        """User + system CPU of the node so far: the process and its live children
+        (the workers of `relay run --workers N`), all threads."""
         if self.proc is None:
             return 0.0
-        try:
-            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        except OSError:
-            return 0.0
-        fields = stat.rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return sum(process_cpu(pid) or 0.0 for pid in process_tree(self.proc.pid))
+
+    def mark_server_cpu(self) -> None:
+        """Note the CPU the database server processes serving this node have used."""
+        if isinstance(self.db, PgDatabaseView):
+            pids = self.db.server_pids()
+            self.server_cpu_at_start = {p: process_cpu(p) or 0.0 for p in pids}
+
+    def server_cpu_seconds(self) -> float | None:
+        """CPU of this node's PostgreSQL backends since `mark_server_cpu`; None for SQLite
+        or a server on another machine (its processes are not in this /proc)."""
+        if not isinstance(self.db, PgDatabaseView):
+            return None
+        used = 0.0
+        for pid in self.db.server_pids():
+            cpu = process_cpu(pid)
+            if cpu is None:
+                return None
+            used += cpu - self.server_cpu_at_start.get(pid, 0.0)
+        return used
 
     def event_loop(self) -> str:
         if self.proc is None:
@@ -202,16 +232,53 @@ class BenchNode:
             return ""
 
 
+def process_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` (all threads); None if it is not here."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (from /proc/PID/task/TID/children)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def schema_url(url: str, schema: str) -> str:
+    """`url` naming `schema` (any schema it named replaced)."""
+    parts = urllib.parse.urlsplit(url)
+    query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k != "schema"]
+    query.append(("schema", schema))
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
 # --- the cluster ------------------------------------------------------------------
 
 
 class Cluster:
     """Origin A and P destinations, configured to trust each other both ways."""
 
-    def __init__(self, base: Path, peers: int) -> None:
+    def __init__(
+        self, base: Path, peers: int, storage: str | None = None, workers: int = 1
+    ) -> None:
         self.a = BenchNode(base / "a", ORIGIN, "origin")
         self.bs = [BenchNode(base / f"b{i}", f"b{i}.bench", "destination") for i in range(peers)]
         self.profilers: list[tuple[BenchNode, subprocess.Popen[bytes], Path]] = []
+        run = secrets.token_hex(4)
+        for node in self.nodes:
+            node.workers = workers
+            if storage is not None:
+                node.storage_url = schema_url(storage, f"bench_{run}_{node.dir.name}")
 
     @property
     def nodes(self) -> list[BenchNode]:
@@ -225,6 +292,8 @@ class Cluster:
             b.trust(self.a)
             b.token = b.add_mailbox(INBOX)
         self.a.token = self.a.add_mailbox(SENDER_MAILBOX)
+        for node in self.nodes:
+            node.use_storage()
 
     def close(self) -> None:
         """Stop profilers, then nodes; safe to call twice and from any failure."""
@@ -239,6 +308,10 @@ class Cluster:
                 prof.wait()
         for node in self.nodes:
             node.stop()
+        for node in self.nodes:
+            if node.storage_url is not None:
+                drop_schema(node.storage_url, os.environ.get(PASSWORD_ENV))
+                node.storage_url = None
 
     def committed(self) -> int:
         return sum(b.committed() for b in self.bs)

@@ -110,6 +110,16 @@ def journal_mode(node: BenchNode) -> str:
 
 def synchronous_setting(node: BenchNode) -> tuple[str, str]:
     """(value, where it was read). synchronous is per connection: not readable from outside."""
+    if node.storage_url is not None:
+        m = re.search(r"\bsynchronous_commit=(\w+)", node.log_tail(200_000))
+        return (
+            (m.group(1), "node log (PostgreSQL synchronous_commit)")
+            if m
+            else (
+                "unknown",
+                "the node log names no synchronous_commit",
+            )
+        )
     m = re.search(r"\bsynchronous=(\w+)", node.log_tail(200_000))
     if m:
         return m.group(1).upper(), "node log"

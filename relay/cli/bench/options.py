@@ -21,4 +21,6 @@ class Options:
     profile_dir: Path | None = None  # py-spy A and the first destination into this directory
     retry_max: str | None = None  # backlog: cap A's backoff so the drain starts promptly
     workdir: Path | None = None  # keep the node directories here
+    storage: str | None = None  # PostgreSQL URL: every node in its own schema there
+    workers: int = 1  # `relay run --workers N` for every node (N > 1 needs `storage`)
     progress: bool = True

@@ -167,6 +167,7 @@ async def run(opts: Options, cluster: Cluster, progress: Progress) -> dict[str, 
         load = Load(opts, cluster, session)
         for node in cluster.nodes:
             node.cpu_at_start = node.cpu_seconds()
+            node.mark_server_cpu()
         own_cpu = resource.getrusage(resource.RUSAGE_SELF)
         extra: dict[str, Any] = {}
         t0 = time.monotonic()
@@ -233,6 +234,7 @@ async def run(opts: Options, cluster: Cluster, progress: Progress) -> dict[str, 
     nodes: list[dict[str, Any]] = []
     for node in cluster.nodes:
         sync, sync_src = synchronous_setting(node)
+        server_cpu = node.server_cpu_seconds()
         nodes.append(
             {
                 "name": node.name,
@@ -246,6 +248,13 @@ async def run(opts: Options, cluster: Cluster, progress: Progress) -> dict[str, 
                 "synchronous": sync,
                 "synchronous_source": sync_src,
                 "event_loop": node.event_loop(),
+                "workers": node.workers,
+                "storage": "postgresql" if node.storage_url else "sqlite",
+                # this node's PostgreSQL backends (None: SQLite, or a server elsewhere)
+                "server_cpu_s": None if server_cpu is None else round(server_cpu, 2),
+                "server_cpu_us_per_msg": None
+                if server_cpu is None
+                else round(server_cpu * 1e6 / n),
             }
         )
     modes = {str(x["journal_mode"]) for x in nodes}
@@ -263,6 +272,8 @@ async def run(opts: Options, cluster: Cluster, progress: Progress) -> dict[str, 
         "endpoint": "/v1/messages" if opts.client_batch == 1 else "/v1/messages/batch",
         "rate": opts.rate,
         "peers": len(cluster.bs),
+        "storage": "postgresql" if opts.storage else "sqlite",
+        "workers": opts.workers,
         "seconds": round(seconds, 3),
         "msgs_per_s": round(n / seconds, 1) if seconds > 0 else 0.0,
         "submit_seconds": round(submit_s, 3),
@@ -311,7 +322,7 @@ def bench(opts: Options) -> dict[str, Any]:
             base = Path(tempfile.mkdtemp(prefix="bench-", dir=opts.workdir))
         else:
             base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="relay-bench-")))
-        cluster = Cluster(base, opts.peers)
+        cluster = Cluster(base, opts.peers, opts.storage, opts.workers)
         stack.callback(cluster.close)
         progress.say(f"setting up {len(cluster.nodes)} nodes in {base}")
         cluster.setup()

@@ -9,17 +9,15 @@ the copy and delivers what was queued, and its inbox still holds what it had.
 
 from __future__ import annotations
 
-import getpass
 import json
 import re
-import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from relay.storage.transfer import DATA
-from tests.e2e.harness import NodeProc, make_node, relay, wait_for
+from tests.e2e.harness import NodeProc, make_node, relay, wait_for, with_user
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -99,14 +97,6 @@ def test_a_target_that_is_not_a_database_url_is_refused(pair: tuple[NodeProc, No
     proc = relay("storage", "copy", a.dir, "mysql://x/y", check=False)
     assert proc.returncode == 1
     assert "TARGET: bad storage url 'mysql://x/y'" in proc.stderr
-
-
-def with_user(url: str) -> str:
-    """`url` naming a user (node.toml needs one; libpq's default is the login name)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.username:
-        return url
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{getpass.getuser()}@{parts.netloc}"))
 
 
 def test_to_postgres_and_back(tmp_path: Path, pair: tuple[NodeProc, NodeProc], pg_url: str) -> None:

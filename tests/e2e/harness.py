@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +202,15 @@ class NodeProc:
             return {n: db.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
         finally:
             db.close()
+
+
+def with_user(url: str) -> str:
+    """A PostgreSQL `url` that names its user, as node.toml requires (libpq's own
+    default, the login name, when it names none)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username:
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{getpass.getuser()}@{parts.netloc}"))
 
 
 def wait_for(predicate: Any, timeout: float = 30, interval: float = 0.1, what: str = "") -> Any:

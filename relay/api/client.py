@@ -89,6 +89,11 @@ def _too_large(length: int, limit: int) -> TooLarge:
 
 async def read_json(request: web.Request, limit: int) -> Any:
     """The request body as JSON; TooLarge over `limit` bytes, MalformedError if not JSON."""
+    return parse_json(await read_body(request, limit))
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body; TooLarge over `limit` bytes, BadRequest if the client went away."""
     refuse_declared(request, limit, _too_large)
     try:
         raw = await read_capped(request.content, limit)
@@ -97,6 +102,11 @@ async def read_json(request: web.Request, limit: int) -> Any:
         raise BadRequest(f"the client went away before the end of the body ({got} bytes)") from None
     if raw is None:
         raise _too_large(request.content.total_bytes, limit)
+    return raw
+
+
+def parse_json(raw: bytes) -> Any:
+    """`raw` as a client JSON document; MalformedError if it is not one."""
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -110,6 +120,19 @@ async def read_json(request: web.Request, limit: int) -> Any:
     except UnicodeEncodeError:
         raise MalformedError("request body holds a lone UTF-16 surrogate") from None
     return doc
+
+
+def _parse_submit(raw: bytes, batch: bool) -> tuple[Any, list[dict[str, Any]]]:
+    """A submit's JSON document and its messages, parsed (touches no node state)."""
+    doc = parse_json(raw)
+    if not batch:
+        return doc, [submit.parse_message(doc)]
+    if not isinstance(doc, dict) or set(doc) != {"messages"}:
+        raise BadRequest('the body is {"messages": [message, ...]}')
+    msgs = doc["messages"]
+    if not isinstance(msgs, list) or not 1 <= len(msgs) <= MAX_BATCH:
+        raise BadRequest(f"'messages' must hold 1..{MAX_BATCH} messages")
+    return doc, [submit.parse_message(m, i) for i, m in enumerate(msgs)]
 
 
 def _check_ready(state: NodeState) -> None:
@@ -146,16 +169,8 @@ async def _submit(request: web.Request, batch: bool) -> web.Response:
         if idem is not None and not 0 < len(idem) <= MAX_IDEMPOTENCY_KEY:
             raise BadRequest(f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
         await backpressure.admit_submit(state, request)  # 503 busy before the body is read
-        doc = await read_json(request, state.config.node.max_body_bytes * 2)
-        if batch:
-            if not isinstance(doc, dict) or set(doc) != {"messages"}:
-                raise BadRequest('the body is {"messages": [message, ...]}')
-            msgs = doc["messages"]
-            if not isinstance(msgs, list) or not 1 <= len(msgs) <= MAX_BATCH:
-                raise BadRequest(f"'messages' must hold 1..{MAX_BATCH} messages")
-            parsed = [submit.parse_message(m, i) for i, m in enumerate(msgs)]
-        else:
-            parsed = [submit.parse_message(doc)]
+        raw = await read_body(request, state.config.limits.client_body_bytes)
+        doc, parsed = await state.backpressure.decode(len(raw), lambda: _parse_submit(raw, batch))
         scoped = None if idem is None else idempotency_key(idem, batch, doc)
         if scoped is not None:  # a retry gets the first answer, for the same request only
             earlier = await state.store.idempotent_answer(mailbox, scoped)

@@ -117,6 +117,7 @@ class LimitsConfig:
     `peer_bytes_per_s` is batch body bytes a second per peer (a second's worth
     of burst). `unauthenticated_body_bytes` bounds the body of an unknown sender
     that sent no `Relay-Certificate`, read to find its certificate.
+    `client_body_bytes` bounds a client API JSON body (a submit).
     """
 
     client_rate: int = 50_000  # generous: the throughput goal is 10,000 msg/s per node
@@ -133,6 +134,7 @@ class LimitsConfig:
     mailbox_unread_bytes: int = 2**30
     peer_bytes_per_s: int = 64 * 2**20
     unauthenticated_body_bytes: int = 256 * 1024
+    client_body_bytes: int = 4 * 2**20
 
 
 @dataclass(frozen=True, slots=True)

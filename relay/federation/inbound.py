@@ -212,7 +212,9 @@ async def receive(state: NodeState, request: web.Request) -> bytes:
         state.release_nonce(peer.name, sreq.nonce)
         proceed(rx.nonce(seen=True))
     try:
-        return await _answer(state, peer.name, sreq, rx, proceed(rx.nonce(seen=False)))
+        size = len(body)  # a large body is decoded and judged off the event loop
+        found = proceed(await state.backpressure.decode(size, lambda: rx.nonce(seen=False)))
+        return await _answer(state, peer.name, sreq, rx, found, size)
     finally:
         state.release_nonce(peer.name, sreq.nonce)
 
@@ -223,6 +225,7 @@ async def _answer(
     sreq: httpsig.SignedRequest,
     rx: Reception,
     found: FindStoredResults,
+    size: int,
 ) -> bytes:
     batch, ids = found.batch, list(found.ids)
     now = state.now_ms()
@@ -240,15 +243,20 @@ async def _answer(
 
     relaying.learn_carried(state, batch.items)  # origins' certificates, before any judging
     ctx = ItemContext(here=state.name, peer=peer, now_ms=now)
-    candidates: list[Candidate] = []
-    refusals: list[Refusal] = []
-    for ident, item in zip(ids, batch.items, strict=True):
-        judged = judge(state, ctx, item)
-        if isinstance(judged, Candidate):
-            candidates.append(judged)
-        else:
-            error = ItemRejected(judged.code, judged.detail)
-            refusals.append(Refusal(ident, error, _origin_hint(item), judged.rule))
+
+    def judge_all() -> tuple[list[Candidate], list[Refusal]]:
+        candidates: list[Candidate] = []
+        refusals: list[Refusal] = []
+        for ident, item in zip(ids, batch.items, strict=True):
+            judged = judge(state, ctx, item)
+            if isinstance(judged, Candidate):
+                candidates.append(judged)
+            else:
+                error = ItemRejected(judged.code, judged.detail)
+                refusals.append(Refusal(ident, error, _origin_hint(item), judged.rule))
+        return candidates, refusals
+
+    candidates, refusals = await state.backpressure.decode(size, judge_all)
 
     results = await state.store.write(
         lambda tx: _commit(state, tx, peer, sreq.nonce, batch, candidates, refusals, now)

@@ -130,9 +130,8 @@ class Node:
             connector=aiohttp.TCPConnector(limit_per_host=4, keepalive_timeout=60, ssl=client_ssl),
             headers={"User-Agent": "relay/0.1"},
         )
-        app = web.Application(
-            middlewares=[answer_errors], client_max_size=cfg.node.max_body_bytes * 2 + 65536
-        )
+        largest = max(cfg.node.max_body_bytes, cfg.limits.client_body_bytes)
+        app = web.Application(middlewares=[answer_errors], client_max_size=largest + 65536)
         app[NodeState.KEY] = state
         app.on_response_prepare.append(_name_worker)
         app.router.add_get("/.well-known/relay", well_known)

@@ -18,6 +18,10 @@ Invariants:
   `Relay-Certificate`, read to find a certificate) holds one of
   UNAUTHENTICATED_READS places of its own, never a write slot; past them the
   answer is 503 `busy`, so strangers cost at most that many small bodies.
+- A body over OFF_LOOP_BYTES is decoded (and judged) in a worker thread, at
+  most DECODERS at once; a smaller one on the event loop. So one large request
+  holds the loop for the C parts of decoding only, and the Python parts of
+  many large ones share two threads instead of the loop.
 - The queue is counted at most once per `max_age` seconds; requests arriving
   while a count is running wait for that one instead of starting their own.
 """
@@ -27,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from aiohttp import web
 
@@ -52,6 +56,10 @@ class Admitting(Protocol):
 
 QUEUE_FULL_RETRY_S = 5
 UNAUTHENTICATED_READS = 2
+OFF_LOOP_BYTES = 256 * 1024
+DECODERS = 2
+
+T = TypeVar("T")
 
 
 class Backpressure:
@@ -68,6 +76,7 @@ class Backpressure:
         self._count = 0
         self._at: float | None = None
         self._lock = asyncio.Lock()
+        self._decoders = asyncio.Semaphore(DECODERS)
 
     def _fresh(self) -> bool:
         return self._at is not None and self.clock() - self._at < self.max_age
@@ -95,6 +104,13 @@ class Backpressure:
                 "retry shortly"
             )
         self._holders.add(id(request))
+
+    async def decode(self, size: int, work: Callable[[], T]) -> T:
+        """`work()` for a body of `size` bytes: on the loop if small, else in a worker thread."""
+        if size <= OFF_LOOP_BYTES:
+            return work()
+        async with self._decoders:
+            return await asyncio.to_thread(work)
 
     @property
     def unauthenticated_reads(self) -> int:

@@ -7,6 +7,11 @@ Invariants:
   trailing bytes; map keys are str (or bin, for the batch result's `results`)
   and never repeated; str is valid UTF-8, bin is the bin family; ints in
   0..2^63-1; no float, nil, bool or ext; containers nest at most MAX_DEPTH.
+- The work a hostile document can cause is bounded before it is built: an
+  array or map holds at most MAX_ELEMENTS elements, and one document at most
+  MAX_OBJECTS objects inside its containers (counted as each container is
+  completed), so a 16 MiB body of nils is refused after a few hundred
+  kilobytes of it, not after sixteen million objects.
 - The field readers (fields, str_field, bin_field, int_field, str_array, signed_pair)
   raise MalformedError naming the structure and the key; error details quote
   hostile values through show, so they stay short.
@@ -20,6 +25,8 @@ from relay.errors import MalformedError
 
 MAX_INT = 2**63 - 1
 MAX_DEPTH = 32
+MAX_ELEMENTS = 10_000  # per array or map: a batch holds at most 10,000 items
+MAX_OBJECTS = 320_000  # per document, inside its containers
 SIGNATURE_SIZE = 64
 
 # --- strict msgpack ---------------------------------------------------------
@@ -39,6 +46,13 @@ class _Refused(MalformedError):
         super().__init__(reason)
         self.reason = reason
         self.path: list[str] = []
+
+
+class _TooMany(MalformedError):
+    """Raised from inside the unpacker once a document passes MAX_OBJECTS."""
+
+    def __init__(self) -> None:
+        super().__init__(f"more than {MAX_OBJECTS} objects in one document")
 
 
 def _pairs_to_dict(pairs: list[tuple[str | bytes, object]]) -> dict[str | bytes, object]:
@@ -98,13 +112,32 @@ def strict_unpack(data: bytes, what: str) -> object:
     Maps come back as dicts keyed by str or bytes, arrays as lists, str as str,
     bin as bytes, ints as int. `what` starts every error sentence.
     """
+    left = MAX_OBJECTS
+
+    def array(items: list[object]) -> list[object]:
+        nonlocal left
+        left -= len(items)
+        if left < 0:
+            raise _TooMany
+        return items
+
+    def table(pairs: list[tuple[str | bytes, object]]) -> dict[str | bytes, object]:
+        nonlocal left
+        left -= 2 * len(pairs)
+        if left < 0:
+            raise _TooMany
+        return _pairs_to_dict(pairs)
+
     try:
         value: object = msgpack.unpackb(
             data,
             raw=False,
             strict_map_key=True,
             use_list=True,
-            object_pairs_hook=_pairs_to_dict,
+            list_hook=array,
+            object_pairs_hook=table,
+            max_array_len=MAX_ELEMENTS,
+            max_map_len=MAX_ELEMENTS,
         )
     except msgpack.ExtraData:
         raise MalformedError(f"{what}: trailing bytes after the msgpack object") from None
@@ -114,12 +147,18 @@ def strict_unpack(data: bytes, what: str) -> object:
         raise MalformedError(f"{what}: reserved msgpack type byte") from None
     except UnicodeDecodeError:
         raise MalformedError(f"{what}: a str is not valid UTF-8") from None
-    except _RepeatedKey as e:
+    except (_RepeatedKey, _TooMany) as e:
         raise MalformedError(f"{what}: {e.detail}") from None
     except ValueError as e:
         reason = str(e)
         if "incomplete input" in reason:
             reason = "truncated: the data ends inside an object"
+        elif "exceeds max_" in reason and reason.split()[0].isdigit():
+            count = int(reason.split()[0])
+            if count > len(data) or not ("_array_" in reason or "_map_" in reason):
+                reason = "a declared length runs past the end of the data"
+            else:
+                reason = f"an array or map declares {count} elements; at most {MAX_ELEMENTS}"
         elif "exceeds max_" in reason:
             reason = "a declared length runs past the end of the data"
         elif "not allowed for map key" in reason:

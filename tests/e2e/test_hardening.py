@@ -99,6 +99,36 @@ def test_deeply_nested_json_is_a_400(node: NodeProc, path: str, body: str) -> No
     assert "Traceback" not in node.logs()
 
 
+def _submit(node: NodeProc, body: bytes, *, declared: int | None = None) -> tuple[int, bytes]:
+    head = (
+        "POST /v1/messages HTTP/1.1\r\nHost: n.test\r\nConnection: close\r\n"
+        f"Authorization: Bearer {node.tokens['alice']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {declared or len(body)}\r\n\r\n"
+    )
+    status, _, answer = _raw(node.port, head.encode() + body)
+    return status, answer
+
+
+def test_client_json_is_capped_and_large_bodies_are_parsed_off_the_loop(node: NodeProc) -> None:
+    """Item 2: 4 MiB of client JSON at most; a hostile document near it is a 400
+    and a large honest one is taken; the node serves on."""
+    before = node.row_counts()
+    status, answer = _submit(node, b"", declared=4 * 2**20 + 1)  # refused on its headers
+    assert status == 413, answer[:300]
+    assert json.loads(answer)["error"] == "too_large"
+    hostile = b'{"to": ["alice@n.test"], "text": [' + b"0," * (2**21 - 64) + b"0]}"
+    status, answer = _submit(node, hostile)
+    assert status == 400, answer[:300]
+    assert json.loads(answer)["error"] == "bad_request"
+    assert node.row_counts() == before
+    text = "large and honest " * 40_000  # 680 KB: parsed in a worker thread
+    status, answer = _submit(node, json.dumps({"to": ["alice@n.test"], "text": text}).encode())
+    assert status == 202, answer[:300]
+    (got,) = [m for m in node.inbox("alice", ack=True) if m["id"] == json.loads(answer)["id"]]
+    assert got["text"] == text
+    assert "Traceback" not in node.logs()
+
+
 def test_client_gone_mid_body_is_one_quiet_line(node: NodeProc) -> None:
     before = node.row_counts()
     head = (

@@ -177,7 +177,7 @@ async def test_a_token_reaches_only_its_own_mailbox(harness: Harness) -> None:
 
 async def test_body_size_limits(harness: Harness) -> None:
     h = harness
-    limit_bytes = h.state.config.node.max_body_bytes * 2
+    limit_bytes = h.state.config.limits.client_body_bytes
     before = await h.counts()
     big = json.dumps(msg("x" * limit_bytes)).encode()
     reply, _ = await call(h, "POST", "/v1/messages", data=big)

@@ -42,6 +42,15 @@ STRICT_REFUSALS = [
     pytest.param(b"\xdf\xff\xff\xff\xff\xa1a", "declared length", id="map32-length"),
     pytest.param(b"\xdb\xff\xff\xff\xffabc", "truncated", id="str32-length"),
     pytest.param(b"\xc6\x7f\xff\xff\xff\x00", "truncated", id="bin32-length"),
+    pytest.param(pack([0] * 10_001), "declares 10001 elements; at most 10000", id="array-cap"),
+    pytest.param(pack({str(i): 0 for i in range(10_001)}), "at most 10000", id="map-cap"),
+    pytest.param(pack([[0] * 10_000] * 33), "more than 320000 objects", id="objects-cap"),
+    pytest.param(pack([{"k": [0] * 5000}] * 70), "more than 320000 objects", id="objects-cap-maps"),
+    pytest.param(
+        b"\xdd" + (15 * 2**20).to_bytes(4, "big") + b"\xc0" * 15 * 2**20,
+        "at most 10000",
+        id="nils-declared",
+    ),
     pytest.param(b"\x92\x01\x91\xcb" + b"\x00" * 8, r"at \[1\]\[0\]", id="path-array"),
     pytest.param(pack({"a": {"b": None}}), r"at \.a\.b", id="path-map"),
 ]

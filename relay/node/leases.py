@@ -158,14 +158,14 @@ class Coordinator:
             try:
                 await self.store.write(lambda tx: tx.release_leases(self.me, names))
             except RelayError as e:  # they expire by themselves
-                event(log, "lease_release_failed", logging.WARNING, worker=self.me, detail=e.detail)
+                event(log, "lease_release_failed", logging.WARNING, holder=self.me, detail=e.detail)
 
     async def _loop(self) -> None:
         while not self._stopped:
             try:
                 await self.renew()
             except RelayError as e:
-                event(log, "lease_renew_failed", logging.ERROR, worker=self.me, detail=e.detail)
+                event(log, "lease_renew_failed", logging.ERROR, holder=self.me, detail=e.detail)
             self._poke.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poke.wait(), timeout=RENEW_S)
@@ -196,26 +196,26 @@ class Coordinator:
 
             got = set(await self.store.write(job))
             if WORKER + self.me not in got:  # taken over while this worker was cut off
-                event(log, "worker_lease_lost", logging.WARNING, worker=self.me)
+                event(log, "worker_lease_lost", logging.WARNING, holder=self.me)
             self.renewed = began
             await self._apply(got, plan.give)
 
     async def _apply(self, got: set[str], give: Sequence[str]) -> None:
         held = {n.removeprefix(SENDER) for n in got if n.startswith(SENDER)}
         for hop in sorted(self.hops - held):
-            event(log, "sender_lease_lost", logging.WARNING, worker=self.me, peer=hop)
+            event(log, "sender_lease_lost", logging.WARNING, holder=self.me, peer=hop)
             await self.work.stop_sender(hop)
             self.hops.discard(hop)
         if LEADER in got and not self.leading:
             self.leading = True
-            event(log, "leader_lease_taken", worker=self.me)
+            event(log, "leader_lease_taken", holder=self.me)
             await self.work.lead()
         elif LEADER not in got and self.leading:
             self.leading = False
-            event(log, "leader_lease_lost", logging.WARNING, worker=self.me)
+            event(log, "leader_lease_lost", logging.WARNING, holder=self.me)
             await self.work.unlead()
         for hop in sorted(held - self.hops):
-            event(log, "sender_lease_taken", worker=self.me, peer=hop)
+            event(log, "sender_lease_taken", holder=self.me, peer=hop)
             self.hops.add(hop)  # before it starts: stop() stops what may have started
             await self.work.start_sender(hop)
         if give := [h for h in give if h in self.hops]:
@@ -225,7 +225,7 @@ class Coordinator:
             await self.store.write(
                 lambda tx: tx.release_leases(self.me, [SENDER + h for h in give])
             )
-            event(log, "sender_leases_given", worker=self.me, peers=",".join(give))
+            event(log, "sender_leases_given", holder=self.me, peers=",".join(give))
 
 
 class Plan:

@@ -26,6 +26,8 @@ umask 077
 # spb on PostgreSQL: the URL names no password (node.toml is world-readable);
 # the password is in a 0600 file beside it.
 printf '%s\n' "$RELAY_DEMO_DB_PASSWORD" > spb/db.password
+# [storage] url replaces [node] database, which init wrote
+sed -i '/^database = /d' spb/node.toml
 cat >> spb/node.toml <<'TOML'
 
 [storage]

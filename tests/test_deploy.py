@@ -155,8 +155,34 @@ def test_compose_runs_a_two_worker_node_on_postgres() -> None:
 
 def test_compose_setup_gives_spb_a_postgres_url_without_its_password() -> None:
     script = (DEPLOY / "compose-setup.sh").read_text()
-    storage = script[script.index("[storage]") : script.index("TOML\n", script.index("[storage]"))]
+    at = script.index("\n[storage]\n") + 1
+    storage = script[at : script.index("TOML\n", at)]
     url = re.search(r'^url = "([^"]+)"$', storage, re.M)
     assert url and url.group(1) == "postgresql://relay@postgres:5432/relay"
     assert 'password_file = "db.password"' in storage
     assert "spb:spb.demo.ru:RU" in script and "relay check" in script
+
+
+def test_compose_setup_storage_table_passes_relay_check(tmp_path: Path) -> None:
+    """spb's node.toml, made as compose-setup.sh makes it, is valid for `relay check`."""
+    import contextlib
+    import io
+
+    from relay.cli.main import main
+
+    script = (DEPLOY / "compose-setup.sh").read_text()
+    start = script.index("\n[storage]\n") + 1
+    storage = script[start : script.index("TOML\n", start)]
+    node = tmp_path / "spb"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert main(["init", str(node), "--name", "spb.demo.ru", "--jurisdiction", "RU"]) == 0
+    assert "sed -i '/^database = /d' spb/node.toml" in script
+    toml = node / "node.toml"
+    kept = [ln for ln in toml.read_text().splitlines() if not ln.startswith("database = ")]
+    toml.write_text("\n".join(kept) + "\n\n" + storage)
+    password = node / "db.password"
+    password.write_text("relay-demo-password\n")
+    password.chmod(0o600)
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        assert main(["check", str(node)]) == 0, err.getvalue()

@@ -168,7 +168,7 @@ async def _submit(request: web.Request, batch: bool) -> web.Response:
         idem = request.headers.get("Idempotency-Key")
         if idem is not None and not 0 < len(idem) <= MAX_IDEMPOTENCY_KEY:
             raise BadRequest(f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
-        await backpressure.admit_submit(state, request)  # 503 busy before the body is read
+        await backpressure.admit_submit(state, mailbox, request)  # 503 busy before the body is read
         raw = await read_body(request, state.config.limits.client_body_bytes)
         doc, parsed = await state.backpressure.decode(len(raw), lambda: _parse_submit(raw, batch))
         scoped = None if idem is None else idempotency_key(idem, batch, doc)

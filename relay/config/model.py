@@ -135,6 +135,7 @@ class LimitsConfig:
     peer_bytes_per_s: int = 64 * 2**20
     unauthenticated_body_bytes: int = 256 * 1024
     client_body_bytes: int = 4 * 2**20
+    principal_write_share: int = 50  # percent of max_pending_writes one mailbox or peer may hold
 
 
 @dataclass(frozen=True, slots=True)

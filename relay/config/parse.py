@@ -382,6 +382,9 @@ class _Parser(_PolicyTables):
                 "mailbox_unread_bytes", d.mailbox_unread_bytes, 0, 2**62
             ),
             peer_bytes_per_s=t.integer("peer_bytes_per_s", d.peer_bytes_per_s, 0, 2**40),
+            principal_write_share=t.integer(
+                "principal_write_share", d.principal_write_share, 1, 100
+            ),
             client_body_bytes=t.integer("client_body_bytes", d.client_body_bytes, 1024, 2**31),
             unauthenticated_body_bytes=t.integer(
                 "unauthenticated_body_bytes", d.unauthenticated_body_bytes, 0, 2**31

@@ -14,6 +14,9 @@ Invariants:
   each other.
 - Admission comes after authentication (a token, a verified request
   signature): nobody unknown can take the slots of known clients and peers.
+- No one principal (a mailbox, a peer) holds more than `[limits]
+  principal_write_share` percent of those slots (at least one): past its
+  share it gets 503 `busy` while the others still find slots free.
 - A body read before its sender is authenticated (an unknown sender without
   `Relay-Certificate`, read to find a certificate) holds one of
   UNAUTHENTICATED_READS places of its own, never a write slot; past them the
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
@@ -71,7 +75,8 @@ class Backpressure:
         self.store = store
         self.max_age = max_age
         self.clock = clock
-        self._holders: set[int] = set()  # id() of the requests holding a write slot
+        self._holders: dict[int, str] = {}  # id() of a request holding a write slot -> principal
+        self._held_by: Counter[str] = Counter()  # principal -> write slots it holds
         self._unauthenticated: set[int] = set()  # id() of requests reading a stranger's body
         self._count = 0
         self._at: float | None = None
@@ -96,14 +101,29 @@ class Backpressure:
         """Write requests holding a slot now."""
         return len(self._holders)
 
-    def take_slot(self, request: web.Request, bound: int) -> None:
-        """A slot for `request`; Busy when `bound` are taken (0: no bound)."""
+    def held_by(self, principal: str) -> int:
+        """Write slots `principal` holds now."""
+        return self._held_by[principal]
+
+    def take_slot(
+        self, request: web.Request, bound: int, principal: str = "", share_pct: int = 100
+    ) -> None:
+        """A slot for `request` of `principal`; Busy when `bound` are taken (0: no bound)
+        or `principal` holds its share, `share_pct` percent of `bound` (at least 1)."""
         if bound and len(self._holders) >= bound:
             raise Busy(
                 f"this node has {len(self._holders)} write requests in progress, its bound; "
                 "retry shortly"
             )
-        self._holders.add(id(request))
+        share = max(1, bound * share_pct // 100)
+        if bound and principal and self._held_by[principal] >= share:
+            raise Busy(
+                f"{principal} has {self._held_by[principal]} write requests in progress, its"
+                f" share of this node's {bound} ([limits] principal_write_share ="
+                f" {share_pct}%); retry once they are answered"
+            )
+        self._holders[id(request)] = principal
+        self._held_by[principal] += 1
 
     async def decode(self, size: int, work: Callable[[], T]) -> T:
         """`work()` for a body of `size` bytes: on the loop if small, else in a worker thread."""
@@ -128,14 +148,21 @@ class Backpressure:
 
     def release(self, request: web.Request) -> None:
         """Give back `request`'s slot and its unauthenticated place, if it holds them."""
-        self._holders.discard(id(request))
+        principal = self._holders.pop(id(request), None)
+        if principal is not None:
+            self._held_by[principal] -= 1
+            if not self._held_by[principal]:
+                del self._held_by[principal]
         self._unauthenticated.discard(id(request))
 
 
-async def admit_submit(state: Admitting, request: web.Request) -> None:
-    """Take a write slot for a submit, or Busy (503); `release` gives it back."""
+async def admit_submit(state: Admitting, mailbox: str, request: web.Request) -> None:
+    """Take a write slot for `mailbox`'s submit, or Busy (503); `release` gives it back."""
     bp = state.backpressure
-    bp.take_slot(request, state.config.limits.max_pending_writes)
+    limits = state.config.limits
+    bp.take_slot(
+        request, limits.max_pending_writes, f"mailbox {mailbox}", limits.principal_write_share
+    )
     state.store.check_backlog()
     bound = state.config.limits.max_queued
     if bound:
@@ -151,7 +178,10 @@ async def admit_submit(state: Admitting, request: web.Request) -> None:
 def admit_batch(state: Admitting, peer: str, request: web.Request) -> None:
     """Charge a batch request to `peer` (429), then take a write slot (503)."""
     state.limits.peer(peer)
-    state.backpressure.take_slot(request, state.config.limits.max_pending_writes)
+    limits = state.config.limits
+    state.backpressure.take_slot(
+        request, limits.max_pending_writes, f"peer {peer}", limits.principal_write_share
+    )
     state.store.check_backlog()
 
 

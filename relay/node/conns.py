@@ -11,6 +11,8 @@ Invariants:
   then 408 and close. From complete headers to the body's last byte:
   `body_timeout`, then the connection is dropped. A handler still working
   after its body arrived (an inbox long poll) is never cut.
+- A TLS handshake must end within `header_timeout` (read at start); a
+  handshaking connection is not yet counted against the cap.
 - The cap, header and body deadlines are read from the config at each
   connection, so a reload changes them for new connections.
 """
@@ -244,10 +246,16 @@ class Listener:
         assert server is not None
         loop = asyncio.get_running_loop()
         factory = self.guard.protocol_factory(server)
+        # A TLS handshake gets the header deadline (asyncio's default is 60 s).
+        handshake = self.guard.limits().header_timeout_ms / 1000 if ssl_context else None
         if sock is not None:
-            self.server = await loop.create_server(factory, sock=sock, ssl=ssl_context)
+            self.server = await loop.create_server(
+                factory, sock=sock, ssl=ssl_context, ssl_handshake_timeout=handshake
+            )
         else:
-            self.server = await loop.create_server(factory, host, port, ssl=ssl_context)
+            self.server = await loop.create_server(
+                factory, host, port, ssl=ssl_context, ssl_handshake_timeout=handshake
+            )
         self.port = int(self.server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:

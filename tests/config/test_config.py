@@ -678,10 +678,12 @@ def test_inbox_page_and_mailbox_quota_load_and_refuse_bad_values(tmp_path: Path)
         NODE
         + "\n[limits]\ninbox_page_bytes = 65536\nmailbox_unread_bytes = 0\n"
         + "peer_bytes_per_s = 0\nunauthenticated_body_bytes = 0\n"
+        + "principal_write_share = 10\nclient_body_bytes = 2048\n"
     )
     limits = load_config(write_node(tmp_path, text)).limits
     assert (limits.inbox_page_bytes, limits.mailbox_unread_bytes) == (65536, 0)
     assert (limits.peer_bytes_per_s, limits.unauthenticated_body_bytes) == (0, 0)
+    assert (limits.principal_write_share, limits.client_body_bytes) == (10, 2048)
     default = load_config(write_node(tmp_path, NODE)).limits
     assert (default.inbox_page_bytes, default.mailbox_unread_bytes) == (8 * 2**20, 2**30)
     assert (default.peer_bytes_per_s, default.unauthenticated_body_bytes) == (64 * 2**20, 2**18)
@@ -690,6 +692,9 @@ def test_inbox_page_and_mailbox_quota_load_and_refuse_bad_values(tmp_path: Path)
         "mailbox_unread_bytes = -1",
         "peer_bytes_per_s = -5",
         "unauthenticated_body_bytes = -1",
+        "principal_write_share = 0",
+        "principal_write_share = 101",
+        "client_body_bytes = 10",
     ):
         with pytest.raises(ConfigErrors, match=bad.split()[0]):
             load_config(write_node(tmp_path, NODE + f"\n[limits]\n{bad}\n"))

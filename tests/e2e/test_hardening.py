@@ -129,6 +129,46 @@ def test_client_json_is_capped_and_large_bodies_are_parsed_off_the_loop(node: No
     assert "Traceback" not in node.logs()
 
 
+def test_one_token_holder_cannot_take_every_write_slot(tmp_path: Path) -> None:
+    """Item 3: alice's slow bodies hold her share of the slots, no more; bob is served."""
+    n = make_node(tmp_path, "n.test", "DE")
+    n.add_mailbox("alice")
+    n.add_mailbox("bob")
+    with (n.dir / "node.toml").open("a", encoding="utf-8") as f:
+        f.write("\n[limits]\nmax_pending_writes = 4\n")
+    n.start()
+    held: list[socket.socket] = []
+    try:
+        head = (
+            "POST /v1/messages HTTP/1.1\r\nHost: n.test\r\n"
+            f"Authorization: Bearer {n.tokens['alice']}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        for _ in range(2):  # a slot is taken at admission, before the body
+            s = socket.create_connection(("127.0.0.1", n.port), timeout=TIMEOUT)
+            s.sendall(head.encode())
+            held.append(s)
+        body = json.dumps({"to": ["bob@n.test"], "text": "x"}).encode()
+
+        def third_refused() -> bytes | None:
+            status, answer = _submit(n, body)
+            return answer if status == 503 else None
+
+        answer = wait_for(third_refused, what="alice's third submit refused")
+        doc = json.loads(answer)
+        assert doc["error"] == "busy"
+        assert "mailbox alice has 2 write requests in progress" in doc["detail"]
+        assert "principal_write_share = 50%" in doc["detail"]
+        msg = n.send("bob", ["alice@n.test"], "bob still gets a slot")
+        assert msg
+        line = [ln for ln in n.logs().splitlines() if "submit_refused mailbox=alice" in ln][-1]
+        assert "code=busy" in line
+    finally:
+        for s in held:
+            s.close()
+        assert n.stop() == 0
+
+
 def test_client_gone_mid_body_is_one_quiet_line(node: NodeProc) -> None:
     before = node.row_counts()
     head = (

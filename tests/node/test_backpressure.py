@@ -77,3 +77,35 @@ def test_unauthenticated_reads_are_bounded_and_given_back() -> None:
     bp.release(requests[0])  # type: ignore[arg-type]
     bp.take_unauthenticated(requests[-1])  # type: ignore[arg-type]
     assert bp.unauthenticated_reads == UNAUTHENTICATED_READS
+
+
+def test_one_principal_holds_at_most_its_share_of_the_write_slots() -> None:
+    bp = backpressure()
+    alice = [object() for _ in range(3)]
+    for r in alice[:2]:
+        bp.take_slot(r, 4, "mailbox alice", 50)  # type: ignore[arg-type]
+    with pytest.raises(Busy, match=r"mailbox alice has 2 write requests .* = 50%"):
+        bp.take_slot(alice[2], 4, "mailbox alice", 50)  # type: ignore[arg-type]
+    bob = [object() for _ in range(3)]
+    for r in bob[:2]:
+        bp.take_slot(r, 4, "peer b.test", 50)  # type: ignore[arg-type]
+    with pytest.raises(Busy, match="4 write requests in progress, its bound"):
+        bp.take_slot(bob[2], 4, "peer c.test", 50)  # type: ignore[arg-type]
+    bp.release(alice[0])  # type: ignore[arg-type]
+    assert (bp.held_by("mailbox alice"), bp.in_progress) == (1, 3)
+    bp.take_slot(alice[2], 4, "mailbox alice", 50)  # type: ignore[arg-type]
+    for r in alice + bob:
+        bp.release(r)  # type: ignore[arg-type]
+    assert (bp.held_by("mailbox alice"), bp.in_progress) == (0, 0)
+
+
+def test_a_share_is_at_least_one_slot_and_no_bound_means_no_share() -> None:
+    bp = backpressure()
+    first, second = object(), object()
+    bp.take_slot(first, 1, "mailbox alice", 1)  # type: ignore[arg-type]
+    with pytest.raises(Busy):
+        bp.take_slot(second, 1, "mailbox bob", 1)  # type: ignore[arg-type]
+    bp.release(first)  # type: ignore[arg-type]
+    for r in [object() for _ in range(50)]:
+        bp.take_slot(r, 0, "mailbox alice", 1)  # type: ignore[arg-type]
+    assert bp.held_by("mailbox alice") == 50

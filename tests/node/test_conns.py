@@ -10,13 +10,16 @@ import asyncio
 import logging
 import resource
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from relay.config.model import LimitsConfig
+from relay.config.tls import server_context
 from relay.node import conns
 from relay.node.conns import Burst, Listener, descriptor_shortfall
+from tests.config.test_tls import issue, make_ca
 
 LIMITS = LimitsConfig(
     max_connections=2, header_timeout_ms=300, body_timeout_ms=500, idle_timeout_ms=300
@@ -132,3 +135,19 @@ def test_descriptor_shortfall_names_the_limit_when_the_cap_does_not_fit() -> Non
     fits = (soft - conns.FD_HEADROOM) // 2
     assert descriptor_shortfall(LimitsConfig(max_connections=fits), 2) is None
     assert descriptor_shortfall(LimitsConfig(max_connections=fits + 1), 2) == soft
+
+
+async def test_a_tls_handshake_gets_the_header_deadline(tmp_path: Path) -> None:
+    """A client that opens a TLS listener's port and never says hello is let go
+    after header_timeout (300 ms here), not asyncio's 60 s."""
+    cert, key = issue(make_ca("test ca"), tmp_path)
+    lst = Listener(web.Application(), lambda: LIMITS, "test", shutdown_timeout=1)
+    await lst.start("127.0.0.1", 0, server_context(cert, key))
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", lst.port)
+        try:
+            assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, nothing said
+        finally:
+            writer.close()
+    finally:
+        await lst.stop()

@@ -133,7 +133,7 @@ async def _chunk(state: NodeState, tx: WriteTx, *, after: int) -> tuple[RecheckR
             moves.setdefault(hop, []).append(it.rid)
         if it.origin == state.name and header.key in own_revoked:
             resigned.append((it.rid, resign(header, state.key, state.key_id)))
-            state.note_resigned(hop)
+            state.note_resigned(tx, hop)
     await end_queued(tx, state.name, endings, now, by="recheck")
     for hop, rids in moves.items():
         await tx.reroute(rids, hop)

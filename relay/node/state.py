@@ -35,6 +35,7 @@ log = logging.getLogger("relay.node")
 # Announcement topics (WriteTx.announce): every worker on the storage hears them.
 INBOX = "inbox"  # key: mailbox; mail landed in it (long-polls, webhooks wake)
 HOP = "hop"  # key: next hop; its queue has work (its sender wakes)
+RESIGNED = "resigned"  # key: next hop; envelopes queued for it were re-signed
 
 
 def wall_clock_ms() -> int:
@@ -145,10 +146,13 @@ class NodeState:
                     ev.set()
             elif topic == HOP:
                 self.wake_hop(key)
+            elif topic == RESIGNED:
+                self._resigned.add(key)
 
-    def note_resigned(self, hop: str) -> None:
-        """Envelopes queued for `hop` got new header bytes (relay.node.recheck)."""
-        self._resigned.add(hop)
+    def note_resigned(self, tx: WriteTx, hop: str) -> None:
+        """Envelopes queued for `hop` got new header bytes (relay.node.recheck); the
+        sender of `hop`, on whichever worker, hears it once `tx` commits."""
+        tx.announce(RESIGNED, hop)
 
     def take_resigned(self, hop: str) -> bool:
         """True once after `note_resigned(hop)`: a batch id of `hop` names old bytes."""

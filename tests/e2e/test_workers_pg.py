@@ -17,11 +17,15 @@ status delivered.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
 import re
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -35,6 +39,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from relay.api.admin_client import NodeNotRunning, call
 from relay.config.keys import load_private_key
 from relay.federation.inbound import BATCH_PATH
 from relay.protocol import httpsig
@@ -463,3 +468,82 @@ def test_stream_survives_workers_killed_in_turn(cluster: Cluster) -> None:
     assert lost == 0 and duplicated == 0
     assert set(st) == set(sub.ids.values())  # a retried submit was stored once
     assert a1.stop() == 0 and a2.stop() == 0 and b.stop() == 0
+
+
+def worker_pids(node: NodeProc) -> list[int]:
+    """The pids of the running workers under `node`'s supervisor, by worker index."""
+    try:
+        rows = call(node.dir, "GET", "/admin/v1/workers")["workers"]
+    except NodeNotRunning:
+        return []
+    return [int(r["pid"]) for r in sorted(rows, key=lambda r: r["worker"]) if r["running"]]
+
+
+def restarted(node: NodeProc, victim: int) -> bool:
+    """Both workers run again, `victim` replaced by a new process."""
+    pids = worker_pids(node)
+    return len(pids) == 2 and victim not in pids
+
+
+def test_stream_survives_kills_under_relay_run_workers(cluster: Cluster) -> None:
+    """The same under `relay run --workers 2`: one address, the supervisor restarts
+    each SIGKILLed worker, and b.test's receipts reach whichever worker is up."""
+    a, b = cluster.a1, cluster.b
+    rng = random.Random(int.from_bytes(os.urandom(4), "big"))
+    b.start()
+    with open(a.log_path, "ab") as log:
+        supervisor = subprocess.Popen(
+            [sys.executable, "-m", "relay", "run", str(a.dir), "--workers", "2"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    a.proc = supervisor
+    try:
+        a.wait_ready(timeout=60)
+        sub = Submitter([a], a.tokens["alice"], MESSAGES)
+        phases = 2 * KILLS + 1
+        sub.allowed = MESSAGES // phases
+        sub.start()
+        in_flight: list[int] = []
+        for kill in range(2 * KILLS):
+            pids = wait_for(lambda: len(worker_pids(a)) == 2 and worker_pids(a), timeout=60)
+            in_flight.append(
+                wait_for(lambda: undelivered(cluster.url), timeout=30, interval=0.01, what="work")
+            )
+            time.sleep(rng.uniform(0, 0.2))
+            victim = pids[kill % 2]
+            os.kill(victim, signal.SIGKILL)
+            sub.allowed = MESSAGES * (kill + 2) // phases
+            wait_for(functools.partial(restarted, a, victim), timeout=60, what="restarted")
+        sub.allowed = MESSAGES
+        sub.join(timeout=300)
+        assert not sub.is_alive(), "the submitter did not finish"
+        assert not sub.failure, sub.failure
+
+        def settled() -> bool:
+            st = statuses(cluster.url, "alice")
+            done = len(inbox_seqs(b.db_path, "bob")) == MESSAGES
+            return done and set(st.values()) == {"delivered"}
+
+        wait_for(settled, timeout=180, interval=0.5, what="every message delivered")
+        seen = inbox_seqs(b.db_path, "bob")
+        lost = sum(1 for s in range(MESSAGES) if seen[s] == 0)
+        duplicated = sum(c - 1 for c in seen.values() if c > 1)
+        st = statuses(cluster.url, "alice")
+        print(
+            f"\nrelay run --workers 2, workers killed {len(in_flight)} times (undelivered at"
+            f" each kill: {in_flight}): messages={MESSAGES} (client retries {sub.retries}),"
+            f" lost={lost}, duplicated={duplicated}, statuses={len(st)} all delivered"
+        )
+        assert all(n > 0 for n in in_flight), in_flight
+        assert lost == 0 and duplicated == 0
+        assert set(st) == set(sub.ids.values())
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=60) == 0
+        assert b.stop() == 0
+    finally:
+        if supervisor.poll() is None:  # never leave workers behind
+            supervisor.send_signal(signal.SIGTERM)
+            supervisor.wait(timeout=60)
+        a.proc = None

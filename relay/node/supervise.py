@@ -57,7 +57,7 @@ log = logging.getLogger("relay.supervisor")
 
 BACKOFF_MIN_S = 0.5
 BACKOFF_MAX_S = 30.0
-STOP_GRACE_S = 60.0
+STOP_GRACE_S = 30.0  # under systemd TimeoutStopSec=60 (deploy/relay-workers@.service)
 EXIT_CONFIG = 2
 ADMIN_PREFIX = "/admin/v1"
 _LISTEN_BACKLOG = 1024

@@ -135,7 +135,7 @@ async def handle_batch(request: web.Request) -> web.StreamResponse:
     state: NodeState = request.app[NodeState.KEY]
     peer = request.headers.get("Relay-Origin", "")
     try:
-        body = await receive(state, request)
+        body, deferred = await receive(state, request)
     except RelayError as e:
         state.metrics.batch_refused(e.code)
         event(
@@ -152,10 +152,13 @@ async def handle_batch(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         backpressure.release(state, request)
-    return web.Response(body=body, content_type="application/msgpack")
+    # Items left out of the results (a full mailbox here) are sent again; not before this.
+    later = {"Retry-After": str(quota.RETRY_AFTER_S)} if deferred else None
+    return web.Response(body=body, content_type="application/msgpack", headers=later)
 
 
-async def receive(state: NodeState, request: web.Request) -> bytes:
+async def receive(state: NodeState, request: web.Request) -> tuple[bytes, int]:
+    """The signed result of a batch, and how many of its items it leaves out for now."""
     cfg = state.config
     limit = cfg.node.max_body_bytes
     rx = Reception(
@@ -226,7 +229,7 @@ async def _answer(
     rx: Reception,
     found: FindStoredResults,
     size: int,
-) -> bytes:
+) -> tuple[bytes, int]:
     batch, ids = found.batch, list(found.ids)
     now = state.now_ms()
     stored = await state.store.stored_results(peer, batch.batch_id)
@@ -239,7 +242,8 @@ async def _answer(
 
         await state.store.write(note_nonce)
         event(log, "batch_repeat", peer=peer, batch=batch.batch_id, envelopes=len(ids))
-        return sign_result(BatchResult(batch.batch_id, sreq.nonce, dict(step.results)), state.key)
+        answer = BatchResult(batch.batch_id, sreq.nonce, dict(step.results))
+        return sign_result(answer, state.key), len(ids) - len(step.results)
 
     relaying.learn_carried(state, batch.items)  # origins' certificates, before any judging
     ctx = ItemContext(here=state.name, peer=peer, now_ms=now)
@@ -273,7 +277,8 @@ async def _answer(
         envelopes=len(ids),
         accepted=accepted,
         rejected=len(refusals),
-        duplicate=len(ids) - accepted - len(refusals),
+        duplicate=len(results) - accepted - len(refusals),
+        deferred=len(ids) - len(results),
     )
     for r in refusals:
         event(
@@ -287,7 +292,8 @@ async def _answer(
             rule=r.rule,
             detail=r.error.detail,
         )
-    return sign_result(BatchResult(batch.batch_id, sreq.nonce, results), state.key)
+    answer = BatchResult(batch.batch_id, sreq.nonce, results)
+    return sign_result(answer, state.key), len(ids) - len(results)
 
 
 def _origin_hint(item: BatchItem) -> str:
@@ -396,7 +402,14 @@ async def _commit(
             results[h.id] = "duplicate"
         else:
             results[h.id] = "rejected:id_conflict"
-    await quota.check_unread(state.config.limits.mailbox_unread_bytes, tx, fresh, peer)
+    fresh, deferred = await quota.split_unread(
+        state.config.limits.mailbox_unread_bytes, tx, fresh, peer
+    )
+    if deferred:  # left out of the results: the sender keeps them and sends them again
+        later = {d.env.header.id for d in deferred}
+        for ident in later:
+            del results[ident]
+        decisions = [d for d in decisions if d.envelope not in later]
     await tx.insert_envelopes(fresh, now)
     if learned := state.trust.take_unsaved():
         await tx.save_certificates(certificates.records(learned), now)

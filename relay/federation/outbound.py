@@ -500,7 +500,7 @@ class Sender:
             return NoResult(result, status)
         if result.batch_id != batch_id or result.nonce != sent_nonce:
             return NoResult("signed result is for another batch or nonce", status)
-        return SignedResult(result.results)
+        return SignedResult(result.results, retry_after)
 
 
 def failed(

@@ -4,10 +4,12 @@ Invariants:
 - The check runs inside the write transaction that would deliver, against the
   counter that transaction sees (storage keeps it beside the inbox rows), so
   two deliveries at once cannot both slip under the quota.
-- A delivery that would take a mailbox past its quota refuses the whole write
-  with 503 `busy` and Retry-After: nothing is stored, and the sender keeps the
-  message queued and retries. Item results cannot say "later": every
-  `rejected:<code>` is final for the sender (protocol.md §11).
+- A submit that would take a mailbox past its quota refuses the whole write
+  with 503 `busy` and Retry-After: nothing is stored, and the client retries.
+- A federation batch defers only the items for a full mailbox (`split_unread`):
+  they are left out of the signed results, which a sender reads as "not
+  taken, send again" (protocol.md §12), and the answer carries Retry-After.
+  Item results cannot say "later": every `rejected:<code>` is final.
 - A mailbox with nothing unread takes any delivery, so a message larger than
   the quota is delivered once the mailbox is read, never retried forever.
 - Every refusal logs one `quota_refused` line naming mailbox, peer and rule.
@@ -62,3 +64,49 @@ async def check_unread(quota: int, tx: WriteTx, items: Sequence[NewEnvelope], pe
                 f" its quota of {quota} ({RULE}); retry later",
                 retry_after=RETRY_AFTER_S,
             )
+
+
+async def split_unread(
+    quota: int, tx: WriteTx, items: Sequence[NewEnvelope], peer: str
+) -> tuple[list[NewEnvelope], list[NewEnvelope]]:
+    """`items` split, in order, into those that fit their mailboxes' quota and those deferred.
+
+    An item fits if every mailbox it goes to has nothing unread yet (counting
+    the items before it that fit) or stays within `quota` with it. One
+    `quota_refused` line per mailbox that deferred anything.
+    """
+    if quota <= 0:
+        return list(items), []
+    names = sorted({m for it in items for m in it.mailboxes})
+    if not names:
+        return list(items), []
+    have = await tx.unread_bytes(names)
+    fits: list[NewEnvelope] = []
+    deferred: list[NewEnvelope] = []
+    held: dict[str, tuple[int, int]] = {}  # mailbox -> (items, bytes) deferred
+    for it in items:
+        size = it.env.header.size
+        full = [m for m in it.mailboxes if have[m] and have[m] + size > quota]
+        if full:
+            deferred.append(it)
+            for m in full:
+                n, b = held.get(m, (0, 0))
+                held[m] = (n + 1, b + size)
+            continue
+        fits.append(it)
+        for m in it.mailboxes:
+            have[m] += size
+    for mailbox, (n, b) in held.items():
+        event(
+            log,
+            "quota_refused",
+            logging.WARNING,
+            mailbox=mailbox,
+            peer=peer,
+            rule=RULE,
+            unread=have[mailbox],
+            deferred=n,
+            incoming=b,
+            quota=quota,
+        )
+    return fits, deferred

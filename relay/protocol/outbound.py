@@ -72,9 +72,14 @@ Q = TypeVar("Q", bound=Queued)
 
 @dataclass(frozen=True, slots=True)
 class SignedResult:
-    """A 200 whose signed result verified and names this batch and nonce."""
+    """A 200 whose signed result verified and names this batch and nonce.
+
+    `retry_after`: its Retry-After header, sent when the peer left items out
+    of the results for now (a full mailbox there): they wait at least that long.
+    """
 
     results: Mapping[bytes, str]
+    retry_after: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +260,8 @@ class Planner(Generic[Q]):
         if not items:
             raise RelayError("Planner.answer: no batch was planned")
         if isinstance(answer, SignedResult):
-            return self._settle(items, answer.results, failures, now_ms, draw)
+            at_least = min(retry_after_ms(answer.retry_after, now_ms) or 0, self.retry_max_ms)
+            return self._settle(items, answer.results, failures, now_ms, draw, at_least)
         status = answer.status
         reread = status == 413
         if isinstance(answer, HttpRefusal):
@@ -280,6 +286,7 @@ class Planner(Generic[Q]):
         failures: int,
         now_ms: int,
         draw: Draw,
+        at_least_ms: int = 0,
     ) -> Settle[Q]:
         delivered: list[Q] = []
         rejected: list[tuple[Q, str]] = []
@@ -295,7 +302,7 @@ class Planner(Generic[Q]):
         self._last = None
         self._sent = ()
         self.fetch_limit = self.batch_envelopes
-        retry = self.backoff(MISSING, failures, now_ms, draw) if missing else None
+        retry = self.backoff(MISSING, failures, now_ms, draw, at_least_ms) if missing else None
         return Settle(tuple(delivered), tuple(rejected), tuple(missing), retry)
 
     def backoff(

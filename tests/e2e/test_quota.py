@@ -1,4 +1,4 @@
-"""A full mailbox holds mail back at the sender, and nothing is lost (issue 10 item 4).
+"""A full mailbox holds its mail back at the sender, others' mail flows, nothing is lost.
 
 Two `relay run` nodes on 127.0.0.1: b.test keeps 3,000 unread bytes per mailbox
 and pages its inbox at 1,024 bytes; a.test retries at most a second apart.
@@ -27,6 +27,7 @@ def pair(tmp_path: Path) -> Iterator[tuple[NodeProc, NodeProc]]:
     b.add_peer(a)
     a.add_mailbox("alice")
     b.add_mailbox("bob")
+    b.add_mailbox("carol")
     for node, extra in ((a, FAST_RETRY), (b, QUOTA)):
         toml = node.dir / "node.toml"
         toml.write_text(toml.read_text() + extra)
@@ -49,6 +50,11 @@ def test_mail_past_the_quota_waits_at_the_sender_until_the_mailbox_is_read(
     assert 1 <= len(held) < 3 and held[0]["id"] == first
     line = next(ln for ln in b.log_path.read_text().splitlines() if "quota_refused" in ln)
     assert all(f in line for f in ("bob", "a.test", "limits.mailbox_unread_bytes")), line
+    # bob's full mailbox holds back only bob's mail: carol's arrives meanwhile
+    for_carol = a.send("alice", ["carol@b.test"], "carol is not held back")
+    got = wait_for(lambda: b.inbox("carol"), what="carol's mail past bob's full mailbox")
+    assert [m["id"] for m in got] == [for_carol]
+    assert len(b.inbox("bob")) == len(held)
 
     assert len(b.inbox("bob", ack=True)) == len(held)
     got = wait_for(lambda: len(b.inbox("bob")) + len(held) == 3 and b.inbox("bob"), what="rest")

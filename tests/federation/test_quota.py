@@ -21,7 +21,8 @@ from relay.config.tls import client_context
 from relay.federation.inbound import BATCH_PATH
 from relay.node.quota import RETRY_AFTER_S, RULE
 from relay.policy.ratelimit import Limits
-from relay.protocol.outbound import HttpRefusal, Planner, Retry
+from relay.protocol.batch import open_result
+from relay.protocol.outbound import HttpRefusal, Planner, Retry, Settle, SignedResult
 from tests.federation.conftest import TIMEOUT, TOKEN, Harness
 
 BOB_TOKEN = "bob-token"
@@ -95,7 +96,7 @@ async def ack_all(h: Harness) -> None:
         assert resp.status == 200 and (await resp.json())["acked"] == len(ids)
 
 
-async def test_a_batch_over_a_mailbox_quota_is_refused_busy_then_taken(
+async def test_a_full_mailbox_defers_only_its_own_items_of_a_batch(
     harness: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
     h = harness
@@ -104,18 +105,18 @@ async def test_a_batch_over_a_mailbox_quota_is_refused_busy_then_taken(
     assert (await h.send([h.item(first)])).results == {first.header.id: "accepted"}
     assert (await h.state.store.unread_bytes(["bob"])) == {"bob": 2000}
 
-    # 2000 + 1200 > 3000: the whole batch waits, alice's item too
+    # 2000 + 1200 > 3000: bob's item waits, alice's is taken
     over = h.envelope(payload=b"b" * 1200)
     other = h.envelope(payload=b"c" * 10, to=("alice@n.test",))
     body = h.body([h.item(other), h.item(over)])
     caplog.set_level(logging.WARNING, logger="relay.quota")
     async with h.session.post(h.url + BATCH_PATH, data=body, headers=h.sign(body)) as resp:
-        doc = await resp.json()
-        assert (resp.status, doc["error"]) == (503, "busy"), doc
+        assert resp.status == 200
         assert resp.headers["Retry-After"] == str(RETRY_AFTER_S)
-        assert RULE in doc["detail"]
+        result = open_result(await resp.read(), h.node_key.public_key())
+    assert result.results == {other.header.id: "accepted"}  # `over` left out: send it again
     assert not await h.stored(over.header.origin, over.header.id)
-    assert not await h.stored(other.header.origin, other.header.id)
+    assert await h.stored(other.header.origin, other.header.id)
     lines = [
         dict(getattr(r, "relay_fields", {}))
         for r in caplog.records
@@ -123,12 +124,26 @@ async def test_a_batch_over_a_mailbox_quota_is_refused_busy_then_taken(
     ]
     assert len(lines) == 1, lines
     assert (lines[0]["mailbox"], lines[0]["peer"], lines[0]["rule"]) == ("bob", "a.test", RULE)
+    assert (lines[0]["deferred"], lines[0]["incoming"]) == (1, 1200)
 
-    # the sender retries the same items once bob has read his mail: nothing lost
+    # the sender sends the left-out item again once bob has read his mail: nothing lost
     await ack_all(h)
     retried = await h.send([h.item(other), h.item(over)])
-    assert retried.results == {other.header.id: "accepted", over.header.id: "accepted"}
+    assert retried.results == {other.header.id: "duplicate", over.header.id: "accepted"}
     assert (await h.state.store.unread_bytes(["bob", "alice"])) == {"bob": 1200, "alice": 10}
+
+
+def test_a_sender_waits_out_the_retry_after_of_a_result_that_leaves_items_out() -> None:
+    planner: Planner[Row] = Planner(
+        batch_envelopes=10, batch_bytes=10**6, retry_min_ms=100, retry_max_ms=60_000
+    )
+    planner.plan([Row(1, b"1" * 16), Row(2, b"2" * 16)], lambda _origin: 0, lambda: b"B" * 16)
+    taken = SignedResult({b"1" * 16: "accepted"}, retry_after="30")
+    settle = planner.answer(taken, failures=0, now_ms=0, draw=lambda low, high: low)
+    assert isinstance(settle, Settle)
+    assert [it.id for it in settle.delivered] == [b"1" * 16]
+    assert [it.id for it in settle.missing] == [b"2" * 16]
+    assert settle.retry is not None and settle.retry.wait_ms >= 30_000
 
 
 async def test_a_submit_over_a_mailbox_quota_is_refused_busy(harness: Harness) -> None:

@@ -100,6 +100,8 @@ async def test_copy_carries_every_table_and_counts_it(ends: tuple[Target, Target
             dst, [new(envelope(payload=b"later", to=[f"alice@{HERE}"]), mailboxes=["alice"])]
         )
         assert rids[0] > max(r.rid for r in head_before)
+        # the target's triggers work again: its unread counter follows new mail
+        assert await dst.unread_bytes(["alice"]) == {"alice": unread_before["alice"] + 5}
     finally:
         await dst.close()
 

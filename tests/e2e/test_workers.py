@@ -225,7 +225,8 @@ def test_one_worker_is_todays_node(tmp_path: Path) -> None:
     with urllib.request.urlopen(f"{node.url}/.well-known/relay", timeout=10) as r:
         assert "Relay-Worker" not in r.headers
         assert json.load(r)["name"] == "msk.example.ru"
-    assert (node.dir / "admin.sock").exists() and not list(node.dir.glob("admin-*"))
+    wait_for(lambda: (node.dir / "admin.sock").exists(), what="admin.sock")  # after /readyz
+    assert not list(node.dir.glob("admin-*"))
     assert re.search(r"worker=\d", node.logs()) is None  # (lease lines name their holder)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0

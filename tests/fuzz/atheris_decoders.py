@@ -62,6 +62,7 @@ def signed_request(data: bytes) -> None:
         "Content-Digest": req["content_digest"],
         "Signature-Input": req["signature_input"],
         "Signature": req["signature"],
+        "Relay-Certificate": VECTORS["batch_request_with_certificate"]["relay_certificate"],
     }
     name = fdp.PickValueInList(sorted(headers))
     headers[name] = fdp.ConsumeUnicodeNoSurrogates(fdp.ConsumeIntInRange(0, 400))

@@ -311,6 +311,16 @@ def batch_body(draw: st.DrawFn, h: Harness) -> tuple[str, bytes]:
                     b"\xdf\xff\xff\xff\xff",  # a map claiming 4 billion pairs
                     b"\xc6\xff\xff\xff\xf0" + b"\x00" * 8,  # a bin far longer than the body
                     b"\x82\xa5batch\xc4\x10" + b"\x00" * 16 + b"\xa5items\xdd\x7f\xff\xff\xff",
+                    # issue 10: nils where items go, and containers past the element cap
+                    b"\x82\xa5batch\xc4\x10"
+                    + b"\x00" * 16
+                    + b"\xa5items\xdc\x1f\x00"
+                    + b"\xc0" * 0x1F00,
+                    b"\x82\xa5batch\xc4\x10"
+                    + b"\x00" * 16
+                    + b"\xa5items\x9f"
+                    + b"\xdc\x01\x90"
+                    + b"\x00" * 400,
                 ]
             )
         )

@@ -22,7 +22,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.errors import ItemRejected, MalformedError, RelayError
+from relay.errors import ItemRejected, MalformedError, RelayError, UnknownSender
+from relay.protocol import httpsig
 from relay.protocol.batch import (
     Batch,
     BatchItem,
@@ -336,3 +337,40 @@ def test_valid_headers_round_trip(
     assert batch_ids(decode_batch(body)) == (env_id,)
     result = BatchResult(env_id, "bm9uY2U=", {env_id: "accepted"})
     assert open_result(sign_result(result, B_KEY), B_PUB) == result
+
+
+INTRO = V["batch_request_with_certificate"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.just(INTRO["relay_certificate"]),
+        st.text(max_size=400),
+        st.lists(st.binary(max_size=300), min_size=0, max_size=6).map(
+            lambda blobs: ", ".join(f":{base64.b64encode(b).decode()}:" for b in blobs)
+        ),
+        st.text(alphabet=":,=+/ \tABCabc019", max_size=80),
+    )
+)
+def test_relay_certificate_header_parses_or_is_unknown_sender(text: str) -> None:
+    """Relay-Certificate: its blobs or UnknownSender; the signature base never changes."""
+    headers = {
+        "Content-Digest": INTRO["content_digest"],
+        "Relay-Origin": INTRO["relay_origin"],
+        "Relay-Destination": INTRO["relay_destination"],
+        "Signature-Input": INTRO["signature_input"],
+        "Signature": INTRO["signature"],
+        "Relay-Certificate": text,
+    }
+    CASES["calls"] += 1
+    try:
+        req = httpsig.parse_request(method="POST", path="/federation/v1/batch", headers=headers)
+    except RelayError as e:
+        CASES["refused"] += 1
+        assert isinstance(e, UnknownSender), e
+    else:
+        assert 1 <= len(req.certificates) <= httpsig.MAX_HEADER_CERTIFICATES
+        assert req.base == INTRO["signature_base"].encode("ascii")
+        for blob in req.certificates:
+            feed(blob)

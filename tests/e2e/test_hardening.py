@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.protocol import httpsig
+from relay.protocol.sfv import b64
 from tests.e2e.harness import TIMEOUT, NodeProc, make_node, relay, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -270,3 +271,49 @@ def test_a_certified_stranger_is_introduced_by_its_header_a_stranger_costs_no_bo
     finally:
         c.kill()
         a.kill()
+
+
+@pytest.mark.slow
+def test_a_peers_body_of_nils_is_refused_at_its_first_array(tmp_path: Path) -> None:
+    """Item 2: a pinned peer's signed 15 MiB batch of nils is a 400 naming the element
+    cap, nothing is stored, and the node answers others."""
+    n = make_node(tmp_path, "n.test", "DE")
+    n.add_mailbox("alice")
+    peer = Ed25519PrivateKey.generate()
+    raw = peer.public_key().public_bytes_raw()
+    key = "ed25519:" + b64(raw).rstrip("=")
+    relay("peer", "add", n.dir, "--name", "p.test", "--url", "http://127.0.0.1:9",
+          "--jurisdiction", "DE", "--key", key)  # fmt: skip
+    n.start()
+    try:
+        before = n.row_counts()
+        size = 15 * 2**20
+        body = (
+            b"\x82\xa5batch\xc4\x10" + os.urandom(16) + b"\xa5items\xdd"
+            + size.to_bytes(4, "big") + b"\xc0" * size
+        )  # fmt: skip
+        headers = httpsig.sign_request(
+            method="POST", path="/federation/v1/batch",
+            content_digest=httpsig.content_digest(body), origin="p.test",
+            destination="n.test", key=peer, key_id=b64(raw)[:8], created=int(time.time()),
+            nonce=os.urandom(32),
+        )  # fmt: skip
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        status, _, answer = _raw(
+            n.port,
+            (
+                "POST /federation/v1/batch HTTP/1.1\r\nHost: n.test\r\nConnection: close\r\n"
+                f"Content-Type: application/msgpack\r\nContent-Length: {len(body)}\r\n"
+                f"{head}\r\n"
+            ).encode()
+            + body,
+        )
+        assert status == 400, answer[:300]
+        doc = json.loads(answer)
+        assert doc["error"] == "malformed"
+        assert "declares 15728640 elements; at most 10000" in doc["detail"]
+        assert n.row_counts() == before
+        assert " warning batch_refused peer=p.test status=400 code=malformed " in n.logs()
+        n.send("alice", ["alice@n.test"], "still serving")
+    finally:
+        assert n.stop() == 0

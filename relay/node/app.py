@@ -40,7 +40,7 @@ from relay.node.metrics import serve as serve_metrics
 from relay.node.opening import open_node_storage
 from relay.node.recheck import recheck
 from relay.node.reload import ReloadResult, on_sighup, reload_config
-from relay.node.state import NodeState, wall_clock_ms
+from relay.node.state import CONTACT, NodeState, wall_clock_ms
 from relay.node.webhooks import Webhooks
 from relay.policy.certfiles import watch_store
 from relay.policy.keyring import published_keys
@@ -51,6 +51,7 @@ log = logging.getLogger("relay.node")
 NONCE_KEEP_MS = 3_600_000  # well past the ±300 s window
 BATCH_KEEP_MS = 7 * 24 * 3_600_000  # longer than any sender keeps retrying one batch
 IDEMPOTENCY_KEEP_MS = 24 * 3_600_000
+CONTACT_TELL_S = 5.0  # how often one peer's contact is passed on to the other workers
 
 
 def node_document(state: NodeState) -> dict[str, object]:
@@ -105,6 +106,8 @@ class Node:
         self.tasks: list[asyncio.Task[None]] = []  # this worker's own tasks
         self.jobs: list[asyncio.Task[None]] = []  # background jobs, while leading
         self.coordinator: Coordinator | None = None  # leases (relay.node.leases)
+        self._contact_told: dict[str, float] = {}  # peer -> when others were last told
+        self._telling: set[asyncio.Task[None]] = set()
         self.port = 0
         self.metrics_listener: Listener | None = None  # with [metrics] listen
         self.webhooks: Webhooks | None = None
@@ -124,6 +127,7 @@ class Node:
         )
         self.state = state
         state.wake_hop = self._wake
+        state.tell_contact = self._tell_contact
         state.leading = False  # until the leader lease is taken
         state.trust.learn(await store.certificates(state.now_ms()), saved=True)
         self.session = aiohttp.ClientSession(
@@ -200,6 +204,32 @@ class Node:
             sender.wake.set()
         elif self.coordinator is not None:
             self.coordinator.want(hop)
+
+    def _tell_contact(self, peer: str) -> None:
+        """`peer` contacted this worker while another one sends its queue: announce
+        it (at most every CONTACT_TELL_S per peer) so that a backoff there ends."""
+        state, coordinator = self.state, self.coordinator
+        if state is None or state.stopping or coordinator is None:
+            return
+        if not coordinator.held_elsewhere(peer):
+            return
+        now = asyncio.get_running_loop().time()
+        if now < self._contact_told.get(peer, 0.0) + CONTACT_TELL_S:
+            return
+        self._contact_told[peer] = now
+
+        async def job(tx: WriteTx) -> None:
+            tx.announce(CONTACT, peer)
+
+        async def tell() -> None:
+            try:
+                await state.store.write(job)
+            except RelayError as e:  # the sender's own backoff still ends its wait
+                event(log, "contact_not_announced", logging.WARNING, peer=peer, detail=e.detail)
+
+        task = asyncio.create_task(tell(), name=f"contact-{peer}")
+        self._telling.add(task)
+        task.add_done_callback(self._telling.discard)
 
     # --- the work leases cover (relay.node.leases.Work) ------------------------------
 

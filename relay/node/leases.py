@@ -118,6 +118,10 @@ class Coordinator:
         """True if the sender of `hop` may start a batch now."""
         return hop in self.hops and self.fresh()
 
+    def held_elsewhere(self, hop: str) -> bool:
+        """True if another live worker held the sender lease of `hop` at the last renewal."""
+        return hop in self._others
+
     def want(self, hop: str) -> None:
         """`hop` has work and no sender here: try to take its lease now."""
         if hop not in self.hops and hop not in self._others and not self._stopped:

@@ -36,6 +36,7 @@ log = logging.getLogger("relay.node")
 INBOX = "inbox"  # key: mailbox; mail landed in it (long-polls, webhooks wake)
 HOP = "hop"  # key: next hop; its queue has work (its sender wakes)
 RESIGNED = "resigned"  # key: next hop; envelopes queued for it were re-signed
+CONTACT = "contact"  # key: peer; it made an authenticated request to some worker
 
 
 def wall_clock_ms() -> int:
@@ -77,6 +78,9 @@ class NodeState:
         self._contacted: set[str] = set()  # of those, the ones that have since contacted us
         self._resigned: set[str] = set()  # hops with envelopes re-signed since their last batch
         self.wake_hop: Callable[[str], None] = lambda hop: None
+        # Passes a contact on to the other workers when the peer's sender may be
+        # there (relay.node.app); a node state alone has no one to tell.
+        self.tell_contact: Callable[[str], None] = lambda peer: None
         self.metrics = Metrics(mailbox_labels=config.metrics.mailbox_labels, worker=worker)
         self.backpressure = Backpressure(store)  # write slots, queue length ([limits])
         self.load(config)
@@ -148,6 +152,8 @@ class NodeState:
                 self.wake_hop(key)
             elif topic == RESIGNED:
                 self._resigned.add(key)
+            elif topic == CONTACT:
+                self._heard_contact(key)
 
     def note_resigned(self, tx: WriteTx, hop: str) -> None:
         """Envelopes queued for `hop` got new header bytes (relay.node.recheck); the
@@ -175,10 +181,16 @@ class NodeState:
 
     def peer_contacted(self, peer: str) -> None:
         """`peer` made a request whose signature verified: it is up, so a backoff
-        of its queue is cut short and its sender woken.
+        of its queue is cut short and its sender woken, on whichever worker.
 
         In memory and cheap: called for every authenticated request.
         """
+        if peer in self._backing_off:
+            self._heard_contact(peer)
+        else:
+            self.tell_contact(peer)
+
+    def _heard_contact(self, peer: str) -> None:
         if peer in self._backing_off and peer not in self._contacted:
             self._contacted.add(peer)
             self.wake_hop(peer)

@@ -370,6 +370,52 @@ def test_background_jobs_run_once_and_move_when_their_worker_dies(cluster: Clust
     assert a2.stop() == 0 and b.stop() == 0
 
 
+# --- a peer that contacts one worker ends the backoff at the other --------------------
+
+
+def slow_backoff(node: NodeProc) -> None:
+    """Make `node`'s backoff long, so that only a waiver can end it soon."""
+    toml = node.dir / "node.toml"
+    text = toml.read_text()
+    for key, short, long in (("retry_min", "50ms", "10m"), ("retry_max", "500ms", "1h")):
+        assert f'{key} = "{short}"' in text, text
+        text = text.replace(f'{key} = "{short}"', f'{key} = "{long}"')
+    toml.write_text(text)
+
+
+def backoff_left_ms(url: str, peer: str) -> int:
+    rows = pg_rows(url, "SELECT next_try FROM peer_state WHERE peer = %s", (peer,))
+    return int(rows[0][0]) - time.time_ns() // 1_000_000 if rows else 0
+
+
+def test_a_peer_contacting_one_worker_ends_the_backoff_at_the_other(cluster: Cluster) -> None:
+    a1, a2, b = cluster.a1, cluster.a2, cluster.b
+    for node in (a1, a2):
+        slow_backoff(node)
+    a1.start()
+    a2.start()
+    a1.send("alice", ["bob@b.test"], "after the wait")  # b.test is down
+    holder = wait_for(
+        lambda: cluster.holder_node("sender:b.test"), timeout=LEASE_WAIT_S, what="a sender lease"
+    )
+    contacted = a2 if holder is a1 else a1
+    # the send failed: a backoff of up to 10 min; wait for one long enough to tell
+    # a waiver from its end (full jitter may draw a short one; the next is longer)
+    wait_for(lambda: backoff_left_ms(cluster.url, "b.test") > 60_000, timeout=120)
+    relay("peer", "update", b.dir, "--name", "a.test", "--url", contacted.url)
+    b.start()
+    b.send("bob", ["alice@a.test"], "hello")  # b.test's request reaches the other worker
+    wait_for(lambda: len(bob_texts(b)) == 1, timeout=30, what="the queued mail at B")
+    waived = [ln for ln in lines(holder, "backoff_waived") if "peer=b.test" in ln]
+    assert waived, holder.logs()
+    assert backoff_left_ms(cluster.url, "b.test") <= 0
+    assert a1.stop() == 0 and a2.stop() == 0 and b.stop() == 0
+
+
+def bob_texts(b: NodeProc) -> list[str]:
+    return [m["text"] for m in b.inbox("bob")]
+
+
 # --- (e) SIGKILL workers in turn while a stream flows ----------------------------------
 
 MESSAGES = int(os.environ.get("RELAY_FAULT_MESSAGES", "1500"))

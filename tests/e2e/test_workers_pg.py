@@ -42,6 +42,7 @@ import pytest
 from relay.api.admin_client import NodeNotRunning, call
 from relay.config.keys import load_private_key
 from relay.federation.inbound import BATCH_PATH
+from relay.node.leases import RENEW_S
 from relay.protocol import httpsig
 from relay.protocol.batch import Batch, BatchItem, encode_batch, open_result
 from relay.protocol.envelope import make_header, seal
@@ -402,6 +403,8 @@ def test_a_peer_contacting_one_worker_ends_the_backoff_at_the_other(cluster: Clu
     # the send failed: a backoff of up to 10 min; wait for one long enough to tell
     # a waiver from its end (full jitter may draw a short one; the next is longer)
     wait_for(lambda: backoff_left_ms(cluster.url, "b.test") > 60_000, timeout=120)
+    # the contacted worker learns who holds the lease at its next renewal
+    time.sleep(2 * RENEW_S)
     relay("peer", "update", b.dir, "--name", "a.test", "--url", contacted.url)
     b.start()
     b.send("bob", ["alice@a.test"], "hello")  # b.test's request reaches the other worker

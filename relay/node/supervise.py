@@ -165,7 +165,21 @@ class Supervisor:
         """Run worker `slot` until the node stops, restarting it when it dies."""
         wait = 0.0
         while not self.stop.is_set():
-            await self._spawn(slot)
+            try:
+                await self._spawn(slot)
+            except OSError as e:  # out of processes or memory: try again later
+                wait = backoff_after(wait, 0)
+                event(
+                    log,
+                    "worker_start_failed",
+                    logging.ERROR,
+                    worker=slot.index,
+                    detail=str(e),
+                    restart_in_s=wait,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), wait)
+                continue
             assert slot.process is not None
             code = await slot.process.wait()
             if self.stop.is_set():

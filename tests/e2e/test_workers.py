@@ -108,6 +108,9 @@ def test_two_workers_share_the_port_and_the_node(pg_node: NodeProc) -> None:
     got = wait_for(lambda: node.inbox("alice"), what="alice's mail")
     assert {m["id"] for m in got} == ids
     assert call(node.dir, "GET", "/admin/v1/node")["name"] == "msk.example.ru"
+    assert relay("queue", node.dir).stdout.strip() == "queue is empty"  # local mail only
+    summary = json.loads(relay("queue", node.dir, "--summary", "--json").stdout)
+    assert [(r["dest"], r["total"]) for r in summary["rows"]] == [("TOTAL", 0)]
 
     # The supervisor's [metrics] listen: each worker's series labelled, the
     # database's gauges once and unlabelled.

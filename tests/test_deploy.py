@@ -18,12 +18,28 @@ from relay.node.conns import FD_HEADROOM
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 
-def _unit_for_this_machine(tmp_path: Path) -> Path:
+def _unit_for_this_machine(
+    tmp_path: Path, source: str = "relay.service", name: str = "relay.service"
+) -> Path:
+    """deploy/`source` as `name`, pointing at this machine's relay."""
     relay_bin = Path(sys.executable).with_name("relay")
-    text = (DEPLOY / "relay.service").read_text()
-    unit = tmp_path / "relay.service"
+    text = (DEPLOY / source).read_text()
+    unit = tmp_path / name
     unit.write_text(text.replace("/usr/local/bin/relay", str(relay_bin)))
     return unit
+
+
+def _exposure(unit: Path) -> float:
+    """`systemd-analyze security`'s overall exposure level of `unit` (lower is safer)."""
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(unit)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    found = re.search(rf"Overall exposure level for {re.escape(unit.name)}: ([0-9.]+)", proc.stdout)
+    assert found, proc.stdout[-2000:] + proc.stderr
+    return float(found.group(1))
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
@@ -38,16 +54,7 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
 def test_systemd_unit_is_hardened(tmp_path: Path) -> None:
-    unit = _unit_for_this_machine(tmp_path)
-    proc = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", str(unit)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    found = re.search(r"Overall exposure level for relay.service: ([0-9.]+)", proc.stdout)
-    assert found, proc.stdout[-2000:] + proc.stderr
-    assert float(found.group(1)) <= 2.0, proc.stdout[-3000:]
+    assert _exposure(_unit_for_this_machine(tmp_path)) <= 2.0
 
 
 def test_unit_runs_as_dedicated_user_with_state_directory() -> None:
@@ -89,32 +96,16 @@ def test_compose_setup_pastes_the_printed_peer_line() -> None:
 # --- several workers on PostgreSQL (docs/scaling.md) ------------------------------
 
 
-def _workers_unit(tmp_path: Path, workers: int) -> Path:
-    """relay-workers@.service as instance `workers`, pointing at this machine's relay."""
-    relay_bin = Path(sys.executable).with_name("relay")
-    text = (DEPLOY / "relay-workers@.service").read_text()
-    unit = tmp_path / f"relay-workers@{workers}.service"
-    unit.write_text(text.replace("/usr/local/bin/relay", str(relay_bin)))
-    return unit
-
-
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze here")
 def test_workers_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
-    unit = _workers_unit(tmp_path, 4)
+    """As instance 4 (`relay run --workers 4`)."""
+    unit = _unit_for_this_machine(tmp_path, "relay-workers@.service", "relay-workers@4.service")
     proc = subprocess.run(
         ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr
     assert "relay-workers" not in proc.stderr, proc.stderr
-    proc = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", str(unit)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    found = re.search(r"Overall exposure level for relay-workers@4.service: ([0-9.]+)", proc.stdout)
-    assert found, proc.stdout[-2000:] + proc.stderr
-    assert float(found.group(1)) <= 2.0, proc.stdout[-3000:]
+    assert _exposure(unit) <= 2.0
 
 
 def test_workers_unit_runs_n_workers_with_the_single_node_sandbox() -> None:

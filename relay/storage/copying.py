@@ -43,9 +43,9 @@ async def copy_storage(
         await refuse_live_leases(src_store)
         dst_store = await _open(target, target_password)
         try:
-            src = _tables(source, source_password)
+            src = table_io(source, source_password)
             try:
-                dst = _tables(target, target_password)
+                dst = table_io(target, target_password)
                 try:
                     return await asyncio.to_thread(copy_all, src, dst, replace=replace)
                 finally:
@@ -62,7 +62,8 @@ async def _open(target: Target, password: str | None) -> Storage:
     return await open_storage(target, password)
 
 
-def _tables(target: Target, password: str | None) -> TableIO:
+def table_io(target: Target, password: str | None = None) -> TableIO:
+    """Raw row access to the database `target` names, for a copy (relay.storage.transfer)."""
     if backend_of(target) == "postgresql":
         from relay.storage.postgres.tableio import PgTables
 

@@ -23,28 +23,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from relay.errors import Conflict, StoreError
+from relay.storage.tables import TABLES
 
 BATCH_ROWS = 2000
 
-# Row for row, in an order where every row's references are already there
-# (payloads before the envelopes that name them, envelopes before the
-# queue, inbox and recipient rows that point at their rid).
-DATA: tuple[str, ...] = (
-    "payloads",
-    "envelopes",
-    "queue",
-    "inbox",
-    "recipients",
-    "pending_receipts",
-    "batches",
-    "nonces",
-    "peer_state",
-    "idempotency",
-    "decisions",
-    "purges",
-    "webhook_state",
-    "certificates",
-)
+# Every table of relay.storage.tables, row for row, in an order where every
+# row's references are already there (payloads before the envelopes that
+# name them, envelopes before the queue, inbox and recipient rows that point
+# at their rid).
+DATA: tuple[str, ...] = ("payloads", *(t for t in TABLES if t != "payloads"))
 
 # Kept by the database from the DATA tables (triggers, on both backends);
 # the target recomputes them with these statements (valid SQLite and

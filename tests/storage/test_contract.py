@@ -246,6 +246,17 @@ async def test_queue_order_hold_attempts_and_dequeue(storage: Storage) -> None:
     assert (await storage.row_counts())["envelopes"] == 4  # dequeued envelopes stay stored
 
 
+async def test_queue_hops_are_the_hops_with_something_queued(storage: Storage) -> None:
+    assert await storage.queue_hops() == []
+    hops = ["z.test", "a.test", "m.test", "a.test", "z.test"]
+    rids = await put(storage, [new(envelope(), hop=h) for h in hops])
+    assert sorted(await storage.queue_hops()) == ["a.test", "m.test", "z.test"]
+    await storage.write(lambda tx: tx.dequeue([rids[2], rids[0]]))  # m.test, one z.test
+    assert sorted(await storage.queue_hops()) == ["a.test", "z.test"]
+    await storage.write(lambda tx: tx.dequeue(rids))
+    assert await storage.queue_hops() == []
+
+
 async def test_queue_ages_and_lifetime_at_backing_off_hops(storage: Storage) -> None:
     old = envelope(expires=T0 + 10)
     young = envelope()

@@ -69,18 +69,24 @@ def authenticate(state: NodeState, request: web.Request) -> str:
 
 MAX_JSON_DEPTH = 32  # a client document nests 4 deep; deep nesting only exhausts the stack
 TOO_DEEP = f"request body nests arrays and objects over {MAX_JSON_DEPTH} deep"
+# A batch of 1,000 messages to 100 recipients each holds about 115,000 values.
+MAX_JSON_VALUES = 250_000
 
 
-def _deeper_than(doc: dict[str, Any] | list[Any], limit: int) -> bool:
-    """True if arrays and objects in `doc` nest more than `limit` deep (no recursion)."""
+def _check_shape(doc: dict[str, Any] | list[Any]) -> None:
+    """MalformedError if `doc` nests over MAX_JSON_DEPTH or holds over MAX_JSON_VALUES
+    values (no recursion; the walk stops as soon as either is passed)."""
     stack: list[tuple[dict[str, Any] | list[Any], int]] = [(doc, 1)]
+    values = 0
     while stack:
         value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise MalformedError(TOO_DEEP)
         children = value.values() if isinstance(value, dict) else value
-        if depth > limit:
-            return True
+        values += len(children)
+        if values > MAX_JSON_VALUES:
+            raise MalformedError(f"request body holds over {MAX_JSON_VALUES} JSON values")
         stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-    return False
 
 
 def _too_large(length: int, limit: int) -> TooLarge:
@@ -113,8 +119,8 @@ def parse_json(raw: bytes) -> Any:
         raise MalformedError(f"request body is not JSON: {e}") from None
     except RecursionError:  # json.loads recurses per level: far too deep
         raise MalformedError(TOO_DEEP) from None
-    if isinstance(doc, dict | list) and _deeper_than(doc, MAX_JSON_DEPTH):
-        raise MalformedError(TOO_DEEP)
+    if isinstance(doc, dict | list):
+        _check_shape(doc)
     try:  # "\ud800" is valid JSON syntax but no Unicode text (RFC 7493 I-JSON refuses it)
         json.dumps(doc, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:

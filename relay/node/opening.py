@@ -21,10 +21,7 @@ from relay.config.model import Config, StorageConfig
 from relay.config.storage import PASSWORD_ENV
 from relay.errors import StoreError
 from relay.storage.backends import open_readonly_storage, open_storage
-from relay.storage.interface import ReadOnlyStorage, Storage
-from relay.storage.sqlite.unread import unread_count
-
-_PAGE = 1000
+from relay.storage.interface import NotCreated, ReadOnlyStorage, Storage
 
 
 def storage_password(storage: StorageConfig, config_file: Path) -> str | None:
@@ -59,24 +56,18 @@ async def open_node_readonly(config: Config) -> ReadOnlyStorage:
 def unread_messages(config: Config, mailbox: str) -> int:
     """Unacknowledged messages in `mailbox`'s inbox (safe beside a running node).
 
-    0 when a SQLite node never ran; StoreError when the database cannot be read.
+    0 when the node never ran (no database yet); StoreError when it cannot be read.
     """
-    path = config.storage.sqlite_path
-    if path is not None:
-        return unread_count(path, mailbox)
     return asyncio.run(_count_unread(config, mailbox))
 
 
 async def _count_unread(config: Config, mailbox: str) -> int:
-    reads = await open_node_readonly(config)
     try:
-        count, after = 0, 0
-        while page := await reads.inbox(mailbox, after, _PAGE):
-            count += len(page)
-            after = page[-1].seq
-            if len(page) < _PAGE:
-                break
-        return count
+        reads = await open_node_readonly(config)
+    except NotCreated:
+        return 0
+    try:
+        return await reads.unacked_count(mailbox)
     finally:
         await reads.close()
 

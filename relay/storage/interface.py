@@ -65,6 +65,12 @@ class DatabaseLocked(StoreError):
     code = "locked"
 
 
+class NotCreated(StoreError):
+    """A read-only open found no database yet: the node creates it when it first runs."""
+
+    code = "no_database"
+
+
 class NoDatabase(StoreError):
     """The database is not there: its server cannot be reached or it does not exist."""
 
@@ -382,6 +388,10 @@ class Reads(Protocol):
 
     async def unacked_counts(self) -> dict[str, int]:
         """Unacked inbox rows per mailbox."""
+        ...
+
+    async def unacked_count(self, mailbox: str) -> int:
+        """Unacked inbox rows of `mailbox` (0 for one with none)."""
         ...
 
     async def webhook_cursor(self, mailbox: str) -> int:

@@ -234,6 +234,12 @@ class PgReads:
         )
         return {str(r["mailbox"]): int(r["n"]) for r in found}
 
+    async def unacked_count(self, mailbox: str) -> int:
+        row = await self.fetchone(
+            "SELECT count(*) AS n FROM inbox WHERE mailbox = %s AND acked IS NULL", (mailbox,)
+        )
+        return int(row["n"]) if row else 0
+
     async def webhook_cursor(self, mailbox: str) -> int:
         row = await self.fetchone("SELECT cursor FROM webhook_state WHERE mailbox = %s", (mailbox,))
         return int(row["cursor"]) if row is not None else 0

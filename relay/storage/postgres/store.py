@@ -33,6 +33,7 @@ import psycopg
 
 from relay.errors import BadRequest, RelayError, StoreError
 from relay.storage.groupcommit import GroupCommit, Outcome, Pending, fail
+from relay.storage.interface import NotCreated
 from relay.storage.postgres import notify
 from relay.storage.postgres.connect import Link, connection_lost, describe
 from relay.storage.postgres.reads import PgReads
@@ -236,7 +237,7 @@ async def open_readonly(url: str, password: str | None = None) -> PgReadOnly:
     if version is None or version > SCHEMA_VERSION:
         await link.close()
         if version is None:
-            raise StoreError(
+            raise NotCreated(
                 f"{target.display}: no relay tables in schema {target.schema} yet"
                 " (the node creates them when it first runs)"
             )

@@ -252,6 +252,12 @@ class SqliteReads:
         )
         return {str(r[0]): int(r[1]) for r in found}
 
+    async def unacked_count(self, mailbox: str) -> int:
+        row = await self.fetchone(
+            "SELECT count(*) FROM inbox WHERE mailbox = ? AND acked IS NULL", (mailbox,)
+        )
+        return int(row[0]) if row else 0
+
     async def webhook_cursor(self, mailbox: str) -> int:
         row = await self.fetchone("SELECT cursor FROM webhook_state WHERE mailbox = ?", (mailbox,))
         return int(row[0]) if row is not None else 0

@@ -42,7 +42,7 @@ import aiosqlite
 
 from relay.errors import Busy, RelayError, StoreError
 from relay.logs import event
-from relay.storage.interface import DatabaseLocked, Job
+from relay.storage.interface import DatabaseLocked, Job, NotCreated
 from relay.storage.sqlite.inline import InlineConnection, connect_inline
 from relay.storage.sqlite.reads import SqliteReads
 from relay.storage.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, TABLES, migrate
@@ -373,7 +373,7 @@ async def open_readonly(path: Path) -> ReadOnlyStore:
     no database or its schema is newer than this code.
     """
     if not path.is_file():
-        raise StoreError(f"{path}: no database yet (the node creates it when it first runs)")
+        raise NotCreated(f"{path}: no database yet (the node creates it when it first runs)")
     try:
         db = await aiosqlite.connect(
             f"{path.absolute().as_uri()}?mode=ro", uri=True, isolation_level=None

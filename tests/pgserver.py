@@ -23,12 +23,14 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
 
 import psycopg
 
 ENV_URL = "RELAY_TEST_POSTGRES_URL"
 ENV_REQUIRE = "RELAY_REQUIRE_POSTGRES"
-LOCAL_URLS = ("postgresql://127.0.0.1:5432/test", "postgresql://postgres@127.0.0.1:5432/test")
+# with a user: node.toml's [storage] url must name one (relay.config.storage)
+LOCAL_URLS = ("postgresql://postgres@127.0.0.1:5432/test", "postgresql://127.0.0.1:5432/test")
 
 
 @functools.cache
@@ -151,3 +153,21 @@ def _throwaway() -> tuple[str | None, str]:
     if problem is not None:
         return None, f"the throwaway cluster does not answer: {problem}"
     return url, ""
+
+
+def row_counts(url: str) -> dict[str, int]:
+    """Rows of every table in the schema `url` names (tests compare before and after)."""
+    schema = dict(parse_qsl(urlsplit(url).query)).get("schema", "public")
+    base = urlsplit(url)._replace(query="").geturl()
+    with psycopg.connect(base, autocommit=True) as db:
+        names = [
+            str(r[0])
+            for r in db.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (schema,)
+            )
+        ]
+        counts: dict[str, int] = {}
+        for n in names:
+            row = db.execute(f'SELECT count(*) FROM "{schema}"."{n}"').fetchone()
+            counts[n] = int(row[0]) if row else 0
+        return counts

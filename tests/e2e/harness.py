@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -17,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests import pgserver
 
 TIMEOUT = 60
 
@@ -58,6 +61,7 @@ class NodeProc:
     tokens: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[bytes] | None = None
     peer_line: str = ""
+    storage: str | None = None  # a PostgreSQL [storage] url; None: the SQLite file
 
     @property
     def url(self) -> str:
@@ -85,6 +89,11 @@ class NodeProc:
         lines = [ln for ln in out.stdout.splitlines() if ln.strip().startswith("relay peer add")]
         assert lines, f"init printed no peer line: {out.stdout!r}"
         self.peer_line = lines[-1].strip()
+        if self.storage is not None:
+            # [storage] url replaces the [node] database line `relay init` wrote
+            toml = self.dir / "node.toml"
+            text = re.sub(r"(?m)^database = .*\n", "", toml.read_text(), count=1)
+            toml.write_text(text + f'\n[storage]\nurl = "{self.storage}"\n')
 
     def add_mailbox(self, name: str) -> str:
         out = relay("mailbox", "add", self.dir, name)
@@ -190,6 +199,8 @@ class NodeProc:
 
     def row_counts(self) -> dict[str, int]:
         """Rows of every table, read through a separate read-only connection."""
+        if self.storage is not None:
+            return pgserver.row_counts(self.storage)
         db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
         try:
             names = [
@@ -224,7 +235,8 @@ def wait_for(predicate: Any, timeout: float = 30, interval: float = 0.1, what: s
     raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: {last!r}")
 
 
-def make_node(base: Path, name: str, jurisdiction: str) -> NodeProc:
-    node = NodeProc(base / name, name, jurisdiction, free_port())
+def make_node(base: Path, name: str, jurisdiction: str, storage: str | None = None) -> NodeProc:
+    """A new node directory made by `relay init`; on PostgreSQL if `storage` is a url."""
+    node = NodeProc(base / name, name, jurisdiction, free_port(), storage=storage)
     node.init()
     return node

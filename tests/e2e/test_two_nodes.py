@@ -8,15 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import NodeStorage
 from tests.e2e.harness import NodeProc, make_node, relay, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture
-def pair(tmp_path: Path) -> Iterator[tuple[NodeProc, NodeProc]]:
-    a = make_node(tmp_path, "a.test", "RU")
-    b = make_node(tmp_path, "b.test", "RU")
+def pair(tmp_path: Path, node_storage: NodeStorage) -> Iterator[tuple[NodeProc, NodeProc]]:
+    """Two nodes that trust each other, on each storage backend in turn."""
+    a = make_node(tmp_path, "a.test", "RU", node_storage())
+    b = make_node(tmp_path, "b.test", "RU", node_storage())
     a.add_peer(b)
     b.add_peer(a)
     a.add_mailbox("alice")
@@ -168,4 +170,4 @@ def test_receiver_killed_after_commit_causes_no_duplicate(
     assert len(got) == 5
     wait_for(lambda: all(_delivered(a, "alice", i) for i in ids), what="all delivered")
     assert "duplicate:" in a.logs() or "batch_repeat" in b.logs()
-    assert os.path.exists(b.db_path)
+    assert b.storage is not None or os.path.exists(b.db_path)

@@ -1,0 +1,26 @@
+"""End-to-end fixtures: where a test's nodes keep their state."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from relay.storage.backends import BACKENDS
+from tests import pgserver
+from tests.conftest import require_postgres
+
+NodeStorage = Callable[[], str | None]
+
+
+@pytest.fixture(params=BACKENDS)
+def node_storage(request: pytest.FixtureRequest) -> Iterator[NodeStorage]:
+    """Gives each node of a test its storage: None (the SQLite file in its directory)
+    or, on PostgreSQL, a url naming a schema of its own, dropped after the test."""
+    if request.param == "sqlite":
+        yield lambda: None
+        return
+    require_postgres()
+    with contextlib.ExitStack() as stack:
+        yield lambda: stack.enter_context(pgserver.schema_url())

@@ -165,11 +165,18 @@ class Coordinator:
                 event(log, "lease_release_failed", logging.WARNING, holder=self.me, detail=e.detail)
 
     async def _loop(self) -> None:
+        failing = False  # logged once when renewals start failing, once when they work again
         while not self._stopped:
             try:
                 await self.renew()
             except RelayError as e:
-                event(log, "lease_renew_failed", logging.ERROR, holder=self.me, detail=e.detail)
+                if not failing:
+                    event(log, "lease_renew_failed", logging.ERROR, holder=self.me, detail=e.detail)
+                failing = True
+            else:
+                if failing:
+                    event(log, "lease_renew_recovered", holder=self.me)
+                failing = False
             self._poke.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._poke.wait(), timeout=RENEW_S)

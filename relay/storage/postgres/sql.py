@@ -52,6 +52,8 @@ async def changed(db: Conn, sql: str, params: Any = None) -> int:
 
 async def many(db: Conn, sql: str, params: Sequence[Sequence[Any]]) -> None:
     """executemany (pipelined by psycopg), skipped when there is nothing to write."""
-    if params:
+    if len(params) == 1:  # one row: a plain execute, without entering pipeline mode
+        await db.execute(sql, params[0])
+    elif params:
         async with db.cursor() as cur:
             await cur.executemany(sql, params)

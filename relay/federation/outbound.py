@@ -17,6 +17,17 @@ Invariants:
   that has not pinned the origin can still verify it (relay.federation.relaying).
 - A next hop trusted by certificate is reached at the certificate's URL and
   its answers are checked against the certificate's keys.
+- Up to BATCHES_IN_FLIGHT batches are in flight per destination, one per
+  lane: each lane is a Sender with its own Planner, and the lanes of one
+  destination share a `_Pipeline`. A lane takes rows no other lane holds
+  (claimed rids, taken under one lock from fetch to plan); answers are
+  recorded one at a time, each from the peer state as last committed. Extra
+  lanes send only while the peer is healthy: any answer that leaves rows
+  queued (retry, split, give-up, rows missing from a signed result) drains
+  the pipeline (no lane fetches until all are back, then the next fetch
+  starts again at the head of the queue) and leaves lane 0 sending alone,
+  exactly as a single sender would, until one of its batches settles in
+  full with no failure recorded for the peer.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import json
 import logging
 import random as _random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -51,21 +63,45 @@ from relay.protocol.outbound import (
     NoResult,
     Planner,
     Retry,
+    Send,
     Settle,
     SignedResult,
     Split,
 )
+from relay.protocol.outbound import Decision as Outcome
 from relay.storage.interface import WriteTx
 from relay.storage.records import DecisionRecord, PeerState, Queued, StatusUpdate
 
 log = logging.getLogger("relay.federation.out")
 
+# Batches in flight per destination. With one, A's cores sat idle while B
+# committed and answered each batch; see docs/performance.md for the figures.
+BATCHES_IN_FLIGHT = 3
+
 MAX_RESPONSE = 16 * 1024 * 1024
 STORE_RETRY_S = 1.0  # pause after the store refused a sender's write
 
 
+@dataclass
+class _Pipeline:
+    """What the lanes of one destination share (see the module invariants)."""
+
+    claimed: set[int] = field(default_factory=set)  # rids in a batch in flight
+    fetch_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    answer_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    drain: bool = False  # an answer left rows queued: restart at the head once all are back
+    solo: bool = False  # only lane 0 sends, until it has a batch settled in full
+    idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while nothing is claimed
+    resigned: int = 0  # bumped when queued envelopes were re-signed: every lane starts over
+
+    def release(self, rids: Sequence[int]) -> None:
+        self.claimed.difference_update(rids)
+        if not self.claimed:
+            self.idle.set()
+
+
 class Sender:
-    """Delivers the queue of one next hop."""
+    """Delivers the queue of one next hop (lane 0; it starts and stops the other lanes)."""
 
     def __init__(
         self,
@@ -73,6 +109,11 @@ class Sender:
         hop: str,
         session: aiohttp.ClientSession,
         may_send: Callable[[], bool] = lambda: True,
+        *,
+        lanes: int = BATCHES_IN_FLIGHT,
+        lane: int = 0,
+        pipe: _Pipeline | None = None,
+        wake: asyncio.Event | None = None,
     ) -> None:
         self.state = state
         self.hop = hop
@@ -80,8 +121,16 @@ class Sender:
         # False while this worker's lease on `hop` is not fresh (relay.node.leases):
         # no batch starts then, so no other worker can be sending the same queue
         self.may_send = may_send
-        self.wake = asyncio.Event()
+        self.wake = wake if wake is not None else asyncio.Event()
         self.wake.set()
+        self.lane = lane
+        self._pipe = pipe if pipe is not None else _Pipeline()
+        self._pipe.idle.set()
+        self._resigned_seen = self._pipe.resigned
+        self._lanes = [
+            Sender(state, hop, session, may_send, lanes=1, lane=i, pipe=self._pipe, wake=self.wake)
+            for i in range(1, lanes)
+        ]
         # what to fetch, trim, reuse and wait: relay.protocol.outbound decides
         self.planner: Planner[Queued] = self._new_planner()
         self.body_bytes = 0  # size of the last batch body sent, for the delivery log
@@ -102,7 +151,10 @@ class Sender:
         )
 
     def start(self) -> None:
-        self.task = asyncio.create_task(self._run_through_trouble(), name=f"sender-{self.hop}")
+        name = f"sender-{self.hop}" + (f"-{self.lane}" if self.lane else "")
+        self.task = asyncio.create_task(self._run_through_trouble(), name=name)
+        for other in self._lanes:
+            other.start()
 
     async def _run_through_trouble(self) -> None:
         """`run`, started again a second after the store refused (disk full, read-only).
@@ -120,6 +172,8 @@ class Sender:
                 await asyncio.sleep(STORE_RETRY_S)
 
     async def stop(self) -> None:
+        for other in self._lanes:
+            await other.stop()
         if self.task is not None:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -176,20 +230,57 @@ class Sender:
                     await asyncio.wait_for(self.wake.wait(), timeout=min(wait_ms, 60_000) / 1000)
                 continue
             st.backoff_over(self.hop)
+            if self.lane and (peer_state.failures or self._pipe.solo):
+                # extra lanes wait while the peer is failing or refusing: lane 0 goes alone
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+                self.wake.clear()
+                continue
             self.wake.clear()
             if not self.may_send():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout=1.0)
                 continue
-            items = await st.store.queue_head(self.hop, self._limit)
-            if not items:
+            send = await self._next_batch()
+            if send is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout=5.0)
                 continue
+            if not send.items:
+                continue
+            try:
+                await self._attempt(send, peer_state)
+            except BaseException:
+                # what the answer did is unknown: restart at the head, lane 0 alone
+                self._pipe.drain = self._pipe.solo = True
+                raise
+            finally:
+                self._pipe.release([it.rid for it in send.items])
+
+    async def _next_batch(self) -> Send[Queued] | None:
+        """The next batch for this lane, claimed; None with nothing to send.
+
+        A batch with no items: the rows fetched were all ended (expired,
+        no longer allowed), or lane 0 sends alone for now; look again.
+        """
+        pipe = self._pipe
+        async with pipe.fetch_lock:
+            if pipe.drain:
+                await pipe.idle.wait()  # the other lanes' batches come back first
+                pipe.drain = False
+            if self.lane and pipe.solo:
+                return Send(b"", (), False)  # lane 0 goes alone for now
+            after = max(pipe.claimed, default=0)
+            items = await self.state.store.queue_head(self.hop, self._limit, after)
+            if not items:
+                return None
             items = await self._drop_dead(items)
             if not items:
-                continue
-            await self._attempt(items, peer_state)
+                return Send(b"", (), False)
+            send = self._plan(items)
+            pipe.claimed.update(it.rid for it in send.items)
+            pipe.idle.clear()
+            return send
 
     async def _waive_backoff(self, before: PeerState) -> None:
         """Try the peer now: it has just made an authenticated request, so it is up.
@@ -260,11 +351,15 @@ class Sender:
 
     # --- one attempt ---------------------------------------------------------------
 
-    async def _attempt(self, items: list[Queued], before: PeerState) -> None:
+    def _plan(self, items: list[Queued]) -> Send[Queued]:
+        """What this lane sends next from `items` (the planner trims and picks the id)."""
         st = self.state
         if st.take_resigned(self.hop):
+            self._pipe.resigned += 1
+        if self._resigned_seen != self._pipe.resigned:
             # Re-signed envelopes are other bytes: the id of a failed batch, which
             # names its content at the peer, must not be reused for them.
+            self._resigned_seen = self._pipe.resigned
             limit, self.planner = self.planner.peer_max_body, self._new_planner()
             self.planner.peer_max_body = limit
         fed = st.config.federation  # read each time: a reload may have changed it
@@ -274,11 +369,19 @@ class Sender:
             retry_min_ms=fed.retry_min_ms,
             retry_max_ms=fed.retry_max_ms,
         )
-        send = self.planner.plan(
+        return self.planner.plan(
             items,
             lambda origin: relaying.carried_size(st, origin, self.hop),
             lambda: st.random(16),
         )
+
+    async def _attempt(self, send: Send[Queued], planned: PeerState) -> None:
+        """Post `send` and record the answer (one lane's answer at a time).
+
+        `planned` is the peer state this lane saw before it sent: failures are
+        counted from it, so lanes that fail in the same outage count it once.
+        """
+        st = self.state
         items, batch_id = list(send.items), send.batch_id
         self.body_bytes = 0
         started = st.now_ms()
@@ -299,8 +402,35 @@ class Sender:
                 batch=batch_id,
                 ids=",".join(it.id.hex() for it in items),
             )
+        async with self._pipe.answer_lock:
+            # the peer state as last committed: another lane may have recorded an answer
+            before = await st.store.peer_state(self.hop)
+            outcome = await self._answered(send, answer, planned, before, started, delay)
+        if not isinstance(outcome, Settle) or outcome.missing:
+            # rows stay queued: every lane restarts at the head, and lane 0 goes on
+            # alone (halving a refused batch, probing a failing peer) until it settles
+            self._pipe.drain = self._pipe.solo = True
+        elif self.lane == 0:
+            self._pipe.solo = False
+
+    async def _answered(
+        self,
+        send: Send[Queued],
+        answer: Answer,
+        planned: PeerState,
+        before: PeerState,
+        started: int,
+        delay: int,
+    ) -> Outcome[Queued]:
+        """Act on the peer's answer to `send`; the planner's decision.
+
+        `before` is the peer state as last committed, `planned` as it was when
+        this batch was sent (the failure count to go on from).
+        """
+        st = self.state
+        items, batch_id = list(send.items), send.batch_id
         outcome = self.planner.answer(
-            answer, failures=before.failures, now_ms=st.now_ms(), draw=_random.uniform
+            answer, failures=planned.failures, now_ms=st.now_ms(), draw=_random.uniform
         )
         self._asked_to_wait = (
             isinstance(answer, HttpRefusal)
@@ -321,12 +451,12 @@ class Sender:
                 envelopes=len(items),
                 outcome="ok",
                 results=",".join(f"{k}:{v}" for k, v in sorted(counts.items())),
-                attempt=before.failures + 1,
+                attempt=planned.failures + 1,
                 queue_delay_ms=delay,
                 bytes=self.body_bytes,
                 ms=st.now_ms() - started,
             )
-            return
+            return outcome
         if isinstance(outcome, Split | GiveUp | Retry) and outcome.reread_limits:
             await self.learn_limits()
         if isinstance(outcome, Split):
@@ -337,9 +467,9 @@ class Sender:
                 len(items),
                 delay,
                 error=outcome.error,
-                attempt=before.failures + 1,
+                attempt=planned.failures + 1,
             )
-            return
+            return outcome
         if isinstance(outcome, GiveUp):
             it = outcome.item
             await st.store.write(lambda tx: self._reject_one(tx, it, outcome.code))
@@ -351,11 +481,12 @@ class Sender:
                 delay,
                 error=outcome.error,
                 envelope=it.id,
-                attempt=before.failures + 1,
+                attempt=planned.failures + 1,
             )
-            return
+            return outcome
         if isinstance(outcome, Retry):
             await self._fail(items, outcome, before, batch_id, delay)
+        return outcome
 
     def _warn(
         self, outcome: str, batch_id: bytes, envelopes: int, delay: int, **fields: Any

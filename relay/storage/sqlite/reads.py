@@ -18,6 +18,7 @@ from typing import Any
 import aiosqlite
 
 from relay.errors import StoreError
+from relay.storage import rowmaps
 from relay.storage.records import (
     AgeBucket,
     AllowRecord,
@@ -35,7 +36,7 @@ from relay.storage.records import (
 )
 from relay.storage.sqlite import retention
 from relay.storage.sqlite import rows as q
-from relay.storage.sqlite.schema import TABLES
+from relay.storage.tables import TABLES
 
 # The distinct next hops of the queue by a loose index scan: the least hop, then
 # the least one above it, and so on.
@@ -114,25 +115,7 @@ class SqliteReads:
             " WHERE (:hop IS NULL OR q.hop = :hop) ORDER BY q.rid LIMIT :limit",
             {"hop": hop, "limit": limit},
         )
-        return [
-            QueueListing(
-                rid=int(r["rid"]),
-                id=bytes(r["id"]),
-                origin=str(r["origin"]),
-                kind=str(r["kind"]),
-                sender=str(r["sender"]),
-                dest=str(r["dest"]),
-                hop=str(r["hop"]),
-                enqueued=int(r["enqueued"]),
-                attempts=int(r["attempts"]),
-                last_error=str(r["last_error"]),
-                held=bool(r["held"]),
-                size=int(r["size"]),
-                expires=int(r["expires"]),
-                next_try=int(r["next_try"]),
-            )
-            for r in found
-        ]
+        return [rowmaps.queue_listing_of(r) for r in found]
 
     async def queue_ages(self, now: int, bounds: Sequence[int]) -> list[AgeBucket]:
         cases = " ".join(f"WHEN :now - enqueued < {int(b)} THEN {i}" for i, b in enumerate(bounds))
@@ -188,10 +171,7 @@ class SqliteReads:
             " ORDER BY address",
             (msg, mailbox),
         )
-        return [
-            RecipientStatus(str(r["address"]), str(r["status"]), str(r["reason"]), int(r["at"]))
-            for r in found
-        ]
+        return [rowmaps.recipient_status_of(r) for r in found]
 
     async def inbox(self, mailbox: str, after: int, limit: int) -> list[InboxItem]:
         return await self._inbox_rows(mailbox, after, None, limit)
@@ -228,16 +208,7 @@ class SqliteReads:
             " ORDER BY i.seq LIMIT ?",
             (mailbox, after, upto if upto is not None else 2**63 - 1, limit),
         )
-        return [
-            InboxItem(
-                seq=int(r["seq"]),
-                id=bytes(r["id"]),
-                residency=str(r["residency"]),
-                header=bytes(r["header"]),
-                payload=bytes(r["body"]) if r["body"] is not None else None,
-            )
-            for r in found
-        ]
+        return [rowmaps.inbox_item_of(r) for r in found]
 
     async def unread_bytes(self, mailboxes: Sequence[str]) -> dict[str, int]:
         try:
@@ -287,19 +258,7 @@ class SqliteReads:
             " ORDER BY seq DESC LIMIT ?",
             (*params, limit),
         )
-        return [
-            DecisionRecord(
-                at=int(r["at"]),
-                point=str(r["point"]),
-                envelope=bytes(r["envelope"]) if r["envelope"] is not None else None,
-                peer=str(r["peer"] or ""),
-                outcome=str(r["outcome"]),
-                rule=str(r["rule"] or ""),
-                reason=str(r["reason"] or ""),
-                policy_hash=str(r["policy_hash"] or ""),
-            )
-            for r in found
-        ]
+        return [rowmaps.decision_of(r) for r in found]
 
     async def allows(self, envelope: bytes | None, limit: int) -> list[AllowRecord]:
         # Allows cost no row of their own: the envelope keeps rule id and policy hash.
@@ -313,18 +272,7 @@ class SqliteReads:
             f" FROM envelopes WHERE {' AND '.join(where)} ORDER BY rid DESC LIMIT ?",
             (*params, limit),
         )
-        return [
-            AllowRecord(
-                at=int(r["received"]),
-                point="submit" if r["from_peer"] is None else "accept",
-                envelope=bytes(r["id"]),
-                peer=str(r["from_peer"] if r["from_peer"] is not None else r["dest"]),
-                rule=str(r["rule_id"] or ""),
-                residency=str(r["residency"]),
-                policy_hash=str(r["policy_hash"] or ""),
-            )
-            for r in found
-        ]
+        return [rowmaps.allow_of(r) for r in found]
 
     # --- retention preview -----------------------------------------------------------
 

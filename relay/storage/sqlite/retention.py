@@ -1,49 +1,35 @@
 """Retention on SQLite (relay.node.retention): the purge's steps and its preview.
 
-The predicates are one SQL condition each with named parameters from `Cutoffs`
-(`:cmax`, `:cmin`, `:mmax`, `:mmin`, `:expired`); alias `e` is envelopes,
-`d` is decisions. Purge and preview use the same text, so `relay purge
---dry-run` shows exactly what a purge deletes.
+The predicates are relay.storage.purge_sql's (one text for both backends,
+with `:name` parameters from `Cutoffs`). Purge and preview use the same
+text, so `relay purge --dry-run` shows exactly what a purge deletes.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Sequence
-from dataclasses import asdict
 
 import aiosqlite
 
+from relay.storage.purge_sql import (
+    CONTENT_DUE,
+    CONTENT_DUE_PARTS,
+    DECISIONS_DUE,
+    METADATA_DUE,
+    QUEUED,
+    params,
+)
 from relay.storage.records import (
     ContentDue,
     Counts,
     Cutoffs,
     Deleted,
-    Due,
     MetadataDue,
     Preview,
 )
+from relay.storage.rowmaps import due_of
 from relay.storage.sqlite import rows as q
 from relay.storage.sqlite.inline import InlineConnection
-
-CONTENT_DUE = (
-    "(e.payload_sha IS NOT NULL"
-    " AND (e.received <= :cmax OR (e.discard = 1 AND e.received <= :cmin)))"
-)
-# CONTENT_DUE as two conditions, each served by its partial index
-CONTENT_DUE_PARTS = ("e.received <= :cmax", "e.discard = 1 AND e.received <= :cmin")
-QUEUED = "EXISTS (SELECT 1 FROM queue q WHERE q.rid = e.rid)"
-METADATA_DUE = (
-    "(e.received <= :mmax AND e.received <= :mmin AND e.expires <= :expired"
-    f" AND (NOT {QUEUED} OR {CONTENT_DUE})"
-    " AND (e.payload_sha IS NULL OR e.received <= :cmin))"
-)
-DECISIONS_DUE = "(d.at <= :mmax AND d.at <= :mmin)"
-
-
-def params(cut: Cutoffs, limit: int) -> dict[str, int]:
-    """The named parameters of the predicates, with `:limit`."""
-    return {**asdict(cut), "limit": limit}
 
 
 class RetentionWrites:
@@ -205,16 +191,4 @@ async def preview(db: aiosqlite.Connection, cut: Cutoffs, limit: int) -> Preview
         recipients=recipients,
         decisions=decisions,
     )
-    return Preview(cut, counts, tuple(map(_due, content)), tuple(map(_due, metadata)))
-
-
-def _due(r: sqlite3.Row) -> Due:
-    return Due(
-        origin=str(r["origin"]),
-        id=bytes(r["id"]),
-        kind=str(r["kind"]),
-        received=int(r["received"]),
-        expires=int(r["expires"]),
-        why=str(r["why"]),
-        queued=bool(r["queued"]),
-    )
+    return Preview(cut, counts, tuple(map(due_of, content)), tuple(map(due_of, metadata)))

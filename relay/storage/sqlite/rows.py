@@ -18,19 +18,15 @@ from typing import Any
 import aiosqlite
 import msgpack
 
-from relay.storage.records import PeerState, Queued
+from relay.storage.rowmaps import QUEUED_COLS, peer_state_of, queued_of
+
+__all__ = ["QUEUED_COLS", "peer_state_of", "queued_of"]  # re-exported for the SQLite modules
 from relay.storage.sqlite.inline import InlineConnection
 
 # The reader's aiosqlite connection or the writer's inline one: same awaitable surface.
 Conn = aiosqlite.Connection | InlineConnection
 
 IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's variable limit
-
-# The columns of a queue entry (queue q JOIN envelopes e), read by `queued_of`.
-QUEUED_COLS = (
-    "q.rid, q.hop, e.header, e.signature, e.trace, e.kind, e.origin, e.id, e.expires,"
-    " q.enqueued, q.attempts, e.residency, e.policy_hash"
-)
 
 
 async def rows(db: Conn, sql: str, params: Any = ()) -> list[sqlite3.Row]:
@@ -68,37 +64,6 @@ def chunks(values: Sequence[Any]) -> list[Sequence[Any]]:
 def marks(values: Sequence[Any]) -> str:
     """`?,?,...`: one placeholder per value."""
     return ",".join("?" * len(values))
-
-
-def queued_of(r: sqlite3.Row, payload: bytes = b"") -> Queued:
-    """A Queued from a row selecting QUEUED_COLS."""
-    return Queued(
-        rid=int(r["rid"]),
-        hop=str(r["hop"]),
-        header=bytes(r["header"]),
-        signature=bytes(r["signature"]),
-        payload=payload,
-        trace=tuple(msgpack.unpackb(r["trace"])),
-        kind=str(r["kind"]),
-        origin=str(r["origin"]),
-        id=bytes(r["id"]),
-        expires=int(r["expires"]),
-        enqueued=int(r["enqueued"]),
-        attempts=int(r["attempts"]),
-        residency=str(r["residency"]),
-        policy_hash=str(r["policy_hash"]),
-    )
-
-
-def peer_state_of(r: sqlite3.Row) -> PeerState:
-    """A PeerState from a peer_state row."""
-    return PeerState(
-        failures=int(r["failures"]),
-        next_try=int(r["next_try"]),
-        last_error=str(r["last_error"]),
-        last_ok=int(r["last_ok"]),
-        delivered=int(r["delivered"]),
-    )
 
 
 async def stored_results(db: Conn, peer: str, batch: bytes) -> dict[bytes, str] | None:

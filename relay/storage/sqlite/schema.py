@@ -32,23 +32,6 @@ def _load() -> dict[int, str]:
 MIGRATIONS: dict[int, str] = _load()
 SCHEMA_VERSION = max(MIGRATIONS)
 
-TABLES = (
-    "envelopes",
-    "payloads",
-    "queue",
-    "inbox",
-    "recipients",
-    "pending_receipts",
-    "batches",
-    "nonces",
-    "peer_state",
-    "idempotency",
-    "decisions",
-    "purges",
-    "webhook_state",
-    "certificates",
-)
-
 
 def statements(script: str) -> Iterable[str]:
     """The statements of a migration script, without its `--` comment lines."""

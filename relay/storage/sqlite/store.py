@@ -45,8 +45,9 @@ from relay.logs import event
 from relay.storage.interface import DatabaseLocked, Job, NotCreated
 from relay.storage.sqlite.inline import InlineConnection, connect_inline
 from relay.storage.sqlite.reads import SqliteReads
-from relay.storage.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, TABLES, migrate
+from relay.storage.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, migrate
 from relay.storage.sqlite.writes import SqliteWriteTx
+from relay.storage.tables import TABLES
 
 __all__ = [
     "MIGRATIONS",

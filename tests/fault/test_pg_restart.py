@@ -13,6 +13,9 @@ client of a 503 should, so a commit whose answer was lost is not sent twice.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -44,6 +47,18 @@ def cluster() -> Iterator[Cluster]:
     c.start()
     yield c
     c.remove()
+
+
+def start(node: NodeProc, workers: int) -> None:
+    """`relay run DIR --workers N`, as NodeProc.start runs `relay run DIR`."""
+    with open(node.log_path, "ab") as log:
+        node.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "run", str(node.dir), "--workers", str(workers)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    node.wait_ready()
 
 
 def on_postgres(node: NodeProc, url: str) -> None:
@@ -105,7 +120,10 @@ class Stream:
                 time.sleep(0.02)
 
 
-def test_database_restart_midstream_loses_nothing(tmp_path: Path, cluster: Cluster) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_database_restart_midstream_loses_nothing(
+    tmp_path: Path, cluster: Cluster, workers: int
+) -> None:
     a = make_node(tmp_path, "a.test", "RU")
     b = make_node(tmp_path, "b.test", "RU")
     try:
@@ -115,8 +133,8 @@ def test_database_restart_midstream_loses_nothing(tmp_path: Path, cluster: Clust
         b.add_mailbox("bob")
         on_postgres(a, cluster.url("node_a"))
         on_postgres(b, cluster.url("node_b"))
-        a.start()
-        b.start()
+        start(a, workers)
+        start(b, workers)
 
         stream = Stream(a, token)
         stream.thread.start()
@@ -131,19 +149,34 @@ def test_database_restart_midstream_loses_nothing(tmp_path: Path, cluster: Clust
 
         stream.thread.join(timeout=200)
         assert not stream.thread.is_alive() and stream.accepted == N, stream.answers
-        assert ready_status(a) == 200 and ready_status(b) == 200
+        if workers == 1:
+            # With several workers, one that has not committed since the outage still
+            # names it on /readyz (groupcommit keeps `trouble` until a commit), and the
+            # kernel picks which worker answers: that is not checked here.
+            assert ready_status(a) == 200 and ready_status(b) == 200
         got: Counter[str] = Counter()
 
         def all_arrived() -> bool:
-            for m in b.inbox("bob", ack=True):
-                got[m["text"]] += 1
+            # a worker's first write on a connection that died in the outage may still
+            # answer 503 (nothing stored); a client retries that, as this one does
+            proc = relay(
+                "inbox", "--node", b.url, "--token", b.tokens["bob"], "--json",
+                "--limit", "1000", "--ack", check=False,
+            )  # fmt: skip
+            if proc.returncode != 0:
+                assert "HTTP 503" in proc.stderr, proc.stderr
+                return False
+            for line in proc.stdout.splitlines():
+                got[json.loads(line)["text"]] += 1
             return len(got) >= N
 
         wait_for(all_arrived, timeout=90, what="every message in bob's inbox")
         assert got == Counter(f"seq={i}" for i in range(N))  # each once, none lost
         for node in (a, b):
             assert node.proc is not None and node.proc.poll() is None, node.logs()
-        assert "store_reconnected" in a.logs()
+        # A found the database again by itself: no process was restarted
+        log = a.log_path.read_text(errors="replace")
+        assert "store_reconnected" in log and "worker_exited" not in log, a.logs()
         assert a.stop() == 0 and b.stop() == 0
     finally:
         a.kill()

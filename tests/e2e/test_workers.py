@@ -191,6 +191,8 @@ def test_workers_stop_when_their_supervisor_is_killed(pg_node: NodeProc) -> None
     node = pg_node
     proc = start(node, 2)
     rows = wait_for(lambda: all_running(node, 2), timeout=60, what="both workers up")
+    # started in full (a worker signalled while still starting exits without draining)
+    wait_for(lambda: len(log_lines(node, "node_started")) == 2, timeout=60, what="node_started")
     proc.kill()  # SIGKILL: no chance to stop them; the kernel tells them (PR_SET_PDEATHSIG)
     proc.wait(timeout=30)
     node.proc = None

@@ -118,6 +118,17 @@ class Submitter(threading.Thread):
             time.sleep(0.1)
 
 
+def work_in_flight(a: NodeProc, sub: Submitter) -> int:
+    """alice's undelivered messages at A; when the submitter has used up its allowance
+    and all of it is already delivered (with several batches in flight a restarted A
+    can deliver a whole phase before the test looks), let it submit one batch more so
+    that the kill again finds work in flight instead of the test waiting for none."""
+    n = undelivered(a.db_path, "alice")
+    if n == 0 and len(sub.ids) >= sub.allowed:
+        sub.allowed = min(sub.total, sub.allowed + BATCH)
+    return n
+
+
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[NodeProc, NodeProc]]:
     a = make_node(tmp_path, "a.test", "RU")
@@ -173,9 +184,7 @@ def _stream_with_kills(a: NodeProc, b: NodeProc, *, in_commit: bool) -> None:
         if not in_commit:
             time.sleep(rng.uniform(0, 0.25))
         # ... and some of it not yet acknowledged (A's status not yet `delivered`)
-        pending = wait_for(
-            lambda: undelivered(a.db_path, "alice"), timeout=30, interval=0.002, what="work"
-        )
+        pending = wait_for(lambda: work_in_flight(a, sub), timeout=30, interval=0.002, what="work")
         if in_commit:
             deadline = time.monotonic() + 30
             while w.last_fault != "fault_commit_open":

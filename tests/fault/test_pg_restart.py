@@ -153,7 +153,13 @@ def test_database_restart_midstream_loses_nothing(
             # With several workers, one that has not committed since the outage still
             # names it on /readyz (groupcommit keeps `trouble` until a commit), and the
             # kernel picks which worker answers: that is not checked here.
-            assert ready_status(a) == 200 and ready_status(b) == 200
+            # ready again by themselves: a node that has not committed since the
+            # outage names it until its next commit (a lease renewal, every 3 s)
+            wait_for(
+                lambda: ready_status(a) == 200 and ready_status(b) == 200,
+                timeout=30,
+                what="both nodes ready again",
+            )
         got: Counter[str] = Counter()
 
         def all_arrived() -> bool:

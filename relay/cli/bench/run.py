@@ -208,10 +208,13 @@ async def run(opts: Options, cluster: Cluster, progress: Progress) -> dict[str, 
                 end = await watch(
                     cluster, n, progress, load, "running", None, submitting, reader, reading
                 )
-            finally:
+            except BaseException:
                 for task in (submitting, reading):
                     if task is not None and not task.done():
                         task.cancel()
+                raise
+            # The target was reached: both tasks are finishing (the reader's task group
+            # may still be exiting), so wait for them; cancelling here raced that exit.
             await submitting
             if reading is not None:
                 await reading

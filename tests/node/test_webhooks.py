@@ -208,7 +208,8 @@ async def test_webhook_delivery_retry_ack_and_residency(tmp_path: Path, receiver
             await wait_until(lambda: _count(receiver, "/hooks/alice", 3), "the next webhook")
             assert json.loads(receiver.to("/hooks/alice")[2].body)["id"] == doc["id"]
             assert len(receiver.to("/hooks/alice")) == 3
-            taken = await decisions(node)
+            # the allow decision commits after the receiver has answered
+            taken = await wait_until(lambda: _decisions_at_least(node, 3), "the third decision")
             assert len(taken) == 3 and len({d[4] for d in taken}) == 3  # none taken twice
     finally:
         await node.stop()
@@ -220,6 +221,11 @@ async def _count(rec: Receiver, path: str, n: int) -> bool:
 
 async def _empty(messages: Awaitable[list[dict[str, Any]]]) -> bool:
     return not await messages
+
+
+async def _decisions_at_least(node: Node, n: int) -> list[tuple[str, str, str, str, bytes]]:
+    taken = await decisions(node)
+    return taken if len(taken) >= n else []
 
 
 async def _refusals(node: Node) -> list[tuple[str, str, str, str, bytes]]:

@@ -12,18 +12,16 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import json
 import logging
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from relay.api import openapi
+from relay.api import jsonbody, openapi
 from relay.errors import (
     BadRequest,
     Conflict,
-    MalformedError,
     NotFound,
     PolicyRefused,
     RelayError,
@@ -42,7 +40,6 @@ from relay.storage.records import InboxPage
 
 log = logging.getLogger("relay.api")
 
-MAX_BATCH = 1000
 MAX_LIMIT = 1000
 MAX_WAIT_S = 60
 MAX_IDEMPOTENCY_KEY = 200
@@ -68,35 +65,13 @@ def authenticate(state: NodeState, request: web.Request) -> str:
     return found
 
 
-MAX_JSON_DEPTH = 32  # a client document nests 4 deep; deep nesting only exhausts the stack
-TOO_DEEP = f"request body nests arrays and objects over {MAX_JSON_DEPTH} deep"
-# A batch of 1,000 messages to 100 recipients each holds about 115,000 values.
-MAX_JSON_VALUES = 250_000
-
-
-def _check_shape(doc: dict[str, Any] | list[Any]) -> None:
-    """MalformedError if `doc` nests over MAX_JSON_DEPTH or holds over MAX_JSON_VALUES
-    values (no recursion; the walk stops as soon as either is passed)."""
-    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(doc, 1)]
-    values = 0
-    while stack:
-        value, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            raise MalformedError(TOO_DEEP)
-        children = value.values() if isinstance(value, dict) else value
-        values += len(children)
-        if values > MAX_JSON_VALUES:
-            raise MalformedError(f"request body holds over {MAX_JSON_VALUES} JSON values")
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-
-
 def _too_large(length: int, limit: int) -> TooLarge:
     return TooLarge(f"request body over {limit} bytes")
 
 
 async def read_json(request: web.Request, limit: int) -> Any:
     """The request body as JSON; TooLarge over `limit` bytes, MalformedError if not JSON."""
-    return parse_json(await read_body(request, limit))
+    return jsonbody.parse_json(await read_body(request, limit))
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
@@ -112,50 +87,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return raw
 
 
-def parse_json(raw: bytes) -> Any:
-    """`raw` as a client JSON document; MalformedError if it is not one."""
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise MalformedError(f"request body is not JSON: {e}") from None
-    except RecursionError:  # json.loads recurses per level: far too deep
-        raise MalformedError(TOO_DEEP) from None
-    if isinstance(doc, dict | list):
-        _check_shape(doc)
-    try:  # "\ud800" is valid JSON syntax but no Unicode text (RFC 7493 I-JSON refuses it)
-        json.dumps(doc, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise MalformedError("request body holds a lone UTF-16 surrogate") from None
-    return doc
-
-
-def _parse_submit(raw: bytes, batch: bool) -> tuple[Any, list[dict[str, Any]]]:
-    """A submit's JSON document and its messages, parsed (touches no node state)."""
-    doc = parse_json(raw)
-    if not batch:
-        return doc, [submit.parse_message(doc)]
-    if not isinstance(doc, dict) or set(doc) != {"messages"}:
-        raise BadRequest('the body is {"messages": [message, ...]}')
-    msgs = doc["messages"]
-    if not isinstance(msgs, list) or not 1 <= len(msgs) <= MAX_BATCH:
-        raise BadRequest(f"'messages' must hold 1..{MAX_BATCH} messages")
-    return doc, [submit.parse_message(m, i) for i, m in enumerate(msgs)]
-
-
 def _check_ready(state: NodeState) -> None:
     if state.stopping:
         raise Unavailable("the node is shutting down; retry on another attempt")
-
-
-def idempotency_key(idem: str, batch: bool, doc: Any) -> str:
-    """The stored form of an Idempotency-Key: the key, then the route and request digest.
-
-    A retry must be the same request (same route, same JSON up to key order
-    and spacing) to get the first answer back.
-    """
-    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    route = "batch" if batch else "message"
-    return f"{idem}\n{route}:{hashlib.sha256(canonical).hexdigest()}"
 
 
 async def _check_key_unused(state: NodeState, mailbox: str, scoped: str) -> None:
@@ -177,8 +111,9 @@ async def _submit(request: web.Request, batch: bool) -> web.Response:
             raise BadRequest(f"Idempotency-Key must be 1..{MAX_IDEMPOTENCY_KEY} characters")
         await backpressure.admit_submit(state, mailbox, request)  # 503 busy before the body is read
         raw = await read_body(request, state.config.limits.client_body_bytes)
-        doc, parsed = await state.backpressure.decode(len(raw), lambda: _parse_submit(raw, batch))
-        scoped = None if idem is None else idempotency_key(idem, batch, doc)
+        parse = jsonbody.parse_submit
+        doc, parsed = await state.backpressure.decode(len(raw), lambda: parse(raw, batch))
+        scoped = None if idem is None else jsonbody.idempotency_key(idem, batch, doc)
         if scoped is not None:  # a retry gets the first answer, for the same request only
             earlier = await state.store.idempotent_answer(mailbox, scoped)
             if earlier is not None:

@@ -10,8 +10,6 @@ one refusal refuses the whole submit (nothing queued).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
@@ -24,13 +22,13 @@ from relay.errors import BadRequest, MalformedError, PolicyRefused, RelayError
 from relay.logs import event
 from relay.node import quota
 from relay.node.decisions import decision_record, refusal
+from relay.node.messages import field_error
 from relay.node.state import NodeState
 from relay.policy.residency import Decision, check_submit, stamp
 from relay.policy.routing import next_hop, route_for
 from relay.protocol.envelope import (
     ENVELOPE_DOMAIN,
     MAX_LIFETIME_MS,
-    MAX_RECIPIENTS,
     Envelope,
     Header,
     decode_header,
@@ -43,10 +41,6 @@ from relay.storage.interface import WriteTx
 from relay.storage.records import DecisionRecord, NewEnvelope, Recipient
 
 log = logging.getLogger("relay.submit")
-
-TEXT_CTYPE = "text/plain; charset=utf-8"
-BINARY_CTYPE = "application/octet-stream"
-MESSAGE_KEYS = frozenset({"to", "text", "body_b64", "ctype", "residency", "ttl"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,60 +58,6 @@ class PlannedMessage:
     audits: tuple[tuple[str, Decision], ...]  # (dest, decision) passed in audit mode
 
 
-def _field_error(index: int | None, detail: str) -> BadRequest:
-    where = "" if index is None else f"messages[{index}]: "
-    return BadRequest(where + detail)
-
-
-def parse_message(doc: Any, index: int | None = None) -> dict[str, Any]:
-    """Check one message object's shape; BadRequest naming what is wrong."""
-    if not isinstance(doc, Mapping):
-        raise _field_error(index, "a message is a JSON object")
-    unknown = set(doc) - MESSAGE_KEYS
-    if unknown:
-        raise _field_error(index, f"unknown field(s): {', '.join(sorted(unknown))}")
-    to = doc.get("to")
-    if isinstance(to, str):
-        to = [to]
-    if not isinstance(to, list) or not to or not all(isinstance(a, str) for a in to):
-        raise _field_error(index, "'to' must be a non-empty list of addresses")
-    if len(to) > MAX_RECIPIENTS:
-        raise _field_error(index, f"'to' has {len(to)} addresses, at most {MAX_RECIPIENTS}")
-    has_text, has_body = "text" in doc, "body_b64" in doc
-    if has_text == has_body:
-        raise _field_error(index, "give exactly one of 'text' or 'body_b64'")
-    if has_text:
-        if not isinstance(doc["text"], str):
-            raise _field_error(index, "'text' must be a string")
-        body = doc["text"].encode("utf-8")
-        ctype = TEXT_CTYPE
-    else:
-        if not isinstance(doc["body_b64"], str):
-            raise _field_error(index, "'body_b64' must be a base64 string")
-        try:
-            body = base64.b64decode(doc["body_b64"], validate=True)
-        except (binascii.Error, ValueError):
-            raise _field_error(index, "'body_b64' is not valid base64") from None
-        ctype = BINARY_CTYPE
-    if "ctype" in doc:
-        if not isinstance(doc["ctype"], str) or not doc["ctype"] or not doc["ctype"].isascii():
-            raise _field_error(index, "'ctype' must be a non-empty ASCII string")
-        ctype = doc["ctype"]
-    residency = doc.get("residency")
-    if isinstance(residency, str):
-        residency = [r.strip() for r in residency.split(",") if r.strip()]
-    if residency is not None and (
-        not isinstance(residency, list) or not all(isinstance(r, str) for r in residency)
-    ):
-        raise _field_error(index, "'residency' must be a list of country codes or group names")
-    ttl = doc.get("ttl")
-    if ttl is not None and (
-        not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_LIFETIME_MS // 1000
-    ):
-        raise _field_error(index, f"'ttl' must be seconds from 1 to {MAX_LIFETIME_MS // 1000}")
-    return {"to": to, "body": body, "ctype": ctype, "residency": residency, "ttl": ttl}
-
-
 def plan(
     state: NodeState, mailbox: str, msg: Mapping[str, Any], index: int | None
 ) -> PlannedMessage:
@@ -128,7 +68,7 @@ def plan(
         try:
             _, dest = split_address(addr)
         except MalformedError as e:
-            raise _field_error(index, e.detail) from None
+            raise field_error(index, e.detail) from None
         by_dest.setdefault(dest, [])
         if addr not in by_dest[dest]:
             by_dest[dest].append(addr)
@@ -146,7 +86,7 @@ def plan(
             names = [split_address(a)[0] for a in addrs]
             for a, name in zip(addrs, names, strict=True):
                 if state.config.mailbox(name) is None:
-                    raise _field_error(index, f"no mailbox {a} at this node")
+                    raise field_error(index, f"no mailbox {a} at this node")
             mailboxes = tuple(dict.fromkeys(names))
         elif state.trust.node(dest) is None:
             raise PolicyRefused(unknown_destination(state, dest), "builtin:unknown_destination")
@@ -162,7 +102,7 @@ def plan(
                 ctype=msg["ctype"],
             )
         except BadRequest as e:
-            raise _field_error(index, e.detail) from None
+            raise field_error(index, e.detail) from None
         if not stamped.allowed:
             raise PolicyRefused(stamped.reason, stamped.rule)
         checked = check_submit(
@@ -190,7 +130,7 @@ def plan(
                 payload=msg["body"],
             )
         except MalformedError as e:
-            raise _field_error(index, e.detail) from None
+            raise field_error(index, e.detail) from None
         env = seal(header, msg["body"], state.key)
         parts.append(Planned(env, None if local else hop, mailboxes, stamped))
     return PlannedMessage(msg_id, tuple(parts), tuple(audits))

@@ -27,7 +27,7 @@ def _positive(kind: type[int] | type[float]) -> Any:
 
 
 def _client_batch(value: str) -> int:
-    from relay.api.client import MAX_BATCH
+    from relay.api.jsonbody import MAX_BATCH
 
     k = int(_positive(int)(value))
     if k > MAX_BATCH:

@@ -1,4 +1,4 @@
-"""relay.api.client.parse_json: every malformed client document is a MalformedError."""
+"""relay.api.jsonbody.parse_json: every malformed client document is a MalformedError."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from relay.api.client import MAX_JSON_VALUES, TOO_DEEP, parse_json
+from relay.api.jsonbody import MAX_JSON_VALUES, TOO_DEEP, parse_json
 from relay.errors import MalformedError
 
 

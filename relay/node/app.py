@@ -343,6 +343,7 @@ class Node:
                 await task
         if self.session is not None:
             await self.session.close()
+        await state.decoders.close()
         await state.store.close()
         event(log, "node_stopped", node=state.name)
 

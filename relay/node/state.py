@@ -20,6 +20,7 @@ from relay.config.model import Config
 from relay.logs import event
 from relay.node import fault
 from relay.node.backpressure import Backpressure
+from relay.node.decoders import Decoders
 from relay.node.metrics import Metrics
 from relay.policy.ratelimit import Limits
 from relay.policy.residency import Policy, policy_hash
@@ -83,6 +84,7 @@ class NodeState:
         self.tell_contact: Callable[[str], None] = lambda peer: None
         self.metrics = Metrics(mailbox_labels=config.metrics.mailbox_labels, worker=worker)
         self.backpressure = Backpressure(store)  # write slots, queue length ([limits])
+        self.decoders = Decoders()  # processes for large client JSON bodies
         self.load(config)
         store.on_announce(self._announced)
 

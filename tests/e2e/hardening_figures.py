@@ -240,6 +240,14 @@ def main() -> None:
                     [lambda: exchange(node.port, submit_request(node, values), values)],
                 )
             )
+            figures.append(
+                measure(
+                    node,
+                    "token holder: the same, three times more, one after another",
+                    [lambda: exchange(node.port, submit_request(node, values), values)] * 3,
+                    parallel=False,
+                )
+            )
         finally:
             node.kill()
 

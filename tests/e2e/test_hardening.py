@@ -110,9 +110,23 @@ def _submit(node: NodeProc, body: bytes, *, declared: int | None = None) -> tupl
     return status, answer
 
 
-def test_client_json_is_capped_and_large_bodies_are_parsed_off_the_loop(node: NodeProc) -> None:
-    """Item 2: 4 MiB of client JSON at most; a hostile document near it is a 400
-    and a large honest one is taken; the node serves on."""
+def _decoder_processes(node: NodeProc) -> list[int]:
+    """The node's child processes that are multiprocessing workers (relay.node.decoders)."""
+    assert node.proc is not None
+    pid = node.proc.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def test_client_json_is_capped_and_large_bodies_are_parsed_off_the_loop(tmp_path: Path) -> None:
+    """Item 2: 4 MiB of client JSON at most; a hostile document near it is a 400,
+    decoded in another process, and a large honest one is taken; the node serves on."""
+    node = make_node(tmp_path, "n.test", "DE")
+    node.add_mailbox("alice")
+    node.start()
+    small = json.dumps({"to": ["alice@n.test"], "text": "small"}).encode()
+    assert _submit(node, small)[0] == 202
+    assert _decoder_processes(node) == []  # a small body is decoded in the node itself
     before = node.row_counts()
     status, answer = _submit(node, b"", declared=4 * 2**20 + 1)  # refused on its headers
     assert status == 413, answer[:300]
@@ -124,13 +138,15 @@ def test_client_json_is_capped_and_large_bodies_are_parsed_off_the_loop(node: No
         "error": "malformed",
         "detail": "request body holds over 250000 JSON values",
     }
+    assert _decoder_processes(node) != []
     assert node.row_counts() == before
-    text = "large and honest " * 40_000  # 680 KB: parsed in a worker thread
+    text = "large and honest " * 40_000  # 680 KB: decoded in another process
     status, answer = _submit(node, json.dumps({"to": ["alice@n.test"], "text": text}).encode())
     assert status == 202, answer[:300]
     (got,) = [m for m in node.inbox("alice", ack=True) if m["id"] == json.loads(answer)["id"]]
     assert got["text"] == text
     assert "Traceback" not in node.logs()
+    assert node.stop() == 0
 
 
 def test_one_token_holder_cannot_take_every_write_slot(tmp_path: Path) -> None:

@@ -189,6 +189,14 @@ class ItemRejected(RelayError):
         return f"rejected:{self.item_code}"
 
 
+class ProofFailed(RelayError):
+    """A Merkle proof, tree head or audit record does not check out (relay.protocol.merkle,
+    relay.protocol.audit); the detail names what failed and where."""
+
+    status = 400
+    code = "proof_failed"
+
+
 # --- local, not HTTP -------------------------------------------------------
 
 

@@ -69,6 +69,7 @@ from relay.protocol.outbound import (
     Split,
 )
 from relay.protocol.outbound import Decision as Outcome
+from relay.storage.audit import AuditEvent, forwarded_event
 from relay.storage.interface import WriteTx
 from relay.storage.records import DecisionRecord, PeerState, Queued, StatusUpdate
 
@@ -137,6 +138,7 @@ class Sender:
         self.task: asyncio.Task[None] | None = None
         # would-be denials let through in audit mode, by rid, for the batch in flight
         self._audits: dict[int, Decision] = {}
+        self._rules: dict[int, str] = {}  # rid -> the forward rule that let it go
         # the last failure was the peer asking for time (429/503 with Retry-After):
         # its own requests to us then do not cut the wait short
         self._asked_to_wait = False
@@ -310,6 +312,7 @@ class Sender:
         keep: list[Queued] = []
         ended: list[Ending] = []
         self._audits = {}
+        self._rules = {}
         for it in items:
             if it.expires <= now:
                 ended.append(Ending(it, "expired", "expires", "expires passed before delivery"))
@@ -326,6 +329,7 @@ class Sender:
                 )
                 if decision.allowed:
                     keep.append(it)
+                    self._rules[it.rid] = decision.rule
                     if decision.outcome == "audit":
                         self._audits[it.rid] = decision
                 else:
@@ -567,6 +571,8 @@ class Sender:
         await tx.set_status(sent, now)
         await end_queued(tx, st.name, refused, now, by="peer")
         await tx.dequeue(done)
+        taken = set(done)
+        await tx.append_audit(self._forwarded([it for it in items if it.rid in taken], now))
         after = PeerState(0, 0, "", now, before.delivered + len(done))
         if missing and outcome.retry is not None:
             # A signed answer that leaves envelopes out is a failed attempt for
@@ -575,6 +581,23 @@ class Sender:
             await tx.note_attempt(missing, error)
             after = failed(before, outcome.retry, now, after.delivered)
         await tx.save_peer_state(self.hop, after)
+
+    def _forwarded(self, items: Sequence[Queued], now: int) -> list[AuditEvent]:
+        """The audit entries of envelopes the next hop took."""
+        peer = self.state.trust.node(self.hop)
+        jurisdiction = peer.jurisdiction if peer else ""
+        return [
+            forwarded_event(
+                now,
+                it.id,
+                it.origin,
+                it.residency,
+                self.hop,
+                jurisdiction,
+                self._rules.get(it.rid, ""),
+            )
+            for it in items
+        ]
 
     async def _post(self, peer: TrustedNode, batch_id: bytes, items: Sequence[Queued]) -> Answer:
         st = self.state

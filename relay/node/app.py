@@ -33,6 +33,7 @@ from relay.federation import inbound, receipts
 from relay.federation.outbound import Sender
 from relay.logs import event
 from relay.node import expiry, retention
+from relay.node.audit import AuditLog
 from relay.node.conns import Listener, descriptor_shortfall
 from relay.node.http import answer_errors
 from relay.node.leases import Coordinator
@@ -106,6 +107,8 @@ class Node:
         self.tasks: list[asyncio.Task[None]] = []  # this worker's own tasks
         self.jobs: list[asyncio.Task[None]] = []  # background jobs, while leading
         self.coordinator: Coordinator | None = None  # leases (relay.node.leases)
+        self.audit: AuditLog | None = None  # tree heads, config entries (relay.node.audit)
+        self._config_logged = False
         self._contact_told: dict[str, float] = {}  # peer -> when others were last told
         self._telling: set[asyncio.Task[None]] = set()
         self.port = 0
@@ -126,6 +129,7 @@ class Node:
             cfg, key, store, clock=self.clock, fault_spec=fault_spec, worker=self.worker
         )
         self.state = state
+        self.audit = AuditLog(state)
         state.wake_hop = self._wake
         state.tell_contact = self._tell_contact
         state.leading = False  # until the leader lease is taken
@@ -263,6 +267,11 @@ class Node:
             asyncio.create_task(retention.run_purger(state), name="purge"),
             asyncio.create_task(expiry.run_sweeper(state), name="expiry"),
         ]
+        if self.audit is not None:
+            if not self._config_logged:
+                await self._log_config("start")
+                self._config_logged = True
+            self.jobs.append(asyncio.create_task(self.audit.run(), name="tree-heads"))
         if self.webhooks is not None:
             await self.webhooks.sync()
 
@@ -284,6 +293,19 @@ class Node:
         if state is not None and state.leading:
             with contextlib.suppress(RelayError):
                 await receipts.flush(state)
+            if self.audit is not None:  # the last head covers everything this node did
+                try:
+                    await self.audit.sign()
+                except RelayError as e:
+                    event(log, "tree_head_failed", logging.ERROR, detail=e.detail)
+
+    async def _log_config(self, reason: str) -> None:
+        if self.audit is None:
+            return
+        try:
+            await self.audit.log_config(reason)
+        except RelayError as e:
+            event(log, "audit_config_failed", logging.ERROR, reason=reason, detail=e.detail)
 
     async def _prune_loop(self) -> None:
         assert self.state is not None
@@ -307,6 +329,8 @@ class Node:
         """SIGHUP: re-read node.toml into the running node (relay.node.reload)."""
         assert self.state is not None
         result = await reload_config(self.state)
+        if result.applied and self.state.leading:
+            await self._log_config("reload")
         if result.applied and self.webhooks is not None and self.state.leading:
             await self.webhooks.sync()
         node_cfg = self.state.config.node

@@ -25,9 +25,11 @@ from relay.node.metrics import Metrics
 from relay.policy.ratelimit import Limits
 from relay.policy.residency import Policy, policy_hash
 from relay.policy.trust import Trust
+from relay.protocol.audit import SignedHead
 from relay.protocol.envelope import Envelope
 from relay.protocol.keystr import key_id, public_key_string
 from relay.protocol.receipt import decode_receipt
+from relay.storage.audit import receipt_event
 from relay.storage.interface import Storage, WriteTx
 from relay.storage.records import StatusUpdate
 
@@ -64,6 +66,9 @@ class NodeState:
         self.random = random
         self.use_key(key)
         self.stopping = False
+        # The latest signed tree head of the audit log (relay.node.audit); senders
+        # carry it to peers.
+        self.tree_head: SignedHead | None = None
         # This worker holds the leader lease (relay.node.leases) and runs the
         # node's background jobs; a state outside a running node is its only worker.
         self.leading = True
@@ -213,6 +218,7 @@ class NodeState:
         writer = env.header.origin
         sent = await tx.sent_envelopes(self.name, [ident for ident, _ in receipt.entries])
         updates: list[StatusUpdate] = []
+        applied: list[bytes] = []
         unknown = off_path = 0
         for ident, recipients in receipt.entries:
             found = sent.get(ident)
@@ -222,9 +228,24 @@ class NodeState:
                 updates.append(
                     StatusUpdate(found.rid, receipt.status, receipt.reason, tuple(recipients))
                 )
+                applied.append(ident)
             else:
                 off_path += 1
         await tx.set_status(updates, now)
+        await tx.append_audit(
+            [
+                receipt_event(
+                    now,
+                    ident,
+                    env.header.id,
+                    writer,
+                    receipt.status,
+                    receipt.reason,
+                    receipt.jurisdiction,
+                )
+                for ident in applied
+            ]
+        )
         event(
             log,
             "receipt_applied",

@@ -28,6 +28,7 @@ from typing import Protocol, TypeVar
 
 from relay.errors import StoreError
 from relay.protocol.envelope import Envelope
+from relay.storage.audit import AuditEvent, AuditRow, ExportedEnvelope, StoredHead, WitnessedHead
 from relay.storage.records import (
     AgeBucket,
     AllowRecord,
@@ -284,6 +285,21 @@ class WriteTx(Protocol):
         """Write the record of one deletion."""
         ...
 
+    # --- the audit log (relay.storage.audit, docs/audit.md) --------------------------
+
+    async def append_audit(self, events: Sequence[AuditEvent]) -> None:
+        """Append entries for `events` (the storage itself appends those of envelopes
+        stored, decisions and purges; callers add forwards, receipts and config)."""
+        ...
+
+    async def save_tree_head(self, head: StoredHead) -> None:
+        """Keep a signed tree head; a later one of the same size replaces it."""
+        ...
+
+    async def save_witnessed(self, heads: Sequence[WitnessedHead]) -> None:
+        """Keep tree heads peers sent (one already kept stays as it was)."""
+        ...
+
     # --- workers: leases and announcements (relay.node.leases) -----------------------
 
     async def take_leases(
@@ -422,6 +438,38 @@ class Reads(Protocol):
 
     async def leases(self) -> list[Lease]:
         """Every lease row, expired ones included, by name."""
+        ...
+
+    async def audit_size(self) -> int:
+        """Entries in the audit log."""
+        ...
+
+    async def audit_entries(self, first: int, end: int) -> list[AuditRow]:
+        """Audit entries with `first` <= seq < `end`, in seq order."""
+        ...
+
+    async def audit_leaves(self, first: int, end: int) -> list[bytes]:
+        """Leaf hashes of audit entries `first` <= seq < `end`, in seq order."""
+        ...
+
+    async def audit_span(self, since: int, until: int) -> tuple[int, int]:
+        """(first, end): the seqs of entries written `since` <= at <= `until`; (0, 0) if none."""
+        ...
+
+    async def audit_seqs(self, envelope: bytes) -> list[int]:
+        """The seqs of audit entries about `envelope`, in order."""
+        ...
+
+    async def tree_heads(self) -> list[StoredHead]:
+        """Every kept signed tree head, by size."""
+        ...
+
+    async def witnessed_heads(self, peer: str | None) -> list[WitnessedHead]:
+        """Tree heads peers sent (of `peer`, or all), by peer, size and time."""
+        ...
+
+    async def audit_envelopes(self, ids: Sequence[bytes]) -> list[ExportedEnvelope]:
+        """Stored envelopes among `ids`: headers, signatures and receipts' payloads."""
         ...
 
     async def ping(self) -> None:

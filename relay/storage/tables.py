@@ -17,4 +17,7 @@ TABLES = (
     "purges",
     "webhook_state",
     "certificates",
+    "audit_log",
+    "audit_heads",
+    "audit_witnessed",
 )

@@ -73,6 +73,8 @@ async def test_migration_6_counts_the_unread_bytes_already_there(tmp_path: Path)
         con.execute(f"DROP TRIGGER {trigger}")
     con.execute("DROP TABLE unread")
     con.execute("DROP TABLE leases")  # migration 7's, so that 6 and 7 run again
+    for table in ("audit_log", "audit_heads", "audit_witnessed"):  # and 8's
+        con.execute(f"DROP TABLE {table}")
     con.execute("DELETE FROM schema_version WHERE version >= 6")
     con.commit()
     con.close()

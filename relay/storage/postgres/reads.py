@@ -12,13 +12,14 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
 
 from relay.errors import StoreError
 from relay.storage import rowmaps
+from relay.storage.audit import AuditReads
 from relay.storage.postgres import sql as q
 from relay.storage.postgres.connect import Link, connection_lost, describe
 from relay.storage.postgres.retention import preview
@@ -50,12 +51,17 @@ WITH RECURSIVE h(hop) AS (
 """
 
 
-class PgReads:
+class PgReads(AuditReads):
+    _mark = "%s"
+
     """The interface's reads over one reconnecting connection."""
 
     def __init__(self, reader: Link) -> None:
         self.reader = reader
         self.location = reader.target.display
+
+    async def _audit_rows(self, sql: str, params: Sequence[Any]) -> list[Mapping[str, Any]]:
+        return list(await self.fetchall(sql, params))
 
     async def fetchall(self, sql: str, params: Any = None) -> list[q.Row]:
         """Rows of a read on the last committed state; StoreError if the database fails."""

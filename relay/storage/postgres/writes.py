@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import msgpack
 
 from relay.errors import RelayError
 from relay.protocol.envelope import Envelope, header_digest
 from relay.storage import rowmaps
+from relay.storage.audit import AuditWrites, decision_events, purge_event, stored_events
 from relay.storage.postgres import sql as q
 from relay.storage.postgres.retention import RetentionWrites
 from relay.storage.records import (
     FINAL_STATUSES,
     CertificateRecord,
+    Counts,
     DecisionRecord,
     NewEnvelope,
     PeerState,
@@ -44,7 +47,9 @@ _NOT_FINAL = f"status NOT IN ({', '.join(repr(s) for s in sorted(FINAL_STATUSES)
 _QUEUED_FROM = f"SELECT {rowmaps.QUEUED_COLS} FROM queue q JOIN envelopes e ON e.rid = q.rid"
 
 
-class PgWriteTx(RetentionWrites):
+class PgWriteTx(AuditWrites, RetentionWrites):
+    _mark = "%s"
+
     """WriteTx over the writer connection, inside its open transaction."""
 
     def __init__(self, db: q.Conn) -> None:
@@ -53,6 +58,12 @@ class PgWriteTx(RetentionWrites):
         # a failed job's, NOTIFYs the rest before COMMIT and hands them to its
         # own hooks after it.
         self.announced: list[tuple[str, str]] = []
+
+    async def _audit_rows(self, sql: str, params: Sequence[Any]) -> list[Mapping[str, Any]]:
+        return list(await q.rows(self.connection, sql, params))
+
+    async def _audit_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await q.many(self.connection, sql, rows)
 
     # --- envelopes and recipients ----------------------------------------------------
 
@@ -133,6 +144,7 @@ class PgWriteTx(RetentionWrites):
             " ON CONFLICT (mailbox, rid) DO NOTHING",
             [(mb, rid, now) for rid, it in pairs for mb in it.mailboxes],
         )
+        await self.append_audit(stored_events(items, now))
         return rids
 
     async def add_recipients(self, rows: Sequence[Recipient]) -> None:
@@ -450,6 +462,11 @@ class PgWriteTx(RetentionWrites):
                 for d in decisions
             ],
         )
+        await self.append_audit(decision_events(decisions))
+
+    async def record_purge(self, now: int, source: str, counts: Counts) -> None:
+        await super().record_purge(now, source, counts)
+        await self.append_audit([purge_event(now, source, counts)])
 
     async def save_certificates(self, certs: Sequence[CertificateRecord], now: int) -> None:
         await q.many(

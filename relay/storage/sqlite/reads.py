@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import aiosqlite
 
 from relay.errors import StoreError
 from relay.storage import rowmaps
+from relay.storage.audit import AuditReads
 from relay.storage.records import (
     AgeBucket,
     AllowRecord,
@@ -49,13 +50,16 @@ WITH RECURSIVE h(hop) AS (
 """
 
 
-class SqliteReads:
+class SqliteReads(AuditReads):
     """The interface's reads over one connection."""
 
     def __init__(self, path: Path, reader: aiosqlite.Connection) -> None:
         self.path = path
         self.location = str(path)
         self.reader = reader
+
+    async def _audit_rows(self, sql: str, params: Sequence[Any]) -> list[Mapping[str, Any]]:
+        return list(await self.fetchall(sql, params))  # type: ignore[arg-type]
 
     # --- SQLite-only helpers (tests and inspection; not part of the interface) ----------
 

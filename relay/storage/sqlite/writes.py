@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import msgpack
 
 from relay.errors import RelayError
 from relay.protocol.envelope import Envelope, header_digest
+from relay.storage.audit import AuditWrites, decision_events, purge_event, stored_events
 from relay.storage.records import (
     FINAL_STATUSES,
     CertificateRecord,
+    Counts,
     DecisionRecord,
     NewEnvelope,
     PeerState,
@@ -41,7 +44,7 @@ from relay.storage.sqlite.retention import RetentionWrites
 _NOT_FINAL = f"status NOT IN ({', '.join(repr(s) for s in sorted(FINAL_STATUSES))})"
 
 
-class SqliteWriteTx(RetentionWrites):
+class SqliteWriteTx(AuditWrites, RetentionWrites):
     """WriteTx over the writer connection, inside its open transaction."""
 
     def __init__(self, db: InlineConnection) -> None:
@@ -49,6 +52,12 @@ class SqliteWriteTx(RetentionWrites):
         # (topic, key) pairs announced in the open transaction; the store trims
         # a failed job's and hands the rest to its on_announce hooks after COMMIT.
         self.announced: list[tuple[str, str]] = []
+
+    async def _audit_rows(self, sql: str, params: Sequence[Any]) -> list[Mapping[str, Any]]:
+        return list(await q.rows(self.connection, sql, params))  # type: ignore[arg-type]
+
+    async def _audit_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await q.many(self.connection, sql, rows)
 
     # --- envelopes and recipients ----------------------------------------------------
 
@@ -125,6 +134,7 @@ class SqliteWriteTx(RetentionWrites):
                 "INSERT OR IGNORE INTO inbox (mailbox, rid, delivered) VALUES (?, ?, ?)",
                 inbox_rows,
             )
+        await self.append_audit(stored_events(items, now))
         return rids
 
     async def add_recipients(self, rows: Sequence[Recipient]) -> None:
@@ -440,6 +450,11 @@ class SqliteWriteTx(RetentionWrites):
                 for d in decisions
             ],
         )
+        await self.append_audit(decision_events(decisions))
+
+    async def record_purge(self, now: int, source: str, counts: Counts) -> None:
+        await super().record_purge(now, source, counts)
+        await self.append_audit([purge_event(now, source, counts)])
 
     async def save_certificates(self, certs: Sequence[CertificateRecord], now: int) -> None:
         if certs:

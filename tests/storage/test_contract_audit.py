@@ -1,0 +1,132 @@
+"""Storage contract, the audit log: entries appended in the same transaction as
+what they record, numbered without gaps; tree heads and witnessed heads kept.
+
+Runs against every backend of relay.storage.backends.BACKENDS through the
+interface only (tests/storage/contract.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from relay.errors import RelayError
+from relay.protocol.audit import CONFIG, DECISION, PURGED, STORED, decode_entry
+from relay.protocol.merkle import leaf_hash, root
+from relay.storage.audit import AuditEvent, StoredHead, WitnessedHead
+from relay.storage.interface import Storage, WriteTx
+from relay.storage.records import Counts, DecisionRecord
+from tests.storage.contract import T0, envelope, new, put, readonly
+
+
+def decision(env_id: bytes | None, outcome: str = "allow") -> DecisionRecord:
+    return DecisionRecord(
+        at=T0 + 1,
+        point="accept",
+        envelope=env_id,
+        peer="peer.test",
+        outcome=outcome,
+        rule="rule-1",
+        reason="",
+        policy_hash="ab" * 8,
+    )
+
+
+async def test_stored_envelopes_decisions_and_purges_are_logged(storage: Storage) -> None:
+    env = envelope()
+    await put(storage, [new(env, mailboxes=["bob"])])
+    await storage.write(lambda tx: tx.record_decisions([decision(env.header.id), decision(None)]))
+    await storage.write(lambda tx: tx.record_purge(T0 + 2, "retention", Counts(envelopes=3)))
+    await storage.write(
+        lambda tx: tx.append_audit([AuditEvent(T0 + 3, CONFIG, {"policy": "cd" * 8})])
+    )
+
+    rows = await storage.audit_entries(0, 100)
+    assert [r.seq for r in rows] == [0, 1, 2, 3, 4]
+    assert [r.kind for r in rows] == [STORED, DECISION, DECISION, PURGED, CONFIG]
+    assert all(r.leaf == leaf_hash(r.entry) for r in rows)
+    stored = decode_entry(rows[0].entry)
+    assert stored.seq == 0 and stored.at == T0
+    assert stored.blob("envelope") == env.header.id
+    assert stored.names("residency") == ("DE",)
+    assert stored.text("from") == "peer.test"
+    assert stored.text("origin") == "peer.test"
+    assert stored.fields["local"] == 1
+    assert decode_entry(rows[1].entry).text("outcome") == "allow"
+    assert "envelope" not in decode_entry(rows[2].entry).fields
+    assert decode_entry(rows[3].entry).fields["envelopes"] == 3
+    assert await storage.audit_size() == 5
+    assert await storage.audit_leaves(1, 3) == [rows[1].leaf, rows[2].leaf]
+    assert await storage.audit_seqs(env.header.id) == [0, 1]
+    assert await storage.audit_span(T0 + 1, T0 + 2) == (1, 4)
+    assert await storage.audit_span(T0 + 10, T0 + 20) == (0, 0)
+
+
+async def test_a_failed_job_leaves_no_entry_and_no_gap(storage: Storage) -> None:
+    async def failing(tx: WriteTx) -> None:
+        await tx.record_decisions([decision(None, "deny")])
+        raise RelayError("the job fails after logging")
+
+    async def fine(tx: WriteTx) -> None:
+        await tx.record_decisions([decision(None)])
+
+    results = await asyncio.gather(
+        storage.write(fine), storage.write(failing), storage.write(fine), return_exceptions=True
+    )
+    assert isinstance(results[1], RelayError)
+    rows = await storage.audit_entries(0, 100)
+    assert [r.seq for r in rows] == [0, 1]
+    assert [decode_entry(r.entry).text("outcome") for r in rows] == ["allow", "allow"]
+
+
+async def test_many_jobs_of_one_commit_number_their_entries_in_order(storage: Storage) -> None:
+    envs = [envelope() for _ in range(30)]
+    await asyncio.gather(*(put(storage, [new(e)]) for e in envs))
+    rows = await storage.audit_entries(0, 100)
+    assert [r.seq for r in rows] == list(range(30))
+    assert {decode_entry(r.entry).blob("envelope") for r in rows} == {e.header.id for e in envs}
+    leaves = await storage.audit_leaves(0, 30)
+    assert root(leaves) == root([r.leaf for r in rows])
+
+
+async def test_tree_heads_keep_the_latest_per_size(storage: Storage) -> None:
+    await storage.write(lambda tx: tx.save_tree_head(StoredHead(2, T0 + 10, b"two-a")))
+    await storage.write(lambda tx: tx.save_tree_head(StoredHead(2, T0 + 5, b"older")))
+    await storage.write(lambda tx: tx.save_tree_head(StoredHead(0, T0, b"zero")))
+    await storage.write(lambda tx: tx.save_tree_head(StoredHead(2, T0 + 20, b"two-b")))
+    assert await storage.tree_heads() == [
+        StoredHead(0, T0, b"zero"),
+        StoredHead(2, T0 + 20, b"two-b"),
+    ]
+
+
+async def test_witnessed_heads_are_kept_once(storage: Storage) -> None:
+    a = WitnessedHead("a.test", 3, T0, b"head-a3", T0 + 1)
+    b = WitnessedHead("b.test", 1, T0, b"head-b1", T0 + 1)
+    await storage.write(lambda tx: tx.save_witnessed([a, b]))
+    await storage.write(lambda tx: tx.save_witnessed([a]))
+    assert await storage.witnessed_heads(None) == [a, b]
+    assert await storage.witnessed_heads("b.test") == [b]
+
+
+async def test_export_reads_envelopes_and_only_receipt_payloads(storage: Storage) -> None:
+    env = envelope(payload=b"secret content")
+    await put(storage, [new(env, mailboxes=["bob"])])
+    (found,) = await storage.audit_envelopes([env.header.id, b"\x00" * 16])
+    assert (found.header, found.signature, found.payload) == (
+        env.header_bytes,
+        env.signature,
+        b"",
+    )
+
+
+@pytest.mark.parametrize("n", [1, 3])
+async def test_a_readonly_open_sees_the_log(storage: Storage, n: int) -> None:
+    await put(storage, [new(envelope()) for _ in range(n)])
+    ro = await readonly(storage)
+    try:
+        assert await ro.audit_size() == n
+        assert [r.seq for r in await ro.audit_entries(0, 10)] == list(range(n))
+    finally:
+        await ro.close()

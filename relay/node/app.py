@@ -108,7 +108,6 @@ class Node:
         self.jobs: list[asyncio.Task[None]] = []  # background jobs, while leading
         self.coordinator: Coordinator | None = None  # leases (relay.node.leases)
         self.audit: AuditLog | None = None  # tree heads, config entries (relay.node.audit)
-        self._config_logged = False
         self._contact_told: dict[str, float] = {}  # peer -> when others were last told
         self._telling: set[asyncio.Task[None]] = set()
         self.port = 0
@@ -134,6 +133,8 @@ class Node:
         state.tell_contact = self._tell_contact
         state.leading = False  # until the leader lease is taken
         state.trust.learn(await store.certificates(state.now_ms()), saved=True)
+        if self.worker in (None, 0):  # one config entry per start, before any request
+            await self._log_config("start")
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit_per_host=4, keepalive_timeout=60, ssl=client_ssl),
             headers={"User-Agent": "relay/0.1"},
@@ -268,9 +269,6 @@ class Node:
             asyncio.create_task(expiry.run_sweeper(state), name="expiry"),
         ]
         if self.audit is not None:
-            if not self._config_logged:
-                await self._log_config("start")
-                self._config_logged = True
             self.jobs.append(asyncio.create_task(self.audit.run(), name="tree-heads"))
         if self.webhooks is not None:
             await self.webhooks.sync()

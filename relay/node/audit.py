@@ -9,9 +9,10 @@ Invariants:
 - The leader signs a head every HEAD_INTERVAL_S and once more when it stops;
   `NodeState.tree_head` is the latest, which the senders carry to peers (the
   tree head extension, docs/protocol.md).
-- A config entry is written when this process starts leading and after every
-  reload that applied: the policy hash, the node's keys and the peers it
-  pins with their jurisdictions and keys, so an auditor learns from the log
+- A config entry is written when the node starts (by worker 0 under
+  `--workers N`), before it serves, and after every reload the leader
+  applied: the policy hash, the node's keys and the peers it pins with their
+  jurisdictions and keys, so an auditor learns from the log
   itself which keys were in force when.
 """
 

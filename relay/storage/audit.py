@@ -31,6 +31,7 @@ from relay.protocol.audit import (
     encode_entry,
     entry_leaf,
 )
+from relay.protocol.bundle import ExportedEnvelope
 from relay.protocol.envelope import header_digest
 from relay.storage.records import Counts, DecisionRecord, NewEnvelope
 
@@ -74,15 +75,6 @@ class WitnessedHead:
     at: int
     wire: bytes
     seen: int
-
-
-@dataclass(frozen=True, slots=True)
-class ExportedEnvelope:
-    """An envelope's header bytes and signature (and a receipt's payload) for a bundle."""
-
-    header: bytes
-    signature: bytes
-    payload: bytes  # receipts only: their payload is ids and a status, never content
 
 
 def stored_events(items: Sequence[NewEnvelope], now: int) -> list[AuditEvent]:
@@ -279,6 +271,22 @@ class AuditReads(AuditSql):
         if not found or found[0]["lo"] is None:
             return (0, 0)
         return (int(found[0]["lo"]), int(found[0]["hi"]) + 1)
+
+    async def audit_last(self, kind: str, before: int) -> AuditRow | None:
+        """The last entry of `kind` with seq < `before`, if any."""
+        found = await self._audit_rows(
+            self._sql(
+                "SELECT seq, at, kind, entry, leaf FROM audit_log"
+                " WHERE kind = ? AND seq < ? ORDER BY seq DESC LIMIT 1"
+            ),
+            (kind, before),
+        )
+        if not found:
+            return None
+        r = found[0]
+        return AuditRow(
+            int(r["seq"]), int(r["at"]), str(r["kind"]), bytes(r["entry"]), bytes(r["leaf"])
+        )
 
     async def audit_seqs(self, envelope: bytes) -> list[int]:
         """The seqs of entries about `envelope`, in order."""

@@ -27,8 +27,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from relay.errors import StoreError
+from relay.protocol.bundle import ExportedEnvelope
 from relay.protocol.envelope import Envelope
-from relay.storage.audit import AuditEvent, AuditRow, ExportedEnvelope, StoredHead, WitnessedHead
+from relay.storage.audit import AuditEvent, AuditRow, StoredHead, WitnessedHead
 from relay.storage.records import (
     AgeBucket,
     AllowRecord,
@@ -454,6 +455,10 @@ class Reads(Protocol):
 
     async def audit_span(self, since: int, until: int) -> tuple[int, int]:
         """(first, end): the seqs of entries written `since` <= at <= `until`; (0, 0) if none."""
+        ...
+
+    async def audit_last(self, kind: str, before: int) -> AuditRow | None:
+        """The last audit entry of `kind` with seq < `before`, if any."""
         ...
 
     async def audit_seqs(self, envelope: bytes) -> list[int]:

@@ -21,6 +21,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from relay.errors import MalformedError, ProofFailed
@@ -53,6 +54,7 @@ KINDS = frozenset({DECISION, STORED, FORWARDED, RECEIPT, PURGED, CONFIG})
 _KIND_RE = re.compile(r"[a-z][a-z_]{0,31}\Z")
 _RESERVED = frozenset({"seq", "at", "kind"})
 FieldValue = str | int | bytes | tuple[str, ...] | tuple[bytes, ...]
+_PACKER = msgpack.Packer(use_bin_type=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,15 +84,20 @@ class Entry:
 
 def encode_entry(seq: int, at: int, kind: str, values: Mapping[str, FieldValue]) -> bytes:
     """The bytes of one entry; MalformedError for a bad kind or field."""
-    if not _KIND_RE.match(kind):
+    if kind not in KINDS and not _KIND_RE.match(kind):
         raise MalformedError(f"audit entry: kind {kind!r} is not a lowercase word")
     body: dict[str, object] = {"seq": seq, "at": at, "kind": kind}
     for key in sorted(values):
         if key in _RESERVED:
             raise MalformedError(f"audit entry: field {key!r} is reserved")
         value = values[key]
-        body[key] = list(value) if isinstance(value, tuple) else value
-    return pack(body)
+        body[key] = list(value) if type(value) is tuple else value
+    try:
+        data: bytes = _PACKER.pack(body)  # one packer: entries are written per envelope
+    except (OverflowError, TypeError, ValueError) as e:
+        _PACKER.reset()
+        raise MalformedError(f"audit entry: a field cannot be packed: {e}") from None
+    return data
 
 
 def decode_entry(data: bytes) -> Entry:

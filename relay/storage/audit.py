@@ -205,17 +205,27 @@ class AuditSql:
 
 
 class AuditWrites(AuditSql):
-    """The WriteTx methods of the audit log."""
+    """The WriteTx methods of the audit log.
+
+    `audit_next` is the next seq, read once per transaction: the store sets it
+    to None when a transaction begins and when a job rolls back (its seqs are
+    free again), so it never runs ahead of what the transaction holds.
+    """
+
+    audit_next: int | None = None
 
     async def append_audit(self, events: Sequence[AuditEvent]) -> None:
         """Append entries for `events`, numbered after the last stored one."""
         if not events:
             return
-        found = await self._audit_rows(
-            self._sql("SELECT coalesce(max(seq), -1) AS last FROM audit_log"), ()
-        )
-        first = int(found[0]["last"]) + 1 if found else 0
+        first = self.audit_next
+        if first is None:
+            found = await self._audit_rows(
+                self._sql("SELECT coalesce(max(seq), -1) AS last FROM audit_log"), ()
+            )
+            first = int(found[0]["last"]) + 1 if found else 0
         await self._audit_many(self._sql(_INSERT), audit_rows(first, events))
+        self.audit_next = first + len(events)
 
     async def save_tree_head(self, head: StoredHead) -> None:
         """Keep a signed head; a later head of the same size replaces an earlier one."""

@@ -185,6 +185,7 @@ class PgStore(GroupCommit, PgReads):
             result = await p.job(tx)
         except Exception as e:  # noqa: BLE001 - re-raised in the caller by its future
             del tx.announced[mark:]  # a job rolled back announces nothing
+            tx.audit_next = None  # nor keeps the audit seqs it took
             if isinstance(e, psycopg.Error) and connection_lost(e, db):
                 return (p, None, e), e
             if savepoint:

@@ -170,6 +170,7 @@ class Store(SqliteReads):
     async def _run_batch(self, batch: list[_Pending]) -> None:
         self._storage_failure = None
         self._tx.announced.clear()
+        self._tx.audit_next = None  # read again inside the new transaction
         try:
             await self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
@@ -222,6 +223,7 @@ class Store(SqliteReads):
             result = await p.job(self._tx)
         except Exception as e:  # noqa: BLE001 - re-raised in the caller by its future
             del self._tx.announced[mark:]  # a job rolled back announces nothing
+            self._tx.audit_next = None  # nor keeps the audit seqs it took
             if isinstance(e, sqlite3.Error):
                 if storage_error(e):
                     self._storage_failure = e

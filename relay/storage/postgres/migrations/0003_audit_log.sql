@@ -7,8 +7,6 @@ CREATE TABLE audit_log (
     entry BYTEA NOT NULL,
     leaf BYTEA NOT NULL
 );
-CREATE INDEX audit_log_at ON audit_log (at);
-CREATE INDEX audit_log_envelope ON audit_log (envelope);
 CREATE TABLE audit_heads (
     size BIGINT PRIMARY KEY,
     at BIGINT NOT NULL,

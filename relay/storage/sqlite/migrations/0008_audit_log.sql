@@ -2,6 +2,8 @@
 -- `seq` of an RFC 9162 Merkle tree: `entry` holds the exact bytes hashed into
 -- `leaf`. Appended in the transactions of the events they record; never
 -- updated, never purged (entries hold ids, hashes and names, no content).
+-- No index beside the seq: every append pays for each one, and the look-ups
+-- by time or envelope (`relay audit export`, `prove`) are rare and scan.
 CREATE TABLE audit_log (
     seq INTEGER PRIMARY KEY,
     at INTEGER NOT NULL,
@@ -10,8 +12,6 @@ CREATE TABLE audit_log (
     entry BLOB NOT NULL,
     leaf BLOB NOT NULL
 );
-CREATE INDEX audit_log_at ON audit_log (at);
-CREATE INDEX audit_log_envelope ON audit_log (envelope);
 -- The node's signed tree heads: the latest signed for each size, as the
 -- wire array [head bytes, signature].
 CREATE TABLE audit_heads (

@@ -81,6 +81,7 @@ BATCHES_IN_FLIGHT = 3
 
 MAX_RESPONSE = 16 * 1024 * 1024
 STORE_RETRY_S = 1.0  # pause after the store refused a sender's write
+DEFERRED = "left out of the peer's result with Retry-After (its mailbox is full)"
 
 
 @dataclass
@@ -273,7 +274,9 @@ class Sender:
             if self.lane and pipe.solo:
                 return Send(b"", (), False)  # lane 0 goes alone for now
             after = max(pipe.claimed, default=0)
-            items = await self.state.store.queue_head(self.hop, self._limit, after)
+            items = await self.state.store.queue_head(
+                self.hop, self._limit, after, now=self.state.now_ms()
+            )
             if not items:
                 return None
             items = await self._drop_dead(items)
@@ -447,6 +450,8 @@ class Sender:
             counts: dict[str, int] = {}
             for r in answer.results.values():
                 counts[r] = counts.get(r, 0) + 1
+            if outcome.defer_until:  # left out for a full mailbox: they wait, the rest goes on
+                counts["deferred"] = len(outcome.missing)
             event(
                 log,
                 "delivery",
@@ -574,7 +579,11 @@ class Sender:
         taken = set(done)
         await tx.append_audit(self._forwarded([it for it in items if it.rid in taken], now))
         after = PeerState(0, 0, "", now, before.delivered + len(done))
-        if missing and outcome.retry is not None:
+        if missing and outcome.defer_until:
+            # The peer asked for time for these items only (a full mailbox): they
+            # wait, and the rest of the queue to this peer goes on at once.
+            await tx.defer(missing, outcome.defer_until, DEFERRED)
+        elif missing and outcome.retry is not None:
             # A signed answer that leaves envelopes out is a failed attempt for
             # them: back off, or the sender would ask the peer again at once.
             error = outcome.retry.error

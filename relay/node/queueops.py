@@ -111,11 +111,13 @@ async def retry(
             if not count.queued and not await tx.has_peer_state(dest):
                 return ActionResult(0, 0, (dest,))
             await tx.clear_backoff([dest])  # failures stay counted: a dead peer backs off on
+            await tx.clear_deferred([dest])
             state.note_hop(tx, dest)
             return ActionResult(count.queued, count.queued - count.held, (), (dest,))
         rows = await tx.queue_refs(ids)
         hops = sorted({r.hop for r in rows})
         await tx.clear_backoff(hops)
+        await tx.clear_deferred(hops)
         for hop in hops:
             state.note_hop(tx, hop)
         changed = sum(not r.held for r in rows)

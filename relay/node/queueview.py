@@ -42,7 +42,7 @@ class QueueEntry:
     held: bool
     size: int
     expires: int
-    next_try: int  # the hop's next attempt (unix ms), 0 if no backoff
+    next_try: int  # its next attempt (unix ms): the hop's backoff or its own deferral; 0: now
 
     def to_json(self) -> dict[str, Any]:
         return {

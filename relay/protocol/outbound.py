@@ -27,7 +27,10 @@ Invariants:
   the n-th consecutive failure waits uniform(0, min(retry_max, retry_min *
   2^(n-1))) ms, at least 10 ms. A 429 or 503 with Retry-After waits at least
   that long, capped at retry_max (the peer may only slow its own queue).
-- Ids missing from a signed result stay queued and count as a failure.
+- Ids missing from a signed result stay queued and count as a failure of
+  the peer, unless the result came with Retry-After (the receiver deferring
+  a full mailbox's items, protocol.md choice 24a): then only those items
+  wait, that long (capped at retry_max), and the peer is not failing.
 """
 
 from __future__ import annotations
@@ -137,12 +140,14 @@ class Retry:
 @dataclass(frozen=True, slots=True)
 class Settle(Generic[Q]):
     """A signed result: dequeue `delivered` and `rejected` (with its code); `missing`
-    stay queued, and then `retry` is the failure they count as."""
+    stay queued, and then either `retry` is the failure they count as, or (the
+    peer asked for time) they alone wait until `defer_until` (unix ms)."""
 
     delivered: tuple[Q, ...]
     rejected: tuple[tuple[Q, str], ...]
     missing: tuple[Q, ...]
     retry: Retry | None
+    defer_until: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +307,10 @@ class Planner(Generic[Q]):
         self._last = None
         self._sent = ()
         self.fetch_limit = self.batch_envelopes
+        if missing and at_least_ms > 0:  # the peer deferred these items, not the batch
+            return Settle(
+                tuple(delivered), tuple(rejected), tuple(missing), None, now_ms + at_least_ms
+            )
         retry = self.backoff(MISSING, failures, now_ms, draw, at_least_ms) if missing else None
         return Settle(tuple(delivered), tuple(rejected), tuple(missing), retry)
 

@@ -116,6 +116,15 @@ class WriteTx(Protocol):
         """Count one more failed attempt for each of `rids`, with its error."""
         ...
 
+    async def defer(self, rids: Sequence[int], until: int, error: str) -> None:
+        """Count one more failed attempt for each of `rids`, with its error, and keep
+        them out of `queue_head` (given `now`) until `until` (unix ms)."""
+        ...
+
+    async def clear_deferred(self, hops: Sequence[str]) -> None:
+        """Make every entry queued for `hops` due now (an admin's `relay queue retry`)."""
+        ...
+
     async def set_held(self, rids: Sequence[int], held: bool) -> None:
         """Hold (the sender skips them) or release queue entries."""
         ...
@@ -331,8 +340,11 @@ Job = Callable[[WriteTx], Awaitable[T]]
 class Reads(Protocol):
     """Reads on the last committed state."""
 
-    async def queue_head(self, hop: str, limit: int, after: int = 0) -> list[Queued]:
-        """The next `limit` entries (not held) for `hop` past rid `after`, with payloads."""
+    async def queue_head(
+        self, hop: str, limit: int, after: int = 0, now: int | None = None
+    ) -> list[Queued]:
+        """The next `limit` entries (not held) for `hop` past rid `after`, with payloads;
+        given `now` (unix ms), only those not deferred past it."""
         ...
 
     async def queue_hops(self) -> list[str]:

@@ -125,7 +125,7 @@ class QueueListing:
     held: bool
     size: int
     expires: int
-    next_try: int  # the hop's next attempt, 0 when it has no backoff
+    next_try: int  # its next attempt: the hop's backoff or its own deferral; 0 if neither
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,7 +43,7 @@ QUEUED_COLS = (
 LISTING_COLS = (
     "q.rid, e.id, e.origin, e.kind, e.sender, e.dest, q.hop, q.enqueued,"
     " q.attempts, q.last_error, q.held, e.size, e.expires,"
-    " coalesce(ps.next_try, 0) AS next_try"
+    " coalesce(ps.next_try, 0) AS next_try, q.not_before"
 )
 
 
@@ -94,7 +94,7 @@ def queue_listing_of(r: Row) -> QueueListing:
         held=bool(r["held"]),
         size=int(r["size"]),
         expires=int(r["expires"]),
-        next_try=int(r["next_try"]),
+        next_try=max(int(r["next_try"]), int(r["not_before"])),
     )
 
 

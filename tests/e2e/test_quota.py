@@ -6,17 +6,21 @@ and pages its inbox at 1,024 bytes; a.test retries at most a second apart.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.e2e.harness import NodeProc, make_node, wait_for
+from tests.e2e.harness import NodeProc, make_node, relay, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 QUOTA = "\n[limits]\nmailbox_unread_bytes = 3000\ninbox_page_bytes = 1024\n"
-FAST_RETRY = '\n[federation]\nretry_min = "100ms"\nretry_max = "1s"\n'
+# retries come fast, but b's Retry-After of 30 s is kept: only `relay queue retry` cuts it
+FAST_RETRY = '\n[federation]\nretry_min = "100ms"\nretry_max = "60s"\n'
 
 
 @pytest.fixture
@@ -36,6 +40,13 @@ def pair(tmp_path: Path) -> Iterator[tuple[NodeProc, NodeProc]]:
         n.kill()
 
 
+def _deferred(node: NodeProc) -> list[dict[str, Any]]:
+    """Entries queued at `node` whose own next try is ahead (`relay queue --json`)."""
+    now = time.time() * 1000
+    lines = relay("queue", node.dir, "--json").stdout.splitlines()  # one entry a line
+    return [e for e in map(json.loads, lines) if e["next_try"] > now]
+
+
 def test_mail_past_the_quota_waits_at_the_sender_until_the_mailbox_is_read(
     pair: tuple[NodeProc, NodeProc],
 ) -> None:
@@ -50,13 +61,21 @@ def test_mail_past_the_quota_waits_at_the_sender_until_the_mailbox_is_read(
     assert 1 <= len(held) < 3 and held[0]["id"] == first
     line = next(ln for ln in b.log_path.read_text().splitlines() if "quota_refused" in ln)
     assert all(f in line for f in ("bob", "a.test", "limits.mailbox_unread_bytes")), line
-    # bob's full mailbox holds back only bob's mail: carol's arrives meanwhile
+    # bob's full mailbox holds back only bob's mail: its items wait 30 s at a, the
+    # peer is not backing off, and carol's mail goes on at once
+    deferred = wait_for(lambda: _deferred(a), what="bob's items deferred at a.test")
+    assert {e["dest"] for e in deferred} == {"b.test"} and all(e["attempts"] for e in deferred)
+    (peer,) = map(json.loads, relay("peers", a.dir, "--json").stdout.splitlines())
+    assert (peer["name"], peer["failures"], peer["next_try"]) == ("b.test", 0, 0), peer
     for_carol = a.send("alice", ["carol@b.test"], "carol is not held back")
     got = wait_for(lambda: b.inbox("carol"), what="carol's mail past bob's full mailbox")
     assert [m["id"] for m in got] == [for_carol]
     assert len(b.inbox("bob")) == len(held)
+    assert "outcome=retry" not in a.log_path.read_text()
+    assert "deferred:" in a.log_path.read_text()
 
     assert len(b.inbox("bob", ack=True)) == len(held)
+    relay("queue", "retry", a.dir, "--dest", "b.test")  # due now rather than in 30 s
     got = wait_for(lambda: len(b.inbox("bob")) + len(held) == 3 and b.inbox("bob"), what="rest")
     assert sorted(m["id"] for m in [*held, *got]) == sorted([first, *later])
     assert a.stop() == 0 and b.stop() == 0

@@ -98,6 +98,8 @@ def show(d: Decision[Row]) -> str:
                 parts.append(f"missing {[r.rid for r in d.missing]}")
             if d.retry is not None:
                 parts.append(show(d.retry))
+            if d.defer_until:
+                parts.append(f"deferred {d.defer_until - NOW}")
             return " ".join(parts)
         case Split():
             return f"split {d.limit}" + (" reread" if d.reread_limits else "")
@@ -136,6 +138,24 @@ ANSWER_CASES: list[tuple[str, int, Answer, str]] = [
         "settle delivered [1] missing [2] retry 1 wait 10",
     ),
     ("200 nothing listed", 1, ok(), "settle delivered [] missing [1] retry 1 wait 10"),
+    (
+        "200 with Retry-After: only the missing ids wait, the peer is not failing",
+        2,
+        SignedResult({(1).to_bytes(16, "big"): "accepted"}, retry_after="30"),
+        "settle delivered [1] missing [2] deferred 30000",
+    ),
+    (
+        "200 with Retry-After over retry_max: they wait retry_max",
+        1,
+        SignedResult({}, retry_after="999999"),
+        f"settle delivered [] missing [1] deferred {RETRY_MAX}",
+    ),
+    (
+        "200 with Retry-After and nothing missing: settled",
+        1,
+        SignedResult({(1).to_bytes(16, "big"): "accepted"}, retry_after="30"),
+        "settle delivered [1]",
+    ),
     (
         "200 ids of another batch are ignored",
         1,

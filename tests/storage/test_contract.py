@@ -246,6 +246,30 @@ async def test_queue_order_hold_attempts_and_dequeue(storage: Storage) -> None:
     assert (await storage.row_counts())["envelopes"] == 4  # dequeued envelopes stay stored
 
 
+async def test_deferred_entries_wait_while_the_rest_of_the_hop_flows(storage: Storage) -> None:
+    """A peer deferred some entries (a full mailbox): queue_head skips them until
+    their time; an admin's retry makes them due at once."""
+    rids = await put(storage, [new(envelope(), hop="b.test") for _ in range(3)])
+    (other,) = await put(storage, [new(envelope(), hop="c.test")])
+    await storage.write(lambda tx: tx.defer([rids[0], rids[2]], T0 + 30_000, "mailbox full"))
+    assert [q.rid for q in await storage.queue_head("b.test", 10, now=T0)] == [rids[1]]
+    assert [q.rid for q in await storage.queue_head("b.test", 10, now=T0 + 29_999)] == [rids[1]]
+    due = await storage.queue_head("b.test", 10, now=T0 + 30_000)
+    assert [q.rid for q in due] == rids and [q.attempts for q in due] == [1, 0, 1]
+    assert [q.rid for q in await storage.queue_head("b.test", 10)] == rids  # no clock: all
+    listing = await storage.queue_listing("b.test", -1)
+    assert [(q.attempts, q.last_error, q.next_try) for q in listing] == [
+        (1, "mailbox full", T0 + 30_000),
+        (0, "", 0),
+        (1, "mailbox full", T0 + 30_000),
+    ]
+    await storage.write(lambda tx: tx.clear_deferred(["c.test"]))  # another hop's: no change
+    assert [q.rid for q in await storage.queue_head("b.test", 10, now=T0)] == [rids[1]]
+    await storage.write(lambda tx: tx.clear_deferred(["b.test"]))
+    assert [q.rid for q in await storage.queue_head("b.test", 10, now=T0)] == rids
+    assert [q.rid for q in await storage.queue_head("c.test", 10, now=T0)] == [other]
+
+
 async def test_queue_hops_are_the_hops_with_something_queued(storage: Storage) -> None:
     assert await storage.queue_hops() == []
     hops = ["z.test", "a.test", "m.test", "a.test", "z.test"]

@@ -72,9 +72,10 @@ async def test_migration_6_counts_the_unread_bytes_already_there(tmp_path: Path)
     for trigger in ("unread_delivered", "unread_acked", "unread_deleted"):
         con.execute(f"DROP TRIGGER {trigger}")
     con.execute("DROP TABLE unread")
-    con.execute("DROP TABLE leases")  # migration 7's, so that 6 and 7 run again
+    con.execute("DROP TABLE leases")  # migration 7's, so that 6 and later run again
     for table in ("audit_log", "audit_heads", "audit_witnessed"):  # and 8's
         con.execute(f"DROP TABLE {table}")
+    con.execute("ALTER TABLE queue DROP COLUMN not_before")  # and 9's
     con.execute("DELETE FROM schema_version WHERE version >= 6")
     con.commit()
     con.close()

@@ -90,12 +90,15 @@ class PgReads(AuditReads):
 
     # --- the queue -------------------------------------------------------------------
 
-    async def queue_head(self, hop: str, limit: int, after: int = 0) -> list[Queued]:
+    async def queue_head(
+        self, hop: str, limit: int, after: int = 0, now: int | None = None
+    ) -> list[Queued]:
         found = await self.fetchall(
             f"SELECT {rowmaps.QUEUED_COLS}, p.body FROM queue q JOIN envelopes e ON e.rid = q.rid"
             " LEFT JOIN payloads p ON p.sha = e.payload_sha"
-            " WHERE q.hop = %s AND q.held = 0 AND q.rid > %s ORDER BY q.rid LIMIT %s",
-            (hop, after, limit),
+            " WHERE q.hop = %s AND q.held = 0 AND q.rid > %s AND q.not_before <= %s"
+            " ORDER BY q.rid LIMIT %s",
+            (hop, after, 2**63 - 1 if now is None else now, limit),
         )
         return [
             rowmaps.queued_of(r, bytes(r["body"]) if r["body"] is not None else b"") for r in found

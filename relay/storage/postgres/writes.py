@@ -196,6 +196,21 @@ class PgWriteTx(AuditWrites, RetentionWrites):
                 (error, list(rids)),
             )
 
+    async def defer(self, rids: Sequence[int], until: int, error: str) -> None:
+        if rids:
+            await self.connection.execute(
+                "UPDATE queue SET attempts = attempts + 1, last_error = %s, not_before = %s"
+                " WHERE rid = ANY(%s)",
+                (error, until, list(rids)),
+            )
+
+    async def clear_deferred(self, hops: Sequence[str]) -> None:
+        if hops:
+            await self.connection.execute(
+                "UPDATE queue SET not_before = 0 WHERE hop = ANY(%s) AND not_before > 0",
+                (list(hops),),
+            )
+
     async def set_held(self, rids: Sequence[int], held: bool) -> None:
         if rids:
             await self.connection.execute(

@@ -84,12 +84,15 @@ class SqliteReads(AuditReads):
 
     # --- the queue -------------------------------------------------------------------
 
-    async def queue_head(self, hop: str, limit: int, after: int = 0) -> list[Queued]:
+    async def queue_head(
+        self, hop: str, limit: int, after: int = 0, now: int | None = None
+    ) -> list[Queued]:
         rs_ = await self.fetchall(
             f"SELECT {q.QUEUED_COLS}, p.body FROM queue q JOIN envelopes e ON e.rid = q.rid"
             " LEFT JOIN payloads p ON p.sha = e.payload_sha"
-            " WHERE q.hop = ? AND q.held = 0 AND q.rid > ? ORDER BY q.rid LIMIT ?",
-            (hop, after, limit),
+            " WHERE q.hop = ? AND q.held = 0 AND q.rid > ? AND q.not_before <= ?"
+            " ORDER BY q.rid LIMIT ?",
+            (hop, after, 2**63 - 1 if now is None else now, limit),
         )
         return [q.queued_of(r, bytes(r["body"]) if r["body"] is not None else b"") for r in rs_]
 
@@ -113,7 +116,7 @@ class SqliteReads(AuditReads):
         found = await self.fetchall(
             "SELECT q.rid, e.id, e.origin, e.kind, e.sender, e.dest, q.hop, q.enqueued,"
             " q.attempts, q.last_error, q.held, e.size, e.expires,"
-            " coalesce(ps.next_try, 0) AS next_try"
+            " coalesce(ps.next_try, 0) AS next_try, q.not_before"
             " FROM queue q JOIN envelopes e ON e.rid = q.rid"
             " LEFT JOIN peer_state ps ON ps.peer = q.hop"
             " WHERE (:hop IS NULL OR q.hop = :hop) ORDER BY q.rid LIMIT :limit",

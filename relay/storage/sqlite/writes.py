@@ -187,6 +187,21 @@ class SqliteWriteTx(AuditWrites, RetentionWrites):
             [(error, r) for r in rids],
         )
 
+    async def defer(self, rids: Sequence[int], until: int, error: str) -> None:
+        await q.many(
+            self.connection,
+            "UPDATE queue SET attempts = attempts + 1, last_error = ?, not_before = ?"
+            " WHERE rid = ?",
+            [(error, until, r) for r in rids],
+        )
+
+    async def clear_deferred(self, hops: Sequence[str]) -> None:
+        await q.many(
+            self.connection,
+            "UPDATE queue SET not_before = 0 WHERE hop = ? AND not_before > 0",
+            [(h,) for h in hops],
+        )
+
     async def set_held(self, rids: Sequence[int], held: bool) -> None:
         await q.many(
             self.connection,

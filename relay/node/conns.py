@@ -11,8 +11,11 @@ Invariants:
   then 408 and close. From complete headers to the body's last byte:
   `body_timeout`, then the connection is dropped. A handler still working
   after its body arrived (an inbox long poll) is never cut.
-- A TLS handshake must end within `header_timeout` (read at start); a
-  handshaking connection is not yet counted against the cap.
+- A TLS connection counts against the cap from its TCP accept: a TLS
+  listener accepts plain TCP itself and hands each connection to the loop's
+  TLS (`connect_accepted_socket`), so one over the cap is closed before any
+  handshake work, and one still handshaking holds its place. The handshake
+  must end within `header_timeout`.
 - The cap, header and body deadlines are read from the config at each
   connection, so a reload changes them for new connections.
 """
@@ -20,6 +23,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
 import socket
@@ -38,6 +42,7 @@ from relay.logs import event
 log = logging.getLogger("relay.conns")
 
 LOG_EVERY_S = 10.0
+BACKLOG = 100  # what loop.create_server listens with
 FD_HEADROOM = 64  # descriptors the node needs besides its connections (database, sockets out)
 
 _408_BODY = b"request headers not received within [limits] header_timeout\n"
@@ -74,12 +79,54 @@ class Guard:
         self.limits = limits
         self.listener = listener
         self.open: dict[asyncio.BaseTransport, _Connection] = {}
+        self.shaking: set[asyncio.Task[None]] = set()  # TLS handshakes in progress
         self.refused = Burst("connections_refused")
         self.cut = Burst("connections_cut")
 
-    def protocol_factory(self, server: web.Server) -> Callable[[], asyncio.Protocol]:
-        """The factory `loop.create_server` calls: aiohttp's handlers, guarded."""
-        return lambda: _Connection(self, server)
+    def protocol_factory(
+        self, server: web.Server, counted: bool = False
+    ) -> Callable[[], asyncio.Protocol]:
+        """The factory `loop.create_server` calls: aiohttp's handlers, guarded
+        (`counted`: the connection already holds its place, from its TCP accept)."""
+        return lambda: _Connection(self, server, counted)
+
+    def full(self) -> bool:
+        """Whether another connection would pass `max_connections` (logged if so)."""
+        cap = self.limits().max_connections
+        if cap and len(self.open) + len(self.shaking) >= cap:
+            self.refused.hit(listener=self.listener, max_connections=cap)
+            return True
+        return False
+
+    async def accept_tls(self, sock: socket.socket, server: web.Server, tls: SSLContext) -> None:
+        """Accept on `sock` for ever; each connection under the cap gets a TLS handshake."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as e:  # out of descriptors, or the client gave up: go on
+                self.refused.hit(listener=self.listener, error=str(e))
+                await asyncio.sleep(0.1)
+                continue
+            if self.full():
+                conn.close()
+                continue
+            task = loop.create_task(self._shake_hands(conn, server, tls))
+            self.shaking.add(task)
+            task.add_done_callback(self.shaking.discard)
+
+    async def _shake_hands(self, conn: socket.socket, server: web.Server, tls: SSLContext) -> None:
+        """The server side of `conn`'s TLS handshake, within `header_timeout`; then aiohttp."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.connect_accepted_socket(
+                self.protocol_factory(server, counted=True),
+                conn,
+                ssl=tls,
+                ssl_handshake_timeout=self.limits().header_timeout_ms / 1000,
+            )
+        except (OSError, TimeoutError):  # ssl.SSLError included; the loop let it go
+            conn.close()
 
     @web.middleware
     async def middleware(
@@ -107,9 +154,10 @@ class Guard:
 class _Connection(asyncio.Protocol):
     """One accepted connection: aiohttp's handler behind the guard's cap and deadlines."""
 
-    def __init__(self, guard: Guard, server: web.Server) -> None:
+    def __init__(self, guard: Guard, server: web.Server, counted: bool = False) -> None:
         self.guard = guard
         self.server = server
+        self.counted = counted
         self.handler: RequestHandler | None = None
         self.transport: asyncio.Transport | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -119,16 +167,14 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # uvloop's are no asyncio.Transport subclass
         guard = self.guard
-        limits = guard.limits()
-        if limits.max_connections and len(guard.open) >= limits.max_connections:
-            guard.refused.hit(listener=guard.listener, max_connections=limits.max_connections)
+        if not self.counted and guard.full():
             transport.abort()
             return
         self.transport = transport
         guard.open[transport] = self
         self.handler = self.server()
         self.handler.connection_made(transport)
-        self._arm(limits.idle_timeout_ms, self._idle_expired)
+        self._arm(guard.limits().idle_timeout_ms, self._idle_expired)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -226,6 +272,8 @@ class Listener:
             keepalive_timeout=limits().idle_timeout_ms / 1000,
         )
         self.server: asyncio.Server | None = None
+        self.tls_socks: list[socket.socket] = []  # a TLS listener accepts on these itself
+        self.accepting: list[asyncio.Task[None]] = []
         self.port = 0
 
     async def start(
@@ -245,24 +293,57 @@ class Listener:
         server = self.runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
+        if ssl_context is not None:
+            self.tls_socks = [sock] if sock is not None else await _bind(host, port)
+            for s in self.tls_socks:
+                s.setblocking(False)
+                self.accepting.append(
+                    loop.create_task(self.guard.accept_tls(s, server, ssl_context))
+                )
+            self.port = int(self.tls_socks[0].getsockname()[1])
+            return
         factory = self.guard.protocol_factory(server)
-        # A TLS handshake gets the header deadline (asyncio's default is 60 s).
-        handshake = self.guard.limits().header_timeout_ms / 1000 if ssl_context else None
         if sock is not None:
-            self.server = await loop.create_server(
-                factory, sock=sock, ssl=ssl_context, ssl_handshake_timeout=handshake
-            )
+            self.server = await loop.create_server(factory, sock=sock)
         else:
-            self.server = await loop.create_server(
-                factory, host, port, ssl=ssl_context, ssl_handshake_timeout=handshake
-            )
+            self.server = await loop.create_server(factory, host, port)
         self.port = int(self.server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         """Stop accepting, then let aiohttp finish in-flight requests and close the rest."""
         if self.server is not None:
             self.server.close()
+        for task in [*self.accepting, *self.guard.shaking]:
+            task.cancel()
+        for task in [*self.accepting, *self.guard.shaking]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for s in self.tls_socks:
+            s.close()
         await self.runner.cleanup()
+
+
+async def _bind(host: str, port: int) -> list[socket.socket]:
+    """Listening sockets on every address of HOST:PORT, as `loop.create_server` binds them."""
+    loop = asyncio.get_running_loop()
+    found = await loop.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            s = socket.socket(family, kind, proto)
+            socks.append(s)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind(address)
+            s.listen(BACKLOG)
+    except OSError:
+        for s in socks:
+            s.close()
+        raise
+    return socks
 
 
 def descriptor_shortfall(limits: LimitsConfig, listeners: int) -> int | None:

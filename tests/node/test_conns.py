@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from collections.abc import AsyncIterator
+import ssl
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from aiohttp import web
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from relay.config.model import LimitsConfig
 from relay.config.tls import server_context
@@ -151,3 +153,76 @@ async def test_a_tls_handshake_gets_the_header_deadline(tmp_path: Path) -> None:
             writer.close()
     finally:
         await lst.stop()
+
+
+async def hello(request: web.Request) -> web.Response:
+    return web.Response(text="hello")
+
+
+async def _tls_listener(tmp_path: Path) -> tuple[Listener, ssl.SSLContext]:
+    """A TLS listener under LIMITS answering GET /hello, and a client context trusting it."""
+    ca = make_ca("test ca")
+    cert, key = issue(ca, tmp_path)
+    app = web.Application()
+    app.router.add_get("/hello", hello)
+    lst = Listener(app, lambda: LIMITS, "test", shutdown_timeout=1)
+    await lst.start("127.0.0.1", 0, server_context(cert, key))
+    client = ssl.create_default_context(cadata=ca.cert.public_bytes(Encoding.PEM).decode())
+    return lst, client
+
+
+async def _get_hello(port: int, client: ssl.SSLContext) -> bytes:
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=client, server_hostname="localhost"
+    )
+    try:
+        writer.write(b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def _until(done: Callable[[], bool]) -> None:
+    for _ in range(500):  # the server sees accepts and closes shortly
+        if done():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the listener did not get there")
+
+
+async def test_handshaking_tls_connections_count_against_the_cap(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two connections that never say hello fill a cap of two: a third is closed
+    before its handshake, with `connections_refused`; once header_timeout has let
+    the two go, TLS serves again."""
+    lst, client = await _tls_listener(tmp_path)
+    try:
+        assert (await _get_hello(lst.port, client)).endswith(b"\r\n\r\nhello")
+        await _until(lambda: not lst.guard.open)
+        silent = [await asyncio.open_connection("127.0.0.1", lst.port) for _ in range(2)]
+        await _until(lambda: len(lst.guard.shaking) == 2)
+        assert not lst.guard.open  # counted while handshaking, before aiohttp sees them
+        with (
+            caplog.at_level(logging.WARNING, logger="relay.conns"),
+            pytest.raises((ConnectionError, ssl.SSLError)),
+        ):
+            await _get_hello(lst.port, client)
+        assert [r.getMessage() for r in caplog.records] == ["connections_refused"]
+        for reader, writer in silent:  # header_timeout (300 ms) ends their handshakes
+            assert await asyncio.wait_for(reader.read(), 10) == b""
+            writer.close()
+        await _until(lambda: not lst.guard.shaking)
+        assert (await _get_hello(lst.port, client)).endswith(b"\r\n\r\nhello")
+    finally:
+        await lst.stop()
+
+
+async def test_stopping_a_tls_listener_ends_handshakes_in_progress(tmp_path: Path) -> None:
+    lst, _ = await _tls_listener(tmp_path)
+    reader, writer = await asyncio.open_connection("127.0.0.1", lst.port)
+    await _until(lambda: len(lst.guard.shaking) == 1)
+    await lst.stop()
+    assert not lst.guard.shaking and all(t.done() for t in lst.accepting)
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()

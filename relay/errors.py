@@ -155,6 +155,12 @@ class Unavailable(RelayError):
     code = "unavailable"
 
 
+class Unreachable(Unavailable):
+    """Nothing answers where a command looked for a node: its URL or admin socket."""
+
+    code = "unreachable"
+
+
 class Busy(RelayError):
     """The node is behind (store write backlog, queue over its bound): retry later."""
 
@@ -200,14 +206,30 @@ class ProofFailed(RelayError):
 # --- local, not HTTP -------------------------------------------------------
 
 
+class UsageError(RelayError):
+    """A command given arguments it cannot work with (the CLI exits 2)."""
+
+    status = 400
+    code = "usage"
+
+
+FILE_KEY = "(file)"  # a ConfigError about the file itself, not one of its keys
+
+
 class ConfigError(RelayError):
-    """One problem in a config file, located as FILE:LINE: key: reason."""
+    """One problem in a config file, located as FILE:LINE: key: reason.
+
+    A problem with the file as a whole (missing, unreadable: key FILE_KEY)
+    reads FILE: reason, with no line or key to point at.
+    """
 
     status = 500
     code = "config"
 
     def __init__(self, file: str, line: int, key: str, reason: str) -> None:
-        super().__init__(f"{file}:{line}: {key}: {reason}")
+        super().__init__(
+            f"{file}: {reason}" if key == FILE_KEY else f"{file}:{line}: {key}: {reason}"
+        )
         self.file = file
         self.line = line
         self.key = key

@@ -26,6 +26,7 @@ from relay.errors import (
     RelayError,
     Unauthorized,
     Unavailable,
+    Unreachable,
 )
 
 ADMIN_SOCKET = "admin.sock"
@@ -54,7 +55,7 @@ _BY_STATUS: dict[int, type[RelayError]] = {
 }
 
 
-class NodeNotRunning(Unavailable):
+class NodeNotRunning(Unreachable):
     """No node answers on the admin socket of a node directory."""
 
     code = "not_running"

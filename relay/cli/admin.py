@@ -49,7 +49,7 @@ from relay.config.values import (
     parse_listen,
     url_error,
 )
-from relay.errors import ConfigError, ConfigErrors, Conflict, MalformedError
+from relay.errors import ConfigError, ConfigErrors, Conflict, MalformedError, UsageError
 from relay.node.opening import unread_messages
 from relay.protocol.keystr import key_id, parse_public_key, public_key_string
 
@@ -241,6 +241,11 @@ def cmd_init(args: argparse.Namespace) -> int:
     if existing:
         _say(f"relay: refusing to overwrite {', '.join(map(str, existing))}")
         return 1
+    if not args.public_url and parse_listen(args.listen)[1] == 0:
+        raise UsageError(
+            f"--listen {args.listen}: with port 0 the port is only known once the node runs;"
+            " give --public-url URL with the port other nodes reach it on"
+        )
     public_url: str = args.public_url or f"http://{args.listen}"
     if not directory.exists():
         directory.mkdir(parents=True, mode=0o700)

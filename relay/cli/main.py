@@ -2,8 +2,11 @@
 
 Invariants:
 - stdout carries only a command's result; every message goes to stderr.
-- Exit codes: 0 ok, 1 failure, 2 usage or config error, 3 refused by policy,
-  130 interrupted. A `RelayError` from a command is printed as its detail.
+- Exit codes (docs/config.md, "Exit codes"): 0 ok (or delivered), 1
+  failure, 2 usage or config error, 3 refused by policy (or, for `relay
+  status`, rejected or expired), 4 pending (`relay status`: not final yet),
+  5 unreachable (no node answers at the URL or admin socket), 130
+  interrupted. A `RelayError` from a command is printed as its detail.
 - Each module of relay.cli but this one exposes `register(sub)` (found by
   pkgutil, so adding a module adds its commands), adding subparsers
   whose `func(args) -> int` runs the command.
@@ -20,12 +23,21 @@ from collections.abc import Callable
 
 import relay.cli
 from relay import __version__
-from relay.errors import ConfigError, ConfigErrors, PolicyRefused, RelayError
+from relay.errors import (
+    ConfigError,
+    ConfigErrors,
+    PolicyRefused,
+    RelayError,
+    Unreachable,
+    UsageError,
+)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_POLICY = 3
+EXIT_PENDING = 4
+EXIT_UNREACHABLE = 5
 EXIT_INTERRUPTED = 130
 
 
@@ -48,10 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def exit_code(error: RelayError) -> int:
     """The exit code for a RelayError that ends a command."""
-    if isinstance(error, ConfigError | ConfigErrors):
+    if isinstance(error, ConfigError | ConfigErrors | UsageError):
         return EXIT_USAGE
     if isinstance(error, PolicyRefused):
         return EXIT_POLICY
+    if isinstance(error, Unreachable):
+        return EXIT_UNREACHABLE
     return EXIT_FAILURE
 
 

@@ -27,7 +27,7 @@ from relay.config.parse import (
 )
 from relay.config.tls import tls_files_errors
 from relay.config.tomledit import KeyPath, atomic_write_text
-from relay.errors import ConfigError, ConfigErrors, MalformedError
+from relay.errors import FILE_KEY, ConfigError, ConfigErrors, MalformedError
 from relay.policy.certs import certificate_lines, decode_line, parse_revoked
 from relay.protocol.certificate import open_certificate
 from relay.protocol.keystr import key_id, public_key_string
@@ -44,12 +44,20 @@ def load_config(path: Path) -> Config:
     try:
         text = file.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise ConfigErrors([ConfigError(str(file), 1, "(file)", "no such file")]) from None
+        raise ConfigErrors([ConfigError(str(file), 1, FILE_KEY, _missing(path))]) from None
     except UnicodeDecodeError as e:
-        raise ConfigErrors([ConfigError(str(file), 1, "(file)", f"not UTF-8: {e}")]) from None
+        raise ConfigErrors([ConfigError(str(file), 1, FILE_KEY, f"not UTF-8: {e}")]) from None
     except OSError as e:
-        raise ConfigErrors([ConfigError(str(file), 1, "(file)", str(e.strerror))]) from None
+        raise ConfigErrors([ConfigError(str(file), 1, FILE_KEY, str(e.strerror))]) from None
     return validate_config(text, file)
+
+
+def _missing(path: Path) -> str:
+    """Why a node's config was not found, and how a node directory is made."""
+    make = "`relay init DIR --name NAME --jurisdiction CC` creates a node directory"
+    if path.is_dir():
+        return f"no such file, so {path} is not a node directory; {make}"
+    return f"no such node directory (or {CONFIG_NAME} file); {make}"
 
 
 def validate_config(text: str, file: Path) -> Config:
@@ -69,7 +77,7 @@ def save_edited(path: Path, read_text: str, new_text: str) -> Config:
     config = validate_config(new_text, path)
     if path.read_text(encoding="utf-8") != read_text:
         raise ConfigErrors(
-            [ConfigError(str(path), 1, "(file)", "changed while editing; try again")]
+            [ConfigError(str(path), 1, FILE_KEY, "changed while editing; try again")]
         )
     atomic_write_text(path, new_text)
     return config

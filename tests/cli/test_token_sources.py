@@ -57,7 +57,7 @@ def test_bad_token_file_is_refused_before_any_request(
     path = _token_file(tmp_path / "alice.token", data, mode)
     # port 9 (discard) on loopback: nothing is contacted, the file check comes first
     code = main(["status", "--node", "http://127.0.0.1:9", "--token-file", str(path), "0" * 32])
-    assert code == 1
+    assert code == 2  # a usage error
     assert capsys.readouterr().err == f"relay: --token-file {path}: {why.format(path=path)}\n"
 
 
@@ -69,7 +69,7 @@ def test_missing_token_file_and_a_directory(
         (tmp_path, "not a regular file"),
     ]:
         code = main(["status", "--node", "http://127.0.0.1:9", "--token-file", str(path), "x"])
-        assert code == 1
+        assert code == 2
         assert capsys.readouterr().err == f"relay: --token-file {path}: {why}\n"
 
 
@@ -82,7 +82,7 @@ def test_token_and_token_file_together_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_no_token_names_the_ways_that_keep_it_private() -> None:
     proc = _run("inbox", "--node", "http://127.0.0.1:9")
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr == "relay: set RELAY_TOKEN or give --token-file PATH\n"
 
 

@@ -555,7 +555,10 @@ def test_syntax_error_names_the_line(tmp_path: Path) -> None:
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    assert problems(tmp_path) == [f"{tmp_path}/node.toml:1: (file): no such file"]
+    assert problems(tmp_path) == [
+        f"{tmp_path}/node.toml: no such file, so {tmp_path} is not a node directory;"
+        " `relay init DIR --name NAME --jurisdiction CC` creates a node directory"
+    ]
 
 
 def test_several_errors_reported_together_in_file_order(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from relay.cli.client import status_exit_code
 from tests import pgserver
 from tests.pgserver import COORDINATION_TABLES
 
@@ -194,8 +195,14 @@ class NodeProc:
         return [json.loads(ln) for ln in out.stdout.splitlines() if ln.strip()]
 
     def status(self, mailbox: str, msg_id: str) -> dict[str, Any]:
-        out = relay("status", "--node", self.url, "--token", self.tokens[mailbox], msg_id, "--json")
+        out = relay(
+            "status", "--node", self.url, "--token", self.tokens[mailbox], msg_id, "--json",
+            check=False,
+        )  # fmt: skip
         doc: dict[str, Any] = json.loads(out.stdout)
+        # the exit code says what the document says: 0 delivered, 3 failed, 4 pending
+        statuses = [r["status"] for r in doc["recipients"].values()]
+        assert out.returncode == status_exit_code(statuses), (out.returncode, doc, out.stderr)
         return doc
 
     def row_counts(self) -> dict[str, int]:

@@ -125,7 +125,7 @@ def test_backlog_summary_hold_release_delete_retry(
     # changes need the running node
     assert a.stop() == 0
     down = relay("queue", "retry", a.dir, "--dest", "b.test", check=False)
-    assert down.returncode == 1 and "not running" in down.stderr
+    assert down.returncode == 5 and "not running" in down.stderr
     assert relay("queue", a.dir, "--json").stdout == ""  # reading works while stopped
 
 

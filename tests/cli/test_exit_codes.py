@@ -1,0 +1,182 @@
+"""Exit codes of the client commands and the errors a new user meets first (issue 17).
+
+Each case runs `relay` in process against nothing (a closed loopback port,
+or no node at all): the code and the message are decided before, or
+instead of, any answer from a node. The codes a node's answers give
+(0 delivered, 3 failed, 4 pending) are checked by the e2e harness on every
+`relay status` it runs (tests/e2e/harness.py, NodeProc.status).
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+from pathlib import Path
+
+import pytest
+
+from relay.cli import main as cli
+from relay.cli.client import node_url, status_exit_code
+from relay.errors import NotFound, Unavailable, Unreachable, UsageError
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port  # nothing listens on it once the socket is closed
+
+
+@pytest.mark.parametrize(
+    ("statuses", "code"),
+    [
+        (["delivered"], cli.EXIT_OK),
+        (["delivered", "delivered"], cli.EXIT_OK),
+        (["queued"], cli.EXIT_PENDING),
+        (["sent"], cli.EXIT_PENDING),
+        (["delivered", "sent"], cli.EXIT_PENDING),
+        (["rejected", "queued"], cli.EXIT_PENDING),  # not final yet for one of them
+        (["rejected"], cli.EXIT_POLICY),
+        (["expired"], cli.EXIT_POLICY),
+        (["delivered", "rejected"], cli.EXIT_POLICY),
+        (["some-future-status"], cli.EXIT_PENDING),  # unknown: not known to be final
+    ],
+)
+def test_status_exit_code(statuses: list[str], code: int) -> None:
+    assert status_exit_code(statuses) == code
+
+
+def test_exit_code_of_each_error_kind() -> None:
+    assert cli.exit_code(UsageError("x")) == cli.EXIT_USAGE == 2
+    assert cli.exit_code(Unreachable("x")) == cli.EXIT_UNREACHABLE == 5
+    assert cli.exit_code(Unavailable("x")) == cli.EXIT_FAILURE == 1
+    assert cli.exit_code(NotFound("x")) == cli.EXIT_FAILURE
+    assert (cli.EXIT_POLICY, cli.EXIT_PENDING) == (3, 4)
+
+
+@pytest.mark.parametrize(
+    ("value", "url"),
+    [
+        ("http://127.0.0.1:8701", "http://127.0.0.1:8701"),
+        ("https://relay.example.org/", "https://relay.example.org"),
+        ("http://[::1]:8701", "http://[::1]:8701"),
+    ],
+)
+def test_node_url_accepts(value: str, url: str) -> None:
+    assert node_url(value) == url
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("127.0.0.1:8701", "needs http:// or https://, e.g. http://127.0.0.1:8701"),
+        ("localhost:8701", "needs http:// or https://, e.g. http://localhost:8701"),
+        ("ftp://host", "needs http:// or https://, e.g. http://HOST:PORT"),
+        ("http://", "needs http:// or https://"),
+        ("http://h:1/?x=1", "a node URL has no ?query or #fragment"),
+    ],
+)
+def test_node_url_refuses(value: str, why: str) -> None:
+    with pytest.raises(UsageError, match=why.replace("?", r"\?")):
+        node_url(value)
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = cli.main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_a_url_without_scheme_is_a_usage_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RELAY_TOKEN", "rly_x")
+    code, err = _run(
+        ["send", "--node", "127.0.0.1:8701", "--to", "a@b.test", "--text", "x"], capsys
+    )
+    assert code == 2
+    assert err == (
+        "relay: --node '127.0.0.1:8701' is not a node URL: it needs http:// or https://,"
+        " e.g. http://127.0.0.1:8701\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "command", [["send", "--to", "a@b.test", "--text", "x"], ["inbox"], ["status", "0" * 32]]
+)
+def test_no_node_answering_exits_5_for_every_client_command(
+    command: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RELAY_TOKEN", "rly_x")
+    port = _closed_port()
+    code, err = _run([*command[:1], "--node", f"http://127.0.0.1:{port}", *command[1:]], capsys)
+    assert code == cli.EXIT_UNREACHABLE
+    assert err == (
+        f"relay: cannot reach the node at http://127.0.0.1:{port}: Connection refused"
+        " (is it running, and is this its [node] listen or public_url?)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "command", [["send", "--to", "a@b.test", "--text", "x"], ["inbox"], ["status", "x"]]
+)
+def test_no_node_given_is_a_usage_error(
+    command: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RELAY_URL", raising=False)
+    code, err = _run(command, capsys)
+    assert code == 2
+    assert err == "relay: give --node URL or set RELAY_URL (e.g. http://127.0.0.1:8701)\n"
+
+
+def test_send_refuses_an_empty_stdin(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RELAY_TOKEN", "rly_x")
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    # the port is closed: the refusal comes before any connection is tried
+    port = _closed_port()
+    code, err = _run(["send", "--node", f"http://127.0.0.1:{port}", "--to", "a@b.test"], capsys)
+    assert code == 2
+    assert err == "relay: stdin was empty: nothing to send (give --text, or pipe the message in)\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [
+        (["inbox", "--wait", "-1"], "argument --wait: -1 is out of range: give from 0 to 60"),
+        (["inbox", "--wait", "61"], "argument --wait: 61 is out of range: give from 0 to 60"),
+        (["inbox", "--limit", "0"], "argument --limit: 0 is out of range: give from 1 to 1000"),
+        (["inbox", "--limit", "many"], "argument --limit: 'many' is not a whole number"),
+        (
+            ["send", "--to", "a@b.test", "--ttl", "0"],
+            "argument --ttl: 0 is out of range: give 1 or more",
+        ),
+    ],
+)
+def test_bad_numbers_are_usage_errors(
+    argv: list[str], why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _run(argv, capsys)
+    assert code == 2
+    assert why in err
+
+
+def test_a_missing_node_directory_says_how_one_is_made(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _run(["check", str(tmp_path / "nosuchdir")], capsys)
+    assert code == 2
+    assert err == (
+        f"{tmp_path}/nosuchdir: no such node directory (or node.toml file);"
+        " `relay init DIR --name NAME --jurisdiction CC` creates a node directory\n"
+    )
+
+
+def test_init_with_port_0_needs_a_public_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["init", str(tmp_path / "n"), "--name", "n.test", "--jurisdiction", "RU"]
+    code, err = _run([*argv, "--listen", "127.0.0.1:0"], capsys)
+    assert code == 2
+    assert "give --public-url URL" in err
+    assert not (tmp_path / "n").exists()

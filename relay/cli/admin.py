@@ -31,6 +31,7 @@ from tomlkit.items import AoT, Table
 from tomlkit.toml_document import TOMLDocument
 
 from relay.cli.keys import add_key_actions
+from relay.cli.reload import apply_edit
 from relay.config.files import config_file, load_config, save_edited
 from relay.config.keys import generate_key_file, load_private_key
 from relay.config.model import CONFIG_NAME, Config
@@ -414,7 +415,7 @@ def cmd_peer_add(args: argparse.Namespace) -> int:
     append_table(node_file.doc, "peers", entry)
     node_file.save()
     _say(f"added peer {args.name} ({args.jurisdiction}) to {node_file.path}")
-    return 0
+    return apply_edit(node_file.path)
 
 
 def cmd_peer_update(args: argparse.Namespace) -> int:
@@ -440,7 +441,7 @@ def cmd_peer_update(args: argparse.Namespace) -> int:
         table["keys"] = _unique(args.keys)
     node_file.save()
     _say(f"updated peer {args.name} in {node_file.path}")
-    return 0
+    return apply_edit(node_file.path)
 
 
 def cmd_peer_remove(args: argparse.Namespace) -> int:
@@ -457,7 +458,7 @@ def _remove_entry(directory: Path, array: str, what: str, name: str) -> int:
     remove_table(node_file.doc, array, found[0])
     node_file.save()
     _say(f"removed {what} {name} from {node_file.path}")
-    return 0
+    return apply_edit(node_file.path)
 
 
 def _unique(values: list[str]) -> list[str]:
@@ -491,9 +492,11 @@ def cmd_mailbox_add(args: argparse.Namespace) -> int:
     entry: dict[str, object] = {"name": args.name, "token_sha256": mailbox_token_sha256(token)}
     append_table(node_file.doc, "mailboxes", entry)
     node_file.save()
-    _say(f"added mailbox {args.name} to {node_file.path}; its token is shown only this once:")
+    _say(f"added mailbox {args.name} to {node_file.path}")
+    code = apply_edit(node_file.path)
+    _say("its token is shown only this once:")
     print(token)
-    return 0
+    return code
 
 
 def cmd_mailbox_remove(args: argparse.Namespace) -> int:
@@ -522,9 +525,11 @@ def cmd_mailbox_rotate(args: argparse.Namespace) -> int:
     token = new_token()
     found[1]["token_sha256"] = mailbox_token_sha256(token)
     node_file.save()
-    _say(f"new token for mailbox {args.name}; the old one no longer works after reload:")
+    _say(f"new token for mailbox {args.name} in {node_file.path}")
+    code = apply_edit(node_file.path)
+    _say("the old token works until the node uses the change; the new one is shown only once:")
     print(token)
-    return 0
+    return code
 
 
 # --- check -------------------------------------------------------------------

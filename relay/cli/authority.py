@@ -29,11 +29,12 @@ from datetime import datetime
 from pathlib import Path
 
 from relay.cli.admin import _NodeFile
+from relay.cli.reload import apply_edit
 from relay.config.keys import generate_key_file, load_private_key
 from relay.config.model import DAY_MS
 from relay.config.tomledit import TomlLocator, append_table
 from relay.config.values import country_error, node_name_error, url_error
-from relay.errors import ConfigError, ConfigErrors, MalformedError
+from relay.errors import FILE_KEY, ConfigError, ConfigErrors, MalformedError
 from relay.policy.certs import decode_line, encode_line, fingerprint, format_ms
 from relay.protocol.certificate import Certificate, open_certificate, sign_certificate
 from relay.protocol.keystr import parse_public_key, public_key_string
@@ -187,10 +188,10 @@ def load_authority(directory: Path) -> AuthorityFile:
         data = tomllib.loads(text)
     except FileNotFoundError:
         raise ConfigErrors(
-            [ConfigError(str(path), 1, "(file)", "no such file (`relay authority init`)")]
+            [ConfigError(str(path), 1, FILE_KEY, "no such file (`relay authority init`)")]
         ) from None
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigErrors([ConfigError(str(path), 1, "(file)", str(e))]) from None
+        raise ConfigErrors([ConfigError(str(path), 1, FILE_KEY, str(e))]) from None
     locate = TomlLocator(text)
     errors: list[ConfigError] = []
 
@@ -293,10 +294,9 @@ def cmd_add(args: argparse.Namespace) -> int:
     append_table(node_file.doc, "authorities", entry)
     node_file.save()
     _say(
-        f"{node_file.path}: now trusting authority {args.name} for "
-        f"{', '.join(args.jurisdictions)} (takes effect at the next reload or restart)"
+        f"{node_file.path}: now trusting authority {args.name} for {', '.join(args.jurisdictions)}"
     )
-    return 0
+    return apply_edit(node_file.path)
 
 
 def cmd_issue(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from relay.cli.reload import apply_edit
 from relay.config.files import load_config
 from relay.config.keyops import (
     Rotation,
@@ -30,10 +31,6 @@ from relay.errors import MalformedError
 from relay.protocol.keystr import key_id, parse_public_key
 
 PEER_DIR_PLACEHOLDER = "YOUR_NODE_DIR"  # the same placeholder as `relay init` prints
-RELOAD_HINT = (
-    "apply it to the running node now: kill -HUP <pid of relay run> "
-    "(systemctl reload relay), or restart it"
-)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -122,7 +119,6 @@ def _report_rotation(r: Rotation) -> None:
             "note: this node's certificate lists its old key; ask the authority for a "
             "certificate that lists the new one"
         )
-    _say(RELOAD_HINT)
 
 
 def cmd_key_rotate(args: argparse.Namespace) -> int:
@@ -138,6 +134,7 @@ def cmd_key_rotate(args: argparse.Namespace) -> int:
         return 2
     r = rotate(args.dir, now_ms=now(), grace_ms=grace, keep_old_file=args.keep_old_key)
     _report_rotation(r)
+    code = apply_edit(args.dir)
     _say(
         f"the old key {key_id(r.old_key)} stays valid until {_when(r.valid_until_ms)} "
         "and is published in /.well-known/relay until then."
@@ -158,7 +155,7 @@ def cmd_key_rotate(args: argparse.Namespace) -> int:
             *(a for k in keys for a in ("--key", k)),
         )
     )
-    return 0
+    return code
 
 
 def cmd_key_revoke(args: argparse.Namespace) -> int:
@@ -174,8 +171,7 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
         for added in rv.added:
             _say(f"pinned key {key_id(added)} for {args.peer}")
         _say(f"revoked key {key_id(rv.key)} of {args.peer}: it is refused from now on")
-        _say(RELOAD_HINT)
-        return 0
+        return apply_edit(args.dir)
     config = load_config(args.dir)
     rv = revoke(args.dir, args.key, now_ms=now(), keep_old_file=args.keep_old_key)
     if rv.already:
@@ -186,8 +182,7 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
     if rv.rotation is not None:
         _report_rotation(rv.rotation)
         extra = ["--new-key", rv.rotation.new_key]
-    else:
-        _say(RELOAD_HINT)
+    code = apply_edit(args.dir)
     _say(
         "Give the line below to the admins of nodes that pin this one, so that they refuse "
         f"the key at once; they replace {PEER_DIR_PLACEHOLDER} with their node directory:"
@@ -197,7 +192,7 @@ def cmd_key_revoke(args: argparse.Namespace) -> int:
             "key", "revoke", PEER_DIR_PLACEHOLDER, rv.key, "--peer", config.node.name, *extra
         )
     )
-    return 0
+    return code
 
 
 def cmd_key_list(args: argparse.Namespace) -> int:

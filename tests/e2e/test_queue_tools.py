@@ -174,43 +174,19 @@ def test_backup_and_restore_serve_the_same_inbox(single: NodeProc, tmp_path: Pat
     assert a.status("alice", ids[0])["recipients"]["bob@a.test"]["status"] == "delivered"
 
 
-def test_sighup_reloads_and_refuses_a_bad_config(single: NodeProc) -> None:
+def test_config_commands_reload_the_running_node(single: NodeProc) -> None:
+    """`mailbox add` on a running node: its token works at once, and it says so."""
     a = single
     a.start()
-    assert a.proc is not None
-    a.add_mailbox("carol")  # written to node.toml while the node runs
-    refused = relay(
-        "send", "--node", a.url, "--token", a.tokens["carol"], "--to", "bob@a.test",
-        "--text", "too early", check=False,
-    )  # fmt: skip
-    assert refused.returncode == 1  # not loaded yet
-    a.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "reloaded" in a.logs(), what="reloaded in the log")
-    a.send("carol", ["bob@a.test"], "hello from carol")
+    added = relay("mailbox", "add", a.dir, "carol")
+    assert "the running node reloaded node.toml: the change is in effect now" in added.stderr
+    a.tokens["carol"] = added.stdout.splitlines()[-1]
+    a.send("carol", ["bob@a.test"], "at once")  # no SIGHUP, no 401
 
-    toml = a.dir / "node.toml"
-    good = toml.read_text()
-    toml.write_text(good.replace('jurisdiction = "RU"', 'jurisdiction = "XX"', 1))
-    a.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "reload_refused" in a.logs(), what="reload_refused in the log")
-    assert f"{toml}:" in a.logs() and "node.jurisdiction" in a.logs()
-    assert a.proc.poll() is None  # still running, on the old config
-    a.send("alice", ["bob@a.test"], "still here")
-    a.send("carol", ["bob@a.test"], "me too")
-
-    toml.write_text(good.replace('listen = "127.0.0.1:', 'listen = "127.0.0.2:', 1))
-    a.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "reload_restart_needed" in a.logs(), what="restart needed in the log")
-    texts = [m["text"] for m in a.inbox("bob")]
-    assert texts == ["hello from carol", "still here", "me too"]
-
-    # a rotated token takes over at the next reload, a removed mailbox stops
+    # a rotated token takes over and a removed mailbox stops, at once
     old_token = a.tokens["carol"]
     new_token = relay("mailbox", "rotate", a.dir, "carol").stdout.splitlines()[-1]
     relay("mailbox", "remove", a.dir, "alice")
-    reloads = full_log(a).count("reloaded")
-    a.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: full_log(a).count("reloaded") > reloads, what="another reload")
     for token, ok in ((old_token, False), (new_token, True), (a.tokens["alice"], False)):
         done = relay(
             "send", "--node", a.url, "--token", token, "--to", "bob@a.test", "--text", "x",
@@ -219,6 +195,43 @@ def test_sighup_reloads_and_refuses_a_bad_config(single: NodeProc) -> None:
         assert (done.returncode == 0) == ok, (token, done.stderr)
     assert a.stop() == 0
 
+    stopped = relay("mailbox", "add", a.dir, "dave")
+    assert stopped.stderr.splitlines()[1] == (
+        "the node is not running; it uses the change when it starts (relay run)"
+    )
+    gone = relay("reload", a.dir, check=False)
+    assert gone.returncode == 5
+    assert gone.stderr == f"relay: the node in {a.dir} is not running (no admin socket answers)\n"
 
-def full_log(node: NodeProc) -> str:
-    return node.log_path.read_text(errors="replace")
+
+def test_reload_refuses_a_bad_config_and_keeps_the_old_one(single: NodeProc) -> None:
+    a = single
+    a.start()
+    assert a.proc is not None
+    toml = a.dir / "node.toml"
+    good = toml.read_text()
+    toml.write_text(good.replace('jurisdiction = "RU"', 'jurisdiction = "XX"', 1))
+    a.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload_refused" in a.logs(), what="reload_refused in the log")
+    assert f"{toml}:" in a.logs() and "node.jurisdiction" in a.logs()
+    assert a.proc.poll() is None  # still running, on the old config
+    a.send("alice", ["bob@a.test"], "still here")
+
+    # the same through the admin socket: the problems are printed, exit 2
+    refused = relay("reload", a.dir, check=False)
+    assert refused.returncode == 2, refused.stderr
+    lines = refused.stderr.splitlines()
+    assert lines[0] == "relay: the running node refused node.toml and keeps its old config:"
+    assert lines[1].startswith(f"  {toml}:") and "node.jurisdiction" in lines[1]
+    a.send("alice", ["bob@a.test"], "and still")
+
+    toml.write_text(good.replace('listen = "127.0.0.1:', 'listen = "127.0.0.2:', 1))
+    later = relay("reload", a.dir, "--json")
+    assert json.loads(later.stdout)["restart_needed"] == ["node.listen"]
+    assert later.stderr == (
+        "reloaded: the running node uses node.toml as it is now\n"
+        "(node.listen changed too, but only a restart applies it; the old value is kept)\n"
+    )
+    texts = [m["text"] for m in a.inbox("bob")]
+    assert texts == ["still here", "and still"]
+    assert a.stop() == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -177,3 +178,89 @@ def test_compose_setup_storage_table_passes_relay_check(tmp_path: Path) -> None:
     err = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
         assert main(["check", str(node)]) == 0, err.getvalue()
+
+
+# --- the Grafana dashboard ------------------------------------------------------
+
+DOCS = DEPLOY.parent / "docs"
+DASHBOARD = DEPLOY / "grafana" / "relay.json"
+# labels Prometheus adds to every series it scrapes, and the one a node under
+# `relay run --workers N` adds to its counters and histograms (docs/metrics.md)
+ADDED_LABELS = {"instance", "job", "worker"}
+SERIES_SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+
+
+def _documented() -> dict[str, tuple[str, set[str]]]:
+    """docs/metrics.md's table: metric name -> (type, label names)."""
+    rows = re.findall(
+        r"^\| `(relay_[a-z_]+)` \| (\w+) \|([^|]*)\|", (DOCS / "metrics.md").read_text(), re.M
+    )
+    return {name: (kind, set(re.findall(r"`(\w+)`", labels))) for name, kind, labels in rows}
+
+
+def _family(name: str, kind: str) -> str:
+    return name.removesuffix("_total") if kind == "counter" else name
+
+
+def _series() -> dict[str, set[str]]:
+    """Every series name a node exposes -> the label names it may carry."""
+    out: dict[str, set[str]] = {}
+    for name, (kind, labels) in _documented().items():
+        family = _family(name, kind)
+        for suffix in SERIES_SUFFIXES.get(kind, ("",)):
+            out[family + suffix] = (
+                labels | ADDED_LABELS | ({"le"} if suffix == "_bucket" else set())
+            )
+    return out
+
+
+def _exprs() -> list[str]:
+    doc = json.loads(DASHBOARD.read_text())
+    return [t["expr"] for p in doc["panels"] for t in p.get("targets", [])]
+
+
+def test_metrics_doc_lists_exactly_the_metrics_a_node_registers() -> None:
+    from relay.node.metrics import Metrics
+
+    registered = {f.name: f.type for f in Metrics(mailbox_labels=True).registry.collect()}
+    documented = {_family(n, kind): kind for n, (kind, _) in _documented().items()}
+    assert documented == registered
+
+
+def test_dashboard_queries_only_metrics_and_labels_that_exist() -> None:
+    series = _series()
+    exprs = _exprs()
+    assert len(exprs) >= 15
+    queried: set[str] = set()
+    for expr in exprs:
+        names = re.findall(r"\b(relay_[a-z_]+)", expr)
+        assert names, expr
+        for name, matchers in re.findall(r"\b(relay_[a-z_]+)(?:\{([^}]*)\})?", expr):
+            assert name in series, f"{name} in {expr!r} is not a metric a node exposes"
+            queried.add(name)
+            for label in re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers):
+                assert label in series[name], f"{name} has no label {label!r}: {expr!r}"
+        for grouping in re.findall(r"\bby \(([^)]*)\)", expr):
+            for label in (g.strip() for g in grouping.split(",")):
+                assert any(label in series[n] for n in names), f"no {label!r} in {expr!r}"
+    # what issue 17 asked the dashboard to show
+    for needed in (
+        "relay_messages_submitted_total",  # throughput
+        "relay_queue_envelopes",  # queue depth per peer
+        "relay_queue_oldest_age_seconds",  # queue age per peer
+        "relay_decisions_total",  # refusals by rule
+        "relay_delivery_latency_seconds_bucket",  # delivery latency
+        "relay_database_size_bytes",  # storage
+    ):
+        assert needed in queried, needed
+
+
+def test_dashboard_is_importable_json() -> None:
+    doc = json.loads(DASHBOARD.read_text())
+    ids = [p["id"] for p in doc["panels"]]
+    assert len(ids) == len(set(ids))
+    assert {v["name"] for v in doc["templating"]["list"]} == {"datasource", "instance"}
+    for panel in doc["panels"]:
+        for target in panel.get("targets", []):
+            assert target["datasource"]["uid"] == "${datasource}"
+            assert 'instance=~"$instance"' in target["expr"]

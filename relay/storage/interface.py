@@ -55,6 +55,7 @@ from relay.storage.records import (
     RecipientStatus,
     SentEnvelope,
     StatusUpdate,
+    TraceRows,
     WebhookFailure,
 )
 
@@ -439,6 +440,11 @@ class Reads(Protocol):
 
     async def allows(self, envelope: bytes | None, limit: int) -> list[AllowRecord]:
         """The latest `limit` allows kept by stored envelopes, newest first."""
+        ...
+
+    async def trace(self, ident: bytes, receipt_limit: int) -> TraceRows:
+        """What is stored about message or envelope `ident` (relay.storage.trace_sql),
+        with up to `receipt_limit` receipts stored since its envelopes arrived."""
         ...
 
     async def retention_preview(self, cut: Cutoffs, limit: int) -> Preview:

@@ -334,3 +334,93 @@ class Lease:
     name: str
     holder: str
     expires: int
+
+
+# --- relay trace (relay.storage.trace_sql) ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TracedEnvelope:
+    """An envelope row of a traced message (no header, signature or body)."""
+
+    rid: int
+    id: bytes
+    origin: str
+    kind: str
+    sender: str
+    dest: str
+    created: int
+    expires: int
+    received: int
+    size: int
+    residency: str
+    from_peer: str | None  # None: submitted here (or written here, for a receipt)
+    rule_id: str
+    has_content: bool  # False once retention (or erasure) removed the body
+
+
+@dataclass(frozen=True, slots=True)
+class TracedRecipient:
+    """A recipient's status at the origin."""
+
+    address: str
+    rid: int
+    mailbox: str
+    status: str
+    reason: str
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class TracedQueue:
+    """A traced envelope still in the outbound queue."""
+
+    rid: int
+    hop: str
+    enqueued: int
+    attempts: int
+    last_error: str
+    held: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TracedInbox:
+    """A traced envelope in a local mailbox: when delivered, when read (acked)."""
+
+    rid: int
+    mailbox: str
+    delivered: int
+    acked: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TracedPendingReceipt:
+    """A receipt this node owes the origin and has not written yet."""
+
+    id: bytes
+    origin: str
+    status: str
+    reason: str
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class TracedReceipt:
+    """A stored receipt envelope that may name a traced envelope (its payload says)."""
+
+    writer: str
+    dest: str
+    received: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRows:
+    """Everything stored about one message id or envelope id (Reads.trace)."""
+
+    envelopes: tuple[TracedEnvelope, ...] = ()
+    recipients: tuple[TracedRecipient, ...] = ()
+    queue: tuple[TracedQueue, ...] = ()
+    inbox: tuple[TracedInbox, ...] = ()
+    pending_receipts: tuple[TracedPendingReceipt, ...] = ()
+    receipts: tuple[TracedReceipt, ...] = ()

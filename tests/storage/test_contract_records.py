@@ -7,8 +7,11 @@ interface only (tests/storage/contract.py).
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 
+from relay.protocol.envelope import RECEIPT_CTYPE, Envelope, make_header, seal
+from relay.protocol.receipt import Receipt, decode_receipt, encode_receipt
 from relay.storage.interface import Storage, WriteTx
 from relay.storage.records import (
     CertificateRecord,
@@ -19,9 +22,11 @@ from relay.storage.records import (
     InboxPage,
     PeerState,
     PendingReceipt,
+    Recipient,
+    TraceRows,
     WebhookFailure,
 )
-from tests.storage.contract import DAY_MS, HERE, T0, envelope, new, put
+from tests.storage.contract import DAY_MS, HERE, KEY, KEY_ID, T0, envelope, new, put
 
 # --- federation requests --------------------------------------------------------------
 
@@ -268,3 +273,91 @@ async def test_retention_steps_and_preview_agree(storage: Storage) -> None:
         Cutoffs(later.now, later.cmax, later.now, later.mmax, later.mmin, later.expired), 10
     )
     assert [(d.id, d.why) for d in marked.content] == [(young.header.id, "discarded")]
+
+
+# --- relay trace ----------------------------------------------------------------------
+
+
+def _receipt(ids: list[bytes], received: int) -> Envelope:
+    payload = encode_receipt(
+        Receipt(
+            "delivered", "", received, "DE", "enforce", tuple((i, (f"bob@{HERE}",)) for i in ids)
+        )
+    )
+    header = make_header(
+        id=os.urandom(16),
+        kind="receipt",
+        origin=HERE,
+        key_id=KEY_ID,
+        sender=f"postmaster@{HERE}",
+        to=["postmaster@peer.test"],
+        dest="peer.test",
+        created=received,
+        expires=received + DAY_MS,
+        residency=["DE"],
+        ctype=RECEIPT_CTYPE,
+        payload=payload,
+    )
+    return seal(header, payload, KEY)
+
+
+async def test_trace_finds_everything_stored_about_one_id(storage: Storage) -> None:
+    # at the origin: a message of two envelopes (the first one's id is the message id),
+    # one queued for its hop with a failed attempt
+    msg = b"\x01" * 16
+    first = envelope(origin=HERE, ident=msg, dest="peer.test", to=["bob@peer.test"])
+    second = envelope(origin=HERE, ident=b"\x02" * 16, dest="far.test", to=["eve@far.test"])
+    rid1, rid2 = await put(
+        storage,
+        [new(first, hop="peer.test", from_peer=None), new(second, hop="peer.test", from_peer=None)],
+    )
+    await storage.write(
+        lambda tx: tx.add_recipients(
+            [
+                Recipient(msg, "bob@peer.test", rid1, "alice", "queued", T0),
+                Recipient(msg, "eve@far.test", rid2, "alice", "queued", T0),
+            ]
+        )
+    )
+    await storage.write(lambda tx: tx.note_attempt([rid1], "HTTP 503"))
+    # received from a peer: in bob's inbox, read, a receipt owed and one written
+    inbound = envelope(ident=b"\x03" * 16)
+    await put(storage, [new(inbound, mailboxes=["bob"])], now=T0 + 5)
+    await storage.write(lambda tx: tx.ack_inbox("bob", [inbound.header.id], T0 + 9))
+    owed = PendingReceipt("peer.test", "delivered", "", "DE", inbound.header.id, (f"bob@{HERE}",))
+    await storage.write(lambda tx: tx.add_pending_receipts([owed], T0 + 6))
+    receipt = _receipt([inbound.header.id], T0 + 7)
+    await put(storage, [new(receipt, hop="peer.test", from_peer=None)], now=T0 + 7)
+
+    rows = await storage.trace(msg, 100)
+    assert [e.id for e in rows.envelopes] == [msg, second.header.id]
+    e = rows.envelopes[0]
+    assert (e.kind, e.origin, e.dest, e.from_peer, e.has_content) == (
+        "message",
+        HERE,
+        "peer.test",
+        None,
+        True,
+    )
+    assert [(r.address, r.rid, r.status) for r in rows.recipients] == [
+        ("bob@peer.test", rid1, "queued"),
+        ("eve@far.test", rid2, "queued"),
+    ]
+    assert sorted((q.rid, q.hop, q.attempts, q.last_error) for q in rows.queue) == [
+        (rid1, "peer.test", 1, "HTTP 503"),
+        (rid2, "peer.test", 0, ""),
+    ]
+    assert rows.inbox == () and rows.pending_receipts == ()
+    assert [r.received for r in rows.receipts] == [T0 + 7]  # stored since; the caller filters
+
+    rows = await storage.trace(inbound.header.id, 100)
+    assert [(e.id, e.from_peer) for e in rows.envelopes] == [(inbound.header.id, "peer.test")]
+    assert [(i.mailbox, i.delivered, i.acked) for i in rows.inbox] == [("bob", T0 + 5, T0 + 9)]
+    assert [(p.origin, p.status, p.at) for p in rows.pending_receipts] == [
+        ("peer.test", "delivered", T0 + 6)
+    ]
+    assert [(r.writer, r.dest) for r in rows.receipts] == [(HERE, "peer.test")]
+    assert decode_receipt(rows.receipts[0].payload).entries[0][0] == inbound.header.id
+
+    assert await storage.trace(b"\x09" * 16, 100) == TraceRows()
+    assert len((await storage.trace(inbound.header.id, 0)).receipts) == 0

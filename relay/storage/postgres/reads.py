@@ -18,7 +18,8 @@ from typing import Any
 import psycopg
 
 from relay.errors import StoreError
-from relay.storage import rowmaps
+from relay.storage import purge_sql as p
+from relay.storage import rowmaps, trace_sql
 from relay.storage.audit import AuditReads
 from relay.storage.postgres import sql as q
 from relay.storage.postgres.connect import Link, connection_lost, describe
@@ -37,6 +38,7 @@ from relay.storage.records import (
     Queued,
     QueueListing,
     RecipientStatus,
+    TraceRows,
 )
 from relay.storage.tables import TABLES
 
@@ -293,6 +295,24 @@ class PgReads(AuditReads):
             (*params, limit),
         )
         return [rowmaps.allow_of(r) for r in found]
+
+    async def trace(self, ident: bytes, receipt_limit: int) -> TraceRows:
+        t = trace_sql
+        named = {"ident": ident}
+        found = [
+            await self.fetchall(p.pyformat(query), named)
+            for query in (t.ENVELOPES, t.RECIPIENTS, t.QUEUE, t.INBOX, t.PENDING_RECEIPTS)
+        ]
+        since = min((int(r["received"]) for r in found[0]), default=None)
+        receipts = (
+            []
+            if since is None
+            else await self.fetchall(
+                p.pyformat(t.RECEIPTS), {"since": since, "limit": receipt_limit}
+            )
+        )
+        envelopes, recipients, queue, inbox, pending = found
+        return trace_sql.trace_rows(envelopes, recipients, queue, inbox, pending, receipts)
 
     # --- retention preview -----------------------------------------------------------
 

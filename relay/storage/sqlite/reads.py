@@ -18,7 +18,7 @@ from typing import Any
 import aiosqlite
 
 from relay.errors import StoreError
-from relay.storage import rowmaps
+from relay.storage import rowmaps, trace_sql
 from relay.storage.audit import AuditReads
 from relay.storage.records import (
     AgeBucket,
@@ -34,6 +34,7 @@ from relay.storage.records import (
     Queued,
     QueueListing,
     RecipientStatus,
+    TraceRows,
 )
 from relay.storage.sqlite import retention
 from relay.storage.sqlite import rows as q
@@ -280,6 +281,22 @@ class SqliteReads(AuditReads):
             (*params, limit),
         )
         return [rowmaps.allow_of(r) for r in found]
+
+    async def trace(self, ident: bytes, receipt_limit: int) -> TraceRows:
+        t = trace_sql
+        named = {"ident": ident}
+        found = [
+            await self.fetchall(query, named)
+            for query in (t.ENVELOPES, t.RECIPIENTS, t.QUEUE, t.INBOX, t.PENDING_RECEIPTS)
+        ]
+        since = min((int(r["received"]) for r in found[0]), default=None)
+        receipts = (
+            []
+            if since is None
+            else await self.fetchall(t.RECEIPTS, {"since": since, "limit": receipt_limit})
+        )
+        envelopes, recipients, queue, inbox, pending = found
+        return trace_sql.trace_rows(envelopes, recipients, queue, inbox, pending, receipts)
 
     # --- retention preview -----------------------------------------------------------
 

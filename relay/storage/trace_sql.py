@@ -1,0 +1,90 @@
+"""What `relay trace` reads about one id, one SQL text for every backend.
+
+The id is a message id (what `relay send` prints: the recipients rows of the
+origin carry it as `msg`) or an envelope id. Each query takes the named
+parameter `:ident` (and the receipt scan `:since` and `:limit`); SQLite runs
+the text as written, PostgreSQL through `purge_sql.pyformat`. The rows become
+a TraceRows through `trace_rows`, the same for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import fields
+from typing import Any, TypeVar
+
+from relay.storage.records import (
+    TracedEnvelope,
+    TracedInbox,
+    TracedPendingReceipt,
+    TracedQueue,
+    TracedReceipt,
+    TracedRecipient,
+    TraceRows,
+)
+from relay.storage.rowmaps import Row
+
+T = TypeVar("T")
+
+RIDS = (
+    "(SELECT rid FROM envelopes WHERE id = :ident"
+    " UNION SELECT rid FROM recipients WHERE msg = :ident)"
+)
+ENVELOPES = (
+    "SELECT rid, id, origin, kind, sender, dest, created, expires, received, size, residency,"
+    " from_peer, rule_id, payload_sha IS NOT NULL AS has_content"
+    f" FROM envelopes WHERE rid IN {RIDS} ORDER BY rid"
+)
+RECIPIENTS = (
+    "SELECT address, rid, mailbox, status, reason, at FROM recipients"
+    " WHERE msg = :ident ORDER BY address"
+)
+QUEUE = f"SELECT rid, hop, enqueued, attempts, last_error, held FROM queue WHERE rid IN {RIDS}"
+INBOX = f"SELECT rid, mailbox, delivered, acked FROM inbox WHERE rid IN {RIDS} ORDER BY seq"
+PENDING_RECEIPTS = (
+    "SELECT id, origin, status, reason, at FROM pending_receipts"
+    f" WHERE id IN (SELECT id FROM envelopes WHERE rid IN {RIDS}) ORDER BY seq"
+)
+# receipts stored since the traced envelopes arrived; the caller keeps those
+# whose payload names one of them (a receipt's entries are inside its payload)
+RECEIPTS = (
+    "SELECT e.origin AS writer, e.dest, e.received, p.body AS payload FROM envelopes e"
+    " JOIN payloads p ON p.sha = e.payload_sha"
+    " WHERE e.kind = 'receipt' AND e.received >= :since ORDER BY e.rid LIMIT :limit"
+)
+
+
+_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "int": int,
+    "bytes": bytes,
+    "str": str,
+    "bool": bool,
+    "int | None": lambda v: None if v is None else int(v),
+    "str | None": lambda v: None if v is None else str(v),
+}
+
+
+def _records(cls: type[T], rows: Sequence[Row]) -> tuple[T, ...]:
+    """Each row as a `cls`, its columns named like the fields (SQLite's ints and
+    PostgreSQL's booleans alike become the field's type)."""
+    convert = [(f.name, _CONVERT[str(f.type)]) for f in fields(cls)]  # type: ignore[arg-type]
+    return tuple(cls(**{name: conv(r[name]) for name, conv in convert}) for r in rows)
+
+
+def trace_rows(
+    envelopes: Sequence[Row],
+    recipients: Sequence[Row],
+    queue: Sequence[Row],
+    inbox: Sequence[Row],
+    pending: Sequence[Row],
+    receipts: Sequence[Row],
+) -> TraceRows:
+    """The rows of the queries above as records."""
+    return TraceRows(
+        envelopes=_records(TracedEnvelope, envelopes),
+        recipients=_records(TracedRecipient, recipients),
+        queue=_records(TracedQueue, queue),
+        inbox=_records(TracedInbox, inbox),
+        pending_receipts=_records(TracedPendingReceipt, pending),
+        receipts=_records(TracedReceipt, receipts),
+    )

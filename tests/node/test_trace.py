@@ -1,0 +1,85 @@
+"""relay.node.trace: stored rows to a timeline, with tables of rows and no database."""
+
+from __future__ import annotations
+
+from relay.node.trace import Event, timeline
+from relay.protocol.receipt import Receipt, encode_receipt
+from relay.storage.records import (
+    AllowRecord,
+    DecisionRecord,
+    TracedEnvelope,
+    TracedInbox,
+    TracedQueue,
+    TracedReceipt,
+    TracedRecipient,
+    TraceRows,
+)
+
+T = 1_700_000_000_000
+MSG = b"\x01" * 16
+OTHER = b"\x02" * 16
+
+
+def env(
+    ident: bytes = MSG, *, from_peer: str | None = None, content: bool = True
+) -> TracedEnvelope:
+    return TracedEnvelope(
+        rid=1, id=ident, origin="a.test", kind="message", sender="alice@a.test",
+        dest="b.test", created=T, expires=T + 1, received=T, size=12, residency="RU",
+        from_peer=from_peer, rule_id="keep-home" if from_peer else "", has_content=content,
+    )  # fmt: skip
+
+
+def receipt(writer: str, ids: list[bytes], status: str = "delivered", reason: str = "") -> bytes:
+    entries = tuple((i, ("bob@b.test",)) for i in ids)
+    return encode_receipt(Receipt(status, reason, T, "RU", "enforce", entries))
+
+
+def texts(events: list[Event]) -> list[tuple[str, str]]:
+    return [(e.what, e.text) for e in events]
+
+
+def test_origin_submitted_queued_denied_then_receipt_and_status() -> None:
+    rows = TraceRows(
+        envelopes=(env(),),
+        recipients=(TracedRecipient("bob@b.test", 1, "alice", "delivered", "", T + 40),),
+        queue=(TracedQueue(1, "b.test", T + 1, 2, "HTTP 503", True),),
+        receipts=(
+            TracedReceipt("b.test", "a.test", T + 30, receipt("b.test", [OTHER, MSG])),
+            TracedReceipt("b.test", "a.test", T + 31, receipt("b.test", [OTHER])),  # not ours
+            TracedReceipt("b.test", "a.test", T + 32, b"\xc1 not msgpack"),  # skipped
+        ),
+    )
+    allows = [AllowRecord(T, "submit", MSG, "b.test", "builtin:default", "RU", "h")]
+    decisions = [DecisionRecord(T + 2, "forward", MSG, "b.test", "audit", "r1", "would deny", "h")]
+    assert texts(timeline("a.test", rows, decisions, allows)) == [
+        ("submitted",
+         "submitted by alice@a.test for b.test: 12 bytes, residency RU, rule builtin:default"),
+        ("queued", "queued for b.test, on hold: 2 attempt(s) so far; last error: HTTP 503"),
+        ("decision", "decision at forward: audit, rule r1 peer b.test: would deny"),
+        ("receipt_received", "receipt from b.test: delivered for bob@b.test"),
+        ("status", "bob@b.test: delivered"),
+    ]  # fmt: skip
+
+
+def test_destination_received_delivered_receipt_read_and_purged_content() -> None:
+    rows = TraceRows(
+        envelopes=(env(from_peer="a.test", content=False),),
+        inbox=(TracedInbox(1, "bob", T + 1, T + 9),),
+        receipts=(TracedReceipt("b.test", "a.test", T + 5, receipt("b.test", [MSG])),),
+    )
+    events = timeline("b.test", rows, [], [])
+    assert texts(events) == [
+        ("received",
+         "received from a.test: alice@a.test to b.test, 12 bytes, residency RU, rule keep-home"),
+        ("inbox_delivered", "in mailbox bob"),
+        ("receipt_written", "receipt to a.test: delivered for bob@b.test"),
+        ("inbox_read", "read and acknowledged by bob"),
+        ("content_removed", "content no longer stored (retention or erasure)"),
+    ]  # fmt: skip
+    assert {e.envelope for e in events} == {MSG.hex()}
+    assert events[-1].at == 0  # the database keeps no time for it: listed last
+
+
+def test_nothing_stored_is_an_empty_timeline() -> None:
+    assert timeline("a.test", TraceRows(), [], []) == []

@@ -18,9 +18,24 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 _FIELDS = "relay_fields"
+LOG_IDS = 20  # ids named in full in one line; a larger batch names this many
+
+
+def id_fields(ids: Sequence[bytes], limit: int = LOG_IDS) -> dict[str, Any]:
+    """Fields naming the message or envelope ids of one event, for grep.
+
+    `ids=` lists up to `limit` ids in full hex, comma-separated, so `grep ID`
+    finds the line; `ids_more=N` counts the rest. A line per batch, never a
+    line per id: at high rates batches grow and the log does not.
+    """
+    fields: dict[str, Any] = {"ids": ",".join(i.hex() for i in ids[:limit])}
+    if len(ids) > limit:
+        fields["ids_more"] = len(ids) - limit
+    return fields
 
 
 def event(log: logging.Logger, name: str, level: int = logging.INFO, **fields: Any) -> None:

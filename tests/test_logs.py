@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from relay import logs
 from relay.logs import JsonFormatter, TextFormatter, event
 
 # Everything str.splitlines() (and so many log readers) treats as a line end,
@@ -111,3 +112,24 @@ def test_ordinary_values_keep_their_form(value: object, shown: str) -> None:
 def test_json_keeps_types() -> None:
     doc = json.loads(_render(JsonFormatter(), n=3, ok=True, batch=b"\xab", who="a.test"))
     assert (doc["n"], doc["ok"], doc["batch"], doc["who"]) == (3, True, "ab", "a.test")
+
+
+@pytest.mark.parametrize(
+    ("count", "fields"),
+    [
+        (0, {"ids": ""}),
+        (1, {"ids": "00" * 16}),
+        (2, {"ids": f"{'00' * 16},{'01' * 16}"}),
+        (3, {"ids": f"{'00' * 16},{'01' * 16}", "ids_more": 1}),
+    ],
+)
+def test_id_fields_name_ids_in_full_up_to_a_limit(count: int, fields: dict[str, object]) -> None:
+    ids = [bytes([i]) * 16 for i in range(count)]
+    assert logs.id_fields(ids, limit=2) == fields
+
+
+def test_id_fields_default_limit_keeps_a_batch_line_short() -> None:
+    ids = [i.to_bytes(16, "big") for i in range(1000)]
+    fields = logs.id_fields(ids)
+    assert fields["ids_more"] == 1000 - logs.LOG_IDS
+    assert len(str(fields["ids"])) == logs.LOG_IDS * 33 - 1

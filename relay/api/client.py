@@ -30,7 +30,7 @@ from relay.errors import (
     Unauthorized,
     Unavailable,
 )
-from relay.logs import event
+from relay.logs import event, id_fields
 from relay.node import backpressure, submit
 from relay.node.http import read_capped, refuse_declared
 from relay.node.state import NodeState
@@ -153,7 +153,13 @@ async def _submit(request: web.Request, batch: bool) -> web.Response:
     finally:
         backpressure.release(state, request)
     state.metrics.submitted_messages(mailbox, planned)
-    event(log, "submitted", mailbox=mailbox, messages=len(planned))
+    event(
+        log,
+        "submitted",
+        mailbox=mailbox,
+        messages=len(planned),
+        **id_fields([pm.msg_id for pm in planned]),
+    )
     return web.json_response(result, status=202)
 
 

@@ -42,7 +42,7 @@ from relay.errors import (
     TooLarge,
 )
 from relay.federation import relaying
-from relay.logs import event
+from relay.logs import event, id_fields
 from relay.node import backpressure, certificates, quota
 from relay.node.decisions import decision_record, refusal
 from relay.node.http import UNREAD_BODY, error_response, read_capped, refuse_declared
@@ -275,6 +275,7 @@ async def _answer(
         peer=peer,
         batch=batch.batch_id,
         envelopes=len(ids),
+        **id_fields(ids),
         accepted=accepted,
         rejected=len(refusals),
         duplicate=len(results) - accepted - len(refusals),

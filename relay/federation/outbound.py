@@ -46,7 +46,7 @@ import aiohttp
 
 from relay.errors import BadSignature, MalformedError, RelayError
 from relay.federation import relaying
-from relay.logs import event
+from relay.logs import event, id_fields
 from relay.node.decisions import decision_record
 from relay.node.http import read_capped
 from relay.node.queue_end import Ending, end_queued
@@ -458,6 +458,7 @@ class Sender:
                 peer=self.hop,
                 batch=batch_id,
                 envelopes=len(items),
+                **id_fields([it.id for it in items]),
                 outcome="ok",
                 results=",".join(f"{k}:{v}" for k, v in sorted(counts.items())),
                 attempt=planned.failures + 1,
@@ -477,6 +478,7 @@ class Sender:
                 delay,
                 error=outcome.error,
                 attempt=planned.failures + 1,
+                **id_fields([it.id for it in items]),
             )
             return outcome
         if isinstance(outcome, GiveUp):
@@ -538,7 +540,14 @@ class Sender:
         await st.store.write(job)
         st.metrics.attempt(self.hop, "retry")
         self._warn(
-            "retry", batch_id, len(items), delay, error=error, attempt=failures, next_try_ms=wait
+            "retry",
+            batch_id,
+            len(items),
+            delay,
+            error=error,
+            attempt=failures,
+            next_try_ms=wait,
+            **id_fields([it.id for it in items]),
         )
 
     async def _settle(

@@ -8,6 +8,7 @@ and that /healthz answers other clients; no test asserts how fast.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import socket
 import time
 import urllib.error
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.config.test_tls import issue, make_ca
 from tests.e2e.harness import NodeProc, make_node, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -120,3 +122,44 @@ def test_connection_cap_logs_once_and_idle_sockets_are_closed(node: NodeProc) ->
         for s in idle:
             s.close()
     assert 1 <= len(log_lines(node, "connections_refused")) < 20  # not one line per socket
+
+
+@dataclasses.dataclass
+class TlsNode(NodeProc):
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+
+def test_a_tls_node_counts_connections_still_in_their_handshake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sockets that never send a ClientHello fill the cap of 20: the rest are closed
+    with `connections_refused`, header_timeout lets the 20 go, and TLS serves again."""
+    ca = make_ca("e2e ca")
+    cert, key = issue(ca, tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca.write(tmp_path / "ca.pem")))  # for urllib
+    plain = make_node(tmp_path, "n.test", "DE")
+    node = TlsNode(**{f.name: getattr(plain, f.name) for f in dataclasses.fields(plain)})
+    toml = node.dir / "node.toml"
+    text = toml.read_text().replace(
+        "[node]\n", f'[node]\ntls_cert = "{cert}"\ntls_key = "{key}"\n', 1
+    )
+    toml.write_text(text + LIMITS)
+    node.start()
+    try:
+        assert healthy(node)
+        silent = [socket.create_connection(("127.0.0.1", node.port), timeout=10) for _ in range(40)]
+        try:
+            lines = wait_for(lambda: log_lines(node, "connections_refused"), what="the cap line")
+            assert "max_connections=20" in lines[0], lines
+            for s in silent:  # each closed by the node: past the cap, or its handshake ran out
+                with contextlib.suppress(ConnectionResetError):
+                    assert s.recv(1) == b""
+        finally:
+            for s in silent:
+                s.close()
+        wait_for(lambda: healthy(node), what="/healthz over TLS once the silent sockets are gone")
+    finally:
+        assert node.stop() == 0
+    assert "Traceback" not in node.logs()

@@ -41,7 +41,7 @@ from relay.errors import (
     Replay,
     TooLarge,
 )
-from relay.federation import relaying
+from relay.federation import relaying, witness
 from relay.logs import event, id_fields
 from relay.node import backpressure, certificates, quota
 from relay.node.decisions import decision_record, refusal
@@ -199,6 +199,7 @@ async def receive(state: NodeState, request: web.Request) -> tuple[bytes, int]:
     if peer is None or not isinstance(step, Admit):
         raise RelayError(f"inbound: unexpected step {type(step).__name__}")
     state.peer_contacted(peer.name)  # its signature verified: a backoff towards it ends
+    await witness.observe(state, peer, request.headers)  # its tree head, if it sent one
     charged = body is None and request.content_length is not None
     if charged:  # 429 before the body is read
         state.limits.peer_body(peer.name, request.content_length or 0)

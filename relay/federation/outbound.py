@@ -54,6 +54,7 @@ from relay.node.state import NodeState
 from relay.policy.residency import Decision, check_forward
 from relay.policy.trust import TrustedNode
 from relay.protocol import httpsig
+from relay.protocol.audit import TREE_HEAD_HEADER, tree_head_header
 from relay.protocol.batch import Batch, BatchItem, BatchResult, encode_batch, open_result
 from relay.protocol.outbound import (
     RETRY_AFTER_STATUSES,
@@ -644,6 +645,8 @@ class Sender:
         if own := st.trust.own_certificates[: httpsig.MAX_HEADER_CERTIFICATES]:
             # Introduces this node to a receiver that has not pinned it (protocol.md §9).
             headers[httpsig.CERTIFICATE_HEADER] = httpsig.certificate_header(own)
+        if st.tree_head is not None:  # for the receiver to keep (protocol.md §19)
+            headers[TREE_HEAD_HEADER] = tree_head_header(st.tree_head)
         url = f"{peer.url}/federation/v1/batch"
         fed = st.config.federation
         timeout = aiohttp.ClientTimeout(

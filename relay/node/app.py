@@ -45,6 +45,7 @@ from relay.node.state import CONTACT, NodeState, wall_clock_ms
 from relay.node.webhooks import Webhooks
 from relay.policy.certfiles import watch_store
 from relay.policy.keyring import published_keys
+from relay.protocol.audit import decode_signed_head
 from relay.storage.interface import WriteTx
 
 log = logging.getLogger("relay.node")
@@ -135,6 +136,8 @@ class Node:
         state.trust.learn(await store.certificates(state.now_ms()), saved=True)
         if self.worker in (None, 0):  # one config entry per start, before any request
             await self._log_config("start")
+        if (last := await store.latest_tree_head()) is not None:  # peers get it until the next
+            state.tree_head = decode_signed_head(last.wire)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit_per_host=4, keepalive_timeout=60, ssl=client_ssl),
             headers={"User-Agent": "relay/0.1"},

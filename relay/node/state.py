@@ -69,6 +69,8 @@ class NodeState:
         # The latest signed tree head of the audit log (relay.node.audit); senders
         # carry it to peers.
         self.tree_head: SignedHead | None = None
+        # The last Relay-Tree-Head value each peer sent (relay.federation.witness).
+        self.witnessed: dict[str, str] = {}
         # This worker holds the leader lease (relay.node.leases) and runs the
         # node's background jobs; a state outside a running node is its only worker.
         self.leading = True

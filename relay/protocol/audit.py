@@ -28,6 +28,7 @@ from relay.errors import MalformedError, ProofFailed
 from relay.protocol import ed25519
 from relay.protocol.merkle import HASH_SIZE, leaf_hash
 from relay.protocol.names import valid_node_name
+from relay.protocol.sfv import b64, b64_canonical
 from relay.protocol.strict import (
     bin_field,
     fields,
@@ -40,6 +41,7 @@ from relay.protocol.strict import (
 )
 
 TREE_HEAD_DOMAIN = b"relay-tree-head-v1\x00"
+TREE_HEAD_HEADER = "Relay-Tree-Head"  # the optional batch header (docs/protocol.md §19)
 TREE_HEAD_VERSION = 1
 
 # The kinds this version writes (docs/audit.md lists their fields).
@@ -219,3 +221,19 @@ def verify_head(signed: SignedHead, pub: Ed25519PublicKey) -> None:
             f"tree head of {h.node} (size {h.size}, at {h.at}): "
             f"the signature does not verify under key {h.key}"
         )
+
+
+def tree_head_header(signed: SignedHead) -> str:
+    """The Relay-Tree-Head value: an RFC 8941 byte sequence of the [head, signature] array."""
+    return f":{b64(signed.wire())}:"
+
+
+def parse_tree_head_header(value: str) -> SignedHead:
+    """A Relay-Tree-Head value, decoded (the signature is not checked); MalformedError."""
+    text = value.strip(" \t")
+    raw = b64_canonical(text[1:-1]) if len(text) > 2 and text[0] == text[-1] == ":" else None
+    if raw is None:
+        raise MalformedError(
+            f"{TREE_HEAD_HEADER}: not a byte sequence of canonical padded base64 between colons"
+        )
+    return decode_signed_head(raw)

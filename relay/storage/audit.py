@@ -310,6 +310,15 @@ class AuditReads(AuditSql):
         found = await self._audit_rows("SELECT size, at, head FROM audit_heads ORDER BY size", ())
         return [StoredHead(int(r["size"]), int(r["at"]), bytes(r["head"])) for r in found]
 
+    async def latest_tree_head(self) -> StoredHead | None:
+        """The kept signed head of the largest size, if any."""
+        found = await self._audit_rows(
+            "SELECT size, at, head FROM audit_heads ORDER BY size DESC LIMIT 1", ()
+        )
+        if not found:
+            return None
+        return StoredHead(int(found[0]["size"]), int(found[0]["at"]), bytes(found[0]["head"]))
+
     async def witnessed_heads(self, peer: str | None) -> list[WitnessedHead]:
         """Heads peers sent (of `peer`, or all), by peer, size and time."""
         where = "" if peer is None else self._sql(" WHERE peer = ?")

@@ -487,6 +487,10 @@ class Reads(Protocol):
         """Every kept signed tree head, by size."""
         ...
 
+    async def latest_tree_head(self) -> StoredHead | None:
+        """The kept signed tree head of the largest size, if any."""
+        ...
+
     async def witnessed_heads(self, peer: str | None) -> list[WitnessedHead]:
         """Tree heads peers sent (of `peer`, or all), by peer, size and time."""
         ...

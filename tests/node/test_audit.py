@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from relay.node.app import Node
 from relay.protocol.audit import CONFIG, decode_entry, decode_signed_head, verify_head
@@ -40,6 +41,7 @@ async def entries(node: Node) -> list[Any]:
     return [decode_entry(r.entry) for r in await node.state.store.audit_entries(0, 10_000)]
 
 
+@pytest.mark.slow
 async def test_a_delivery_is_logged_at_both_ends_and_heads_cover_it(tmp_path: Path) -> None:
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
     b_key = write_node(b_dir, "b.test")
@@ -89,6 +91,18 @@ async def test_a_delivery_is_logged_at_both_ends_and_heads_cover_it(tmp_path: Pa
         assert signed.head.size == len(at_a) and signed.head.root == root(leaves)
         assert a.state.tree_head == signed
 
+        # the next batch carries the head to b.test, which keeps it
+        async with aiohttp.ClientSession() as s:
+            code, doc = await send(s, a, ["bob@b.test"], "after the head")
+            assert code == 202, doc
+
+        async def witnessed() -> bool:
+            assert b.state is not None
+            kept = await b.state.store.witnessed_heads("a.test")
+            return [w.wire for w in kept] == [signed.wire()]
+
+        await wait_for(witnessed, "a.test's head kept at b.test")
+
         assert (await a.reload()).applied
         last = (await entries(a))[-1]
         assert (last.kind, last.text("reason")) == (CONFIG, "reload")
@@ -101,7 +115,7 @@ async def test_a_delivery_is_logged_at_both_ends_and_heads_cover_it(tmp_path: Pa
         assert a2.state is not None
         heads = await a2.state.store.tree_heads()
         final = decode_signed_head(heads[-1].wire)
-        assert final.head.size == len(at_a) + 1
+        assert final.head.size > len(at_a) + 1  # the reload's entry and the later mail
         verify_head(final, parse_public_key(a_key))
     finally:
         await a2.stop()

@@ -289,16 +289,19 @@ class Node:
             await self.webhooks.stop()
 
     async def _last_flush(self) -> None:
-        """At stop, the leader writes the receipts still pending (before it lets go)."""
+        """At stop, the leader writes the receipts still pending (before it lets go),
+        and this process signs a last tree head."""
         state = self.state
         if state is not None and state.leading:
             with contextlib.suppress(RelayError):
                 await receipts.flush(state)
-            if self.audit is not None:  # the last head covers everything this node did
-                try:
-                    await self.audit.sign()
-                except RelayError as e:
-                    event(log, "tree_head_failed", logging.ERROR, detail=e.detail)
+        if state is not None and self.audit is not None:
+            # The last head covers everything this node did; every worker signs one
+            # (the same size twice is one row), as the leader may be gone already.
+            try:
+                await self.audit.sign()
+            except RelayError as e:
+                event(log, "tree_head_failed", logging.ERROR, detail=e.detail)
 
     async def _log_config(self, reason: str) -> None:
         if self.audit is None:

@@ -138,6 +138,8 @@ class Node:
             await self._log_config("start")
         if (last := await store.latest_tree_head()) is not None:  # peers get it until the next
             state.tree_head = decode_signed_head(last.wire)
+        if self.worker is not None:
+            self.tasks.append(asyncio.create_task(self.audit.follow(), name="tree-head-follow"))
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit_per_host=4, keepalive_timeout=60, ssl=client_ssl),
             headers={"User-Agent": "relay/0.1"},

@@ -24,7 +24,7 @@ import logging
 from relay.errors import RelayError
 from relay.logs import event
 from relay.node.state import NodeState
-from relay.protocol.audit import CONFIG, SignedHead, TreeHead, sign_head
+from relay.protocol.audit import CONFIG, SignedHead, TreeHead, decode_signed_head, sign_head
 from relay.protocol.merkle import Frontier
 from relay.storage.audit import AuditEvent, StoredHead
 from relay.storage.interface import WriteTx
@@ -84,6 +84,22 @@ class AuditLog:
                 await self.sign()
             except RelayError as e:
                 event(log, "tree_head_failed", logging.ERROR, detail=e.detail)
+
+    async def follow(self) -> None:
+        """Under `--workers N`: a worker that does not lead takes the leader's latest
+        head from storage every HEAD_INTERVAL_S, so its batches carry it too."""
+        st = self.state
+        while not st.stopping:
+            await asyncio.sleep(HEAD_INTERVAL_S)
+            if st.leading:
+                continue
+            try:
+                last = await st.store.latest_tree_head()
+            except RelayError as e:
+                event(log, "tree_head_not_read", logging.WARNING, detail=e.detail)
+                continue
+            if last is not None:
+                st.tree_head = decode_signed_head(last.wire)
 
     async def log_config(self, reason: str) -> None:
         """Append a config entry: what the node runs under from now on."""

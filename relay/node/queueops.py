@@ -27,6 +27,7 @@ from relay.logs import event
 from relay.node import retention
 from relay.node.queue_end import Ending, end_queued
 from relay.node.state import NodeState
+from relay.storage.audit import deleted_event
 from relay.storage.interface import WriteTx
 from relay.storage.records import QueueRef
 
@@ -137,6 +138,10 @@ async def delete(state: NodeState, ids: Sequence[bytes]) -> ActionResult:
         now = state.now_ms()
         endings = [Ending(it, "rejected", DELETED_REASON) for it in items]
         await end_queued(tx, state.name, endings, now, by="admin")
+        if items:
+            await tx.append_audit(
+                [deleted_event(now, [it.id for it in items], "admin", DELETED_REASON)]
+            )
         await retention.drop_content(
             tx, [it.rid for it in items], state.config.retention, now, source="admin_delete"
         )

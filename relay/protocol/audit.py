@@ -51,7 +51,8 @@ FORWARDED = "forwarded"  # an envelope handed to the next node: envelope, to, ju
 RECEIPT = "receipt"  # a signed receipt applied: envelope, status, by, jurisdiction, receipt
 PURGED = "purged"  # a retention purge or admin delete: source, envelopes, counts
 CONFIG = "config"  # the node started or reloaded: policy hash, keys, jurisdiction
-KINDS = frozenset({DECISION, STORED, FORWARDED, RECEIPT, PURGED, CONFIG})
+DELETED = "deleted"  # an admin took envelopes out of the queue: envelopes, by, reason
+KINDS = frozenset({DECISION, STORED, FORWARDED, RECEIPT, PURGED, CONFIG, DELETED})
 
 _KIND_RE = re.compile(r"[a-z][a-z_]{0,31}\Z")
 _RESERVED = frozenset({"seq", "at", "kind"})

@@ -23,6 +23,7 @@ from typing import Any
 
 from relay.protocol.audit import (
     DECISION,
+    DELETED,
     FORWARDED,
     PURGED,
     RECEIPT,
@@ -160,6 +161,11 @@ def receipt_event(
         },
         envelope,
     )
+
+
+def deleted_event(at: int, envelopes: Sequence[bytes], by: str, reason: str) -> AuditEvent:
+    """The `deleted` entry of envelopes an admin took out of the queue."""
+    return AuditEvent(at, DELETED, {"envelopes": tuple(envelopes), "by": by, "reason": reason})
 
 
 def purge_event(now: int, source: str, counts: Counts) -> AuditEvent:

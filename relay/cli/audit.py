@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from relay.config.files import load_config
-from relay.errors import BadRequest, MalformedError, NotFound, ProofFailed
+from relay.errors import MalformedError, NotFound, ProofFailed, UsageError
 from relay.node.opening import open_node_readonly
 from relay.protocol import auditcheck
 from relay.protocol.audit import CONFIG, decode_entry, decode_signed_head
@@ -103,7 +103,7 @@ def parse_time(text: str) -> int:
     try:
         t = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise BadRequest(f"{text!r} is neither unix ms nor an ISO 8601 time") from None
+        raise UsageError(f"{text!r} is neither unix ms nor an ISO 8601 time") from None
     if t.tzinfo is None:
         t = t.replace(tzinfo=UTC)
     return int(t.timestamp() * 1000)
@@ -163,7 +163,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.out is not None:
         args.out.write_bytes(data)
     elif sys.stdout.isatty():
-        raise BadRequest("the bundle is binary: redirect stdout to a file, or give --out FILE")
+        raise UsageError("the bundle is binary: redirect stdout to a file, or give --out FILE")
     else:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
@@ -196,13 +196,16 @@ def read_heads(path: Path) -> list[bytes]:
 def _one_head(path: Path) -> bytes:
     heads = read_heads(path)
     if len(heads) != 1:
-        raise BadRequest(f"{path}: expected one head, found {len(heads)}")
+        raise UsageError(f"{path}: expected one head, found {len(heads)}")
     return heads[0]
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     for k in args.key:
-        parse_public_key(k)  # a typo in the trust anchor is a usage error, said at once
+        try:  # a typo in the trust anchor is a usage error, said at once
+            parse_public_key(k)
+        except MalformedError as err:
+            raise UsageError(f"--key: {err.detail}") from None
     bundle = decode_bundle(args.bundle.read_bytes())
     witnessed = [(str(p), h) for p in args.witness for h in read_heads(p)]
     report = auditcheck.verify(bundle, args.key, witnessed)
@@ -225,7 +228,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         try:
             ident = bytes.fromhex(args.message)
         except ValueError:
-            raise BadRequest(f"--message {args.message!r} is not a hex id") from None
+            raise UsageError(f"--message {args.message!r} is not a hex id") from None
         lines = auditcheck.where(report, ident)
         print(f"message {args.message}:" if lines else f"message {args.message}: not in the log")
         for line in lines:
@@ -233,8 +236,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.rule:
         found = auditcheck.under_rule(report, args.rule)
         print(f"rule {args.rule}: {len(found)} entries")
-        for e in found:
-            print(f"  seq {e.seq} {_iso(e.at)} {e.kind} {json.dumps(_show(e.fields))}")
+        for entry in found:
+            shown = json.dumps(_show(entry.fields))
+            print(f"  seq {entry.seq} {_iso(entry.at)} {entry.kind} {shown}")
     if args.residency:
         answer = auditcheck.outside_residency(report)
         checked = (
@@ -279,7 +283,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
                 try:
                     seqs = await reads.audit_seqs(bytes.fromhex(args.id))
                 except ValueError:
-                    raise BadRequest(f"{args.id!r} is neither a seq nor a hex id") from None
+                    raise UsageError(f"{args.id!r} is neither a seq nor a hex id") from None
             leaves = await reads.audit_leaves(0, head.head.size)
             out = []
             for seq in seqs:

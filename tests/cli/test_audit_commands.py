@@ -74,6 +74,10 @@ def test_export_verifies_offline_and_answers(
     other = public_key_string(Ed25519PrivateKey.generate().public_key())
     assert run("audit", "verify", bundle, "--key", other) == 1
     assert "problem head_unknown_key" in capsys.readouterr().out
+    # a key that is no key, or a time that is no time, is a usage error
+    assert run("audit", "verify", bundle, "--key", "ed25519:nope") == 2
+    assert run("audit", "export", directory, "--from", "last tuesday") == 2
+    assert "neither unix ms nor an ISO 8601 time" in capsys.readouterr().err
 
 
 @pytest.mark.slow

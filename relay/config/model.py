@@ -112,7 +112,7 @@ class LimitsConfig:
 
     A `GET /v1/inbox` page stops before its payload bytes pass `inbox_page_bytes`
     (a single larger message still makes a page of one). A message that would take
-    a mailbox's unread payload bytes past `mailbox_unread_bytes` is refused for now
+    a mailbox's unread bytes (payloads and headers) past `mailbox_unread_bytes` is refused for now
     (503 `busy`), so its sender retries once the mailbox is read.
     `peer_bytes_per_s` is batch body bytes a second per peer (a second's worth
     of burst). `unauthenticated_body_bytes` bounds the body of an unknown sender

@@ -1,4 +1,4 @@
-"""The per-mailbox quota of unread payload bytes (`[limits] mailbox_unread_bytes`).
+"""The per-mailbox quota of unread bytes (`[limits] mailbox_unread_bytes`).
 
 Invariants:
 - The check runs inside the write transaction that would deliver, against the
@@ -31,6 +31,12 @@ RULE = "limits.mailbox_unread_bytes"
 RETRY_AFTER_S = 30  # a mailbox is read by a person or an application, not in a second
 
 
+def stored_size(item: NewEnvelope) -> int:
+    """What an unread message counts against its mailbox: payload and header bytes, as
+    the storage's `unread` counter sums them (so an empty payload is not free)."""
+    return item.env.header.size + len(item.env.header_bytes)
+
+
 async def check_unread(quota: int, tx: WriteTx, items: Sequence[NewEnvelope], peer: str) -> None:
     """Raise Busy if delivering `items` would take a mailbox past `quota` unread bytes.
 
@@ -41,7 +47,7 @@ async def check_unread(quota: int, tx: WriteTx, items: Sequence[NewEnvelope], pe
     incoming: dict[str, int] = {}
     for it in items:
         for mailbox in it.mailboxes:
-            incoming[mailbox] = incoming.get(mailbox, 0) + it.env.header.size
+            incoming[mailbox] = incoming.get(mailbox, 0) + stored_size(it)
     if not incoming:
         return
     unread = await tx.unread_bytes(list(incoming))
@@ -85,7 +91,7 @@ async def split_unread(
     deferred: list[NewEnvelope] = []
     held: dict[str, tuple[int, int]] = {}  # mailbox -> (items, bytes) deferred
     for it in items:
-        size = it.env.header.size
+        size = stored_size(it)
         full = [m for m in it.mailboxes if have[m] and have[m] + size > quota]
         if full:
             deferred.append(it)

@@ -1,7 +1,8 @@
 """A full mailbox holds its mail back at the sender, others' mail flows, nothing is lost.
 
-Two `relay run` nodes on 127.0.0.1: b.test keeps 3,000 unread bytes per mailbox
-and pages its inbox at 1,024 bytes; a.test retries at most a second apart.
+Two `relay run` nodes on 127.0.0.1: b.test keeps 3,800 unread bytes per mailbox
+(two of the 1,500-byte messages with their headers, not three) and pages its
+inbox at 1,024 bytes; a.test retries fast but keeps b's Retry-After.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tests.e2e.harness import NodeProc, make_node, relay, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-QUOTA = "\n[limits]\nmailbox_unread_bytes = 3000\ninbox_page_bytes = 1024\n"
+QUOTA = "\n[limits]\nmailbox_unread_bytes = 3800\ninbox_page_bytes = 1024\n"
 # retries come fast, but b's Retry-After of 30 s is kept: only `relay queue retry` cuts it
 FAST_RETRY = '\n[federation]\nretry_min = "100ms"\nretry_max = "60s"\n'
 

@@ -103,7 +103,8 @@ async def test_a_full_mailbox_defers_only_its_own_items_of_a_batch(
     set_limits(h, mailbox_unread_bytes=3000)
     first = h.envelope(payload=b"a" * 2000)
     assert (await h.send([h.item(first)])).results == {first.header.id: "accepted"}
-    assert (await h.state.store.unread_bytes(["bob"])) == {"bob": 2000}
+    first_size = 2000 + len(first.header_bytes)  # an unread message counts its header too
+    assert (await h.state.store.unread_bytes(["bob"])) == {"bob": first_size}
 
     # 2000 + 1200 > 3000: bob's item waits, alice's is taken
     over = h.envelope(payload=b"b" * 1200)
@@ -124,13 +125,16 @@ async def test_a_full_mailbox_defers_only_its_own_items_of_a_batch(
     ]
     assert len(lines) == 1, lines
     assert (lines[0]["mailbox"], lines[0]["peer"], lines[0]["rule"]) == ("bob", "a.test", RULE)
-    assert (lines[0]["deferred"], lines[0]["incoming"]) == (1, 1200)
+    assert (lines[0]["deferred"], lines[0]["incoming"]) == (1, 1200 + len(over.header_bytes))
 
     # the sender sends the left-out item again once bob has read his mail: nothing lost
     await ack_all(h)
     retried = await h.send([h.item(other), h.item(over)])
     assert retried.results == {other.header.id: "duplicate", over.header.id: "accepted"}
-    assert (await h.state.store.unread_bytes(["bob", "alice"])) == {"bob": 1200, "alice": 10}
+    assert (await h.state.store.unread_bytes(["bob", "alice"])) == {
+        "bob": 1200 + len(over.header_bytes),
+        "alice": 10 + len(other.header_bytes),
+    }
 
 
 def test_a_result_that_leaves_items_out_with_retry_after_defers_only_those() -> None:
@@ -148,8 +152,11 @@ def test_a_result_that_leaves_items_out_with_retry_after_defers_only_those() -> 
 
 async def test_a_submit_over_a_mailbox_quota_is_refused_busy(harness: Harness) -> None:
     h = harness
-    set_limits(h, mailbox_unread_bytes=1500)
+    set_limits(h, mailbox_unread_bytes=1)
     await h.submit(["bob@n.test"], "x" * 1000)  # an empty mailbox takes anything
+    have = (await h.state.store.unread_bytes(["bob"]))["bob"]
+    header = have - 1000  # a message counts its header too; the next ones' are as long
+    set_limits(h, mailbox_unread_bytes=have + header + 500)
     async with h.session.post(
         h.url + "/v1/messages",
         json={"to": ["bob@n.test"], "text": "y" * 600},
@@ -160,7 +167,7 @@ async def test_a_submit_over_a_mailbox_quota_is_refused_busy(harness: Harness) -
         assert (resp.status, doc["error"]) == (503, "busy"), doc
         assert resp.headers["Retry-After"] == str(RETRY_AFTER_S)
     assert len((await read(h, ""))["messages"]) == 1
-    await h.submit(["bob@n.test"], "y" * 500)  # 1500 is still within the quota
+    await h.submit(["bob@n.test"], "y" * 500)  # exactly the quota: still within it
     set_limits(h, mailbox_unread_bytes=0)  # 0: no quota
     await h.submit(["bob@n.test"], "z" * 5000)
     assert len((await read(h, ""))["messages"]) == 3

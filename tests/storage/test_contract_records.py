@@ -149,24 +149,33 @@ async def test_inbox_page_stops_at_the_byte_budget(storage: Storage) -> None:
 
 async def test_unread_bytes_follow_delivery_ack_and_deletion(storage: Storage) -> None:
     envs = [envelope(payload=bytes([i]) * (10 * (i + 1))) for i in range(4)]  # 10 20 30 40
+    # an unread message counts its header as well as its payload
+    s = [e.header.size + len(e.header_bytes) for e in envs]
+    assert s[0] > 10 and s[1] - s[0] == 10
     rids = await put(storage, [new(e, mailboxes=["bob", "carol"]) for e in envs[:3]])
     rids += await put(storage, [new(envs[3], mailboxes=["bob"])])
     assert await storage.unread_bytes(["bob", "carol", "dave"]) == {
-        "bob": 100,
-        "carol": 60,
+        "bob": sum(s),
+        "carol": sum(s[:3]),
         "dave": 0,
     }
-    assert await storage.write(lambda tx: tx.unread_bytes(["bob"])) == {"bob": 100}
+    assert await storage.write(lambda tx: tx.unread_bytes(["bob"])) == {"bob": sum(s)}
 
     await storage.write(lambda tx: tx.ack_inbox("bob", [envs[0].header.id], T0))
     await storage.write(lambda tx: tx.ack_inbox("bob", [envs[0].header.id], T0))  # no twice
     seq = (await storage.inbox("carol", 0, 1))[0].seq
     await storage.write(lambda tx: tx.ack_inbox_seqs([seq], T0))
-    assert await storage.unread_bytes(["bob", "carol"]) == {"bob": 90, "carol": 50}
+    assert await storage.unread_bytes(["bob", "carol"]) == {
+        "bob": sum(s[1:]),
+        "carol": s[1] + s[2],
+    }
 
     # deleting an acked row changes nothing, an unacked one takes its bytes away
     await storage.write(lambda tx: tx.delete_envelopes([rids[0], rids[3]]))
-    assert await storage.unread_bytes(["bob", "carol"]) == {"bob": 50, "carol": 50}
+    assert await storage.unread_bytes(["bob", "carol"]) == {
+        "bob": s[1] + s[2],
+        "carol": s[1] + s[2],
+    }
 
 
 # --- decisions and certificates -------------------------------------------------------

@@ -96,12 +96,12 @@ async def test_copy_carries_every_table_and_counts_it(ends: tuple[Target, Target
         assert (await dst.peer_state("far.test")).failures == 2
         assert len(await dst.decisions(None, None, 10)) == 1
         # new rows get keys past the copied ones: nothing collides
-        rids = await put(
-            dst, [new(envelope(payload=b"later", to=[f"alice@{HERE}"]), mailboxes=["alice"])]
-        )
+        later = envelope(payload=b"later", to=[f"alice@{HERE}"])
+        rids = await put(dst, [new(later, mailboxes=["alice"])])
         assert rids[0] > max(r.rid for r in head_before)
         # the target's triggers work again: its unread counter follows new mail
-        assert await dst.unread_bytes(["alice"]) == {"alice": unread_before["alice"] + 5}
+        adds = 5 + len(later.header_bytes)
+        assert await dst.unread_bytes(["alice"]) == {"alice": unread_before["alice"] + adds}
     finally:
         await dst.close()
 

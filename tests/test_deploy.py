@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+import relay
 from relay.config.model import LimitsConfig
 from relay.node.conns import FD_HEADROOM
 
@@ -26,7 +28,7 @@ def _unit_for_this_machine(
     relay_bin = Path(sys.executable).with_name("relay")
     text = (DEPLOY / source).read_text()
     unit = tmp_path / name
-    unit.write_text(text.replace("/usr/local/bin/relay", str(relay_bin)))
+    unit.write_text(text.replace("/opt/relay/bin/relay", str(relay_bin)))
     return unit
 
 
@@ -65,7 +67,7 @@ def test_unit_runs_as_dedicated_user_with_state_directory() -> None:
         "StateDirectory=relay",
         "ProtectSystem=strict",
         "NoNewPrivileges=yes",
-        "ExecStart=/usr/local/bin/relay run /var/lib/relay",
+        "ExecStart=/opt/relay/bin/relay run /var/lib/relay",
     ):
         assert line in text
 
@@ -113,7 +115,7 @@ def test_workers_unit_runs_n_workers_with_the_single_node_sandbox() -> None:
     """The instance name is the worker count; every hardening line of relay.service is kept."""
     single = (DEPLOY / "relay.service").read_text()
     workers = (DEPLOY / "relay-workers@.service").read_text()
-    assert "ExecStart=/usr/local/bin/relay run /var/lib/relay --workers %i" in workers
+    assert "ExecStart=/opt/relay/bin/relay run /var/lib/relay --workers %i" in workers
     assert "KillMode=mixed" in workers  # the supervisor stops its workers itself
     sandbox = single[single.index("# Hardening") : single.index("[Install]")]
     settings = [ln for ln in sandbox.splitlines() if ln and not ln.startswith("#")]
@@ -264,3 +266,69 @@ def test_dashboard_is_importable_json() -> None:
         for target in panel.get("targets", []):
             assert target["datasource"]["uid"] == "${datasource}"
             assert 'instance=~"$instance"' in target["expr"]
+
+
+# --- the production install path (deploy/install.sh) ----------------------------
+
+
+@pytest.mark.slow
+def test_install_script_into_a_temp_prefix_and_upgrade(tmp_path: Path) -> None:
+    """deploy/install.sh --no-system: a virtualenv with relay, the docs the units
+    name, the units with their paths; run twice (the upgrade path)."""
+    prefix, units, bin_dir = tmp_path / "opt" / "relay", tmp_path / "units", tmp_path / "bin"
+    cmd = [
+        str(DEPLOY / "install.sh"), "--prefix", str(prefix), "--unit-dir", str(units),
+        "--bin-dir", str(bin_dir), "--no-system",
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHON": sys.executable}
+    for _ in range(2):  # a fresh install, then an upgrade over it
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"relay {relay.__version__}" in done.stdout
+    installed = bin_dir / "relay"
+    assert installed.resolve() == (prefix / "bin" / "relay").resolve()
+
+    # the installed relay works on its own (no checkout on its path)
+    node = tmp_path / "node"
+    made = subprocess.run(
+        [str(installed), "init", str(node), "--name", "n.example.org", "--jurisdiction", "DE"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    checked = subprocess.run(
+        [str(installed), "check", str(node)], capture_output=True, text=True, timeout=120
+    )
+    assert checked.returncode == 0 and checked.stdout.startswith("ok: n.example.org (DE)")
+    where = subprocess.run(
+        [str(prefix / "bin" / "python"), "-c", "import relay; print(relay.__file__)"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert where.stdout.startswith(str(prefix)), where.stdout
+
+    for name in ("relay.service", "relay-workers@.service"):
+        unit = (units / name).read_text()
+        assert f"ExecStart={prefix}/bin/relay run /var/lib/relay" in unit
+        (doc,) = re.findall(r"^Documentation=file://(\S+)$", unit, re.M)
+        assert Path(doc).is_file(), doc  # the unit names a file the install put there
+        assert "/opt/relay" not in unit.replace(str(prefix), "")
+    assert (prefix / "share" / "doc" / "relay" / "docs" / "operations.md").is_file()
+    dashboard = prefix / "share" / "relay" / "grafana-dashboard.json"
+    assert json.loads(dashboard.read_text()) == json.loads(DASHBOARD.read_text())
+    if shutil.which("systemd-analyze") is not None:
+        verified = subprocess.run(
+            ["systemd-analyze", "verify", str(units / "relay.service")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert verified.returncode == 0, verified.stderr
+        assert "relay.service" not in verified.stderr, verified.stderr
+
+
+def test_install_script_refuses_a_relative_prefix_and_unknown_arguments() -> None:
+    for args, why in (
+        (["--prefix", "opt/relay", "--no-system"], "--prefix must be absolute"),
+        (["--frobnicate"], "unknown argument --frobnicate"),
+    ):
+        done = subprocess.run(
+            [str(DEPLOY / "install.sh"), *args], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 2 and why in done.stderr, done.stderr

@@ -9,8 +9,11 @@ once with --once), and every node is stopped with SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +28,7 @@ from typing import Any
 
 import tomlkit
 
+from relay.cli.main import main
 from relay.config.tomledit import atomic_write_text
 from relay.errors import RelayError
 
@@ -64,15 +68,26 @@ def _free_port() -> int:
 
 
 def _relay(*args: str | Path) -> str:
-    proc = subprocess.run(
-        [sys.executable, "-m", "relay", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if proc.returncode != 0:
-        raise DemoError(f"relay {' '.join(map(str, args))} failed: {proc.stderr.strip()}")
-    return proc.stdout
+    """Run one `relay` admin command in this process (each would otherwise pay a
+    Python start-up); its stdout, or DemoError with what it printed on stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([str(a) for a in args])
+    if code != 0:
+        raise DemoError(f"relay {' '.join(map(str, args))} failed: {err.getvalue().strip()}")
+    return out.getvalue()
+
+
+def relay_command() -> str:
+    """How to run this `relay` from another terminal, as it can be pasted: `relay`
+    if that is this one on PATH, else the path of this virtualenv's script."""
+    script = Path(sys.executable).with_name("relay")
+    on_path = shutil.which("relay")
+    if on_path is not None and script.exists() and Path(on_path).resolve() == script.resolve():
+        return "relay"
+    if script.exists():
+        return shlex.quote(str(script.absolute()))
+    return f"{shlex.quote(sys.executable)} -m relay"
 
 
 def _set_policy(node: DemoNode, policy: dict[str, Any]) -> None:
@@ -150,12 +165,14 @@ def setup(base: Path) -> list[DemoNode]:
         DemoNode("ala.demo.kz", "KZ", base / "ala", _free_port()),
         DemoNode("ber.demo.de", "DE", base / "ber", _free_port()),
     ]
+    _say("  relay init: a key and node.toml for each node")
     for n in nodes:
         out = _relay(
             "init", n.dir, "--name", n.name, "--jurisdiction", n.jurisdiction,
             "--listen", f"127.0.0.1:{n.port}",
         )  # fmt: skip
         n.peer_line = [ln for ln in out.splitlines() if ln.startswith("relay peer add")][-1]
+    _say("  relay peer add: each node pins the other two (name, URL, jurisdiction, key)")
     for n in nodes:
         for other in nodes:
             if other is not n:
@@ -173,9 +190,11 @@ def setup(base: Path) -> list[DemoNode]:
         "dest_jurisdiction": ["DE"],
         "effect": "deny",
     }
+    _say("  [policy] in node.toml: residency groups, export/import lists, one rule")
     _set_policy(msk, {**eaeu_policy, "rules": [msk_rule]})
     _set_policy(ala, dict(eaeu_policy))
     _set_policy(ber, {"groups": {"EU": ["DE", "FR", "NL"]}, "allowed_residency": ["EU"]})
+    _say("  relay mailbox add: alice at msk, bob at ala, carl at ber; relay check each")
     for n, mailbox in ((msk, "alice"), (ala, "bob"), (ber, "carl")):
         n.tokens[mailbox] = _relay("mailbox", "add", n.dir, mailbox).strip().splitlines()[-1]
     for n in nodes:
@@ -184,6 +203,7 @@ def setup(base: Path) -> list[DemoNode]:
 
 
 def start(nodes: list[DemoNode]) -> None:
+    _say("  relay run: starting the three nodes ...")
     for n in nodes:
         log = open(n.dir / "node.log", "ab")  # noqa: SIM115 - handed to the child
         n.proc = subprocess.Popen(
@@ -268,30 +288,44 @@ def narrate(nodes: list[DemoNode]) -> bool:
     return ok
 
 
-def how_to_poke(nodes: list[DemoNode]) -> None:
+def how_to_poke(nodes: list[DemoNode], base: Path, kept: bool) -> None:
     msk, ala, _ = nodes
+    relay = relay_command()
     _say()
     _say("The federation keeps running. Try it from another terminal:")
     _say(
-        f"  RELAY_TOKEN={msk.tokens['alice']} relay send --node {msk.url}"
+        f"  RELAY_TOKEN={msk.tokens['alice']} {relay} send --node {msk.url}"
         " --to bob@ala.demo.kz --residency EAEU --text 'hello again'"
     )
-    _say(f"  RELAY_TOKEN={ala.tokens['bob']} relay inbox --node {ala.url} --wait 10 --json")
+    _say(f"  RELAY_TOKEN={ala.tokens['bob']} {relay} inbox --node {ala.url} --wait 10 --json")
     _say(
-        f"  RELAY_TOKEN={msk.tokens['alice']} relay send --node {msk.url}"
+        f"  RELAY_TOKEN={msk.tokens['alice']} {relay} send --node {msk.url}"
         " --to carl@ber.demo.de --text x"
     )
-    _say("  (RELAY_TOKEN or --token-file keeps a token out of the process list; --token does not)")
     _say("      (exits 3: refused by policy)")
-    _say(f"  relay check {msk.dir}")
-    _say(f"Node logs: {msk.dir.parent}/*/node.log. Ctrl-C stops every node.")
+    _say(f"  {relay} trace {shlex.quote(str(msk.dir))} ID     (ID: what send printed)")
+    _say(f"  {relay} peers {shlex.quote(str(msk.dir))}")
+    _say("  (RELAY_TOKEN or --token-file keeps a token out of the process list; --token does not)")
+    where = shlex.quote(str(base))
+    if kept:
+        _say(f"Node logs: {where}/*/node.log; the directory stays after Ctrl-C.")
+    else:
+        _say(
+            f"Node logs: {where}/*/node.log. Ctrl-C stops every node and keeps {where}:"
+            f" remove it with rm -r {where}"
+        )
+    _say("Ctrl-C stops every node.")
 
 
 def run_demo(once: bool, keep: Path | None) -> int:
-    base_ctx = tempfile.TemporaryDirectory(prefix="relay-demo-") if keep is None else None
-    base = Path(base_ctx.name) if base_ctx is not None else keep
-    assert base is not None
+    """Set up, start and narrate; then wait for Ctrl-C unless `once`.
+
+    The directory is kept when the user was told to look in it (after the
+    narration, or when something failed), and removed after a clean --once.
+    """
+    base = keep if keep is not None else Path(tempfile.mkdtemp(prefix="relay-demo-"))
     nodes: list[DemoNode] = []
+    remove = False
     try:
         _say(f"Setting up three nodes in {base} (RU, KZ, DE) on 127.0.0.1 ...")
         nodes = setup(base)
@@ -304,8 +338,9 @@ def run_demo(once: bool, keep: Path | None) -> int:
         _say()
         ok = narrate(nodes)
         if once:
+            remove = ok and keep is None
             return 0 if ok else 1
-        how_to_poke(nodes)
+        how_to_poke(nodes, base, keep is not None)
         stop_event = {"stop": False}
 
         def _handler(signum: int, frame: object) -> None:
@@ -324,5 +359,7 @@ def run_demo(once: bool, keep: Path | None) -> int:
         stop(nodes)
         if nodes:
             _say("Stopped every node.")
-        if base_ctx is not None:
-            base_ctx.cleanup()
+        if remove:
+            shutil.rmtree(base, ignore_errors=True)
+        elif keep is None:
+            _say(f"The nodes' directories and logs are kept in {base}.")

@@ -33,10 +33,14 @@ from relay.errors import PolicyRefused, RelayError, Unavailable, Unreachable, Us
 
 
 class ApiError(RelayError):
-    """The node answered with an error document."""
+    """The node answered with an error document: its detail first, then the
+    HTTP status and code, and what to check when the token was refused."""
 
     def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}" if code else detail)
+        hint = ""
+        if status == 401:
+            hint = "; check RELAY_TOKEN or --token-file: the token `relay mailbox add` printed"
+        super().__init__(f"{detail} (HTTP {status}{' ' + code if code else ''}){hint}")
         self.http_status = status
 
 
@@ -95,7 +99,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = sub.add_parser("status", help="per-recipient status of a message")
     _common(p)
-    p.add_argument("id", help="message id")
+    p.add_argument("id", type=_message_id, help="message id, as relay send printed it")
     p.add_argument("--json", action="store_true", help="print the status document as JSON")
     p.set_defaults(func=cmd_status)
 
@@ -114,6 +118,15 @@ def _count(low: int, high: int | None) -> Callable[[str], int]:
         return n
 
     return convert
+
+
+def _message_id(value: str) -> str:
+    text = value.strip().lower()
+    if len(text) != 32 or any(c not in "0123456789abcdef" for c in text):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a message id: ids are 32 hex digits, as `relay send` prints them"
+        )
+    return text
 
 
 def node_url(value: str) -> str:
@@ -231,7 +244,7 @@ async def _call(
         if status == 422:
             rule = str(doc.get("rule", "")) if isinstance(doc, dict) else ""
             raise PolicyRefused(f"{detail} (rule {rule})" if rule else detail, rule)
-        raise ApiError(status, code, f"HTTP {status}: {detail}")
+        raise ApiError(status, code, detail)
     return doc
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from relay.cli import main as cli
-from relay.cli.client import node_url, status_exit_code
+from relay.cli.client import ApiError, node_url, status_exit_code
 from relay.errors import NotFound, Unavailable, Unreachable, UsageError
 
 
@@ -117,7 +117,7 @@ def test_no_node_answering_exits_5_for_every_client_command(
 
 
 @pytest.mark.parametrize(
-    "command", [["send", "--to", "a@b.test", "--text", "x"], ["inbox"], ["status", "x"]]
+    "command", [["send", "--to", "a@b.test", "--text", "x"], ["inbox"], ["status", "0" * 32]]
 )
 def test_no_node_given_is_a_usage_error(
     command: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -180,3 +180,29 @@ def test_init_with_port_0_needs_a_public_url(
     assert code == 2
     assert "give --public-url URL" in err
     assert not (tmp_path / "n").exists()
+
+
+def test_a_bad_message_id_is_refused_before_any_request(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RELAY_TOKEN", "rly_x")
+    code, err = _run(["status", "--node", f"http://127.0.0.1:{_closed_port()}", "abc"], capsys)
+    assert code == 2
+    assert "argument id: 'abc' is not a message id: ids are 32 hex digits" in err
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "detail", "text"),
+    [
+        (400, "bad_request", "address 'bob' has no '@'",
+         "address 'bob' has no '@' (HTTP 400 bad_request)"),
+        (404, "not_found", "no message 00 sent by alice",
+         "no message 00 sent by alice (HTTP 404 not_found)"),
+        (502, "", "Bad Gateway", "Bad Gateway (HTTP 502)"),
+        (401, "unauthorized", "the token does not belong to any mailbox of this node",
+         "the token does not belong to any mailbox of this node (HTTP 401 unauthorized);"
+         " check RELAY_TOKEN or --token-file: the token `relay mailbox add` printed"),
+    ],
+)  # fmt: skip
+def test_a_node_refusal_reads_detail_first(status: int, code: str, detail: str, text: str) -> None:
+    assert ApiError(status, code, detail).detail == text

@@ -68,7 +68,7 @@ def test_missing_token_file_and_a_directory(
         (tmp_path / "nope", "cannot open: No such file or directory"),
         (tmp_path, "not a regular file"),
     ]:
-        code = main(["status", "--node", "http://127.0.0.1:9", "--token-file", str(path), "x"])
+        code = main(["status", "--node", "http://127.0.0.1:9", "--token-file", str(path), "0" * 32])
         assert code == 2
         assert capsys.readouterr().err == f"relay: --token-file {path}: {why}\n"
 

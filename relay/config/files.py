@@ -49,7 +49,14 @@ def load_config(path: Path) -> Config:
         raise ConfigErrors([ConfigError(str(file), 1, FILE_KEY, f"not UTF-8: {e}")]) from None
     except OSError as e:
         raise ConfigErrors([ConfigError(str(file), 1, FILE_KEY, str(e.strerror))]) from None
-    return validate_config(text, file)
+    try:
+        return validate_config(text, file)
+    except ConfigErrors as e:
+        if file.suffix == ".toml" or e.errors[0].key != "(syntax)":
+            raise
+        # `relay check DIR/node.key` and the like: say what was expected
+        why = f"not TOML, so not a {CONFIG_NAME}; give the node directory or its {CONFIG_NAME}"
+        raise ConfigErrors([ConfigError(str(file), 1, FILE_KEY, why)]) from None
 
 
 def _missing(path: Path) -> str:

@@ -206,3 +206,13 @@ def test_a_bad_message_id_is_refused_before_any_request(
 )  # fmt: skip
 def test_a_node_refusal_reads_detail_first(status: int, code: str, detail: str, text: str) -> None:
     assert ApiError(status, code, detail).detail == text
+
+
+def test_check_of_a_file_that_is_not_node_toml_says_what_to_give(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "node.key"
+    key.write_text("-----BEGIN PRIVATE KEY-----\nMC4CAQ\n-----END PRIVATE KEY-----\n")
+    code, err = _run(["check", str(key)], capsys)
+    assert code == 2
+    assert err == f"{key}: not TOML, so not a node.toml; give the node directory or its node.toml\n"

@@ -20,6 +20,7 @@ Routes (all under /admin/v1):
   POST /queue/retry               {"dest": NODE} or {"ids": [...]}
   POST /queue/hold | /queue/release | /queue/delete   {"ids": [...]}
   GET  /peers                     each destination's state
+  POST /erase                     {"ids", "reason"} or {"mailbox", "since", "until", "reason"}
   POST /backup                    the database, as a consistent SQLite snapshot
   POST /reload                    re-read node.toml as SIGHUP does; what was applied
   GET  /metrics                   this process's metrics (Prometheus text)
@@ -49,7 +50,7 @@ from relay.api.admin_client import unix_path, worker_files
 from relay.api.client import read_json
 from relay.errors import BadRequest, Conflict, NotFound, RelayError, Unauthorized
 from relay.logs import event
-from relay.node import metrics, queueops, queueview
+from relay.node import erasure, metrics, queueops, queueview
 from relay.node.http import answering
 from relay.node.reload import ReloadResult
 from relay.node.state import NodeState
@@ -277,6 +278,27 @@ async def _release(st: NodeState, ids: list[bytes]) -> queueops.ActionResult:
     return await queueops.set_held(st, ids, False)
 
 
+async def post_erase(request: web.Request) -> web.Response:
+    doc = await _body(request)
+    st = _state(request)
+    reason = erasure.check_reason(doc.get("reason"), required=True)
+    if set(doc) == {"ids", "reason"}:
+        result = await erasure.erase_for_admin(st, queueops.parse_ids(doc["ids"]), reason)
+    elif set(doc) == {"mailbox", "since", "until", "reason"}:
+        mailbox, since, until = doc["mailbox"], doc["since"], doc["until"]
+        if not isinstance(mailbox, str) or not all(
+            type(v) is int and 0 <= v < 2**63 for v in (since, until)
+        ):
+            raise BadRequest("'mailbox' is a mailbox name, 'since' and 'until' unix ms")
+        result = await erasure.erase_by_sender(st, mailbox, since, until, reason)
+    else:
+        raise BadRequest(
+            'the body is {"ids": [message id, ...], "reason": R} or'
+            ' {"mailbox": M, "since": ms, "until": ms, "reason": R}'
+        )
+    return web.json_response(result.to_json())
+
+
 async def post_backup(request: web.Request) -> web.StreamResponse:
     """A consistent snapshot of the database, streamed as the answer's body.
 
@@ -344,6 +366,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"{PREFIX}/queue/release", _ids_action(_release))
     app.router.add_post(f"{PREFIX}/queue/delete", _ids_action(queueops.delete))
     app.router.add_get(f"{PREFIX}/peers", get_peers)
+    app.router.add_post(f"{PREFIX}/erase", post_erase)
     app.router.add_post(f"{PREFIX}/backup", post_backup)
     app.router.add_post(f"{PREFIX}/reload", post_reload)
     app.router.add_get(f"{PREFIX}/metrics", get_metrics)

@@ -31,7 +31,7 @@ from relay.errors import (
     Unavailable,
 )
 from relay.logs import event, id_fields
-from relay.node import backpressure, submit
+from relay.node import backpressure, erasure, submit
 from relay.node.http import read_capped, refuse_declared
 from relay.node.state import NodeState
 from relay.protocol.envelope import stored_header
@@ -199,6 +199,16 @@ async def get_message(request: web.Request) -> web.Response:
     )
 
 
+async def delete_message(request: web.Request) -> web.Response:
+    state = request.app[NodeState.KEY]
+    _check_ready(state)
+    mailbox = authenticate(state, request)
+    state.limits.client(mailbox)
+    ident = _msg_id(request.match_info["id"])
+    result = await erasure.erase_for_mailbox(state, mailbox, ident)
+    return web.json_response(result.to_json())
+
+
 def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
@@ -221,7 +231,7 @@ async def fetch_inbox(
     (but always the first).
     """
     page = await state.store.inbox_page(mailbox, after, limit, state.config.limits.inbox_page_bytes)
-    return [inbox_item(r.header, r.payload) for r in page.items], page
+    return [inbox_item(r.header, r.payload, r.erased) for r in page.items], page
 
 
 def _dumps(doc: Any) -> str:
@@ -229,8 +239,11 @@ def _dumps(doc: Any) -> str:
     return orjson.dumps(doc).decode()
 
 
-def inbox_item(header_bytes: bytes, body: bytes | None) -> dict[str, Any]:
-    """One message as `GET /v1/inbox` (and a webhook) shows it."""
+def inbox_item(
+    header_bytes: bytes, body: bytes | None, erased: int | None = None
+) -> dict[str, Any]:
+    """One message as `GET /v1/inbox` (and a webhook) shows it; an erased one as its
+    tombstone: `event` "message.erased" and when, no body (docs/erasure.md)."""
     h = stored_header(header_bytes)  # checked on arrival, before it was stored
     payload = bytes(body) if body is not None else b""
     item: dict[str, Any] = {
@@ -241,8 +254,12 @@ def inbox_item(header_bytes: bytes, body: bytes | None) -> dict[str, Any]:
         "created": h.created,
         "ctype": h.ctype,
         "residency": list(h.residency),
-        "body_b64": base64.b64encode(payload).decode(),
     }
+    if erased is not None:
+        item["event"] = "message.erased"
+        item["erased"] = erased
+        return item
+    item["body_b64"] = base64.b64encode(payload).decode()
     if h.ctype.startswith("text/"):
         # binary under a text type: body_b64 alone carries it
         with contextlib.suppress(UnicodeDecodeError):
@@ -314,6 +331,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/messages/batch", post_batch)
     # any id, even one with "{" or "/", reaches the handler and its JSON 400
     app.router.add_get(r"/v1/messages/{id:[\s\S]+}", get_message)
+    app.router.add_delete(r"/v1/messages/{id:[\s\S]+}", delete_message)
     app.router.add_get("/v1/inbox", get_inbox)
     app.router.add_post("/v1/inbox/ack", post_ack)
     app.router.add_get("/healthz", healthz)

@@ -302,6 +302,8 @@ def cmd_inbox(args: argparse.Namespace) -> int:
             print(json.dumps(m, ensure_ascii=False))
         else:
             body = m.get("text", f"<{len(m.get('body_b64', ''))} base64 chars of {m.get('ctype')}>")
+            if m.get("event") == "message.erased":
+                body = "<erased by its sender>"
             print(f"{m['id']} from {m['from']} to {','.join(m['to'])}: {body}")
     if args.ack and messages:
         asyncio.run(

@@ -35,6 +35,7 @@ from relay.errors import RelayError
 from relay.logs import event
 from relay.node.queue_end import Ending, end_queued
 from relay.node.state import NodeState
+from relay.storage.erasure import Erasure
 from relay.storage.interface import Reads, Storage, WriteTx
 from relay.storage.records import Counts, Cutoffs, Due, Preview
 
@@ -73,8 +74,12 @@ async def purge(
     """
     total = Counts()
     while True:
-        counts, more = await store.write(lambda tx: _purge_chunk(tx, retention, here, now, source))
+        counts, more, settled = await store.write(
+            lambda tx: _purge_chunk(tx, retention, here, now, source)
+        )
         total += counts
+        for rec in settled:  # a legal hold ended: the held erasure is done now
+            event(log, "erasure_settled", origin=rec.origin, msg=rec.id.hex(), at=rec.done)
         if not more:
             break
     if total.any():
@@ -84,7 +89,7 @@ async def purge(
 
 async def _purge_chunk(
     tx: WriteTx, retention: RetentionConfig, here: str, now: int, source: str
-) -> tuple[Counts, bool]:
+) -> tuple[Counts, bool, list[Erasure]]:
     cut = cutoffs(retention, now)
     content, full = await tx.content_due(cut, CHUNK)
     queued = await tx.queued([c.rid for c in content if c.queued])
@@ -92,6 +97,7 @@ async def _purge_chunk(
     await end_queued(tx, here, endings, now, by="retention")
     shas = {c.payload_sha for c in content}
     await tx.clear_content([c.rid for c in content])
+    settled = await tx.settle_erasures(now, CHUNK)
 
     meta = await tx.metadata_due(cut, CHUNK)
     shas |= {m.payload_sha for m in meta if m.payload_sha is not None}
@@ -110,8 +116,8 @@ async def _purge_chunk(
         decisions=decisions,
     )
     await record(tx, now, source, counts)
-    more = full or len(meta) == CHUNK or decisions == CHUNK
-    return counts, more
+    more = full or len(meta) == CHUNK or decisions == CHUNK or len(settled) == CHUNK
+    return counts, more, settled
 
 
 async def drop_content(

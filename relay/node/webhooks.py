@@ -112,7 +112,7 @@ async def pending(state: NodeState, mailbox: str, after: int, limit: int = FETCH
             seq=r.seq,
             ident=r.id,
             residency=tuple(r.residency.split(",")),
-            item=inbox_item(r.header, r.payload),
+            item=inbox_item(r.header, r.payload, r.erased),
         )
         for r in await state.store.inbox(mailbox, after, limit)
     ]

@@ -30,6 +30,7 @@ from relay.errors import StoreError
 from relay.protocol.bundle import ExportedEnvelope
 from relay.protocol.envelope import Envelope
 from relay.storage.audit import AuditEvent, AuditRow, StoredHead, WitnessedHead
+from relay.storage.erasure import EraseOrder, Erasure, ErasureTarget
 from relay.storage.records import (
     AgeBucket,
     AllowRecord,
@@ -311,6 +312,30 @@ class WriteTx(Protocol):
         """Keep tree heads peers sent (one already kept stays as it was)."""
         ...
 
+    # --- erasure (relay.storage.erasure) ---------------------------------------------
+
+    async def erasable(self, origin: str, ids: Sequence[bytes]) -> list[ErasureTarget]:
+        """The stored messages of `origin` that `ids` name, as message ids (every
+        envelope of the message, through its recipients) or envelope ids; by rid."""
+        ...
+
+    async def erasable_by_sender(
+        self, origin: str, sender: str, since: int, until: int, limit: int
+    ) -> list[ErasureTarget]:
+        """Up to `limit` messages of `origin` from address `sender` created in
+        [`since`, `until`), by rid."""
+        ...
+
+    async def erase(
+        self, targets: Sequence[ErasureTarget], order: EraseOrder, now: int
+    ) -> list[Erasure]:
+        """Erase these copies (relay.storage.erasure); one record per target, in order."""
+        ...
+
+    async def settle_erasures(self, now: int, limit: int) -> list[Erasure]:
+        """Held erasures whose content retention has since cleared, now `erased` at `now`."""
+        ...
+
     # --- workers: leases and announcements (relay.node.leases) -----------------------
 
     async def take_leases(
@@ -447,6 +472,12 @@ class Reads(Protocol):
         with up to `receipt_limit` receipts stored since its envelopes arrived."""
         ...
 
+    async def erasure_records(
+        self, keys: Sequence[tuple[str, bytes]]
+    ) -> dict[tuple[str, bytes], Erasure]:
+        """The erasure records of these (origin, id) pairs, where there are any."""
+        ...
+
     async def retention_preview(self, cut: Cutoffs, limit: int) -> Preview:
         """What a purge at `cut` would delete; lists at most `limit` envelopes each."""
         ...
@@ -533,6 +564,11 @@ class Storage(Reads, Protocol):
 
     def check_backlog(self) -> None:
         """Busy (503) while `max_backlog` or more jobs wait for the writer."""
+        ...
+
+    async def scrub(self) -> str:
+        """After an erasure, push deleted content out of the backend's files where it
+        can (relay.storage.erasure); a sentence saying what it did."""
         ...
 
     async def settings(self) -> dict[str, str]:

@@ -218,7 +218,8 @@ class InboxItem:
     id: bytes
     residency: str
     header: bytes
-    payload: bytes | None  # None once retention deleted the content
+    payload: bytes | None  # None once retention deleted the content, or it was erased
+    erased: int | None = None  # when the message was erased (the row is its tombstone)
 
 
 @dataclass(frozen=True, slots=True)

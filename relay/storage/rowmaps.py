@@ -104,13 +104,14 @@ def recipient_status_of(r: Row) -> RecipientStatus:
 
 
 def inbox_item_of(r: Row) -> InboxItem:
-    """An InboxItem from (seq, id, residency, header, body)."""
+    """An InboxItem from (seq, id, residency, header, body, erased)."""
     return InboxItem(
         seq=int(r["seq"]),
         id=bytes(r["id"]),
         residency=str(r["residency"]),
         header=bytes(r["header"]),
         payload=bytes(r["body"]) if r["body"] is not None else None,
+        erased=int(r["erased"]) if r["erased"] is not None else None,
     )
 
 

@@ -20,4 +20,5 @@ TABLES = (
     "audit_log",
     "audit_heads",
     "audit_witnessed",
+    "erasures",
 )

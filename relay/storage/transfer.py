@@ -38,7 +38,8 @@ DATA: tuple[str, ...] = ("payloads", *(t for t in TABLES if t != "payloads"))
 # PostgreSQL) rather than trusting a copy.
 DERIVED: dict[str, str] = {
     "unread": (
-        "INSERT INTO unread (mailbox, bytes) SELECT i.mailbox, sum(e.size + length(e.header)) "
+        "INSERT INTO unread (mailbox, bytes) SELECT i.mailbox,"
+        " sum(CASE WHEN e.erased IS NULL THEN e.size ELSE 0 END + length(e.header)) "
         "FROM inbox i JOIN envelopes e ON e.rid = i.rid "
         "WHERE i.acked IS NULL GROUP BY i.mailbox"
     ),

@@ -21,8 +21,10 @@ from relay.errors import StoreError
 from relay.storage import purge_sql as p
 from relay.storage import rowmaps, trace_sql
 from relay.storage.audit import AuditReads
+from relay.storage.erasure import Erasure
 from relay.storage.postgres import sql as q
 from relay.storage.postgres.connect import Link, connection_lost, describe
+from relay.storage.postgres.erasure import erasure_records
 from relay.storage.postgres.retention import preview
 from relay.storage.records import (
     AgeBucket,
@@ -200,7 +202,8 @@ class PgReads(AuditReads):
         # sizes first, then the bodies of the rows that fit (as on SQLite)
         sizes = await self.fetchall(
             "SELECT i.seq, coalesce(octet_length(p.body), 0) AS size FROM inbox i"
-            " JOIN envelopes e ON e.rid = i.rid LEFT JOIN payloads p ON p.sha = e.payload_sha"
+            " JOIN envelopes e ON e.rid = i.rid"
+            " LEFT JOIN payloads p ON p.sha = e.payload_sha AND e.erased IS NULL"
             " WHERE i.mailbox = %s AND i.acked IS NULL AND i.seq > %s ORDER BY i.seq LIMIT %s",
             (mailbox, after, limit + 1),
         )
@@ -222,8 +225,9 @@ class PgReads(AuditReads):
         self, mailbox: str, after: int, upto: int | None, limit: int
     ) -> list[InboxItem]:
         found = await self.fetchall(
-            "SELECT i.seq, e.id, e.residency, e.header, p.body FROM inbox i"
-            " JOIN envelopes e ON e.rid = i.rid LEFT JOIN payloads p ON p.sha = e.payload_sha"
+            "SELECT i.seq, e.id, e.residency, e.header, p.body, e.erased FROM inbox i"
+            " JOIN envelopes e ON e.rid = i.rid"
+            " LEFT JOIN payloads p ON p.sha = e.payload_sha AND e.erased IS NULL"
             " WHERE i.mailbox = %s AND i.acked IS NULL AND i.seq > %s AND i.seq <= %s"
             " ORDER BY i.seq LIMIT %s",
             (mailbox, after, upto if upto is not None else 2**63 - 1, limit),
@@ -313,6 +317,17 @@ class PgReads(AuditReads):
         )
         envelopes, recipients, queue, inbox, pending = found
         return trace_sql.trace_rows(envelopes, recipients, queue, inbox, pending, receipts)
+
+    # --- erasure ---------------------------------------------------------------------
+
+    async def erasure_records(
+        self, keys: Sequence[tuple[str, bytes]]
+    ) -> dict[tuple[str, bytes], Erasure]:
+        db = await self._db()
+        try:
+            return await erasure_records(db, keys)
+        except psycopg.Error as e:
+            raise await self._failed(e, db) from e
 
     # --- retention preview -----------------------------------------------------------
 

@@ -85,6 +85,12 @@ class PgStore(GroupCommit, PgReads):
         await self._link.close()
         await self.reader.close()
 
+    async def scrub(self) -> str:
+        """Nothing reachable from here: PostgreSQL keeps deleted rows' bytes in the
+        table files until VACUUM reuses the space, and in WAL segments and base
+        backups until they are recycled (docs/erasure.md)."""
+        return "none: PostgreSQL frees the space at VACUUM; WAL and backups age out"
+
     async def settings(self) -> dict[str, str]:
         """Durability settings as the server reports them, logged at start."""
         row = await self.fetchone(

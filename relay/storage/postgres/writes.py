@@ -25,6 +25,7 @@ from relay.protocol.envelope import Envelope, header_digest
 from relay.storage import rowmaps
 from relay.storage.audit import AuditWrites, decision_events, purge_event, stored_events
 from relay.storage.postgres import sql as q
+from relay.storage.postgres.erasure import ErasureWrites
 from relay.storage.postgres.retention import RetentionWrites
 from relay.storage.records import (
     FINAL_STATUSES,
@@ -47,7 +48,7 @@ _NOT_FINAL = f"status NOT IN ({', '.join(repr(s) for s in sorted(FINAL_STATUSES)
 _QUEUED_FROM = f"SELECT {rowmaps.QUEUED_COLS} FROM queue q JOIN envelopes e ON e.rid = q.rid"
 
 
-class PgWriteTx(AuditWrites, RetentionWrites):
+class PgWriteTx(AuditWrites, ErasureWrites, RetentionWrites):
     _mark = "%s"
 
     """WriteTx over the writer connection, inside its open transaction."""

@@ -20,6 +20,7 @@ import aiosqlite
 from relay.errors import StoreError
 from relay.storage import rowmaps, trace_sql
 from relay.storage.audit import AuditReads
+from relay.storage.erasure import Erasure
 from relay.storage.records import (
     AgeBucket,
     AllowRecord,
@@ -38,6 +39,7 @@ from relay.storage.records import (
 )
 from relay.storage.sqlite import retention
 from relay.storage.sqlite import rows as q
+from relay.storage.sqlite.erasure import erasure_records
 from relay.storage.tables import TABLES
 
 # The distinct next hops of the queue by a loose index scan: the least hop, then
@@ -189,7 +191,8 @@ class SqliteReads(AuditReads):
         # the rows that fit, so a page of large messages never loads one too many
         sizes = await self.fetchall(
             "SELECT i.seq, coalesce(length(p.body), 0) FROM inbox i"
-            " JOIN envelopes e ON e.rid = i.rid LEFT JOIN payloads p ON p.sha = e.payload_sha"
+            " JOIN envelopes e ON e.rid = i.rid"
+            " LEFT JOIN payloads p ON p.sha = e.payload_sha AND e.erased IS NULL"
             " WHERE i.mailbox = ? AND i.acked IS NULL AND i.seq > ? ORDER BY i.seq LIMIT ?",
             (mailbox, after, limit + 1),
         )
@@ -210,8 +213,9 @@ class SqliteReads(AuditReads):
         self, mailbox: str, after: int, upto: int | None, limit: int
     ) -> list[InboxItem]:
         found = await self.fetchall(
-            "SELECT i.seq, e.id, e.residency, e.header, p.body FROM inbox i"
-            " JOIN envelopes e ON e.rid = i.rid LEFT JOIN payloads p ON p.sha = e.payload_sha"
+            "SELECT i.seq, e.id, e.residency, e.header, p.body, e.erased FROM inbox i"
+            " JOIN envelopes e ON e.rid = i.rid"
+            " LEFT JOIN payloads p ON p.sha = e.payload_sha AND e.erased IS NULL"
             " WHERE i.mailbox = ? AND i.acked IS NULL AND i.seq > ? AND i.seq <= ?"
             " ORDER BY i.seq LIMIT ?",
             (mailbox, after, upto if upto is not None else 2**63 - 1, limit),
@@ -297,6 +301,16 @@ class SqliteReads(AuditReads):
         )
         envelopes, recipients, queue, inbox, pending = found
         return trace_sql.trace_rows(envelopes, recipients, queue, inbox, pending, receipts)
+
+    # --- erasure ---------------------------------------------------------------------
+
+    async def erasure_records(
+        self, keys: Sequence[tuple[str, bytes]]
+    ) -> dict[tuple[str, bytes], Erasure]:
+        try:
+            return await erasure_records(self.reader, keys)
+        except sqlite3.Error as e:
+            raise StoreError(f"cannot read the database: {e}") from e
 
     # --- retention preview -----------------------------------------------------------
 

@@ -250,6 +250,15 @@ class Store(SqliteReads):
             event(log, "store_trouble", logging.ERROR, detail=why)
         self.trouble = why
 
+    async def scrub(self) -> str:
+        """After an erasure: copy the WAL into the database file and truncate the WAL,
+        so the log keeps no frame that held erased content (the writer's
+        secure_delete already zeroed the freed space); what it did."""
+        row = await self.fetchone("PRAGMA wal_checkpoint(TRUNCATE)")
+        if row is None or int(row[0]) != 0:
+            return "checkpoint busy: the WAL is truncated at a later checkpoint"
+        return "checkpoint: the WAL was copied into the database file and truncated"
+
     async def settings(self) -> dict[str, str]:
         """Journal mode and sync level of the database, as logged at start."""
         sync = await self.pragma("synchronous")
@@ -334,6 +343,9 @@ async def open_store(path: Path) -> Store:
                 raise StoreError(f"{path}: could not switch the journal to WAL")
             await db.execute("PRAGMA synchronous = FULL")
             await db.execute(f"PRAGMA cache_size = {CACHE_KIB}")
+            # deleted rows are overwritten with zeros, not left in free space, so an
+            # erased payload cannot be read back from the file (docs/erasure.md: cost)
+            await db.execute("PRAGMA secure_delete = ON")
             await migrate(db, path)
             reader = await _connect(path)
             await reader.execute("PRAGMA synchronous = FULL")

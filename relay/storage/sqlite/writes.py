@@ -38,13 +38,14 @@ from relay.storage.records import (
     WebhookFailure,
 )
 from relay.storage.sqlite import rows as q
+from relay.storage.sqlite.erasure import ErasureWrites
 from relay.storage.sqlite.inline import InlineConnection
 from relay.storage.sqlite.retention import RetentionWrites
 
 _NOT_FINAL = f"status NOT IN ({', '.join(repr(s) for s in sorted(FINAL_STATUSES))})"
 
 
-class SqliteWriteTx(AuditWrites, RetentionWrites):
+class SqliteWriteTx(AuditWrites, ErasureWrites, RetentionWrites):
     """WriteTx over the writer connection, inside its open transaction."""
 
     def __init__(self, db: InlineConnection) -> None:

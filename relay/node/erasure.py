@@ -1,0 +1,167 @@
+"""Erasing messages this node originated (issue 14, docs/erasure.md): who may ask, and
+what happens here.
+
+Called by the client API (`DELETE /v1/messages/{id}`: the sending mailbox) and the
+admin API (`POST /admin/v1/erase`: the node's admin, by id or by sender mailbox and
+time range). The steps on the stored copy are relay.storage.erasure's.
+
+Invariants:
+- Only messages whose origin is this node are erased from here, and a mailbox
+  erases only what it sent (Forbidden otherwise, nothing changed).
+- The erasure, its decision row and the inbox tombstones commit in one job;
+  readers of the mailboxes given a tombstone are woken after the commit.
+- After a commit that erased anything, the storage scrubs its files
+  (`Storage.scrub`) so the erased payload does not stay in the log.
+- Every erasure is logged (`message_erased`) with message, origin, status, who
+  asked and why; `records` of an EraseResult are what an audit log records.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from relay.config.model import DAY_MS
+from relay.errors import BadRequest, Forbidden, NotFound
+from relay.logs import event
+from relay.node.state import NodeState
+from relay.storage.erasure import EraseOrder, Erasure, ErasureTarget
+from relay.storage.interface import WriteTx
+
+log = logging.getLogger("relay.erasure")
+
+MAX_IDS = 1000  # ids per request
+MAX_BY_SENDER = 10_000  # messages one by-sender erasure reaches; ask again for more
+MAX_REASON = 500
+
+
+@dataclass(frozen=True, slots=True)
+class EraseResult:
+    """What one erasure request did: a record per envelope reached, in rid order."""
+
+    records: list[Erasure]
+    targets: list[ErasureTarget]  # the envelopes, in the records' order
+    unknown: tuple[str, ...]  # ids asked for that name no message originated here
+    scrub: str  # what the storage did to its files afterwards
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "erased": [
+                {**r.to_json(), "dest": t.dest, "hop": t.hop}
+                for r, t in zip(self.records, self.targets, strict=True)
+            ],
+            "unknown": list(self.unknown),
+            "scrub": self.scrub,
+        }
+
+
+def check_reason(reason: object, *, required: bool) -> str:
+    """The reason as recorded: text of at most MAX_REASON characters, no control characters."""
+    if reason is None and not required:
+        return ""
+    if not isinstance(reason, str) or (required and not reason.strip()):
+        raise BadRequest("'reason' must say why the message is erased (it is recorded)")
+    if len(reason) > MAX_REASON or any(ord(c) < 32 or ord(c) == 127 for c in reason):
+        raise BadRequest(f"'reason' must be one line of at most {MAX_REASON} characters")
+    return reason.strip()
+
+
+def _order(state: NodeState, source: str, actor: str, reason: str) -> EraseOrder:
+    hold_ms = state.config.retention.content_min_days * DAY_MS
+    return EraseOrder(source=source, actor=actor, reason=reason, hold_ms=hold_ms)
+
+
+async def erase_for_mailbox(
+    state: NodeState, mailbox: str, ident: bytes, reason: str = ""
+) -> EraseResult:
+    """The sending mailbox erases message `ident` (every envelope of it)."""
+    sender = f"{mailbox}@{state.name}"
+    order = _order(state, "mailbox", mailbox, reason)
+
+    async def job(tx: WriteTx) -> tuple[list[ErasureTarget], list[Erasure]]:
+        targets = await tx.erasable(state.name, [ident])
+        if not targets:
+            raise NotFound(f"no message {ident.hex()} originated at {state.name}")
+        if any(t.sender != sender for t in targets):
+            raise Forbidden(
+                f"message {ident.hex()} was not sent by {mailbox}; only its sender erases it"
+            )
+        return targets, await _erase(state, tx, targets, order)
+
+    targets, records = await state.store.write(job, admit=True)
+    return await _done(state, targets, records, ())
+
+
+async def erase_for_admin(state: NodeState, ids: Sequence[bytes], reason: str) -> EraseResult:
+    """The admin erases messages originated here, by message or envelope id."""
+    if not ids or len(ids) > MAX_IDS:
+        raise BadRequest(f"name 1 to {MAX_IDS} message ids")
+    order = _order(state, "admin", "admin", reason)
+
+    async def job(tx: WriteTx) -> tuple[list[ErasureTarget], list[Erasure]]:
+        targets = await tx.erasable(state.name, ids)
+        if not targets:
+            raise NotFound(f"none of the {len(ids)} ids names a message originated at {state.name}")
+        return targets, await _erase(state, tx, targets, order)
+
+    targets, records = await state.store.write(job)
+    return await _done(state, targets, records, _unknown(ids, targets))
+
+
+async def erase_by_sender(
+    state: NodeState, mailbox: str, since: int, until: int, reason: str
+) -> EraseResult:
+    """The admin erases what `mailbox` sent in [`since`, `until`) (a data subject's request)."""
+    if since >= until:
+        raise BadRequest("'since' must be before 'until'")
+    if state.config.mailbox(mailbox) is None:
+        raise NotFound(f"no mailbox {mailbox!r} on {state.name}")
+    order = _order(state, "admin", "admin", reason)
+    sender = f"{mailbox}@{state.name}"
+
+    async def job(tx: WriteTx) -> tuple[list[ErasureTarget], list[Erasure]]:
+        targets = await tx.erasable_by_sender(state.name, sender, since, until, MAX_BY_SENDER)
+        return targets, await _erase(state, tx, targets, order)
+
+    targets, records = await state.store.write(job)
+    return await _done(state, targets, records, ())
+
+
+async def _erase(
+    state: NodeState, tx: WriteTx, targets: list[ErasureTarget], order: EraseOrder
+) -> list[Erasure]:
+    records = await tx.erase(targets, order, state.now_ms())
+    state.note_inbox(tx, sorted({mb for r in records for mb in r.mailboxes}))
+    return records
+
+
+def _unknown(ids: Sequence[bytes], targets: Sequence[ErasureTarget]) -> tuple[str, ...]:
+    # a message id is its first envelope's id, so a message found is among the targets
+    found = {t.id for t in targets}
+    return tuple(i.hex() for i in ids if i not in found)
+
+
+async def _done(
+    state: NodeState,
+    targets: list[ErasureTarget],
+    records: list[Erasure],
+    unknown: tuple[str, ...],
+) -> EraseResult:
+    fresh = [r for r in records if r.fresh]
+    for r in fresh:
+        event(
+            log,
+            "message_erased",
+            msg=r.id.hex(),
+            origin=r.origin,
+            status=r.status,
+            hold_until=r.hold_until,
+            source=r.source,
+            actor=r.actor,
+            reason=r.reason,
+            mailboxes=",".join(r.mailboxes),
+        )
+    scrub = await state.store.scrub() if fresh else "nothing erased now"
+    return EraseResult(records, targets, unknown, scrub)

@@ -1,0 +1,113 @@
+"""Erasure on PostgreSQL: the primitives relay.storage.erasure.EraseSteps is written in,
+the lookups that find what to erase, and settling held erasures (as on SQLite)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from relay.storage.erasure import (
+    ERASED,
+    HELD_DONE,
+    RECORD_COLS,
+    SETTLE,
+    TARGET_COLS,
+    EraseSteps,
+    Erasure,
+    ErasureTarget,
+    Stripped,
+    record_of,
+    record_row,
+    target_of,
+)
+from relay.storage.postgres import sql as q
+from relay.storage.purge_sql import pyformat
+
+_MESSAGE = "e.kind = 'message' AND e.origin = %s"
+
+
+class ErasureWrites(EraseSteps):
+    """The erasure part of the write transaction (relay.storage.postgres.writes)."""
+
+    connection: q.Conn
+
+    async def erasable(self, origin: str, ids: Sequence[bytes]) -> list[ErasureTarget]:
+        wanted = list(dict.fromkeys(ids))
+        found = await q.rows(
+            self.connection,
+            f"SELECT {TARGET_COLS} FROM envelopes e WHERE {_MESSAGE} AND (e.id = ANY(%s)"
+            " OR e.rid IN (SELECT r.rid FROM recipients r WHERE r.msg = ANY(%s)))"
+            " ORDER BY e.rid",
+            (origin, wanted, wanted),
+        )
+        return [target_of(r) for r in found]
+
+    async def erasable_by_sender(
+        self, origin: str, sender: str, since: int, until: int, limit: int
+    ) -> list[ErasureTarget]:
+        found = await q.rows(
+            self.connection,
+            f"SELECT {TARGET_COLS} FROM envelopes e WHERE {_MESSAGE} AND e.sender = %s"
+            " AND e.created >= %s AND e.created < %s ORDER BY e.rid LIMIT %s",
+            (origin, sender, since, until, limit),
+        )
+        return [target_of(r) for r in found]
+
+    async def strip_copies(self, rids: Sequence[int], now: int) -> Stripped:
+        db = self.connection
+        wanted = sorted(set(rids))
+        mailboxes: dict[int, list[str]] = {}
+        # inbox rows go before `erased` is set: the unread triggers take their size off
+        for r in await q.rows(
+            db, "DELETE FROM inbox WHERE rid = ANY(%s) RETURNING rid, mailbox, seq", (wanted,)
+        ):
+            mailboxes.setdefault(int(r["rid"]), []).append(str(r["mailbox"]))
+        gone = await q.rows(db, "DELETE FROM queue WHERE rid = ANY(%s) RETURNING rid", (wanted,))
+        await db.execute(
+            "UPDATE envelopes SET erased = %s WHERE rid = ANY(%s) AND erased IS NULL",
+            (now, wanted),
+        )
+        await q.many(
+            db,
+            "INSERT INTO inbox (mailbox, rid, delivered) VALUES (%s, %s, %s)",
+            [(mb, rid, now) for rid, mbs in sorted(mailboxes.items()) for mb in sorted(mbs)],
+        )
+        return Stripped(
+            {rid: tuple(sorted(mbs)) for rid, mbs in mailboxes.items()},
+            frozenset(int(r["rid"]) for r in gone),
+        )
+
+    async def erasure_records(
+        self, keys: Sequence[tuple[str, bytes]]
+    ) -> dict[tuple[str, bytes], Erasure]:
+        return await erasure_records(self.connection, keys)
+
+    async def add_erasures(self, records: Sequence[Erasure]) -> None:
+        await q.many(
+            self.connection,
+            f"INSERT INTO erasures ({RECORD_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+            " ON CONFLICT (origin, id) DO NOTHING",
+            [record_row(r) for r in records],
+        )
+
+    async def settle_erasures(self, now: int, limit: int) -> list[Erasure]:
+        held = await q.rows(self.connection, pyformat(HELD_DONE), {"limit": limit})
+        for r in held:  # a few at a time: holds end one by one
+            await self.connection.execute(
+                pyformat(SETTLE), {"now": now, "origin": r["origin"], "id": r["id"]}
+            )
+        return [replace(record_of(r), status=ERASED, done=now, fresh=True) for r in held]
+
+
+async def erasure_records(
+    db: q.Conn, keys: Sequence[tuple[str, bytes]]
+) -> dict[tuple[str, bytes], Erasure]:
+    """The erasure records of these (origin, id) pairs (reads and writes share it)."""
+    wanted = sorted(set(keys))
+    found = await q.rows(
+        db,
+        f"SELECT {RECORD_COLS} FROM erasures WHERE (origin, id) IN"
+        " (SELECT * FROM unnest(%s::text[], %s::bytea[]))",
+        ([o for o, _ in wanted], [i for _, i in wanted]),
+    )
+    return {(rec.origin, rec.id): rec for rec in map(record_of, found)}

@@ -1,0 +1,120 @@
+"""Erasure on SQLite: the primitives relay.storage.erasure.EraseSteps is written in,
+the lookups that find what to erase, and settling held erasures."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from relay.storage.erasure import (
+    ERASED,
+    HELD_DONE,
+    RECORD_COLS,
+    SETTLE,
+    TARGET_COLS,
+    EraseSteps,
+    Erasure,
+    ErasureTarget,
+    Stripped,
+    record_of,
+    record_row,
+    target_of,
+)
+from relay.storage.sqlite import rows as q
+from relay.storage.sqlite.inline import InlineConnection
+
+_MESSAGE = "e.kind = 'message' AND e.origin = ?"
+
+
+class ErasureWrites(EraseSteps):
+    """The erasure part of the write transaction (relay.storage.sqlite.writes)."""
+
+    connection: InlineConnection
+
+    async def erasable(self, origin: str, ids: Sequence[bytes]) -> list[ErasureTarget]:
+        found: dict[int, ErasureTarget] = {}
+        for chunk in q.chunks(list(dict.fromkeys(ids))):
+            m = q.marks(chunk)
+            for r in await q.rows(
+                self.connection,
+                f"SELECT {TARGET_COLS} FROM envelopes e WHERE {_MESSAGE} AND (e.id IN ({m})"
+                f" OR e.rid IN (SELECT r.rid FROM recipients r WHERE r.msg IN ({m})))",
+                (origin, *chunk, *chunk),
+            ):
+                t = target_of(r)
+                found[t.rid] = t
+        return [found[rid] for rid in sorted(found)]
+
+    async def erasable_by_sender(
+        self, origin: str, sender: str, since: int, until: int, limit: int
+    ) -> list[ErasureTarget]:
+        found = await q.rows(
+            self.connection,
+            f"SELECT {TARGET_COLS} FROM envelopes e WHERE {_MESSAGE} AND e.sender = ?"
+            " AND e.created >= ? AND e.created < ? ORDER BY e.rid LIMIT ?",
+            (origin, sender, since, until, limit),
+        )
+        return [target_of(r) for r in found]
+
+    async def strip_copies(self, rids: Sequence[int], now: int) -> Stripped:
+        db = self.connection
+        mailboxes: dict[int, list[str]] = {}
+        dequeued: set[int] = set()
+        for chunk in q.chunks(sorted(set(rids))):
+            m = q.marks(chunk)
+            for r in await q.rows(db, f"SELECT rid, mailbox FROM inbox WHERE rid IN ({m})", chunk):
+                mailboxes.setdefault(int(r["rid"]), []).append(str(r["mailbox"]))
+            for r in await q.rows(db, f"SELECT rid FROM queue WHERE rid IN ({m})", chunk):
+                dequeued.add(int(r["rid"]))
+            # inbox rows go before `erased` is set: the unread triggers take their size off
+            await db.execute(f"DELETE FROM inbox WHERE rid IN ({m})", chunk)
+            await db.execute(f"DELETE FROM queue WHERE rid IN ({m})", chunk)
+            await db.execute(
+                f"UPDATE envelopes SET erased = ? WHERE rid IN ({m}) AND erased IS NULL",
+                (now, *chunk),
+            )
+        await q.many(
+            db,
+            "INSERT INTO inbox (mailbox, rid, delivered) VALUES (?, ?, ?)",
+            [(mb, rid, now) for rid, mbs in sorted(mailboxes.items()) for mb in sorted(mbs)],
+        )
+        return Stripped(
+            {rid: tuple(sorted(mbs)) for rid, mbs in mailboxes.items()}, frozenset(dequeued)
+        )
+
+    async def erasure_records(
+        self, keys: Sequence[tuple[str, bytes]]
+    ) -> dict[tuple[str, bytes], Erasure]:
+        return await erasure_records(self.connection, keys)
+
+    async def add_erasures(self, records: Sequence[Erasure]) -> None:
+        await q.many(
+            self.connection,
+            f"INSERT OR IGNORE INTO erasures ({RECORD_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
+            [record_row(r) for r in records],
+        )
+
+    async def settle_erasures(self, now: int, limit: int) -> list[Erasure]:
+        held = await q.rows(self.connection, HELD_DONE, {"limit": limit})
+        for r in held:  # a few at a time: holds end one by one
+            await self.connection.execute(
+                SETTLE, {"now": now, "origin": r["origin"], "id": r["id"]}
+            )
+        return [replace(record_of(r), status=ERASED, done=now, fresh=True) for r in held]
+
+
+async def erasure_records(
+    db: q.Conn, keys: Sequence[tuple[str, bytes]]
+) -> dict[tuple[str, bytes], Erasure]:
+    """The erasure records of these (origin, id) pairs (reads and writes share it)."""
+    found: dict[tuple[str, bytes], Erasure] = {}
+    for chunk in q.chunks(sorted(set(keys))):
+        pairs = ", ".join("(?, ?)" for _ in chunk)
+        for r in await q.rows(
+            db,
+            f"SELECT {RECORD_COLS} FROM erasures WHERE (origin, id) IN (VALUES {pairs})",
+            [v for pair in chunk for v in pair],
+        ):
+            rec = record_of(r)
+            found[(rec.origin, rec.id)] = rec
+    return found

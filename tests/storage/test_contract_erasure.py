@@ -1,0 +1,217 @@
+"""Storage contract, erasure (relay.storage.erasure): every backend erases alike.
+
+Runs against every backend of relay.storage.backends.BACKENDS through the
+interface only (tests/storage/contract.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from relay.storage.erasure import ERASED, HELD, EraseOrder, Erasure, ErasureTarget
+from relay.storage.interface import Storage, WriteTx
+from relay.storage.records import Cutoffs, Recipient, RecipientStatus
+from tests.storage.contract import DAY_MS, HERE, T0, envelope, new, put
+
+NOW = T0 + 1000
+BY_ADMIN = EraseOrder(source="admin", actor="admin", reason="court order 7", hold_ms=0)
+
+
+async def erase(storage: Storage, targets: list[ErasureTarget], order: EraseOrder) -> list[Erasure]:
+    async def job(tx: WriteTx) -> list[Erasure]:
+        return await tx.erase(targets, order, NOW)
+
+    return await storage.write(job)
+
+
+async def find(storage: Storage, origin: str, ids: list[bytes]) -> list[ErasureTarget]:
+    async def job(tx: WriteTx) -> list[ErasureTarget]:
+        return await tx.erasable(origin, ids)
+
+    return await storage.write(job)
+
+
+async def test_erasure_takes_content_inbox_rows_and_leaves_a_tombstone(storage: Storage) -> None:
+    body = b"the words to forget"
+    env = envelope(payload=body, to=[f"bob@{HERE}", f"carol@{HERE}"])
+    keep = envelope(payload=b"another message")
+    (rid, _) = await put(
+        storage, [new(env, mailboxes=["bob", "carol"]), new(keep, mailboxes=["bob"])]
+    )
+    # bob read it already, carol did not
+    await storage.write(lambda tx: tx.ack_inbox("bob", [env.header.id], T0))
+    # an unread message weighs its payload and its header
+    kept = len(b"another message") + len(keep.header_bytes)
+    assert await storage.unread_bytes(["bob", "carol"]) == {
+        "bob": kept,
+        "carol": len(body) + len(env.header_bytes),
+    }
+
+    (target,) = await find(storage, "peer.test", [env.header.id])
+    assert (target.rid, target.origin, target.id, target.has_content, target.erased) == (
+        rid,
+        "peer.test",
+        env.header.id,
+        True,
+        None,
+    )
+    (rec,) = await erase(storage, [target], BY_ADMIN)
+    assert (rec.status, rec.at, rec.done, rec.hold_until) == (ERASED, NOW, NOW, 0)
+    assert (rec.source, rec.actor, rec.reason, rec.fresh) == (
+        "admin",
+        "admin",
+        "court order 7",
+        True,
+    )
+    assert rec.mailboxes == ("bob", "carol")
+
+    # each mailbox gets one unread tombstone with no body; it weighs its header only
+    for mb in ("bob", "carol"):
+        items = [i for i in await storage.inbox(mb, 0, 10) if i.id == env.header.id]
+        assert len(items) == 1 and items[0].payload is None and items[0].erased == NOW
+    page = await storage.inbox_page("carol", 0, 10, 1 << 20)
+    assert [(i.id, i.payload, i.erased) for i in page.items] == [(env.header.id, None, NOW)]
+    assert await storage.unread_bytes(["bob", "carol"]) == {
+        "bob": kept + len(env.header_bytes),
+        "carol": len(env.header_bytes),
+    }
+    await storage.write(lambda tx: tx.ack_inbox("carol", [env.header.id], NOW))
+    assert await storage.unread_bytes(["carol"]) == {"carol": 0}
+
+    # the payload row is gone, the other message's is not
+    counts = await storage.row_counts()
+    assert counts["payloads"] == 1 and counts["erasures"] == 1 and counts["envelopes"] == 2
+    assert await storage.erasure_records([("peer.test", env.header.id)]) == {
+        ("peer.test", env.header.id): Erasure(
+            "peer.test",
+            env.header.id,
+            ERASED,
+            NOW,
+            NOW,
+            0,
+            "admin",
+            "admin",
+            "court order 7",
+            fresh=False,
+        )
+    }
+    (d,) = await storage.decisions(env.header.id, None, 10)
+    assert (d.point, d.outcome, d.rule, d.reason) == (
+        "erase",
+        ERASED,
+        "",
+        "admin admin: court order 7",
+    )
+
+
+async def test_erasing_again_changes_nothing_and_returns_the_first_record(storage: Storage) -> None:
+    env = envelope()
+    await put(storage, [new(env, mailboxes=["bob"])])
+    first = await erase(storage, await find(storage, "peer.test", [env.header.id]), BY_ADMIN)
+    counts = await storage.row_counts()
+    again = await erase(
+        storage,
+        await find(storage, "peer.test", [env.header.id]),
+        EraseOrder("peer", "other.test", "", 0),
+    )
+    assert again == [replace(first[0], mailboxes=(), fresh=False)]
+    assert await storage.row_counts() == counts
+
+
+async def test_a_legal_hold_keeps_content_until_retention_clears_it(storage: Storage) -> None:
+    env = envelope(payload=b"kept by law")
+    (rid,) = await put(storage, [new(env, mailboxes=["bob"])], now=T0)
+    hold = EraseOrder("admin", "admin", "subject request", hold_ms=30 * DAY_MS)
+    (rec,) = await erase(storage, await find(storage, "peer.test", [env.header.id]), hold)
+    assert (rec.status, rec.done, rec.hold_until) == (HELD, 0, T0 + 30 * DAY_MS)
+    # the recipient no longer sees the content, though the node still holds it
+    (item,) = await storage.inbox("bob", 0, 10)
+    assert item.payload is None and item.erased == NOW
+    assert (await storage.row_counts())["payloads"] == 1
+    (d,) = await storage.decisions(env.header.id, None, 10)
+    assert (d.outcome, d.rule) == (HELD, "retention.content_min_days")
+
+    async def settle(tx: WriteTx) -> list[Erasure]:
+        return await tx.settle_erasures(NOW + 1, 100)
+
+    assert await storage.write(settle) == []  # nothing cleared yet
+    # retention's discard path clears it once the minimum passed
+    later = T0 + 31 * DAY_MS
+    cut = Cutoffs(now=later, cmax=0, cmin=later - 30 * DAY_MS, mmax=0, mmin=0, expired=0)
+
+    async def purge(tx: WriteTx) -> list[int]:
+        due, _ = await tx.content_due(cut, 100)
+        await tx.clear_content([c.rid for c in due])
+        await tx.drop_unreferenced_payloads([c.payload_sha for c in due])
+        return [c.rid for c in due]
+
+    assert await storage.write(purge) == [rid]
+    (done,) = await storage.write(settle)
+    assert (done.status, done.done, done.hold_until, done.fresh) == (
+        ERASED,
+        NOW + 1,
+        rec.hold_until,
+        True,
+    )
+    recs = await storage.erasure_records([("peer.test", env.header.id)])
+    assert recs[("peer.test", env.header.id)].status == ERASED
+
+
+async def test_a_queued_message_is_dequeued_and_its_recipients_end(storage: Storage) -> None:
+    env = envelope(origin=HERE, to=["x@far.test"], dest="far.test")
+    (rid,) = await put(storage, [new(env, hop="far.test", from_peer=None)])
+    msg = env.header.id
+
+    async def recipients(tx: WriteTx) -> None:
+        await tx.add_recipients([Recipient(msg, "x@far.test", rid, "alice", "queued", T0)])
+
+    await storage.write(recipients)
+    (t,) = await find(storage, HERE, [msg])
+    assert t.hop == "far.test" and t.sender == f"alice@{HERE}" and t.dest == "far.test"
+    await erase(storage, [t], EraseOrder("mailbox", "alice", "", 0))
+    assert await storage.queue_length() == 0
+    assert await storage.recipient_statuses(msg, "alice") == [
+        RecipientStatus("x@far.test", "rejected", "erased", NOW)
+    ]
+
+
+async def test_erasable_finds_every_envelope_of_a_message_and_only_the_origins(
+    storage: Storage,
+) -> None:
+    a = envelope(origin=HERE, to=["x@far.test"], dest="far.test")
+    b = envelope(origin=HERE, to=["y@near.test"], dest="near.test")
+    foreign = envelope(origin="peer.test", ident=a.header.id)
+    rids = await put(
+        storage,
+        [
+            new(a, hop="far.test", from_peer=None),
+            new(b, hop="near.test", from_peer=None),
+            new(foreign),
+        ],
+    )
+    msg = a.header.id
+
+    async def recipients(tx: WriteTx) -> None:
+        await tx.add_recipients(
+            [
+                Recipient(msg, "x@far.test", rids[0], "alice", "queued", T0),
+                Recipient(msg, "y@near.test", rids[1], "alice", "queued", T0),
+            ]
+        )
+
+    await storage.write(recipients)
+    # by message id: both envelopes; by the second envelope's own id: that one
+    assert [t.rid for t in await find(storage, HERE, [msg])] == rids[:2]
+    assert [t.rid for t in await find(storage, HERE, [b.header.id])] == [rids[1]]
+    assert [t.rid for t in await find(storage, "peer.test", [msg])] == [rids[2]]
+    assert await find(storage, "nobody.test", [msg]) == []
+
+    async def by_sender(tx: WriteTx) -> list[ErasureTarget]:
+        return await tx.erasable_by_sender(HERE, f"alice@{HERE}", T0, T0 + 1, 10)
+
+    assert [t.rid for t in await storage.write(by_sender)] == rids[:2]
+
+    async def outside(tx: WriteTx) -> list[ErasureTarget]:
+        return await tx.erasable_by_sender(HERE, f"alice@{HERE}", T0 + 1, T0 + 2, 10)
+
+    assert await storage.write(outside) == []

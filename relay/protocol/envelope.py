@@ -53,7 +53,15 @@ MAX_HOPS = 16
 MAX_LIFETIME_MS = 30 * 24 * 3600 * 1000
 ID_SIZE = 16
 
-KINDS = frozenset({"message", "receipt"})
+# The kinds a node's postmaster writes, each with the one content type it carries:
+# receipts (relay.protocol.receipt), erasure requests and their answers
+# (relay.protocol.erasure).
+POSTMASTER_KINDS = {
+    "receipt": RECEIPT_CTYPE,
+    "erasure": "application/vnd.relay.erasure+msgpack",
+    "erasure-receipt": "application/vnd.relay.erasure-receipt+msgpack",
+}
+KINDS = frozenset({"message", *POSTMASTER_KINDS})
 
 # --- header ---------------------------------------------------------------------
 
@@ -173,7 +181,8 @@ def stored_header(data: bytes) -> Header:
 
 def _check_header(h: Header) -> None:
     if h.kind not in KINDS:
-        raise MalformedError(f"header: kind: {show(h.kind)} is not message or receipt")
+        kinds = ", ".join(sorted(KINDS))
+        raise MalformedError(f"header: kind: {show(h.kind)} is not one of {kinds}")
     if not valid_node_name(h.origin):
         raise MalformedError(f"header: origin: {show(h.origin)} is not a valid node name")
     if not valid_node_name(h.dest):
@@ -199,13 +208,15 @@ def _check_header(h: Header) -> None:
         raise MalformedError("header: ctype: the content type is empty")
     if not 1 <= h.max_hops <= MAX_HOPS:
         raise MalformedError(f"header: max_hops: {h.max_hops} is outside 1..{MAX_HOPS}")
-    if h.kind == "receipt":
+    ctype = POSTMASTER_KINDS.get(h.kind)
+    if ctype is not None:
+        what = "a receipt" if h.kind == "receipt" else f"an envelope of kind {h.kind}"
         if h.sender != f"postmaster@{h.origin}":
-            raise MalformedError(f"header: from: a receipt comes from postmaster@{h.origin}")
+            raise MalformedError(f"header: from: {what} comes from postmaster@{h.origin}")
         if h.to != (f"postmaster@{h.dest}",):
-            raise MalformedError(f"header: to: a receipt goes to postmaster@{h.dest} only")
-        if h.ctype != RECEIPT_CTYPE:
-            raise MalformedError(f"header: ctype: a receipt's content type is {RECEIPT_CTYPE}")
+            raise MalformedError(f"header: to: {what} goes to postmaster@{h.dest} only")
+        if h.ctype != ctype:
+            raise MalformedError(f"header: ctype: {what}'s content type is {ctype}")
 
 
 def _address_node(addr: str, field: str) -> str:

@@ -475,16 +475,8 @@ def judge_item(ctx: ItemContext, env: Envelope, facts: ItemFacts) -> Passed | It
         return ItemRefused.of(hop)
     if h.dest != ctx.here and hop is None:
         raise RelayError(f"judge_item: no relay plan for an envelope to {h.dest}")
-    if facts.origin_keys is None:
-        return ItemRefused("unknown_origin", f"origin {h.origin} is not trusted by this node")
-    origin_key = facts.origin_keys.get(h.key)
-    if origin_key is None:
-        detail = facts.unknown_key or f"{h.origin} has no key {h.key!r} pinned at this node"
-        return ItemRefused("signature", detail)
-    try:
-        verify_envelope(env, origin_key)
-    except ItemRejected as e:
-        return ItemRefused.of(e)
+    if (refused := check_origin(env, facts)) is not None:
+        return refused
     accept = facts.accept
     if not accept.allowed:
         return ItemRefused("residency", accept.reason, accept.rule)
@@ -522,6 +514,22 @@ def judge_item(ctx: ItemContext, env: Envelope, facts: ItemFacts) -> Passed | It
             f" this receipt's {len(receipt.entries)} are refused, send them in a later batch",
         )
     return Passed(env, accept.rule, audit=audit)
+
+
+def check_origin(env: Envelope, facts: ItemFacts) -> ItemRefused | None:
+    """§11 steps 10–11: the origin is trusted and signed the envelope with a key known here."""
+    h = env.header
+    if facts.origin_keys is None:
+        return ItemRefused("unknown_origin", f"origin {h.origin} is not trusted by this node")
+    origin_key = facts.origin_keys.get(h.key)
+    if origin_key is None:
+        detail = facts.unknown_key or f"{h.origin} has no key {h.key!r} pinned at this node"
+        return ItemRefused("signature", detail)
+    try:
+        verify_envelope(env, origin_key)
+    except ItemRejected as e:
+        return ItemRefused.of(e)
+    return None
 
 
 def _receipt(payload: bytes) -> Receipt | ItemRefused:

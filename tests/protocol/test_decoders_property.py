@@ -45,6 +45,7 @@ from relay.protocol.envelope import (
     seal,
     verify_envelope,
 )
+from relay.protocol.erasure import decode_answer, decode_request, read_chain
 from relay.protocol.keystr import parse_public_key, private_key_from_seed, public_key_string
 from relay.protocol.receipt import decode_receipt
 from relay.protocol.strict import pack, strict_unpack
@@ -69,6 +70,14 @@ def _batch_and_ids(data: bytes) -> object:
     return batch_ids(decode_batch(data))
 
 
+ERASURE_V: Any = json.loads(
+    (Path(__file__).parent.parent / "vectors" / "relay-erasure-v1.json").read_text("utf-8")
+)
+ERASURE_REQUEST = bytes.fromhex(ERASURE_V["request"]["payload_hex"])
+ERASURE_ANSWER = bytes.fromhex(ERASURE_V["answer_c_to_a"]["payload_hex"])
+GOLDEN += [ERASURE_REQUEST, ERASURE_ANSWER]
+
+
 DECODERS: dict[str, Callable[[bytes], object]] = {
     "strict_unpack": lambda d: strict_unpack(d, "fuzz"),
     "decode_header": decode_header,
@@ -79,6 +88,9 @@ DECODERS: dict[str, Callable[[bytes], object]] = {
     "open_result": lambda d: open_result(d, B_PUB),
     "open_certificate": open_certificate,
     "parse_public_key": lambda d: parse_public_key(d.decode("latin-1")),
+    "decode_request": decode_request,
+    "decode_answer": decode_answer,
+    "read_chain": lambda d: read_chain("c.test", decode_answer(d)),
 }
 
 CASES: Counter[str] = Counter()
@@ -149,6 +161,11 @@ near_values = st.one_of(
 BASES: dict[str, tuple[dict[str, Any], Callable[[bytes], object]]] = {
     "header": (msgpack.unpackb(HB), decode_header),
     "receipt": (msgpack.unpackb(RECEIPT), decode_receipt),
+    "erasure": (msgpack.unpackb(ERASURE_REQUEST), decode_request),
+    "erasure-receipt": (
+        msgpack.unpackb(ERASURE_ANSWER),
+        lambda d: read_chain("c.test", decode_answer(d)),
+    ),
     "batch": (msgpack.unpackb(BODY), decode_batch),
     "certificate": (msgpack.unpackb(CERT_BYTES), lambda d: open_certificate(pack([d, SIG]))),
     "result": (

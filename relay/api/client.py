@@ -189,14 +189,15 @@ async def get_message(request: web.Request) -> web.Response:
     rows = await state.store.recipient_statuses(ident, mailbox)
     if not rows:
         raise NotFound(f"no message {ident.hex()} sent by {mailbox}")
-    return web.json_response(
-        {
-            "id": ident.hex(),
-            "recipients": {
-                r.address: {"status": r.status, "reason": r.reason, "at": r.at} for r in rows
-            },
-        }
-    )
+    doc: dict[str, Any] = {
+        "id": ident.hex(),
+        "recipients": {
+            r.address: {"status": r.status, "reason": r.reason, "at": r.at} for r in rows
+        },
+    }
+    if erased := await erasure.erasure_status(state, mailbox, ident):
+        doc["erasure"] = erased
+    return web.json_response(doc)
 
 
 async def delete_message(request: web.Request) -> web.Response:

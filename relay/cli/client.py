@@ -20,6 +20,7 @@ import os
 import ssl
 import stat
 import sys
+import time
 import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
@@ -329,6 +330,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         for addr, st in sorted(recipients.items()):
             reason = f" ({st['reason']})" if st.get("reason") else ""
             print(f"{addr}: {st['status']}{reason}")
+        for env in doc.get("erasure", []):
+            print(f"erasure of {env['id']} (to {env['dest']}):")
+            for n in env["nodes"]:
+                print(f"  {n['node']}: {_erasure_state(n)}")
     return status_exit_code([str(st.get("status", "")) for st in recipients.values()])
 
 
@@ -347,3 +352,16 @@ def status_exit_code(statuses: list[str]) -> int:
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def _erasure_state(n: dict[str, Any]) -> str:
+    """One node's answer to an erasure, as `relay status` prints it."""
+    status = str(n["status"])
+    if status == "held":
+        until = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(n["hold_until"] / 1000))
+        return f"held until {until} ({n['rule']})"
+    if status == "erased":
+        return "erased " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(n["at"] / 1000))
+    if status == "unknown":
+        return "no copy held"
+    return f"{status} ({n['detail']})" if n.get("detail") else status

@@ -41,7 +41,7 @@ from relay.errors import (
     Replay,
     TooLarge,
 )
-from relay.federation import relaying, witness
+from relay.federation import erasing, relaying, witness
 from relay.logs import event, id_fields
 from relay.node import backpressure, certificates, quota
 from relay.node.decisions import decision_record, refusal
@@ -268,6 +268,7 @@ async def _answer(
     )
     if state.faults.exit_after_commit:
         os._exit(70)
+    await erasing.after_commit(state, [c.env.header for c in candidates], results)
     state.metrics.inbound_batch(peer, results, refusals, candidates)
     accepted = sum(1 for r in results.values() if r == "accepted")
     event(
@@ -308,6 +309,12 @@ def judge(state: NodeState, ctx: ItemContext, item: BatchItem) -> Candidate | It
     if isinstance(opened, ItemRefused):
         return opened
     h = opened.header
+    if erasing.handles(h.kind, h.dest, state.name):  # follows the message's path
+        passed = erasing.judge(state, opened, item)
+        if isinstance(passed, ItemRefused):
+            return passed
+        audit_pass = passed.audit if isinstance(passed.audit, Decision) else None
+        return Candidate(passed.env, item.trace, (), passed.rule, state.policy_hash, audit_pass)
     hop: str | ItemRejected | None = None
     forward: Decision | ItemRejected | None = None
     if h.dest != state.name:  # for another node: relay it, if [relay] allows
@@ -412,6 +419,9 @@ async def _commit(
         for ident in later:
             del results[ident]
         decisions = [d for d in decisions if d.envelope not in later]
+    fresh, refused_here = await erasing.take(state, tx, fresh, peer, now)
+    for ident, code in refused_here.items():
+        results[ident] = f"rejected:{code}"
     await tx.insert_envelopes(fresh, now)
     if learned := state.trust.take_unsaved():
         await tx.save_certificates(certificates.records(learned), now)
@@ -420,6 +430,8 @@ async def _commit(
         h = new.env.header
         if new.hop is not None:  # relayed: the destination writes the receipt
             state.note_hop(tx, new.hop)
+        elif erasing.handles(h.kind, h.dest, state.name) or new.from_peer is None:
+            continue  # taken by relay.federation.erasing (with the answers it wrote)
         elif h.kind == "message":
             receipts.append(
                 PendingReceipt(

@@ -24,10 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.config.model import DAY_MS
-from relay.errors import BadRequest, Forbidden, NotFound
+from relay.errors import BadRequest, Forbidden, NotFound, RelayError
+from relay.federation import erasing
 from relay.logs import event
 from relay.node.state import NodeState
-from relay.storage.erasure import EraseOrder, Erasure, ErasureTarget
+from relay.protocol.erasure import decode_answer, read_chain
+from relay.storage.erasure import EraseOrder, Erasure, ErasureTarget, StoredAnswer
 from relay.storage.interface import WriteTx
 
 log = logging.getLogger("relay.erasure")
@@ -132,8 +134,10 @@ async def erase_by_sender(
 async def _erase(
     state: NodeState, tx: WriteTx, targets: list[ErasureTarget], order: EraseOrder
 ) -> list[Erasure]:
-    records = await tx.erase(targets, order, state.now_ms())
+    now = state.now_ms()
+    records = await tx.erase(targets, order, now)
     state.note_inbox(tx, sorted({mb for r in records for mb in r.mailboxes}))
+    await erasing.send_requests(state, tx, targets, records, now)
     return records
 
 
@@ -165,3 +169,78 @@ async def _done(
         )
     scrub = await state.store.scrub() if fresh else "nothing erased now"
     return EraseResult(records, targets, unknown, scrub)
+
+
+# --- what became of an erasure (GET /v1/messages/{id}, relay status) -----------------
+
+
+async def erasure_status(state: NodeState, mailbox: str, ident: bytes) -> list[dict[str, Any]]:
+    """Per envelope of message `ident` that `mailbox` sent and that was erased: every
+    node of its path, as this node (the origin) knows it from the signed answers.
+    Empty if the message was not erased."""
+    sender = f"{mailbox}@{state.name}"
+    if not await state.store.erasure_records([(state.name, ident)]):
+        return []  # the message id is its first envelope's: not erased (the common case)
+
+    async def find(tx: WriteTx) -> list[ErasureTarget]:
+        return [t for t in await tx.erasable(state.name, [ident]) if t.sender == sender]
+
+    targets = await state.store.write(find)
+    records = await state.store.erasure_records([(t.origin, t.id) for t in targets])
+    requests = [r.request for r in records.values() if r.request is not None]
+    stored = await state.store.erasure_requests(requests)
+    answers = await state.store.erasure_answers(requests)
+    now = state.now_ms()
+    out: list[dict[str, Any]] = []
+    for t in targets:
+        rec = records.get((t.origin, t.id))
+        if rec is None:
+            continue
+        nodes = [_node_doc(state.name, rec.status, rec.done or rec.at, rec.hold_until, "")]
+        req = stored.get(rec.request) if rec.request is not None else None
+        if req is not None and req.hop is not None:
+            kept = next((a for a in answers.get(req.id, []) if a.writer == req.hop), None)
+            nodes.extend(path_nodes(req.hop, kept, req.queued, req.expires, now, req.last_error))
+        out.append({"id": t.id.hex(), "dest": t.dest, "nodes": nodes})
+    return out
+
+
+def path_nodes(
+    first: str,
+    kept: StoredAnswer | None,
+    queued: bool,
+    expires: int,
+    now: int,
+    last_error: str,
+) -> list[dict[str, Any]]:
+    """The nodes after the origin: each answer of the chain `first` started, then the
+    node named last if it has not answered (pending, or unreachable once the request
+    expired)."""
+    late = "unreachable" if now >= expires else "pending"
+    if kept is None:
+        detail = last_error if queued else ""
+        return [{"node": first, "status": late, "detail": detail}]
+    try:
+        links = read_chain(first, decode_answer(kept.payload))
+    except RelayError as e:  # verified when it arrived; a damaged row says so
+        return [{"node": first, "status": "unverifiable", "detail": e.detail}]
+    docs: list[dict[str, Any]] = []
+    for link in links:
+        a = link.answer
+        if a is None:
+            docs.append({"node": link.node, "status": late, "detail": ""})
+        else:
+            docs.append(_node_doc(link.node, a.status, a.at, a.hold_until, a.jurisdiction))
+    return docs
+
+
+def _node_doc(
+    node: str, status: str, at: int, hold_until: int, jurisdiction: str
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {"node": node, "status": status, "at": at}
+    if status == "held":
+        doc["hold_until"] = hold_until
+        doc["rule"] = "retention.content_min_days"
+    if jurisdiction:
+        doc["jurisdiction"] = jurisdiction
+    return doc

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from relay.config.model import DAY_MS, RetentionConfig
 from relay.errors import RelayError
+from relay.federation import erasing
 from relay.logs import event
 from relay.node.queue_end import Ending, end_queued
 from relay.node.state import NodeState
@@ -64,8 +65,19 @@ def cutoffs(r: RetentionConfig, now: int) -> Cutoffs:
 # --- the purge ---------------------------------------------------------------------
 
 
+# Called in the purge's transaction with the held erasures it settled (the node
+# answers the nodes that asked, relay.federation.erasing.answer_settled).
+OnSettled = Callable[[WriteTx, list[Erasure], int], Awaitable[None]]
+
+
 async def purge(
-    store: Storage, retention: RetentionConfig, here: str, now: int, *, source: str = "job"
+    store: Storage,
+    retention: RetentionConfig,
+    here: str,
+    now: int,
+    *,
+    source: str = "job",
+    on_settled: OnSettled | None = None,
 ) -> Counts:
     """Delete what is past its maximum, in transactions of at most CHUNK envelopes.
 
@@ -73,22 +85,31 @@ async def purge(
     Returns the total; each transaction that deleted something is recorded.
     """
     total = Counts()
+    settled_any = False
     while True:
         counts, more, settled = await store.write(
-            lambda tx: _purge_chunk(tx, retention, here, now, source)
+            lambda tx: _purge_chunk(tx, retention, here, now, source, on_settled)
         )
         total += counts
+        settled_any = settled_any or bool(settled)
         for rec in settled:  # a legal hold ended: the held erasure is done now
             event(log, "erasure_settled", origin=rec.origin, msg=rec.id.hex(), at=rec.done)
         if not more:
             break
+    if settled_any:  # held content of an erasure went: keep it out of the log too
+        event(log, "storage_scrubbed", detail=await store.scrub())
     if total.any():
         event(log, "purged", source=source, **total.as_dict())
     return total
 
 
 async def _purge_chunk(
-    tx: WriteTx, retention: RetentionConfig, here: str, now: int, source: str
+    tx: WriteTx,
+    retention: RetentionConfig,
+    here: str,
+    now: int,
+    source: str,
+    on_settled: OnSettled | None,
 ) -> tuple[Counts, bool, list[Erasure]]:
     cut = cutoffs(retention, now)
     content, full = await tx.content_due(cut, CHUNK)
@@ -98,6 +119,8 @@ async def _purge_chunk(
     shas = {c.payload_sha for c in content}
     await tx.clear_content([c.rid for c in content])
     settled = await tx.settle_erasures(now, CHUNK)
+    if on_settled is not None:
+        await on_settled(tx, settled, now)
 
     meta = await tx.metadata_due(cut, CHUNK)
     shas |= {m.payload_sha for m in meta if m.payload_sha is not None}
@@ -147,7 +170,13 @@ async def run_purger(state: NodeState, interval_s: float = PURGE_INTERVAL_S) -> 
     """Purge once now, then every `interval_s` seconds until the node stops."""
     while not state.stopping:
         try:
-            await purge(state.store, state.config.retention, state.name, state.now_ms())
+            await purge(
+                state.store,
+                state.config.retention,
+                state.name,
+                state.now_ms(),
+                on_settled=lambda tx, recs, now: erasing.answer_settled(state, tx, recs, now),
+            )
         except RelayError as e:
             event(log, "purge_failed", logging.ERROR, detail=e.detail)
         await asyncio.sleep(interval_s)

@@ -59,6 +59,8 @@ class EraseOrder:
     actor: str  # the mailbox, "admin", or the node that sent the request
     reason: str
     hold_ms: int  # content_min_days in ms: content younger than this is held
+    request: bytes | None = None  # the erasure envelope received (from a peer)
+    upstream: str | None = None  # the node that sent it, which this node answers
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +76,8 @@ class Erasure:
     source: str
     actor: str
     reason: str
+    request: bytes | None = None  # id of the erasure envelope sent (origin) or received
+    upstream: str | None = None  # the node this one answers; None at the origin
     mailboxes: tuple[str, ...] = ()  # inboxes given a tombstone by this call
     fresh: bool = True  # False: an earlier erasure's record, nothing changed now
 
@@ -171,6 +175,8 @@ class EraseSteps:
                 source=order.source,
                 actor=order.actor,
                 reason=order.reason,
+                request=order.request,
+                upstream=order.upstream,
                 mailboxes=stripped.mailboxes.get(t.rid, ()),
             )
             out.append(rec)
@@ -205,7 +211,7 @@ TARGET_COLS = (
     "e.rid, e.origin, e.id, e.sender, e.dest, e.hop, e.residency, e.received, e.expires,"
     " e.payload_sha IS NOT NULL AS has_content, e.erased"
 )
-RECORD_COLS = "origin, id, status, at, done, hold_until, source, actor, reason"
+RECORD_COLS = "origin, id, status, at, done, hold_until, source, actor, reason, request, upstream"
 # Held erasures whose content retention has cleared (or whose envelope is gone), and
 # how each is settled; `:name` parameters, as relay.storage.purge_sql's.
 HELD_DONE = (
@@ -245,6 +251,8 @@ def record_of(r: Row) -> Erasure:
         source=str(r["source"]),
         actor=str(r["actor"]),
         reason=str(r["reason"]),
+        request=bytes(r["request"]) if r["request"] is not None else None,
+        upstream=str(r["upstream"]) if r["upstream"] is not None else None,
         fresh=False,
     )
 
@@ -261,4 +269,150 @@ def record_row(rec: Erasure) -> tuple[object, ...]:
         rec.source,
         rec.actor,
         rec.reason,
+        rec.request,
+        rec.upstream,
     )
+
+
+# --- erasure across the federation (relay.federation.erasing) ------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRequest:
+    """An erasure envelope this node stored: where it came from, where it went."""
+
+    rid: int
+    origin: str
+    id: bytes
+    from_peer: str | None  # None at the origin
+    hop: str | None  # the node it was (or is) sent on to
+    header: bytes
+    signature: bytes
+    payload: bytes
+    expires: int
+    queued: bool  # still waiting for `hop` to accept it
+    attempts: int
+    last_error: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    """The latest answer of `writer` to request `request`, as it was signed."""
+
+    request: bytes
+    writer: str
+    created: int
+    header: bytes
+    signature: bytes
+    payload: bytes
+
+
+# Statements with `:name` parameters, valid on both backends (relay.storage.purge_sql.pyformat
+# spells them for psycopg); each backend runs them through `_erasure_rows`/`_erasure_exec`.
+_REQUEST = (
+    "SELECT e.rid, e.origin, e.id, e.from_peer, e.hop, e.header, e.signature,"
+    " coalesce(p.body, :empty) AS body, e.expires, q.rid IS NOT NULL AS queued,"
+    " coalesce(q.attempts, 0) AS attempts, coalesce(q.last_error, '') AS last_error"
+    " FROM envelopes e LEFT JOIN payloads p ON p.sha = e.payload_sha"
+    " LEFT JOIN queue q ON q.rid = e.rid WHERE e.kind = 'erasure' AND e.id = :id"
+)
+_ANSWERS = (
+    "SELECT request, writer, created, header, signature, payload FROM erasure_answers"
+    " WHERE request = :request ORDER BY writer"
+)
+_SAVE_ANSWER = (
+    "INSERT INTO erasure_answers (request, writer, created, header, signature, payload)"
+    " VALUES (:request, :writer, :created, :header, :signature, :payload)"
+    " ON CONFLICT (request, writer) DO UPDATE SET created = excluded.created,"
+    " header = excluded.header, signature = excluded.signature, payload = excluded.payload"
+    " WHERE excluded.created > erasure_answers.created"
+)
+_ORIGINS = "SELECT DISTINCT origin FROM envelopes WHERE kind = 'message' AND id = :id"
+_LINK = "UPDATE erasures SET request = :request WHERE origin = :origin AND id = :id"
+
+
+class PathRows(Protocol):
+    """How PathReads and PathSteps reach the database (each backend's reads and writes)."""
+
+    async def _erasure_rows(self, sql: str, params: dict[str, object]) -> Sequence[Row]: ...
+
+
+class PathReads:
+    """The reads of erasure across the federation, written once (Reads and WriteTx)."""
+
+    async def erasure_requests(self: PathRows, ids: Sequence[bytes]) -> dict[bytes, StoredRequest]:
+        """The erasure envelopes stored here among `ids`, by id."""
+        found: dict[bytes, StoredRequest] = {}
+        for ident in dict.fromkeys(ids):
+            for r in await self._erasure_rows(_REQUEST, {"id": ident, "empty": b""}):
+                found[ident] = StoredRequest(
+                    rid=int(r["rid"]),
+                    origin=str(r["origin"]),
+                    id=bytes(r["id"]),
+                    from_peer=str(r["from_peer"]) if r["from_peer"] is not None else None,
+                    hop=str(r["hop"]) if r["hop"] is not None else None,
+                    header=bytes(r["header"]),
+                    signature=bytes(r["signature"]),
+                    payload=bytes(r["body"]),
+                    expires=int(r["expires"]),
+                    queued=bool(r["queued"]),
+                    attempts=int(r["attempts"]),
+                    last_error=str(r["last_error"]),
+                )
+        return found
+
+    async def erasure_answers(
+        self: PathRows, requests: Sequence[bytes]
+    ) -> dict[bytes, list[StoredAnswer]]:
+        """The answers kept for each of `requests` (those with none are left out)."""
+        found: dict[bytes, list[StoredAnswer]] = {}
+        for request in dict.fromkeys(requests):
+            rows = await self._erasure_rows(_ANSWERS, {"request": request})
+            if rows:
+                found[request] = [
+                    StoredAnswer(
+                        bytes(r["request"]),
+                        str(r["writer"]),
+                        int(r["created"]),
+                        bytes(r["header"]),
+                        bytes(r["signature"]),
+                        bytes(r["payload"]),
+                    )
+                    for r in rows
+                ]
+        return found
+
+
+class PathSteps(PathReads):
+    """The writes of erasure across the federation, written once (both WriteTx)."""
+
+    async def save_erasure_answer(self: PathRows, answer: StoredAnswer) -> bool:
+        """Keep `answer` unless one of the same writer, created later or at once, is kept;
+        True if it was kept."""
+        params: dict[str, object] = {
+            "request": answer.request,
+            "writer": answer.writer,
+            "created": answer.created,
+            "header": answer.header,
+            "signature": answer.signature,
+            "payload": answer.payload,
+        }
+        await self._erasure_rows(_SAVE_ANSWER, params)
+        kept = await self._erasure_rows(_ANSWERS, {"request": answer.request})
+        return any(
+            r["writer"] == answer.writer and bytes(r["header"]) == answer.header for r in kept
+        )
+
+    async def message_origins(self: PathRows, ids: Sequence[bytes]) -> dict[bytes, tuple[str, ...]]:
+        """The origins of the stored messages with these envelope ids (ids not stored left out)."""
+        found: dict[bytes, tuple[str, ...]] = {}
+        for ident in dict.fromkeys(ids):
+            rows = await self._erasure_rows(_ORIGINS, {"id": ident})
+            if rows:
+                found[ident] = tuple(sorted(str(r["origin"]) for r in rows))
+        return found
+
+    async def link_requests(self: PathRows, links: Sequence[tuple[str, bytes, bytes]]) -> None:
+        """Record, per (origin, id, request), the erasure envelope sent for that erasure."""
+        for origin, ident, request in links:
+            await self._erasure_rows(_LINK, {"origin": origin, "id": ident, "request": request})

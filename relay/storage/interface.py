@@ -30,7 +30,13 @@ from relay.errors import StoreError
 from relay.protocol.bundle import ExportedEnvelope
 from relay.protocol.envelope import Envelope
 from relay.storage.audit import AuditEvent, AuditRow, StoredHead, WitnessedHead
-from relay.storage.erasure import EraseOrder, Erasure, ErasureTarget
+from relay.storage.erasure import (
+    EraseOrder,
+    Erasure,
+    ErasureTarget,
+    StoredAnswer,
+    StoredRequest,
+)
 from relay.storage.records import (
     AgeBucket,
     AllowRecord,
@@ -336,6 +342,32 @@ class WriteTx(Protocol):
         """Held erasures whose content retention has since cleared, now `erased` at `now`."""
         ...
 
+    async def erasure_records(
+        self, keys: Sequence[tuple[str, bytes]]
+    ) -> dict[tuple[str, bytes], Erasure]:
+        """The erasure records of these (origin, id) pairs, where there are any."""
+        ...
+
+    async def erasure_requests(self, ids: Sequence[bytes]) -> dict[bytes, StoredRequest]:
+        """The erasure envelopes stored here among `ids`, by id."""
+        ...
+
+    async def erasure_answers(self, requests: Sequence[bytes]) -> dict[bytes, list[StoredAnswer]]:
+        """The answers kept for each of `requests` (those with none are left out)."""
+        ...
+
+    async def save_erasure_answer(self, answer: StoredAnswer) -> bool:
+        """Keep `answer` unless the writer's kept one is as new; True if it was kept."""
+        ...
+
+    async def message_origins(self, ids: Sequence[bytes]) -> dict[bytes, tuple[str, ...]]:
+        """The origins of the stored messages with these envelope ids."""
+        ...
+
+    async def link_requests(self, links: Sequence[tuple[str, bytes, bytes]]) -> None:
+        """Record, per (origin, id, request), the erasure envelope sent for that erasure."""
+        ...
+
     # --- workers: leases and announcements (relay.node.leases) -----------------------
 
     async def take_leases(
@@ -476,6 +508,14 @@ class Reads(Protocol):
         self, keys: Sequence[tuple[str, bytes]]
     ) -> dict[tuple[str, bytes], Erasure]:
         """The erasure records of these (origin, id) pairs, where there are any."""
+        ...
+
+    async def erasure_requests(self, ids: Sequence[bytes]) -> dict[bytes, StoredRequest]:
+        """The erasure envelopes stored here among `ids`, by id."""
+        ...
+
+    async def erasure_answers(self, requests: Sequence[bytes]) -> dict[bytes, list[StoredAnswer]]:
+        """The answers kept for each of `requests` (those with none are left out)."""
         ...
 
     async def retention_preview(self, cut: Cutoffs, limit: int) -> Preview:

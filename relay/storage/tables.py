@@ -21,4 +21,5 @@ TABLES = (
     "audit_heads",
     "audit_witnessed",
     "erasures",
+    "erasure_answers",
 )

@@ -111,3 +111,158 @@ def test_local_erasure_by_sender_and_admin_leaves_no_payload(solo: NodeProc) -> 
         assert files_holding(a, text) == [], text
     log = a.log_path.read_text()
     assert log.count("message_erased") == 3 and "subject request 42" in log
+
+
+# --- across the federation ---------------------------------------------------------------
+
+
+def append(node: NodeProc, text: str) -> None:
+    with (node.dir / "node.toml").open("a", encoding="utf-8") as f:
+        f.write("\n" + text)
+
+
+def route(node: NodeProc, to: str, via: str) -> None:
+    append(node, f'[[routes]]\nto = "{to}"\nvia = "{via}"\n')
+
+
+def replace_line(node: NodeProc, old: str, new: str) -> None:
+    """Change a line `relay init` wrote in node.toml, as an admin would."""
+    path = node.dir / "node.toml"
+    text = path.read_text(encoding="utf-8")
+    assert f"\n{old}\n" in text, text
+    path.write_text(text.replace(f"\n{old}\n", f"\n{new}\n", 1))
+
+
+@pytest.fixture
+def path_nodes(tmp_path: Path) -> Iterator[list[NodeProc]]:
+    """a.test -> r1.test -> r2.test -> b.test, all RU; b holds content a day (a legal hold)."""
+    a, r1, r2, b = (
+        make_node(tmp_path, n, "RU") for n in ("a.test", "r1.test", "r2.test", "b.test")
+    )
+    # every node pins the jurisdiction of each node a message passes; only neighbours by URL
+    a.add_peer(r1)
+    a.add_peer(r2, with_url=False)
+    a.add_peer(b, with_url=False)
+    r1.add_peer(a)
+    r1.add_peer(r2)
+    r1.add_peer(b, with_url=False)
+    r2.add_peer(r1)
+    r2.add_peer(b)
+    r2.add_peer(a, with_url=False)
+    b.add_peer(r2)
+    b.add_peer(r1, with_url=False)
+    b.add_peer(a, with_url=False)
+    route(a, "b.test", "r1.test")
+    route(r1, "b.test", "r2.test")
+    route(r2, "a.test", "r1.test")
+    route(b, "a.test", "r2.test")
+    for r in (r1, r2):
+        append(r, '[relay]\nfor_origins = ["a.test", "b.test"]\n')
+    a.add_mailbox("alice")
+    b.add_mailbox("bob")
+    b.add_mailbox("carol")
+    for n in (a, r1, r2, b):
+        relay("check", n.dir)
+    nodes = [a, r1, r2, b]
+    yield nodes
+    for n in nodes:
+        n.kill()
+
+
+def erasure_nodes(node: NodeProc, mailbox: str, msg: str) -> dict[str, str]:
+    doc = node.status(mailbox, msg)
+    return {n["node"]: n["status"] for env in doc.get("erasure", []) for n in env["nodes"]}
+
+
+def test_erasure_through_two_relays_reaches_every_copy_with_signed_answers(
+    path_nodes: list[NodeProc],
+) -> None:
+    a, _, _, b = path_nodes
+    for n in path_nodes:
+        n.start()
+    read_text, unread_text = marker(), marker()
+    read_id = a.send("alice", ["bob@b.test"], read_text)
+    unread_id = a.send("alice", ["carol@b.test"], unread_text)
+    wait_for(lambda: len(b.inbox("bob")) == 1, what="bob's message at b")
+    wait_for(lambda: len(b.inbox("carol")) == 1, what="carol's message at b")
+    b.inbox("bob", ack=True)  # bob read his; carol did not read hers
+    for msg in (read_id, unread_id):
+        wait_for(
+            lambda m=msg: all(
+                r["status"] == "delivered" for r in a.status("alice", m)["recipients"].values()
+            ),
+            what="delivered at a",
+        )
+    assert all(files_holding(n, read_text) for n in path_nodes)  # every node had a copy
+
+    for msg in (read_id, unread_id):
+        out = relay("erase", "--node", a.url, "--token", a.tokens["alice"], msg)
+        assert out.stdout.strip() == f"{msg} to b.test: erased (then r1.test)"
+    for msg in (read_id, unread_id):
+        wait_for(
+            lambda m=msg: (
+                erasure_nodes(a, "alice", m)
+                == {
+                    "a.test": "erased",
+                    "r1.test": "erased",
+                    "r2.test": "erased",
+                    "b.test": "erased",
+                }
+            ),
+            what="every node's signed answer at a",
+        )
+    human = relay("status", "--node", a.url, "--token", a.tokens["alice"], read_id).stdout
+    assert f"erasure of {read_id} (to b.test):" in human
+    for name in ("a.test", "r1.test", "r2.test", "b.test"):
+        assert f"  {name}: erased " in human
+
+    # bob and carol see tombstones; no node keeps the payloads in its files
+    assert [(m["id"], m["event"]) for m in b.inbox("bob")] == [(read_id, "message.erased")]
+    assert [(m["id"], m["event"]) for m in b.inbox("carol")] == [(unread_id, "message.erased")]
+    for n in path_nodes:
+        for text in (read_text, unread_text):
+            assert files_holding(n, text) == [], (n.name, text)
+    # b (not the origin) cannot erase a's message
+    refused = relay("erase", b.dir, read_id, "--reason", "not mine", check=False)
+    assert refused.returncode == 1 and "originated at b.test" in refused.stderr
+
+
+def test_a_relay_down_during_the_erasure_answers_once_back_and_a_hold_is_reported(
+    path_nodes: list[NodeProc],
+) -> None:
+    a, r1, r2, b = path_nodes
+    replace_line(b, "content_min_days = 0", "content_min_days = 1")
+    relay("check", b.dir)
+    for n in path_nodes:
+        n.start()
+    text = marker()
+    msg = a.send("alice", ["bob@b.test"], text)
+    wait_for(lambda: len(b.inbox("bob")) == 1, what="bob's message at b")
+
+    r2.stop()  # down when the erasure is sent
+    relay("erase", a.dir, msg, "--reason", "subject request 7")
+    wait_for(
+        lambda: (
+            erasure_nodes(a, "alice", msg)
+            == {"a.test": "erased", "r1.test": "erased", "r2.test": "pending"}
+        ),
+        what="r1 answered, r2 pending",
+    )
+    r2.start()
+    relay("queue", "retry", r1.dir, "--dest", "r2.test")
+    wait_for(
+        lambda: (
+            erasure_nodes(a, "alice", msg)
+            == {"a.test": "erased", "r1.test": "erased", "r2.test": "erased", "b.test": "held"}
+        ),
+        what="r2 erased, b held",
+    )
+    doc = a.status("alice", msg)
+    (held,) = [n for env in doc["erasure"] for n in env["nodes"] if n["node"] == "b.test"]
+    assert held["rule"] == "retention.content_min_days"
+    assert held["hold_until"] > held["at"] + 23 * 3600 * 1000
+    # the recipient no longer sees it, though b keeps the bytes for the hold
+    assert [m.get("event") for m in b.inbox("bob")] == ["message.erased"]
+    assert files_holding(b, text)
+    for n in (a, r1, r2):
+        assert files_holding(n, text) == [], n.name

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from relay.storage.erasure import ERASED, HELD, EraseOrder, Erasure, ErasureTarget
+from relay.storage.erasure import (
+    ERASED,
+    HELD,
+    EraseOrder,
+    Erasure,
+    ErasureTarget,
+    StoredAnswer,
+)
 from relay.storage.interface import Storage, WriteTx
 from relay.storage.records import Cutoffs, Recipient, RecipientStatus
 from tests.storage.contract import DAY_MS, HERE, T0, envelope, new, put
@@ -215,3 +222,42 @@ async def test_erasable_finds_every_envelope_of_a_message_and_only_the_origins(
         return await tx.erasable_by_sender(HERE, f"alice@{HERE}", T0 + 1, T0 + 2, 10)
 
     assert await storage.write(outside) == []
+
+
+async def test_erasure_requests_answers_origins_and_links(storage: Storage) -> None:
+    msg = envelope(origin=HERE, to=["x@far.test"], dest="far.test")
+    req = envelope(origin=HERE, to=["y@far.test"], dest="far.test", payload=b"request")
+    rids = await put(
+        storage,
+        [new(msg, hop="far.test", from_peer=None), new(req, hop="far.test", from_peer=None)],
+    )
+    # the contract helper writes kind "message"; a request is found by kind, so none here
+    assert await storage.erasure_requests([req.header.id]) == {}
+
+    async def origins(tx: WriteTx) -> dict[bytes, tuple[str, ...]]:
+        return await tx.message_origins([msg.header.id, b"\x00" * 16])
+
+    assert await storage.write(origins) == {msg.header.id: (HERE,)}
+    (t,) = await find(storage, HERE, [msg.header.id])
+    await erase(storage, [t], BY_ADMIN)
+
+    async def link(tx: WriteTx) -> None:
+        await tx.link_requests([(HERE, msg.header.id, req.header.id)])
+
+    await storage.write(link)
+    recs = await storage.erasure_records([(HERE, msg.header.id)])
+    assert recs[(HERE, msg.header.id)].request == req.header.id
+    assert rids
+
+    first = StoredAnswer(req.header.id, "far.test", 10, b"h1", b"s1", b"p1")
+    older = StoredAnswer(req.header.id, "far.test", 5, b"h0", b"s0", b"p0")
+    newer = StoredAnswer(req.header.id, "far.test", 20, b"h2", b"s2", b"p2")
+    other = StoredAnswer(req.header.id, "near.test", 1, b"h3", b"s3", b"p3")
+
+    async def save(a: StoredAnswer) -> bool:
+        return await storage.write(lambda tx: tx.save_erasure_answer(a))
+
+    assert await save(first) and not await save(older) and await save(newer) and await save(other)
+    assert await storage.erasure_answers([req.header.id, b"\x01" * 16]) == {
+        req.header.id: [newer, other]
+    }

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from psycopg.rows import dict_row
+
 from relay.storage.erasure import (
     ERASED,
     HELD_DONE,
@@ -15,6 +17,7 @@ from relay.storage.erasure import (
     EraseSteps,
     Erasure,
     ErasureTarget,
+    PathSteps,
     Stripped,
     record_of,
     record_row,
@@ -22,14 +25,18 @@ from relay.storage.erasure import (
 )
 from relay.storage.postgres import sql as q
 from relay.storage.purge_sql import pyformat
+from relay.storage.rowmaps import Row
 
 _MESSAGE = "e.kind = 'message' AND e.origin = %s"
 
 
-class ErasureWrites(EraseSteps):
+class ErasureWrites(EraseSteps, PathSteps):
     """The erasure part of the write transaction (relay.storage.postgres.writes)."""
 
     connection: q.Conn
+
+    async def _erasure_rows(self, sql: str, params: dict[str, object]) -> Sequence[Row]:
+        return await path_rows(self.connection, sql, params)
 
     async def erasable(self, origin: str, ids: Sequence[bytes]) -> list[ErasureTarget]:
         wanted = list(dict.fromkeys(ids))
@@ -85,7 +92,7 @@ class ErasureWrites(EraseSteps):
     async def add_erasures(self, records: Sequence[Erasure]) -> None:
         await q.many(
             self.connection,
-            f"INSERT INTO erasures ({RECORD_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+            f"INSERT INTO erasures ({RECORD_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
             " ON CONFLICT (origin, id) DO NOTHING",
             [record_row(r) for r in records],
         )
@@ -111,3 +118,10 @@ async def erasure_records(
         ([o for o, _ in wanted], [i for _, i in wanted]),
     )
     return {(rec.origin, rec.id): rec for rec in map(record_of, found)}
+
+
+async def path_rows(db: q.Conn, sql: str, params: dict[str, object]) -> list[Row]:
+    """Run one of relay.storage.erasure's `:name` statements; its rows (none for a write)."""
+    async with db.cursor(row_factory=dict_row) as cur:
+        await cur.execute(pyformat(sql), params)
+        return list(await cur.fetchall()) if cur.description is not None else []

@@ -21,10 +21,10 @@ from relay.errors import StoreError
 from relay.storage import purge_sql as p
 from relay.storage import rowmaps, trace_sql
 from relay.storage.audit import AuditReads
-from relay.storage.erasure import Erasure
+from relay.storage.erasure import Erasure, PathReads
 from relay.storage.postgres import sql as q
 from relay.storage.postgres.connect import Link, connection_lost, describe
-from relay.storage.postgres.erasure import erasure_records
+from relay.storage.postgres.erasure import erasure_records, path_rows
 from relay.storage.postgres.retention import preview
 from relay.storage.records import (
     AgeBucket,
@@ -42,6 +42,7 @@ from relay.storage.records import (
     RecipientStatus,
     TraceRows,
 )
+from relay.storage.rowmaps import Row
 from relay.storage.tables import TABLES
 
 # The distinct next hops of the queue by a loose index scan: the least hop, then
@@ -55,7 +56,7 @@ WITH RECURSIVE h(hop) AS (
 """
 
 
-class PgReads(AuditReads):
+class PgReads(AuditReads, PathReads):
     _mark = "%s"
 
     """The interface's reads over one reconnecting connection."""
@@ -319,6 +320,13 @@ class PgReads(AuditReads):
         return trace_sql.trace_rows(envelopes, recipients, queue, inbox, pending, receipts)
 
     # --- erasure ---------------------------------------------------------------------
+
+    async def _erasure_rows(self, sql: str, params: dict[str, object]) -> Sequence[Row]:
+        db = await self._db()
+        try:
+            return await path_rows(db, sql, params)
+        except psycopg.Error as e:
+            raise await self._failed(e, db) from e
 
     async def erasure_records(
         self, keys: Sequence[tuple[str, bytes]]

@@ -15,21 +15,26 @@ from relay.storage.erasure import (
     EraseSteps,
     Erasure,
     ErasureTarget,
+    PathSteps,
     Stripped,
     record_of,
     record_row,
     target_of,
 )
+from relay.storage.rowmaps import Row
 from relay.storage.sqlite import rows as q
 from relay.storage.sqlite.inline import InlineConnection
 
 _MESSAGE = "e.kind = 'message' AND e.origin = ?"
 
 
-class ErasureWrites(EraseSteps):
+class ErasureWrites(EraseSteps, PathSteps):
     """The erasure part of the write transaction (relay.storage.sqlite.writes)."""
 
     connection: InlineConnection
+
+    async def _erasure_rows(self, sql: str, params: dict[str, object]) -> Sequence[Row]:
+        return await q.rows(self.connection, sql, params)
 
     async def erasable(self, origin: str, ids: Sequence[bytes]) -> list[ErasureTarget]:
         found: dict[int, ErasureTarget] = {}
@@ -90,7 +95,7 @@ class ErasureWrites(EraseSteps):
     async def add_erasures(self, records: Sequence[Erasure]) -> None:
         await q.many(
             self.connection,
-            f"INSERT OR IGNORE INTO erasures ({RECORD_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR IGNORE INTO erasures ({RECORD_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             [record_row(r) for r in records],
         )
 

@@ -20,7 +20,7 @@ import aiosqlite
 from relay.errors import StoreError
 from relay.storage import rowmaps, trace_sql
 from relay.storage.audit import AuditReads
-from relay.storage.erasure import Erasure
+from relay.storage.erasure import Erasure, PathReads
 from relay.storage.records import (
     AgeBucket,
     AllowRecord,
@@ -37,6 +37,7 @@ from relay.storage.records import (
     RecipientStatus,
     TraceRows,
 )
+from relay.storage.rowmaps import Row
 from relay.storage.sqlite import retention
 from relay.storage.sqlite import rows as q
 from relay.storage.sqlite.erasure import erasure_records
@@ -53,7 +54,7 @@ WITH RECURSIVE h(hop) AS (
 """
 
 
-class SqliteReads(AuditReads):
+class SqliteReads(AuditReads, PathReads):
     """The interface's reads over one connection."""
 
     def __init__(self, path: Path, reader: aiosqlite.Connection) -> None:
@@ -303,6 +304,9 @@ class SqliteReads(AuditReads):
         return trace_sql.trace_rows(envelopes, recipients, queue, inbox, pending, receipts)
 
     # --- erasure ---------------------------------------------------------------------
+
+    async def _erasure_rows(self, sql: str, params: dict[str, object]) -> Sequence[Row]:
+        return await self.fetchall(sql, params)
 
     async def erasure_records(
         self, keys: Sequence[tuple[str, bytes]]

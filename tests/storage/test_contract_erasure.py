@@ -54,6 +54,8 @@ async def test_erasure_takes_content_inbox_rows_and_leaves_a_tombstone(storage: 
         "carol": len(body) + len(env.header_bytes),
     }
 
+    before = [*await storage.inbox("bob", 0, 10), *await storage.inbox("carol", 0, 10)]
+    top = max(i.seq for i in before)
     (target,) = await find(storage, "peer.test", [env.header.id])
     assert (target.rid, target.origin, target.id, target.has_content, target.erased) == (
         rid,
@@ -76,6 +78,9 @@ async def test_erasure_takes_content_inbox_rows_and_leaves_a_tombstone(storage: 
     for mb in ("bob", "carol"):
         items = [i for i in await storage.inbox(mb, 0, 10) if i.id == env.header.id]
         assert len(items) == 1 and items[0].payload is None and items[0].erased == NOW
+    # tombstones come after every row there was: readers and webhooks page by seq
+    after = [*await storage.inbox("bob", top, 10), *await storage.inbox("carol", top, 10)]
+    assert sorted((i.id, i.erased) for i in after) == [(env.header.id, NOW)] * 2
     page = await storage.inbox_page("carol", 0, 10, 1 << 20)
     assert [(i.id, i.payload, i.erased) for i in page.items] == [(env.header.id, None, NOW)]
     assert await storage.unread_bytes(["bob", "carol"]) == {

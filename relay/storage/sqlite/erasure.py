@@ -65,6 +65,10 @@ class ErasureWrites(EraseSteps, PathSteps):
         db = self.connection
         mailboxes: dict[int, list[str]] = {}
         dequeued: set[int] = set()
+        # tombstones get seqs past every row there was: SQLite would hand a deleted
+        # top seq out again, and readers and webhooks page "after seq N"
+        top = await q.one(db, "SELECT coalesce(max(seq), 0) FROM inbox")
+        seq = int(top[0]) if top else 0
         for chunk in q.chunks(sorted(set(rids))):
             m = q.marks(chunk)
             for r in await q.rows(db, f"SELECT rid, mailbox FROM inbox WHERE rid IN ({m})", chunk):
@@ -78,10 +82,11 @@ class ErasureWrites(EraseSteps, PathSteps):
                 f"UPDATE envelopes SET erased = ? WHERE rid IN ({m}) AND erased IS NULL",
                 (now, *chunk),
             )
+        rows = [(mb, rid) for rid, mbs in sorted(mailboxes.items()) for mb in sorted(mbs)]
         await q.many(
             db,
-            "INSERT INTO inbox (mailbox, rid, delivered) VALUES (?, ?, ?)",
-            [(mb, rid, now) for rid, mbs in sorted(mailboxes.items()) for mb in sorted(mbs)],
+            "INSERT INTO inbox (seq, mailbox, rid, delivered) VALUES (?, ?, ?, ?)",
+            [(seq + i, mb, rid, now) for i, (mb, rid) in enumerate(rows, start=1)],
         )
         return Stripped(
             {rid: tuple(sorted(mbs)) for rid, mbs in mailboxes.items()}, frozenset(dequeued)

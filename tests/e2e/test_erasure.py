@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import NodeStorage
 from tests.e2e.harness import NodeProc, make_node, relay, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -266,3 +267,29 @@ def test_a_relay_down_during_the_erasure_answers_once_back_and_a_hold_is_reporte
     assert files_holding(b, text)
     for n in (a, r1, r2):
         assert files_holding(n, text) == [], n.name
+
+
+def test_direct_erasure_on_each_backend(tmp_path: Path, node_storage: NodeStorage) -> None:
+    a = make_node(tmp_path, "a.test", "RU", node_storage())
+    b = make_node(tmp_path, "b.test", "RU", node_storage())
+    a.add_peer(b)
+    b.add_peer(a)
+    a.add_mailbox("alice")
+    b.add_mailbox("bob")
+    try:
+        a.start()
+        b.start()
+        text = marker()
+        msg = a.send("alice", ["bob@b.test"], text)
+        wait_for(lambda: [m["text"] for m in b.inbox("bob")] == [text], what="bob's message")
+        relay("erase", "--node", a.url, "--token", a.tokens["alice"], msg)
+        wait_for(
+            lambda: erasure_nodes(a, "alice", msg) == {"a.test": "erased", "b.test": "erased"},
+            what="b's signed answer at a",
+        )
+        assert [(m["id"], m["event"]) for m in b.inbox("bob")] == [(msg, "message.erased")]
+        if a.storage is None:  # PostgreSQL keeps dead tuples until VACUUM (docs/erasure.md)
+            assert files_holding(a, text) == [] and files_holding(b, text) == []
+    finally:
+        a.kill()
+        b.kill()

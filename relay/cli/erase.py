@@ -24,7 +24,7 @@ from typing import Any
 from relay.api.admin_client import call
 from relay.cli.client import _call, _common, _need
 from relay.config.files import load_config
-from relay.errors import BadRequest
+from relay.errors import UsageError
 
 USAGE = """relay erase DIR ID... --reason TEXT [--json]
        relay erase DIR --mailbox NAME --since TIME --until TIME --reason TEXT [--json]
@@ -82,22 +82,22 @@ def cmd_erase(args: argparse.Namespace) -> int:
 def _as_admin(directory: Path, ids: list[str], args: argparse.Namespace) -> Any:
     config = load_config(directory)
     if not args.reason:
-        raise BadRequest("give --reason: the admin's reason is recorded with the erasure")
+        raise UsageError("give --reason: the admin's reason is recorded with the erasure")
     body: dict[str, Any]
     if args.mailbox is not None:
         if ids or args.since is None or args.until is None:
-            raise BadRequest("--mailbox takes --since and --until, and no ids")
+            raise UsageError("--mailbox takes --since and --until, and no ids")
         body = {"mailbox": args.mailbox, "since": args.since, "until": args.until}
     elif ids:
         body = {"ids": ids}
     else:
-        raise BadRequest("name message ids, or --mailbox with --since and --until")
+        raise UsageError("name message ids, or --mailbox with --since and --until")
     return call(config.path.parent, "POST", "/admin/v1/erase", {**body, "reason": args.reason})
 
 
 def _as_mailbox(words: list[str], args: argparse.Namespace) -> Any:
     if len(words) != 1 or args.mailbox is not None:
-        raise BadRequest(
+        raise UsageError(
             "a mailbox erases one message: relay erase --node URL ID"
             " (or give the node directory first, for the admin)"
         )

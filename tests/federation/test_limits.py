@@ -13,7 +13,11 @@ import io
 import json
 from typing import Any
 
+import pytest
+
+from relay.api import client as client_api
 from relay.config.model import LimitsConfig
+from relay.node import submit
 from relay.policy.ratelimit import Limits
 from relay.storage.interface import WriteTx
 from relay.storage.sqlite.store import sqlite_tx
@@ -292,3 +296,34 @@ async def test_write_slots_bound_requests_in_progress(harness: Harness) -> None:
     reply, _ = await call(h, "POST", "/v1/messages", msg("third"))
     assert reply.status == 202, reply.body
     assert st.backpressure.in_progress == 0
+
+
+async def test_a_large_batch_submit_lets_the_loop_run_while_it_is_planned(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planning (and sealing) 1,000 messages pauses every PLAN_RUN of them, so
+    other requests are served between pieces instead of after the whole batch."""
+    planned: list[int] = []
+    real = submit.plan
+
+    def counting(*args: Any, **kwargs: Any) -> submit.PlannedMessage:
+        planned.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(submit, "plan", counting)
+    seen: list[int] = []  # messages planned so far, each time the loop ran something else
+    done = asyncio.Event()
+
+    async def other_work() -> None:
+        while not done.is_set():
+            seen.append(len(planned))
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(other_work())
+    ids = await harness.submit_batch([{"to": ["bob@n.test"], "text": f"m{i}"} for i in range(1000)])
+    done.set()
+    await watcher
+    assert len(ids) == 1000 and len(planned) == 1000
+    during = sorted({n for n in seen if 0 < n < 1000})
+    assert during, "nothing else ran while the batch was planned"
+    assert all(n % client_api.PLAN_RUN == 0 for n in during)

@@ -147,15 +147,18 @@ def test_reload_reaches_every_worker(pg_node: NodeProc) -> None:
     assert all(w["status"] == 200 and w["applied"] for w in answer["workers"])
     assert len(log_lines(node, "reloaded")) == 2
 
-    # SIGHUP to the supervisor: each worker re-reads node.toml (a new mailbox).
+    # `relay mailbox add` has the supervisor reload every worker itself
     node.add_mailbox("bob")
-    assert node.proc is not None
-    node.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: len(log_lines(node, "reloaded")) == 4, what="two more reloads")
-    reloaded = log_lines(node, "reloaded")[2:]
-    assert sorted(ln.split(" worker=")[1].split(" ")[0] for ln in reloaded) == ["0", "1"]
+    wait_for(lambda: len(log_lines(node, "reloaded")) == 4, what="the reload mailbox add asked")
     for i in range(6):  # bob's token now works whichever worker answers
         node.send("bob", ["alice@msk.example.ru"], f"from bob {i}")
+
+    # SIGHUP to the supervisor: each worker re-reads node.toml.
+    assert node.proc is not None
+    node.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: len(log_lines(node, "reloaded")) == 6, what="two more reloads")
+    reloaded = log_lines(node, "reloaded")[4:]
+    assert sorted(ln.split(" worker=")[1].split(" ")[0] for ln in reloaded) == ["0", "1"]
 
 
 def test_killed_worker_is_restarted_and_sigterm_stops_all(pg_node: NodeProc) -> None:

@@ -35,6 +35,7 @@ from relay.logs import event
 from relay.node import expiry, retention
 from relay.node.audit import AuditLog
 from relay.node.conns import Listener, descriptor_shortfall
+from relay.node.gctune import settle_after_start
 from relay.node.http import answer_errors
 from relay.node.leases import Coordinator
 from relay.node.metrics import serve as serve_metrics
@@ -394,6 +395,7 @@ async def run_node(
         # the listeners) so that the process can exit with the error.
         await node.stop()
         raise
+    settle_after_start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

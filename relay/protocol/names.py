@@ -11,7 +11,10 @@ import re
 from relay.errors import MalformedError
 from relay.protocol.strict import show
 
-_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+# The whole name in one match: a regex call per label cost ~2 µs per name, and
+# every header decode checks four names (origin, dest, from, each of to).
+_NODE_NAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 _MAILBOX_RE = re.compile(r"[a-z0-9_+-][a-z0-9._+-]{0,63}")
 _JURISDICTION_RE = re.compile(r"[A-Z]{2}")
 
@@ -19,9 +22,7 @@ _JURISDICTION_RE = re.compile(r"[A-Z]{2}")
 def valid_node_name(s: str) -> bool:
     """Lowercase ASCII DNS-style name: 1..253 chars, labels of [a-z0-9-], each
     1..63 chars, not starting or ending with '-'."""
-    if not 1 <= len(s) <= 253:
-        return False
-    return all(_LABEL_RE.fullmatch(label) for label in s.split("."))
+    return len(s) <= 253 and _NODE_NAME_RE.fullmatch(s) is not None
 
 
 def valid_mailbox(s: str) -> bool:

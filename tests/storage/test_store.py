@@ -13,6 +13,7 @@ import pytest
 from relay.errors import RelayError, StoreError
 from relay.storage.interface import WriteTx
 from relay.storage.records import Cutoffs
+from relay.storage.sqlite.schema import statements
 from relay.storage.sqlite.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -117,6 +118,42 @@ async def test_payloads_survive_the_migration_to_a_rowid_table(tmp_path: Path) -
             )
 
         with pytest.raises(StoreError):  # sha is still unique: payloads are stored once
+            await store.write(again)
+    finally:
+        await store.close()
+
+
+async def test_recipients_keep_their_rows_as_a_rowid_table(tmp_path: Path) -> None:
+    """A database at version 12 keeps its recipients through migration 13, in rid order."""
+    db = tmp_path / "relay.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for version in range(1, 13):
+        for stmt in statements(MIGRATIONS[version]):
+            con.execute(stmt)
+        con.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+    rows = [
+        (bytes([9 - rid]) * 16, f"r{rid}@b.example", rid, "alice", "sent", "", 5)
+        for rid in (1, 2, 3)
+    ]
+    con.executemany("INSERT INTO recipients VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    con.commit()
+    con.close()
+    store = await open_store(db)
+    try:
+        got = await store.fetchall(
+            "SELECT msg, address, rid, mailbox, status, reason, at FROM recipients ORDER BY rowid"
+        )
+        assert [tuple(bytes(r[0]) if i == 0 else r[i] for i in range(7)) for r in got] == rows
+        sql = await store.fetchone("SELECT sql FROM sqlite_master WHERE name = 'recipients'")
+        assert sql is not None and "WITHOUT ROWID" not in sql[0]
+
+        async def again(tx: WriteTx) -> None:
+            await sqlite_tx(tx).execute(
+                "INSERT INTO recipients VALUES (?, ?, ?, ?, ?, ?, ?)", rows[0]
+            )
+
+        with pytest.raises(StoreError):  # (msg, address) is still the key
             await store.write(again)
     finally:
         await store.close()

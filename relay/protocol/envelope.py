@@ -13,8 +13,11 @@ Invariants:
 - Signatures cover the exact bytes that travel, behind ENVELOPE_DOMAIN, never
   a re-encoding. encode_header writes map keys in the DESIGN's order, which
   reproduces the golden vectors; decode_header accepts any key order.
-- seal and make_header first run their output through decode_header, so this
-  node never signs or sends what a peer would have to refuse.
+- seal and make_header hold a Header to every check decode_header makes
+  (check_header: the wire types and ranges the strict decoder enforces, then
+  the same field checks), so this node never signs or sends what a peer would
+  have to refuse. They check the values, not an encode-and-decode round trip
+  of them: the same verdict for a third of the CPU.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from relay.errors import ItemRejected, MalformedError
 from relay.protocol import ed25519
 from relay.protocol.names import split_address, valid_jurisdiction, valid_node_name
 from relay.protocol.strict import (
+    MAX_INT,
     SIGNATURE_SIZE,
     bin_field,
     fields,
@@ -179,6 +183,44 @@ def stored_header(data: bytes) -> Header:
         raise MalformedError(f"stored header: not a header ({type(e).__name__}: {e})") from None
 
 
+_STR_FIELDS = (("kind", "kind"), ("origin", "origin"), ("key", "key"), ("sender", "from"))
+_INT_FIELDS = ("v", "created", "expires", "size", "max_hops")
+
+
+def check_header(h: Header) -> Header:
+    """Return `h` if it is what decode_header(encode_header(h)) returns; else MalformedError.
+
+    The strict decoder's own checks, on values: each field of its wire type
+    (str, bin of its size, int in 0..2^63-1, arrays of str), version 1; then
+    the field checks decode_header makes. Sealing runs this rather than a
+    round trip through the encoder and the strict decoder.
+    """
+    for attr, key in (*_STR_FIELDS, ("dest", "dest"), ("ctype", "ctype")):
+        value = getattr(h, attr)
+        if type(value) is not str:
+            raise MalformedError(f"header: {key}: expected str, got {value_kind(value)}")
+    for key in _INT_FIELDS:
+        value = getattr(h, key)
+        if type(value) is not int:
+            raise MalformedError(f"header: {key}: expected int, got {value_kind(value)}")
+        if not 0 <= value <= MAX_INT:
+            raise MalformedError(f"header: {key}: int {value} is outside 0..2^63-1")
+    for key, size in (("id", ID_SIZE), ("sha256", 32)):
+        value = getattr(h, key)
+        if type(value) is not bytes:
+            raise MalformedError(f"header: {key}: expected bin, got {value_kind(value)}")
+        if len(value) != size:
+            raise MalformedError(f"header: {key}: expected {size} bytes, got {len(value)}")
+    for key in ("to", "residency"):
+        value = getattr(h, key)
+        if type(value) is not tuple or any(type(item) is not str for item in value):
+            raise MalformedError(f"header: {key}: expected an array of str")
+    if h.v != 1:
+        raise MalformedError(f"header: v: version {h.v} is not supported (expected 1)")
+    _check_header(h)
+    return h
+
+
 def _check_header(h: Header) -> None:
     if h.kind not in KINDS:
         kinds = ", ".join(sorted(KINDS))
@@ -255,7 +297,8 @@ def make_header(
     max_hops: int = 8,
 ) -> Header:
     """Build a checked header for `payload`: size and sha256 computed, residency
-    sorted and deduplicated. MalformedError if decode_header would refuse it."""
+    sorted and deduplicated. MalformedError if decode_header would refuse it
+    (check_header)."""
     h = Header(
         id=id,
         kind=kind,
@@ -272,24 +315,7 @@ def make_header(
         sha256=hashlib.sha256(payload).digest(),
         max_hops=max_hops,
     )
-    header_bytes = encode_header(h)
-    checked = decode_header(header_bytes)
-    _remember_checked(header_bytes, checked)
-    return checked
-
-
-# Header bytes that make_header has just strictly decoded, and what they decoded
-# to: `seal` encodes the same header to the same bytes right after, and decoding
-# is a function of the bytes alone, so it takes the result instead of decoding
-# again (one strict decode per envelope, 15-20 µs). Bounded; oldest dropped first.
-_CHECKED: dict[bytes, Header] = {}
-_CHECKED_MAX = 4096
-
-
-def _remember_checked(header_bytes: bytes, header: Header) -> None:
-    if len(_CHECKED) >= _CHECKED_MAX:
-        del _CHECKED[next(iter(_CHECKED))]
-    _CHECKED[header_bytes] = header
+    return check_header(h)
 
 
 def peek_id(header_bytes: bytes) -> bytes:
@@ -325,8 +351,8 @@ def seal(header: Header, payload: bytes, key: Ed25519PrivateKey) -> Envelope:
 
     MalformedError if the header is invalid or does not describe `payload`.
     """
-    header_bytes = encode_header(header)
-    checked = _CHECKED.pop(header_bytes, None) or decode_header(header_bytes)
+    checked = check_header(header)
+    header_bytes = encode_header(checked)
     signature = ed25519.sign(key, ENVELOPE_DOMAIN + header_bytes)
     env = Envelope(header_bytes, signature, payload, checked)
     try:

@@ -4,7 +4,8 @@ Invariants:
 - Every node has its own `CollectorRegistry`; nothing is registered in the
   process-wide default registry, so several nodes can run in one process.
 - Counters and histograms are fed by one-line calls from the code that did
-  the work, after its transaction committed. Gauges about stored state
+  the work, after its transaction committed; a batch's counts are summed
+  first and each series is incremented once per batch, not per message. Gauges about stored state
   (queue depth, unacked inbox rows, database size) are read from the
   database at scrape time, so they are never stale and need no bookkeeping.
 - Label values come from config (peers, rule ids) or from fixed code lists
@@ -23,6 +24,7 @@ import functools
 import hashlib
 import hmac
 import logging
+from collections import Counter as Tally  # prometheus_client's Counter is the metric
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
@@ -308,9 +310,13 @@ class Metrics:
 
     # --- hooks -------------------------------------------------------------------
 
-    def decision(self, point: str, outcome: str, rule: str) -> None:
-        """Count one residency decision."""
-        self.decisions.labels(point, outcome, rule).inc()
+    def decision(self, point: str, outcome: str, rule: str, n: int = 1) -> None:
+        """Count `n` residency decisions alike."""
+        self.decisions.labels(point, outcome, rule).inc(n)
+
+    def _decisions(self, counted: Tally[tuple[str, str, str]]) -> None:
+        for (point, outcome, rule), n in counted.items():
+            self.decision(point, outcome, rule, n)
 
     def inbound_batch(
         self,
@@ -321,22 +327,24 @@ class Metrics:
     ) -> None:
         """A committed inbound batch: results per envelope and the accept decisions."""
         self.batch_size.labels("in").observe(len(results))
-        for result in results.values():
+        outcomes = Tally(results.values())
+        for result, n in outcomes.items():
             if result == "accepted":
-                self.accepted.labels(peer).inc()
+                self.accepted.labels(peer).inc(n)
             elif result == "duplicate":
-                self.duplicate.labels(peer).inc()
+                self.duplicate.labels(peer).inc(n)
             else:
-                self.rejected.labels(peer, result.partition(":")[2] or result).inc()
-        for r in refusals:
-            if r.error.item_code == "residency":
-                self.decision("accept", "deny", r.rule)
+                self.rejected.labels(peer, result.partition(":")[2] or result).inc(n)
+        decided: Tally[tuple[str, str, str]] = Tally(
+            ("accept", "deny", r.rule) for r in refusals if r.error.item_code == "residency"
+        )
         for c in candidates:
             if results.get(c.env.header.id) == "accepted":
                 if c.audit is not None:
-                    self.decision("accept", "audit", c.audit.rule)
+                    decided["accept", "audit", c.audit.rule] += 1
                 else:
-                    self.decision("accept", "allow", c.rule_id)
+                    decided["accept", "allow", c.rule_id] += 1
+        self._decisions(decided)
 
     def batch_refused(self, code: str) -> None:
         """An inbound batch request refused before any item was judged."""
@@ -345,13 +353,15 @@ class Metrics:
     def submitted_messages(self, mailbox: str, planned: Sequence[SubmittedMessage]) -> None:
         """Messages a client submitted, and their submit decisions."""
         self._for(self.submitted, mailbox).inc(len(planned))
+        decided: Tally[tuple[str, str, str]] = Tally()
         for pm in planned:
             audited = {dest for dest, _ in pm.audits}
             for _, d in pm.audits:
-                self.decision("submit", d.outcome, d.rule)
+                decided["submit", d.outcome, d.rule] += 1
             for p in pm.parts:
                 if p.env.header.dest not in audited:
-                    self.decision("submit", "allow", p.decision.rule)
+                    decided["submit", "allow", p.decision.rule] += 1
+        self._decisions(decided)
 
     def submit_refusal(self, code: str, rule: str | None = None) -> None:
         """A refused submit; with `rule`, a policy refusal (a submit deny decision)."""
@@ -370,14 +380,17 @@ class Metrics:
         """A batch the next hop answered with a signed result; `audits` by queue rid."""
         self.attempts.labels(peer, "ok").inc()
         self.batch_size.labels("out").observe(len(items))
+        latency = self.latency.labels(peer)
+        decided: Tally[tuple[str, str, str]] = Tally()
         for it in items:
             if results.get(it.id) in ("accepted", "duplicate"):
-                self.latency.labels(peer).observe(max(now_ms - it.enqueued, 0) / 1000)
+                latency.observe(max(now_ms - it.enqueued, 0) / 1000)
                 audit = audits.get(it.rid)
                 if audit is not None:
-                    self.decision("forward", "audit", audit.rule)
+                    decided["forward", "audit", audit.rule] += 1
                 else:
-                    self.decision("forward", "allow", "")
+                    decided["forward", "allow", ""] += 1
+        self._decisions(decided)
 
     def attempt(self, peer: str, outcome: str) -> None:
         """An outbound attempt that did not deliver: retry, split or rejected."""

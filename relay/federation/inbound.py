@@ -77,6 +77,7 @@ from relay.protocol.inbound import (
     too_large,
 )
 from relay.protocol.names import split_address
+from relay.protocol.receipt import Receipt
 from relay.storage.interface import WriteTx
 from relay.storage.records import DecisionRecord, NewEnvelope, PendingReceipt
 
@@ -96,6 +97,7 @@ class Candidate:
     policy_hash: str
     audit: Decision | None = None  # a would-be denial let through in audit mode
     hop: str | None = None  # next hop when this node relays it, else None (it is ours)
+    receipt: Receipt | None = None  # a receipt for this node, decoded when it was judged
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,6 +356,7 @@ def judge(state: NodeState, ctx: ItemContext, item: BatchItem) -> Candidate | It
         state.policy_hash,
         audit,
         verdict.hop,
+        verdict.receipt,
     )
 
 
@@ -426,6 +429,7 @@ async def _commit(
     if learned := state.trust.take_unsaved():
         await tx.save_certificates(certificates.records(learned), now)
     receipts: list[PendingReceipt] = []
+    decoded = {c.env.header.id: c.receipt for c in candidates if c.receipt is not None}
     for new in fresh:
         h = new.env.header
         if new.hop is not None:  # relayed: the destination writes the receipt
@@ -444,7 +448,7 @@ async def _commit(
                 )
             )
         else:
-            await state.apply_receipt(tx, new.env, now)
+            await state.apply_receipt(tx, new.env, now, decoded.get(h.id))
     await tx.add_pending_receipts(receipts, now)
     decisions.extend(
         decision_record(

@@ -28,7 +28,7 @@ from relay.policy.trust import Trust
 from relay.protocol.audit import SignedHead
 from relay.protocol.envelope import Envelope
 from relay.protocol.keystr import key_id, public_key_string
-from relay.protocol.receipt import decode_receipt
+from relay.protocol.receipt import Receipt, decode_receipt
 from relay.storage.audit import receipt_event
 from relay.storage.interface import Storage, WriteTx
 from relay.storage.records import StatusUpdate
@@ -206,7 +206,9 @@ class NodeState:
 
     # --- receipts arriving at the origin ------------------------------------------
 
-    async def apply_receipt(self, tx: WriteTx, env: Envelope, now: int) -> None:
+    async def apply_receipt(
+        self, tx: WriteTx, env: Envelope, now: int, receipt: Receipt | None = None
+    ) -> None:
         """Record what a receipt says about envelopes this node originated.
 
         An entry counts only when the receipt's writer is that envelope's
@@ -216,7 +218,8 @@ class NodeState:
         envelopes, one batch of status updates, and one log line that counts
         the entries applied and ignored (by reason), however many there are.
         """
-        receipt = decode_receipt(env.payload)
+        if receipt is None:  # not decoded when it was judged
+            receipt = decode_receipt(env.payload)
         writer = env.header.origin
         sent = await tx.sent_envelopes(self.name, [ident for ident, _ in receipt.entries])
         updates: list[StatusUpdate] = []

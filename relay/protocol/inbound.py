@@ -428,7 +428,9 @@ class Passed:
     """An item that passed every check that needs no stored envelope.
 
     `hop` is the next hop when this node relays it (then `mailboxes` is
-    empty); `audit` a would-be denial let through in audit mode.
+    empty); `audit` a would-be denial let through in audit mode; `receipt`
+    the decoded payload of a receipt for this node, so that it is applied
+    without decoding it again.
     """
 
     env: Envelope
@@ -436,6 +438,7 @@ class Passed:
     hop: str | None = None
     mailboxes: tuple[str, ...] = ()
     audit: PolicyAnswer | None = None
+    receipt: Receipt | None = None
 
 
 # An envelope's `created` may be ahead of this node's clock by the request window, no more.
@@ -513,7 +516,7 @@ def judge_item(ctx: ItemContext, env: Envelope, facts: ItemFacts) -> Passed | It
             f"the receipts of this batch list more than {MAX_BATCH_RECEIPT_ENTRIES} entries;"
             f" this receipt's {len(receipt.entries)} are refused, send them in a later batch",
         )
-    return Passed(env, accept.rule, audit=audit)
+    return Passed(env, accept.rule, audit=audit, receipt=receipt)
 
 
 def check_origin(env: Envelope, facts: ItemFacts) -> ItemRefused | None:

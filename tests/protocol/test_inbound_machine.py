@@ -49,6 +49,7 @@ from relay.protocol.receipt import (
     MAX_BATCH_RECEIPT_ENTRIES,
     MAX_RECEIPT_ENTRIES,
     Receipt,
+    decode_receipt,
     encode_receipt,
 )
 from relay.protocol.strict import pack
@@ -716,6 +717,15 @@ def test_the_receipt_cap_is_spent_across_the_items_of_one_request() -> None:
     assert isinstance(judge_item(ctx, receipts[-1], FACTS), ItemRefused)
     fresh = replace(CTX, receipts=ReceiptBudget())
     assert isinstance(judge_item(fresh, receipts[-1], FACTS), Passed)
+
+
+def test_a_receipt_for_this_node_passes_with_its_decoded_payload() -> None:
+    got = judge_item(replace(CTX, receipts=ReceiptBudget()), RECEIPT, FACTS)
+    assert isinstance(got, Passed) and got.receipt == decode_receipt(RECEIPT_PAYLOAD)
+    relayed = judge_item(CTX, RELAYED_FULL_RECEIPT, RELAY_FACTS)
+    assert isinstance(relayed, Passed) and relayed.receipt is None  # not ours to apply
+    message = judge_item(CTX, GOOD, FACTS)
+    assert isinstance(message, Passed) and message.receipt is None
 
 
 def test_a_receipt_budget_spends_only_what_fits() -> None:

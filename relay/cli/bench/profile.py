@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 import shutil
 import subprocess
@@ -38,6 +39,25 @@ def start_profilers(cluster: Cluster, directory: Path) -> None:
 IDLE_LEAVES = ("select (selectors.py)", "EpollSelector.select (selectors.py)")
 
 
+def _pool_wait_line() -> int | None:
+    """The line where a concurrent.futures worker thread waits for work (idle there)."""
+    import concurrent.futures.thread as pool
+
+    try:
+        lines, first = inspect.getsourcelines(pool._worker)
+    except (AttributeError, OSError, TypeError):
+        return None
+    for i, text in enumerate(lines, start=first):
+        if "work_queue.get(block=True)" in text:
+            return i
+    return None
+
+
+def _idle(frame: str, pool_wait: int | None) -> bool:
+    """A thread pool worker (the writer's COMMIT thread, the judging threads) waiting."""
+    return pool_wait is not None and frame.endswith(f"concurrent/futures/thread.py:{pool_wait})")
+
+
 def _frame_name(frame: str, worker: dict[int, str]) -> str:
     """`fn (path/to/module.py:12)` -> `fn (module.py)`; aiosqlite's worker by line."""
     m = re.match(r"(.*) \((.*?)(?::(\d+))?\)$", frame)
@@ -58,10 +78,11 @@ def _frame_name(frame: str, worker: dict[int, str]) -> str:
 def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
     """Self and inclusive shares of busy samples per function from py-spy's raw stacks.
 
-    Samples whose innermost frame is waiting (epoll, aiosqlite's queue) are idle:
-    counted separately, not in the shares.
+    Samples whose innermost frame is waiting (epoll, aiosqlite's queue, a thread
+    pool worker's queue) are idle: counted separately, not in the shares.
     """
     worker = worker_thread_lines()
+    pool_wait = _pool_wait_line()
     self_n: Counter[str] = Counter()
     incl_n: Counter[str] = Counter()
     threads: Counter[str] = Counter()
@@ -75,11 +96,16 @@ def summarize_profile(path: Path, top: int = 15) -> dict[str, Any]:
         if not frames:
             continue
         names = [_frame_name(f, worker) for f in frames]
-        if names[-1].startswith("idle") or names[-1] in IDLE_LEAVES:
+        if names[-1].startswith("idle") or names[-1] in IDLE_LEAVES or _idle(frames[-1], pool_wait):
             idle += count
             continue
         busy += count
-        threads["aiosqlite thread" if "aiosqlite thread" in names[-1] else "event loop"] += count
+        if "aiosqlite thread" in names[-1]:
+            threads["aiosqlite thread"] += count
+        elif any("concurrent/futures/thread.py" in f for f in frames):
+            threads["thread pool (COMMIT, judging large batches)"] += count
+        else:
+            threads["event loop"] += count
         self_n[names[-1]] += count
         for name in set(names):
             if name.startswith("aiosqlite thread") or (

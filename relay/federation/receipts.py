@@ -18,7 +18,7 @@ from relay.errors import StoreError
 from relay.logs import event
 from relay.node.state import NodeState
 from relay.policy.routing import next_hop
-from relay.protocol.envelope import RECEIPT_CTYPE, make_header, seal
+from relay.protocol.envelope import RECEIPT_CTYPE, header_for, seal
 from relay.protocol.receipt import Receipt, encode_receipt
 from relay.storage.interface import WriteTx
 from relay.storage.records import NewEnvelope
@@ -66,7 +66,7 @@ async def _flush_some(state: NodeState, tx: WriteTx) -> tuple[int, bool]:
                 entries=tuple(chunk),
             )
             payload = encode_receipt(receipt)
-            header = make_header(
+            header = header_for(  # seal checks it
                 id=state.random(16),
                 kind="receipt",
                 origin=state.name,

@@ -33,7 +33,7 @@ from relay.protocol.envelope import (
     Header,
     decode_header,
     encode_header,
-    make_header,
+    header_for,
     seal,
 )
 from relay.protocol.names import split_address
@@ -114,8 +114,8 @@ def plan(
         ident = state.random(16)
         if not msg_id:
             msg_id = ident
-        try:
-            header = make_header(
+        try:  # seal checks the header before it signs (check_header)
+            header = header_for(
                 id=ident,
                 kind="message",
                 origin=state.name,
@@ -129,9 +129,9 @@ def plan(
                 ctype=msg["ctype"],
                 payload=msg["body"],
             )
+            env = seal(header, msg["body"], state.key)
         except MalformedError as e:
             raise field_error(index, e.detail) from None
-        env = seal(header, msg["body"], state.key)
         parts.append(Planned(env, None if local else hop, mailboxes, stamped))
     return PlannedMessage(msg_id, tuple(parts), tuple(audits))
 

@@ -299,7 +299,44 @@ def make_header(
     """Build a checked header for `payload`: size and sha256 computed, residency
     sorted and deduplicated. MalformedError if decode_header would refuse it
     (check_header)."""
-    h = Header(
+    return check_header(
+        header_for(
+            id=id,
+            kind=kind,
+            origin=origin,
+            key_id=key_id,
+            sender=sender,
+            to=to,
+            dest=dest,
+            created=created,
+            expires=expires,
+            residency=residency,
+            ctype=ctype,
+            payload=payload,
+            max_hops=max_hops,
+        )
+    )
+
+
+def header_for(
+    *,
+    id: bytes,
+    kind: str,
+    origin: str,
+    key_id: str,
+    sender: str,
+    to: Sequence[str],
+    dest: str,
+    created: int,
+    expires: int,
+    residency: Sequence[str],
+    ctype: str,
+    payload: bytes,
+    max_hops: int = 8,
+) -> Header:
+    """make_header without its check, for a header that goes straight to `seal`,
+    which runs the same check before signing (so it is made once, not twice)."""
+    return Header(
         id=id,
         kind=kind,
         origin=origin,
@@ -315,7 +352,6 @@ def make_header(
         sha256=hashlib.sha256(payload).digest(),
         max_hops=max_hops,
     )
-    return check_header(h)
 
 
 def peek_id(header_bytes: bytes) -> bytes:

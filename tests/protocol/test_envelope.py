@@ -20,6 +20,7 @@ from relay.protocol.envelope import (
     decode_header,
     encode_header,
     header_digest,
+    header_for,
     make_header,
     open_envelope,
     peek_id,
@@ -261,6 +262,14 @@ def test_seal_still_checks_a_header_make_header_did_not_build() -> None:
     bad = dataclasses.replace(h, residency=("kz",))
     with pytest.raises(MalformedError, match="residency"):
         seal(bad, b"hello", A_KEY)
+
+
+def test_header_for_leaves_the_check_to_seal() -> None:
+    unchecked = header_for(**header_args(residency=["kz"]))  # no check yet
+    assert unchecked.residency == ("kz",)
+    with pytest.raises(MalformedError, match="residency"):
+        seal(unchecked, b"hello", A_KEY)
+    assert header_for(**header_args()) == make_header(**header_args())
 
 
 # Headers built around make_header, each wrong in one way the strict decoder

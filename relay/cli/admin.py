@@ -51,7 +51,7 @@ from relay.config.values import (
     url_error,
 )
 from relay.errors import ConfigError, ConfigErrors, Conflict, MalformedError, UsageError
-from relay.node.opening import unread_messages
+from relay.node.opening import leftovers, unread_messages
 from relay.protocol.keystr import key_id, parse_public_key, public_key_string
 
 KEY_NAME = "node.key"
@@ -120,7 +120,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             p.add_argument(
                 "--inherit",
                 action="store_true",
-                help="give the new mailbox the unread mail a removed mailbox of that name left",
+                help="give the new mailbox what a removed mailbox of that name left: unread"
+                " mail, its sent messages' statuses, its Idempotency-Key answers",
             )
 
     p = sub.add_parser("check", help="validate node.toml and the key file")
@@ -471,8 +472,10 @@ def _unique(values: list[str]) -> list[str]:
 def cmd_mailbox_add(args: argparse.Namespace) -> int:
     """Add a mailbox; print its token once, as the last line of stdout.
 
-    Unread mail left under that name by a removed mailbox goes to the new one
-    only with --inherit: a new owner never reads it by accident.
+    Data is keyed by mailbox name: what a removed mailbox of that name left
+    (unread mail; sent messages, whose status and erasure answer to the name;
+    Idempotency-Key answers, which name message ids) goes to the new one only
+    with --inherit, so a new owner never reads or erases it by accident.
     """
     node_file = _NodeFile.open(args.dir)
     if (found := node_file.find("mailboxes", args.name)) is not None:
@@ -482,10 +485,10 @@ def cmd_mailbox_add(args: argparse.Namespace) -> int:
             f"mailboxes[{i}].name",
             f"mailbox {args.name!r} already exists (use `relay mailbox rotate` for a new token)",
         )
-    left = unread_messages(node_file.config, args.name)
-    if left and not args.inherit:
+    left = leftovers(node_file.config, args.name)
+    if any(left) and not args.inherit:
         raise Conflict(
-            f"{left} unread message(s) for a removed mailbox {args.name!r} are still stored;"
+            f"a removed mailbox {args.name!r} left {left.describe()} in the store;"
             f" give --inherit to hand them to the new mailbox, or choose another name"
         )
     token = new_token()

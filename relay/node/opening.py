@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from relay.config.files import read_password_file
 from relay.config.model import Config, StorageConfig
@@ -68,6 +69,43 @@ async def _count_unread(config: Config, mailbox: str) -> int:
         return 0
     try:
         return await reads.unacked_count(mailbox)
+    finally:
+        await reads.close()
+
+
+class Leftovers(NamedTuple):
+    """What a mailbox name still has in the store: a new owner of the name would get it."""
+
+    unread: int  # inbox rows not yet acknowledged
+    sent: int  # messages it sent: their statuses, and erasing them, answer to the name
+    answers: int  # stored Idempotency-Key answers, which name its message ids
+
+    def describe(self) -> str:
+        """'1 unread message(s), 2 sent message(s)', naming only what is there."""
+        parts = (
+            (self.unread, "unread message(s)"),
+            (self.sent, "sent message(s) whose status and erasure answer to the name"),
+            (self.answers, "Idempotency-Key answer(s)"),
+        )
+        return ", ".join(f"{n} {what}" for n, what in parts if n)
+
+
+def leftovers(config: Config, mailbox: str) -> Leftovers:
+    """What `mailbox` (a name, perhaps removed) still has stored; zeros before the first run."""
+    return asyncio.run(_leftovers(config, mailbox))
+
+
+async def _leftovers(config: Config, mailbox: str) -> Leftovers:
+    try:
+        reads = await open_node_readonly(config)
+    except NotCreated:
+        return Leftovers(0, 0, 0)
+    try:
+        return Leftovers(
+            await reads.unacked_count(mailbox),
+            await reads.sent_count(mailbox),
+            await reads.answer_count(mailbox),
+        )
     finally:
         await reads.close()
 

@@ -481,6 +481,14 @@ class Reads(Protocol):
         """Unacked inbox rows of `mailbox` (0 for one with none)."""
         ...
 
+    async def sent_count(self, mailbox: str) -> int:
+        """Stored messages sent by `mailbox` (their statuses and erasure answer to it)."""
+        ...
+
+    async def answer_count(self, mailbox: str) -> int:
+        """Stored idempotency answers of `mailbox`."""
+        ...
+
     async def webhook_cursor(self, mailbox: str) -> int:
         """The last inbox seq `mailbox`'s webhook handled, 0 if none."""
         ...

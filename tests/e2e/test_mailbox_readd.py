@@ -65,7 +65,7 @@ def test_remove_refuses_unread_mail_and_readd_does_not_inherit_it(
     assert refused.returncode == 1
     assert refused.stdout == ""
     assert refused.stderr == (
-        "relay: 1 unread message(s) for a removed mailbox 'alice' are still stored;"
+        "relay: a removed mailbox 'alice' left 1 unread message(s) in the store;"
         " give --inherit to hand them to the new mailbox, or choose another name\n"
     )
     assert toml.read_text() == config
@@ -78,3 +78,30 @@ def test_remove_refuses_unread_mail_and_readd_does_not_inherit_it(
     node.tokens["alice"] = added.stdout.splitlines()[-1]
     _reload(node)
     assert [m["id"] for m in node.inbox("alice")] == [late]
+
+
+def test_readd_does_not_hand_over_what_the_old_holder_sent(node: NodeProc) -> None:
+    """Statuses (and erasure) of sent messages answer to the name: no silent handover."""
+    sent = node.send("alice", ["bob@n.test"], "from the first alice")
+    assert [m["id"] for m in node.inbox("bob", ack=True)] == [sent]
+    relay("mailbox", "remove", node.dir, "alice")  # nothing unread: allowed, and reloaded
+    toml = node.dir / "node.toml"
+    config = toml.read_text()
+    refused = relay("mailbox", "add", node.dir, "alice", check=False)
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        "relay: a removed mailbox 'alice' left 1 sent message(s) whose status and erasure"
+        " answer to the name in the store; give --inherit to hand them to the new mailbox,"
+        " or choose another name\n"
+    )
+    assert toml.read_text() == config
+
+    added = relay("mailbox", "add", node.dir, "alice", "--inherit")
+    node.tokens["alice"] = added.stdout.splitlines()[-1]
+    wait_for(lambda: _answers(node, "alice"), what="the reloaded node to know alice")
+    assert node.status("alice", sent)["recipients"]["bob@n.test"]["status"] == "delivered"
+
+
+def _answers(n: NodeProc, mailbox: str) -> bool:
+    done = relay("inbox", "--node", n.url, "--token", n.tokens[mailbox], check=False)
+    return done.returncode == 0

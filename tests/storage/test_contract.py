@@ -164,6 +164,31 @@ async def test_final_status_is_never_overwritten(storage: Storage) -> None:
     assert await storage.recipient_statuses(msg, "someone-else") == []
 
 
+async def test_what_a_mailbox_name_leaves_is_counted(storage: Storage) -> None:
+    """`relay mailbox add` of a removed name refuses while any of these are left."""
+    assert (await storage.sent_count("alice"), await storage.answer_count("alice")) == (0, 0)
+    envs = [envelope(origin=HERE, to=["x@far.test", "y@far.test"], dest="far.test")]
+    envs.append(envelope(origin=HERE, to=["z@far.test"], dest="far.test"))
+    rids = await put(storage, [new(e, hop="far.test", from_peer=None) for e in envs])
+
+    async def add(tx: WriteTx) -> None:
+        await tx.add_recipients(
+            [
+                Recipient(e.header.id, a, rid, "alice", "queued", T0)
+                for e, rid in zip(envs, rids, strict=True)
+                for a in e.header.to
+            ]
+        )
+        await tx.remember_answer("alice", "k1", {"id": "aa"}, T0)
+        await tx.remember_answer("alice", "k2", {"id": "bb"}, T0)
+        await tx.remember_answer("bob", "k1", {"id": "cc"}, T0)
+
+    await storage.write(add)
+    assert await storage.sent_count("alice") == 2  # messages, not recipients
+    assert await storage.answer_count("alice") == 2
+    assert (await storage.sent_count("bob"), await storage.answer_count("bob")) == (0, 1)
+
+
 async def test_sent_envelopes_are_found_by_origin_and_id(storage: Storage) -> None:
     mine = envelope(origin=HERE, to=["x@far.test"], dest="far.test")
     theirs = envelope(origin="peer.test")

@@ -256,6 +256,18 @@ class PgReads(AuditReads, PathReads):
         )
         return int(row["n"]) if row else 0
 
+    async def sent_count(self, mailbox: str) -> int:
+        row = await self.fetchone(
+            "SELECT count(DISTINCT msg) AS n FROM recipients WHERE mailbox = %s", (mailbox,)
+        )
+        return int(row["n"]) if row else 0
+
+    async def answer_count(self, mailbox: str) -> int:
+        row = await self.fetchone(
+            "SELECT count(*) AS n FROM idempotency WHERE mailbox = %s", (mailbox,)
+        )
+        return int(row["n"]) if row else 0
+
     async def webhook_cursor(self, mailbox: str) -> int:
         row = await self.fetchone("SELECT cursor FROM webhook_state WHERE mailbox = %s", (mailbox,))
         return int(row["cursor"]) if row is not None else 0

@@ -242,6 +242,16 @@ class SqliteReads(AuditReads, PathReads):
         )
         return int(row[0]) if row else 0
 
+    async def sent_count(self, mailbox: str) -> int:
+        row = await self.fetchone(
+            "SELECT count(DISTINCT msg) FROM recipients WHERE mailbox = ?", (mailbox,)
+        )
+        return int(row[0]) if row else 0
+
+    async def answer_count(self, mailbox: str) -> int:
+        row = await self.fetchone("SELECT count(*) FROM idempotency WHERE mailbox = ?", (mailbox,))
+        return int(row[0]) if row else 0
+
     async def webhook_cursor(self, mailbox: str) -> int:
         row = await self.fetchone("SELECT cursor FROM webhook_state WHERE mailbox = ?", (mailbox,))
         return int(row[0]) if row is not None else 0

@@ -200,9 +200,21 @@ async def erasure_status(state: NodeState, mailbox: str, ident: bytes) -> list[d
         req = stored.get(rec.request) if rec.request is not None else None
         if req is not None and req.hop is not None:
             kept = next((a for a in answers.get(req.id, []) if a.writer == req.hop), None)
-            nodes.extend(path_nodes(req.hop, kept, req.queued, req.expires, now, req.last_error))
+            ended = None if kept or req.queued else await _ended(state, req.id, req.hop)
+            nodes.extend(
+                path_nodes(req.hop, kept, req.queued, req.expires, now, req.last_error, ended)
+            )
         out.append({"id": t.id.hex(), "dest": t.dest, "nodes": nodes})
     return out
+
+
+async def _ended(state: NodeState, request: bytes, hop: str) -> tuple[str, str] | None:
+    """How the origin's queue ended the request to `hop`, if it did: (status, reason),
+    as relay.node.queue_end recorded it."""
+    for d in await state.store.decisions(request, None, 10):
+        if d.point == "erase" and d.peer == hop:
+            return d.outcome, d.reason
+    return None
 
 
 def path_nodes(
@@ -212,12 +224,17 @@ def path_nodes(
     expires: int,
     now: int,
     last_error: str,
+    ended: tuple[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """The nodes after the origin: each answer of the chain `first` started, then the
     node named last if it has not answered (pending, or unreachable once the request
-    expired)."""
+    expired). `ended`: how the origin's queue ended the request to `first`, if it
+    did without an answer: `rejected` (refused, with its code) or `expired`."""
     late = "unreachable" if now >= expires else "pending"
     if kept is None:
+        if ended is not None:
+            status = "refused" if ended[0] == "rejected" else "unreachable"
+            return [{"node": first, "status": status, "detail": ended[1]}]
         detail = last_error if queued else ""
         return [{"node": first, "status": late, "detail": detail}]
     try:

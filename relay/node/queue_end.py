@@ -56,8 +56,13 @@ async def end_queued(
     await tx.dequeue([e.item.rid for e in endings])
     statuses: list[StatusUpdate] = []
     receipts: list[PendingReceipt] = []
+    ended_requests: list[DecisionRecord] = []
     for e in endings:
         it = e.item
+        if it.kind == "erasure":  # the origin's status shows it (relay.node.erasure)
+            ended_requests.append(
+                DecisionRecord(now, "erase", it.id, it.hop, e.status, "", e.reason, "")
+            )
         if it.kind != "message":
             continue
         if it.origin == here:
@@ -76,6 +81,7 @@ async def end_queued(
     await tx.set_status(statuses, now)
     await tx.add_pending_receipts(receipts, now)
     await tx.record_decisions([e.decision for e in endings if e.decision is not None])
+    await tx.record_decisions(ended_requests)
     for e in endings:
         extra = {"detail": e.detail} if e.detail else {}
         if e.rule:

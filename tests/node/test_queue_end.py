@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from relay.node.erasure import path_nodes
 from relay.node.queue_end import Ending, end_queued
+from relay.protocol.envelope import seal
+from relay.protocol.erasure import ErasureRequest, encode_request, request_header
 from relay.storage.backends import open_storage
 from relay.storage.interface import Storage, WriteTx
 from relay.storage.records import DecisionRecord, Queued, Recipient
-from tests.storage.contract import HERE, T0, envelope, new, put
+from tests.storage.contract import HERE, KEY, KEY_ID, T0, envelope, new, put
 
 
 @pytest.fixture
@@ -83,3 +86,39 @@ async def test_a_receipt_never_gets_a_receipt(storage: Storage) -> None:
     assert await storage.queue_length() == 0
     assert await storage.write(lambda tx: tx.pending_receipts(10)) == []
     await storage.write(lambda tx: end_queued(tx, HERE, [], T0, by="test"))  # nothing to end
+
+
+async def test_an_erasure_request_that_ends_is_recorded_for_the_origins_status(
+    storage: Storage,
+) -> None:
+    payload = encode_request(ErasureRequest(b"\x07" * 16, "admin", "", T0))
+    header = request_header(
+        id=b"\x08" * 16,
+        origin=HERE,
+        key_id=KEY_ID,
+        target_origin=HERE,
+        dest="far.test",
+        residency=["DE"],
+        created=T0,
+        expires=T0 + 1000,
+        payload=payload,
+    )
+    (rid,) = await put(storage, [new(seal(header, payload, KEY), hop="old.test", from_peer=None)])
+
+    async def end(tx: WriteTx) -> None:
+        (item,) = await tx.queued([rid])
+        await end_queued(tx, HERE, [Ending(item, "rejected", "malformed")], T0 + 1, by="peer")
+
+    await storage.write(end)
+    (d,) = await storage.decisions(header.id, None, 10)
+    assert (d.point, d.peer, d.outcome, d.reason) == ("erase", "old.test", "rejected", "malformed")
+    # the origin's status names the hop as refusing it, with the code
+    assert path_nodes("old.test", None, False, T0 + 1000, T0 + 2, "", (d.outcome, d.reason)) == [
+        {"node": "old.test", "status": "refused", "detail": "malformed"}
+    ]
+    assert path_nodes("old.test", None, False, T0 + 1000, T0 + 2, "") == [
+        {"node": "old.test", "status": "pending", "detail": ""}
+    ]
+    assert path_nodes("old.test", None, False, T0 + 1000, T0 + 1000, "")[0]["status"] == (
+        "unreachable"
+    )

@@ -67,9 +67,15 @@ async def read_trace(config: Config, ident: bytes) -> list[Event]:
         for env in ids:
             decisions += await reads.decisions(env, None, PER_ENVELOPE)
             allows += await reads.allows(env, PER_ENVELOPE)
+        # erasure records outlive the envelope's rows; a purged message sent from
+        # here is still found by (this node, ID)
+        keys = dict.fromkeys(
+            [(config.node.name, ident), *((e.origin, e.id) for e in rows.envelopes)]
+        )
+        erasures = list((await reads.erasure_records(list(keys))).values())
     finally:
         await reads.close()
-    return timeline(config.node.name, rows, decisions, allows)
+    return timeline(config.node.name, rows, decisions, allows, erasures)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:

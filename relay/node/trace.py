@@ -13,11 +13,13 @@ Invariants:
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from relay.errors import MalformedError
 from relay.protocol.receipt import decode_receipt
+from relay.storage.erasure import Erasure
 from relay.storage.records import AllowRecord, DecisionRecord, TraceRows
 
 
@@ -45,7 +47,9 @@ _ORDER = {
     "receipt_received": 5,
     "status": 6,
     "inbox_read": 7,
-    "content_removed": 8,
+    "erased": 8,
+    "erasure_held": 8,
+    "content_removed": 9,
 }
 
 
@@ -54,8 +58,10 @@ def timeline(
     rows: TraceRows,
     decisions: Sequence[DecisionRecord],
     allows: Sequence[AllowRecord],
+    erasures: Sequence[Erasure] = (),
 ) -> list[Event]:
-    """Every event the rows show, in time order."""
+    """Every event the rows (and the erasure records, kept after a purge) show,
+    in time order."""
     events: list[Event] = []
     by_rid = {e.rid: e for e in rows.envelopes}
     traced = {e.id for e in rows.envelopes if e.kind == "message"}
@@ -160,5 +166,32 @@ def timeline(
                     f"receipt from {r.writer}: {receipt.status}{reason}",
                 )
             events.append(Event(r.received, what, f"{text} for {who}", entry.hex()))
+    for er in erasures:
+        why = f": {er.reason}" if er.reason else ""
+        who = f"asked by {er.actor} ({er.source}){why}"
+        if er.done:
+            events.append(Event(er.done, "erased", f"content erased, {who}", er.id.hex()))
+        else:
+            events.append(
+                Event(
+                    er.at,
+                    "erasure_held",
+                    f"erasure {who}; content held until {_iso(er.hold_until)}"
+                    " by a minimum retention",
+                    er.id.hex(),
+                )
+            )
+    erased = {er.id for er in erasures if er.done}
+    events = [
+        e
+        for e in events
+        if not (e.what == "content_removed" and bytes.fromhex(e.envelope) in erased)
+    ]
     events.sort(key=lambda ev: (ev.at == 0, ev.at, _ORDER.get(ev.what, 9)))
     return events
+
+
+def _iso(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from relay.node.trace import Event, timeline
 from relay.protocol.receipt import Receipt, encode_receipt
+from relay.storage.erasure import Erasure
 from relay.storage.records import (
     AllowRecord,
     DecisionRecord,
@@ -83,3 +84,21 @@ def test_destination_received_delivered_receipt_read_and_purged_content() -> Non
 
 def test_nothing_stored_is_an_empty_timeline() -> None:
     assert timeline("a.test", TraceRows(), [], []) == []
+
+
+def test_erasure_replaces_content_removed_and_outlives_the_rows() -> None:
+    rows = TraceRows(envelopes=(env(content=False),))
+    erased = Erasure("a.test", MSG, "erased", T + 5, T + 6, 0, "sender", "alice", "GDPR art. 17")
+    events = timeline("a.test", rows, [], [], [erased])
+    assert texts(events)[-1] == ("erased", "content erased, asked by alice (sender): GDPR art. 17")
+    assert "content_removed" not in [e.what for e in events]
+    # the envelope's rows purged since: the record alone still tells
+    assert texts(timeline("a.test", TraceRows(), [], [], [erased])) == [
+        ("erased", "content erased, asked by alice (sender): GDPR art. 17")
+    ]
+    held = Erasure("a.test", MSG, "held", T + 5, 0, 1_700_086_400_000, "admin", "root", "")
+    assert texts(timeline("a.test", TraceRows(), [], [], [held])) == [
+        ("erasure_held",
+         "erasure asked by root (admin); content held until 2023-11-15T22:13:20Z"
+         " by a minimum retention"),
+    ]  # fmt: skip

@@ -26,6 +26,8 @@ ITEM_CODES = frozenset(
         "unknown_mailbox",
         "id_conflict",
         "malformed",
+        "seal_key",  # sealed to a seal key the destination does not hold (or revoked)
+        "unseal",  # sealed payload or wrapped key does not open (protocol §19)
     }
 )
 

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from relay.errors import ItemRejected, MalformedError
 from relay.protocol import ed25519
 from relay.protocol.names import split_address, valid_jurisdiction, valid_node_name
+from relay.protocol.sealing import SealInfo, decode_seal_map, seal_map
 from relay.protocol.strict import (
     MAX_INT,
     SIGNATURE_SIZE,
@@ -89,16 +90,18 @@ class Header:
     sha256: bytes
     max_hops: int = 8
     v: int = 1
+    seal: SealInfo | None = None  # the sealed-payload extension (protocol §19)
 
 
 _HEADER_KEYS = frozenset(
     {"v", "id", "kind", "origin", "key", "from", "to", "dest", "created", "expires"}
     | {"residency", "ctype", "size", "sha256", "max_hops"}
 )
+_SEALED_KEYS = _HEADER_KEYS | {"seal"}
 
 
 def encode_header(h: Header) -> bytes:
-    """Pack a header, keys in the DESIGN's order. No checks: see make_header/seal."""
+    """Pack a header, keys in the DESIGN's order (then `seal`, if any). No checks."""
     return pack(
         {
             "v": h.v,
@@ -117,6 +120,7 @@ def encode_header(h: Header) -> bytes:
             "sha256": h.sha256,
             "max_hops": h.max_hops,
         }
+        | ({} if h.seal is None else {"seal": seal_map(h.seal)})
     )
 
 
@@ -127,7 +131,9 @@ def decode_header(data: bytes) -> Header:
     exactly [postmaster@dest], ctype RECEIPT_CTYPE.
     """
     w = "header"
-    m = fields(strict_unpack(data, w), w, _HEADER_KEYS)
+    raw = strict_unpack(data, w)
+    keys = _SEALED_KEYS if type(raw) is dict and "seal" in raw else _HEADER_KEYS
+    m = fields(raw, w, keys)
     v = int_field(m, "v", w)
     if v != 1:
         raise MalformedError(f"header: v: version {v} is not supported (expected 1)")
@@ -147,6 +153,7 @@ def decode_header(data: bytes) -> Header:
         size=int_field(m, "size", w),
         sha256=bin_field(m, "sha256", w, 32),
         max_hops=int_field(m, "max_hops", w),
+        seal=decode_seal_map(m["seal"]) if "seal" in m else None,
     )
     _check_header(h)
     return h
@@ -178,6 +185,7 @@ def stored_header(data: bytes) -> Header:
             size=m["size"],
             sha256=m["sha256"],
             max_hops=m["max_hops"],
+            seal=SealInfo(**m["seal"]) if "seal" in m else None,
         )
     except (ValueError, TypeError, KeyError, msgpack.UnpackException) as e:
         raise MalformedError(f"stored header: not a header ({type(e).__name__}: {e})") from None
@@ -217,6 +225,8 @@ def check_header(h: Header) -> Header:
             raise MalformedError(f"header: {key}: expected an array of str")
     if h.v != 1:
         raise MalformedError(f"header: v: version {h.v} is not supported (expected 1)")
+    if h.seal is not None:  # the same checks decode_header makes of the seal map
+        decode_seal_map(seal_map(h.seal))
     _check_header(h)
     return h
 
@@ -259,6 +269,8 @@ def _check_header(h: Header) -> None:
             raise MalformedError(f"header: to: {what} goes to postmaster@{h.dest} only")
         if h.ctype != ctype:
             raise MalformedError(f"header: ctype: {what}'s content type is {ctype}")
+        if h.seal is not None:
+            raise MalformedError(f"header: seal: {what} is never sealed")
 
 
 def _address_node(addr: str, field: str) -> str:
@@ -295,10 +307,11 @@ def make_header(
     ctype: str,
     payload: bytes,
     max_hops: int = 8,
+    sealed: SealInfo | None = None,
 ) -> Header:
     """Build a checked header for `payload`: size and sha256 computed, residency
     sorted and deduplicated. MalformedError if decode_header would refuse it
-    (check_header)."""
+    (check_header). With `sealed`, `payload` is the ciphertext (relay.protocol.sealing)."""
     return check_header(
         header_for(
             id=id,
@@ -314,6 +327,7 @@ def make_header(
             ctype=ctype,
             payload=payload,
             max_hops=max_hops,
+            sealed=sealed,
         )
     )
 
@@ -333,6 +347,7 @@ def header_for(
     ctype: str,
     payload: bytes,
     max_hops: int = 8,
+    sealed: SealInfo | None = None,
 ) -> Header:
     """make_header without its check, for a header that goes straight to `seal`,
     which runs the same check before signing (so it is made once, not twice)."""
@@ -351,6 +366,7 @@ def header_for(
         size=len(payload),
         sha256=hashlib.sha256(payload).digest(),
         max_hops=max_hops,
+        seal=sealed,
     )
 
 

@@ -25,6 +25,8 @@ Invariants:
 - Every envelope that passes has had its origin signature verified, whoever
   sent it: the stored envelope is the origin's proof, and the request
   signature proves only who sent the batch.
+- A sealed message passes only at its destination and only opened (§19);
+  relays pass it on sealed, never reading it.
 - The receipts for this node in one batch list at most
   MAX_BATCH_RECEIPT_ENTRIES entries together: `ItemContext.receipts` counts
   them across the items of one request, and a receipt that would pass the cap
@@ -33,8 +35,8 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -62,6 +64,7 @@ from relay.protocol.envelope import (
 )
 from relay.protocol.names import split_address
 from relay.protocol.receipt import MAX_BATCH_RECEIPT_ENTRIES, Receipt, decode_receipt
+from relay.protocol.sealing import SealPrivateKey, open_body, unwrap_dek
 
 # --- request steps -------------------------------------------------------------------
 
@@ -395,7 +398,10 @@ class ItemFacts:
     ItemRejected planning refused it with. `forward`: the forward decision
     toward that hop (or the ItemRejected it raised); None when not relaying.
     `origin_keys`: None when the origin is not trusted. `mailboxes`: the local
-    parts of `to` that are mailboxes here.
+    parts of `to` that are mailboxes here. `seal_keys`: this node's seal keys
+    that may open a sealed payload (revoked ones left out; `seal_key_why` says
+    why a key id is missing); `deks`: a cache of opened wraps (wrap -> data
+    key), shared across items and requests so the KEM runs once per wrap.
     """
 
     accept: PolicyAnswer
@@ -404,6 +410,9 @@ class ItemFacts:
     forward: PolicyAnswer | ItemRejected | None = None
     unknown_key: str = ""  # why the header's key is not trusted, if it is not
     mailboxes: frozenset[str] = field(default_factory=frozenset)
+    seal_keys: Mapping[str, SealPrivateKey] = field(default_factory=dict)
+    seal_key_why: str = ""
+    deks: MutableMapping[bytes, bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -430,7 +439,9 @@ class Passed:
     `hop` is the next hop when this node relays it (then `mailboxes` is
     empty); `audit` a would-be denial let through in audit mode; `receipt`
     the decoded payload of a receipt for this node, so that it is applied
-    without decoding it again.
+    without decoding it again. A sealed message for this node passes opened:
+    its payload is the sealed `inner` (salt || body, relay.protocol.sealing),
+    which is what the node stores.
     """
 
     env: Envelope
@@ -502,6 +513,11 @@ def judge_item(ctx: ItemContext, env: Envelope, facts: ItemFacts) -> Passed | It
             if local not in facts.mailboxes:
                 return ItemRefused("unknown_mailbox", f"no mailbox {addr} at {ctx.here}")
             names.append(local)
+        if h.seal is not None:
+            inner = unseal(env, facts)
+            if isinstance(inner, ItemRefused):
+                return inner
+            env = replace(env, payload=inner)
         return Passed(env, accept.rule, mailboxes=tuple(dict.fromkeys(names)), audit=audit)
     if h.ctype != RECEIPT_CTYPE or list(h.to) != [f"postmaster@{ctx.here}"]:
         return ItemRefused("malformed", "a receipt goes to postmaster with the receipt type")
@@ -533,6 +549,29 @@ def check_origin(env: Envelope, facts: ItemFacts) -> ItemRefused | None:
     except ItemRejected as e:
         return ItemRefused.of(e)
     return None
+
+
+def unseal(env: Envelope, facts: ItemFacts) -> bytes | ItemRefused:
+    """§11 step 13 for a sealed message here (§19): the opened `inner`, or the refusal."""
+    h = env.header
+    info = h.seal
+    if info is None:
+        raise RelayError("unseal: the envelope is not sealed")
+    priv = facts.seal_keys.get(info.key)
+    if priv is None:
+        why = facts.seal_key_why or f"{h.dest} holds no seal key {info.key!r}"
+        return ItemRefused("seal_key", why)
+    try:
+        dek = facts.deks.get(info.wrap) if facts.deks is not None else None
+        if dek is None:
+            dek = unwrap_dek(priv, info, h.origin, h.dest)
+            if facts.deks is not None:
+                facts.deks[info.wrap] = dek
+        return open_body(
+            info=info, dek=dek, payload=env.payload, env_id=h.id, origin=h.origin, dest=h.dest
+        )
+    except ItemRejected as e:
+        return ItemRefused.of(e)
 
 
 def _receipt(payload: bytes) -> Receipt | ItemRefused:

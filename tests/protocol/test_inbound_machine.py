@@ -52,6 +52,7 @@ from relay.protocol.receipt import (
     decode_receipt,
     encode_receipt,
 )
+from relay.protocol.sealing import CLASSIC, seal_body, seal_secret, wrap_dek
 from relay.protocol.strict import pack
 
 HERE = "n.test"
@@ -461,6 +462,31 @@ RELAYED_FULL_RECEIPT = receipt_of(
 )
 FROM_OTHER = envelope(origin=OTHER, key_id="k2", key=OTHER_KEY)
 GOOD = envelope()
+SEAL_KEY = seal_secret(CLASSIC, bytes(range(1, 33)))
+WRONG_SEAL_KEY = seal_secret(CLASSIC, bytes(range(2, 34)))
+
+
+def sealed_envelope(dest: str = HERE, to: tuple[str, ...] = (f"bob@{HERE}",)) -> Envelope:
+    """A message from PEER whose body b"hello" is sealed to SEAL_KEY (§19)."""
+    dek = bytes(range(32))
+    wrap = wrap_dek(SEAL_KEY.public, dek, PEER, dest)
+    info, ct = seal_body(
+        body=b"hello",
+        salt=bytes(32),
+        dek=dek,
+        wrap=wrap,
+        pub=SEAL_KEY.public,
+        env_id=bytes([7]) * 16,
+        origin=PEER,
+        dest=dest,
+    )
+    env = envelope(dest=dest, to=to, payload=ct, ident=7)
+    header = dataclasses.replace(env.header, seal=info)
+    return seal(header, ct, PEER_KEY)
+
+
+SEALED = sealed_envelope()
+SEAL_FACTS = replace(FACTS, seal_keys={SEAL_KEY.public.key_id: SEAL_KEY})
 YEARS_AHEAD = NOW_MS + 3 * 365 * 86_400_000
 
 
@@ -645,6 +671,27 @@ ITEM_CASES: list[tuple[str, It, str]] = [
         ),
         "passed bob,eve",
     ),
+    ("13 a sealed message opens here", It(item(SEALED), SEAL_FACTS), "passed bob"),
+    (
+        "13 sealed to a seal key this node does not hold",
+        It(item(SEALED), FACTS),
+        "rejected:seal_key",
+    ),
+    (
+        "13 sealed to a key id whose key does not open it",
+        It(item(SEALED), replace(SEAL_FACTS, seal_keys={SEAL_KEY.public.key_id: WRONG_SEAL_KEY})),
+        "rejected:unseal",
+    ),
+    (
+        "13 the mailbox before the seal",
+        It(item(SEALED), replace(FACTS, mailboxes=frozenset())),
+        "rejected:unknown_mailbox",
+    ),
+    (
+        "9 a relay passes a sealed message on without its key",
+        It(item(sealed_envelope(FAR, (f"carol@{FAR}",))), replace(FACTS, hop=FAR, forward=ALLOW)),
+        "passed via c.test",
+    ),
     ("13 a receipt for this node", It(item(RECEIPT)), "passed"),
     ("13 a receipt with a bad payload", It(item(BAD_RECEIPT)), "rejected:malformed"),
     (
@@ -701,6 +748,18 @@ def test_every_item_code_has_a_case() -> None:
 
     covered = {e.removeprefix("rejected:") for _, _, e in ITEM_CASES if e.startswith("rejected:")}
     assert covered | {"id_conflict"} == ITEM_CODES
+
+
+def test_a_sealed_message_passes_opened_and_its_wrap_is_opened_once() -> None:
+    deks: dict[bytes, bytes] = {}
+    facts = replace(SEAL_FACTS, deks=deks)
+    got = judge_item(CTX, SEALED, facts)
+    assert isinstance(got, Passed)
+    assert got.env.payload == bytes(32) + b"hello"  # salt || body: what the node stores
+    assert got.env.header_bytes == SEALED.header_bytes  # the origin's signed header, kept
+    assert SEALED.header.seal is not None and deks == {SEALED.header.seal.wrap: bytes(range(32))}
+    again = judge_item(CTX, SEALED, replace(facts, seal_keys={SEAL_KEY.public.key_id: SEAL_KEY}))
+    assert isinstance(again, Passed)
 
 
 def test_the_receipt_cap_is_spent_across_the_items_of_one_request() -> None:

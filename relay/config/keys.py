@@ -52,11 +52,15 @@ def generate_key_file(path: Path) -> Ed25519PrivateKey:
 
 def write_key_file(path: Path, key: Ed25519PrivateKey) -> None:
     """Write `key` to a new file at `path` (mode 0600); FileExistsError if it exists."""
-    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    write_secret_file(path, key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+
+
+def write_secret_file(path: Path, data: bytes) -> None:
+    """Write `data` to a new file at `path` (mode 0600); FileExistsError if it exists."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.fchmod(fd, 0o600)  # the umask may have removed bits, never added; be exact
-        os.write(fd, pem)
+        os.write(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -68,10 +72,24 @@ def write_key_file(path: Path, key: Ed25519PrivateKey) -> None:
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """Read the node key; KeyFileError names the file and what is wrong with it."""
+    data = read_secret_file(path, "`relay init` creates one")
+    try:
+        key = load_pem_private_key(data, password=None)
+    except TypeError:
+        raise KeyFileError(path, "key file is encrypted; relay needs an unencrypted key") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise KeyFileError(path, "not a PEM PKCS#8 private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(path, f"not an Ed25519 key ({type(key).__name__.lstrip('_')})")
+    return key
+
+
+def read_secret_file(path: Path, how_to_create: str) -> bytes:
+    """The bytes of a private key file, refused (KeyFileError) unless it is mode 0600-like."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise KeyFileError(path, "no such key file (`relay init` creates one)") from None
+        raise KeyFileError(path, f"no such key file ({how_to_create})") from None
     except OSError as e:
         raise KeyFileError(path, f"cannot open key file: {e.strerror}") from None
     try:
@@ -86,20 +104,11 @@ def load_private_key(path: Path) -> Ed25519PrivateKey:
             )
         if st.st_size > _MAX_KEY_FILE_BYTES:
             raise KeyFileError(path, f"key file is too large ({st.st_size} bytes)")
-        data = os.read(fd, _MAX_KEY_FILE_BYTES + 1)
+        return os.read(fd, _MAX_KEY_FILE_BYTES + 1)
     except OSError as e:
         raise KeyFileError(path, f"cannot read key file: {e.strerror}") from None
     finally:
         os.close(fd)
-    try:
-        key = load_pem_private_key(data, password=None)
-    except TypeError:
-        raise KeyFileError(path, "key file is encrypted; relay needs an unencrypted key") from None
-    except (ValueError, UnsupportedAlgorithm):
-        raise KeyFileError(path, "not a PEM PKCS#8 private key") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise KeyFileError(path, f"not an Ed25519 key ({type(key).__name__.lstrip('_')})")
-    return key
 
 
 def check_key_file(path: Path) -> str | None:

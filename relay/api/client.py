@@ -35,6 +35,7 @@ from relay.node import backpressure, erasure, submit
 from relay.node.http import read_capped, refuse_declared
 from relay.node.state import NodeState
 from relay.protocol.envelope import stored_header
+from relay.protocol.sealing import body_of
 from relay.storage.interface import WriteTx
 from relay.storage.records import InboxPage
 
@@ -252,6 +253,8 @@ def inbox_item(
     tombstone: `event` "message.erased" and when, no body (docs/erasure.md)."""
     h = stored_header(header_bytes)  # checked on arrival, before it was stored
     payload = bytes(body) if body is not None else b""
+    if h.seal is not None:  # stored opened, as salt || body (relay.protocol.sealing)
+        payload = body_of(payload)
     item: dict[str, Any] = {
         "id": h.id.hex(),
         "from": h.sender,

@@ -35,6 +35,7 @@ from relay.cli.reload import apply_edit
 from relay.config.files import config_file, load_config, save_edited
 from relay.config.keys import generate_key_file, load_private_key
 from relay.config.model import CONFIG_NAME, Config
+from relay.config.sealkeys import SEAL_KEY_NAME, generate_seal_key_file
 from relay.config.tomledit import (
     TomlLocator,
     append_table,
@@ -53,6 +54,7 @@ from relay.config.values import (
 from relay.errors import ConfigError, ConfigErrors, Conflict, MalformedError, UsageError
 from relay.node.opening import leftovers, unread_messages
 from relay.protocol.keystr import key_id, parse_public_key, public_key_string
+from relay.protocol.sealing import parse_seal_key
 
 KEY_NAME = "node.key"
 DEFAULT_LISTEN = "127.0.0.1:8701"
@@ -162,6 +164,14 @@ def _key_arg(value: str) -> str:
     return value
 
 
+def _seal_key_arg(value: str) -> str:
+    try:
+        parse_seal_key(value)
+    except MalformedError as e:
+        raise argparse.ArgumentTypeError(e.detail) from None
+    return value
+
+
 def _dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", type=Path, metavar="DIR", help="node directory (or its node.toml)")
 
@@ -181,6 +191,15 @@ def _peer_args(p: argparse.ArgumentParser, *, new: bool) -> None:
         type=_key_arg,
         metavar="KEY",
         help="ed25519:... public key; repeat for several (replaces all keys on update)",
+    )
+    p.add_argument(
+        "--seal-key",
+        dest="seal_keys",
+        action="append",
+        type=_seal_key_arg,
+        metavar="SEAL_KEY",
+        help="mlkem768x25519:... or x25519:... seal key: mail to the peer is sealed to the"
+        " first one (replaces all seal keys on update)",
     )
 
 
@@ -253,6 +272,12 @@ def cmd_init(args: argparse.Namespace) -> int:
         directory.mkdir(parents=True, mode=0o700)
         os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
     key = generate_key_file(key_path)
+    seal_path = directory / SEAL_KEY_NAME
+    try:
+        seal_key = generate_seal_key_file(seal_path)
+    except BaseException:
+        key_path.unlink(missing_ok=True)
+        raise
     text = _node_toml(args.name, args.jurisdiction, args.listen, public_url)
     try:
         fd = os.open(toml_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -262,9 +287,13 @@ def cmd_init(args: argparse.Namespace) -> int:
             os.fsync(f.fileno())
     except BaseException:
         key_path.unlink(missing_ok=True)
+        seal_path.unlink(missing_ok=True)
         raise
     pub = public_key_string(key.public_key())
-    _say(f"created {toml_path} and {key_path} (mode 0600: keep it secret, back it up)")
+    _say(
+        f"created {toml_path}, {key_path} and {seal_path}"
+        " (mode 0600: keep them secret, back them up)"
+    )
     host = urllib.parse.urlsplit(public_url).hostname or ""
     if _is_loopback(host):
         _say(f"note: {public_url} is a loopback URL; other machines need --public-url")
@@ -272,15 +301,15 @@ def cmd_init(args: argparse.Namespace) -> int:
         "Give the line below to the admins of nodes that should trust this one; "
         f"they replace {PEER_DIR_PLACEHOLDER} with their node directory:"
     )
-    print(_peer_add_line(args.name, public_url, args.jurisdiction, pub))
+    print(_peer_add_line(args.name, public_url, args.jurisdiction, pub, seal_key.public.string))
     return 0
 
 
-def _peer_add_line(name: str, url: str, jurisdiction: str, key: str) -> str:
+def _peer_add_line(name: str, url: str, jurisdiction: str, key: str, seal_key: str) -> str:
     q = shlex.quote
     return (
         f"relay peer add {PEER_DIR_PLACEHOLDER} --name {q(name)} --url {q(url)} "
-        f"--jurisdiction {q(jurisdiction)} --key {q(key)}"
+        f"--jurisdiction {q(jurisdiction)} --key {q(key)} --seal-key {q(seal_key)}"
     )
 
 
@@ -308,6 +337,8 @@ listen = "{listen}"
 public_url = "{public_url}"
 # Relative to this file; relay refuses to start unless it is mode 0600.
 key_file = "{KEY_NAME}"
+# The HPKE key that opens payloads sealed to this node (docs/sealing.md); 0600 too.
+seal_key_file = "{SEAL_KEY_NAME}"
 database = "relay.db"
 # max_body_bytes = 16777216
 # Undelivered messages expire after this.
@@ -413,6 +444,8 @@ def cmd_peer_add(args: argparse.Namespace) -> int:
         entry["url"] = args.url
     entry["jurisdiction"] = args.jurisdiction
     entry["keys"] = _unique(args.keys)
+    if args.seal_keys:
+        entry["seal_keys"] = _unique(args.seal_keys)
     append_table(node_file.doc, "peers", entry)
     node_file.save()
     _say(f"added peer {args.name} ({args.jurisdiction}) to {node_file.path}")
@@ -424,8 +457,8 @@ def cmd_peer_update(args: argparse.Namespace) -> int:
     if args.url and args.no_url:
         _say("relay: --url and --no-url exclude each other")
         return 2
-    if not (args.url or args.no_url or args.jurisdiction or args.keys):
-        _say("relay: nothing to change: give --url, --no-url, --jurisdiction or --key")
+    if not (args.url or args.no_url or args.jurisdiction or args.keys or args.seal_keys):
+        _say("relay: nothing to change: give --url, --no-url, --jurisdiction, --key or --seal-key")
         return 2
     node_file = _NodeFile.open(args.dir)
     found = node_file.find("peers", args.name)
@@ -440,6 +473,8 @@ def cmd_peer_update(args: argparse.Namespace) -> int:
         table["jurisdiction"] = args.jurisdiction
     if args.keys:
         table["keys"] = _unique(args.keys)
+    if args.seal_keys:
+        table["seal_keys"] = _unique(args.seal_keys)
     node_file.save()
     _say(f"updated peer {args.name} in {node_file.path}")
     return apply_edit(node_file.path)

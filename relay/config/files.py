@@ -20,11 +20,13 @@ from relay.config.parse import (
     KeyFileCheck,
     OwnCertificateCheck,
     PasswordFileCheck,
+    SealKeyFileCheck,
     TlsFilesCheck,
     TrustFilesCheck,
     parse_document,
     raise_problems,
 )
+from relay.config.sealkeys import load_seal_key
 from relay.config.tls import tls_files_errors
 from relay.config.tomledit import KeyPath, atomic_write_text
 from relay.errors import FILE_KEY, ConfigError, ConfigErrors, MalformedError
@@ -104,11 +106,25 @@ def file_problems(checks: tuple[FileCheck, ...]) -> Iterator[tuple[KeyPath, str]
                     yield ("node", "certificates"), reason
             case TrustFilesCheck():
                 yield from _trust_file_problems(check)
+            case SealKeyFileCheck(key, files, revoked):
+                for file in files:
+                    if (reason := _seal_key_problem(file, revoked)) is not None:
+                        yield ("node", key), reason
             case PasswordFileCheck(file):
                 try:
                     read_password_file(file)
                 except ValueError as e:
                     yield ("storage", "password_file"), str(e)
+
+
+def _seal_key_problem(file: Path, revoked: tuple[str, ...]) -> str | None:
+    try:
+        key = load_seal_key(file)
+    except KeyFileError as e:
+        return e.detail
+    if key.public.string in revoked:
+        return f"{file} holds a revoked seal key (in revoked_seal_keys); it opens nothing"
+    return None
 
 
 def _key_file_problems(check: KeyFileCheck) -> Iterator[tuple[KeyPath, str]]:

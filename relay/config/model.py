@@ -43,6 +43,12 @@ class NodeConfig:
     tls_cert: Path | None = None  # with tls_key: the listener serves HTTPS (relay.config.tls)
     tls_key: Path | None = None
     ca_file: Path | None = None  # outbound HTTPS trusts only these CAs; None: the system's
+    # Sealed payloads (docs/sealing.md): the current seal key, published and
+    # pinned by peers; retired ones still open mail sealed to them; revoked
+    # seal keys (key strings) open nothing.
+    seal_key_file: Path | None = None
+    retired_seal_key_files: tuple[Path, ...] = ()
+    revoked_seal_keys: tuple[str, ...] = ()
 
     @property
     def listen(self) -> str:
@@ -62,6 +68,7 @@ class FederationConfig:
     request_timeout_ms: int = 30_000
     connect_timeout_ms: int = 10_000
     receipt_window_ms: int = 200
+    seal: str = "preferred"  # "required" | "preferred" | "off" (docs/sealing.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +90,7 @@ class Peer:
     jurisdiction: str
     keys: tuple[str, ...]
     revoked_keys: tuple[str, ...] = ()  # refused at once, with a reason that says so
+    seal_keys: tuple[str, ...] = ()  # seal key strings; the first usable one seals mail to it
 
 
 @dataclass(frozen=True, slots=True)

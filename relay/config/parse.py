@@ -60,12 +60,14 @@ from relay.config.values import (
 from relay.errors import ConfigError, ConfigErrors, MalformedError
 from relay.policy.residency import Policy
 from relay.protocol.keystr import key_id, parse_public_key
+from relay.protocol.sealing import parse_seal_key
 
 # Tables and keys that later issues will add. Listed here so that using them
 # now says "not supported yet" rather than "unknown"; supporting one means
 # moving it from here into the parser.
 _LATER_TABLES: dict[str, str] = {}
 _LATER_NODE_KEYS: dict[str, str] = {}
+SEAL_MODES = ("required", "preferred", "off")
 _TLS_KEYS = ("tls_cert", "tls_key", "ca_file")  # [node] keys, in tls_files_errors order
 
 
@@ -117,7 +119,24 @@ class PasswordFileCheck:
     file: Path
 
 
-FileCheck = KeyFileCheck | TlsFilesCheck | OwnCertificateCheck | TrustFilesCheck | PasswordFileCheck
+@dataclass(frozen=True, slots=True)
+class SealKeyFileCheck:
+    """`[node] seal_key_file` / `retired_seal_key_files`: each a usable seal key file,
+    none of them revoked."""
+
+    key: str  # which [node] key names the files
+    files: tuple[Path, ...]
+    revoked: tuple[str, ...]
+
+
+FileCheck = (
+    KeyFileCheck
+    | TlsFilesCheck
+    | OwnCertificateCheck
+    | TrustFilesCheck
+    | PasswordFileCheck
+    | SealKeyFileCheck
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +270,7 @@ class _Parser(_PolicyTables):
             self.checks.append(OwnCertificateCheck(cert, name))
             certificates.append(cert)
         admin = t.string("admin_token_sha256", check=_sha256_error)
+        seal_file, retired_seal, revoked_seal = self.seal_keys(t)
         t.done(_LATER_NODE_KEYS)
         if name is None or jurisdiction is None or listen is None or key_file is None:
             return None
@@ -272,7 +292,31 @@ class _Parser(_PolicyTables):
             tls_cert=tls_files["tls_cert"],
             tls_key=tls_files["tls_key"],
             ca_file=tls_files["ca_file"],
+            seal_key_file=seal_file,
+            retired_seal_key_files=retired_seal,
+            revoked_seal_keys=revoked_seal,
         )
+
+    def seal_keys(self, t: _Table) -> tuple[Path | None, tuple[Path, ...], tuple[str, ...]]:
+        """`[node] seal_key_file`, `retired_seal_key_files`, `revoked_seal_keys`."""
+        value = t.string("seal_key_file")
+        current = None if value is None else self.resolve(value)
+        retired = tuple(self.resolve(v) for v in t.strings("retired_seal_key_files") or [])
+        if current is not None and current in retired:
+            t.error("retired_seal_key_files", f"{current} is also the seal_key_file")
+        if len(set(retired)) != len(retired):
+            t.error("retired_seal_key_files", "a file is listed twice")
+        revoked = t.strings("revoked_seal_keys") or []
+        for key in revoked:
+            try:
+                parse_seal_key(key)
+            except MalformedError as e:
+                t.error("revoked_seal_keys", e.detail)
+        if current is not None:
+            self.checks.append(SealKeyFileCheck("seal_key_file", (current,), tuple(revoked)))
+        if retired:
+            self.checks.append(SealKeyFileCheck("retired_seal_key_files", retired, tuple(revoked)))
+        return current, retired, tuple(revoked)
 
     def node_keys(
         self, t: _Table, key_file: Path | None
@@ -360,9 +404,17 @@ class _Parser(_PolicyTables):
             request_timeout_ms=t.duration_ms("request_timeout", d.request_timeout_ms),
             connect_timeout_ms=t.duration_ms("connect_timeout", d.connect_timeout_ms),
             receipt_window_ms=t.duration_ms("receipt_window", d.receipt_window_ms, lo=0),
+            seal=self.seal_mode(t, d.seal),
         )
         t.done()
         return config
+
+    def seal_mode(self, t: _Table, default: str) -> str:
+        mode = t.string("seal") or default
+        if mode not in SEAL_MODES:
+            t.error("seal", f"{mode!r} is not one of {', '.join(map(repr, SEAL_MODES))}")
+            return default
+        return mode
 
     def limits(self, t: _Table) -> LimitsConfig:
         d = LimitsConfig()
@@ -552,10 +604,20 @@ class _Parser(_PolicyTables):
                         "revoked_keys",
                         f"key {key!r} is also in keys; a revoked key is removed from keys",
                     )
+            seal_keys = p.strings("seal_keys") or []
+            for i, key in enumerate(seal_keys):
+                try:
+                    parse_seal_key(key)
+                except MalformedError as e:
+                    p.error("seal_keys", e.detail)
+                if key in seal_keys[:i]:
+                    p.error("seal_keys", f"seal key {key[:40]!r}... listed twice")
             p.done()
             if name is not None and jurisdiction is not None and keys:
                 url_ = url.rstrip("/") if url else None
-                peers.append(Peer(name, url_, jurisdiction, tuple(keys), tuple(revoked)))
+                peers.append(
+                    Peer(name, url_, jurisdiction, tuple(keys), tuple(revoked), tuple(seal_keys))
+                )
         return tuple(peers)
 
     def mailboxes(self, tables: list[_Table]) -> tuple[Mailbox, ...]:

@@ -78,6 +78,7 @@ from relay.protocol.inbound import (
 )
 from relay.protocol.names import split_address
 from relay.protocol.receipt import Receipt
+from relay.protocol.sealing import SealInfo
 from relay.storage.interface import WriteTx
 from relay.storage.records import DecisionRecord, NewEnvelope, PendingReceipt
 
@@ -343,6 +344,9 @@ def judge(state: NodeState, ctx: ItemContext, item: BatchItem) -> Candidate | It
         mailboxes=frozenset(
             local for local, _ in map(split_address, h.to) if cfg.mailbox(local) is not None
         ),
+        seal_keys=state.sealer.keys,
+        seal_key_why=_seal_key_why(state, h.seal),
+        deks=state.sealer.deks,
     )
     verdict = judge_item(ctx, opened, facts)
     if isinstance(verdict, ItemRefused):
@@ -358,6 +362,12 @@ def judge(state: NodeState, ctx: ItemContext, item: BatchItem) -> Candidate | It
         verdict.hop,
         verdict.receipt,
     )
+
+
+def _seal_key_why(state: NodeState, seal: SealInfo | None) -> str:
+    if seal is None or seal.key in state.sealer.keys:
+        return ""
+    return state.sealer.why_missing(seal.key)
 
 
 async def _commit(

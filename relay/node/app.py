@@ -67,6 +67,7 @@ def node_document(state: NodeState) -> dict[str, object]:
         "max_body_bytes": cfg.node.max_body_bytes,
         "mode": state.policy.mode,
         "certificates": state.trust.own_certificate_lines,
+        "seal_keys": state.sealer.published(),
     }
 
 

@@ -22,6 +22,7 @@ from relay.node import fault
 from relay.node.backpressure import Backpressure
 from relay.node.decoders import Decoders
 from relay.node.metrics import Metrics
+from relay.node.sealer import Sealer
 from relay.policy.ratelimit import Limits
 from relay.policy.residency import Policy, policy_hash
 from relay.policy.trust import Trust
@@ -92,6 +93,7 @@ class NodeState:
         self.metrics = Metrics(mailbox_labels=config.metrics.mailbox_labels, worker=worker)
         self.backpressure = Backpressure(store)  # write slots, queue length ([limits])
         self.decoders = Decoders()  # processes for large client JSON bodies
+        self.sealer = Sealer(random, clock)  # seal keys and data keys (relay.node.sealer)
         self.load(config)
         store.on_announce(self._announced)
 
@@ -115,6 +117,7 @@ class NodeState:
         self.policy_hash = policy_hash(config.policy)
         self.limits = Limits.renew(getattr(self, "limits", None), config.limits)
         self.store.max_backlog = config.limits.max_pending_writes
+        self.sealer.load(config)
 
     # --- replay guard for requests still in flight ---------------------------
 

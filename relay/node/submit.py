@@ -37,6 +37,7 @@ from relay.protocol.envelope import (
     seal,
 )
 from relay.protocol.names import split_address
+from relay.protocol.sealing import SealInfo
 from relay.storage.interface import WriteTx
 from relay.storage.records import DecisionRecord, NewEnvelope, Recipient
 
@@ -114,6 +115,9 @@ def plan(
         ident = state.random(16)
         if not msg_id:
             msg_id = ident
+        payload, sealed = msg["body"], None
+        if not local:
+            payload, sealed = seal_for(state, dest, ident, msg["body"])
         try:  # seal checks the header before it signs (check_header)
             header = header_for(
                 id=ident,
@@ -127,13 +131,35 @@ def plan(
                 expires=now + ttl_ms,
                 residency=stamped.residency,
                 ctype=msg["ctype"],
-                payload=msg["body"],
+                payload=payload,
+                sealed=sealed,
             )
-            env = seal(header, msg["body"], state.key)
+            env = seal(header, payload, state.key)
         except MalformedError as e:
             raise field_error(index, e.detail) from None
         parts.append(Planned(env, None if local else hop, mailboxes, stamped))
     return PlannedMessage(msg_id, tuple(parts), tuple(audits))
+
+
+def seal_for(
+    state: NodeState, dest: str, ident: bytes, body: bytes
+) -> tuple[bytes, SealInfo | None]:
+    """The payload for an envelope to `dest` and its seal map (docs/sealing.md).
+
+    Sealed when a seal key is pinned for `dest` and `[federation] seal` is not
+    "off"; with "required", a destination without one refuses the message.
+    """
+    done = state.sealer.seal(dest=dest, env_id=ident, origin=state.name, body=body)
+    if done is not None:
+        info, ciphertext = done
+        return ciphertext, info
+    if state.sealer.mode == "required":
+        raise PolicyRefused(
+            f'{dest} has no seal key pinned at this node and [federation] seal = "required";'
+            f" add its seal key (relay peer update DIR --name {dest} --seal-key ...)",
+            "builtin:seal_required",
+        )
+    return body, None
 
 
 def resign(header: Header, key: Ed25519PrivateKey, kid: str) -> Envelope:

@@ -124,7 +124,7 @@ def _b64(raw: bytes) -> str:
 
 
 def _unb64(text: str, size: int, what: str) -> bytes:
-    shown = show(text, 40)
+    shown = "" if what == "seal secret" else show(text, 40)  # a secret is never echoed
     if "=" in text or not _B64_RE.fullmatch(text):
         raise MalformedError(f"{what} {shown}: base64 without '=' padding expected")
     try:
@@ -144,7 +144,8 @@ def _split_suite(text: object, suffix: str, what: str) -> tuple[str, str]:
     suite, sep, rest = text.partition(":")
     if not sep or not suite.endswith(suffix) or suite[: len(suite) - len(suffix)] not in SUITES:
         names = ", ".join(f"{s}{suffix}:" for s in SUITES)
-        raise MalformedError(f"{what} {show(text, 40)}: must start with one of {names}")
+        shown = "" if suffix else f" {show(text, 40)}"  # a secret is never echoed
+        raise MalformedError(f"{what}{shown}: must start with one of {names}")
     return suite[: len(suite) - len(suffix)], rest
 
 

@@ -1,0 +1,106 @@
+"""`relay seal init|show|rotate|revoke`: this node's seal keys (docs/sealing.md).
+
+The edits are relay.config.sealops'; this module parses arguments and prints.
+stdout carries the seal key string (the value other admins pin with
+`relay peer update DIR --name THIS --seal-key ...`); messages go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from relay.config.files import load_config
+from relay.config.sealkeys import load_seal_key
+from relay.config.sealops import SealChange, seal_init, seal_revoke, seal_rotate
+from relay.protocol.sealing import SUITES
+
+PEER_DIR_PLACEHOLDER = "YOUR_NODE_DIR"
+RELOAD_HINT = "apply it to the running node: kill -HUP <pid of relay run>, or restart it"
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `relay seal` and its actions."""
+    seal = sub.add_parser("seal", help="this node's seal keys for sealed payloads").add_subparsers(
+        metavar="ACTION", required=True
+    )
+    for action, func, text in (
+        ("init", cmd_init, "give this node its first seal key (nodes made before sealing)"),
+        ("rotate", cmd_rotate, "make a new seal key; the old one still opens mail sealed to it"),
+    ):
+        p = seal.add_parser(action, help=text)
+        _dir(p)
+        p.add_argument(
+            "--suite", choices=SUITES, default=SUITES[0], help="default: %(default)s (hybrid PQ)"
+        )
+        p.set_defaults(func=func)
+    p = seal.add_parser("show", help="print the current seal key string")
+    _dir(p)
+    p.add_argument("--json", action="store_true", help="every seal key and its state, as JSON")
+    p.set_defaults(func=cmd_show)
+    p = seal.add_parser("revoke", help="withdraw a seal key at once: it opens nothing any more")
+    _dir(p)
+    p.add_argument("key", metavar="KEY", help="seal key id or seal key string")
+    p.set_defaults(func=cmd_revoke)
+
+
+def _dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dir", type=Path, metavar="DIR", help="node directory (or its node.toml)")
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _tell(change: SealChange, what: str) -> int:
+    node = change.config.node
+    _say(f"{what}; {change.file} holds the current seal key (mode 0600: keep it secret)")
+    _say(RELOAD_HINT)
+    _say("Give the line below to the admins of peers, so that they seal mail to this node:")
+    print(
+        f"relay peer update {PEER_DIR_PLACEHOLDER} --name {shlex.quote(node.name)} "
+        f"--seal-key {shlex.quote(change.current.public.string)}"
+    )
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    change = seal_init(args.dir, args.suite)
+    return _tell(change, f"created seal key {change.current.public.key_id}")
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    change = seal_rotate(args.dir, args.suite)
+    old = (change.old or "")[: change.old.index(":") + 9] if change.old else ""
+    return _tell(
+        change,
+        f"new seal key {change.current.public.key_id}; {old}... is retired and still opens mail"
+        " sealed to it (revoke it after peers moved on and the queue lifetime passed)",
+    )
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    change = seal_revoke(args.dir, args.key)
+    return _tell(change, f"revoked seal key {args.key}: mail sealed to it is refused (seal_key)")
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    config = load_config(args.dir)
+    node = config.node
+    if node.seal_key_file is None:
+        _say(f"relay: {config.path} has no seal_key_file; `relay seal init` makes one")
+        return 1
+    current = load_seal_key(node.seal_key_file)
+    if not args.json:
+        print(current.public.string)
+        return 0
+    keys = [{"key_id": current.public.key_id, "key": current.public.string, "state": "current"}]
+    for path in node.retired_seal_key_files:
+        k = load_seal_key(path)
+        keys.append({"key_id": k.public.key_id, "key": k.public.string, "state": "retired"})
+    keys += [{"key": k, "state": "revoked"} for k in node.revoked_seal_keys]
+    print(json.dumps({"name": node.name, "seal_keys": keys}))
+    return 0

@@ -88,6 +88,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         metavar="N",
         help="run every node as `relay run --workers N` (N > 1 needs --storage) (1)",
     )
+    p.add_argument(
+        "--seal",
+        choices=("preferred", "off"),
+        default="preferred",
+        help="A's [federation] seal: 'off' sends the payloads unsealed; 'preferred' seals them"
+        " to each destination's seal key, as nodes set up by `relay init` do (preferred)",
+    )
     p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the nodes into DIR")
     p.add_argument("--workdir", type=Path, metavar="DIR", help="keep the node directories here")
     p.add_argument("--json", action="store_true", help="print the result as one JSON document")
@@ -133,6 +140,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         storage=args.storage,
         workers=args.workers,
+        seal=args.seal,
         progress=not args.quiet,
     )
     result = bench(opts)
@@ -198,7 +206,8 @@ def render(r: dict[str, Any]) -> str:
     lines += [
         f"verify_skipped: {r['verify_skipped']}  ({r['verify_skipped_basis']})",
         f"ed25519_verify_per_s: {r['ed25519_verify_per_s']:,}"
-        f"  (sign {r['ed25519_sign_per_s']:,}/s, seal {r['seal_per_s']:,} envelopes/s;"
+        f"  (sign {r['ed25519_sign_per_s']:,}/s, seal {r['seal_per_s']:,} envelopes/s,"
+        f" payload seal {r['payload_seal_per_s']:,}/s and open {r['payload_open_per_s']:,}/s;"
         " one core, per CPU second)",
         f"bench client cpu: {r['bench_client_cpu_s']} s;  code {r['code']};"
         f"  load average before {r['loadavg_before']}, after {r['loadavg_after']}",

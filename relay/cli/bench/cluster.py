@@ -101,12 +101,12 @@ class BenchNode:
     def trust(self, other: BenchNode) -> None:
         run_cli("peer", "add", self.dir, *other.peer_args)
 
-    def set_retry_max(self, duration: str) -> None:
-        """Cap the sender's backoff (a documented [federation] knob) and check the file."""
+    def set_federation(self, values: dict[str, str], why: str) -> None:
+        """Set documented [federation] knobs (strings) and check the file."""
         path = self.dir / "node.toml"
+        lines = "".join(f'{k} = "{v}"\n' for k, v in values.items())
         with open(path, "a", encoding="utf-8") as f:
-            f.write(f'\n# relay bench --backlog: start the drain promptly\n'
-                    f'[federation]\nretry_max = "{duration}"\n')  # fmt: skip
+            f.write(f"\n# relay bench: {why}\n[federation]\n{lines}")
         load_config(self.dir)
 
     def add_mailbox(self, name: str) -> str:

@@ -23,4 +23,5 @@ class Options:
     workdir: Path | None = None  # keep the node directories here
     storage: str | None = None  # PostgreSQL URL: every node in its own schema there
     workers: int = 1  # `relay run --workers N` for every node (N > 1 needs `storage`)
+    seal: str = "preferred"  # A's [federation] seal: "off" benches unsealed payloads
     progress: bool = True

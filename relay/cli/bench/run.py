@@ -154,7 +154,8 @@ async def run(opts: Options, cluster: Cluster, progress: Progress) -> dict[str, 
     ed = ed25519_rates()
     progress.say(
         f"ed25519 on one core: {ed['verify']:,.0f} verify/s, {ed['sign']:,.0f} sign/s"
-        f" ({ed['seal']:,.0f} envelopes sealed/s)"
+        f" ({ed['seal']:,.0f} envelopes sealed/s); a 1 KiB payload sealed to the destination"
+        f" {ed['payload_seal']:,.0f}/s, opened {ed['payload_open']:,.0f}/s"
     )
     timeout = aiohttp.ClientTimeout(total=600)
     connector = aiohttp.TCPConnector(limit=opts.clients)
@@ -277,6 +278,7 @@ async def run(opts: Options, cluster: Cluster, progress: Progress) -> dict[str, 
         "peers": len(cluster.bs),
         "storage": "postgresql" if opts.storage else "sqlite",
         "workers": opts.workers,
+        "seal": opts.seal,
         "seconds": round(seconds, 3),
         "msgs_per_s": round(n / seconds, 1) if seconds > 0 else 0.0,
         "submit_seconds": round(submit_s, 3),
@@ -296,6 +298,9 @@ async def run(opts: Options, cluster: Cluster, progress: Progress) -> dict[str, 
         "ed25519_verify_per_s": round(ed["verify"]),
         "ed25519_sign_per_s": round(ed["sign"]),
         "seal_per_s": round(ed["seal"]),
+        "payload_seal_per_s": round(ed["payload_seal"]),
+        "payload_open_per_s": round(ed["payload_open"]),
+        "payloads_sealed": opts.seal != "off",
         "ed25519_basis": "one core, operations per CPU second of this process's thread",
         "peak_rss_mb": max(float(x["peak_rss_mb"]) for x in nodes),
         "nodes": nodes,
@@ -329,8 +334,11 @@ def bench(opts: Options) -> dict[str, Any]:
         stack.callback(cluster.close)
         progress.say(f"setting up {len(cluster.nodes)} nodes in {base}")
         cluster.setup()
-        if opts.retry_max is not None:
-            cluster.a.set_retry_max(opts.retry_max)
+        federation = {"retry_max": opts.retry_max} if opts.retry_max is not None else {}
+        if opts.seal != "preferred":
+            federation["seal"] = opts.seal
+        if federation:
+            cluster.a.set_federation(federation, "--backlog's retry_max and --seal")
         result = asyncio.run(run(opts, cluster, progress))
         cluster.close()
         if opts.profile_dir is not None:

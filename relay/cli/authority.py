@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from relay.cli.admin import _NodeFile
+from relay.cli.admin import _NodeFile, _seal_key_arg
 from relay.cli.reload import apply_edit
 from relay.config.keys import generate_key_file, load_private_key
 from relay.config.model import DAY_MS
@@ -81,6 +81,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=_key,
         metavar="KEY",
         help="the node's public key; repeat for several",
+    )
+    p.add_argument(
+        "--node-seal-key",
+        dest="node_seal_keys",
+        action="append",
+        type=_seal_key_arg,
+        metavar="SEAL_KEY",
+        help="the node's seal key (docs/sealing.md), so that relying nodes seal mail to it;"
+        " repeat for several. Nodes older than sealing refuse such a certificate",
     )
     p.add_argument("--jurisdiction", required=True, type=_checked(country_error), metavar="CC")
     p.add_argument("--url", required=True, type=_url, help="where the node is reached")
@@ -318,6 +327,7 @@ def cmd_issue(args: argparse.Namespace) -> int:
         not_before=not_before,
         not_after=not_before + args.days * DAY_MS,
         authority=authority.name,
+        seal_keys=tuple(dict.fromkeys(args.node_seal_keys or ())),
     )
     line = encode_line(sign_certificate(cert, key))
     _, cert_bytes, _ = open_certificate(decode_line(line))

@@ -2,8 +2,9 @@
 
 Holds the node's own seal keys (the current one from `[node] seal_key_file`,
 retired ones that still open, minus `revoked_seal_keys`), seals outgoing
-message bodies to the seal key pinned for their destination, and caches
-opened wraps for incoming ones.
+message bodies to the destination's seal key as trust knows it (pinned
+`[[peers]] seal_keys`, else a certificate's), and caches opened wraps for
+incoming ones.
 
 Invariants:
 - One data key and its wrap serve at most EPOCH_ENVELOPES envelopes or
@@ -79,7 +80,7 @@ class Sealer:
         self.revoked_ids: frozenset[str] = frozenset()
         self.mode = "preferred"
         self.deks = WrapCache()
-        self._pinned: dict[str, SealPublicKey] = {}
+        self._parsed: dict[str, SealPublicKey] = {}
         self._epochs: dict[tuple[str, str], _Epoch] = {}
 
     def load(self, config: Config) -> None:
@@ -102,24 +103,28 @@ class Sealer:
         self.keys = keys
         self.revoked_ids = frozenset(parse_seal_key(k).key_id for k in revoked)
         self.mode = config.federation.seal
-        pinned: dict[str, SealPublicKey] = {}
-        for peer in config.peers:
-            for text in peer.seal_keys:
-                try:
-                    pinned.setdefault(peer.name, parse_seal_key(text))
-                except MalformedError:  # refused when the config was parsed
-                    continue
-        self._pinned = pinned
 
-    def key_for(self, dest: str) -> SealPublicKey | None:
-        """The seal key pinned for `dest` (its first one), or None."""
-        return self._pinned.get(dest)
+    def key_for(self, seal_keys: tuple[str, ...]) -> SealPublicKey | None:
+        """The first usable of a node's seal key strings (as trust lists them), or None."""
+        for text in seal_keys:
+            pub = self._parsed.get(text)
+            if pub is None:
+                try:
+                    pub = parse_seal_key(text)
+                except MalformedError:  # config and certificates were checked; skip
+                    continue
+                if len(self._parsed) > WRAP_CACHE:
+                    self._parsed.clear()
+                self._parsed[text] = pub
+            return pub
+        return None
 
     def seal(
-        self, *, dest: str, env_id: bytes, origin: str, body: bytes
+        self, *, dest: str, seal_keys: tuple[str, ...], env_id: bytes, origin: str, body: bytes
     ) -> tuple[SealInfo, bytes] | None:
-        """Seal `body` to `dest` (header seal map, ciphertext), or None if it is not sealed."""
-        pub = None if self.mode == "off" else self._pinned.get(dest)
+        """Seal `body` to `dest`'s first seal key: (header seal map, ciphertext), or None
+        when it is not sealed (`seal = "off"`, or `dest` has no seal key)."""
+        pub = None if self.mode == "off" else self.key_for(seal_keys)
         if pub is None:
             return None
         now = self.clock()

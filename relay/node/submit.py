@@ -146,17 +146,23 @@ def seal_for(
 ) -> tuple[bytes, SealInfo | None]:
     """The payload for an envelope to `dest` and its seal map (docs/sealing.md).
 
-    Sealed when a seal key is pinned for `dest` and `[federation] seal` is not
-    "off"; with "required", a destination without one refuses the message.
+    Sealed when trust knows a seal key for `dest` (pinned, else from its
+    certificate) and `[federation] seal` is not "off"; with "required", a
+    destination without one refuses the message.
     """
-    done = state.sealer.seal(dest=dest, env_id=ident, origin=state.name, body=body)
+    node = state.trust.node(dest)
+    seal_keys = node.seal_keys if node is not None else ()
+    done = state.sealer.seal(
+        dest=dest, seal_keys=seal_keys, env_id=ident, origin=state.name, body=body
+    )
     if done is not None:
         info, ciphertext = done
         return ciphertext, info
     if state.sealer.mode == "required":
         raise PolicyRefused(
-            f'{dest} has no seal key pinned at this node and [federation] seal = "required";'
-            f" add its seal key (relay peer update DIR --name {dest} --seal-key ...)",
+            f"{dest} has no seal key known at this node (pinned or certified) and [federation]"
+            f' seal = "required"; add its seal key (relay peer update DIR --name {dest}'
+            " --seal-key ...)",
             "builtin:seal_required",
         )
     return body, None

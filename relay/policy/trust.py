@@ -74,6 +74,7 @@ class TrustedNode:
     source: str = "pinned"  # or "certificate"
     certificate: bytes | None = None  # the certificate blob it is trusted by
     not_after: int | None = None  # end of that certificate's validity (unix ms)
+    seal_keys: tuple[str, ...] = ()  # seal key strings (protocol §19); the first is sealed to
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +98,7 @@ def _held(verdict: Verdict, where: str) -> _Held:
         source="certificate",
         certificate=verdict.blob,
         not_after=cert.not_after,
+        seal_keys=cert.seal_keys,
     )
     return _Held(verdict, node, where)
 
@@ -119,7 +121,9 @@ class Trust:
         self._pinned: dict[str, TrustedNode] = {}
         for p in config.peers:
             keys = {key_id(k): parse_public_key(k) for k in p.keys}
-            self._pinned[p.name] = TrustedNode(p.name, p.jurisdiction, p.url, keys)
+            self._pinned[p.name] = TrustedNode(
+                p.name, p.jurisdiction, p.url, keys, seal_keys=p.seal_keys
+            )
         self._authorities = {
             a.name: TrustedAuthority(a.name, parse_public_key(a.key), a.jurisdictions)
             for a in config.authorities

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from relay.errors import BadSignature, MalformedError
 from relay.protocol.keystr import parse_public_key
 from relay.protocol.names import valid_jurisdiction, valid_node_name
+from relay.protocol.sealing import parse_seal_key
 from relay.protocol.strict import (
     fields,
     int_field,
@@ -47,11 +48,14 @@ class Certificate:
     not_after: int
     authority: str
     v: int = 1
+    seal_keys: tuple[str, ...] = ()  # optional, protocol §19: the node's seal keys
 
 
 _CERT_KEYS = frozenset(
     {"v", "name", "keys", "jurisdiction", "url", "not_before", "not_after", "authority"}
 )
+_SEALED_CERT_KEYS = _CERT_KEYS | {"seal_keys"}
+MAX_CERT_SEAL_KEYS = 4
 _URL_RE = re.compile(r"https?://[\x21-\x7e]+")
 
 
@@ -68,6 +72,7 @@ def encode_certificate(c: Certificate) -> bytes:
             "not_after": c.not_after,
             "authority": c.authority,
         }
+        | ({"seal_keys": list(c.seal_keys)} if c.seal_keys else {})
     )
 
 
@@ -102,7 +107,9 @@ def verify_certificate(blob: bytes, authority_pub: Ed25519PublicKey) -> Certific
 
 def _decode_certificate(cert_bytes: bytes) -> Certificate:
     w = "certificate"
-    m = fields(strict_unpack(cert_bytes, w), w, _CERT_KEYS)
+    raw = strict_unpack(cert_bytes, w)
+    keyset = _SEALED_CERT_KEYS if type(raw) is dict and "seal_keys" in raw else _CERT_KEYS
+    m = fields(raw, w, keyset)
     v = int_field(m, "v", w)
     if v != 1:
         raise MalformedError(f"certificate: v: version {v} is not supported (expected 1)")
@@ -132,4 +139,21 @@ def _decode_certificate(cert_bytes: bytes) -> Certificate:
     authority = str_field(m, "authority", w)
     if not authority:
         raise MalformedError("certificate: authority: empty")
-    return Certificate(name, keys, jurisdiction, url, not_before, not_after, authority, v)
+    seal_keys = _seal_keys(m["seal_keys"]) if "seal_keys" in m else ()
+    return Certificate(
+        name, keys, jurisdiction, url, not_before, not_after, authority, v, seal_keys
+    )
+
+
+def _seal_keys(value: object) -> tuple[str, ...]:
+    keys = str_array(value, "certificate: seal_keys")
+    if not 1 <= len(keys) <= MAX_CERT_SEAL_KEYS or len(set(keys)) != len(keys):
+        raise MalformedError(
+            f"certificate: seal_keys: expected 1..{MAX_CERT_SEAL_KEYS} distinct seal key strings"
+        )
+    for i, key in enumerate(keys):
+        try:
+            parse_seal_key(key)
+        except MalformedError as e:
+            raise MalformedError(f"certificate: seal_keys[{i}]: {e.detail}") from None
+    return keys

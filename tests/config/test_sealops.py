@@ -15,6 +15,8 @@ from relay.config.files import load_config
 from relay.config.sealkeys import load_seal_key
 from relay.config.sealops import seal_init, seal_revoke, seal_rotate
 from relay.errors import BadRequest, NotFound
+from relay.policy.certs import decode_line
+from relay.protocol.certificate import open_certificate
 from relay.protocol.sealing import CLASSIC, HYBRID, parse_seal_key
 
 
@@ -118,3 +120,21 @@ def test_rotate_needs_a_seal_key_first(tmp_path: Path, capsys: pytest.CaptureFix
     with pytest.raises(BadRequest, match="relay seal init"):
         seal_rotate(directory)
     assert cli.main(["seal", "show", str(directory)]) == 1
+
+
+def test_an_authority_puts_seal_keys_in_a_certificate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = init(tmp_path, capsys)
+    node_key = line.split("--key ")[1].split()[0]
+    seal_key = line.split("--seal-key ")[1].split()[0]
+    auth = str(tmp_path / "auth")
+    assert cli.main(["authority", "init", auth, "--name", "reg.test", "--jurisdictions", "RU"]) == 0
+    capsys.readouterr()
+    issue = ["authority", "issue", auth, "--node-name", "a.test", "--node-key", node_key]
+    issue += ["--jurisdiction", "RU", "--url", "http://a.test", "--days", "30"]
+    assert cli.main([*issue, "--node-seal-key", seal_key]) == 0
+    cert, _, _ = open_certificate(decode_line(capsys.readouterr().out.strip()))
+    assert cert.seal_keys == (seal_key,)
+    assert cli.main([*issue, "--node-seal-key", "x25519:AA"]) == 2
+    assert "expected 32 bytes" in capsys.readouterr().err

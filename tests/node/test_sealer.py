@@ -1,9 +1,8 @@
-"""relay.node.sealer: data key epochs, seal modes, the wrap cache (docs/sealing.md)."""
+"""relay.node.sealer: data key epochs, seal modes, own keys, the wrap cache (docs/sealing.md)."""
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 from pathlib import Path
 
@@ -14,61 +13,70 @@ from relay.config.sealkeys import generate_seal_key_file
 from relay.node import sealer as sealer_module
 from relay.node.sealer import Sealer, WrapCache
 from relay.protocol.sealing import CLASSIC, open_body, unwrap_dek
-from tests.config.test_config import KEY_A, NODE, write_node
+from tests.config.test_config import NODE, write_node
 
 
-def setup(tmp_path: Path, extra: str = "") -> tuple[Sealer, list[int]]:
-    peer_key = generate_seal_key_file(tmp_path / "peer.seal", CLASSIC).public.string
+@dataclasses.dataclass
+class Setup:
+    sealer: Sealer
+    clock: list[int]
+    dest_keys: tuple[str, ...]  # the destination's seal keys, as trust would list them
+
+
+def setup(tmp_path: Path, extra: str = "") -> Setup:
+    dest = generate_seal_key_file(tmp_path / "dest.seal", CLASSIC)
     own = generate_seal_key_file(tmp_path / "node.seal", CLASSIC)
     text = NODE + 'seal_key_file = "node.seal"\n' + extra
-    text += f'[[peers]]\nname = "b.test"\njurisdiction = "RU"\nkeys = ["{KEY_A}"]\n'
-    text += f'seal_keys = ["{peer_key}"]\n'
-    text += f'[[peers]]\nname = "c.test"\njurisdiction = "RU"\nkeys = ["{KEY_A}"]\n'
     clock = [1_000]
     sealer = Sealer(os.urandom, lambda: clock[0])
     sealer.load(load_config(write_node(tmp_path, text)))
     assert sealer.current is not None and sealer.current.public.string == own.public.string
-    return sealer, clock
+    return Setup(sealer, clock, (dest.public.string,))
+
+
+def seal(s: Setup, ident: int, keys: tuple[str, ...] | None = None) -> bytes | None:
+    """The wrap of an envelope sealed to b.test, or None if it was not sealed."""
+    done = s.sealer.seal(
+        dest="b.test",
+        seal_keys=s.dest_keys if keys is None else keys,
+        env_id=bytes([ident]) * 16,
+        origin="o.test",
+        body=b"x",
+    )
+    return None if done is None else done[0].wrap
 
 
 def test_one_wrap_serves_an_epoch_then_a_new_one_is_drawn(tmp_path: Path) -> None:
-    sealer, clock = setup(tmp_path)
-    ids = (bytes([i]) * 16 for i in itertools.count(1))
-    first = sealer.seal(dest="b.test", env_id=next(ids), origin="msk.example.ru", body=b"x")
-    second = sealer.seal(dest="b.test", env_id=next(ids), origin="msk.example.ru", body=b"y")
-    assert first is not None and second is not None
-    assert first[0].wrap == second[0].wrap and first[1] != second[1]
-    clock[0] += sealer_module.EPOCH_MS
-    third = sealer.seal(dest="b.test", env_id=next(ids), origin="msk.example.ru", body=b"z")
-    assert third is not None and third[0].wrap != first[0].wrap
+    s = setup(tmp_path)
+    first, second = seal(s, 1), seal(s, 2)
+    assert first is not None and first == second
+    s.clock[0] += sealer_module.EPOCH_MS
+    third = seal(s, 3)
+    assert third is not None and third != first
 
 
 def test_the_envelope_count_ends_an_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sealer, _ = setup(tmp_path)
+    s = setup(tmp_path)
     monkeypatch.setattr(sealer_module, "EPOCH_ENVELOPES", 2)
-    wraps = [
-        sealer.seal(dest="b.test", env_id=bytes([i]) * 16, origin="o.test", body=b"")
-        for i in range(1, 5)
-    ]
-    got = [w[0].wrap for w in wraps if w is not None]
-    assert len(got) == 4 and got[0] == got[1] != got[2] == got[3]
+    wraps = [seal(s, i) for i in range(1, 5)]
+    assert None not in wraps and wraps[0] == wraps[1] != wraps[2] == wraps[3]
 
 
-def test_no_pinned_seal_key_or_seal_off_seals_nothing(tmp_path: Path) -> None:
-    sealer, _ = setup(tmp_path)
-    assert sealer.seal(dest="c.test", env_id=bytes(16), origin="o.test", body=b"") is None
+def test_no_seal_key_or_seal_off_seals_nothing(tmp_path: Path) -> None:
+    s = setup(tmp_path)
+    assert seal(s, 1, keys=()) is None
     (tmp_path / "off").mkdir()
-    off, _ = setup(tmp_path / "off", '[federation]\nseal = "off"\n')
-    assert off.mode == "off"
-    assert off.seal(dest="b.test", env_id=bytes(16), origin="o.test", body=b"") is None
+    off = setup(tmp_path / "off", '[federation]\nseal = "off"\n')
+    assert off.sealer.mode == "off" and seal(off, 1) is None
 
 
 def test_own_keys_published_and_revoked_left_out(tmp_path: Path) -> None:
-    sealer, _ = setup(tmp_path)
-    assert sealer.current is not None
-    kid = sealer.current.public.key_id
-    assert sealer.published() == {kid: {"key": sealer.current.public.string, "state": "current"}}
-    assert "holds no seal key 'nope'" in sealer.why_missing("nope")
+    s = setup(tmp_path)
+    current = s.sealer.current
+    assert current is not None
+    kid = current.public.key_id
+    assert s.sealer.published() == {kid: {"key": current.public.string, "state": "current"}}
+    assert "holds no seal key 'nope'" in s.sealer.why_missing("nope")
     revoked = generate_seal_key_file(tmp_path / "gone.seal", CLASSIC)
     config = load_config(tmp_path)
     node = dataclasses.replace(
@@ -76,16 +84,18 @@ def test_own_keys_published_and_revoked_left_out(tmp_path: Path) -> None:
         retired_seal_key_files=(tmp_path / "gone.seal",),
         revoked_seal_keys=(revoked.public.string,),
     )
-    sealer.load(dataclasses.replace(config, node=node))
-    assert revoked.public.key_id not in sealer.keys
-    assert "is revoked" in sealer.why_missing(revoked.public.key_id)
+    s.sealer.load(dataclasses.replace(config, node=node))
+    assert revoked.public.key_id not in s.sealer.keys
+    assert "is revoked" in s.sealer.why_missing(revoked.public.key_id)
 
 
 def test_what_the_sealer_seals_opens_at_the_destination(tmp_path: Path) -> None:
-    sealer, _ = setup(tmp_path)
-    dest = generate_seal_key_file(tmp_path / "dest.seal", CLASSIC)
-    sealer._pinned["d.test"] = dest.public
-    done = sealer.seal(dest="d.test", env_id=bytes(16), origin="o.test", body=b"hello")
+    s = setup(tmp_path)
+    dest = generate_seal_key_file(tmp_path / "d.seal", CLASSIC)
+    keys = ("x25519:not-a-key", dest.public.string)  # the first usable one is taken
+    done = s.sealer.seal(
+        dest="d.test", seal_keys=keys, env_id=bytes(16), origin="o.test", body=b"hello"
+    )
     assert done is not None
     info, ct = done
     dek = unwrap_dek(dest, info, "o.test", "d.test")

@@ -69,9 +69,13 @@ def make_cert(
     url: str = "http://127.0.0.1:9003",
     signer: Ed25519PrivateKey = AUTHORITY,
     keys: tuple[str, ...] = (NODE_KEY,),
+    seal_keys: tuple[str, ...] = (),
 ) -> bytes:
     return sign_certificate(
-        Certificate(name, keys, jurisdiction, url, not_before, not_after, authority), signer
+        Certificate(
+            name, keys, jurisdiction, url, not_before, not_after, authority, seal_keys=seal_keys
+        ),
+        signer,
     )
 
 
@@ -489,3 +493,18 @@ async def test_watch_store_drops_files_read_for_a_trust_swapped_out(
     await asyncio.wait_for(watch_store(lambda: current[0], stop.is_set, interval_s=0.01), 5)
     assert current[0] is not old
     assert old.node("c.test") is None
+
+
+def test_seal_keys_come_from_the_pin_else_from_the_certificate(tmp_path: Path) -> None:
+    from relay.protocol.sealing import CLASSIC, seal_secret
+
+    certified = seal_secret(CLASSIC, bytes(range(1, 33))).public.string
+    pinned = seal_secret(CLASSIC, bytes(range(2, 34))).public.string
+    store(tmp_path, "c.cert", make_cert(seal_keys=(certified,)))
+    trust = Trust(node_config(tmp_path), clock=Clock())
+    node = trust.node("c.test")
+    assert node is not None and node.seal_keys == (certified,)
+    pin = f'[[peers]]\nname = "c.test"\njurisdiction = "RU"\nkeys = ["{PINNED_KEY}"]\n'
+    pin += f'seal_keys = ["{pinned}"]\n'
+    node = Trust(node_config(tmp_path, pin), clock=Clock()).node("c.test")
+    assert node is not None and node.seal_keys == (pinned,)

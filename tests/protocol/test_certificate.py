@@ -8,6 +8,7 @@ import pytest
 
 from relay.errors import MalformedError
 from relay.protocol.certificate import Certificate, open_certificate, sign_certificate
+from relay.protocol.sealing import CLASSIC, seal_secret
 from relay.protocol.strict import pack
 from tests.protocol.wire import (
     A_KEY,
@@ -17,6 +18,8 @@ from tests.protocol.wire import (
 )
 
 # --- certificates ---------------------------------------------------------------
+
+SEAL_KEY = seal_secret(CLASSIC, bytes(range(1, 33))).public.string
 
 CERT_BASE: dict[str, Any] = {
     "v": 1,
@@ -46,6 +49,10 @@ CERT_REFUSALS = [
     pytest.param({"authority": ""}, "authority: empty", id="authority-empty"),
     pytest.param({"extra": 1}, "unknown key", id="unknown-key"),
     pytest.param({"url": DROP}, "missing key url", id="missing-key"),
+    pytest.param({"seal_keys": []}, "seal_keys: expected 1..4", id="seal-keys-empty"),
+    pytest.param({"seal_keys": [SEAL_KEY] * 2}, "seal_keys: expected 1..4", id="seal-keys-dup"),
+    pytest.param({"seal_keys": ["x25519:AA"]}, r"seal_keys\[0\]:", id="seal-keys-bad"),
+    pytest.param({"seal_keys": SEAL_KEY}, "seal_keys: expected an array", id="seal-keys-str"),
 ]
 
 
@@ -73,3 +80,15 @@ def test_certificate_framing_and_round_trip() -> None:
             open_certificate(bad)
     with pytest.raises(MalformedError):
         sign_certificate(Certificate("n.test", (), "RU", "http://n.test", 1, 2, "x"), A_KEY)
+
+
+def test_a_certificate_may_carry_the_node_s_seal_keys() -> None:
+    plain = Certificate("n.test", tuple(CERT_BASE["keys"]), "RU", "http://n.test", 1, 2, "x")
+    sealed = Certificate(
+        "n.test", tuple(CERT_BASE["keys"]), "RU", "http://n.test", 1, 2, "x", seal_keys=(SEAL_KEY,)
+    )
+    got, cert_bytes, _ = open_certificate(sign_certificate(sealed, A_KEY))
+    assert got == sealed and b"seal_keys" in cert_bytes
+    # without seal keys the bytes are those of a v1 certificate: no seal_keys key at all
+    _, plain_bytes, _ = open_certificate(sign_certificate(plain, A_KEY))
+    assert b"seal_keys" not in plain_bytes

@@ -61,6 +61,13 @@ def request(items: list[BatchItem]) -> tuple[bytes, dict[str, str]]:
     return body, headers
 
 
+# the payloads of stored messages (the delivered receipt b writes has one too)
+MESSAGE_PAYLOADS = (
+    "SELECT p.body FROM payloads p JOIN envelopes e ON e.payload_sha = p.sha"
+    " WHERE e.kind = 'message'"
+)
+
+
 def item(env: Envelope, payload: bytes | None = None) -> BatchItem:
     p = env.payload if payload is None else payload
     return BatchItem(env.header_bytes, env.signature, p, ("a.test",))
@@ -102,14 +109,15 @@ async def test_sealed_items_at_the_destination(tmp_path: Path) -> None:
                 inbox = (await r.json())["messages"]
             assert [m["text"] for m in inbox] == ["MARKER opened at b"]
             assert node.state is not None
-            rows = await sqlite_store(node.state.store).fetchall("SELECT body FROM payloads")
+            db = sqlite_store(node.state.store)
+            rows = await db.fetchall(MESSAGE_PAYLOADS)
             assert [bytes(b)[32:] for (b,) in rows] == [b"MARKER opened at b"]  # salt || body
             # retention works on the opened payload like on any other
             day = 86_400_000
             counts = await purge(
                 node.state.store, RetentionConfig(0, 1, 0, 10), "b.test", now_ms() + 2 * day
             )
-            assert (counts.contents, counts.payloads) == (1, 1)
-            assert await sqlite_store(node.state.store).fetchall("SELECT body FROM payloads") == []
+            assert counts.contents >= 1 and counts.payloads >= 1
+            assert await db.fetchall(MESSAGE_PAYLOADS) == []
     finally:
         await node.stop()

@@ -27,7 +27,7 @@ ITEM_CODES = frozenset(
         "id_conflict",
         "malformed",
         "seal_key",  # sealed to a seal key the destination does not hold (or revoked)
-        "unseal",  # sealed payload or wrapped key does not open (protocol §19)
+        "unseal",  # sealed payload or wrapped key does not open (protocol §21)
     }
 )
 

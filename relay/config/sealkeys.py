@@ -1,4 +1,4 @@
-"""Seal key files: a node's HPKE private keys for sealed payloads (protocol §19).
+"""Seal key files: a node's HPKE private keys for sealed payloads (protocol §21).
 
 A seal key file holds one line, `<suite>-secret:<unpadded base64>`
 (relay.protocol.sealing), and is held to the same rules as the signing key

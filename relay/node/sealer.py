@@ -1,4 +1,4 @@
-"""This node's side of sealed payloads (protocol §19, docs/sealing.md).
+"""This node's side of sealed payloads (protocol §21, docs/sealing.md).
 
 Holds the node's own seal keys (the current one from `[node] seal_key_file`,
 retired ones that still open, minus `revoked_seal_keys`), seals outgoing

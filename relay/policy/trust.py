@@ -74,7 +74,7 @@ class TrustedNode:
     source: str = "pinned"  # or "certificate"
     certificate: bytes | None = None  # the certificate blob it is trusted by
     not_after: int | None = None  # end of that certificate's validity (unix ms)
-    seal_keys: tuple[str, ...] = ()  # seal key strings (protocol §19); the first is sealed to
+    seal_keys: tuple[str, ...] = ()  # seal key strings (protocol §21); the first is sealed to
 
 
 @dataclass(frozen=True, slots=True)

@@ -48,7 +48,7 @@ class Certificate:
     not_after: int
     authority: str
     v: int = 1
-    seal_keys: tuple[str, ...] = ()  # optional, protocol §19: the node's seal keys
+    seal_keys: tuple[str, ...] = ()  # optional, protocol §21: the node's seal keys
 
 
 _CERT_KEYS = frozenset(

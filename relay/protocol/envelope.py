@@ -90,7 +90,7 @@ class Header:
     sha256: bytes
     max_hops: int = 8
     v: int = 1
-    seal: SealInfo | None = None  # the sealed-payload extension (protocol §19)
+    seal: SealInfo | None = None  # the sealed-payload extension (protocol §21)
 
 
 _HEADER_KEYS = frozenset(

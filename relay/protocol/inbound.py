@@ -25,7 +25,7 @@ Invariants:
 - Every envelope that passes has had its origin signature verified, whoever
   sent it: the stored envelope is the origin's proof, and the request
   signature proves only who sent the batch.
-- A sealed message passes only at its destination and only opened (§19);
+- A sealed message passes only at its destination and only opened (§21);
   relays pass it on sealed, never reading it.
 - The receipts for this node in one batch list at most
   MAX_BATCH_RECEIPT_ENTRIES entries together: `ItemContext.receipts` counts
@@ -552,7 +552,7 @@ def check_origin(env: Envelope, facts: ItemFacts) -> ItemRefused | None:
 
 
 def unseal(env: Envelope, facts: ItemFacts) -> bytes | ItemRefused:
-    """§11 step 13 for a sealed message here (§19): the opened `inner`, or the refusal."""
+    """§11 step 13 for a sealed message here (§21): the opened `inner`, or the refusal."""
     h = env.header
     info = h.seal
     if info is None:

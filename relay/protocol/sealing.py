@@ -1,4 +1,4 @@
-"""Payloads sealed to the destination node: the `seal` header extension (protocol §19).
+"""Payloads sealed to the destination node: the `seal` header extension (protocol §21).
 
 Pure: keys, randomness and the data-encryption key come in as arguments; no
 files, clock or I/O. docs/sealing.md says what each party can and cannot see.

@@ -1,4 +1,4 @@
-"""Sealed envelopes at a real node's batch endpoint (protocol §19): one opens and
+"""Sealed envelopes at a real node's batch endpoint (protocol §21): one opens and
 lands in the inbox; a tampered ciphertext, a wrong seal key id, a wrap for
 another key and a revoked seal key are each refused with their item code."""
 

@@ -467,7 +467,7 @@ WRONG_SEAL_KEY = seal_secret(CLASSIC, bytes(range(2, 34)))
 
 
 def sealed_envelope(dest: str = HERE, to: tuple[str, ...] = (f"bob@{HERE}",)) -> Envelope:
-    """A message from PEER whose body b"hello" is sealed to SEAL_KEY (§19)."""
+    """A message from PEER whose body b"hello" is sealed to SEAL_KEY (§21)."""
     dek = bytes(range(32))
     wrap = wrap_dek(SEAL_KEY.public, dek, PEER, dest)
     info, ct = seal_body(

@@ -1,4 +1,4 @@
-"""Golden vectors for sealed envelopes (tests/vectors/relay-seal-v1.json, protocol §19).
+"""Golden vectors for sealed envelopes (tests/vectors/relay-seal-v1.json, protocol §21).
 
 Fixed keys and randomness: `a.test` signs with RFC 8032 test key 1 (as in
 relay-v1.json), `b.test` holds one seal key per suite built from fixed bytes,
@@ -91,7 +91,7 @@ def build(suite: str, wrap: bytes) -> dict[str, str]:
 
 def generate() -> dict[str, Any]:
     out: dict[str, Any] = {
-        "about": "Sealed envelopes (docs/protocol.md §19). Rebuilt by "
+        "about": "Sealed envelopes (docs/protocol.md §21). Rebuilt by "
         "tests/protocol/test_seal_vectors.py; the wraps are recorded HPKE outputs.",
         "origin_seed_hex": A_SEED.hex(),
         "id_hex": ENV_ID.hex(),

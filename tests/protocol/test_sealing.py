@@ -1,4 +1,4 @@
-"""relay.protocol.sealing: seal keys, the header's `seal` map, seal and open (protocol §19)."""
+"""relay.protocol.sealing: seal keys, the header's `seal` map, seal and open (protocol §21)."""
 
 from __future__ import annotations
 

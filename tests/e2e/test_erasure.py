@@ -159,6 +159,9 @@ def path_nodes(tmp_path: Path) -> Iterator[list[NodeProc]]:
     route(b, "a.test", "r2.test")
     for r in (r1, r2):
         append(r, '[relay]\nfor_origins = ["a.test", "b.test"]\n')
+    # unsealed, so that every copy on the path holds the marker in the clear and the
+    # test can see each erased (a sealed payload leaves only the destination readable)
+    append(a, '[federation]\nseal = "off"\n')
     a.add_mailbox("alice")
     b.add_mailbox("bob")
     b.add_mailbox("carol")

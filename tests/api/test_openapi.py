@@ -141,6 +141,7 @@ async def test_client_api_conforms_to_its_openapi_document(node: Node) -> None:
         "POST /v1/messages",
         "POST /v1/messages/batch",
         "GET /v1/messages/{id}",
+        "DELETE /v1/messages/{id}",
         "GET /v1/inbox",
         "POST /v1/inbox/ack",
         "GET /healthz",
@@ -158,6 +159,7 @@ def test_document_describes_every_client_route_and_error() -> None:
         ("/v1/messages", "post"),
         ("/v1/messages/batch", "post"),
         ("/v1/messages/{id}", "get"),
+        ("/v1/messages/{id}", "delete"),
         ("/v1/inbox", "get"),
         ("/v1/inbox/ack", "post"),
     ):
@@ -170,6 +172,7 @@ def test_document_describes_every_client_route_and_error() -> None:
         schema = responses["422"]["content"]["application/json"]["schema"]
         assert schema == {"$ref": "#/components/schemas/PolicyError"}
     assert "404" in paths["/v1/messages/{id}"]["get"]["responses"]
+    assert {"403", "404"} <= set(paths["/v1/messages/{id}"]["delete"]["responses"])
     assert doc["components"]["schemas"]["PolicyError"]["required"] == ["error", "detail", "rule"]
     assert paths["/healthz"]["get"]["security"] == []
     assert doc["security"] == [{"mailboxToken": []}]

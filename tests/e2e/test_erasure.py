@@ -285,6 +285,10 @@ def test_direct_erasure_on_each_backend(tmp_path: Path, node_storage: NodeStorag
         text = marker()
         msg = a.send("alice", ["bob@b.test"], text)
         wait_for(lambda: [m["text"] for m in b.inbox("bob")] == [text], what="bob's message")
+        if a.storage is None:
+            # sealed by default (issue 16): a holds only ciphertext, b the opened payload,
+            # so the erasure below is checked on a sealed message's copies
+            assert files_holding(a, text) == [] and files_holding(b, text) != []
         relay("erase", "--node", a.url, "--token", a.tokens["alice"], msg)
         wait_for(
             lambda: erasure_nodes(a, "alice", msg) == {"a.test": "erased", "b.test": "erased"},

@@ -17,6 +17,7 @@ import pytest
 from relay.cli import main as cli
 from relay.config.files import load_config
 from relay.config.keys import load_private_key
+from relay.config.sealkeys import load_seal_key
 from relay.errors import ConfigErrors, PolicyRefused, RelayError
 from relay.protocol.keystr import parse_public_key, private_key_from_seed, public_key_string
 
@@ -65,10 +66,12 @@ def test_init_writes_private_files_and_a_peer_line(tmp_path: Path) -> None:
     assert (node / "node.toml").stat().st_mode & 0o777 == 0o644
     assert (node / "node.key").stat().st_mode & 0o777 == 0o600
     assert node.stat().st_mode & 0o777 == 0o700
+    assert (node / "node.seal").stat().st_mode & 0o777 == 0o600
     pub = public_key_string(load_private_key(node / "node.key").public_key())
+    seal = load_seal_key(node / "node.seal").public.string
     assert stdout == (
         "relay peer add YOUR_NODE_DIR --name msk.example.ru --url http://127.0.0.1:8701 "
-        f"--jurisdiction RU --key {pub}\n"
+        f"--jurisdiction RU --key {pub} --seal-key {seal}\n"
     )
     config = load_config(node)
     assert config.node.name == "msk.example.ru"

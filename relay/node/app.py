@@ -389,6 +389,16 @@ async def run_node(
     """
     config = load_config(directory)
     node = Node(config, worker=worker, listen_socket=listen_socket)
+    # The handlers go in before start(): the node answers /readyz from inside
+    # start(), and a SIGTERM or SIGHUP sent as soon as it does must not meet the
+    # default action (which kills the process). A SIGHUP during start-up is
+    # applied once the node has started.
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    early_hup = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, early_hup.set)
     try:
         await node.start()
     except BaseException:
@@ -396,12 +406,10 @@ async def run_node(
         # the listeners) so that the process can exit with the error.
         await node.stop()
         raise
-    settle_after_start()
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_sighup, node.reload)
+    if early_hup.is_set():
+        on_sighup(node.reload)
+    settle_after_start()
     try:
         await stop.wait()
     finally:

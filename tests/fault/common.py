@@ -15,7 +15,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from relay.protocol.sealing import SALT_SIZE
+
 SEQ_RE = re.compile(rb"^seq=(\d+)$")
+
+
+def stored_seq(body: bytes) -> re.Match[bytes] | None:
+    """The `seq=N` of a stored payload: as sent, or opened from a sealed one, which
+    the destination stores as salt || body (docs/sealing.md)."""
+    return SEQ_RE.match(body) or SEQ_RE.match(body[SALT_SIZE:])
 
 
 def set_federation(node_dir: Path, **values: str) -> None:
@@ -54,7 +62,7 @@ def inbox_seqs(db_path: Path, mailbox: str) -> Counter[int]:
     seen: Counter[int] = Counter()
     for (body,) in rows:
         assert isinstance(body, bytes), body
-        m = SEQ_RE.match(body)
+        m = stored_seq(body)
         assert m is not None, f"unexpected payload in the inbox: {body[:80]!r}"
         seen[int(m.group(1))] += 1
     return seen
@@ -72,7 +80,7 @@ def inbox_latencies(db_path: Path, mailbox: str) -> dict[int, int]:
     for body, created, delivered in rows:
         assert isinstance(body, bytes) and isinstance(created, int)
         assert isinstance(delivered, int)
-        m = SEQ_RE.match(body)
+        m = stored_seq(body)
         assert m is not None, body[:80]
         out[int(m.group(1))] = delivered - created
     return out

@@ -112,9 +112,9 @@ def use_storage(node: NodeProc, url: str) -> None:
 
 
 def second_worker(first: NodeProc, directory: Path) -> NodeProc:
-    """Another worker of `first`'s node: its node.toml and key, listening elsewhere."""
+    """Another worker of `first`'s node: its node.toml and keys, listening elsewhere."""
     directory.mkdir()
-    for name in ("node.toml", "node.key"):
+    for name in ("node.toml", "node.key", "node.seal"):
         shutil.copy2(first.dir / name, directory / name)
     port = free_port()
     toml = directory / "node.toml"

@@ -13,7 +13,9 @@ admin commands reach the database `[storage] url` names (relay.config.storage).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -63,12 +65,20 @@ def unread_messages(config: Config, mailbox: str) -> int:
 
 
 async def _count_unread(config: Config, mailbox: str) -> int:
+    async with _reads_if_created(config) as reads:
+        return 0 if reads is None else await reads.unacked_count(mailbox)
+
+
+@contextlib.asynccontextmanager
+async def _reads_if_created(config: Config) -> AsyncIterator[ReadOnlyStorage | None]:
+    """The node's reads, closed after use; None when the node never ran (no database)."""
     try:
         reads = await open_node_readonly(config)
     except NotCreated:
-        return 0
+        yield None
+        return
     try:
-        return await reads.unacked_count(mailbox)
+        yield reads
     finally:
         await reads.close()
 
@@ -96,18 +106,14 @@ def leftovers(config: Config, mailbox: str) -> Leftovers:
 
 
 async def _leftovers(config: Config, mailbox: str) -> Leftovers:
-    try:
-        reads = await open_node_readonly(config)
-    except NotCreated:
-        return Leftovers(0, 0, 0)
-    try:
+    async with _reads_if_created(config) as reads:
+        if reads is None:
+            return Leftovers(0, 0, 0)
         return Leftovers(
             await reads.unacked_count(mailbox),
             await reads.sent_count(mailbox),
             await reads.answer_count(mailbox),
         )
-    finally:
-        await reads.close()
 
 
 def sqlite_file(config: Config, command: str, instead: str) -> Path:

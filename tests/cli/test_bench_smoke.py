@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 def test_bench_smoke_prints_json_with_every_field() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "relay", "bench", "--n", "500", "--json", "--quiet"],
+        [sys.executable, "-m", "relay", "bench", "--n", "500", "--json", "--quiet", "--sql-stats"],
         capture_output=True,
         text=True,
         timeout=180,
@@ -48,6 +48,15 @@ def test_bench_smoke_prints_json_with_every_field() -> None:
     assert doc["ed25519_verify_per_s"] > 0
     roles = sorted(node["role"] for node in doc["nodes"])
     assert roles == ["destination", "origin"]
+    # --sql-stats: each node's writer statements, per message, the dearest first
+    assert sorted(doc["sql_stats"]) == ["a.bench", "b0.bench"]
+    for stats in doc["sql_stats"].values():
+        assert stats["total_us_per_msg"] > 0
+        top = [e["sql"] for e in stats["top"]]
+        assert any(sql.startswith("INSERT INTO envelopes") for sql in top)
+        assert any(sql.startswith("COMMIT") for sql in top)
+        costs = [e["us_per_msg"] for e in stats["top"]]
+        assert costs == sorted(costs, reverse=True)
     for node in doc["nodes"]:
         assert node["peak_rss_mb"] > 0
         assert node["journal_mode"] == "wal"

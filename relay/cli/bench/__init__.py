@@ -95,6 +95,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="A's [federation] seal: 'off' sends the payloads unsealed; 'preferred' seals them"
         " to each destination's seal key, as nodes set up by `relay init` do (preferred)",
     )
+    p.add_argument(
+        "--sql-stats",
+        action="store_true",
+        help="each node times its SQLite writer's statements (thread CPU, by SQL text) and"
+        " the result lists the dearest per message (SQLite only)",
+    )
     p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the nodes into DIR")
     p.add_argument("--workdir", type=Path, metavar="DIR", help="keep the node directories here")
     p.add_argument("--json", action="store_true", help="print the result as one JSON document")
@@ -126,6 +132,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"relay bench: --storage {args.storage!r} is not a postgresql:// URL", file=sys.stderr
         )
         return 2
+    if args.sql_stats and args.storage is not None:
+        print(
+            "relay bench: --sql-stats times the SQLite writer; it does not cover --storage",
+            file=sys.stderr,
+        )
+        return 2
     opts = Options(
         n=args.n,
         size=args.size,
@@ -141,6 +153,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         storage=args.storage,
         workers=args.workers,
         seal=args.seal,
+        sql_stats=args.sql_stats,
         progress=not args.quiet,
     )
     result = bench(opts)
@@ -212,6 +225,19 @@ def render(r: dict[str, Any]) -> str:
         f"bench client cpu: {r['bench_client_cpu_s']} s;  code {r['code']};"
         f"  load average before {r['loadavg_before']}, after {r['loadavg_after']}",
     ]
+    for name, st in r.get("sql_stats", {}).items():
+        if "error" in st:
+            lines.append(f"sql_stats {name}: {st['error']}")
+            continue
+        lines.append(
+            f"sql_stats {name}: writer statements {st['total_us_per_msg']:g} µs per message"
+            f" of thread CPU ({st['statements']} distinct); dearest:"
+        )
+        lines += [
+            f"  {e['us_per_msg']:7.2f} µs  {e['calls_per_msg']:6.3f} calls"
+            f"  {e['rows_per_msg']:6.3f} rows  {e['sql'][:90]}"
+            for e in st["top"]
+        ]
     for name, prof in r.get("profile", {}).items():
         lines.append(
             f"profile {name}: {prof['busy_samples']} busy samples"

@@ -27,6 +27,7 @@ from relay.config.storage import PASSWORD_ENV
 from relay.errors import RelayError, Unavailable
 from relay.storage.postgres.inspect import PgDatabaseView, drop_schema
 from relay.storage.sqlite.inspect import DatabaseView
+from relay.storage.sqlite.sqlstats import STATS_ENV as SQL_STATS_ENV
 
 JURISDICTION = "DE"
 ORIGIN = "a.bench"
@@ -81,6 +82,7 @@ class BenchNode:
     cpu_at_start: float = 0.0
     server_cpu_at_start: dict[int, float] = field(default_factory=dict)
     seen: list[tuple[float, int]] = field(default_factory=list)  # (wall ms, max inbox seq)
+    sql_stats: Path | None = None  # RELAY_SQL_STATS for the node: its writer's statement CPU
 
     @property
     def url(self) -> str:
@@ -124,9 +126,12 @@ class BenchNode:
                 [sys.executable, "-m", "relay", "run", str(self.dir), *workers],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self._stats_env()},
                 preexec_fn=_die_with_parent,  # only a prctl before exec
             )
+
+    def _stats_env(self) -> dict[str, str]:
+        return {} if self.sql_stats is None else {SQL_STATS_ENV: str(self.sql_stats)}
 
     async def wait_ready(self, session: aiohttp.ClientSession) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -269,7 +274,12 @@ class Cluster:
     """Origin A and P destinations, configured to trust each other both ways."""
 
     def __init__(
-        self, base: Path, peers: int, storage: str | None = None, workers: int = 1
+        self,
+        base: Path,
+        peers: int,
+        storage: str | None = None,
+        workers: int = 1,
+        sql_stats: bool = False,
     ) -> None:
         self.a = BenchNode(base / "a", ORIGIN, "origin")
         self.bs = [BenchNode(base / f"b{i}", f"b{i}.bench", "destination") for i in range(peers)]
@@ -277,6 +287,8 @@ class Cluster:
         run = secrets.token_hex(4)
         for node in self.nodes:
             node.workers = workers
+            if sql_stats:
+                node.sql_stats = node.dir / "sql-stats.json"
             if storage is not None:
                 node.storage_url = schema_url(storage, f"bench_{run}_{node.dir.name}")
 

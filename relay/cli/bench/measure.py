@@ -5,6 +5,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import inspect
+import json
 import os
 import platform
 import re
@@ -208,4 +209,30 @@ def machine() -> dict[str, Any]:
         "memory_gb": round(mem_kb / 1024 / 1024, 1),
         "python": platform.python_version(),
         "sqlite": sqlite_version(),
+    }
+
+
+def sql_stats(path: Path, n: int, top: int = 12) -> dict[str, Any]:
+    """A node's writer statements (RELAY_SQL_STATS) per message: the dearest `top`.
+
+    The figures cover the node's whole life (start-up and shutdown too, which
+    are a few statements), divided by the n messages of the run.
+    """
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))["statements"]
+    except (OSError, ValueError, KeyError) as e:
+        return {"error": f"{path}: no statement figures ({e})"}
+    total = sum(float(r["cpu_s"]) for r in rows)
+    return {
+        "total_us_per_msg": round(total * 1e6 / n, 1),
+        "statements": len(rows),
+        "top": [
+            {
+                "us_per_msg": round(float(r["cpu_s"]) * 1e6 / n, 2),
+                "calls_per_msg": round(int(r["calls"]) / n, 3),
+                "rows_per_msg": round(int(r["rows"]) / n, 3),
+                "sql": str(r["sql"]),
+            }
+            for r in rows[:top]
+        ],
     }

@@ -24,4 +24,5 @@ class Options:
     storage: str | None = None  # PostgreSQL URL: every node in its own schema there
     workers: int = 1  # `relay run --workers N` for every node (N > 1 needs `storage`)
     seal: str = "preferred"  # A's [federation] seal: "off" benches unsealed payloads
+    sql_stats: bool = False  # each SQLite node times its writer's statements (RELAY_SQL_STATS)
     progress: bool = True

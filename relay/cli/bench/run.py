@@ -40,6 +40,7 @@ from relay.cli.bench.measure import (
     loadavg,
     machine,
     percentiles,
+    sql_stats,
     synchronous_setting,
     verification_basis,
 )
@@ -330,7 +331,7 @@ def bench(opts: Options) -> dict[str, Any]:
             base = Path(tempfile.mkdtemp(prefix="bench-", dir=opts.workdir))
         else:
             base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="relay-bench-")))
-        cluster = Cluster(base, opts.peers, opts.storage, opts.workers)
+        cluster = Cluster(base, opts.peers, opts.storage, opts.workers, opts.sql_stats)
         stack.callback(cluster.close)
         progress.say(f"setting up {len(cluster.nodes)} nodes in {base}")
         cluster.setup()
@@ -340,7 +341,13 @@ def bench(opts: Options) -> dict[str, Any]:
         if federation:
             cluster.a.set_federation(federation, "--backlog's retry_max and --seal")
         result = asyncio.run(run(opts, cluster, progress))
-        cluster.close()
+        cluster.close()  # the nodes write their statement figures as they close
+        if opts.sql_stats:
+            result["sql_stats"] = {
+                node.name: sql_stats(node.sql_stats, result["n"])
+                for node in cluster.nodes
+                if node.sql_stats is not None
+            }
         if opts.profile_dir is not None:
             result["profile"] = {
                 node.name: summarize_profile(out)

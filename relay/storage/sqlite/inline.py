@@ -80,10 +80,10 @@ class InlineConnection:
         self._conn.execute("COMMIT")
 
 
-def connect_inline(path: str) -> InlineConnection:
-    """A writer connection to `path` in autocommit mode (explicit transactions)."""
+def open_writer_sqlite(path: str) -> sqlite3.Connection:
+    """The writer's sqlite3 connection to `path`, autocommit (explicit transactions)."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute("PRAGMA foreign_keys = ON")
-    return InlineConnection(conn)
+    return conn

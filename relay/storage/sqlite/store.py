@@ -43,9 +43,10 @@ import aiosqlite
 from relay.errors import Busy, RelayError, StoreError
 from relay.logs import event
 from relay.storage.interface import DatabaseLocked, Job, NotCreated
-from relay.storage.sqlite.inline import InlineConnection, connect_inline
+from relay.storage.sqlite.inline import InlineConnection
 from relay.storage.sqlite.reads import SqliteReads
 from relay.storage.sqlite.schema import MIGRATIONS, SCHEMA_VERSION, migrate
+from relay.storage.sqlite.sqlstats import connect_writer
 from relay.storage.sqlite.writes import SqliteWriteTx
 from relay.storage.tables import TABLES
 
@@ -336,7 +337,7 @@ async def open_store(path: Path) -> Store:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             os.close(fd)
         os.chmod(path, 0o600)
-        db = connect_inline(str(path))
+        db = connect_writer(str(path))
         try:
             row = await (await db.execute("PRAGMA journal_mode = WAL")).fetchone()
             if row is None or str(row[0]).lower() != "wal":

@@ -182,10 +182,8 @@ async def erasure_status(state: NodeState, mailbox: str, ident: bytes) -> list[d
     if not await state.store.erasure_records([(state.name, ident)]):
         return []  # the message id is its first envelope's: not erased (the common case)
 
-    async def find(tx: WriteTx) -> list[ErasureTarget]:
-        return [t for t in await tx.erasable(state.name, [ident]) if t.sender == sender]
-
-    targets = await state.store.write(find)
+    found = await state.store.message_envelopes(state.name, ident)
+    targets = [t for t in found if t.sender == sender]
     records = await state.store.erasure_records([(t.origin, t.id) for t in targets])
     requests = [r.request for r in records.values() if r.request is not None]
     stored = await state.store.erasure_requests(requests)

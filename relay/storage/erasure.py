@@ -327,6 +327,13 @@ _SAVE_ANSWER = (
     " header = excluded.header, signature = excluded.signature, payload = excluded.payload"
     " WHERE excluded.created > erasure_answers.created"
 )
+# the envelopes of one message `origin` sent: by the message id (its first envelope's id
+# and its recipients' `msg`) or by one envelope's own id
+_MESSAGE_ENVELOPES = (
+    f"SELECT {TARGET_COLS} FROM envelopes e WHERE e.kind = 'message' AND e.origin = :origin"
+    " AND (e.id = :id OR e.rid IN (SELECT r.rid FROM recipients r WHERE r.msg = :id))"
+    " ORDER BY e.rid"
+)
 _ORIGINS = "SELECT DISTINCT origin FROM envelopes WHERE kind = 'message' AND id = :id"
 _LINK = "UPDATE erasures SET request = :request WHERE origin = :origin AND id = :id"
 
@@ -360,6 +367,14 @@ class PathReads:
                     last_error=str(r["last_error"]),
                 )
         return found
+
+    async def message_envelopes(self: PathRows, origin: str, ident: bytes) -> list[ErasureTarget]:
+        """The envelopes of message (or envelope) `ident` that `origin` sent, by rid: what
+        `erasable` finds for one id, read without the writer (status lookups)."""
+        return [
+            target_of(r)
+            for r in await self._erasure_rows(_MESSAGE_ENVELOPES, {"origin": origin, "id": ident})
+        ]
 
     async def erasure_answers(
         self: PathRows, requests: Sequence[bytes]

@@ -526,6 +526,11 @@ class Reads(Protocol):
         """The answers kept for each of `requests` (those with none are left out)."""
         ...
 
+    async def message_envelopes(self, origin: str, ident: bytes) -> list[ErasureTarget]:
+        """The envelopes of message (or envelope) `ident` that `origin` sent, by rid, as
+        WriteTx.erasable finds them for one id."""
+        ...
+
     async def retention_preview(self, cut: Cutoffs, limit: int) -> Preview:
         """What a purge at `cut` would delete; lists at most `limit` envelopes each."""
         ...

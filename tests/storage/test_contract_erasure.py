@@ -217,6 +217,12 @@ async def test_erasable_finds_every_envelope_of_a_message_and_only_the_origins(
     assert [t.rid for t in await find(storage, HERE, [b.header.id])] == [rids[1]]
     assert [t.rid for t in await find(storage, "peer.test", [msg])] == [rids[2]]
     assert await find(storage, "nobody.test", [msg]) == []
+    # the reads find the same without the writer (status lookups after an erasure)
+    for origin, ident in ((HERE, msg), (HERE, b.header.id), ("peer.test", msg)):
+        assert await storage.message_envelopes(origin, ident) == await find(
+            storage, origin, [ident]
+        )
+    assert await storage.message_envelopes("nobody.test", msg) == []
 
     async def by_sender(tx: WriteTx) -> list[ErasureTarget]:
         return await tx.erasable_by_sender(HERE, f"alice@{HERE}", T0, T0 + 1, 10)

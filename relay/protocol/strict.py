@@ -19,6 +19,8 @@ Invariants:
 
 from __future__ import annotations
 
+import threading
+
 import msgpack
 
 from relay.errors import MalformedError
@@ -172,14 +174,27 @@ def strict_unpack(data: bytes, what: str) -> object:
     return value
 
 
+class _Packers(threading.local):
+    """One msgpack Packer per thread: building one costs about as much as
+    packing a small map, and a Packer is not safe to share between threads."""
+
+    def __init__(self) -> None:
+        self.packer = msgpack.Packer(use_bin_type=True)
+
+
+_PACKERS = _Packers()
+
+
 def pack(obj: object) -> bytes:
     """Encode with the str/bin distinction kept (msgpack spec 2.0).
 
     An int outside msgpack's range is a MalformedError, like any other value
-    the decoders would refuse (e.g. a client's absurd ttl).
+    the decoders would refuse (e.g. a client's absurd ttl). The thread's
+    Packer resets its buffer after every call, also one that raised, so no
+    half-packed value leaks into the next.
     """
     try:
-        data: bytes = msgpack.packb(obj, use_bin_type=True)
+        data: bytes = _PACKERS.packer.pack(obj)
     except OverflowError:
         raise MalformedError("an integer is outside the range msgpack can carry") from None
     return data

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from relay.errors import MalformedError
@@ -78,3 +80,41 @@ def test_strict_unpack_refuses(data: bytes, fragment: str) -> None:
 )
 def test_strict_unpack_accepts(data: bytes, expected: object) -> None:
     assert strict_unpack(data, "thing") == expected
+
+
+# --- pack (one reused Packer per thread) -----------------------------------------
+
+PACK_VECTORS = [
+    pytest.param({"a": 1}, b"\x81\xa1a\x01", id="map"),
+    pytest.param(["é", b"\xff"], b"\x92\xa2\xc3\xa9\xc4\x01\xff", id="str-and-bin"),
+    pytest.param(2**63 - 1, b"\xcf\x7f" + b"\xff" * 7, id="max-int"),
+    pytest.param([], b"\x90", id="empty-array"),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), PACK_VECTORS)
+def test_pack_vectors(value: object, expected: bytes) -> None:
+    assert pack(value) == expected
+    assert pack(value) == expected  # the reused packer starts empty each time
+
+
+def test_pack_after_a_refused_value_starts_clean() -> None:
+    # the overflow comes after the map header and a key were written to the buffer
+    with pytest.raises(MalformedError, match="outside the range msgpack can carry"):
+        pack({"first": "x" * 100, "second": [1, 2**64]})
+    with pytest.raises(TypeError):
+        pack({"a": object()})
+    assert pack({"a": 1}) == b"\x81\xa1a\x01"
+
+
+def test_pack_from_threads_matches_one_thread() -> None:
+    values = [{"n": i, "s": "x" * (i % 300), "b": bytes(i % 70)} for i in range(2000)]
+    expected = [pack(v) for v in values]
+
+    def run(_: int) -> list[bytes]:
+        return [pack(v) for v in values]
+
+    with ThreadPoolExecutor(4) as pool:
+        for got in pool.map(run, range(8)):
+            assert got == expected
+    assert strict_unpack(expected[7], "thing") == values[7]

@@ -296,6 +296,9 @@ class Sender:
         """
         st = self.state
         await st.store.write(lambda tx: tx.clear_backoff([self.hop]))
+        # Whichever lane heard the contact, lane 0 must send next: it may still be
+        # waiting out the backoff on the shared wake-up, which this lane cleared.
+        self.wake.set()
         event(
             log,
             "backoff_waived",

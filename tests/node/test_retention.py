@@ -15,6 +15,7 @@ import pytest
 from relay.config.model import DAY_MS, RetentionConfig
 from relay.node.retention import EXPIRY_MARGIN_MS, Counts, drop_content, preview, purge
 from relay.protocol.envelope import Envelope
+from relay.storage.erasure import ERASED, HELD, EraseOrder, Erasure
 from relay.storage.interface import WriteTx
 from relay.storage.records import DecisionRecord, NewEnvelope, Recipient
 from relay.storage.sqlite.store import (
@@ -335,3 +336,38 @@ async def test_large_purges_go_in_chunks(store: Store, monkeypatch: pytest.Monke
     rows = await purges(store)
     assert len(rows) >= 3  # one row per transaction, each with its own counts
     assert sum(int(str(r[2])) for r in rows) == 5
+
+
+# --- held erasures -------------------------------------------------------------------
+
+
+async def test_only_the_node_settles_a_held_erasure_so_the_asker_is_always_answered(
+    store: Store,
+) -> None:
+    env = envelope(payload=b"kept by law")
+    rid = await put(store, env, T0)
+    hold = EraseOrder("peer", "peer.test", "", hold_ms=30 * DAY_MS)
+
+    async def erase(tx: WriteTx) -> list[Erasure]:
+        return await tx.erase(await tx.erasable("peer.test", [env.header.id]), hold, T0 + 1)
+
+    (rec,) = await store.write(erase)
+    assert rec.status == HELD
+    r = retention(content_min=30, content_max=40, metadata_max=100)
+    later = T0 + 31 * DAY_MS
+    key = ("peer.test", env.header.id)
+
+    # `relay purge` (no on_settled): the held content goes, the record stays held
+    counts = await purge(store, r, HERE, later, source="admin")
+    assert counts.contents == 1 and not await has_content(store, rid)
+    assert (await store.erasure_records([key]))[key].status == HELD
+
+    # the node's purge job settles it and hands it to whoever answers the asker
+    told: list[Erasure] = []
+
+    async def on_settled(tx: WriteTx, recs: list[Erasure], now: int) -> None:
+        told.extend(recs)
+
+    await purge(store, r, HERE, later + 1, on_settled=on_settled)
+    assert [(e.origin, e.id, e.status, e.done) for e in told] == [(*key, ERASED, later + 1)]
+    assert (await store.erasure_records([key]))[key].status == ERASED

@@ -17,7 +17,7 @@ from relay.errors import BadRequest, StoreError
 from relay.storage.backends import backend_of, open_readonly_storage, open_storage
 from relay.storage.interface import NoDatabase, Storage, WriteTx
 from relay.storage.postgres.connect import application_name
-from relay.storage.postgres.schema import SCHEMA_VERSION
+from relay.storage.postgres.schema import MIGRATIONS, SCHEMA_VERSION
 from relay.storage.postgres.store import PgStore
 from relay.storage.postgres.url import parse_url
 from tests.storage.contract import T0, envelope, new, put
@@ -155,3 +155,44 @@ async def storage_pg(pg_url: str) -> AsyncIterator[Storage]:
         yield s
     finally:
         await s.close()
+
+
+async def test_envelopes_keep_their_rows_keyed_id_first(pg_url: str) -> None:
+    """A schema at version 7 keeps its envelopes through migration 8, which keys
+    the table (id, origin) and drops the index on id alone."""
+    schema = parse_url(pg_url).schema
+    with psycopg.connect(pg_url.split("?")[0], autocommit=True) as db:
+        db.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+        db.execute(f'SET search_path TO "{schema}"')
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for version in range(1, 8):
+            db.execute(MIGRATIONS[version])
+            db.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+        db.execute(
+            "INSERT INTO envelopes (rid, origin, id, hdigest, header, signature, trace, kind,"
+            " sender, dest, created, expires, received, size, residency)"
+            " VALUES (5, 'o.test', %s, 'd', 'h', 's', 't', 'message', 's@x', 'here.test',"
+            " 1, 2, 3, 4, 'DE')",
+            (b"\x01" * 16,),
+        )
+    storage = await open_storage(pg_url)
+    try:
+        with psycopg.connect(pg_url.split("?")[0]) as db:
+            indexes = dict(
+                db.execute(
+                    "SELECT indexname, indexdef FROM pg_indexes"
+                    " WHERE schemaname = %s AND tablename = 'envelopes'",
+                    (schema,),
+                ).fetchall()
+            )
+            kept = db.execute(f'SELECT rid, origin, id FROM "{schema}".envelopes').fetchall()
+        assert kept == [(5, "o.test", b"\x01" * 16)]
+        assert "envelopes_id" not in indexes
+        assert "UNIQUE" in indexes["envelopes_id_origin_key"]
+        assert indexes["envelopes_id_origin_key"].endswith("(id, origin)")
+        ours = envelope(ident=b"\x02" * 16)
+        assert len(await put(storage, [new(ours, mailboxes=("alice",))])) == 1
+        with pytest.raises(StoreError, match="envelopes_id_origin_key"):  # still unique
+            await put(storage, [new(ours, mailboxes=("alice",))])
+    finally:
+        await storage.close()

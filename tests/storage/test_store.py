@@ -126,12 +126,7 @@ async def test_payloads_survive_the_migration_to_a_rowid_table(tmp_path: Path) -
 async def test_recipients_keep_their_rows_as_a_rowid_table(tmp_path: Path) -> None:
     """A database at version 12 keeps its recipients through migration 13, in rid order."""
     db = tmp_path / "relay.db"
-    con = sqlite3.connect(db)
-    con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-    for version in range(1, 13):
-        for stmt in statements(MIGRATIONS[version]):
-            con.execute(stmt)
-        con.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+    con = _database_at(db, 12)
     rows = [
         (bytes([9 - rid]) * 16, f"r{rid}@b.example", rid, "alice", "sent", "", 5)
         for rid in (1, 2, 3)
@@ -229,5 +224,76 @@ async def test_every_read_maps_database_errors_to_store_error(tmp_path: Path) ->
         for read in reads:
             with pytest.raises(StoreError, match="cannot read the database"):
                 await read()
+    finally:
+        await store.close()
+
+
+def _database_at(db: Path, version: int) -> sqlite3.Connection:
+    """A database migrated by hand up to `version` (the migrations as released)."""
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for v in range(1, version + 1):
+        for stmt in statements(MIGRATIONS[v]):
+            con.execute(stmt)
+        con.execute("INSERT INTO schema_version (version) VALUES (?)", (v,))
+    return con
+
+
+async def test_envelopes_keep_their_rows_keyed_id_first(tmp_path: Path) -> None:
+    """A database at version 13 keeps its envelopes, rids and unread counts through
+    migration 14, which keys the table (id, origin) and drops the index on id."""
+    db = tmp_path / "relay.db"
+    con = _database_at(db, 13)
+    cols = (
+        "rid, origin, id, hdigest, header, signature, payload_sha, trace, kind, sender, dest,"
+        " created, expires, received, size, residency, from_peer, rule_id, policy_hash,"
+        " discard, hop, erased"
+    )
+    rows = [
+        (rid, f"o{rid % 2}.test", bytes([rid]) * 16, b"d", b"h" * rid, b"s", b"p", b"t",
+         "message", "s@x", "here.test", 1, 2, 3, 100 * rid, "DE", None, "r", "ph",
+         rid % 2, None, None)
+        for rid in (3, 1, 7)
+    ]  # fmt: skip
+    con.executemany(f"INSERT INTO envelopes ({cols}) VALUES ({', '.join('?' * 22)})", rows)
+    con.executemany(
+        "INSERT INTO inbox (mailbox, rid, delivered) VALUES (?, ?, ?)",
+        [("alice", 1, 5), ("alice", 3, 5), ("bob", 7, 5)],
+    )
+    unread = con.execute("SELECT mailbox, bytes FROM unread ORDER BY mailbox").fetchall()
+    assert unread == [("alice", 100 + 1 + 300 + 3), ("bob", 700 + 7)]
+    con.commit()
+    con.close()
+    store = await open_store(db)
+    try:
+        got = await store.fetchall(f"SELECT {cols} FROM envelopes ORDER BY rid")
+        assert [tuple(r) for r in got] == sorted(rows)
+        assert [tuple(r) for r in await store.fetchall("SELECT * FROM unread")] == unread
+        names = {r[0] for r in await store.fetchall("PRAGMA index_list(envelopes)")}
+        assert "envelopes_id" not in names
+        plan = await store.fetchall(
+            "EXPLAIN QUERY PLAN SELECT origin, hdigest FROM envelopes WHERE id IN (?, ?)",
+            (b"a", b"b"),
+        )
+        assert any("USING INDEX sqlite_autoindex_envelopes" in str(r[3]) for r in plan)
+
+        async def again(tx: WriteTx) -> None:
+            db = sqlite_tx(tx)
+            await db.execute(
+                f"INSERT INTO envelopes ({cols}) VALUES ({', '.join('?' * 22)})",
+                (9, *rows[0][1:]),
+            )
+
+        with pytest.raises(StoreError):  # (origin, id) is still unique
+            await store.write(again)
+
+        async def deliver(tx: WriteTx) -> None:
+            await sqlite_tx(tx).execute(
+                "INSERT INTO inbox (mailbox, rid, delivered) VALUES ('bob', 1, 6)"
+            )
+
+        await store.write(deliver)  # the unread triggers were made again
+        bob = await store.fetchone("SELECT bytes FROM unread WHERE mailbox = 'bob'")
+        assert bob is not None and bob[0] == 700 + 7 + 100 + 1
     finally:
         await store.close()

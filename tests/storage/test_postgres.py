@@ -178,7 +178,7 @@ async def test_envelopes_keep_their_rows_keyed_id_first(pg_url: str) -> None:
     storage = await open_storage(pg_url)
     try:
         with psycopg.connect(pg_url.split("?")[0]) as db:
-            indexes = dict(
+            indexes: dict[str, str] = dict(
                 db.execute(
                     "SELECT indexname, indexdef FROM pg_indexes"
                     " WHERE schemaname = %s AND tablename = 'envelopes'",

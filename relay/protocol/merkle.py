@@ -12,12 +12,15 @@ Invariants:
   indexes past its end.
 - `Frontier` keeps the right edge of a growing tree (one hash per set bit of
   its size), so appending a leaf and asking the root cost O(log n).
+- A consistency proof from m to n names subtrees that are either on the right
+  edge of the tree at m or after m, so `consistency_proof_after` builds it from
+  that edge and the leaves m..n alone, without the first m leaves.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from relay.errors import ProofFailed
 
@@ -79,21 +82,53 @@ def consistency_proof(old_size: int, leaves: Sequence[bytes]) -> list[bytes]:
     n = len(leaves)
     if not 0 <= old_size <= n:
         raise ProofFailed(f"a tree of {old_size} entries cannot precede one of {n}")
-    if old_size in (0, n):
+    return _consistency(old_size, n, lambda lo, hi: _mth(leaves, lo, hi))
+
+
+def consistency_proof_after(
+    old_edge: Sequence[tuple[int, bytes]], tail: Sequence[bytes]
+) -> list[bytes]:
+    """PROOF(m, D[m + len(tail)]) without the first m leaves: from the right edge of the
+    tree at m (`Frontier.edge()`) and the leaf hashes appended after it.
+
+    Every subtree such a proof names either lies in the old tree, where it is
+    one of the perfect subtrees of its right edge, or after it, in `tail`.
+    """
+    m = sum(count for count, _ in old_edge)
+    blocks: dict[tuple[int, int], bytes] = {}
+    start = 0
+    for count, h in old_edge:
+        blocks[(start, count)] = h
+        start += count
+
+    def mth(lo: int, hi: int) -> bytes:
+        if lo >= m:
+            return _mth(tail, lo - m, hi - m)
+        found = blocks.get((lo, hi - lo))
+        if found is None:  # cannot happen for a well-formed edge; say so rather than guess
+            raise ProofFailed(f"entries {lo}..{hi} are not a subtree of the edge at {m}")
+        return found
+
+    return _consistency(m, m + len(tail), mth)
+
+
+def _consistency(m: int, n: int, mth: Callable[[int, int], bytes]) -> list[bytes]:
+    """RFC 9162 §2.1.4.1 SUBPROOF(m, D[n], true), with subtree hashes from `mth(lo, hi)`."""
+    if m in (0, n):
         return []
     path: list[bytes] = []
-    lo, hi, m, whole = 0, n, old_size, True
+    lo, hi, whole = 0, n, True
     while True:
         if m == hi - lo:
             if not whole:
-                path.append(_mth(leaves, lo, hi))
+                path.append(mth(lo, hi))
             break
         k = _split(hi - lo)
         if m <= k:
-            path.append(_mth(leaves, lo + k, hi))
+            path.append(mth(lo + k, hi))
             hi = lo + k
         else:
-            path.append(_mth(leaves, lo, lo + k))
+            path.append(mth(lo, lo + k))
             lo, m, whole = lo + k, m - k, False
     path.reverse()
     return path
@@ -207,6 +242,12 @@ class Frontier:
             count *= 2
         self._stack.append((count, h))
         self.size += 1
+
+    def edge(self) -> tuple[tuple[int, bytes], ...]:
+        """The right edge now: (leaf count, subtree root) per perfect subtree, largest
+        first; with the leaves after it, enough for a consistency proof from this size
+        (`consistency_proof_after`)."""
+        return tuple(self._stack)
 
     def root(self) -> bytes:
         """MTH of the leaves appended so far."""

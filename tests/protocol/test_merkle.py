@@ -16,6 +16,7 @@ from relay.protocol.merkle import (
     EMPTY_ROOT,
     Frontier,
     consistency_proof,
+    consistency_proof_after,
     inclusion_proof,
     leaf_hash,
     root,
@@ -100,6 +101,41 @@ def test_consistency_vectors(case: dict[str, object]) -> None:
     path = [bytes.fromhex(h) for h in case["path"]]  # type: ignore[attr-defined]
     assert consistency_proof(old, LEAVES[:size]) == path
     verify_consistency(old, size, root(LEAVES[:old]), root(LEAVES[:size]), path)
+
+
+@pytest.mark.parametrize("case", VECTORS["consistency"])
+def test_consistency_vectors_from_the_edge(case: dict[str, object]) -> None:
+    old, size = int(str(case["old_size"])), int(str(case["size"]))
+    f = Frontier()
+    for h in LEAVES[:old]:
+        f.append(h)
+    path = [bytes.fromhex(h) for h in case["path"]]  # type: ignore[attr-defined]
+    assert consistency_proof_after(f.edge(), LEAVES[old:size]) == path
+
+
+def test_the_edge_gives_every_proof_the_whole_tree_gives() -> None:
+    """Every (m, n) up to 70 leaves: the proof from the edge at m and leaves m..n alone
+    is the proof from all n leaves (the sender never rereads the first m)."""
+    leaves = [leaf_hash(i.to_bytes(2, "big")) for i in range(70)]
+    f = Frontier()
+    for m in range(1, len(leaves)):
+        f.append(leaves[m - 1])
+        edge = f.edge()
+        assert sum(count for count, _ in edge) == m
+        for n in range(m, len(leaves) + 1):
+            proof = consistency_proof_after(edge, leaves[m:n])
+            assert proof == consistency_proof(m, leaves[:n]), (m, n)
+            verify_consistency(m, n, root(leaves[:m]), root(leaves[:n]), proof)
+
+
+def test_an_edge_from_another_history_gives_a_proof_that_fails() -> None:
+    leaves = [leaf_hash(bytes([i])) for i in range(9)]
+    forged = Frontier()
+    for h in [leaf_hash(b"x"), *leaves[1:5]]:
+        forged.append(h)
+    proof = consistency_proof_after(forged.edge(), leaves[5:])
+    with pytest.raises(ProofFailed, match="earlier root"):
+        verify_consistency(5, 9, root(leaves[:5]), root(leaves), proof)
 
 
 # --- properties against the definitions --------------------------------------------

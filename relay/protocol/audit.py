@@ -11,6 +11,11 @@ Invariants:
 - A tree head is a strict map {v, node, size, root, at, key}, signed by the
   node key named by `key` over TREE_HEAD_DOMAIN + head bytes. It travels as
   the two-element array [head bytes, signature], like a certificate.
+- A tree proof is the strict array [from_size, [hash...]]: the RFC 9162
+  consistency proof from the sender's head of `from_size` entries to the head
+  it travels with. Its decoder checks shape and bounds (1 <= from_size, 1 to
+  MAX_PROOF_HASHES hashes of 32 bytes); whether it proves anything is
+  merkle.verify_consistency's business.
 - Decoders raise MalformedError; a signature that does not verify raises
   ProofFailed. Unknown entry kinds decode (later versions add kinds).
 """
@@ -43,6 +48,10 @@ from relay.protocol.strict import (
 TREE_HEAD_DOMAIN = b"relay-tree-head-v1\x00"
 TREE_HEAD_HEADER = "Relay-Tree-Head"  # the optional batch header (docs/protocol.md §19)
 TREE_HEAD_VERSION = 1
+TREE_PROOF_HEADER = "Relay-Tree-Proof"  # the consistency proof beside it (protocol.md §19)
+# A consistency proof holds at most one hash per level of the later tree plus one:
+# 64 for any size below 2**63 (strict msgpack's largest int).
+MAX_PROOF_HASHES = 64
 
 # The kinds this version writes (docs/audit.md lists their fields).
 DECISION = "decision"  # a residency decision: point, outcome, rule, reason, peer, policy
@@ -231,10 +240,59 @@ def tree_head_header(signed: SignedHead) -> str:
 
 def parse_tree_head_header(value: str) -> SignedHead:
     """A Relay-Tree-Head value, decoded (the signature is not checked); MalformedError."""
+    return decode_signed_head(_byte_sequence(value, TREE_HEAD_HEADER))
+
+
+@dataclass(frozen=True, slots=True)
+class TreeProof:
+    """A consistency proof from the sender's tree of `from_size` entries to the head
+    it is sent with (RFC 9162 §2.1.4)."""
+
+    from_size: int
+    hashes: tuple[bytes, ...]
+
+
+def encode_tree_proof(proof: TreeProof) -> bytes:
+    """The strict array [from_size, [hash...]], checked by decode_tree_proof."""
+    data = pack([proof.from_size, list(proof.hashes)])
+    decode_tree_proof(data)
+    return data
+
+
+def decode_tree_proof(data: bytes) -> TreeProof:
+    """Strictly decode a tree proof; MalformedError naming what is wrong."""
+    w = "tree proof"
+    value = strict_unpack(data, w)
+    if type(value) is not list or len(value) != 2:
+        raise MalformedError(f"{w}: expected the array [from_size, [hash...]]")
+    from_size, hashes = value
+    if type(from_size) is not int or from_size < 1:
+        raise MalformedError(f"{w}: from_size: expected an int of at least 1")
+    if type(hashes) is not list:
+        raise MalformedError(f"{w}: expected an array of hashes, got {value_kind(hashes)}")
+    if not 1 <= len(hashes) <= MAX_PROOF_HASHES:
+        raise MalformedError(f"{w}: {len(hashes)} hashes; a proof holds 1 to {MAX_PROOF_HASHES}")
+    for i, h in enumerate(hashes):
+        if type(h) is not bytes or len(h) != HASH_SIZE:
+            raise MalformedError(f"{w}: hash {i}: expected bin of {HASH_SIZE} bytes")
+    return TreeProof(from_size, tuple(hashes))
+
+
+def tree_proof_header(proof: TreeProof) -> str:
+    """The Relay-Tree-Proof value: an RFC 8941 byte sequence of the proof array."""
+    return f":{b64(encode_tree_proof(proof))}:"
+
+
+def parse_tree_proof_header(value: str) -> TreeProof:
+    """A Relay-Tree-Proof value, decoded (not yet checked against any head); MalformedError."""
+    return decode_tree_proof(_byte_sequence(value, TREE_PROOF_HEADER))
+
+
+def _byte_sequence(value: str, header: str) -> bytes:
     text = value.strip(" \t")
     raw = b64_canonical(text[1:-1]) if len(text) > 2 and text[0] == text[-1] == ":" else None
     if raw is None:
         raise MalformedError(
-            f"{TREE_HEAD_HEADER}: not a byte sequence of canonical padded base64 between colons"
+            f"{header}: not a byte sequence of canonical padded base64 between colons"
         )
-    return decode_signed_head(raw)
+    return raw

@@ -34,6 +34,7 @@ from relay.protocol.audit import (
 )
 from relay.protocol.bundle import ExportedEnvelope
 from relay.protocol.envelope import header_digest
+from relay.protocol.strict import MAX_INT
 from relay.storage.records import Counts, DecisionRecord, NewEnvelope
 
 
@@ -67,15 +68,23 @@ class StoredHead:
     wire: bytes
 
 
+# What a Relay-Tree-Proof showed about a witnessed head (docs/protocol.md §19).
+PROOF_CONSISTENT = "consistent"  # it extends the kept head of `proof_from` entries
+PROOF_FORKED = "forked"  # the peer's own proof shows it does not
+
+
 @dataclass(frozen=True, slots=True)
 class WitnessedHead:
-    """A tree head a peer sent, and when this node saw it."""
+    """A tree head a peer sent, when this node saw it, and what the consistency proof
+    sent with it showed against the kept head of `proof_from` entries ("" if none)."""
 
     peer: str
     size: int
     at: int
     wire: bytes
     seen: int
+    proof_from: int | None = None
+    proof: str = ""
 
 
 def stored_events(items: Sequence[NewEnvelope], now: int) -> list[AuditEvent]:
@@ -190,8 +199,10 @@ _HEAD_UPSERT = (
     " DO UPDATE SET at = excluded.at, head = excluded.head WHERE excluded.at > audit_heads.at"
 )
 _WITNESS = (
-    "INSERT INTO audit_witnessed (peer, size, at, head, seen) VALUES (?, ?, ?, ?, ?)"
-    " ON CONFLICT DO NOTHING"
+    "INSERT INTO audit_witnessed (peer, size, at, head, seen, proof_from, proof)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (peer, size, at) DO UPDATE"
+    " SET proof_from = excluded.proof_from, proof = excluded.proof"
+    " WHERE audit_witnessed.proof = '' AND excluded.proof <> ''"
 )
 
 
@@ -238,9 +249,11 @@ class AuditWrites(AuditSql):
         await self._audit_many(self._sql(_HEAD_UPSERT), [(head.size, head.at, head.wire)])
 
     async def save_witnessed(self, heads: Sequence[WitnessedHead]) -> None:
-        """Keep heads peers sent (a head already kept stays as it was)."""
+        """Keep heads peers sent. A head already kept stays as it was, except that a
+        proof's outcome fills in one kept without any (it came again, with a proof)."""
         await self._audit_many(
-            self._sql(_WITNESS), [(h.peer, h.size, h.at, h.wire, h.seen) for h in heads]
+            self._sql(_WITNESS),
+            [(h.peer, h.size, h.at, h.wire, h.seen, h.proof_from, h.proof) for h in heads],
         )
 
 
@@ -316,10 +329,13 @@ class AuditReads(AuditSql):
         found = await self._audit_rows("SELECT size, at, head FROM audit_heads ORDER BY size", ())
         return [StoredHead(int(r["size"]), int(r["at"]), bytes(r["head"])) for r in found]
 
-    async def latest_tree_head(self) -> StoredHead | None:
-        """The kept signed head of the largest size, if any."""
+    async def latest_tree_head(self, below: int | None = None) -> StoredHead | None:
+        """The kept signed head of the largest size (below `below`, if given), if any."""
         found = await self._audit_rows(
-            "SELECT size, at, head FROM audit_heads ORDER BY size DESC LIMIT 1", ()
+            self._sql(
+                "SELECT size, at, head FROM audit_heads WHERE size < ? ORDER BY size DESC LIMIT 1"
+            ),
+            (MAX_INT if below is None else below,),
         )
         if not found:
             return None
@@ -329,13 +345,19 @@ class AuditReads(AuditSql):
         """Heads peers sent (of `peer`, or all), by peer, size and time."""
         where = "" if peer is None else self._sql(" WHERE peer = ?")
         found = await self._audit_rows(
-            "SELECT peer, size, at, head, seen FROM audit_witnessed"
+            "SELECT peer, size, at, head, seen, proof_from, proof FROM audit_witnessed"
             f"{where} ORDER BY peer, size, at",
             () if peer is None else (peer,),
         )
         return [
             WitnessedHead(
-                str(r["peer"]), int(r["size"]), int(r["at"]), bytes(r["head"]), int(r["seen"])
+                str(r["peer"]),
+                int(r["size"]),
+                int(r["at"]),
+                bytes(r["head"]),
+                int(r["seen"]),
+                None if r["proof_from"] is None else int(r["proof_from"]),
+                str(r["proof"]),
             )
             for r in found
         ]

@@ -571,8 +571,8 @@ class Reads(Protocol):
         """Every kept signed tree head, by size."""
         ...
 
-    async def latest_tree_head(self) -> StoredHead | None:
-        """The kept signed tree head of the largest size, if any."""
+    async def latest_tree_head(self, below: int | None = None) -> StoredHead | None:
+        """The kept signed tree head of the largest size (below `below`, if given), if any."""
         ...
 
     async def witnessed_heads(self, peer: str | None) -> list[WitnessedHead]:

@@ -8,13 +8,20 @@ interface only (tests/storage/contract.py).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
 from relay.errors import RelayError
 from relay.protocol.audit import CONFIG, DECISION, PURGED, STORED, decode_entry
 from relay.protocol.merkle import leaf_hash, root
-from relay.storage.audit import AuditEvent, StoredHead, WitnessedHead
+from relay.storage.audit import (
+    PROOF_CONSISTENT,
+    PROOF_FORKED,
+    AuditEvent,
+    StoredHead,
+    WitnessedHead,
+)
 from relay.storage.interface import Storage, WriteTx
 from relay.storage.records import Counts, DecisionRecord
 from tests.storage.contract import T0, envelope, new, put, readonly
@@ -99,6 +106,9 @@ async def test_tree_heads_keep_the_latest_per_size(storage: Storage) -> None:
         StoredHead(0, T0, b"zero"),
         StoredHead(2, T0 + 20, b"two-b"),
     ]
+    assert await storage.latest_tree_head() == StoredHead(2, T0 + 20, b"two-b")
+    assert await storage.latest_tree_head(below=2) == StoredHead(0, T0, b"zero")
+    assert await storage.latest_tree_head(below=0) is None
 
 
 async def test_witnessed_heads_are_kept_once(storage: Storage) -> None:
@@ -108,6 +118,22 @@ async def test_witnessed_heads_are_kept_once(storage: Storage) -> None:
     await storage.write(lambda tx: tx.save_witnessed([a]))
     assert await storage.witnessed_heads(None) == [a, b]
     assert await storage.witnessed_heads("b.test") == [b]
+
+
+async def test_a_proof_outcome_fills_in_a_kept_head_once(storage: Storage) -> None:
+    """A head kept unproven gets the outcome of a proof that came with it later; an
+    outcome once kept is evidence and never changes."""
+    a = WitnessedHead("a.test", 5, T0, b"head-a5", T0 + 1)
+    await storage.write(lambda tx: tx.save_witnessed([a]))
+    proven = replace(a, seen=T0 + 2, proof_from=3, proof=PROOF_CONSISTENT)
+    await storage.write(lambda tx: tx.save_witnessed([proven]))
+    forked = replace(a, seen=T0 + 3, proof_from=4, proof=PROOF_FORKED)
+    await storage.write(lambda tx: tx.save_witnessed([forked, replace(a, seen=T0 + 4)]))
+    (kept,) = await storage.witnessed_heads("a.test")
+    assert (kept.seen, kept.proof_from, kept.proof) == (T0 + 1, 3, PROOF_CONSISTENT)
+    b = WitnessedHead("a.test", 9, T0, b"head-a9", T0 + 1, 5, PROOF_FORKED)
+    await storage.write(lambda tx: tx.save_witnessed([b]))
+    assert (await storage.witnessed_heads("a.test"))[1] == b
 
 
 async def test_export_reads_envelopes_and_only_receipt_payloads(storage: Storage) -> None:

@@ -36,6 +36,7 @@ from relay.protocol.merkle import (
     root,
     verify_inclusion,
 )
+from relay.storage.audit import PROOF_CONSISTENT, PROOF_FORKED, WitnessedHead
 from relay.storage.interface import ReadOnlyStorage
 
 NEVER = 2**63 - 1
@@ -350,20 +351,29 @@ def cmd_consistency(args: argparse.Namespace) -> int:
 def cmd_heads(args: argparse.Namespace) -> int:
     config = load_config(args.dir)
 
-    async def run() -> list[bytes]:
+    async def run() -> list[tuple[bytes, str]]:
         reads = await open_node_readonly(config)
         try:
             if args.peer:
-                return [w.wire for w in await reads.witnessed_heads(args.peer)]
-            return [h.wire for h in await reads.tree_heads()]
+                return [(w.wire, _proven(w)) for w in await reads.witnessed_heads(args.peer)]
+            return [(h.wire, "") for h in await reads.tree_heads()]
         finally:
             await reads.close()
 
     heads = asyncio.run(run())
     if args.latest:
         heads = heads[-1:]
-    for wire in heads:
+    for wire, proven in heads:
         h = decode_signed_head(wire).head
-        print(f"# {h.node} size {h.size} at {_iso(h.at)} root {h.root.hex()}")
+        print(f"# {h.node} size {h.size} at {_iso(h.at)} root {h.root.hex()}{proven}")
         print(base64.b64encode(wire).decode())
     return 0
+
+
+def _proven(w: WitnessedHead) -> str:
+    """What the peer's consistency proof showed about a head it sent (protocol.md §19)."""
+    if w.proof == PROOF_CONSISTENT:
+        return f"; proven to extend size {w.proof_from}"
+    if w.proof == PROOF_FORKED:
+        return f"; FORKED: its proof does not extend size {w.proof_from}"
+    return ""

@@ -54,7 +54,7 @@ from relay.node.state import NodeState
 from relay.policy.residency import Decision, check_forward
 from relay.policy.trust import TrustedNode
 from relay.protocol import httpsig
-from relay.protocol.audit import TREE_HEAD_HEADER, tree_head_header
+from relay.protocol.audit import TREE_HEAD_HEADER, TREE_PROOF_HEADER, tree_head_header
 from relay.protocol.batch import Batch, BatchItem, BatchResult, encode_batch, open_result
 from relay.protocol.outbound import (
     RETRY_AFTER_STATUSES,
@@ -648,8 +648,12 @@ class Sender:
         if own := st.trust.own_certificates[: httpsig.MAX_HEADER_CERTIFICATES]:
             # Introduces this node to a receiver that has not pinned it (protocol.md §9).
             headers[httpsig.CERTIFICATE_HEADER] = httpsig.certificate_header(own)
-        if st.tree_head is not None:  # for the receiver to keep (protocol.md §19)
-            headers[TREE_HEAD_HEADER] = tree_head_header(st.tree_head)
+        head = st.tree_head
+        if head is not None:  # for the receiver to keep (protocol.md §19)
+            headers[TREE_HEAD_HEADER] = tree_head_header(head)
+            # ... with the proof that it extends the last head this peer took, if any
+            if (proof := await st.prove_head(head, st.heads_sent.get(self.hop))) is not None:
+                headers[TREE_PROOF_HEADER] = proof
         url = f"{peer.url}/federation/v1/batch"
         fed = st.config.federation
         timeout = aiohttp.ClientTimeout(
@@ -678,6 +682,8 @@ class Sender:
             return NoResult(result, status)
         if result.batch_id != batch_id or result.nonce != sent_nonce:
             return NoResult("signed result is for another batch or nonce", status)
+        if head is not None:  # it answered, so it saw the head: the next proof starts there
+            st.heads_sent[self.hop] = head.head.size
         return SignedResult(result.results, retry_after)
 
 

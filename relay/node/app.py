@@ -46,7 +46,6 @@ from relay.node.state import CONTACT, NodeState, wall_clock_ms
 from relay.node.webhooks import Webhooks
 from relay.policy.certfiles import watch_store
 from relay.policy.keyring import published_keys
-from relay.protocol.audit import decode_signed_head
 from relay.storage.interface import WriteTx
 
 log = logging.getLogger("relay.node")
@@ -138,8 +137,8 @@ class Node:
         state.trust.learn(await store.certificates(state.now_ms()), saved=True)
         if self.worker in (None, 0):  # one config entry per start, before any request
             await self._log_config("start")
-        if (last := await store.latest_tree_head()) is not None:  # peers get it until the next
-            state.tree_head = decode_signed_head(last.wire)
+        await self.audit.prime()  # the last stored head: peers get it until the next
+        self.tasks.append(asyncio.create_task(self.audit.warm(), name="tree-head-warm"))
         if self.worker is not None:
             self.tasks.append(asyncio.create_task(self.audit.follow(), name="tree-head-follow"))
         self.session = aiohttp.ClientSession(

@@ -302,6 +302,12 @@ class Metrics:
             [*by_mailbox, "outcome"],
             registry=r,
         )
+        self.tree_heads = Counter(
+            "relay_tree_heads",
+            "New tree heads peers sent, by what checking them showed (relay.federation.witness)",
+            ["peer", "outcome"],
+            registry=r,
+        )
 
     def _for(self, metric: _Labelled, mailbox: str, *labels: str) -> _Labelled:
         """`metric`'s child for `labels`, and for `mailbox` when mailboxes are labels."""
@@ -345,6 +351,10 @@ class Metrics:
                 else:
                     decided["accept", "allow", c.rule_id] += 1
         self._decisions(decided)
+
+    def tree_head(self, peer: str, outcome: str) -> None:
+        """A new tree head `peer` sent: `outcome` is what checking it showed."""
+        self.tree_heads.labels(peer, outcome).inc()
 
     def batch_refused(self, code: str) -> None:
         """An inbound batch request refused before any item was judged."""

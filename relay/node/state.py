@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import ClassVar
 
 from aiohttp import web
@@ -43,6 +43,11 @@ RESIGNED = "resigned"  # key: next hop; envelopes queued for it were re-signed
 CONTACT = "contact"  # key: peer; it made an authenticated request to some worker
 
 
+async def _no_proof(head: SignedHead, from_size: int | None) -> str | None:
+    """No audit log to prove from (a state outside a running node)."""
+    return None
+
+
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -70,8 +75,15 @@ class NodeState:
         # The latest signed tree head of the audit log (relay.node.audit); senders
         # carry it to peers.
         self.tree_head: SignedHead | None = None
-        # The last Relay-Tree-Head value each peer sent (relay.federation.witness).
-        self.witnessed: dict[str, str] = {}
+        # The last Relay-Tree-Head value each peer sent, and the Relay-Tree-Proof
+        # value checked with it (relay.federation.witness).
+        self.witnessed: dict[str, tuple[str, str | None]] = {}
+        # The Relay-Tree-Proof value for a head from the head of a given size (the
+        # previous one when None), or None when there is none to send
+        # (relay.node.audit sets it); and, per next hop, the size of the head
+        # carried by the last batch it answered with a signed result.
+        self.prove_head: Callable[[SignedHead, int | None], Awaitable[str | None]] = _no_proof
+        self.heads_sent: dict[str, int] = {}
         # This worker holds the leader lease (relay.node.leases) and runs the
         # node's background jobs; a state outside a running node is its only worker.
         self.leading = True

@@ -1,20 +1,27 @@
 """relay.federation.witness: n.test keeps the tree heads a.test sends in its batches,
-reports a forked or shrunk log, and ignores a head that does not check out without
+reports a forked or shrunk log, checks the consistency proof sent with a head
+(Relay-Tree-Proof), and ignores a head or proof that does not check out without
 refusing the batch (docs/protocol.md §19)."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
 
 from relay.protocol.audit import (
     TREE_HEAD_HEADER,
+    TREE_PROOF_HEADER,
     TreeHead,
+    TreeProof,
     decode_signed_head,
     sign_head,
     tree_head_header,
+    tree_proof_header,
 )
+from relay.protocol.merkle import consistency_proof, leaf_hash, root
+from relay.storage.audit import PROOF_CONSISTENT, PROOF_FORKED
 from tests.federation.conftest import Harness, Identity
 
 
@@ -22,13 +29,34 @@ def head(who: Identity, size: int, root: bytes, at: int) -> str:
     return tree_head_header(sign_head(TreeHead(who.name, size, root, at, who.key_id), who.key))
 
 
-async def post_with(h: Harness, value: str) -> None:
+async def post_with(h: Harness, value: str, proof: str | None = None) -> None:
     env = h.envelope()
     body = h.body([h.item(env)])
     headers = h.sign(body)
     headers[TREE_HEAD_HEADER] = value
+    if proof is not None:
+        headers[TREE_PROOF_HEADER] = proof
     reply = await h.post(body, headers)
     assert reply.status == 200, reply.body[:300]
+    assert b"accepted" in reply.body  # the batch's item is judged as without either header
+
+
+LOG = [leaf_hash(i.to_bytes(4, "big")) for i in range(40)]  # a.test's log, as leaf hashes
+
+
+def log_head(who: Identity, size: int, at: int, leaves: list[bytes] = LOG) -> str:
+    return head(who, size, root(leaves[:size]), at)
+
+
+def proof_of(old: int, new: int, leaves: list[bytes] = LOG) -> str:
+    return tree_proof_header(TreeProof(old, tuple(consistency_proof(old, leaves[:new]))))
+
+
+def counted(h: Harness, outcome: str) -> float:
+    value = h.state.metrics.registry.get_sample_value(
+        "relay_tree_heads_total", {"peer": "a.test", "outcome": outcome}
+    )
+    return value or 0.0
 
 
 def events(caplog: pytest.LogCaptureFixture, name: str) -> list[str]:
@@ -80,3 +108,99 @@ async def test_a_bad_head_is_ignored_and_the_batch_accepted(
     refused = events(caplog, "tree_head_refused")
     assert refused and why in refused[0]
     assert await h.state.store.witnessed_heads("a.test") == []
+
+
+async def test_a_proof_from_a_kept_head_marks_the_new_one_consistent(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = harness
+    await post_with(h, log_head(h.a, 5, 1000))  # the first head: nothing to prove from
+    await post_with(h, log_head(h.a, 13, 2000), proof_of(5, 13))
+    await post_with(h, log_head(h.a, 13, 2000), proof_of(5, 13))  # again: nothing new
+    await post_with(h, log_head(h.a, 32, 3000), proof_of(13, 32))
+    kept = await h.state.store.witnessed_heads("a.test")
+    assert [(w.size, w.proof_from, w.proof) for w in kept] == [
+        (5, None, ""),
+        (13, 5, PROOF_CONSISTENT),
+        (32, 13, PROOF_CONSISTENT),
+    ]
+    assert (counted(h, "unproven"), counted(h, "consistent")) == (1, 2)
+    assert not events(caplog, "tree_head_forked")
+
+
+async def test_a_rewritten_history_is_named_by_its_own_proof(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """a.test sent a head of 5, then rewrote entry 2 and signs a head of 9 over the new
+    log: the proof it builds from that log does not lead to the root it signed at 5."""
+    h = harness
+    await post_with(h, log_head(h.a, 5, 1000))
+    forged = [*LOG[:2], leaf_hash(b"rewritten"), *LOG[3:]]
+    await post_with(h, log_head(h.a, 9, 2000, forged), proof_of(5, 9, forged))
+    (forked,) = [
+        dict(getattr(r, "relay_fields", {}))
+        for r in caplog.records
+        if r.getMessage() == "tree_head_forked"
+    ]
+    assert (forked["peer"], forked["size"], forked["from_size"]) == ("a.test", 9, 5)
+    assert forked["earlier_root"] == root(LOG[:5]).hex()
+    assert forked["root"] == root(forged[:9]).hex()
+    assert "earlier root" in str(forked["detail"])
+    kept = await h.state.store.witnessed_heads("a.test")  # both heads, as evidence
+    assert [(w.size, w.proof_from, w.proof) for w in kept] == [(5, None, ""), (9, 5, PROOF_FORKED)]
+    assert counted(h, "forked") == 1
+
+
+async def test_a_proof_to_a_root_not_signed_is_forked(harness: Harness) -> None:
+    """A good proof of the true log sent with a head whose root is another: forked."""
+    h = harness
+    await post_with(h, log_head(h.a, 6, 1000))
+    await post_with(h, head(h.a, 10, b"\x07" * 32, 2000), proof_of(6, 10))
+    kept = await h.state.store.witnessed_heads("a.test")
+    assert kept[-1].proof == PROOF_FORKED
+
+
+@pytest.mark.parametrize(
+    ("make", "event_name", "why"),
+    [
+        (lambda: "garbage", "tree_proof_refused", "not a byte sequence"),
+        (lambda: ":AAAA:", "tree_proof_refused", "tree proof"),
+        (lambda: proof_of(12, 20), "tree_proof_refused", "from_size 12 is not below"),
+        (
+            lambda: tree_proof_header(TreeProof(4, (b"\x01" * 32,) * 3)),
+            "tree_proof_unmatched",
+            "no head of that size",
+        ),
+    ],
+)
+async def test_a_bad_or_unmatched_proof_leaves_the_head_unproven(
+    harness: Harness,
+    caplog: pytest.LogCaptureFixture,
+    make: object,
+    event_name: str,
+    why: str,
+) -> None:
+    h = harness
+    caplog.set_level(logging.INFO, logger="relay.witness")
+    await post_with(h, log_head(h.a, 5, 1000))
+    await post_with(h, log_head(h.a, 12, 2000), make())  # type: ignore[operator]
+    said = events(caplog, event_name)
+    assert said and why in said[0]
+    kept = await h.state.store.witnessed_heads("a.test")
+    assert [(w.size, w.proof) for w in kept] == [(5, ""), (12, "")]
+    assert counted(h, "unproven") == 2
+
+
+async def test_a_missing_proof_is_tolerated_and_a_later_one_fills_it_in(harness: Harness) -> None:
+    h = harness
+    await post_with(h, log_head(h.a, 5, 1000))
+    await post_with(h, log_head(h.a, 8, 2000))  # no proof (the sender had none ready yet)
+    assert counted(h, "unproven") == 2
+    await post_with(h, log_head(h.a, 8, 2000), proof_of(5, 8))  # the same head, with one
+    await post_with(h, log_head(h.a, 8, 2000))  # and without again: nothing changes
+    kept = await h.state.store.witnessed_heads("a.test")
+    assert [(w.size, w.proof_from, w.proof) for w in kept] == [
+        (5, None, ""),
+        (8, 5, PROOF_CONSISTENT),
+    ]
+    assert (counted(h, "unproven"), counted(h, "consistent")) == (2, 1)

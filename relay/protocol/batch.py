@@ -6,6 +6,10 @@ Invariants:
   id (batch_ids) fails the whole request.
 - The batch result is signed over RESULT_DOMAIN + the exact result bytes;
   sign_result decodes its own output first.
+- A result carries `delivered` (extension delivery-v1, protocol.md §22) only
+  when the request asked for it (DELIVERY_HEADER); every id it lists is a key
+  of `results` whose value is accepted or duplicate, and a result that has
+  one it was not asked for is malformed.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from relay.errors import ITEM_CODES, BadSignature, ItemRejected, MalformedError
 from relay.protocol.envelope import ID_SIZE, peek_id
-from relay.protocol.names import valid_node_name
+from relay.protocol.names import valid_jurisdiction, valid_node_name
 from relay.protocol.strict import (
     bin_field,
     fields,
+    int_field,
     pack,
     show,
     signed_pair,
@@ -35,6 +40,11 @@ from relay.protocol.strict import (
 )
 
 RESULT_DOMAIN = b"relay-result-v1\x00"
+# Request header of extension delivery-v1 (protocol.md §22): the sender takes
+# the signed result's `delivered` statement as delivery, so no receipt is owed.
+DELIVERY_HEADER = "Relay-Delivery"
+DELIVERY_V1 = "v1"
+DELIVERY_MODES = frozenset({"enforce", "audit"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,48 +165,98 @@ def check_trace(
 
 
 @dataclass(frozen=True, slots=True)
+class Delivered:
+    """The receiver's signed word that it stored these envelopes for local mailboxes
+    (delivery-v1): what a `delivered` receipt says, for direct sends."""
+
+    at: int  # unix ms of the commit that stored them (or found them stored)
+    jurisdiction: str  # the receiver's own
+    mode: str  # its policy mode: enforce | audit
+    ids: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class BatchResult:
     """The receiver's answer: per envelope id, accepted | duplicate | rejected:<code>."""
 
     batch_id: bytes
     nonce: str
     results: dict[bytes, str]
+    delivered: Delivered | None = None  # only when the request carried DELIVERY_HEADER
 
 
 _RESULT_KEYS = frozenset({"batch", "nonce", "results"})
+_DELIVERY_RESULT_KEYS = _RESULT_KEYS | {"delivered"}
+_DELIVERED_KEYS = frozenset({"at", "jurisdiction", "mode", "ids"})
 _RESULT_VALUES = frozenset({"accepted", "duplicate"} | {f"rejected:{c}" for c in ITEM_CODES})
+_STORED = frozenset({"accepted", "duplicate"})
+
+
+def wants_delivery(values: Sequence[str]) -> bool:
+    """Whether a request's DELIVERY_HEADER values (each a comma-separated list of
+    extension versions; unknown ones ignored) ask for delivery-v1."""
+    return any(t.strip() == DELIVERY_V1 for v in values for t in v.split(","))
 
 
 def encode_result(r: BatchResult) -> bytes:
-    """Pack result_bytes, keys in the DESIGN's order."""
-    return pack({"batch": r.batch_id, "nonce": r.nonce, "results": r.results})
+    """Pack result_bytes, keys in the DESIGN's order (`delivered` last, when present)."""
+    m: dict[str, object] = {"batch": r.batch_id, "nonce": r.nonce, "results": r.results}
+    if r.delivered is not None:
+        d = r.delivered
+        m["delivered"] = {
+            "at": d.at,
+            "jurisdiction": d.jurisdiction,
+            "mode": d.mode,
+            "ids": list(d.ids),
+        }
+    return pack(m)
 
 
 def sign_result(r: BatchResult, key: Ed25519PrivateKey) -> bytes:
     """The response body: pack([result_bytes, signature over RESULT_DOMAIN + result_bytes])."""
     result_bytes = encode_result(r)
-    _decode_result(result_bytes)
+    _decode_result(result_bytes, delivery=r.delivered is not None)
     return pack([result_bytes, key.sign(RESULT_DOMAIN + result_bytes)])
 
 
-def open_result(body: bytes, pub: Ed25519PublicKey) -> BatchResult:
+def open_result(body: bytes, pub: Ed25519PublicKey, *, delivery: bool = False) -> BatchResult:
     """Check a response body against the receiver's key, then decode it strictly.
 
+    `delivery`: the request carried DELIVERY_HEADER, so a `delivered` key is allowed.
     MalformedError for framing, BadSignature for a signature that does not verify.
     """
     result_bytes, signature = signed_pair(body, "batch result")
+    verify_result(result_bytes, signature, pub)
+    return _decode_result(result_bytes, delivery=delivery)
+
+
+def signed_parts(body: bytes) -> tuple[bytes, bytes]:
+    """(result_bytes, signature) of a response body; MalformedError for framing."""
+    return signed_pair(body, "batch result")
+
+
+def verify_result(result_bytes: bytes, signature: bytes, pub: Ed25519PublicKey) -> None:
+    """BadSignature unless `signature` is the receiver's over RESULT_DOMAIN + result_bytes."""
     try:
         pub.verify(signature, RESULT_DOMAIN + result_bytes)
     except InvalidSignature:
         raise BadSignature(
             "batch result: signature does not verify with the receiver's key"
         ) from None
-    return _decode_result(result_bytes)
 
 
-def _decode_result(result_bytes: bytes) -> BatchResult:
+def decode_result(result_bytes: bytes) -> BatchResult:
+    """Strictly decode result_bytes kept as proof (with or without `delivered`); MalformedError."""
+    return _decode_result(result_bytes, delivery=True)
+
+
+def _decode_result(result_bytes: bytes, *, delivery: bool) -> BatchResult:
     w = "batch result"
-    m = fields(strict_unpack(result_bytes, w), w, _RESULT_KEYS)
+    top = strict_unpack(result_bytes, w)
+    if delivery and type(top) is dict and "delivered" not in top:
+        m = fields(top, w, _RESULT_KEYS)
+    else:
+        m = fields(top, w, _DELIVERY_RESULT_KEYS if delivery else _RESULT_KEYS)
     batch_id = bin_field(m, "batch", w, ID_SIZE)
     nonce = str_field(m, "nonce", w)
     if not nonce:
@@ -209,4 +269,31 @@ def _decode_result(result_bytes: bytes) -> BatchResult:
             raise MalformedError("batch result: results: a key is not a 16-byte bin id")
         if type(outcome) is not str or outcome not in _RESULT_VALUES:
             raise MalformedError(f"batch result: results: {show(outcome)} is not a known outcome")
-    return BatchResult(batch_id, nonce, raw)
+    delivered = _delivered(m["delivered"], raw) if "delivered" in m else None
+    return BatchResult(batch_id, nonce, raw, delivered)
+
+
+def _delivered(value: object, results: dict[bytes, str]) -> Delivered:
+    w = "batch result: delivered"
+    m = fields(value, w, _DELIVERED_KEYS)
+    at = int_field(m, "at", w)
+    jurisdiction = str_field(m, "jurisdiction", w)
+    if not valid_jurisdiction(jurisdiction):
+        raise MalformedError(f"{w}: jurisdiction: {show(jurisdiction)} is not a country code")
+    mode = str_field(m, "mode", w)
+    if mode not in DELIVERY_MODES:
+        raise MalformedError(f"{w}: mode: {show(mode)} is not enforce or audit")
+    raw = m["ids"]
+    if type(raw) is not list:
+        raise MalformedError(f"{w}: ids: expected an array, got {value_kind(raw)}")
+    for env_id in raw:
+        if type(env_id) is not bytes or len(env_id) != ID_SIZE:
+            raise MalformedError(f"{w}: ids: an id is not a 16-byte bin")
+        if results.get(env_id) not in _STORED:
+            raise MalformedError(
+                f"{w}: ids: {env_id.hex()} is not accepted or duplicate in results"
+            )
+    ids = tuple(raw)
+    if len(set(ids)) != len(ids):
+        raise MalformedError(f"{w}: ids: an id is listed twice")
+    return Delivered(at, jurisdiction, mode, ids)

@@ -69,6 +69,8 @@ class FederationConfig:
     connect_timeout_ms: int = 10_000
     receipt_window_ms: int = 200
     seal: str = "preferred"  # "required" | "preferred" | "off" (docs/sealing.md)
+    # ask destinations to state delivery in their signed results (protocol.md §22)
+    delivery_results: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -405,6 +405,7 @@ class _Parser(_PolicyTables):
             connect_timeout_ms=t.duration_ms("connect_timeout", d.connect_timeout_ms),
             receipt_window_ms=t.duration_ms("receipt_window", d.receipt_window_ms, lo=0),
             seal=self.seal_mode(t, d.seal),
+            delivery_results=t.boolean("delivery_results", d.delivery_results),
         )
         t.done()
         return config

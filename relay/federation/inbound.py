@@ -51,11 +51,14 @@ from relay.policy.keyring import unknown_key_detail
 from relay.policy.residency import Decision, check_accept
 from relay.protocol import httpsig
 from relay.protocol.batch import (
+    DELIVERY_HEADER,
     Batch,
     BatchItem,
     BatchResult,
+    Delivered,
     decode_batch,
     sign_result,
+    wants_delivery,
 )
 from relay.protocol.envelope import (
     Envelope,
@@ -221,7 +224,8 @@ async def receive(state: NodeState, request: web.Request) -> tuple[bytes, int]:
     try:
         size = len(body)  # a large body is decoded and judged off the event loop
         found = proceed(await state.backpressure.decode(size, lambda: rx.nonce(seen=False)))
-        return await _answer(state, peer.name, sreq, rx, found, size)
+        delivery = wants_delivery(request.headers.getall(DELIVERY_HEADER, []))
+        return await _answer(state, peer.name, sreq, rx, found, size, delivery)
     finally:
         state.release_nonce(peer.name, sreq.nonce)
 
@@ -233,21 +237,25 @@ async def _answer(
     rx: Reception,
     found: FindStoredResults,
     size: int,
+    delivery: bool,
 ) -> tuple[bytes, int]:
+    """`delivery`: the sender asked for delivery-v1 (protocol.md §22)."""
     batch, ids = found.batch, list(found.ids)
     now = state.now_ms()
     stored = await state.store.stored_results(peer, batch.batch_id)
     step = rx.stored(stored)
     if isinstance(step, AnswerStored):
+        earlier = dict(step.results)
 
-        async def note_nonce(tx: WriteTx) -> None:
+        async def note_nonce(tx: WriteTx) -> tuple[bytes, ...] | None:
             if not await tx.record_nonce(peer, sreq.nonce, now):
                 raise Replay(f"nonce {sreq.nonce} from {peer} was already used")
+            return await _stored_deliveries(state, tx, peer, earlier) if delivery else None
 
-        await state.store.write(note_nonce)
+        again = await state.store.write(note_nonce)
         event(log, "batch_repeat", peer=peer, batch=batch.batch_id, envelopes=len(ids))
-        answer = BatchResult(batch.batch_id, sreq.nonce, dict(step.results))
-        return sign_result(answer, state.key), len(ids) - len(step.results)
+        answer = BatchResult(batch.batch_id, sreq.nonce, earlier, _delivered(state, again, now))
+        return sign_result(answer, state.key), len(ids) - len(earlier)
 
     relaying.learn_carried(state, batch.items)  # origins' certificates, before any judging
     ctx = ItemContext(here=state.name, peer=peer, now_ms=now)
@@ -266,8 +274,10 @@ async def _answer(
 
     candidates, refusals = await state.backpressure.decode(size, judge_all)
 
-    results = await state.store.write(
-        lambda tx: _commit(state, tx, peer, sreq.nonce, batch, candidates, refusals, now)
+    results, delivered = await state.store.write(
+        lambda tx: _commit(
+            state, tx, peer, sreq.nonce, batch, candidates, refusals, now, delivery=delivery
+        )
     )
     if state.faults.exit_after_commit:
         os._exit(70)
@@ -285,6 +295,7 @@ async def _answer(
         rejected=len(refusals),
         duplicate=len(results) - accepted - len(refusals),
         deferred=len(ids) - len(results),
+        delivered=-1 if delivered is None else len(delivered),
     )
     for r in refusals:
         event(
@@ -298,8 +309,40 @@ async def _answer(
             rule=r.rule,
             detail=r.error.detail,
         )
-    answer = BatchResult(batch.batch_id, sreq.nonce, results)
+    answer = BatchResult(batch.batch_id, sreq.nonce, results, _delivered(state, delivered, now))
     return sign_result(answer, state.key), len(ids) - len(results)
+
+
+def _delivered(state: NodeState, ids: Sequence[bytes] | None, now: int) -> Delivered | None:
+    """The `delivered` statement of a result (None: the sender did not ask for one)."""
+    if ids is None:
+        return None
+    return Delivered(now, state.config.node.jurisdiction, state.policy.mode, tuple(ids))
+
+
+def _deliverable(state: NodeState, peer: str, c: Candidate) -> bool:
+    """An item whose signed result may stand for its `delivered` receipt: a message
+    for this node's own mailboxes that its origin sent here itself."""
+    h = c.env.header
+    return h.kind == "message" and h.dest == state.name and c.hop is None and c.trace == (peer,)
+
+
+async def _stored_deliveries(
+    state: NodeState, tx: WriteTx, peer: str, results: dict[bytes, str]
+) -> tuple[bytes, ...]:
+    """Of a stored result's accepted and duplicate ids, the messages of `peer` this
+    node holds for its own mailboxes: a repeated batch states their delivery again,
+    since no receipt was written for them the first time."""
+    stored = [i for i, r in results.items() if r in ("accepted", "duplicate")]
+    found = await tx.sent_envelopes(peer, stored)
+    return tuple(
+        i
+        for i in stored
+        if (e := found.get(i)) is not None
+        and e.kind == "message"
+        and e.dest == state.name
+        and e.hop is None
+    )
 
 
 def _origin_hint(item: BatchItem) -> str:
@@ -379,14 +422,19 @@ async def _commit(
     candidates: Sequence[Candidate],
     refusals: Sequence[Refusal],
     now: int,
-) -> dict[bytes, str]:
+    *,
+    delivery: bool,
+) -> tuple[dict[bytes, str], tuple[bytes, ...] | None]:
+    """The batch's results, and (when the sender asked for delivery-v1) the ids
+    the signed result states as delivered: no receipt is written for those."""
     if not await tx.record_nonce(peer, nonce, now):
         raise Replay(f"nonce {nonce} from {peer} was already used")
     # The same batch id may have been committed by a concurrent request (a
     # retry racing the original): answer what that one stored, write nothing.
     earlier = await tx.stored_results(peer, batch.batch_id)
     if earlier is not None:
-        return earlier
+        again = await _stored_deliveries(state, tx, peer, earlier) if delivery else None
+        return earlier, again
     results: dict[bytes, str] = {r.ident: r.error.result for r in refusals}
     existing = await tx.existing_digests(
         [(c.env.header.origin, c.env.header.id) for c in candidates]
@@ -436,6 +484,15 @@ async def _commit(
     for ident, code in refused_here.items():
         results[ident] = f"rejected:{code}"
     await tx.insert_envelopes(fresh, now)
+    delivered: tuple[bytes, ...] | None = None
+    if delivery:
+        delivered = tuple(
+            c.env.header.id
+            for c in candidates
+            if results.get(c.env.header.id) in ("accepted", "duplicate")
+            and _deliverable(state, peer, c)
+        )
+    stated = frozenset(delivered or ())
     if learned := state.trust.take_unsaved():
         await tx.save_certificates(certificates.records(learned), now)
     receipts: list[PendingReceipt] = []
@@ -447,6 +504,8 @@ async def _commit(
         elif erasing.handles(h.kind, h.dest, state.name) or new.from_peer is None:
             continue  # taken by relay.federation.erasing (with the answers it wrote)
         elif h.kind == "message":
+            if h.id in stated:  # the signed result says it (delivery-v1)
+                continue
             receipts.append(
                 PendingReceipt(
                     origin=h.origin,
@@ -475,4 +534,4 @@ async def _commit(
     await tx.record_decisions(decisions)
     await tx.record_batch(peer, batch.batch_id, results, now)
     state.note_inbox(tx, [m for new in fresh for m in new.mailboxes])
-    return results
+    return results, delivered

@@ -55,7 +55,16 @@ from relay.policy.residency import Decision, check_forward
 from relay.policy.trust import TrustedNode
 from relay.protocol import httpsig
 from relay.protocol.audit import TREE_HEAD_HEADER, TREE_PROOF_HEADER, tree_head_header
-from relay.protocol.batch import Batch, BatchItem, BatchResult, encode_batch, open_result
+from relay.protocol.batch import (
+    DELIVERY_HEADER,
+    DELIVERY_V1,
+    Batch,
+    BatchItem,
+    BatchResult,
+    encode_batch,
+    open_result,
+    signed_parts,
+)
 from relay.protocol.outbound import (
     RETRY_AFTER_STATUSES,
     Answer,
@@ -70,7 +79,7 @@ from relay.protocol.outbound import (
     Split,
 )
 from relay.protocol.outbound import Decision as Outcome
-from relay.storage.audit import AuditEvent, forwarded_event
+from relay.storage.audit import AuditEvent, delivered_event, forwarded_event, result_event
 from relay.storage.interface import WriteTx
 from relay.storage.records import DecisionRecord, PeerState, Queued, StatusUpdate
 
@@ -449,7 +458,9 @@ class Sender:
             and answer.retry_after is not None
         )
         if isinstance(outcome, Settle) and isinstance(answer, SignedResult):
-            await st.store.write(lambda tx: self._settle(tx, items, outcome, before))
+            stated = await st.store.write(
+                lambda tx: self._settle(tx, items, outcome, before, answer, batch_id)
+            )
             st.metrics.delivered(self.hop, items, answer.results, st.now_ms(), self._audits)
             counts: dict[str, int] = {}
             for r in answer.results.values():
@@ -465,6 +476,7 @@ class Sender:
                 **id_fields([it.id for it in items]),
                 outcome="ok",
                 results=",".join(f"{k}:{v}" for k, v in sorted(counts.items())),
+                delivered=stated,
                 attempt=planned.failures + 1,
                 queue_delay_ms=delay,
                 bytes=self.body_bytes,
@@ -560,9 +572,14 @@ class Sender:
         items: Sequence[Queued],
         outcome: Settle[Queued],
         before: PeerState,
-    ) -> None:
+        answer: SignedResult,
+        batch_id: bytes,
+    ) -> int:
+        """Record a settled batch; return how many of this node's messages the
+        peer's signed result stated as delivered (delivery-v1)."""
         st = self.state
         now = st.now_ms()
+        direct = await self._stated(tx, items, answer)
         answered = {it.rid for it in outcome.delivered} | {it.rid for it, _ in outcome.rejected}
         codes = {it.rid: code for it, code in outcome.rejected}
         done: list[int] = []
@@ -578,7 +595,9 @@ class Sender:
                 audits.append(self._decision(it, audit, now))
             if it.rid not in codes:
                 done.append(it.rid)
-                if it.origin == st.name and it.kind == "message":
+                if it.rid in direct:  # the destination's signed word: delivered to all
+                    sent.append(StatusUpdate(it.rid, "delivered", ""))
+                elif it.origin == st.name and it.kind == "message":
                     sent.append(StatusUpdate(it.rid, "sent", ""))
             else:
                 code = codes[it.rid]
@@ -591,6 +610,16 @@ class Sender:
         await tx.dequeue(done)
         taken = set(done)
         await tx.append_audit(self._forwarded([it for it in items if it.rid in taken], now))
+        if direct and answer.delivered is not None:
+            jurisdiction = answer.delivered.jurisdiction
+            await tx.append_audit(
+                [result_event(now, self.hop, batch_id, answer.result_bytes, answer.signature)]
+                + [
+                    delivered_event(now, it.id, batch_id, self.hop, jurisdiction)
+                    for it in items
+                    if it.rid in direct and it.rid in taken
+                ]
+            )
         after = PeerState(0, 0, "", now, before.delivered + len(done))
         if missing and outcome.defer_until:
             # The peer asked for time for these items only (a full mailbox): they
@@ -603,6 +632,30 @@ class Sender:
             await tx.note_attempt(missing, error)
             after = failed(before, outcome.retry, now, after.delivered)
         await tx.save_peer_state(self.hop, after)
+        return len(direct)
+
+    async def _stated(
+        self, tx: WriteTx, items: Sequence[Queued], answer: SignedResult
+    ) -> frozenset[int]:
+        """The rids of this node's own messages the peer's signed result states as
+        delivered (delivery-v1), where the peer is their destination: as a
+        `delivered` receipt from the destination would (protocol.md §22)."""
+        if answer.delivered is None or not answer.delivered.ids:
+            return frozenset()
+        stated = set(answer.delivered.ids)
+        own = [
+            it
+            for it in items
+            if it.id in stated and it.origin == self.state.name and it.kind == "message"
+        ]
+        if not own:
+            return frozenset()
+        sent = await tx.sent_envelopes(self.state.name, [it.id for it in own])
+        return frozenset(
+            it.rid
+            for it in own
+            if (e := sent.get(it.id)) is not None and e.rid == it.rid and e.dest == self.hop
+        )
 
     def _forwarded(self, items: Sequence[Queued], now: int) -> list[AuditEvent]:
         """The audit entries of envelopes the next hop took."""
@@ -645,6 +698,9 @@ class Sender:
             nonce=nonce,
         )
         headers["Content-Type"] = "application/msgpack"
+        delivery = st.config.federation.delivery_results
+        if delivery:  # its result may stand for the receipts (protocol.md §22)
+            headers[DELIVERY_HEADER] = DELIVERY_V1
         if own := st.trust.own_certificates[: httpsig.MAX_HEADER_CERTIFICATES]:
             # Introduces this node to a receiver that has not pinned it (protocol.md §9).
             headers[httpsig.CERTIFICATE_HEADER] = httpsig.certificate_header(own)
@@ -677,14 +733,17 @@ class Sender:
             code, detail = _error_of(data)
             return HttpRefusal(status, code, detail, retry_after)
         sent_nonce = base64.b64encode(nonce).decode()
-        result = _open_any(data, peer)
+        result = _open_any(data, peer, delivery)
         if isinstance(result, str):
             return NoResult(result, status)
         if result.batch_id != batch_id or result.nonce != sent_nonce:
             return NoResult("signed result is for another batch or nonce", status)
         if head is not None:  # it answered, so it saw the head: the next proof starts there
             st.heads_sent[self.hop] = head.head.size
-        return SignedResult(result.results, retry_after)
+        if result.delivered is None:
+            return SignedResult(result.results, retry_after)
+        result_bytes, signature = signed_parts(data)
+        return SignedResult(result.results, retry_after, result.delivered, result_bytes, signature)
 
 
 def failed(
@@ -700,11 +759,11 @@ def failed(
     )
 
 
-def _open_any(data: bytes, peer: TrustedNode) -> BatchResult | str:
+def _open_any(data: bytes, peer: TrustedNode, delivery: bool) -> BatchResult | str:
     last = "no key pinned for the peer"
     for pub in peer.keys.values():
         try:
-            return open_result(data, pub)
+            return open_result(data, pub, delivery=delivery)
         except BadSignature as e:
             last = f"result signature: {e.detail}"
         except MalformedError as e:

@@ -61,7 +61,8 @@ RECEIPT = "receipt"  # a signed receipt applied: envelope, status, by, jurisdict
 PURGED = "purged"  # a retention purge or admin delete: source, envelopes, counts
 CONFIG = "config"  # the node started or reloaded: policy hash, keys, jurisdiction
 DELETED = "deleted"  # an admin took envelopes out of the queue: envelopes, by, reason
-KINDS = frozenset({DECISION, STORED, FORWARDED, RECEIPT, PURGED, CONFIG, DELETED})
+RESULT = "result"  # a peer's signed batch result stating delivery: peer, batch, result, signature
+KINDS = frozenset({DECISION, STORED, FORWARDED, RECEIPT, PURGED, CONFIG, DELETED, RESULT})
 
 _KIND_RE = re.compile(r"[a-z][a-z_]{0,31}\Z")
 _RESERVED = frozenset({"seq", "at", "kind"})

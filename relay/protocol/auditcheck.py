@@ -27,6 +27,7 @@ from relay.protocol.audit import (
     DECISION,
     FORWARDED,
     RECEIPT,
+    RESULT,
     STORED,
     Entry,
     SignedHead,
@@ -34,6 +35,7 @@ from relay.protocol.audit import (
     decode_signed_head,
     verify_head,
 )
+from relay.protocol.batch import RESULT_DOMAIN, Delivered, decode_result
 from relay.protocol.bundle import Bundle
 from relay.protocol.envelope import ENVELOPE_DOMAIN, Header, decode_header, header_digest
 from relay.protocol.keystr import key_id, parse_public_key
@@ -67,6 +69,16 @@ class SignedReceipt:
     key: str
 
 
+@dataclass(frozen=True, slots=True)
+class SignedResult:
+    """A peer's batch result kept in a `result` entry (delivery-v1, protocol.md §22),
+    whose signature verified under the peer's pinned key."""
+
+    peer: str
+    delivered: Delivered
+    key: str
+
+
 @dataclass
 class Report:
     """What `verify` found."""
@@ -80,6 +92,7 @@ class Report:
     configs: list[Entry] = field(default_factory=list)  # context and range, by seq
     headers: dict[bytes, Header] = field(default_factory=dict)  # verified envelope headers
     receipts: dict[bytes, SignedReceipt] = field(default_factory=dict)  # by receipt id
+    results: dict[tuple[str, bytes], SignedResult] = field(default_factory=dict)  # (peer, batch)
 
     @property
     def ok(self) -> bool:
@@ -134,6 +147,7 @@ def verify(
     _heads(bundle, r, leaves, dict(_keys(trusted)))
     _witnessed(r, leaves, witnessed)
     _envelopes(bundle, r)
+    _results(r)
     return r
 
 
@@ -314,6 +328,40 @@ def _envelopes(bundle: Bundle, r: Report) -> None:
             r.receipts[h.id] = SignedReceipt(h, receipt, key_id_of(keys, pub))
 
 
+def _results(r: Report) -> None:
+    """Check the peers' signed batch results the `result` entries keep."""
+    peers = _peer_keys(r)
+    for e in r.entries:
+        if e.kind != RESULT:
+            continue
+        peer, batch = e.text("peer"), e.blob("batch")
+        what = f"seq {e.seq}: the batch result of {peer} for batch {batch.hex()}"
+        keys = peers.get(peer, {})
+        pub = next(
+            (
+                k
+                for k in keys.values()
+                if ed25519.verify(k, e.blob("signature"), RESULT_DOMAIN + e.blob("result"))
+            ),
+            None,
+        )
+        if pub is None:
+            if keys:
+                r.problem("result_signature", f"{what}: the signature does not verify")
+            else:
+                r.notes.append(f"{what}: no key of {peer} is pinned in the log; not checked")
+            continue
+        try:
+            result = decode_result(e.blob("result"))
+        except MalformedError as err:
+            r.problem("result_malformed", f"{what}: {err}")
+            continue
+        if result.batch_id != batch or result.delivered is None:
+            r.problem("result_malformed", f"{what}: it is another batch's, or states no delivery")
+            continue
+        r.results[(peer, batch)] = SignedResult(peer, result.delivered, key_id_of(keys, pub))
+
+
 def key_id_of(keys: dict[str, Ed25519PublicKey], pub: Ed25519PublicKey) -> str:
     return next((k for k, v in keys.items() if v is pub), "")
 
@@ -338,6 +386,18 @@ def where(r: Report, envelope: bytes) -> list[str]:
         elif e.kind == FORWARDED:
             lines.append(
                 f"seq {e.seq}: forwarded to {e.text('to')}, trusted as {e.text('jurisdiction')}"
+            )
+        elif e.kind == RECEIPT and e.text("via") == "result":
+            result = r.results.get((e.text("by"), e.blob("receipt")))
+            word = (
+                f"on {e.text('by')}'s signed word (batch result {e.blob('receipt').hex()}, "
+                f"key {result.key})"
+                if result is not None and _result_says(result, e, envelope)
+                else "the signed batch result is not in the bundle"
+            )
+            lines.append(
+                f"seq {e.seq}: {e.text('by')} reported {e.text('status')} in "
+                f"{e.text('jurisdiction')}; {word}"
             )
         elif e.kind == RECEIPT:
             signed = r.receipts.get(e.blob("receipt"))
@@ -366,6 +426,15 @@ def _receipt_says(signed: SignedReceipt, e: Entry, envelope: bytes) -> bool:
         and rc.status == e.text("status")
         and rc.jurisdiction == e.text("jurisdiction")
         and any(ident == envelope for ident, _ in rc.entries)
+    )
+
+
+def _result_says(result: SignedResult, e: Entry, envelope: bytes) -> bool:
+    d = result.delivered
+    return (
+        e.text("status") == "delivered"
+        and d.jurisdiction == e.text("jurisdiction")
+        and envelope in d.ids
     )
 
 

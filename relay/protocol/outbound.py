@@ -42,6 +42,7 @@ from email.utils import parsedate_to_datetime
 from typing import Generic, Protocol, TypeVar
 
 from relay.errors import RelayError
+from relay.protocol.batch import Delivered
 from relay.protocol.receipt import MAX_BATCH_RECEIPT_ENTRIES, MAX_RECEIPT_ENTRIES
 
 BATCH_OVERHEAD = 64  # bytes of batch framing around the items
@@ -83,6 +84,11 @@ class SignedResult:
 
     results: Mapping[bytes, str]
     retry_after: str | None = None
+    # delivery-v1 (protocol.md §22): the peer's signed word that it stored these
+    # for its own mailboxes, and the signed result itself, kept as the proof
+    delivered: Delivered | None = None
+    result_bytes: bytes = b""
+    signature: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

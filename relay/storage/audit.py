@@ -27,6 +27,7 @@ from relay.protocol.audit import (
     FORWARDED,
     PURGED,
     RECEIPT,
+    RESULT,
     STORED,
     FieldValue,
     encode_entry,
@@ -169,6 +170,25 @@ def receipt_event(
             "jurisdiction": jurisdiction,
         },
         envelope,
+    )
+
+
+def delivered_event(
+    at: int, envelope: bytes, batch: bytes, by: str, jurisdiction: str
+) -> AuditEvent:
+    """The `receipt` entry of one envelope a peer's signed batch result (batch
+    `batch`, delivery-v1) stated as delivered by `by`, which stores in `jurisdiction`."""
+    ev = receipt_event(at, envelope, batch, by, "delivered", "", jurisdiction)
+    return AuditEvent(ev.at, ev.kind, {**ev.fields, "via": "result"}, ev.envelope)
+
+
+def result_event(at: int, peer: str, batch: bytes, result: bytes, signature: bytes) -> AuditEvent:
+    """The `result` entry keeping a peer's signed batch result (delivery-v1): the
+    proof its `receipt` entries (`via` result) stand on."""
+    return AuditEvent(
+        at,
+        RESULT,
+        {"peer": peer, "batch": batch, "result": result, "signature": signature},
     )
 
 

@@ -125,6 +125,7 @@ retry_max = "10m"
 request_timeout = "20s"
 connect_timeout = "3s"
 receipt_window = "0s"
+delivery_results = false
 
 [log]
 format = "json"
@@ -203,7 +204,9 @@ def test_full_config_loads_to_expected_dataclasses(tmp_path: Path) -> None:
             ),
         ),
         retention=RetentionConfig(1, 30, 2, 60),
-        federation=FederationConfig(100, 65536, 500, 600_000, 20_000, 3000, 0),
+        federation=FederationConfig(
+            100, 65536, 500, 600_000, 20_000, 3000, 0, delivery_results=False
+        ),
         peers=(
             Peer("ala.example.kz", "http://127.0.0.1:8702", "KZ", (KEY_A, KEY_B)),
             Peer("fru.example.kg", None, "KG", (KEY_B,)),

@@ -10,6 +10,7 @@ import pytest
 
 from tests.e2e.conftest import NodeStorage
 from tests.e2e.harness import NodeProc, make_node, relay, wait_for
+from tests.fault.common import set_federation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -126,6 +127,8 @@ def test_sent_while_receiver_down_arrive_once(pair: tuple[NodeProc, NodeProc]) -
 def test_without_receipts_status_stays_sent(tmp_path: Path) -> None:
     a = make_node(tmp_path, "a.test", "RU")
     b = make_node(tmp_path, "b.test", "RU")
+    # a waits for receipts, as a sender of an earlier version does (protocol.md §22)
+    set_federation(a.dir, delivery_results=False)
     a.add_peer(b)
     b.add_peer(a, with_url=False)  # b knows a's key but cannot reach it: receipts held back
     a.add_mailbox("alice")

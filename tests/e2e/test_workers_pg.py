@@ -139,7 +139,16 @@ def cluster(tmp_path: Path, pg_url: str) -> Iterator[Cluster]:
     b = make_node(tmp_path, "b.test", "RU")
     a1 = make_node(tmp_path, "a.test", "RU")
     for n in (a1, b):
-        set_federation(n.dir, retry_min="50ms", retry_max="500ms", receipt_window="100ms")
+        # These tests follow receipts from worker to worker: the senders wait for
+        # them, as senders of an earlier version do, rather than taking the
+        # destination's signed result as delivery (protocol.md §22).
+        set_federation(
+            n.dir,
+            retry_min="50ms",
+            retry_max="500ms",
+            receipt_window="100ms",
+            delivery_results=False,
+        )
     a1.add_peer(b)
     b.add_peer(a1)
     a1.add_mailbox("alice")

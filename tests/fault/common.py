@@ -26,9 +26,12 @@ def stored_seq(body: bytes) -> re.Match[bytes] | None:
     return SEQ_RE.match(body) or SEQ_RE.match(body[SALT_SIZE:])
 
 
-def set_federation(node_dir: Path, **values: str) -> None:
+def set_federation(node_dir: Path, **values: str | bool) -> None:
     """Append a `[federation]` table to node.toml (init writes none)."""
-    lines = ["", "[federation]"] + [f'{k} = "{v}"' for k, v in values.items()]
+    lines = ["", "[federation]"] + [
+        f"{k} = {str(v).lower()}" if isinstance(v, bool) else f'{k} = "{v}"'
+        for k, v in values.items()
+    ]
     path = node_dir / "node.toml"
     text = path.read_text()
     assert "[federation]" not in text, "node.toml already has a [federation] table"

@@ -33,7 +33,15 @@ from relay.federation.inbound import BATCH_PATH
 from relay.node.app import Node
 from relay.node.state import NodeState
 from relay.protocol import httpsig
-from relay.protocol.batch import Batch, BatchItem, BatchResult, encode_batch, open_result
+from relay.protocol.batch import (
+    DELIVERY_HEADER,
+    DELIVERY_V1,
+    Batch,
+    BatchItem,
+    BatchResult,
+    encode_batch,
+    open_result,
+)
 from relay.protocol.envelope import RECEIPT_CTYPE, Envelope, make_header, seal
 from relay.protocol.keystr import key_id, public_key_string
 from relay.protocol.receipt import Receipt, encode_receipt
@@ -358,15 +366,22 @@ class Harness:
         *,
         batch_id: bytes | None = None,
         nonce: bytes | None = None,
+        delivery: bool = False,
     ) -> BatchResult:
-        """Post a correctly signed batch; expect 200 and return the verified result."""
+        """Post a correctly signed batch; expect 200 and return the verified result.
+
+        `delivery`: ask for delivery-v1 (protocol.md §22), as this version's senders do.
+        """
         batch_id = batch_id or os.urandom(16)
         nonce = nonce or os.urandom(32)
         body = self.body(items, batch_id)
-        reply = await self.post(body, self.sign(body, nonce=nonce))
+        headers = self.sign(body, nonce=nonce)
+        if delivery:
+            headers[DELIVERY_HEADER] = DELIVERY_V1
+        reply = await self.post(body, headers)
         assert reply.status == 200, reply.body[:500]
         assert reply.content_type == "application/msgpack"
-        result = open_result(reply.body, self.node_key.public_key())
+        result = open_result(reply.body, self.node_key.public_key(), delivery=delivery)
         assert result.batch_id == batch_id
         assert result.nonce == base64.b64encode(nonce).decode()
         return result

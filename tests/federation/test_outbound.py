@@ -27,7 +27,15 @@ from relay.errors import RelayError
 from relay.federation.inbound import BATCH_PATH
 from relay.node.state import wall_clock_ms
 from relay.protocol import httpsig
-from relay.protocol.batch import BatchResult, decode_batch, sign_result
+from relay.protocol.audit import RECEIPT, RESULT, decode_entry
+from relay.protocol.batch import (
+    DELIVERY_HEADER,
+    DELIVERY_V1,
+    BatchResult,
+    Delivered,
+    decode_batch,
+    sign_result,
+)
 from relay.protocol.envelope import peek_id
 from relay.storage.records import PeerState
 from relay.storage.sqlite.store import sqlite_store
@@ -221,6 +229,39 @@ async def test_correct_result_dequeues_and_marks_sent(out: Outbound) -> None:
     ps = await out.peer_state()
     assert (ps.failures, ps.next_try, ps.delivered) == (0, 0, 1)
     assert [(s.ids, s.traces) for s in out.peer.seen] == [((bytes.fromhex(msg_id),), ((NODE,),))]
+
+
+async def test_a_stated_delivery_marks_only_what_it_states_delivered(out: Outbound) -> None:
+    # delivery-v1 (protocol.md §22): the node asks for it on every batch, and a peer
+    # that answers with `delivered` is taken at its signed word, id by id
+    asked: list[str] = []
+
+    async def states_one(peer: FakePeer, seen: Seen, request: web.Request) -> web.Response:
+        asked.append(request.headers.get(DELIVERY_HEADER, ""))
+        stated = tuple(i for i, p in zip(seen.ids, seen.payloads, strict=True) if p == b"stated")
+        body = sign_result(
+            BatchResult(
+                seen.batch_id,
+                seen.nonce,
+                dict.fromkeys(seen.ids, "accepted"),
+                Delivered(wall_clock_ms(), "FR", "enforce", stated),
+            ),
+            peer.identity.key,
+        )
+        return web.Response(body=body, content_type="application/msgpack")
+
+    out.peer.default = states_one
+    stated, plain = await out.h.submit_batch(
+        [{"to": ["bob@b.test"], "text": "stated"}, {"to": ["bob@b.test"], "text": "plain"}]
+    )
+    assert await out.wait_status(stated, "delivered") == ("delivered", "")
+    assert (await out.status_of(plain))[0] == "sent"  # its receipt is still to come
+    assert asked == [DELIVERY_V1]
+    assert await out.queue_rows() == []
+    log = [decode_entry(r.entry) for r in await out.h.state.store.audit_entries(0, 10_000)]
+    (receipt,) = [e for e in log if e.kind == RECEIPT]
+    assert (receipt.blob("envelope"), receipt.text("jurisdiction")) == (bytes.fromhex(stated), "FR")
+    assert [e.text("peer") for e in log if e.kind == RESULT] == [PEER]
 
 
 async def test_rejected_result_ends_that_envelope_only(out: Outbound) -> None:

@@ -5,7 +5,8 @@ Invariants:
   not from the bundle) and what those keys signed: a tree head signed by a
   trusted key vouches for every entry under it, so the keys a config entry
   under such a head names (rotations) become trusted too, and the peers'
-  keys it pins are the ones their receipts are checked with.
+  keys it pins are the ones their receipts and their signed batch results
+  (`result` entries, delivery-v1) are checked with.
 - Every check that fails becomes a Problem with a stable `code` and a detail
   naming the entry, head or envelope; nothing raises on a hostile bundle but
   MalformedError from decoding its outer shape.

@@ -4,6 +4,7 @@ and answers; each kind of tampering is detected and named by its problem code.""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -13,6 +14,7 @@ from relay.protocol.audit import (
     CONFIG,
     FORWARDED,
     RECEIPT,
+    RESULT,
     STORED,
     FieldValue,
     TreeHead,
@@ -20,6 +22,7 @@ from relay.protocol.audit import (
     sign_head,
 )
 from relay.protocol.auditcheck import outside_residency, under_rule, verify, where
+from relay.protocol.batch import RESULT_DOMAIN, BatchResult, Delivered, encode_result
 from relay.protocol.bundle import Bundle, ExportedEnvelope, decode_bundle, encode_bundle
 from relay.protocol.envelope import Envelope, header_digest, make_header, seal
 from relay.protocol.keystr import key_id, private_key_from_seed, public_key_string
@@ -253,3 +256,118 @@ def test_a_bundle_of_another_shape_is_malformed() -> None:
         )
     with pytest.raises(MalformedError, match="32-byte hashes"):
         decode_bundle(encode_bundle(dataclasses.replace(build()[0], before=(b"x" * 31,), first=1)))
+
+
+# --- delivery stated in a signed batch result (protocol.md §22) --------------------------
+
+BATCH = b"\xbb" * 16
+
+
+def stated_result(ids: tuple[bytes, ...], *, batch: bytes = BATCH) -> bytes:
+    results = dict.fromkeys(ids, "accepted") or {b"\x07" * 16: "accepted"}
+    return encode_result(
+        BatchResult(batch, "bm9uY2U=", results, Delivered(T0 + 3, "DE", "enforce", ids))
+    )
+
+
+def build_stated(
+    result_bytes: bytes, signature: bytes | None = None, *, jurisdiction: str = "DE"
+) -> Bundle:
+    """config, stored, forwarded, the peer's signed result, the receipt entry on it."""
+    env = message()
+    mid = env.header.id
+    if signature is None:
+        signature = PEER_KEY.sign(RESULT_DOMAIN + result_bytes)
+    specs: list[tuple[str, dict[str, FieldValue]]] = [
+        (CONFIG, {"jurisdiction": "DE", "key": K, "peers": (f"{PEER} DE {PK}",)}),
+        (
+            STORED,
+            {"envelope": mid, "origin": NODE, "residency": ("DE",), "from": "",
+             "header": header_digest(env.header_bytes), "rule": "r1"},
+        ),
+        (
+            FORWARDED,
+            {"envelope": mid, "to": PEER, "jurisdiction": "DE", "residency": ("DE",), "rule": "r1"},
+        ),
+        (
+            RESULT,
+            {"peer": PEER, "batch": BATCH, "result": result_bytes, "signature": signature},
+        ),
+        (
+            RECEIPT,
+            {"envelope": mid, "receipt": BATCH, "by": PEER, "status": "delivered", "reason": "",
+             "jurisdiction": jurisdiction, "via": "result"},
+        ),
+    ]  # fmt: skip
+    entries = [encode_entry(i, T0 + i, kind, f) for i, (kind, f) in enumerate(specs)]
+    leaves = [leaf_hash(e) for e in entries]
+    head = sign_head(TreeHead(NODE, 5, root(leaves), T0 + 20, key_id(K)), KEY).wire()
+    return Bundle(
+        node=NODE,
+        since=0,
+        until=T0 * 2,
+        first=0,
+        entries=tuple(entries),
+        before=(),
+        after=(),
+        context=(),
+        heads=(head,),
+        envelopes=(ExportedEnvelope(env.header_bytes, env.signature, b""),),
+    )
+
+
+def test_a_stated_delivery_is_answered_from_the_signed_result() -> None:
+    mid = bytes(range(16))
+    b = build_stated(stated_result((mid,)))
+    r = verify(decode_bundle(encode_bundle(b)), [K])
+    assert r.ok, r.problems
+    assert list(r.results) == [(PEER, BATCH)]
+    lines = where(r, mid)
+    assert any(
+        f"b.test reported delivered in DE; on b.test's signed word (batch result {'bb' * 16}"
+        in line
+        for line in lines
+    ), lines
+    assert outside_residency(r).receipts == 1
+
+
+@pytest.mark.parametrize(
+    ("bundle", "code"),
+    [
+        pytest.param(
+            lambda: build_stated(stated_result((bytes(range(16)),)), b"\x00" * 64),
+            "result_signature",
+            id="signature",
+        ),
+        pytest.param(
+            lambda: build_stated(
+                stated_result((bytes(range(16)),)),
+                OTHER.sign(RESULT_DOMAIN + stated_result((bytes(range(16)),))),
+            ),
+            "result_signature",
+            id="another-key",
+        ),
+        pytest.param(
+            lambda: build_stated(stated_result((bytes(range(16)),), batch=b"\xcc" * 16)),
+            "result_malformed",
+            id="another-batch",
+        ),
+        pytest.param(lambda: build_stated(b"\x81\xa1a\x01"), "result_malformed", id="not-a-result"),
+    ],
+)
+def test_a_bad_kept_result_is_named(bundle: Any, code: str) -> None:
+    assert code in codes(bundle())
+
+
+@pytest.mark.parametrize(
+    ("ids", "jurisdiction"),
+    [pytest.param((), "DE", id="envelope-not-listed"), pytest.param(None, "FR", id="jurisdiction")],
+)
+def test_a_result_that_does_not_say_it_backs_nothing(
+    ids: tuple[bytes, ...] | None, jurisdiction: str
+) -> None:
+    mid = bytes(range(16))
+    b = build_stated(stated_result((mid,) if ids is None else ids), jurisdiction=jurisdiction)
+    r = verify(b, [K])
+    assert r.ok, r.problems
+    assert any("the signed batch result is not in the bundle" in ln for ln in where(r, mid))

@@ -295,7 +295,7 @@ async def _answer(
         rejected=len(refusals),
         duplicate=len(results) - accepted - len(refusals),
         deferred=len(ids) - len(results),
-        delivered=-1 if delivered is None else len(delivered),
+        **({} if delivered is None else {"delivered": len(delivered)}),  # stated (§22)
     )
     for r in refusals:
         event(

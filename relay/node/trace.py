@@ -3,7 +3,9 @@
 Invariants:
 - Only stored rows are used (relay.storage.trace_sql): the envelopes of the
   message, its recipients' statuses at the origin, the queue, the inbox,
-  decisions, receipts owed and receipts stored. No log is read.
+  decisions, receipts owed and receipts stored, and the audit log's entries
+  for deliveries a destination's signed batch result stated (protocol.md
+  §22). No log file is read.
 - Each event has a time, a short name a script can match, and one line of
   text; the timeline is in time order, ties in the order things happen.
 - What the database does not keep is said, not guessed: the queue holds an
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from relay.errors import MalformedError
+from relay.protocol.audit import decode_entry
 from relay.protocol.receipt import decode_receipt
 from relay.storage.erasure import Erasure
 from relay.storage.records import AllowRecord, DecisionRecord, TraceRows
@@ -45,6 +48,7 @@ _ORDER = {
     "receipt_owed": 4,
     "receipt_written": 5,
     "receipt_received": 5,
+    "delivery_stated": 5,
     "status": 6,
     "inbox_read": 7,
     "erased": 8,
@@ -166,6 +170,22 @@ def timeline(
                     f"receipt from {r.writer}: {receipt.status}{reason}",
                 )
             events.append(Event(r.received, what, f"{text} for {who}", entry.hex()))
+    for st in rows.statements:
+        try:
+            logged = decode_entry(st.entry)
+        except MalformedError:
+            continue
+        if logged.text("via") != "result":  # a receipt's: its envelope is shown above
+            continue
+        events.append(
+            Event(
+                st.at,
+                "delivery_stated",
+                f"{logged.text('by')}'s signed batch result {logged.blob('receipt').hex()}: "
+                f"{logged.text('status')} in {logged.text('jurisdiction')}",
+                logged.blob("envelope").hex(),
+            )
+        )
     for er in erasures:
         why = f": {er.reason}" if er.reason else ""
         who = f"asked by {er.actor} ({er.source}){why}"

@@ -416,6 +416,15 @@ class TracedReceipt:
 
 
 @dataclass(frozen=True, slots=True)
+class TracedStatement:
+    """An audit `receipt` entry about a traced envelope (the signed word it stands
+    on is a receipt, or a batch result stating the delivery: `via` result)."""
+
+    at: int
+    entry: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class TraceRows:
     """Everything stored about one message id or envelope id (Reads.trace)."""
 
@@ -425,3 +434,4 @@ class TraceRows:
     inbox: tuple[TracedInbox, ...] = ()
     pending_receipts: tuple[TracedPendingReceipt, ...] = ()
     receipts: tuple[TracedReceipt, ...] = ()
+    statements: tuple[TracedStatement, ...] = ()

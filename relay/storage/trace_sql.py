@@ -20,6 +20,7 @@ from relay.storage.records import (
     TracedQueue,
     TracedReceipt,
     TracedRecipient,
+    TracedStatement,
     TraceRows,
 )
 from relay.storage.rowmaps import Row
@@ -53,6 +54,15 @@ RECEIPTS = (
     " WHERE e.kind = 'receipt' AND e.received >= :since ORDER BY e.rid LIMIT :limit"
 )
 
+# the audit log's `receipt` entries about the traced envelopes: for mail a
+# destination's signed batch result stated delivered (protocol.md §22), the
+# only record of that delivery besides the status. The log has no index on
+# `envelope`: this scans it, which an admin's trace of one message can afford.
+STATEMENTS = (
+    "SELECT at, entry FROM audit_log WHERE kind = 'receipt'"
+    " AND envelope IN (SELECT id FROM envelopes WHERE rid IN " + RIDS + ") ORDER BY seq"
+)
+
 
 _CONVERT: dict[str, Callable[[Any], Any]] = {
     "int": int,
@@ -78,6 +88,7 @@ def trace_rows(
     inbox: Sequence[Row],
     pending: Sequence[Row],
     receipts: Sequence[Row],
+    statements: Sequence[Row] = (),
 ) -> TraceRows:
     """The rows of the queries above as records."""
     return TraceRows(
@@ -87,4 +98,5 @@ def trace_rows(
         inbox=_records(TracedInbox, inbox),
         pending_receipts=_records(TracedPendingReceipt, pending),
         receipts=_records(TracedReceipt, receipts),
+        statements=_records(TracedStatement, statements),
     )

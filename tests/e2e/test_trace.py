@@ -45,10 +45,12 @@ def test_trace_follows_a_message_from_submit_to_read(nodes: tuple[NodeProc, Node
     # b is the destination: its signed batch result stated the delivery
     # (protocol.md §22), so no receipt was written or received
     at_a = trace(a, m)
-    assert [e["event"] for e in at_a] == ["submitted", "status"]
+    assert [e["event"] for e in at_a] == ["submitted", "delivery_stated", "status"]
     assert str(at_a[0]["text"]).startswith("submitted by alice@a.test for b.test: ")
     assert "bytes, residency RU" in str(at_a[0]["text"])
-    assert at_a[1]["text"] == "bob@b.test: delivered"
+    assert str(at_a[1]["text"]).startswith("b.test's signed batch result ")
+    assert str(at_a[1]["text"]).endswith(": delivered in RU")
+    assert at_a[2]["text"] == "bob@b.test: delivered"
     assert all(e["envelope"] == m for e in at_a)
 
     wait_for(lambda: "inbox_read" in events(b, m), what="b's read in its database")
@@ -66,7 +68,7 @@ def test_trace_follows_a_message_from_submit_to_read(nodes: tuple[NodeProc, Node
     assert any(" batch_received " in ln and m in ln for ln in b.logs().splitlines())
 
     human = relay("trace", a.dir, m).stdout.splitlines()
-    assert len(human) == 2 and human[0].split()[1] == "submitted"
+    assert len(human) == 3 and human[0].split()[1] == "submitted"
 
 
 def test_trace_shows_the_queue_and_a_refusal(nodes: tuple[NodeProc, NodeProc]) -> None:

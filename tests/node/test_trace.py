@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from relay.node.trace import Event, timeline
+from relay.protocol.audit import encode_entry
 from relay.protocol.receipt import Receipt, encode_receipt
+from relay.storage.audit import delivered_event, receipt_event
 from relay.storage.erasure import Erasure
 from relay.storage.records import (
     AllowRecord,
@@ -13,6 +15,7 @@ from relay.storage.records import (
     TracedQueue,
     TracedReceipt,
     TracedRecipient,
+    TracedStatement,
     TraceRows,
 )
 
@@ -102,3 +105,23 @@ def test_erasure_replaces_content_removed_and_outlives_the_rows() -> None:
          "erasure asked by root (admin); content held until 2023-11-15T22:13:20Z"
          " by a minimum retention"),
     ]  # fmt: skip
+
+
+def test_origin_shows_a_delivery_stated_by_the_destinations_signed_result() -> None:
+    batch = b"\xbb" * 16
+    stated = delivered_event(T + 30, MSG, batch, "b.test", "RU")
+    receipted = receipt_event(T + 31, MSG, b"\xee" * 16, "b.test", "delivered", "", "RU")
+    rows = TraceRows(
+        envelopes=(env(),),
+        recipients=(TracedRecipient("bob@b.test", 1, "alice", "delivered", "", T + 30),),
+        statements=(
+            TracedStatement(T + 30, encode_entry(7, T + 30, stated.kind, stated.fields)),
+            # a receipt's entry: the receipt envelope itself is what trace shows for it
+            TracedStatement(T + 31, encode_entry(8, T + 31, receipted.kind, receipted.fields)),
+            TracedStatement(T + 32, b"\xc1 not an entry"),  # skipped
+        ),
+    )
+    assert texts(timeline("a.test", rows, [], []))[1:] == [
+        ("delivery_stated", f"b.test's signed batch result {'bb' * 16}: delivered in RU"),
+        ("status", "bob@b.test: delivered"),
+    ]

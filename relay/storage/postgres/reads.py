@@ -328,8 +328,11 @@ class PgReads(AuditReads, PathReads):
                 p.pyformat(t.RECEIPTS), {"since": since, "limit": receipt_limit}
             )
         )
+        statements = await self.fetchall(p.pyformat(t.STATEMENTS), named) if found[0] else []
         envelopes, recipients, queue, inbox, pending = found
-        return trace_sql.trace_rows(envelopes, recipients, queue, inbox, pending, receipts)
+        return trace_sql.trace_rows(
+            envelopes, recipients, queue, inbox, pending, receipts, statements
+        )
 
     # --- erasure ---------------------------------------------------------------------
 

@@ -310,8 +310,11 @@ class SqliteReads(AuditReads, PathReads):
             if since is None
             else await self.fetchall(t.RECEIPTS, {"since": since, "limit": receipt_limit})
         )
+        statements = await self.fetchall(t.STATEMENTS, named) if found[0] else []
         envelopes, recipients, queue, inbox, pending = found
-        return trace_sql.trace_rows(envelopes, recipients, queue, inbox, pending, receipts)
+        return trace_sql.trace_rows(
+            envelopes, recipients, queue, inbox, pending, receipts, statements
+        )
 
     # --- erasure ---------------------------------------------------------------------
 

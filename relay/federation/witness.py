@@ -9,12 +9,14 @@ Invariants:
 - The extension never changes a batch's fate: a head that is garbled, names
   another node or does not verify under the peer's trusted keys is logged
   (`tree_head_refused`) and ignored; the batch is judged as without it.
-- Only a head that differs from the last one kept for that peer costs a
-  signature check and a write (heads change once a minute, batches far more
-  often): the last header value per peer is remembered in memory, with the
-  proof value checked with it. The same head again costs nothing unless it
-  comes with another proof (the sender had none ready for its first batches
-  after a start): then the proof is checked and its outcome filled in.
+- Only a head that differs from the last one seen from that peer costs a
+  signature check and a few reads by key (heads change once a minute,
+  batches far more often): the last header value per peer is remembered in
+  memory, with the proof value checked with it. A head kept before (a
+  sender's workers take turns carrying the leader's heads) is not reported
+  or counted again, and is written again only when it now comes with a proof
+  (the sender had none ready for its first batches after a start): its
+  outcome is filled in.
 - What one head can show against the last is reported at once: the same size
   with another root (`tree_head_conflict`: two histories), or a smaller size
   (`tree_head_shrank`).
@@ -28,6 +30,9 @@ Invariants:
   Without a proof, the auditor checks (`relay audit verify --witness`).
 - Each new head counts once in `relay_tree_heads_total{peer, outcome}`, and
   once more if a proof for it arrives after it was kept.
+- The reads are by the key of audit_witnessed (peer, size): the heads of the
+  new head's size, of the proof's from_size, and the largest; never every
+  head kept from the peer.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from relay.protocol.audit import (
     TREE_PROOF_HEADER,
     SignedHead,
     TreeHead,
+    TreeProof,
     decode_signed_head,
     parse_tree_head_header,
     parse_tree_proof_header,
@@ -74,8 +80,7 @@ async def observe(state: NodeState, peer: TrustedNode, headers: Mapping[str, str
     value = headers.get(TREE_HEAD_HEADER)
     proof_value = headers.get(TREE_PROOF_HEADER)
     seen = state.witnessed.get(peer.name)
-    again = seen is not None and seen[0] == value  # the head is kept: only a new proof counts
-    if value is None or (again and proof_value in (None, seen[1] if seen else None)):
+    if value is None or (seen is not None and seen[0] == value and proof_value in (None, seen[1])):
         return
     try:
         signed = _check(peer, value)
@@ -85,35 +90,51 @@ async def observe(state: NodeState, peer: TrustedNode, headers: Mapping[str, str
         state.witnessed[peer.name] = (value, proof_value)  # said once, not per batch
         return
     head = signed.head
+    store = state.store
     try:
-        kept = [
-            decode_signed_head(w.wire).head for w in await state.store.witnessed_heads(peer.name)
-        ]
-        outcome = _compare(peer.name, head, kept)
-        proof_from, proof = _prove(peer.name, head, kept, proof_value)
+        rows = await store.witnessed_heads(peer.name, head.size)
+        same_size = [_head(w) for w in rows]
+        # Sent again (a sender's workers take turns): only a first proof is news.
+        kept = head in same_size
+        if kept and rows[same_size.index(head)].proof:
+            state.witnessed[peer.name] = (value, proof_value)
+            return
+        outcome = "unproven" if kept else await _compare(state, peer.name, head, same_size)
+        proof = _parse_proof(peer.name, head, proof_value)
+        earlier = [] if proof is None else await store.witnessed_heads(peer.name, proof.from_size)
+        proof_from, proven = _prove(peer.name, head, proof, [_head(w) for w in earlier])
+        if kept and not proven:
+            state.witnessed[peer.name] = (value, proof_value)
+            return
         row = WitnessedHead(
-            peer.name, head.size, head.at, signed.wire(), state.now_ms(), proof_from, proof
+            peer.name, head.size, head.at, signed.wire(), state.now_ms(), proof_from, proven
         )
 
         async def job(tx: WriteTx) -> None:
             await tx.save_witnessed([row])
 
-        await state.store.write(job)
+        await store.write(job)
     except RelayError as e:  # the batch goes on; the next head is another chance
         event(log, "tree_head_not_kept", logging.WARNING, peer=peer.name, detail=e.detail)
         return
     state.witnessed[peer.name] = (value, proof_value)
-    if proof == PROOF_FORKED or (proof and outcome == "unproven"):
-        outcome = proof  # a failed proof says most; a good one makes a larger head proven
-    if not again or proof:
-        state.metrics.tree_head(peer.name, outcome)
+    if proven == PROOF_FORKED or (proven and outcome == "unproven"):
+        outcome = proven  # a failed proof says most; a good one makes a larger head proven
+    state.metrics.tree_head(peer.name, outcome)
 
 
-def _compare(peer: str, head: TreeHead, kept: Sequence[TreeHead]) -> str:
-    """What `head` shows against the last head kept, alone: "conflict", "shrank" or
-    "unproven" (a larger head needs a proof)."""
-    last = max(kept, key=lambda h: (h.size, h.at), default=None)
-    if last is not None and head.size == last.size and head.root != last.root:
+def _head(w: WitnessedHead) -> TreeHead:
+    return decode_signed_head(w.wire).head
+
+
+async def _compare(
+    state: NodeState, peer: str, head: TreeHead, same_size: Sequence[TreeHead]
+) -> str:
+    """What a head not kept before shows against those kept, alone: "conflict" (another
+    root of its size), "shrank" (a larger one was kept) or "unproven" (a larger head
+    than any kept needs a proof)."""
+    other = next((h for h in same_size if h.root != head.root), None)
+    if other is not None:
         event(
             log,
             "tree_head_conflict",
@@ -121,10 +142,11 @@ def _compare(peer: str, head: TreeHead, kept: Sequence[TreeHead]) -> str:
             peer=peer,
             size=head.size,
             root=head.root.hex(),
-            earlier_root=last.root.hex(),
+            earlier_root=other.root.hex(),
             detail="two tree heads of one size with different roots: the peer's log forked",
         )
         return "conflict"
+    last = await state.store.last_witnessed(peer)
     if last is not None and head.size < last.size:
         event(
             log,
@@ -139,14 +161,10 @@ def _compare(peer: str, head: TreeHead, kept: Sequence[TreeHead]) -> str:
     return "unproven"
 
 
-def _prove(
-    peer: str, head: TreeHead, kept: Sequence[TreeHead], value: str | None
-) -> tuple[int | None, str]:
-    """(from_size, outcome) of the Relay-Tree-Proof `value` for `head`: PROOF_CONSISTENT
-    or PROOF_FORKED against the kept head of from_size entries; (None, "") when no
-    proof came or it cannot be checked (logged)."""
+def _parse_proof(peer: str, head: TreeHead, value: str | None) -> TreeProof | None:
+    """The Relay-Tree-Proof `value` sent with `head`, if any and well formed (logged if not)."""
     if value is None:
-        return None, ""
+        return None
     try:
         proof = parse_tree_proof_header(value)
         if proof.from_size >= head.size:
@@ -158,8 +176,18 @@ def _prove(
         event(
             log, "tree_proof_refused", logging.WARNING, peer=peer, size=head.size, detail=e.detail
         )
+        return None
+    return proof
+
+
+def _prove(
+    peer: str, head: TreeHead, proof: TreeProof | None, earlier: Sequence[TreeHead]
+) -> tuple[int | None, str]:
+    """(from_size, outcome) of `proof` for `head`: PROOF_CONSISTENT or PROOF_FORKED
+    against the `earlier` heads kept of its from_size; (None, "") when there is no
+    proof or none of that size was kept (logged)."""
+    if proof is None:
         return None, ""
-    earlier = [h for h in kept if h.size == proof.from_size]
     if not earlier:
         event(
             log,

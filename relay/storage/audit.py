@@ -226,6 +226,27 @@ _WITNESS = (
 )
 
 
+_WITNESSED_SELECT = "SELECT peer, size, at, head, seen, proof_from, proof FROM audit_witnessed"
+
+
+def _witnessed_where(peer: str | None, size: int | None) -> tuple[str, tuple[Any, ...]]:
+    terms = [(t, v) for t, v in (("peer = ?", peer), ("size = ?", size)) if v is not None]
+    where = " WHERE " + " AND ".join(t for t, _ in terms) if terms else ""
+    return where, tuple(v for _, v in terms)
+
+
+def _witnessed_row(r: Mapping[str, Any]) -> WitnessedHead:
+    return WitnessedHead(
+        str(r["peer"]),
+        int(r["size"]),
+        int(r["at"]),
+        bytes(r["head"]),
+        int(r["seen"]),
+        None if r["proof_from"] is None else int(r["proof_from"]),
+        str(r["proof"]),
+    )
+
+
 class AuditSql:
     """The SQL both backends share; each supplies the three primitives below."""
 
@@ -361,26 +382,24 @@ class AuditReads(AuditSql):
             return None
         return StoredHead(int(found[0]["size"]), int(found[0]["at"]), bytes(found[0]["head"]))
 
-    async def witnessed_heads(self, peer: str | None) -> list[WitnessedHead]:
-        """Heads peers sent (of `peer`, or all), by peer, size and time."""
-        where = "" if peer is None else self._sql(" WHERE peer = ?")
+    async def witnessed_heads(
+        self, peer: str | None, size: int | None = None
+    ) -> list[WitnessedHead]:
+        """Heads peers sent (of `peer`, or all; of `size` entries, or any), by peer,
+        size and time."""
+        where, params = _witnessed_where(peer, size)
         found = await self._audit_rows(
-            "SELECT peer, size, at, head, seen, proof_from, proof FROM audit_witnessed"
-            f"{where} ORDER BY peer, size, at",
-            () if peer is None else (peer,),
+            self._sql(f"{_WITNESSED_SELECT}{where} ORDER BY peer, size, at"), params
         )
-        return [
-            WitnessedHead(
-                str(r["peer"]),
-                int(r["size"]),
-                int(r["at"]),
-                bytes(r["head"]),
-                int(r["seen"]),
-                None if r["proof_from"] is None else int(r["proof_from"]),
-                str(r["proof"]),
-            )
-            for r in found
-        ]
+        return [_witnessed_row(r) for r in found]
+
+    async def last_witnessed(self, peer: str) -> WitnessedHead | None:
+        """The head of the largest size `peer` sent (the latest of that size), if any."""
+        found = await self._audit_rows(
+            self._sql(f"{_WITNESSED_SELECT} WHERE peer = ? ORDER BY size DESC, at DESC LIMIT 1"),
+            (peer,),
+        )
+        return _witnessed_row(found[0]) if found else None
 
     async def audit_envelopes(self, ids: Sequence[bytes]) -> list[ExportedEnvelope]:
         """The stored envelopes among `ids` (headers, signatures, receipts' payloads)."""

@@ -575,8 +575,15 @@ class Reads(Protocol):
         """The kept signed tree head of the largest size (below `below`, if given), if any."""
         ...
 
-    async def witnessed_heads(self, peer: str | None) -> list[WitnessedHead]:
-        """Tree heads peers sent (of `peer`, or all), by peer, size and time."""
+    async def witnessed_heads(
+        self, peer: str | None, size: int | None = None
+    ) -> list[WitnessedHead]:
+        """Tree heads peers sent (of `peer`, or all; of `size` entries, or any), by
+        peer, size and time."""
+        ...
+
+    async def last_witnessed(self, peer: str) -> WitnessedHead | None:
+        """The tree head of the largest size `peer` sent (the latest of that size)."""
         ...
 
     async def audit_envelopes(self, ids: Sequence[bytes]) -> list[ExportedEnvelope]:

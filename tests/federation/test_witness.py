@@ -204,3 +204,22 @@ async def test_a_missing_proof_is_tolerated_and_a_later_one_fills_it_in(harness:
         (8, 5, PROOF_CONSISTENT),
     ]
     assert (counted(h, "unproven"), counted(h, "consistent")) == (2, 1)
+
+
+async def test_heads_sent_again_in_turns_are_not_news(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sender's workers carry the leader's heads, some a minute late: an older head
+    kept before, sent again after a newer one, is no shrink and no new head."""
+    h = harness
+    older, newer = log_head(h.a, 5, 1000), log_head(h.a, 9, 2000)
+    await post_with(h, older)
+    await post_with(h, newer, proof_of(5, 9))
+    await post_with(h, older)
+    await post_with(h, newer, proof_of(5, 9))
+    await post_with(h, newer, tree_proof_header(TreeProof(5, (b"\x01" * 32,))))  # proven already
+    assert not events(caplog, "tree_head_shrank")
+    assert not events(caplog, "tree_head_forked")
+    kept = await h.state.store.witnessed_heads("a.test")
+    assert [(w.size, w.proof) for w in kept] == [(5, ""), (9, PROOF_CONSISTENT)]
+    assert (counted(h, "unproven"), counted(h, "consistent"), counted(h, "shrank")) == (1, 1, 0)

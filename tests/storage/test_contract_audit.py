@@ -118,6 +118,22 @@ async def test_witnessed_heads_are_kept_once(storage: Storage) -> None:
     await storage.write(lambda tx: tx.save_witnessed([a]))
     assert await storage.witnessed_heads(None) == [a, b]
     assert await storage.witnessed_heads("b.test") == [b]
+    assert await storage.witnessed_heads("a.test", 3) == [a]
+    assert await storage.witnessed_heads("a.test", 1) == []
+    assert await storage.last_witnessed("c.test") is None
+
+
+async def test_the_last_witnessed_head_is_the_largest_then_latest(storage: Storage) -> None:
+    heads = [
+        WitnessedHead("a.test", 7, T0 + 1, b"a7-1", T0),
+        WitnessedHead("a.test", 9, T0, b"a9-0", T0),
+        WitnessedHead("a.test", 9, T0 + 5, b"a9-5", T0),
+        WitnessedHead("a.test", 4, T0 + 9, b"a4-9", T0),
+        WitnessedHead("b.test", 20, T0, b"b20", T0),
+    ]
+    await storage.write(lambda tx: tx.save_witnessed(heads))
+    assert await storage.last_witnessed("a.test") == heads[2]
+    assert await storage.witnessed_heads("a.test", 9) == heads[1:3]
 
 
 async def test_a_proof_outcome_fills_in_a_kept_head_once(storage: Storage) -> None:

@@ -112,11 +112,27 @@ class AuditLog:
         st = self.state
         if st.tree_head is None:
             return
+        head = st.tree_head.head
         async with self._lock:
             try:
-                await self._advance(st.tree_head.head.size)
+                await self._advance(head.size)
             except RelayError as e:
                 event(log, "tree_head_not_read", logging.WARNING, detail=e.detail)
+                return
+            log_root = self._frontier.root() if self._frontier.size == head.size else None
+        if log_root != head.root:  # say so here, before the peers do
+            event(
+                log,
+                "tree_head_mismatch",
+                logging.ERROR,
+                size=head.size,
+                root=head.root.hex(),
+                log_root=log_root.hex() if log_root else "",
+                log_size=self._frontier.size,
+                detail="the stored log does not match the last head this node signed: entries"
+                " were changed or lost since (a restore from another copy?); peers that"
+                " kept that head will find the next one forked",
+            )
 
     async def sign(self) -> SignedHead:
         """Sign and keep a head over the log as committed now."""

@@ -108,4 +108,5 @@ def test_heads_are_proven_run_after_run_and_a_rewrite_is_caught(
     assert lines[-1].endswith(f"; FORKED: its proof does not extend size {sizes(lines)[-2]}")
     assert "tree_head_forked" in b.logs()
     assert "does not lead to the earlier root" in b.logs()
+    assert "tree_head_mismatch" in a.logs()  # and a.test said so itself, at start
     assert a.stop() == 0 and b.stop() == 0

@@ -102,7 +102,7 @@ async def proven(state: NodeState, signed: SignedHead, from_size: int | None) ->
 
 
 async def test_a_sender_proves_each_head_from_an_earlier_one_across_restarts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Proofs from the previous head (or a given one) verify against the heads signed
     then, are built once per pair, survive a restart (the edges are rebuilt in the
@@ -147,6 +147,7 @@ async def test_a_sender_proves_each_head_from_an_earlier_one_across_restarts(
         await signer.warm()
         p = await proven(state, s8, None)
         verify_consistency(3, 8, s3.head.root, s8.head.root, p.hashes)
+        assert not [r for r in caplog.records if r.getMessage() == "tree_head_mismatch"]
         await storage.write(lambda tx: tx.append_audit(purges(7)))
         s15 = await signer.sign()
         p = await proven(state, s15, 8)
@@ -163,7 +164,10 @@ async def test_a_sender_proves_each_head_from_an_earlier_one_across_restarts(
         state = NodeState(config, key, storage)
         signer = AuditLog(state)
         await signer.prime()
+        assert not [r for r in caplog.records if r.getMessage() == "tree_head_mismatch"]
         await signer.warm()
+        (said,) = [r for r in caplog.records if r.getMessage() == "tree_head_mismatch"]
+        assert dict(getattr(said, "relay_fields", {}))["size"] == 15
         await storage.write(lambda tx: tx.append_audit(purges(2)))
         s17 = await signer.sign()
         p = await proven(state, s17, 15)  # what the peer that kept s15 gets

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from relay.errors import Conflict, StoreError
+from relay.storage import unread_sql
 from relay.storage.tables import TABLES
 
 BATCH_ROWS = 2000
@@ -33,13 +34,12 @@ BATCH_ROWS = 2000
 # at their rid).
 DATA: tuple[str, ...] = ("payloads", *(t for t in TABLES if t != "payloads"))
 
-# Kept by the database from the DATA tables (triggers, on both backends);
+# Kept by the writer from the DATA tables (relay.storage.unread_sql, on both backends);
 # the target recomputes them with these statements (valid SQLite and
 # PostgreSQL) rather than trusting a copy.
 DERIVED: dict[str, str] = {
     "unread": (
-        "INSERT INTO unread (mailbox, bytes) SELECT i.mailbox,"
-        " sum(CASE WHEN e.erased IS NULL THEN e.size ELSE 0 END + length(e.header)) "
+        f"INSERT INTO unread (mailbox, bytes) SELECT i.mailbox, sum({unread_sql.WEIGHT}) "
         "FROM inbox i JOIN envelopes e ON e.rid = i.rid "
         "WHERE i.acked IS NULL GROUP BY i.mailbox"
     ),

@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
+import pytest
+
+from relay.errors import RelayError
 from relay.protocol.envelope import RECEIPT_CTYPE, Envelope, make_header, seal
 from relay.protocol.receipt import Receipt, decode_receipt, encode_receipt
 from relay.storage.interface import Storage, WriteTx
@@ -176,6 +179,60 @@ async def test_unread_bytes_follow_delivery_ack_and_deletion(storage: Storage) -
         "bob": s[1] + s[2],
         "carol": s[1] + s[2],
     }
+
+
+async def _recount(storage: Storage, mailboxes: list[str]) -> dict[str, int]:
+    """The unread weight of each mailbox, summed from its unacked rows (payload + header)."""
+    return {
+        mb: sum(len(it.header) + len(it.payload or b"") for it in await storage.inbox(mb, 0, 1000))
+        for mb in mailboxes
+    }
+
+
+async def test_unread_bytes_stay_exact_through_batches_repeats_and_rollbacks(
+    storage: Storage,
+) -> None:
+    """The counter is kept per batch of rows, not per row: a batch with a mailbox named
+    twice, ids that two origins share, acks repeated or of rows already acked, and a job
+    that rolls back all leave it equal to a recount of the unacked rows."""
+    mbs = ["bob", "carol", "dave"]
+    shared = os.urandom(16)
+    one = envelope(payload=b"1" * 11)
+    twins = [envelope(origin=o, ident=shared, payload=b"2" * 22) for o in ("p.test", "q.test")]
+    other = envelope(payload=b"3" * 33)
+    await put(
+        storage, [new(one, mailboxes=["bob", "bob", "carol"]), new(twins[0], mailboxes=["bob"])]
+    )
+    rids = await put(
+        storage, [new(twins[1], mailboxes=["bob", "dave"]), new(other, mailboxes=["carol"])]
+    )
+    counted = await storage.unread_bytes(mbs)
+    assert counted == await _recount(storage, mbs)
+    assert counted["bob"] == sum(e.header.size + len(e.header_bytes) for e in (one, *twins))
+
+    async def ack_then_fail(tx: WriteTx) -> None:
+        await tx.ack_inbox("bob", [one.header.id], T0)
+        raise RelayError("rolled back on purpose")
+
+    with pytest.raises(RelayError):
+        await storage.write(ack_then_fail)
+    assert await storage.unread_bytes(mbs) == counted
+
+    # one id, two origins: both of bob's rows go, dave's stays
+    assert await storage.write(lambda tx: tx.ack_inbox("bob", [shared, shared], T0)) == 2
+    seqs = [it.seq for mb in ("carol", "dave") for it in await storage.inbox(mb, 0, 10)]
+    bob_seq = (await storage.inbox("bob", 0, 10))[0].seq
+    await storage.write(lambda tx: tx.ack_inbox_seqs([seqs[0], seqs[0], bob_seq], T0))
+    # carol's first row again changes nothing; dave's row goes
+    await storage.write(lambda tx: tx.ack_inbox_seqs([seqs[0], seqs[-1]], T0))
+    assert await storage.unread_bytes(mbs) == await _recount(storage, mbs)
+    assert await storage.unread_bytes(mbs) == {
+        "bob": 0,
+        "carol": other.header.size + len(other.header_bytes),
+        "dave": 0,
+    }
+    await storage.write(lambda tx: tx.delete_envelopes(rids))
+    assert await storage.unread_bytes(mbs) == {"bob": 0, "carol": 0, "dave": 0}
 
 
 # --- decisions and certificates -------------------------------------------------------

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from psycopg.rows import dict_row
 
+from relay.storage import unread_sql as unread
 from relay.storage.erasure import (
     ERASED,
     HELD_DONE,
@@ -64,7 +65,8 @@ class ErasureWrites(EraseSteps, PathSteps):
         db = self.connection
         wanted = sorted(set(rids))
         mailboxes: dict[int, list[str]] = {}
-        # inbox rows go before `erased` is set: the unread triggers take their size off
+        # unread rows weigh their payload until `erased` is set: taken off before
+        await db.execute(unread.take("i.rid = ANY(%s)"), (wanted,))
         for r in await q.rows(
             db, "DELETE FROM inbox WHERE rid = ANY(%s) RETURNING rid, mailbox, seq", (wanted,)
         ):
@@ -79,6 +81,8 @@ class ErasureWrites(EraseSteps, PathSteps):
             "INSERT INTO inbox (mailbox, rid, delivered) VALUES (%s, %s, %s)",
             [(mb, rid, now) for rid, mbs in sorted(mailboxes.items()) for mb in sorted(mbs)],
         )
+        # the tombstones are these rids' only inbox rows now, and weigh their headers
+        await db.execute(unread.add("i.rid = ANY(%s)"), (wanted,))
         return Stripped(
             {rid: tuple(sorted(mbs)) for rid, mbs in mailboxes.items()},
             frozenset(int(r["rid"]) for r in gone),

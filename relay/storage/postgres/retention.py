@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from relay.storage import purge_sql as p
 from relay.storage import rowmaps
+from relay.storage import unread_sql as unread
 from relay.storage.postgres import sql as q
 from relay.storage.records import (
     ContentDue,
@@ -86,6 +87,7 @@ class RetentionWrites:
 
     async def delete_envelopes(self, rids: Sequence[int]) -> Deleted:
         counts = {"inbox": 0, "recipients": 0, "envelopes": 0}
+        await self.connection.execute(unread.take("i.rid = ANY(%s)"), (list(rids),))
         for table in counts:  # envelopes last: the other two reference it
             counts[table] = await q.changed(
                 self.connection, f"DELETE FROM {table} WHERE rid = ANY(%s)", (list(rids),)

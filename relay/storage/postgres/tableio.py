@@ -4,10 +4,10 @@ Used only while the node is stopped. One plain (synchronous) connection with
 the URL's schema on its search_path, in one transaction: REPEATABLE READ when
 it is the source, so every table is read from one snapshot; the target's
 rows go in with COPY, and identity sequences are moved past the copied keys
-before the commit. The target's own triggers are off while rows go in: what
-they keep (relay.storage.transfer.DERIVED) is recomputed once at the end,
-where a trigger per row would update one counter row per mailbox again and
-again (100,000 inbox rows took 138 s that way).
+before the commit. The target's own triggers are off while rows go in (relay
+defines none since PostgreSQL migration 10; an admin's own would fire per
+row); what the writer keeps (relay.storage.transfer.DERIVED) is recomputed
+once at the end (100,000 inbox rows took 138 s when a trigger per row kept it).
 """
 
 from __future__ import annotations

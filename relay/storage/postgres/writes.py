@@ -23,6 +23,7 @@ import msgpack
 from relay.errors import RelayError
 from relay.protocol.envelope import Envelope, header_digest
 from relay.storage import rowmaps
+from relay.storage import unread_sql as unread
 from relay.storage.audit import AuditWrites, decision_events, purge_event, stored_events
 from relay.storage.postgres import sql as q
 from relay.storage.postgres.erasure import ErasureWrites
@@ -145,6 +146,8 @@ class PgWriteTx(AuditWrites, ErasureWrites, RetentionWrites):
             " ON CONFLICT (mailbox, rid) DO NOTHING",
             [(mb, rid, now) for rid, it in pairs for mb in it.mailboxes],
         )
+        if any(it.mailboxes for it in items):  # the rids are new: so are their inbox rows
+            await db.execute(unread.add("i.rid = ANY(%s)"), (rids,))
         await self.append_audit(stored_events(items, now))
         return rids
 
@@ -433,15 +436,21 @@ class PgWriteTx(AuditWrites, ErasureWrites, RetentionWrites):
     async def ack_inbox(self, mailbox: str, ids: Sequence[bytes], now: int) -> int:
         if not ids:
             return 0
+        ids_rids = "(SELECT rid FROM envelopes WHERE id = ANY(%s))"
+        wanted = list(dict.fromkeys(ids))
+        await self.connection.execute(
+            unread.take(f"i.mailbox = %s AND i.rid IN {ids_rids}"), (mailbox, wanted)
+        )
         return await q.changed(
             self.connection,
-            "UPDATE inbox SET acked = %s WHERE mailbox = %s AND acked IS NULL AND rid IN"
-            " (SELECT rid FROM envelopes WHERE id = ANY(%s))",
-            (now, mailbox, list(dict.fromkeys(ids))),
+            "UPDATE inbox SET acked = %s WHERE acked IS NULL AND mailbox = %s"
+            f" AND rid IN {ids_rids}",
+            (now, mailbox, wanted),
         )
 
     async def ack_inbox_seqs(self, seqs: Sequence[int], now: int) -> None:
         if seqs:
+            await self.connection.execute(unread.take("i.seq = ANY(%s)"), (list(seqs),))
             await self.connection.execute(
                 "UPDATE inbox SET acked = %s WHERE seq = ANY(%s) AND acked IS NULL",
                 (now, list(seqs)),

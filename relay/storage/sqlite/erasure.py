@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from relay.storage import unread_sql as unread
 from relay.storage.erasure import (
     ERASED,
     HELD_DONE,
@@ -75,7 +76,8 @@ class ErasureWrites(EraseSteps, PathSteps):
                 mailboxes.setdefault(int(r["rid"]), []).append(str(r["mailbox"]))
             for r in await q.rows(db, f"SELECT rid FROM queue WHERE rid IN ({m})", chunk):
                 dequeued.add(int(r["rid"]))
-            # inbox rows go before `erased` is set: the unread triggers take their size off
+            # unread rows weigh their payload until `erased` is set: taken off before
+            await db.execute(unread.take(f"i.rid IN ({m})"), chunk)
             await db.execute(f"DELETE FROM inbox WHERE rid IN ({m})", chunk)
             await db.execute(f"DELETE FROM queue WHERE rid IN ({m})", chunk)
             await db.execute(
@@ -88,6 +90,8 @@ class ErasureWrites(EraseSteps, PathSteps):
             "INSERT INTO inbox (seq, mailbox, rid, delivered) VALUES (?, ?, ?, ?)",
             [(seq + i, mb, rid, now) for i, (mb, rid) in enumerate(rows, start=1)],
         )
+        # the tombstones, past the top seq, weigh only their headers now
+        await db.execute(unread.add("i.seq > ?"), (seq,))
         return Stripped(
             {rid: tuple(sorted(mbs)) for rid, mbs in mailboxes.items()}, frozenset(dequeued)
         )

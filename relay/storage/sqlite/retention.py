@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import aiosqlite
 
+from relay.storage import unread_sql as unread
 from relay.storage.purge_sql import (
     CONTENT_DUE,
     CONTENT_DUE_PARTS,
@@ -95,6 +96,7 @@ class RetentionWrites:
     async def delete_envelopes(self, rids: Sequence[int]) -> Deleted:
         counts = {"inbox": 0, "recipients": 0, "envelopes": 0}
         for chunk in q.chunks(list(rids)):
+            await self.connection.execute(unread.take(f"i.rid IN ({q.marks(chunk)})"), chunk)
             for table in counts:  # envelopes last: the other two reference it
                 counts[table] += await q.changed(
                     self.connection, f"DELETE FROM {table} WHERE rid IN ({q.marks(chunk)})", chunk

@@ -20,6 +20,7 @@ import msgpack
 
 from relay.errors import RelayError
 from relay.protocol.envelope import Envelope, header_digest
+from relay.storage import unread_sql as unread
 from relay.storage.audit import AuditWrites, decision_events, purge_event, stored_events
 from relay.storage.records import (
     FINAL_STATUSES,
@@ -130,11 +131,14 @@ class SqliteWriteTx(AuditWrites, ErasureWrites, RetentionWrites):
             await q.many(db, "INSERT INTO queue (rid, hop, enqueued) VALUES (?, ?, ?)", queue_rows)
         inbox_rows = [(mb, rid, now) for rid, it in pairs for mb in it.mailboxes]
         if inbox_rows:
+            top = await q.one(db, "SELECT coalesce(max(seq), 0) FROM inbox")
             await q.many(
                 db,
                 "INSERT OR IGNORE INTO inbox (mailbox, rid, delivered) VALUES (?, ?, ?)",
                 inbox_rows,
             )
+            # the rows just inserted, and only they, have seqs past the top before
+            await db.execute(unread.add("i.seq > ?"), (int(top[0]) if top else 0,))
         await self.append_audit(stored_events(items, now))
         return rids
 
@@ -421,20 +425,25 @@ class SqliteWriteTx(AuditWrites, ErasureWrites, RetentionWrites):
     async def ack_inbox(self, mailbox: str, ids: Sequence[bytes], now: int) -> int:
         acked = 0
         for chunk in q.chunks(list(dict.fromkeys(ids))):
+            ids_rids = f"(SELECT rid FROM envelopes WHERE id IN ({q.marks(chunk)}))"
+            await self.connection.execute(
+                unread.take(f"i.mailbox = ? AND i.rid IN {ids_rids}"), (mailbox, *chunk)
+            )
             acked += await q.changed(
                 self.connection,
-                "UPDATE inbox SET acked = ? WHERE mailbox = ? AND acked IS NULL AND rid IN"
-                f" (SELECT rid FROM envelopes WHERE id IN ({q.marks(chunk)}))",
+                "UPDATE inbox SET acked = ? WHERE acked IS NULL AND mailbox = ?"
+                f" AND rid IN {ids_rids}",
                 (now, mailbox, *chunk),
             )
         return acked
 
     async def ack_inbox_seqs(self, seqs: Sequence[int], now: int) -> None:
-        await q.many(
-            self.connection,
-            "UPDATE inbox SET acked = ? WHERE seq = ? AND acked IS NULL",
-            [(now, s) for s in seqs],
-        )
+        for chunk in q.chunks(list(dict.fromkeys(seqs))):
+            m = q.marks(chunk)
+            await self.connection.execute(unread.take(f"i.seq IN ({m})"), chunk)
+            await self.connection.execute(
+                f"UPDATE inbox SET acked = ? WHERE acked IS NULL AND seq IN ({m})", (now, *chunk)
+            )
 
     async def webhook_advance(self, mailbox: str, seq: int, delivered: int) -> None:
         await self.connection.execute(

@@ -1,15 +1,18 @@
-"""End-to-end fixtures: where a test's nodes keep their state."""
+"""End-to-end fixtures: where a test's nodes keep their state, and two nodes that
+trust each other."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from relay.storage.backends import BACKENDS
 from tests import pgserver
 from tests.conftest import require_postgres
+from tests.e2e.harness import NodeProc, make_node
 
 NodeStorage = Callable[[], str | None]
 
@@ -24,3 +27,17 @@ def node_storage(request: pytest.FixtureRequest) -> Iterator[NodeStorage]:
     require_postgres()
     with contextlib.ExitStack() as stack:
         yield lambda: stack.enter_context(pgserver.schema_url())
+
+
+@pytest.fixture
+def pair(tmp_path: Path, node_storage: NodeStorage) -> Iterator[tuple[NodeProc, NodeProc]]:
+    """Two nodes that trust each other, on each storage backend in turn."""
+    a = make_node(tmp_path, "a.test", "RU", node_storage())
+    b = make_node(tmp_path, "b.test", "RU", node_storage())
+    a.add_peer(b)
+    b.add_peer(a)
+    a.add_mailbox("alice")
+    b.add_mailbox("bob")
+    yield a, b
+    for n in (a, b):
+        n.kill()

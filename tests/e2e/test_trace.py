@@ -11,14 +11,13 @@ import json
 import pytest
 
 from tests.e2e.harness import NodeProc, relay, wait_for
-from tests.e2e.test_two_nodes import pair  # noqa: F401 - the same two nodes, on each backend
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture
-def nodes(pair: tuple[NodeProc, NodeProc]) -> tuple[NodeProc, NodeProc]:  # noqa: F811
-    """test_two_nodes's two nodes that trust each other, on each storage backend."""
+def nodes(pair: tuple[NodeProc, NodeProc]) -> tuple[NodeProc, NodeProc]:
+    """conftest's two nodes that trust each other, on each storage backend."""
     return pair
 
 

@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import NodeStorage
 from tests.e2e.harness import NodeProc, make_node, relay, wait_for
 from tests.fault.common import set_federation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-
-
-@pytest.fixture
-def pair(tmp_path: Path, node_storage: NodeStorage) -> Iterator[tuple[NodeProc, NodeProc]]:
-    """Two nodes that trust each other, on each storage backend in turn."""
-    a = make_node(tmp_path, "a.test", "RU", node_storage())
-    b = make_node(tmp_path, "b.test", "RU", node_storage())
-    a.add_peer(b)
-    b.add_peer(a)
-    a.add_mailbox("alice")
-    b.add_mailbox("bob")
-    yield a, b
-    for n in (a, b):
-        n.kill()
 
 
 def _delivered(node: NodeProc, mailbox: str, msg_id: str) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from relay.storage.transfer import DATA
-from tests.e2e.harness import NodeProc, make_node, relay, wait_for, with_user
+from tests.e2e.harness import NodeProc, make_pair, relay, wait_for, with_user
 from tests.pgserver import COORDINATION_TABLES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -25,12 +25,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[NodeProc, NodeProc]]:
-    a = make_node(tmp_path, "a.test", "RU")
-    b = make_node(tmp_path, "b.test", "RU")
-    a.add_peer(b)
-    b.add_peer(a)
-    a.add_mailbox("alice")
-    b.add_mailbox("bob")
+    a, b = make_pair(tmp_path)
     yield a, b
     for n in (a, b):
         n.kill()

@@ -12,7 +12,7 @@ import pytest
 from relay.storage.backends import BACKENDS
 from tests import pgserver
 from tests.conftest import require_postgres
-from tests.e2e.harness import NodeProc, make_node
+from tests.e2e.harness import NodeProc, make_pair
 
 NodeStorage = Callable[[], str | None]
 
@@ -32,12 +32,7 @@ def node_storage(request: pytest.FixtureRequest) -> Iterator[NodeStorage]:
 @pytest.fixture
 def pair(tmp_path: Path, node_storage: NodeStorage) -> Iterator[tuple[NodeProc, NodeProc]]:
     """Two nodes that trust each other, on each storage backend in turn."""
-    a = make_node(tmp_path, "a.test", "RU", node_storage())
-    b = make_node(tmp_path, "b.test", "RU", node_storage())
-    a.add_peer(b)
-    b.add_peer(a)
-    a.add_mailbox("alice")
-    b.add_mailbox("bob")
+    a, b = make_pair(tmp_path, node_storage(), node_storage())
     yield a, b
     for n in (a, b):
         n.kill()

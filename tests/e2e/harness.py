@@ -253,3 +253,18 @@ def make_node(base: Path, name: str, jurisdiction: str, storage: str | None = No
     node = NodeProc(base / name, name, jurisdiction, free_port(), storage=storage)
     node.init()
     return node
+
+
+def make_pair(
+    base: Path, storage_a: str | None = None, storage_b: str | None = None
+) -> tuple[NodeProc, NodeProc]:
+    """a.test and b.test (both RU, not started), each pinning the other from the line
+    the other's `relay init` printed; mailbox alice at a.test, bob at b.test. On
+    PostgreSQL where `storage_a` or `storage_b` is a url."""
+    a = make_node(base, "a.test", "RU", storage_a)
+    b = make_node(base, "b.test", "RU", storage_b)
+    a.add_peer(b)
+    b.add_peer(a)
+    a.add_mailbox("alice")
+    b.add_mailbox("bob")
+    return a, b

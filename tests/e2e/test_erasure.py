@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import NodeStorage
-from tests.e2e.harness import NodeProc, make_node, relay, wait_for
+from tests.e2e.harness import NodeProc, make_node, make_pair, relay, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -273,12 +273,7 @@ def test_a_relay_down_during_the_erasure_answers_once_back_and_a_hold_is_reporte
 
 
 def test_direct_erasure_on_each_backend(tmp_path: Path, node_storage: NodeStorage) -> None:
-    a = make_node(tmp_path, "a.test", "RU", node_storage())
-    b = make_node(tmp_path, "b.test", "RU", node_storage())
-    a.add_peer(b)
-    b.add_peer(a)
-    a.add_mailbox("alice")
-    b.add_mailbox("bob")
+    a, b = make_pair(tmp_path, node_storage(), node_storage())
     try:
         a.start()
         b.start()

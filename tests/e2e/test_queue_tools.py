@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import NodeProc, make_node, relay, wait_for
+from tests.e2e.harness import NodeProc, make_node, make_pair, relay, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -20,12 +20,7 @@ SLOW_RETRY = '\n[federation]\nretry_min = "10m"\nretry_max = "1h"\n'
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[NodeProc, NodeProc]]:
-    a = make_node(tmp_path, "a.test", "RU")
-    b = make_node(tmp_path, "b.test", "RU")
-    a.add_peer(b)
-    b.add_peer(a)
-    a.add_mailbox("alice")
-    b.add_mailbox("bob")
+    a, b = make_pair(tmp_path)
     with (a.dir / "node.toml").open("a") as f:
         f.write(SLOW_RETRY)  # a failed attempt is not repeated on its own during the test
     yield a, b

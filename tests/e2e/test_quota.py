@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import NodeProc, make_node, relay, wait_for
+from tests.e2e.harness import NodeProc, make_pair, relay, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -28,12 +28,7 @@ FAST_RETRY = '\n[federation]\nretry_min = "100ms"\nretry_max = "60s"\nseal = "of
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[NodeProc, NodeProc]]:
-    a = make_node(tmp_path, "a.test", "RU")
-    b = make_node(tmp_path, "b.test", "RU")
-    a.add_peer(b)
-    b.add_peer(a)
-    a.add_mailbox("alice")
-    b.add_mailbox("bob")
+    a, b = make_pair(tmp_path)
     b.add_mailbox("carol")
     for node, extra in ((a, FAST_RETRY), (b, QUOTA)):
         toml = node.dir / "node.toml"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import NodeProc, make_node, relay, wait_for
+from tests.e2e.harness import NodeProc, make_node, make_pair, relay, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -132,12 +132,7 @@ def test_sealed_through_a_relay_the_relay_and_origin_store_only_ciphertext(
 def test_rotation_keeps_mail_in_flight_and_revocation_refuses_with_seal_key(
     tmp_path: Path, nodes: list[NodeProc]
 ) -> None:
-    a = make_node(tmp_path, "a.test", "RU")
-    b = make_node(tmp_path, "b.test", "RU")
-    a.add_peer(b)
-    b.add_peer(a)
-    a.add_mailbox("alice")
-    b.add_mailbox("bob")
+    a, b = make_pair(tmp_path)
     for n in (a, b):
         nodes.append(n)
         n.start()

@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import NodeProc, make_node, wait_for
+from tests.e2e.harness import NodeProc, make_pair, wait_for
 from tests.fault.common import (
     LogWatch,
     inbox_seqs,
@@ -131,15 +131,10 @@ def work_in_flight(a: NodeProc, sub: Submitter) -> int:
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[NodeProc, NodeProc]]:
-    a = make_node(tmp_path, "a.test", "RU")
-    b = make_node(tmp_path, "b.test", "RU")
+    a, b = make_pair(tmp_path)
     for n in (a, b):
         # short backoff so that a restarted peer is found again quickly
         set_federation(n.dir, retry_min="50ms", retry_max="500ms", receipt_window="100ms")
-    a.add_peer(b)
-    b.add_peer(a)
-    a.add_mailbox("alice")
-    b.add_mailbox("bob")
     yield a, b
     for n in (a, b):
         n.kill()

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import NodeProc, make_node, relay, wait_for
+from tests.e2e.harness import NodeProc, make_pair, relay, wait_for
 from tests.fault.pgcluster import Cluster
 from tests.pgserver import _bin_dir, required
 
@@ -124,13 +124,9 @@ class Stream:
 def test_database_restart_midstream_loses_nothing(
     tmp_path: Path, cluster: Cluster, workers: int
 ) -> None:
-    a = make_node(tmp_path, "a.test", "RU")
-    b = make_node(tmp_path, "b.test", "RU")
+    a, b = make_pair(tmp_path)
+    token = a.tokens["alice"]
     try:
-        a.add_peer(b)
-        b.add_peer(a)
-        token = a.add_mailbox("alice")
-        b.add_mailbox("bob")
         on_postgres(a, cluster.url("node_a"))
         on_postgres(b, cluster.url("node_b"))
         start(a, workers)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from relay.node.leases import TTL_MS
-from tests.e2e.harness import make_node, wait_for
+from tests.e2e.harness import make_pair, wait_for
 from tests.e2e.test_workers_pg import statuses, worker_pids
 from tests.fault.pgcluster import Cluster
 from tests.fault.test_pg_restart import N, Stream, on_postgres, ready_status
@@ -46,13 +46,9 @@ def cluster() -> Iterator[Cluster]:
 
 
 def test_database_gone_past_the_leases_under_two_workers(tmp_path: Path, cluster: Cluster) -> None:
-    a = make_node(tmp_path, "a.test", "RU")
-    b = make_node(tmp_path, "b.test", "RU")
+    a, b = make_pair(tmp_path)
     url = cluster.url("node_a")
-    a.add_peer(b)
-    b.add_peer(a)
-    token = a.add_mailbox("alice")
-    b.add_mailbox("bob")
+    token = a.tokens["alice"]
     on_postgres(a, url)
     b.start()
     with open(a.log_path, "ab") as log:

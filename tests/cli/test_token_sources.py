@@ -102,6 +102,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProc]:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.parametrize("ending", [b"", b"\n", b"\r\n"])
 def test_token_file_and_environment_reach_the_mailbox(
     node: NodeProc, tmp_path: Path, ending: bytes

@@ -17,7 +17,7 @@ from relay.protocol import httpsig
 from relay.protocol.sfv import b64
 from tests.e2e.harness import TIMEOUT, NodeProc, make_node, relay, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +232,6 @@ def test_run_on_a_taken_port_exits_at_once_naming_the_address(tmp_path: Path) ->
 # --- a certified stranger and a plain stranger (item 1) --------------------------------------
 
 
-@pytest.mark.slow
 def test_a_certified_stranger_is_introduced_by_its_header_a_stranger_costs_no_body(
     tmp_path: Path,
 ) -> None:
@@ -293,7 +292,6 @@ def test_a_certified_stranger_is_introduced_by_its_header_a_stranger_costs_no_bo
         a.kill()
 
 
-@pytest.mark.slow
 def test_a_peers_body_of_nils_is_refused_at_its_first_array(tmp_path: Path) -> None:
     """Item 2: a pinned peer's signed 15 MiB batch of nils is a 400 naming the element
     cap, nothing is stored, and the node answers others."""

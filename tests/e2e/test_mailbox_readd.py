@@ -15,7 +15,7 @@ import pytest
 
 from tests.e2e.harness import NodeProc, make_node, relay, wait_for
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture

@@ -87,12 +87,12 @@ def test_impostor_with_same_name_is_refused(
 def test_sent_while_receiver_down_arrive_once(pair: tuple[NodeProc, NodeProc]) -> None:
     a, b = pair
     # The default backoff ceiling doubles up to an hour: with B down for the
-    # ~10 s of sends, A's next try could fall after this test's wait. This
-    # test is about exactly-once delivery, so cap the backoff at 2 s.
+    # seconds the submits take, A's next try could fall after this test's wait.
+    # This test is about exactly-once delivery, so cap the backoff at 2 s.
     toml = a.dir / "node.toml"
     toml.write_text(toml.read_text() + '\n[federation]\nretry_min = "200ms"\nretry_max = "2s"\n')
     a.start()
-    ids = [a.send("alice", ["bob@b.test"], f"queued {i}") for i in range(20)]
+    ids = [a.submit("alice", ["bob@b.test"], f"queued {i}") for i in range(20)]
     for i in ids[:3]:
         assert a.status("alice", i)["recipients"]["bob@b.test"]["status"] == "queued"
     b.start()

@@ -280,7 +280,7 @@ def test_one_sender_per_destination_taken_over_after_sigkill(cluster: Cluster) -
     a1.start()
     a2.start()
     ids = [
-        (a1 if i % 2 else a2).send("alice", ["bob@b.test"], payload(i)) for i in range(20)
+        (a1 if i % 2 else a2).submit("alice", ["bob@b.test"], payload(i)) for i in range(20)
     ]  # b.test is down: the mail waits in A's queue
     holder = wait_for(
         lambda: cluster.holder_node("sender:b.test"), timeout=LEASE_WAIT_S, what="a sender lease"
@@ -296,7 +296,9 @@ def test_one_sender_per_destination_taken_over_after_sigkill(cluster: Cluster) -
 
     # B goes down, more mail queues through both workers, the sending worker dies
     assert b.stop() == 0
-    ids += [(a1 if i % 2 else a2).send("alice", ["bob@b.test"], payload(i)) for i in range(20, 40)]
+    ids += [
+        (a1 if i % 2 else a2).submit("alice", ["bob@b.test"], payload(i)) for i in range(20, 40)
+    ]
     assert holder.proc is not None
     holder.kill()
     killed = time.monotonic()

@@ -66,6 +66,7 @@ from relay.protocol.batch import (
     signed_parts,
 )
 from relay.protocol.outbound import (
+    DEFERRED,
     RETRY_AFTER_STATUSES,
     Answer,
     GiveUp,
@@ -91,7 +92,6 @@ BATCHES_IN_FLIGHT = 3
 
 MAX_RESPONSE = 16 * 1024 * 1024
 STORE_RETRY_S = 1.0  # pause after the store refused a sender's write
-DEFERRED = "left out of the peer's result with Retry-After (its mailbox is full)"
 
 
 @dataclass

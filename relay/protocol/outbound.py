@@ -51,6 +51,7 @@ SPLIT_STATUSES = frozenset({400, 413})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 MIN_WAIT_MS = 10
 MISSING = "missing from the peer's result"
+DEFERRED = "left out of the peer's result with Retry-After (its mailbox is full)"
 MAX_BATCH_RECEIPTS = MAX_BATCH_RECEIPT_ENTRIES // MAX_RECEIPT_ENTRIES
 
 

@@ -108,7 +108,8 @@ class EraseRows(Protocol):
     """The backend primitives EraseSteps is written in (both WriteTx implement them)."""
 
     async def strip_copies(self, rids: Sequence[int], now: int) -> Stripped:
-        """Mark `rids` erased at `now`, replace their inbox rows by tombstones, dequeue them."""
+        """Mark `rids` erased at `now`, replace their inbox rows by tombstones, dequeue them
+        and delete their delivery attempts."""
         ...
 
     async def erasure_records(

@@ -40,6 +40,7 @@ from relay.storage.erasure import (
 from relay.storage.records import (
     AgeBucket,
     AllowRecord,
+    Attempt,
     CertificateRecord,
     ContentDue,
     Counts,
@@ -127,6 +128,12 @@ class WriteTx(Protocol):
     async def defer(self, rids: Sequence[int], until: int, error: str) -> None:
         """Count one more failed attempt for each of `rids`, with its error, and keep
         them out of `queue_head` (given `now`) until `until` (unix ms)."""
+        ...
+
+    async def record_attempts(self, attempts: Sequence[Attempt]) -> None:
+        """Record each envelope's part in a delivery attempt (one statement for the
+        batch). An envelope whose outcome is in ATTEMPT_AGAIN then keeps only its
+        latest MAX_ATTEMPTS_KEPT attempts."""
         ...
 
     async def clear_deferred(self, hops: Sequence[str]) -> None:
@@ -288,7 +295,8 @@ class WriteTx(Protocol):
         ...
 
     async def delete_envelopes(self, rids: Sequence[int]) -> Deleted:
-        """Delete envelopes with their inbox and recipients rows; the counts."""
+        """Delete envelopes with their inbox, recipients and attempts rows; the counts
+        (attempts not counted)."""
         ...
 
     async def delete_decisions_due(self, cut: Cutoffs, limit: int) -> int:

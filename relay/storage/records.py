@@ -138,6 +138,36 @@ class AgeBucket:
     held: int
 
 
+# Outcomes of one envelope's part in a delivery attempt (the `attempts` table):
+# the peer's signed answer for it, or what became of the whole batch.
+ATTEMPT_OUTCOMES = frozenset(
+    {"accepted", "duplicate", "rejected", "deferred", "retry", "unreachable", "split"}
+)
+# Outcomes after which the envelope stays queued for another attempt.
+ATTEMPT_AGAIN = frozenset({"deferred", "retry", "unreachable", "split"})
+# Attempts kept per envelope: the latest ones (older rows go as new ones come).
+MAX_ATTEMPTS_KEPT = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One envelope's part in one delivery attempt to the next hop `hop`.
+
+    `code` is the peer's refusal code (rejected, or an HTTP refusal's code);
+    `error` what went wrong for retry, unreachable, deferred and split;
+    `batch_size` the envelopes the batch carried. Times are unix ms.
+    """
+
+    rid: int
+    hop: str
+    started: int
+    ended: int
+    outcome: str
+    code: str
+    error: str
+    batch_size: int
+
+
 @dataclass(frozen=True, slots=True)
 class PeerState:
     """A next hop's delivery and backoff state."""
@@ -435,3 +465,4 @@ class TraceRows:
     pending_receipts: tuple[TracedPendingReceipt, ...] = ()
     receipts: tuple[TracedReceipt, ...] = ()
     statements: tuple[TracedStatement, ...] = ()
+    attempts: tuple[Attempt, ...] = ()  # in the order they were made

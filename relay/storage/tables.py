@@ -6,6 +6,7 @@ TABLES = (
     "envelopes",
     "payloads",
     "queue",
+    "attempts",
     "inbox",
     "recipients",
     "pending_receipts",

@@ -14,6 +14,7 @@ from dataclasses import fields
 from typing import Any, TypeVar
 
 from relay.storage.records import (
+    Attempt,
     TracedEnvelope,
     TracedInbox,
     TracedPendingReceipt,
@@ -39,6 +40,10 @@ ENVELOPES = (
 RECIPIENTS = (
     "SELECT address, rid, mailbox, status, reason, at FROM recipients"
     " WHERE msg = :ident ORDER BY address"
+)
+ATTEMPTS = (
+    "SELECT rid, hop, started, ended, outcome, code, error, batch_size FROM attempts"
+    f" WHERE rid IN {RIDS} ORDER BY seq"
 )
 QUEUE = f"SELECT rid, hop, enqueued, attempts, last_error, held FROM queue WHERE rid IN {RIDS}"
 INBOX = f"SELECT rid, mailbox, delivered, acked FROM inbox WHERE rid IN {RIDS} ORDER BY seq"
@@ -88,6 +93,7 @@ def trace_rows(
     inbox: Sequence[Row],
     pending: Sequence[Row],
     receipts: Sequence[Row],
+    attempts: Sequence[Row] = (),
     statements: Sequence[Row] = (),
 ) -> TraceRows:
     """The rows of the queries above as records."""
@@ -99,4 +105,5 @@ def trace_rows(
         pending_receipts=_records(TracedPendingReceipt, pending),
         receipts=_records(TracedReceipt, receipts),
         statements=_records(TracedStatement, statements),
+        attempts=_records(Attempt, attempts),
     )

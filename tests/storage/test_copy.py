@@ -19,7 +19,7 @@ from relay.errors import BadRequest, Conflict, StoreError
 from relay.storage.backends import BACKENDS, Target, open_storage
 from relay.storage.copying import copy_storage, table_io
 from relay.storage.interface import DatabaseLocked, Storage, WriteTx
-from relay.storage.records import DecisionRecord, PeerState, PendingReceipt, Recipient
+from relay.storage.records import Attempt, DecisionRecord, PeerState, PendingReceipt, Recipient
 from relay.storage.transfer import DATA, check_tables
 from tests import pgserver
 from tests.conftest import require_postgres
@@ -64,6 +64,9 @@ async def fill(storage: Storage) -> dict[str, object]:
         )
         await tx.save_peer_state("far.test", PeerState(failures=2, next_try=T0 + 5, last_error="e"))
         await tx.ack_inbox("alice", [mail[0].header.id], T0)
+        await tx.record_attempts(
+            [Attempt(1, "far.test", T0, T0 + 3, "unreachable", "", "ConnectionRefused", 1)]
+        )
 
     await storage.write(job)
     return {"out": out, "rids": rids}
@@ -95,6 +98,9 @@ async def test_copy_carries_every_table_and_counts_it(ends: tuple[Target, Target
         assert await dst.idempotent_answer("carol", "key-1") == {"id": "ab"}
         assert (await dst.peer_state("far.test")).failures == 2
         assert len(await dst.decisions(None, None, 10)) == 1
+        assert (await dst.trace(head_before[0].id, 10)).attempts == (
+            Attempt(1, "far.test", T0, T0 + 3, "unreachable", "", "ConnectionRefused", 1),
+        )
         # new rows get keys past the copied ones: nothing collides
         later = envelope(payload=b"later", to=[f"alice@{HERE}"])
         rids = await put(dst, [new(later, mailboxes=["alice"])])

@@ -81,6 +81,7 @@ async def test_migration_6_counts_the_unread_bytes_already_there(tmp_path: Path)
     for table in ("erasures", "erasure_answers"):  # and 11's and 12's
         con.execute(f"DROP TABLE IF EXISTS {table}")
     con.execute("ALTER TABLE envelopes DROP COLUMN erased")
+    con.execute("DROP TABLE attempts")  # and 17's
     con.execute("DELETE FROM schema_version WHERE version >= 6")
     con.commit()
     con.close()

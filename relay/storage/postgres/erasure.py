@@ -72,6 +72,7 @@ class ErasureWrites(EraseSteps, PathSteps):
         ):
             mailboxes.setdefault(int(r["rid"]), []).append(str(r["mailbox"]))
         gone = await q.rows(db, "DELETE FROM queue WHERE rid = ANY(%s) RETURNING rid", (wanted,))
+        await db.execute("DELETE FROM attempts WHERE rid = ANY(%s)", (wanted,))
         await db.execute(
             "UPDATE envelopes SET erased = %s WHERE rid = ANY(%s) AND erased IS NULL",
             (now, wanted),

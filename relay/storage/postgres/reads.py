@@ -318,7 +318,14 @@ class PgReads(AuditReads, PathReads):
         named = {"ident": ident}
         found = [
             await self.fetchall(p.pyformat(query), named)
-            for query in (t.ENVELOPES, t.RECIPIENTS, t.QUEUE, t.INBOX, t.PENDING_RECEIPTS)
+            for query in (
+                t.ENVELOPES,
+                t.RECIPIENTS,
+                t.QUEUE,
+                t.INBOX,
+                t.PENDING_RECEIPTS,
+                t.ATTEMPTS,
+            )
         ]
         since = min((int(r["received"]) for r in found[0]), default=None)
         receipts = (
@@ -329,9 +336,9 @@ class PgReads(AuditReads, PathReads):
             )
         )
         statements = await self.fetchall(p.pyformat(t.STATEMENTS), named) if found[0] else []
-        envelopes, recipients, queue, inbox, pending = found
+        envelopes, recipients, queue, inbox, pending, attempts = found
         return trace_sql.trace_rows(
-            envelopes, recipients, queue, inbox, pending, receipts, statements
+            envelopes, recipients, queue, inbox, pending, receipts, attempts, statements
         )
 
     # --- erasure ---------------------------------------------------------------------

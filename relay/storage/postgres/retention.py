@@ -88,6 +88,8 @@ class RetentionWrites:
     async def delete_envelopes(self, rids: Sequence[int]) -> Deleted:
         counts = {"inbox": 0, "recipients": 0, "envelopes": 0}
         await self.connection.execute(unread.take("i.rid = ANY(%s)"), (list(rids),))
+        # an envelope's attempts go with it; the purge record does not count them
+        await self.connection.execute("DELETE FROM attempts WHERE rid = ANY(%s)", (list(rids),))
         for table in counts:  # envelopes last: the other two reference it
             counts[table] = await q.changed(
                 self.connection, f"DELETE FROM {table} WHERE rid = ANY(%s)", (list(rids),)

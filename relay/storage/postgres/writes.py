@@ -22,6 +22,7 @@ import msgpack
 
 from relay.errors import RelayError
 from relay.protocol.envelope import Envelope, header_digest
+from relay.storage import attempts as attempts_sql
 from relay.storage import rowmaps
 from relay.storage import unread_sql as unread
 from relay.storage.audit import AuditWrites, decision_events, purge_event, stored_events
@@ -29,7 +30,10 @@ from relay.storage.postgres import sql as q
 from relay.storage.postgres.erasure import ErasureWrites
 from relay.storage.postgres.retention import RetentionWrites
 from relay.storage.records import (
+    ATTEMPT_AGAIN,
     FINAL_STATUSES,
+    MAX_ATTEMPTS_KEPT,
+    Attempt,
     CertificateRecord,
     Counts,
     DecisionRecord,
@@ -206,6 +210,22 @@ class PgWriteTx(AuditWrites, ErasureWrites, RetentionWrites):
                 "UPDATE queue SET attempts = attempts + 1, last_error = %s, not_before = %s"
                 " WHERE rid = ANY(%s)",
                 (error, until, list(rids)),
+            )
+
+    async def record_attempts(self, attempts: Sequence[Attempt]) -> None:
+        if not attempts:
+            return
+        columns = list(zip(*(attempts_sql.row(a) for a in attempts), strict=True))
+        await self.connection.execute(
+            f"INSERT INTO attempts ({attempts_sql.COLUMNS}) SELECT * FROM unnest("
+            "%s::bigint[], %s::text[], %s::bigint[], %s::bigint[], %s::text[], %s::text[],"
+            " %s::text[], %s::int[])",
+            [list(c) for c in columns],
+        )
+        again = sorted({a.rid for a in attempts if a.outcome in ATTEMPT_AGAIN})
+        if again:
+            await self.connection.execute(
+                attempts_sql.trim("= ANY(%s)", "%s"), (again, MAX_ATTEMPTS_KEPT)
             )
 
     async def clear_deferred(self, hops: Sequence[str]) -> None:

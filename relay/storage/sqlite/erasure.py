@@ -80,6 +80,7 @@ class ErasureWrites(EraseSteps, PathSteps):
             await db.execute(unread.take(f"i.rid IN ({m})"), chunk)
             await db.execute(f"DELETE FROM inbox WHERE rid IN ({m})", chunk)
             await db.execute(f"DELETE FROM queue WHERE rid IN ({m})", chunk)
+            await db.execute(f"DELETE FROM attempts WHERE rid IN ({m})", chunk)
             await db.execute(
                 f"UPDATE envelopes SET erased = ? WHERE rid IN ({m}) AND erased IS NULL",
                 (now, *chunk),

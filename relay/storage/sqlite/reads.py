@@ -302,7 +302,14 @@ class SqliteReads(AuditReads, PathReads):
         named = {"ident": ident}
         found = [
             await self.fetchall(query, named)
-            for query in (t.ENVELOPES, t.RECIPIENTS, t.QUEUE, t.INBOX, t.PENDING_RECEIPTS)
+            for query in (
+                t.ENVELOPES,
+                t.RECIPIENTS,
+                t.QUEUE,
+                t.INBOX,
+                t.PENDING_RECEIPTS,
+                t.ATTEMPTS,
+            )
         ]
         since = min((int(r["received"]) for r in found[0]), default=None)
         receipts = (
@@ -311,9 +318,9 @@ class SqliteReads(AuditReads, PathReads):
             else await self.fetchall(t.RECEIPTS, {"since": since, "limit": receipt_limit})
         )
         statements = await self.fetchall(t.STATEMENTS, named) if found[0] else []
-        envelopes, recipients, queue, inbox, pending = found
+        envelopes, recipients, queue, inbox, pending, attempts = found
         return trace_sql.trace_rows(
-            envelopes, recipients, queue, inbox, pending, receipts, statements
+            envelopes, recipients, queue, inbox, pending, receipts, attempts, statements
         )
 
     # --- erasure ---------------------------------------------------------------------

@@ -97,6 +97,10 @@ class RetentionWrites:
         counts = {"inbox": 0, "recipients": 0, "envelopes": 0}
         for chunk in q.chunks(list(rids)):
             await self.connection.execute(unread.take(f"i.rid IN ({q.marks(chunk)})"), chunk)
+            # an envelope's attempts go with it; the purge record does not count them
+            await self.connection.execute(
+                f"DELETE FROM attempts WHERE rid IN ({q.marks(chunk)})", chunk
+            )
             for table in counts:  # envelopes last: the other two reference it
                 counts[table] += await q.changed(
                     self.connection, f"DELETE FROM {table} WHERE rid IN ({q.marks(chunk)})", chunk

@@ -20,10 +20,14 @@ import msgpack
 
 from relay.errors import RelayError
 from relay.protocol.envelope import Envelope, header_digest
+from relay.storage import attempts as attempts_sql
 from relay.storage import unread_sql as unread
 from relay.storage.audit import AuditWrites, decision_events, purge_event, stored_events
 from relay.storage.records import (
+    ATTEMPT_AGAIN,
     FINAL_STATUSES,
+    MAX_ATTEMPTS_KEPT,
+    Attempt,
     CertificateRecord,
     Counts,
     DecisionRecord,
@@ -199,6 +203,18 @@ class SqliteWriteTx(AuditWrites, ErasureWrites, RetentionWrites):
             " WHERE rid = ?",
             [(error, until, r) for r in rids],
         )
+
+    async def record_attempts(self, attempts: Sequence[Attempt]) -> None:
+        await q.many(
+            self.connection,
+            f"INSERT INTO attempts ({attempts_sql.COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+            [attempts_sql.row(a) for a in attempts],
+        )
+        again = sorted({a.rid for a in attempts if a.outcome in ATTEMPT_AGAIN})
+        for chunk in q.chunks(again):
+            await self.connection.execute(
+                attempts_sql.trim(f"IN ({q.marks(chunk)})", "?"), (*chunk, MAX_ATTEMPTS_KEPT)
+            )
 
     async def clear_deferred(self, hops: Sequence[str]) -> None:
         await q.many(

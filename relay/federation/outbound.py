@@ -54,6 +54,7 @@ from relay.node.state import NodeState
 from relay.policy.residency import Decision, check_forward
 from relay.policy.trust import TrustedNode
 from relay.protocol import httpsig
+from relay.protocol.attempt import outcomes as attempt_outcomes
 from relay.protocol.audit import TREE_HEAD_HEADER, TREE_PROOF_HEADER, tree_head_header
 from relay.protocol.batch import (
     DELIVERY_HEADER,
@@ -82,7 +83,7 @@ from relay.protocol.outbound import (
 from relay.protocol.outbound import Decision as Outcome
 from relay.storage.audit import AuditEvent, delivered_event, forwarded_event, result_event
 from relay.storage.interface import WriteTx
-from relay.storage.records import DecisionRecord, PeerState, Queued, StatusUpdate
+from relay.storage.records import Attempt, DecisionRecord, PeerState, Queued, StatusUpdate
 
 log = logging.getLogger("relay.federation.out")
 
@@ -457,9 +458,10 @@ class Sender:
             and answer.status in RETRY_AFTER_STATUSES
             and answer.retry_after is not None
         )
+        tried = self._attempts(items, answer, outcome, started)
         if isinstance(outcome, Settle) and isinstance(answer, SignedResult):
             stated = await st.store.write(
-                lambda tx: self._settle(tx, items, outcome, before, answer, batch_id)
+                lambda tx: self._settle(tx, items, outcome, before, answer, batch_id, tried)
             )
             st.metrics.delivered(self.hop, items, answer.results, st.now_ms(), self._audits)
             counts: dict[str, int] = {}
@@ -486,6 +488,7 @@ class Sender:
         if isinstance(outcome, Split | GiveUp | Retry) and outcome.reread_limits:
             await self.learn_limits()
         if isinstance(outcome, Split):
+            await st.store.write(lambda tx: tx.record_attempts(tried))
             st.metrics.attempt(self.hop, "split")
             self._warn(
                 "split",
@@ -499,7 +502,7 @@ class Sender:
             return outcome
         if isinstance(outcome, GiveUp):
             it = outcome.item
-            await st.store.write(lambda tx: self._reject_one(tx, it, outcome.code))
+            await st.store.write(lambda tx: self._reject_one(tx, it, outcome.code, tried))
             st.metrics.attempt(self.hop, "rejected")
             self._warn(
                 "rejected",
@@ -512,8 +515,18 @@ class Sender:
             )
             return outcome
         if isinstance(outcome, Retry):
-            await self._fail(items, outcome, before, batch_id, delay)
+            await self._fail(items, outcome, before, batch_id, delay, tried)
         return outcome
+
+    def _attempts(
+        self, items: Sequence[Queued], answer: Answer, decision: Outcome[Queued], started: int
+    ) -> list[Attempt]:
+        """The `attempts` rows of this answer, one per envelope of the batch."""
+        ended, size = self.state.now_ms(), len(items)
+        return [
+            Attempt(o.item.rid, self.hop, started, ended, o.outcome, o.code, o.error, size)
+            for o in attempt_outcomes(items, answer, decision)
+        ]
 
     def _warn(
         self, outcome: str, batch_id: bytes, envelopes: int, delay: int, **fields: Any
@@ -532,7 +545,10 @@ class Sender:
             bytes=self.body_bytes,
         )
 
-    async def _reject_one(self, tx: WriteTx, it: Queued, code: str) -> None:
+    async def _reject_one(
+        self, tx: WriteTx, it: Queued, code: str, tried: Sequence[Attempt]
+    ) -> None:
+        await tx.record_attempts(tried)
         ending = Ending(it, "rejected", code, "refused by the next hop")
         await end_queued(tx, self.state.name, [ending], self.state.now_ms(), by="sender")
 
@@ -543,6 +559,7 @@ class Sender:
         before: PeerState,
         batch_id: bytes,
         delay: int,
+        tried: Sequence[Attempt],
     ) -> None:
         st = self.state
         error = retry.error
@@ -552,6 +569,7 @@ class Sender:
         async def job(tx: WriteTx) -> None:
             await tx.save_peer_state(self.hop, after)
             await tx.note_attempt([it.rid for it in items], error)
+            await tx.record_attempts(tried)
 
         await st.store.write(job)
         st.metrics.attempt(self.hop, "retry")
@@ -574,6 +592,7 @@ class Sender:
         before: PeerState,
         answer: SignedResult,
         batch_id: bytes,
+        tried: Sequence[Attempt],
     ) -> int:
         """Record a settled batch; return how many of this node's messages the
         peer's signed result stated as delivered (delivery-v1)."""
@@ -608,6 +627,7 @@ class Sender:
         await tx.set_status(sent, now)
         await end_queued(tx, st.name, refused, now, by="peer")
         await tx.dequeue(done)
+        await tx.record_attempts(tried)
         taken = set(done)
         await tx.append_audit(self._forwarded([it for it in items if it.rid in taken], now))
         if direct and answer.delivered is not None:

@@ -34,9 +34,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the life of one message at this node, from its database",
         description=(
             "Print what this node's database holds about one message: submitted or"
-            " received, residency decisions with their rules, the queue (hop, attempts,"
-            " last error), receipts written and received, recipients' statuses, inbox"
-            " delivery and reading. Safe while the node runs."
+            " received, residency decisions with their rules, the queue, each delivery"
+            " attempt with its next hop and outcome, receipts written and received,"
+            " recipients' statuses, inbox delivery and reading, erasure. Safe while the"
+            " node runs."
         ),
     )
     p.add_argument("dir", type=Path, metavar="DIR", help="node directory (or its node.toml)")

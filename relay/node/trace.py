@@ -8,9 +8,12 @@ Invariants:
   §22). No log file is read.
 - Each event has a time, a short name a script can match, and one line of
   text; the timeline is in time order, ties in the order things happen.
-- What the database does not keep is said, not guessed: the queue holds an
-  attempt count and the last error, not each attempt; a purge keeps counts,
-  not ids (so a purged message looks like one never seen).
+- Each delivery attempt is listed with its next hop and outcome (the
+  `attempts` table); an envelope keeps its latest MAX_ATTEMPTS_KEPT, so a
+  long outage shows the queue's attempt count beside fewer attempt lines.
+- What the database does not keep is said, not guessed: a purge keeps counts,
+  not ids (so a purged message looks like one never seen), and an erasure
+  takes the attempts of what it erased with it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from relay.errors import MalformedError
 from relay.protocol.audit import decode_entry
 from relay.protocol.receipt import decode_receipt
 from relay.storage.erasure import Erasure
-from relay.storage.records import AllowRecord, DecisionRecord, TraceRows
+from relay.storage.records import (
+    AllowRecord,
+    Attempt,
+    DecisionRecord,
+    TracedEnvelope,
+    TraceRows,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +40,7 @@ class Event:
     """One step in a message's life at this node."""
 
     at: int  # ms since the epoch; 0 when the database keeps no time for it
-    what: str  # submitted, received, decision, queued, receipt_*, status, inbox_*, ...
+    what: str  # submitted, received, decision, queued, attempt, receipt_*, status, inbox_*, ...
     text: str
     envelope: str = ""  # hex id of the envelope it concerns
 
@@ -44,16 +53,17 @@ _ORDER = {
     "received": 0,
     "decision": 1,
     "queued": 2,
-    "inbox_delivered": 3,
-    "receipt_owed": 4,
-    "receipt_written": 5,
-    "receipt_received": 5,
-    "delivery_stated": 5,
-    "status": 6,
-    "inbox_read": 7,
-    "erased": 8,
-    "erasure_held": 8,
-    "content_removed": 9,
+    "attempt": 3,
+    "inbox_delivered": 4,
+    "receipt_owed": 5,
+    "receipt_written": 6,
+    "receipt_received": 6,
+    "delivery_stated": 6,
+    "status": 7,
+    "inbox_read": 8,
+    "erased": 9,
+    "erasure_held": 9,
+    "content_removed": 10,
 }
 
 
@@ -127,6 +137,9 @@ def timeline(
                 env.id.hex() if env else "",
             )
         )
+    events.extend(
+        Event(a.started, "attempt", attempt_text(a), _hex(by_rid.get(a.rid))) for a in rows.attempts
+    )
     for rc in rows.recipients:
         env = by_rid.get(rc.rid)
         reason = f" ({rc.reason})" if rc.reason else ""
@@ -209,6 +222,18 @@ def timeline(
     ]
     events.sort(key=lambda ev: (ev.at == 0, ev.at, _ORDER.get(ev.what, 9)))
     return events
+
+
+def attempt_text(a: Attempt) -> str:
+    """One attempt as a line: the hop, the outcome with its code or error, the batch."""
+    code = f" {a.code}" if a.code else ""
+    error = f": {a.error}" if a.error else ""
+    took = max(a.ended - a.started, 0)
+    return f"to {a.hop}: {a.outcome}{code}{error} (batch of {a.batch_size}, {took} ms)"
+
+
+def _hex(env: TracedEnvelope | None) -> str:
+    return env.id.hex() if env is not None else ""
 
 
 def _iso(ms: int) -> str:

@@ -9,6 +9,7 @@ from relay.storage.audit import delivered_event, receipt_event
 from relay.storage.erasure import Erasure
 from relay.storage.records import (
     AllowRecord,
+    Attempt,
     DecisionRecord,
     TracedEnvelope,
     TracedInbox,
@@ -125,3 +126,28 @@ def test_origin_shows_a_delivery_stated_by_the_destinations_signed_result() -> N
         ("delivery_stated", f"b.test's signed batch result {'bb' * 16}: delivered in RU"),
         ("status", "bob@b.test: delivered"),
     ]
+
+
+def test_each_attempt_is_listed_with_its_hop_and_outcome_in_time_order() -> None:
+    error = "ClientConnectorError: Cannot connect to host 127.0.0.1:9"
+    rows = TraceRows(
+        envelopes=(env(),),
+        recipients=(TracedRecipient("bob@b.test", 1, "alice", "sent", "", T + 90),),
+        attempts=(
+            Attempt(1, "b.test", T + 10, T + 13, "unreachable", "", error, 3),
+            Attempt(1, "b.test", T + 40, T + 45, "retry", "busy", "HTTP 503 busy: later", 3),
+            Attempt(1, "b.test", T + 80, T + 92, "accepted", "", "", 1),
+            Attempt(9, "c.test", T + 81, T + 80, "rejected", "residency", "", 1),  # no envelope
+        ),
+    )
+    events = timeline("a.test", rows, [], [])
+    assert texts(events) == [
+        ("submitted", "submitted by alice@a.test for b.test: 12 bytes, residency RU"),
+        ("attempt", f"to b.test: unreachable: {error} (batch of 3, 3 ms)"),
+        ("attempt", "to b.test: retry busy: HTTP 503 busy: later (batch of 3, 5 ms)"),
+        ("attempt", "to b.test: accepted (batch of 1, 12 ms)"),
+        ("attempt", "to c.test: rejected residency (batch of 1, 0 ms)"),
+        ("status", "bob@b.test: sent"),
+    ]
+    assert [e.at for e in events if e.what == "attempt"] == [T + 10, T + 40, T + 80, T + 81]
+    assert [e.envelope for e in events if e.what == "attempt"] == [MSG.hex()] * 3 + [""]

@@ -113,31 +113,54 @@ class NodeProc:
             del args[i : i + 2]
         relay("peer", "add", self.dir, *args)
 
-    def start(self) -> None:
+    def start(self, *args: str, timeout: float = TIMEOUT) -> None:
+        """`relay run DIR ARGS...` (e.g. `--workers 2`), then wait_ready."""
+        since = self.log_size()
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "run", str(self.dir)],
+            [sys.executable, "-m", "relay", "run", str(self.dir), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         log.close()
-        self.wait_ready()
+        self.wait_ready(since, timeout)
 
-    def wait_ready(self, timeout: float = TIMEOUT) -> None:
+    def log_size(self) -> int:
+        """Bytes in the node's log so far (0 before the first start)."""
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def wait_ready(self, since: int, timeout: float = TIMEOUT) -> None:
+        """Until /readyz answers 200 and the log past byte `since` holds `node_started`.
+
+        /readyz answers before the node has finished starting; `node_started`
+        is logged last, so from then on a signal (SIGHUP, SIGTERM) finds the
+        node's handlers and its admin socket serving.
+        """
         deadline = time.monotonic() + timeout
+        ready = False
         while time.monotonic() < deadline:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited {self.proc.returncode}:\n{self.logs()}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
+            if not ready:
+                try:
+                    with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as r:
+                        ready = r.status == 200
+                except (urllib.error.URLError, OSError):
+                    pass
+            if ready and self._logged_since(since, b"node_started"):
+                return
             time.sleep(0.05)
-        raise AssertionError(f"{self.name} not ready after {timeout}s:\n{self.logs()}")
+        raise AssertionError(f"{self.name} not started after {timeout}s:\n{self.logs()}")
+
+    def _logged_since(self, since: int, word: bytes) -> bool:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(since)
+                return word in f.read()
+        except FileNotFoundError:
+            return False
 
     def stop(self) -> int:
         if self.proc is None:

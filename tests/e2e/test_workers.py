@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -42,14 +41,9 @@ def use_storage(node: NodeProc, url: str, metrics_port: int = 0) -> None:
 
 
 def start(node: NodeProc, workers: int) -> subprocess.Popen[bytes]:
-    log = open(node.log_path, "ab")  # noqa: SIM115 - handed to the child
-    node.proc = subprocess.Popen(
-        [sys.executable, "-m", "relay", "run", str(node.dir), "--workers", str(workers)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    log.close()
+    """`relay run DIR --workers N`, once a worker has started."""
+    node.start("--workers", str(workers), timeout=60)
+    assert node.proc is not None
     return node.proc
 
 
@@ -94,7 +88,6 @@ def pg_node(tmp_path: Path, pg_url: str) -> Any:
 def test_two_workers_share_the_port_and_the_node(pg_node: NodeProc) -> None:
     node = pg_node
     start(node, 2)
-    node.wait_ready(timeout=60)
     wait_for(lambda: all_running(node, 2), timeout=60, what="both workers up")
     seen = set()
     for _ in range(400):  # the kernel hands connections to whichever worker accepts first
@@ -229,7 +222,6 @@ def test_one_worker_is_todays_node(tmp_path: Path) -> None:
     node = NodeProc(tmp_path / "msk", "msk.example.ru", "RU", free_port())
     node.init()
     proc = start(node, 1)
-    node.wait_ready()
     with urllib.request.urlopen(f"{node.url}/.well-known/relay", timeout=10) as r:
         assert "Relay-Worker" not in r.headers
         assert json.load(r)["name"] == "msk.example.ru"

@@ -24,8 +24,6 @@ import random
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -564,16 +562,10 @@ def test_stream_survives_kills_under_relay_run_workers(cluster: Cluster) -> None
     a, b = cluster.a1, cluster.b
     rng = random.Random(int.from_bytes(os.urandom(4), "big"))
     b.start()
-    with open(a.log_path, "ab") as log:
-        supervisor = subprocess.Popen(
-            [sys.executable, "-m", "relay", "run", str(a.dir), "--workers", "2"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    a.proc = supervisor
+    a.start("--workers", "2", timeout=60)
+    assert a.proc is not None
+    supervisor = a.proc
     try:
-        a.wait_ready(timeout=60)
         sub = Submitter([a], a.tokens["alice"], MESSAGES)
         phases = 2 * KILLS + 1
         sub.allowed = MESSAGES // phases

@@ -151,19 +151,22 @@ class NetNode(NodeProc):
         assert lines, f"init printed no peer line: {out.stdout!r}"
         self.peer_line = lines[-1].strip()
 
-    def start(self) -> None:
+    def start(self, *args: str, timeout: float = 30) -> None:
         assert self.ns, f"{self.name} has no namespace"
         before = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, sys.executable, "-m", "relay", "run", str(self.dir)],
+            [
+                *("ip", "netns", "exec", self.ns),
+                *(sys.executable, "-m", "relay", "run", str(self.dir), *args),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=REPO,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         log.close()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited {self.proc.returncode}:\n{self.logs()}")

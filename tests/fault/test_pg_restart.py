@@ -13,9 +13,6 @@ client of a 503 should, so a commit whose answer was lost is not sent twice.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -51,14 +48,7 @@ def cluster() -> Iterator[Cluster]:
 
 def start(node: NodeProc, workers: int) -> None:
     """`relay run DIR --workers N`, as NodeProc.start runs `relay run DIR`."""
-    with open(node.log_path, "ab") as log:
-        node.proc = subprocess.Popen(
-            [sys.executable, "-m", "relay", "run", str(node.dir), "--workers", str(workers)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    node.wait_ready()
+    node.start("--workers", str(workers))
 
 
 def on_postgres(node: NodeProc, url: str) -> None:

@@ -11,10 +11,7 @@ b.test), and every message reaches B exactly once and is `delivered` at A.
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -51,16 +48,10 @@ def test_database_gone_past_the_leases_under_two_workers(tmp_path: Path, cluster
     token = a.tokens["alice"]
     on_postgres(a, url)
     b.start()
-    with open(a.log_path, "ab") as log:
-        supervisor = subprocess.Popen(
-            [sys.executable, "-m", "relay", "run", str(a.dir), "--workers", "2"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    a.proc = supervisor
+    a.start("--workers", "2", timeout=60)
+    assert a.proc is not None
+    supervisor = a.proc
     try:
-        a.wait_ready(timeout=60)
         wait_for(lambda: len(worker_pids(a)) == 2, timeout=60, what="both workers up")
         stream = Stream(a, token)
         stream.thread.start()

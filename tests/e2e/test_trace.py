@@ -81,6 +81,7 @@ def test_trace_lists_a_failed_attempt_then_the_delivery(
     m = a.send("alice", ["bob@b.test"], "first try fails")
     wait_for(lambda: "attempt" in events(a, m), what="a's first attempt in its database")
     b.start()
+    relay("queue", "retry", a.dir, "--dest", "b.test")  # no waiting out a's backoff
     wait_for(
         lambda: a.status("alice", m)["recipients"]["bob@b.test"]["status"] == "delivered",
         what="the delivery once b is up",
@@ -134,6 +135,8 @@ def test_trace_shows_the_queue_and_a_refusal(nodes: tuple[NodeProc, NodeProc]) -
 
     refused = a.send("alice", ["nobody@b.test"], "no such mailbox")
     b.start()
+    # a's backoff has grown while b was down (up to 2^n s): end it, as an admin would
+    relay("queue", "retry", a.dir, "--dest", "b.test")
     wait_for(
         lambda: a.status("alice", refused)["recipients"]["nobody@b.test"]["status"] == "rejected",
         what="the rejection at a",

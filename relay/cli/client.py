@@ -76,7 +76,14 @@ def _common(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("send", help="send a message; prints its id")
     _common(p)
-    p.add_argument("--to", nargs="+", required=True, metavar="ADDR", help="recipient addresses")
+    p.add_argument(
+        "--to",
+        nargs="+",
+        action="extend",
+        required=True,
+        metavar="ADDR",
+        help="recipient addresses (--to A B, or --to A --to B)",
+    )
     p.add_argument("--residency", help="comma-separated country codes or groups, e.g. RU,KZ")
     p.add_argument("--text", help="message text (read from stdin when absent)")
     p.add_argument("--ctype", help="content type of the payload")

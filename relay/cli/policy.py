@@ -66,7 +66,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("dir", type=Path, metavar="DIR", help="node directory (or its node.toml)")
     p.add_argument("--from", dest="sender", required=True, metavar="MAILBOX", help="sender")
-    p.add_argument("--to", nargs="+", required=True, metavar="ADDR", help="recipients")
+    p.add_argument(
+        "--to",
+        nargs="+",
+        action="extend",
+        required=True,
+        metavar="ADDR",
+        help="recipients (--to A B, or --to A --to B)",
+    )
     p.add_argument("--residency", help="comma-separated country codes or groups, e.g. RU,KZ")
     p.add_argument("--ctype", default=TEXT_CTYPE, help="content type (default text/plain)")
     p.add_argument("--json", action="store_true", help="print the explanation as JSON")

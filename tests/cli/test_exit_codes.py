@@ -216,3 +216,16 @@ def test_check_of_a_file_that_is_not_node_toml_says_what_to_give(
     code, err = _run(["check", str(key)], capsys)
     assert code == 2
     assert err == f"{key}: not TOML, so not a node.toml; give the node directory or its node.toml\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["send", "--node", "http://127.0.0.1:1", "--to", "a@x.test", "b@x.test"],
+        ["send", "--node", "http://127.0.0.1:1", "--to", "a@x.test", "--to", "b@x.test"],
+        ["rules", "explain", "n", "--from", "alice", "--to", "a@x.test", "--to", "b@x.test"],
+    ],
+)
+def test_every_recipient_given_is_kept_whichever_way_it_is_written(argv: list[str]) -> None:
+    # a repeated --to used to keep only the last one, silently dropping recipients
+    assert cli.build_parser().parse_args(argv).to == ["a@x.test", "b@x.test"]

@@ -14,8 +14,11 @@ import sys
 from pathlib import Path
 
 from relay.config.files import load_config
+from relay.config.keyops import wall_ms
 from relay.config.sealkeys import load_seal_key
-from relay.config.sealops import SealChange, seal_init, seal_revoke, seal_rotate
+from relay.config.sealops import SealChange, expired, seal_init, seal_revoke, seal_rotate
+from relay.config.values import parse_duration_ms
+from relay.node.sealer import iso_ms
 from relay.protocol.sealing import SUITES
 
 PEER_DIR_PLACEHOLDER = "YOUR_NODE_DIR"
@@ -37,6 +40,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
             "--suite", choices=SUITES, default=SUITES[0], help="default: %(default)s (hybrid PQ)"
         )
         p.set_defaults(func=func)
+        if action == "rotate":
+            p.add_argument(
+                "--grace",
+                type=_duration,
+                metavar="DURATION",
+                help="how long the old seal key still opens mail, e.g. 10d (default: twice "
+                "queue_lifetime, as for signing keys; never shorter than queue_lifetime)",
+            )
     p = seal.add_parser("show", help="print the current seal key string")
     _dir(p)
     p.add_argument("--json", action="store_true", help="every seal key and its state, as JSON")
@@ -49,6 +60,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", type=Path, metavar="DIR", help="node directory (or its node.toml)")
+
+
+def _duration(text: str) -> int:
+    try:
+        return parse_duration_ms(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _say(message: str) -> None:
@@ -73,12 +91,15 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    change = seal_rotate(args.dir, args.suite)
+    change = seal_rotate(args.dir, args.suite, now_ms=wall_ms(), grace_ms=args.grace)
     old = (change.old or "")[: change.old.index(":") + 9] if change.old else ""
+    for file in change.dropped:
+        _say(f"removed {file}: a retired seal key past its valid_until")
+    until = iso_ms(change.valid_until_ms or 0)
     return _tell(
         change,
-        f"new seal key {change.current.public.key_id}; {old}... is retired and still opens mail"
-        " sealed to it (revoke it after peers moved on and the queue lifetime passed)",
+        f"new seal key {change.current.public.key_id}; {old}... is retired and opens mail"
+        f" sealed to it until {until}, then nothing (peers must pin the new key before then)",
     )
 
 
@@ -94,13 +115,29 @@ def cmd_show(args: argparse.Namespace) -> int:
         _say(f"relay: {config.path} has no seal_key_file; `relay seal init` makes one")
         return 1
     current = load_seal_key(node.seal_key_file)
+    now = wall_ms()
+    keys: list[dict[str, object]] = [
+        {"key_id": current.public.key_id, "key": current.public.string, "state": "current"}
+    ]
+    for retired in node.retired_seal_keys:
+        k = load_seal_key(retired.file)
+        until = retired.valid_until_ms
+        entry: dict[str, object] = {
+            "key_id": k.public.key_id,
+            "key": k.public.string,
+            "state": "expired" if expired(retired, now) else "retired",
+        }
+        if until is not None:
+            entry["valid_until"] = until
+        keys.append(entry)
     if not args.json:
         print(current.public.string)
+        for entry in keys[1:]:
+            when = entry.get("valid_until")
+            when = f"until {iso_ms(when)}" if isinstance(when, int) else "until revoked"
+            verb = "opened mail" if entry["state"] == "expired" else "opens mail"
+            _say(f"{entry['state']} seal key {entry['key_id']}: {verb} {when}")
         return 0
-    keys = [{"key_id": current.public.key_id, "key": current.public.string, "state": "current"}]
-    for path in node.retired_seal_key_files:
-        k = load_seal_key(path)
-        keys.append({"key_id": k.public.key_id, "key": k.public.string, "state": "retired"})
     keys += [{"key": k, "state": "revoked"} for k in node.revoked_seal_keys]
     print(json.dumps({"name": node.name, "seal_keys": keys}))
     return 0

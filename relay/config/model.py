@@ -24,6 +24,15 @@ class RetiredKey:
 
 
 @dataclass(frozen=True, slots=True)
+class RetiredSealKey:
+    """One `[node] retired_seal_key_files` entry: a former seal key's private key file,
+    which opens mail sealed to it until `valid_until` (None: until it is revoked)."""
+
+    file: Path
+    valid_until_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """The `[node]` table."""
 
@@ -44,10 +53,10 @@ class NodeConfig:
     tls_key: Path | None = None
     ca_file: Path | None = None  # outbound HTTPS trusts only these CAs; None: the system's
     # Sealed payloads (docs/sealing.md): the current seal key, published and
-    # pinned by peers; retired ones still open mail sealed to them; revoked
-    # seal keys (key strings) open nothing.
+    # pinned by peers; retired ones still open mail sealed to them until their
+    # valid_until; revoked seal keys (key strings) open nothing.
     seal_key_file: Path | None = None
-    retired_seal_key_files: tuple[Path, ...] = ()
+    retired_seal_keys: tuple[RetiredSealKey, ...] = ()
     revoked_seal_keys: tuple[str, ...] = ()
 
     @property

@@ -38,6 +38,7 @@ from relay.config.model import (
     RelayConfig,
     RetentionConfig,
     RetiredKey,
+    RetiredSealKey,
     Route,
     StorageConfig,
     TrustConfig,
@@ -293,18 +294,26 @@ class _Parser(_PolicyTables):
             tls_key=tls_files["tls_key"],
             ca_file=tls_files["ca_file"],
             seal_key_file=seal_file,
-            retired_seal_key_files=retired_seal,
+            retired_seal_keys=retired_seal,
             revoked_seal_keys=revoked_seal,
         )
 
-    def seal_keys(self, t: _Table) -> tuple[Path | None, tuple[Path, ...], tuple[str, ...]]:
-        """`[node] seal_key_file`, `retired_seal_key_files`, `revoked_seal_keys`."""
+    def seal_keys(
+        self, t: _Table
+    ) -> tuple[Path | None, tuple[RetiredSealKey, ...], tuple[str, ...]]:
+        """`[node] seal_key_file`, `retired_seal_key_files`, `revoked_seal_keys`.
+
+        A retired entry is `{file = ..., valid_until = ...}` (what `relay seal
+        rotate` writes) or a bare path: a key retired before seal keys had a
+        grace period, which opens until it is revoked.
+        """
         value = t.string("seal_key_file")
         current = None if value is None else self.resolve(value)
-        retired = tuple(self.resolve(v) for v in t.strings("retired_seal_key_files") or [])
-        if current is not None and current in retired:
+        retired = self.retired_seal_keys(t)
+        files = [r.file for r in retired]
+        if current is not None and current in files:
             t.error("retired_seal_key_files", f"{current} is also the seal_key_file")
-        if len(set(retired)) != len(retired):
+        if len(set(files)) != len(files):
             t.error("retired_seal_key_files", "a file is listed twice")
         revoked = t.strings("revoked_seal_keys") or []
         for key in revoked:
@@ -315,8 +324,36 @@ class _Parser(_PolicyTables):
         if current is not None:
             self.checks.append(SealKeyFileCheck("seal_key_file", (current,), tuple(revoked)))
         if retired:
-            self.checks.append(SealKeyFileCheck("retired_seal_key_files", retired, tuple(revoked)))
+            self.checks.append(
+                SealKeyFileCheck("retired_seal_key_files", tuple(files), tuple(revoked))
+            )
         return current, retired, tuple(revoked)
+
+    def retired_seal_keys(self, t: _Table) -> tuple[RetiredSealKey, ...]:
+        """`[node] retired_seal_key_files`: paths or `{file, valid_until}` tables."""
+        out: list[RetiredSealKey] = []
+        for i, entry in enumerate(t.raw("retired_seal_key_files", list) or []):
+            where = f"retired_seal_key_files[{i}]"
+            if isinstance(entry, str):
+                out.append(RetiredSealKey(self.resolve(entry)))
+                continue
+            if not isinstance(entry, dict):
+                t.error(
+                    "retired_seal_key_files",
+                    f"{where}: expected {{file = ..., valid_until = ...}} or a path",
+                )
+                continue
+            if extra := sorted(set(entry) - {"file", "valid_until"}):
+                t.error("retired_seal_key_files", f"{where}: unknown key {extra[0]!r}")
+                continue
+            file, until = entry.get("file"), entry.get("valid_until")
+            if not isinstance(file, str) or not file:
+                t.error("retired_seal_key_files", f"{where}: file: expected a path string")
+                continue
+            if (until_ms := _valid_until_ms(t, "retired_seal_key_files", where, until)) is None:
+                continue
+            out.append(RetiredSealKey(self.resolve(file), until_ms))
+        return tuple(out)
 
     def node_keys(
         self, t: _Table, key_file: Path | None
@@ -356,15 +393,10 @@ class _Parser(_PolicyTables):
             if fault is not None:
                 t.error("retired_keys", f"{where}: {fault}")
                 continue
-            if not isinstance(until, datetime.datetime) or until.utcoffset() is None:
-                t.error(
-                    "retired_keys",
-                    f"{where}: valid_until: expected a date-time with a UTC offset, "
-                    "such as 2030-01-31T12:00:00Z",
-                )
+            if (until_ms := _valid_until_ms(t, "retired_keys", where, until)) is None:
                 continue
             seen[key_id(retired_key)] = where
-            retired.append(RetiredKey(retired_key, int(until.timestamp() * 1000)))
+            retired.append(RetiredKey(retired_key, until_ms))
         if key_file is not None:
             places = tuple(zip(seen.values(), (r.key for r in retired), strict=True))
             self.checks.append(KeyFileCheck(key_file, tuple(revoked), places))
@@ -636,3 +668,16 @@ class _Parser(_PolicyTables):
             if name is not None and token is not None:
                 mailboxes.append(Mailbox(name, token, webhook, webhook_j))
         return tuple(mailboxes)
+
+
+def _valid_until_ms(t: _Table, key: str, where: str, until: object) -> int | None:
+    """A retired key entry's `valid_until` in unix ms; None (reported) unless it is a
+    TOML date-time with a UTC offset."""
+    if not isinstance(until, datetime.datetime) or until.utcoffset() is None:
+        t.error(
+            key,
+            f"{where}: valid_until: expected a date-time with a UTC offset, "
+            "such as 2030-01-31T12:00:00Z",
+        )
+        return None
+    return int(until.timestamp() * 1000)

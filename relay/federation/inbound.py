@@ -387,7 +387,7 @@ def judge(state: NodeState, ctx: ItemContext, item: BatchItem) -> Candidate | It
         mailboxes=frozenset(
             local for local, _ in map(split_address, h.to) if cfg.mailbox(local) is not None
         ),
-        seal_keys=state.sealer.keys,
+        seal_keys=state.sealer.opening_keys(),
         seal_key_why=_seal_key_why(state, h.seal),
         deks=state.sealer.deks,
     )
@@ -408,7 +408,7 @@ def judge(state: NodeState, ctx: ItemContext, item: BatchItem) -> Candidate | It
 
 
 def _seal_key_why(state: NodeState, seal: SealInfo | None) -> str:
-    if seal is None or seal.key in state.sealer.keys:
+    if seal is None or seal.key in state.sealer.opening_keys():
         return ""
     return state.sealer.why_missing(seal.key)
 

@@ -1,7 +1,7 @@
 """This node's side of sealed payloads (protocol §21, docs/sealing.md).
 
 Holds the node's own seal keys (the current one from `[node] seal_key_file`,
-retired ones that still open, minus `revoked_seal_keys`), seals outgoing
+retired ones until their `valid_until`, minus `revoked_seal_keys`), seals outgoing
 message bodies to the destination's seal key as trust knows it (pinned
 `[[peers]] seal_keys`, else a certificate's), and caches opened wraps for
 incoming ones.
@@ -12,6 +12,8 @@ Invariants:
   live in memory only, so a restart starts a new epoch.
 - A revoked seal key is left out of `keys`, so relay.protocol.inbound refuses
   mail sealed to it (`rejected:seal_key`) before the wrap cache is consulted.
+  So is a retired one from its `valid_until` on: `opening_keys()` drops it
+  when the clock passes that time, in a node that keeps running as at load.
 - `[federation] seal = "off"` seals nothing; "preferred" seals when a key is
   pinned; "required" makes `seal` answer None only for relay.node.submit to
   refuse the message.
@@ -20,8 +22,9 @@ Invariants:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from relay.config.model import Config
 from relay.config.sealkeys import load_seal_key
@@ -78,6 +81,9 @@ class Sealer:
         self.keys: dict[str, SealPrivateKey] = {}  # key id -> key that may open
         self.current: SealPrivateKey | None = None
         self.revoked_ids: frozenset[str] = frozenset()
+        self.valid_until: dict[str, int] = {}  # key id -> ms, for retired keys that expire
+        self.expired: dict[str, int] = {}  # key id -> the valid_until it passed
+        self._next_expiry: int | None = None
         self.mode = "preferred"
         self.deks = WrapCache()
         self._parsed: dict[str, SealPublicKey] = {}
@@ -91,18 +97,41 @@ class Sealer:
         node = config.node
         revoked = set(node.revoked_seal_keys)
         keys: dict[str, SealPrivateKey] = {}
+        until: dict[str, int] = {}
         self.current = None
-        files = ((node.seal_key_file,) if node.seal_key_file else ()) + node.retired_seal_key_files
-        for i, path in enumerate(files):
-            key = load_seal_key(path)
-            if key.public.string in revoked:
+        if node.seal_key_file is not None:
+            self.current = load_seal_key(node.seal_key_file)
+            if self.current.public.string not in revoked:
+                keys[self.current.public.key_id] = self.current
+        for retired in node.retired_seal_keys:
+            key = load_seal_key(retired.file)
+            kid = key.public.key_id
+            if key.public.string in revoked or kid in keys:
                 continue
-            keys.setdefault(key.public.key_id, key)
-            if i == 0 and node.seal_key_file is not None:
-                self.current = key
+            keys[kid] = key
+            if retired.valid_until_ms is not None:
+                until[kid] = retired.valid_until_ms
         self.keys = keys
+        self.valid_until = until
+        self.expired = {}
+        self._next_expiry = min(until.values(), default=None)
         self.revoked_ids = frozenset(parse_seal_key(k).key_id for k in revoked)
         self.mode = config.federation.seal
+        self.opening_keys()
+
+    def opening_keys(self) -> Mapping[str, SealPrivateKey]:
+        """The keys that open mail now: retired ones past their valid_until are dropped
+        (for good, until the next load), so expiry needs no reload."""
+        if self._next_expiry is None or self.clock() < self._next_expiry:
+            return self.keys
+        now = self.clock()
+        for kid, until in list(self.valid_until.items()):
+            if until <= now:
+                del self.valid_until[kid]
+                self.keys = {k: v for k, v in self.keys.items() if k != kid}
+                self.expired[kid] = until
+        self._next_expiry = min(self.valid_until.values(), default=None)
+        return self.keys
 
     def key_for(self, seal_keys: tuple[str, ...]) -> SealPublicKey | None:
         """The first usable of a node's seal key strings (as trust lists them), or None."""
@@ -150,16 +179,30 @@ class Sealer:
         """Why mail sealed to `key_id` does not open here (for `rejected:seal_key`)."""
         if key_id in self.revoked_ids:
             return f"seal key {key_id!r} of this node is revoked"
+        if (until := self.expired.get(key_id)) is not None:
+            return (
+                f"seal key {key_id!r} of this node expired at {iso_ms(until)} "
+                "(its retired valid_until passed); it opens nothing"
+            )
         if not self.keys:
             return "this node has no seal key ([node] seal_key_file)"
         return f"this node holds no seal key {key_id!r} (it has {', '.join(sorted(self.keys))})"
 
-    def published(self) -> dict[str, dict[str, str]]:
-        """The node document's `seal_keys`: key id -> {key, state}."""
-        return {
-            kid: {
+    def published(self) -> dict[str, dict[str, object]]:
+        """The node document's `seal_keys`: key id -> {key, state[, valid_until]};
+        an expired retired key is no longer published."""
+        out: dict[str, dict[str, object]] = {}
+        for kid, key in self.opening_keys().items():
+            doc: dict[str, object] = {
                 "key": key.public.string,
                 "state": "current" if key is self.current else "retired",
             }
-            for kid, key in self.keys.items()
-        }
+            if kid in self.valid_until:
+                doc["valid_until"] = self.valid_until[kid]
+            out[kid] = doc
+        return out
+
+
+def iso_ms(ms: int) -> str:
+    """Unix ms as an ISO 8601 UTC time to the second, for messages."""
+    return datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -399,7 +399,7 @@ class ItemFacts:
     toward that hop (or the ItemRejected it raised); None when not relaying.
     `origin_keys`: None when the origin is not trusted. `mailboxes`: the local
     parts of `to` that are mailboxes here. `seal_keys`: this node's seal keys
-    that may open a sealed payload (revoked ones left out; `seal_key_why` says
+    that may open a sealed payload (revoked and expired ones left out; `seal_key_why` says
     why a key id is missing); `deks`: a cache of opened wraps (wrap -> data
     key), shared across items and requests so the KEM runs once per wrap.
     """

@@ -10,6 +10,7 @@ import pytest
 
 from relay.config.files import load_config
 from relay.config.keys import KeyFileError
+from relay.config.model import RetiredSealKey
 from relay.config.sealkeys import generate_seal_key_file, load_seal_key
 from relay.protocol.sealing import CLASSIC, HYBRID
 from tests.config.test_config import KEY_A, NODE, marked_lines, problems, write_node
@@ -22,11 +23,13 @@ def seal_file(directory: Path, name: str = "node.seal", suite: str = HYBRID) -> 
 def test_seal_keys_load(tmp_path: Path) -> None:
     current = seal_file(tmp_path)
     retired = seal_file(tmp_path, "old.seal", CLASSIC)
+    seal_file(tmp_path, "older.seal", CLASSIC)
     peer_key = seal_file(tmp_path, "peer.seal", CLASSIC)
     revoked = seal_file(tmp_path, "gone.seal", CLASSIC)
     text = NODE + (
         'seal_key_file = "node.seal"\n'
-        'retired_seal_key_files = ["old.seal"]\n'
+        'retired_seal_key_files = ["old.seal",\n'
+        ' {file = "older.seal", valid_until = 2030-01-31T12:00:00Z}]\n'
         f'revoked_seal_keys = ["{revoked}"]\n'
         '[federation]\nseal = "required"\n'
         f'[[peers]]\nname = "b.test"\njurisdiction = "RU"\nkeys = ["{KEY_A}"]\n'
@@ -34,7 +37,10 @@ def test_seal_keys_load(tmp_path: Path) -> None:
     )
     config = load_config(write_node(tmp_path, text))
     assert config.node.seal_key_file == tmp_path / "node.seal"
-    assert config.node.retired_seal_key_files == (tmp_path / "old.seal",)
+    assert config.node.retired_seal_keys == (
+        RetiredSealKey(tmp_path / "old.seal"),  # retired before grace periods: until revoked
+        RetiredSealKey(tmp_path / "older.seal", 1_896_091_200_000),
+    )
     assert config.node.revoked_seal_keys == (revoked,)
     assert config.federation.seal == "required"
     assert config.peers[0].seal_keys == (peer_key,)
@@ -45,7 +51,7 @@ def test_seal_keys_load(tmp_path: Path) -> None:
 def test_defaults_seal_when_a_key_is_pinned(tmp_path: Path) -> None:
     config = load_config(write_node(tmp_path, NODE))
     assert config.federation.seal == "preferred"
-    assert config.node.seal_key_file is None and config.node.retired_seal_key_files == ()
+    assert config.node.seal_key_file is None and config.node.retired_seal_keys == ()
 
 
 BAD = [
@@ -56,6 +62,38 @@ BAD = [
         'seal_key_file = "node.seal"\nretired_seal_key_files = ["node.seal"] #!\n',
         "node.retired_seal_key_files",
         "is also the seal_key_file",
+    ),
+    (
+        'seal_key_file = "node.seal"\nretired_seal_key_files = [{file = "node.seal"}] #!\n',
+        "node.retired_seal_key_files",
+        "retired_seal_key_files[0]: valid_until: expected a date-time with a UTC offset",
+    ),
+    (
+        "retired_seal_key_files = [{file = 'old.seal', valid_until = 2030-01-31T12:00:00}] #!\n",
+        "node.retired_seal_key_files",
+        "valid_until: expected a date-time with a UTC offset",
+    ),
+    (
+        "retired_seal_key_files = [{file = 'old.seal', valid_until = 2030-01-31T12:00:00Z,"
+        " until = 1}] #!\n",
+        "node.retired_seal_key_files",
+        "retired_seal_key_files[0]: unknown key 'until'",
+    ),
+    (
+        "retired_seal_key_files = [{valid_until = 2030-01-31T12:00:00Z}] #!\n",
+        "node.retired_seal_key_files",
+        "file: expected a path string",
+    ),
+    (
+        "retired_seal_key_files = [3] #!\n",
+        "node.retired_seal_key_files",
+        "expected {file = ..., valid_until = ...} or a path",
+    ),
+    (
+        "retired_seal_key_files = [{file = 'missing.seal', valid_until = 2030-01-31T12:00:00Z}]"
+        " #!\n",
+        "node.retired_seal_key_files",
+        "no such key file",
     ),
     ('[federation]\nseal = "always" #!\n', "federation.seal", "'required', 'preferred', 'off'"),
     (

@@ -12,12 +12,13 @@ import pytest
 
 from relay.cli import main as cli
 from relay.config.files import load_config
+from relay.config.model import DAY_MS, RetiredSealKey
 from relay.config.sealkeys import load_seal_key
 from relay.config.sealops import seal_init, seal_revoke, seal_rotate
 from relay.errors import BadRequest, NotFound
-from relay.policy.certs import decode_line
-from relay.protocol.certificate import open_certificate
 from relay.protocol.sealing import CLASSIC, HYBRID, parse_seal_key
+
+NOW = 1_900_000_000_000
 
 
 def init(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str = "a.test") -> str:
@@ -84,19 +85,24 @@ def test_rotate_retires_the_old_key_and_revoke_withdraws_it(
     init(tmp_path, capsys)
     directory = tmp_path / "a.test"
     first = load_seal_key(directory / "node.seal")
-    rotated = seal_rotate(directory, CLASSIC)
+    now = NOW
+    rotated = seal_rotate(directory, CLASSIC, now_ms=now)
     node = rotated.config.node
     assert rotated.old == first.public.string
     assert node.seal_key_file == rotated.file != directory / "node.seal"
-    assert node.retired_seal_key_files == (directory / "node.seal",)
+    # the default grace is the signing keys': twice the queue lifetime (5 days)
+    until = now + 10 * DAY_MS
+    assert node.retired_seal_keys == (RetiredSealKey(directory / "node.seal", until),)
+    assert rotated.valid_until_ms == until
     assert cli.main(["seal", "show", str(directory), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    states = {k["key_id"]: k["state"] for k in shown["seal_keys"]}
-    assert states == {rotated.current.public.key_id: "current", first.public.key_id: "retired"}
+    states = {k["key_id"]: (k["state"], k.get("valid_until")) for k in shown["seal_keys"]}
+    assert states[rotated.current.public.key_id] == ("current", None)
+    assert states[first.public.key_id] in (("retired", until), ("expired", until))
 
     revoked = seal_revoke(directory, first.public.key_id)
     node = revoked.config.node
-    assert node.retired_seal_key_files == () and node.revoked_seal_keys == (first.public.string,)
+    assert node.retired_seal_keys == () and node.revoked_seal_keys == (first.public.string,)
     assert not (directory / "node.seal").exists()  # the private key of a revoked key is gone
     with pytest.raises(NotFound):
         seal_revoke(directory, first.public.key_id)
@@ -118,23 +124,53 @@ def test_rotate_needs_a_seal_key_first(tmp_path: Path, capsys: pytest.CaptureFix
     toml = directory / "node.toml"
     toml.write_text(re.sub(r"(?m)^seal_key_file = .*\n", "", toml.read_text()))
     with pytest.raises(BadRequest, match="relay seal init"):
-        seal_rotate(directory)
+        seal_rotate(directory, now_ms=NOW)
     assert cli.main(["seal", "show", str(directory)]) == 1
 
 
-def test_an_authority_puts_seal_keys_in_a_certificate(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    line = init(tmp_path, capsys)
-    node_key = line.split("--key ")[1].split()[0]
-    seal_key = line.split("--seal-key ")[1].split()[0]
-    auth = str(tmp_path / "auth")
-    assert cli.main(["authority", "init", auth, "--name", "reg.test", "--jurisdictions", "RU"]) == 0
-    capsys.readouterr()
-    issue = ["authority", "issue", auth, "--node-name", "a.test", "--node-key", node_key]
-    issue += ["--jurisdiction", "RU", "--url", "http://a.test", "--days", "30"]
-    assert cli.main([*issue, "--node-seal-key", seal_key]) == 0
-    cert, _, _ = open_certificate(decode_line(capsys.readouterr().out.strip()))
-    assert cert.seal_keys == (seal_key,)
-    assert cli.main([*issue, "--node-seal-key", "x25519:AA"]) == 2
-    assert "expected 32 bytes" in capsys.readouterr().err
+def test_rotate_grace_expiry_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    init(tmp_path, capsys)
+    directory = tmp_path / "a.test"
+    with pytest.raises(BadRequest, match="shorter than the queue lifetime"):
+        seal_rotate(directory, now_ms=NOW, grace_ms=DAY_MS)
+    one = seal_rotate(directory, CLASSIC, now_ms=NOW, grace_ms=5 * DAY_MS + 1)
+    assert one.valid_until_ms == NOW + 5 * DAY_MS + 1000  # rounded up to a whole second
+    text = (directory / "node.toml").read_text()
+    assert '{file = "node.seal", valid_until = ' in text
+    # a second rotation after the first retired key expired drops it and its file
+    later = NOW + 6 * DAY_MS
+    two = seal_rotate(directory, CLASSIC, now_ms=later, grace_ms=5 * DAY_MS)
+    assert two.dropped == (directory / "node.seal",) and not (directory / "node.seal").exists()
+    assert [r.file for r in two.config.node.retired_seal_keys] == [one.file]
+    # relay seal rotate --grace, and show prints each retired key's valid_until
+    assert cli.main(["seal", "rotate", str(directory), "--grace", "1h"]) == 1
+    assert "shorter than the queue lifetime" in capsys.readouterr().err
+    assert cli.main(["seal", "rotate", str(directory), "--grace", "7d"]) == 0
+    err = capsys.readouterr().err
+    assert "opens mail sealed to it until 20" in err
+    # a retired key past its valid_until (by the wall clock) shows as expired
+    toml = directory / "node.toml"
+    name = one.file.name
+    toml.write_text(
+        re.sub(
+            rf'(file = "{name}", valid_until = )[^}}]*',
+            r"\g<1>2001-01-01T00:00:00Z",
+            toml.read_text(),
+        )
+    )
+    assert cli.main(["seal", "show", str(directory)]) == 0
+    shown = capsys.readouterr()
+    current = load_config(directory).node.seal_key_file
+    assert current is not None and shown.out.strip() == load_seal_key(current).public.string
+    expired_line = f"expired seal key {one.current.public.key_id}: opened mail until 2001-01-01T"
+    assert expired_line in shown.err
+    assert f"retired seal key {two.current.public.key_id}: opens mail until 20" in shown.err
+    assert cli.main(["seal", "show", str(directory), "--json"]) == 0
+    states = [
+        (k["state"], k.get("valid_until")) for k in json.loads(capsys.readouterr().out)["seal_keys"]
+    ]
+    assert states[:3] == [
+        ("current", None),
+        ("retired", states[1][1]),
+        ("expired", 978_307_200_000),
+    ]

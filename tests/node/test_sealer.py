@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from relay.config.files import load_config
+from relay.config.model import RetiredSealKey
 from relay.config.sealkeys import generate_seal_key_file
 from relay.node import sealer as sealer_module
 from relay.node.sealer import Sealer, WrapCache
@@ -81,12 +82,42 @@ def test_own_keys_published_and_revoked_left_out(tmp_path: Path) -> None:
     config = load_config(tmp_path)
     node = dataclasses.replace(
         config.node,
-        retired_seal_key_files=(tmp_path / "gone.seal",),
+        retired_seal_keys=(RetiredSealKey(tmp_path / "gone.seal"),),
         revoked_seal_keys=(revoked.public.string,),
     )
     s.sealer.load(dataclasses.replace(config, node=node))
     assert revoked.public.key_id not in s.sealer.keys
     assert "is revoked" in s.sealer.why_missing(revoked.public.key_id)
+
+
+def test_a_retired_key_opens_until_its_valid_until_then_is_gone_without_a_reload(
+    tmp_path: Path,
+) -> None:
+    old = generate_seal_key_file(tmp_path / "old.seal", CLASSIC)
+    legacy = generate_seal_key_file(tmp_path / "legacy.seal", CLASSIC)
+    s = setup(
+        tmp_path,
+        'retired_seal_key_files = [{file = "old.seal", valid_until = 1970-01-01T00:00:05Z},'
+        ' "legacy.seal"]\n',
+    )
+    kid, legacy_id = old.public.key_id, legacy.public.key_id
+    assert s.sealer.opening_keys().keys() == {s.sealer.current.public.key_id, kid, legacy_id}  # type: ignore[union-attr]
+    assert s.sealer.published()[kid] == {
+        "key": old.public.string,
+        "state": "retired",
+        "valid_until": 5_000,
+    }
+    assert "valid_until" not in s.sealer.published()[legacy_id]  # retired before grace periods
+    s.clock[0] = 4_999
+    assert kid in s.sealer.opening_keys()
+    s.clock[0] = 5_000  # the node keeps running past valid_until
+    assert kid not in s.sealer.opening_keys() and legacy_id in s.sealer.opening_keys()
+    assert kid not in s.sealer.published()
+    why = s.sealer.why_missing(kid)
+    assert repr(kid) in why and "expired at 1970-01-01T00:00:05Z" in why
+    # loaded after valid_until: never opens at all
+    s.sealer.load(load_config(tmp_path))
+    assert kid not in s.sealer.opening_keys() and "expired" in s.sealer.why_missing(kid)
 
 
 def test_what_the_sealer_seals_opens_at_the_destination(tmp_path: Path) -> None:

@@ -180,3 +180,28 @@ def row_counts(url: str) -> dict[str, int]:
             row = db.execute(f'SELECT count(*) FROM "{schema}"."{n}"').fetchone()
             counts[n] = int(row[0]) if row else 0
         return counts
+
+
+def tables_holding(url: str, needle: bytes) -> list[str]:
+    """Tables of the schema `url` names with a live row whose text form holds `needle`,
+    as text or as a bytea column shows it (hex): what a payload column would hold."""
+    schema = dict(parse_qsl(urlsplit(url).query)).get("schema", "public")
+    base = urlsplit(url)._replace(query="").geturl()
+    as_text = needle.decode("utf-8", errors="replace")
+    with psycopg.connect(base, autocommit=True) as db:
+        names = [
+            str(r[0])
+            for r in db.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY 1", (schema,)
+            )
+        ]
+        found = []
+        for n in names:
+            row = db.execute(
+                f'SELECT count(*) FROM "{schema}"."{n}" AS r'
+                " WHERE strpos(r::text, %s) > 0 OR strpos(r::text, %s) > 0",
+                (as_text, needle.hex()),
+            ).fetchone()
+            if row and row[0]:
+                found.append(n)
+        return found

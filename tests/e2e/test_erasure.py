@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import pgserver
 from tests.e2e.conftest import NodeStorage
 from tests.e2e.harness import NodeProc, make_node, make_pair, relay, wait_for
 
@@ -29,6 +30,14 @@ def files_holding(node: NodeProc, needle: str) -> list[str]:
         for p in node.dir.iterdir()
         if p.name.startswith(node.db_path.name) and raw in p.read_bytes()
     )
+
+
+def stored(node: NodeProc, needle: str) -> list[str]:
+    """Where the node's database holds `needle`: SQLite files (WAL included), or on
+    PostgreSQL the tables with a live row that holds it (as text or bytea)."""
+    if node.storage is not None:
+        return pgserver.tables_holding(node.storage, needle.encode())
+    return files_holding(node, needle)
 
 
 @pytest.fixture
@@ -280,18 +289,17 @@ def test_direct_erasure_on_each_backend(tmp_path: Path, node_storage: NodeStorag
         text = marker()
         msg = a.send("alice", ["bob@b.test"], text)
         wait_for(lambda: [m["text"] for m in b.inbox("bob")] == [text], what="bob's message")
-        if a.storage is None:
-            # sealed by default (issue 16): a holds only ciphertext, b the opened payload,
-            # so the erasure below is checked on a sealed message's copies
-            assert files_holding(a, text) == [] and files_holding(b, text) != []
+        # sealed by default (issue 16): a holds only ciphertext, b the opened payload,
+        # so the erasure below is checked on a sealed message's copies
+        assert stored(a, text) == [] and stored(b, text) != []
         relay("erase", "--node", a.url, "--token", a.tokens["alice"], msg)
         wait_for(
             lambda: erasure_nodes(a, "alice", msg) == {"a.test": "erased", "b.test": "erased"},
             what="b's signed answer at a",
         )
         assert [(m["id"], m["event"]) for m in b.inbox("bob")] == [(msg, "message.erased")]
-        if a.storage is None:  # PostgreSQL keeps dead tuples until VACUUM (docs/erasure.md)
-            assert files_holding(a, text) == [] and files_holding(b, text) == []
+        # on PostgreSQL: no live row holds it (dead tuples wait for VACUUM, docs/erasure.md)
+        assert stored(a, text) == [] and stored(b, text) == []
     finally:
         a.kill()
         b.kill()

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 import signal
-import sqlite3
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests import pgserver
+from tests.e2e.conftest import NodeStorage
 from tests.e2e.harness import NodeProc, make_node, make_pair, relay, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -27,19 +30,16 @@ def append(node: NodeProc, text: str) -> None:
         f.write("\n" + text)
 
 
-def database_bytes(node: NodeProc) -> bytes:
-    """Every byte of the node's database files: the main file, its WAL and shm."""
+def holds(node: NodeProc, text: str) -> list[str]:
+    """Where the node's database holds `text` in the clear: on SQLite the files (main,
+    WAL and shm) whose bytes hold it; on PostgreSQL the tables with a live row that
+    holds it, as text or in a bytea column (dead tuples wait for VACUUM there)."""
+    raw = text.encode()
+    if node.storage is not None:
+        return pgserver.tables_holding(node.storage, raw)
     files = sorted(node.dir.glob("relay.db*"))
     assert node.db_path in files
-    return b"".join(f.read_bytes() for f in files)
-
-
-def stored_payload_rows(node: NodeProc) -> int:
-    db = sqlite3.connect(f"file:{node.db_path}?mode=ro", uri=True)
-    try:
-        return int(db.execute("SELECT count(*) FROM payloads").fetchone()[0])
-    finally:
-        db.close()
+    return [f.name for f in files if raw in f.read_bytes()]
 
 
 def recipient(node: NodeProc, msg: str, address: str) -> dict[str, str]:
@@ -60,12 +60,35 @@ def nodes() -> Iterator[list[NodeProc]]:
         n.kill()
 
 
-def test_sealed_through_a_relay_the_relay_and_origin_store_only_ciphertext(
-    tmp_path: Path, nodes: list[NodeProc]
+def document(node: NodeProc) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(
+        urllib.request.urlopen(f"{node.url}/.well-known/relay", timeout=10).read()
+    )
+    return doc
+
+
+def test_sealed_direct_the_origin_stores_only_ciphertext(
+    tmp_path: Path, nodes: list[NodeProc], node_storage: NodeStorage
 ) -> None:
-    a = make_node(tmp_path, "a.test", "RU")
-    r = make_node(tmp_path, "r.test", "RU")
-    b = make_node(tmp_path, "b.test", "RU")
+    a, b = make_pair(tmp_path, node_storage(), node_storage())
+    for n in (a, b):
+        nodes.append(n)
+        n.start()
+    msg = a.send("alice", ["bob@b.test"], f"{MARKER} sealed from a to b directly")
+    got = wait_for(lambda: b.inbox("bob"), what="bob's inbox at b")
+    assert [(m["id"], m["text"]) for m in got] == [(msg, f"{MARKER} sealed from a to b directly")]
+    wait_for(lambda: recipient(a, msg, "bob@b.test")["status"] == "delivered", what="receipt")
+    assert a.row_counts()["payloads"] >= 1  # a keeps its queued copy, sealed
+    assert holds(a, MARKER) == []
+    assert holds(b, MARKER) != []  # the destination stores it opened: the search finds it
+
+
+def test_sealed_through_a_relay_the_relay_and_origin_store_only_ciphertext(
+    tmp_path: Path, nodes: list[NodeProc], node_storage: NodeStorage
+) -> None:
+    a = make_node(tmp_path, "a.test", "RU", node_storage())
+    r = make_node(tmp_path, "r.test", "RU", node_storage())
+    b = make_node(tmp_path, "b.test", "RU", node_storage())
     c = make_node(tmp_path, "c.test", "RU")  # pinned without a seal key, never started
     a.add_peer(r)
     a.add_peer(b, with_url=False)
@@ -96,10 +119,10 @@ def test_sealed_through_a_relay_the_relay_and_origin_store_only_ciphertext(
         lambda: recipient(a, msg, "bob@b.test")["status"] == "delivered",
         what="the delivered receipt back at a",
     )
-    assert stored_payload_rows(r) >= 1  # the relay holds the envelope, sealed
+    assert r.row_counts()["payloads"] >= 1  # the relay holds the envelope, sealed
     for holder in (r, a):
-        assert MARKER.encode() not in database_bytes(holder), holder.name
-    assert MARKER.encode() in database_bytes(b)  # the destination stores it opened
+        assert holds(holder, MARKER) == [], holder.name
+    assert holds(b, MARKER) != []  # the destination stores it opened
 
     # [federation] seal = "required": c.test has no seal key pinned, so the submit is refused
     append(a, '[federation]\nseal = "required"\n')
@@ -185,3 +208,55 @@ def test_rotation_keeps_mail_in_flight_and_revocation_refuses_with_seal_key(
     )
     assert st["reason"] == "seal_key"
     assert "code=seal_key" in b.logs() and "of this node is revoked" in b.logs()
+
+
+def test_a_retired_seal_key_opens_mail_in_flight_within_grace_then_nothing(
+    tmp_path: Path, nodes: list[NodeProc]
+) -> None:
+    a, b = make_pair(tmp_path)
+    append(a, '[federation]\nretry_max = "1s"\n')  # a retries b at once when it is back
+    # b's queue lifetime bounds the grace from below; a short one allows a short grace
+    text = (b.dir / "node.toml").read_text()
+    (b.dir / "node.toml").write_text(text.replace("[node]\n", '[node]\nqueue_lifetime = "30s"\n'))
+    relay("check", b.dir)
+    nodes.extend((a, b))
+    a.start()
+    old = relay("seal", "show", b.dir).stdout.strip()
+    old_id = json.loads(relay("seal", "show", b.dir, "--json").stdout)["seal_keys"][0]["key_id"]
+
+    # b is down; a seals to b's pinned key, and the message waits in a's queue
+    in_flight = a.send("alice", ["bob@b.test"], "sealed to the old key, in flight")
+    # b rotates with a short grace while the message is on its way
+    out = relay("seal", "rotate", b.dir, "--grace", "30s")
+    assert "is retired and opens mail sealed to it until" in out.stderr
+    (shown,) = [
+        k for k in json.loads(relay("seal", "show", b.dir, "--json").stdout)["seal_keys"]
+        if k["key"] == old
+    ]  # fmt: skip
+    assert shown["state"] == "retired"
+    valid_until: int = shown["valid_until"]
+    b.start()
+    assert document(b)["seal_keys"][old_id] == {
+        "key": old,
+        "state": "retired",
+        "valid_until": valid_until,
+    }
+    wait_for(
+        lambda: recipient(a, in_flight, "bob@b.test")["status"] == "delivered",
+        what="the message sealed to the retired key, delivered within the grace period",
+    )
+    assert "sealed to the old key, in flight" in [m["text"] for m in b.inbox("bob")]
+
+    # b keeps running past valid_until: the old key opens nothing from then on,
+    # without a reload, and is no longer published
+    time.sleep(max(0.0, valid_until / 1000 - time.time()) + 0.5)
+    late = a.send("alice", ["bob@b.test"], "sealed to the old key after its grace")
+    st = wait_for(
+        lambda: (s := recipient(a, late, "bob@b.test"))["status"] == "rejected" and s,
+        what="b refusing mail sealed to its expired seal key",
+    )
+    assert st["reason"] == "seal_key"
+    assert old_id not in document(b)["seal_keys"]
+    logs = b.logs()
+    assert "code=seal_key" in logs and f"seal key '{old_id}' of this node expired at" in logs
+    assert "sealed to the old key after its grace" not in [m["text"] for m in b.inbox("bob")]

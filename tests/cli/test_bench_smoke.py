@@ -9,12 +9,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from relay.config.files import load_config
+from relay.config.sealkeys import load_seal_key
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -107,3 +111,34 @@ def test_bench_refuses_app_with_backlog() -> None:
     )
     assert proc.returncode == 2
     assert "--app" in proc.stderr
+
+
+def test_bench_seal_suite_gives_the_destinations_classic_seal_keys(tmp_path: Path) -> None:
+    flags = [
+        "--n",
+        "200",
+        "--seal-suite",
+        "x25519",
+        "--json",
+        "--quiet",
+        "--workdir",
+        str(tmp_path),
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "relay", "bench", *flags],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert (doc["seal"], doc["seal_suite"], doc["committed"]) == ("preferred", "x25519", 200)
+    # the origin pinned the destination's x25519 key, so it sealed every message with it
+    (a_toml,) = tmp_path.glob("bench-*/a/node.toml")
+    (pinned,) = re.findall(r"(?m)^seal_keys = \[\"([^\"]+)\"\]", a_toml.read_text())
+    assert pinned.startswith("x25519:")
+    (b_dir,) = tmp_path.glob("bench-*/b0")
+    config = load_config(b_dir)
+    assert config.node.seal_key_file is not None
+    assert load_seal_key(config.node.seal_key_file).public.string == pinned

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from relay.protocol.sealing import SUITES
+
 
 def _positive(kind: type[int] | type[float]) -> Any:
     def convert(value: str) -> int | float:
@@ -101,6 +103,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="each node times its SQLite writer's statements (thread CPU, by SQL text) and"
         " the result lists the dearest per message (SQLite only)",
     )
+    p.add_argument(
+        "--seal-suite",
+        choices=SUITES,
+        default=SUITES[0],
+        help="the suite of the destinations' seal keys, so that the cost of the hybrid"
+        " wrap's size can be told from the crypto's (%(default)s, what `relay init` makes)",
+    )
     p.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the nodes into DIR")
     p.add_argument("--workdir", type=Path, metavar="DIR", help="keep the node directories here")
     p.add_argument("--json", action="store_true", help="print the result as one JSON document")
@@ -154,6 +163,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         workers=args.workers,
         seal=args.seal,
         sql_stats=args.sql_stats,
+        seal_suite=args.seal_suite,
         progress=not args.quiet,
     )
     result = bench(opts)

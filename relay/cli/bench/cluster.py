@@ -25,6 +25,7 @@ import aiohttp
 from relay.config.files import load_config
 from relay.config.storage import PASSWORD_ENV
 from relay.errors import RelayError, Unavailable
+from relay.protocol.sealing import HYBRID
 from relay.storage.postgres.inspect import PgDatabaseView, drop_schema
 from relay.storage.sqlite.inspect import DatabaseView
 from relay.storage.sqlite.sqlstats import STATS_ENV as SQL_STATS_ENV
@@ -99,6 +100,15 @@ class BenchNode:
         )  # fmt: skip
         line = [ln for ln in out.splitlines() if ln.startswith("relay peer add")][-1]
         self.peer_args = shlex.split(line)[4:]  # after `relay peer add PLACEHOLDER`
+
+    def use_seal_suite(self, suite: str) -> None:
+        """Give the new node a seal key of `suite` (as its admin would, with `relay seal
+        rotate`), and put that key in the peer line the others paste."""
+        line = run_cli("seal", "rotate", self.dir, "--suite", suite).strip().splitlines()[-1]
+        words = shlex.split(line)
+        key = words[words.index("--seal-key") + 1]
+        i = self.peer_args.index("--seal-key")
+        self.peer_args[i + 1] = key
 
     def trust(self, other: BenchNode) -> None:
         run_cli("peer", "add", self.dir, *other.peer_args)
@@ -280,7 +290,9 @@ class Cluster:
         storage: str | None = None,
         workers: int = 1,
         sql_stats: bool = False,
+        seal_suite: str = HYBRID,
     ) -> None:
+        self.seal_suite = seal_suite
         self.a = BenchNode(base / "a", ORIGIN, "origin")
         self.bs = [BenchNode(base / f"b{i}", f"b{i}.bench", "destination") for i in range(peers)]
         self.profilers: list[tuple[BenchNode, subprocess.Popen[bytes], Path]] = []
@@ -300,6 +312,8 @@ class Cluster:
         self.a.init()
         for b in self.bs:
             b.init()
+            if self.seal_suite != HYBRID:
+                b.use_seal_suite(self.seal_suite)
             self.a.trust(b)
             b.trust(self.a)
             b.token = b.add_mailbox(INBOX)

@@ -25,4 +25,5 @@ class Options:
     workers: int = 1  # `relay run --workers N` for every node (N > 1 needs `storage`)
     seal: str = "preferred"  # A's [federation] seal: "off" benches unsealed payloads
     sql_stats: bool = False  # each SQLite node times its writer's statements (RELAY_SQL_STATS)
+    seal_suite: str = "mlkem768x25519"  # the destinations' seal key suite (relay seal rotate)
     progress: bool = True

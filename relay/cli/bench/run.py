@@ -280,6 +280,7 @@ async def run(opts: Options, cluster: Cluster, progress: Progress) -> dict[str, 
         "storage": "postgresql" if opts.storage else "sqlite",
         "workers": opts.workers,
         "seal": opts.seal,
+        "seal_suite": opts.seal_suite if opts.seal != "off" else None,
         "seconds": round(seconds, 3),
         "msgs_per_s": round(n / seconds, 1) if seconds > 0 else 0.0,
         "submit_seconds": round(submit_s, 3),
@@ -331,7 +332,9 @@ def bench(opts: Options) -> dict[str, Any]:
             base = Path(tempfile.mkdtemp(prefix="bench-", dir=opts.workdir))
         else:
             base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="relay-bench-")))
-        cluster = Cluster(base, opts.peers, opts.storage, opts.workers, opts.sql_stats)
+        cluster = Cluster(
+            base, opts.peers, opts.storage, opts.workers, opts.sql_stats, opts.seal_suite
+        )
         stack.callback(cluster.close)
         progress.say(f"setting up {len(cluster.nodes)} nodes in {base}")
         cluster.setup()

@@ -92,6 +92,8 @@ class AcceptedItem(Protocol):
     def rule_id(self) -> str: ...
     @property
     def audit(self) -> Decision | None: ...
+    @property
+    def hop(self) -> str | None: ...
 
 
 class SubmittedPart(Protocol):
@@ -240,6 +242,13 @@ class Metrics:
             ["peer", "reason"],
             registry=r,
         )
+        self.unsealed = Counter(
+            "relay_messages_received_unsealed",
+            "Messages for this node's mailboxes received from a peer and stored with the"
+            " payload in the clear (docs/sealing.md), by origin node",
+            ["origin"],
+            registry=r,
+        )
         self.batches_refused = Counter(
             "relay_batches_refused",
             "Inbound batch requests refused as a whole, by error code",
@@ -345,11 +354,15 @@ class Metrics:
             ("accept", "deny", r.rule) for r in refusals if r.error.item_code == "residency"
         )
         for c in candidates:
-            if results.get(c.env.header.id) == "accepted":
-                if c.audit is not None:
-                    decided["accept", "audit", c.audit.rule] += 1
-                else:
-                    decided["accept", "allow", c.rule_id] += 1
+            h = c.env.header
+            if results.get(h.id) != "accepted":
+                continue
+            if c.hop is None and h.kind == "message" and h.seal is None:
+                self.unsealed.labels(h.origin).inc()
+            if c.audit is not None:
+                decided["accept", "audit", c.audit.rule] += 1
+            else:
+                decided["accept", "allow", c.rule_id] += 1
         self._decisions(decided)
 
     def tree_head(self, peer: str, outcome: str) -> None:

@@ -109,6 +109,11 @@ async def test_sealed_items_at_the_destination(tmp_path: Path) -> None:
                 inbox = (await r.json())["messages"]
             assert [m["text"] for m in inbox] == ["MARKER opened at b"]
             assert node.state is not None
+            # the accepted message came sealed: not counted among those received in the clear
+            unsealed = node.state.metrics.registry.get_sample_value(
+                "relay_messages_received_unsealed_total", {"origin": "a.test"}
+            )
+            assert unsealed is None
             db = sqlite_store(node.state.store)
             rows = await db.fetchall(MESSAGE_PAYLOADS)
             assert [bytes(b)[32:] for (b,) in rows] == [b"MARKER opened at b"]  # salt || body

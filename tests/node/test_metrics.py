@@ -210,6 +210,8 @@ async def test_metrics_after_traffic(pair: Pair) -> None:
     text = await scrape(session, b_metrics, METRICS_TOKEN)
     got = parse(text)
     assert value(got, "relay_envelopes_accepted_total", peer="a.test") == 3
+    # these nodes have no seal keys: every message to bob came in the clear
+    assert value(got, "relay_messages_received_unsealed_total", origin="a.test") == 3
     assert (
         value(got, "relay_envelopes_rejected_total", peer="a.test", reason="unknown_mailbox") == 1
     )

@@ -178,9 +178,9 @@ async def test_both_stores_read_only_then_everything_is_delivered(
         await set_read_only(b, False)
         await set_read_only(a, False)
 
-        async def delivered() -> bool:  # b's signed result says accepted (b has no url
-            got = await status(session, a, msg)  # for a, so no receipt comes back)
-            return bool(got["bob@b.test"]["status"] == "sent")
+        async def delivered() -> bool:  # b's signed result states the delivery
+            got = await status(session, a, msg)  # (delivery-v1, protocol.md §22)
+            return bool(got["bob@b.test"]["status"] == "delivered")
 
         await _until(delivered, "the message delivered after both stores recovered")
         async with session.get(url_of(a) + "/readyz") as resp:

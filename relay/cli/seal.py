@@ -13,6 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from relay.cli.reload import apply_edit
 from relay.config.files import load_config
 from relay.config.keyops import wall_ms
 from relay.config.sealkeys import load_seal_key
@@ -22,7 +23,6 @@ from relay.node.sealer import iso_ms
 from relay.protocol.sealing import SUITES
 
 PEER_DIR_PLACEHOLDER = "YOUR_NODE_DIR"
-RELOAD_HINT = "apply it to the running node: kill -HUP <pid of relay run>, or restart it"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,13 +76,13 @@ def _say(message: str) -> None:
 def _tell(change: SealChange, what: str) -> int:
     node = change.config.node
     _say(f"{what}; {change.file} holds the current seal key (mode 0600: keep it secret)")
-    _say(RELOAD_HINT)
+    code = apply_edit(change.config.path)
     _say("Give the line below to the admins of peers, so that they seal mail to this node:")
     print(
         f"relay peer update {PEER_DIR_PLACEHOLDER} --name {shlex.quote(node.name)} "
         f"--seal-key {shlex.quote(change.current.public.string)}"
     )
-    return 0
+    return code
 
 
 def cmd_init(args: argparse.Namespace) -> int:

@@ -171,6 +171,17 @@ def default_grace_ms(config: Config) -> int:
     return 2 * config.node.queue_lifetime_ms
 
 
+def check_grace(config: Config, grace_ms: int, risk: str) -> None:
+    """BadRequest if a retired key's grace period is shorter than the queue lifetime,
+    saying the `risk` of that (signing and seal keys alike)."""
+    lifetime = config.node.queue_lifetime_ms
+    if grace_ms < lifetime:
+        raise BadRequest(
+            f"the grace period ({grace_ms // 1000} s) is shorter than the queue lifetime "
+            f"({lifetime // 1000} s): {risk}"
+        )
+
+
 def rotate(
     directory: Path,
     *,
@@ -186,11 +197,12 @@ def rotate(
     nt = _NodeToml.open(directory)
     node = nt.config.node
     grace = default_grace_ms(nt.config) if grace_ms is None else grace_ms
-    if grace < node.queue_lifetime_ms and not revoke_old:
-        raise BadRequest(
-            f"the grace period ({grace // 1000} s) is shorter than the queue lifetime "
-            f"({node.queue_lifetime_ms // 1000} s): envelopes signed with the old key could "
-            "still be waiting in a queue when it stops being valid"
+    if not revoke_old:
+        check_grace(
+            nt.config,
+            grace,
+            "envelopes signed with the old key could still be waiting in a queue when it "
+            "stops being valid",
         )
     old_key = public_key_string(load_private_key(node.key_file).public_key())
     live = [r for r in node.retired_keys if r.valid_until_ms > now_ms]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import tomlkit
 
-from relay.config.keyops import _file_value, _iso, _NodeToml, default_grace_ms
+from relay.config.keyops import _file_value, _iso, _NodeToml, check_grace, default_grace_ms
 from relay.config.model import Config, RetiredSealKey
 from relay.config.sealkeys import SEAL_KEY_NAME, generate_seal_key_file, load_seal_key
 from relay.errors import BadRequest, NotFound
@@ -91,12 +91,11 @@ def seal_rotate(
     if node.seal_key_file is None:
         raise BadRequest(f"{nt.path} has no seal_key_file yet; run `relay seal init` first")
     grace = default_grace_ms(nt.config) if grace_ms is None else grace_ms
-    if grace < node.queue_lifetime_ms:
-        raise BadRequest(
-            f"the grace period ({grace // 1000} s) is shorter than the queue lifetime "
-            f"({node.queue_lifetime_ms // 1000} s): mail sealed to the old seal key could "
-            "still be waiting in a queue when it stops opening"
-        )
+    check_grace(
+        nt.config,
+        grace,
+        "mail sealed to the old seal key could still be waiting in a queue when it stops opening",
+    )
     old = load_seal_key(node.seal_key_file)
     key, path = new_seal_key_file(node.key_file.parent, suite, first=False)
     valid_until = math.ceil((now_ms + grace) / 1000) * 1000

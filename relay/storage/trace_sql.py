@@ -9,7 +9,7 @@ a TraceRows through `trace_rows`, the same for both.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import fields
 from typing import Any, TypeVar
 
@@ -84,6 +84,27 @@ def _records(cls: type[T], rows: Sequence[Row]) -> tuple[T, ...]:
     PostgreSQL's booleans alike become the field's type)."""
     convert = [(f.name, _CONVERT[str(f.type)]) for f in fields(cls)]  # type: ignore[arg-type]
     return tuple(cls(**{name: conv(r[name]) for name, conv in convert}) for r in rows)
+
+
+# runs one of the texts above with its named parameters (each backend's own reads)
+Fetch = Callable[[str, dict[str, object]], Awaitable[Sequence[Row]]]
+
+
+async def read_trace(fetch: Fetch, ident: bytes, receipt_limit: int) -> TraceRows:
+    """Everything stored about `ident`, through `fetch`: the per-id queries, then the
+    receipts stored since its envelopes arrived (up to `receipt_limit`) and, if any
+    envelope is here, the audit statements."""
+    named: dict[str, object] = {"ident": ident}
+    envelopes, recipients, queue, inbox, pending, attempts = [
+        await fetch(query, named)
+        for query in (ENVELOPES, RECIPIENTS, QUEUE, INBOX, PENDING_RECEIPTS, ATTEMPTS)
+    ]
+    since = min((int(r["received"]) for r in envelopes), default=None)
+    receipts = (
+        [] if since is None else await fetch(RECEIPTS, {"since": since, "limit": receipt_limit})
+    )
+    statements = await fetch(STATEMENTS, named) if envelopes else []
+    return trace_rows(envelopes, recipients, queue, inbox, pending, receipts, attempts, statements)
 
 
 def trace_rows(

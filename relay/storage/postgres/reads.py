@@ -314,32 +314,10 @@ class PgReads(AuditReads, PathReads):
         return [rowmaps.allow_of(r) for r in found]
 
     async def trace(self, ident: bytes, receipt_limit: int) -> TraceRows:
-        t = trace_sql
-        named = {"ident": ident}
-        found = [
-            await self.fetchall(p.pyformat(query), named)
-            for query in (
-                t.ENVELOPES,
-                t.RECIPIENTS,
-                t.QUEUE,
-                t.INBOX,
-                t.PENDING_RECEIPTS,
-                t.ATTEMPTS,
-            )
-        ]
-        since = min((int(r["received"]) for r in found[0]), default=None)
-        receipts = (
-            []
-            if since is None
-            else await self.fetchall(
-                p.pyformat(t.RECEIPTS), {"since": since, "limit": receipt_limit}
-            )
-        )
-        statements = await self.fetchall(p.pyformat(t.STATEMENTS), named) if found[0] else []
-        envelopes, recipients, queue, inbox, pending, attempts = found
-        return trace_sql.trace_rows(
-            envelopes, recipients, queue, inbox, pending, receipts, attempts, statements
-        )
+        async def fetch(sql: str, named: dict[str, object]) -> Sequence[Row]:
+            return await self.fetchall(p.pyformat(sql), named)
+
+        return await trace_sql.read_trace(fetch, ident, receipt_limit)
 
     # --- erasure ---------------------------------------------------------------------
 

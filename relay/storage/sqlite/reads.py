@@ -298,30 +298,7 @@ class SqliteReads(AuditReads, PathReads):
         return [rowmaps.allow_of(r) for r in found]
 
     async def trace(self, ident: bytes, receipt_limit: int) -> TraceRows:
-        t = trace_sql
-        named = {"ident": ident}
-        found = [
-            await self.fetchall(query, named)
-            for query in (
-                t.ENVELOPES,
-                t.RECIPIENTS,
-                t.QUEUE,
-                t.INBOX,
-                t.PENDING_RECEIPTS,
-                t.ATTEMPTS,
-            )
-        ]
-        since = min((int(r["received"]) for r in found[0]), default=None)
-        receipts = (
-            []
-            if since is None
-            else await self.fetchall(t.RECEIPTS, {"since": since, "limit": receipt_limit})
-        )
-        statements = await self.fetchall(t.STATEMENTS, named) if found[0] else []
-        envelopes, recipients, queue, inbox, pending, attempts = found
-        return trace_sql.trace_rows(
-            envelopes, recipients, queue, inbox, pending, receipts, attempts, statements
-        )
+        return await trace_sql.read_trace(self.fetchall, ident, receipt_limit)
 
     # --- erasure ---------------------------------------------------------------------
 

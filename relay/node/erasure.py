@@ -28,7 +28,7 @@ from relay.errors import BadRequest, Forbidden, NotFound, RelayError
 from relay.federation import erasing
 from relay.logs import event
 from relay.node.state import NodeState
-from relay.protocol.erasure import decode_answer, read_chain
+from relay.protocol.erasure import MAX_REASON_BYTES, decode_answer, read_chain
 from relay.storage.erasure import EraseOrder, Erasure, ErasureTarget, StoredAnswer
 from relay.storage.interface import WriteTx
 
@@ -36,7 +36,6 @@ log = logging.getLogger("relay.erasure")
 
 MAX_IDS = 1000  # ids per request
 MAX_BY_SENDER = 10_000  # messages one by-sender erasure reaches; ask again for more
-MAX_REASON = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,13 +59,15 @@ class EraseResult:
 
 
 def check_reason(reason: object, *, required: bool) -> str:
-    """The reason as recorded: text of at most MAX_REASON characters, no control characters."""
+    """The reason as recorded: one line of at most MAX_REASON_BYTES of UTF-8 (what an
+    erasure request carries, relay.protocol.erasure), no control characters."""
     if reason is None and not required:
         return ""
     if not isinstance(reason, str) or (required and not reason.strip()):
         raise BadRequest("'reason' must say why the message is erased (it is recorded)")
-    if len(reason) > MAX_REASON or any(ord(c) < 32 or ord(c) == 127 for c in reason):
-        raise BadRequest(f"'reason' must be one line of at most {MAX_REASON} characters")
+    too_long = len(reason.encode()) > MAX_REASON_BYTES
+    if too_long or any(ord(c) < 32 or ord(c) == 127 for c in reason):
+        raise BadRequest(f"'reason' must be one line of at most {MAX_REASON_BYTES} bytes (UTF-8)")
     return reason.strip()
 
 

@@ -353,16 +353,19 @@ class Metrics:
         decided: Tally[tuple[str, str, str]] = Tally(
             ("accept", "deny", r.rule) for r in refusals if r.error.item_code == "residency"
         )
+        unsealed: Tally[str] = Tally()
         for c in candidates:
             h = c.env.header
             if results.get(h.id) != "accepted":
                 continue
             if c.hop is None and h.kind == "message" and h.seal is None:
-                self.unsealed.labels(h.origin).inc()
+                unsealed[h.origin] += 1
             if c.audit is not None:
                 decided["accept", "audit", c.audit.rule] += 1
             else:
                 decided["accept", "allow", c.rule_id] += 1
+        for origin, n in unsealed.items():
+            self.unsealed.labels(origin).inc(n)
         self._decisions(decided)
 
     def tree_head(self, peer: str, outcome: str) -> None:

@@ -43,7 +43,7 @@ def add_key_actions(key: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("dir", type=Path, metavar="DIR", help="node directory (or its node.toml)")
     p.add_argument(
         "--grace",
-        type=_duration,
+        type=duration_arg,
         metavar="DURATION",
         help="how long the old key stays valid, e.g. 10d (default: twice queue_lifetime; "
         "never shorter than queue_lifetime)",
@@ -79,7 +79,8 @@ def add_key_actions(key: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.set_defaults(func=cmd_key_list)
 
 
-def _duration(value: str) -> int:
+def duration_arg(value: str) -> int:
+    """An argparse type: a duration such as 10d or 30s, in ms (relay.config.values)."""
     try:
         return parse_duration_ms(value)
     except ValueError as e:

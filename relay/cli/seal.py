@@ -13,12 +13,12 @@ import shlex
 import sys
 from pathlib import Path
 
+from relay.cli.keys import duration_arg
 from relay.cli.reload import apply_edit
 from relay.config.files import load_config
 from relay.config.keyops import wall_ms
 from relay.config.sealkeys import load_seal_key
 from relay.config.sealops import SealChange, expired, seal_init, seal_revoke, seal_rotate
-from relay.config.values import parse_duration_ms
 from relay.node.sealer import iso_ms
 from relay.protocol.sealing import SUITES
 
@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         if action == "rotate":
             p.add_argument(
                 "--grace",
-                type=_duration,
+                type=duration_arg,
                 metavar="DURATION",
                 help="how long the old seal key still opens mail, e.g. 10d (default: twice "
                 "queue_lifetime, as for signing keys; never shorter than queue_lifetime)",
@@ -60,13 +60,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", type=Path, metavar="DIR", help="node directory (or its node.toml)")
-
-
-def _duration(text: str) -> int:
-    try:
-        return parse_duration_ms(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _say(message: str) -> None:

@@ -357,15 +357,20 @@ async def answer_settled(
 ) -> None:
     """A hold ended: answer the node each settled erasure came from again, now `erased`
     (with the latest answer from downstream, if any)."""
-    asked = [r for r in settled if r.request is not None and r.upstream is not None]
+    asked = [
+        (rec, req, upstream)
+        for rec in settled
+        if (req := rec.request) is not None and (upstream := rec.upstream) is not None
+    ]
     if not asked:
         return
-    requests = await tx.erasure_requests([r.request for r in asked if r.request])
-    answers = await tx.erasure_answers([r.request for r in asked if r.request])
+    ids = [req for _, req, _ in asked]
+    requests = await tx.erasure_requests(ids)
+    answers = await tx.erasure_answers(ids)
     new: list[NewEnvelope] = []
-    for rec in asked:
-        request = requests.get(rec.request or b"")
-        if request is None or rec.upstream is None:
+    for rec, req, upstream in asked:
+        request = requests.get(req)
+        if request is None:
             continue
         kept = next((a for a in answers.get(request.id, []) if a.writer == request.hop), None)
         new.append(
@@ -373,7 +378,7 @@ async def answer_settled(
                 state,
                 tx,
                 _request_env(request),
-                rec.upstream,
+                upstream,
                 rec.id,
                 _status(rec),
                 request.hop,

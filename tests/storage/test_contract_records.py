@@ -150,6 +150,23 @@ async def test_inbox_page_stops_at_the_byte_budget(storage: Storage) -> None:
     assert await storage.inbox_page("carol", 0, 10, 100) == InboxPage([], more=False)
 
 
+async def test_inbox_seqs_are_never_handed_out_twice(storage: Storage) -> None:
+    # an app pages GET /v1/inbox "after seq N": once retention has deleted the
+    # newest rows, a new message must still get a seq past every one there was,
+    # or an app holding N would skip it
+    old = [envelope(payload=f"old{i}".encode()) for i in range(3)]
+    rids = await put(storage, [new(e, mailboxes=["bob"]) for e in old])
+    cursor = max(i.seq for i in await storage.inbox("bob", 0, 10))
+    await storage.write(lambda tx: tx.delete_envelopes(rids))
+    assert await storage.inbox("bob", 0, 10) == []
+
+    fresh = envelope(payload=b"fresh")
+    await put(storage, [new(fresh, mailboxes=["bob"])])
+    page = await storage.inbox_page("bob", cursor, 10, 1 << 20)
+    assert [i.id for i in page.items] == [fresh.header.id]
+    assert page.items[0].seq > cursor
+
+
 async def test_unread_bytes_follow_delivery_ack_and_deletion(storage: Storage) -> None:
     envs = [envelope(payload=bytes([i]) * (10 * (i + 1))) for i in range(4)]  # 10 20 30 40
     # an unread message counts its header as well as its payload

@@ -293,3 +293,40 @@ async def test_envelopes_keep_their_rows_keyed_id_first(tmp_path: Path) -> None:
         assert await store.fetchall("SELECT name FROM sqlite_master WHERE type = 'trigger'") == []
     finally:
         await store.close()
+
+
+async def test_inbox_seqs_go_on_past_every_seq_known_after_migration_18(tmp_path: Path) -> None:
+    """A database at version 17 whose newest inbox rows retention deleted: migration
+    18 starts the seq counter past the rows left and past the webhooks' cursors."""
+    db = tmp_path / "relay.db"
+    con = _database_at(db, 17)
+    con.executemany(
+        "INSERT INTO inbox (seq, mailbox, rid, delivered, acked) VALUES (?, ?, ?, ?, ?)",
+        [(1, "alice", 1, 5, None), (2, "alice", 2, 5, 6), (4, "bob", 4, 5, None)],
+    )
+    con.execute("INSERT INTO webhook_state (mailbox, cursor) VALUES ('carol', 9)")
+    con.commit()
+    con.close()
+    store = await open_store(db)
+    try:
+        got = await store.fetchall("SELECT seq, mailbox, rid, delivered, acked FROM inbox")
+        assert [tuple(r) for r in got] == [
+            (1, "alice", 1, 5, None),
+            (2, "alice", 2, 5, 6),
+            (4, "bob", 4, 5, None),
+        ]
+        await store.write(lambda tx: put_inbox_row(tx, "carol", 10))
+        await store.write(lambda tx: sqlite_tx(tx).execute("DELETE FROM inbox WHERE rid = 10"))
+        await store.write(lambda tx: put_inbox_row(tx, "dave", 11))
+        seqs = await store.fetchall("SELECT mailbox, seq FROM inbox WHERE rid > 4")
+        assert [tuple(r) for r in seqs] == [("dave", 11)]  # 10 went to carol's row
+        names = {r[1] for r in await store.fetchall("PRAGMA index_list(inbox)")}
+        assert names == {"inbox_once", "inbox_unacked"}
+    finally:
+        await store.close()
+
+
+async def put_inbox_row(tx: WriteTx, mailbox: str, rid: int) -> None:
+    await sqlite_tx(tx).execute(
+        "INSERT INTO inbox (mailbox, rid, delivered) VALUES (?, ?, 7)", (mailbox, rid)
+    )

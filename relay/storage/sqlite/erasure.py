@@ -66,8 +66,9 @@ class ErasureWrites(EraseSteps, PathSteps):
         db = self.connection
         mailboxes: dict[int, list[str]] = {}
         dequeued: set[int] = set()
-        # tombstones get seqs past every row there was: SQLite would hand a deleted
-        # top seq out again, and readers and webhooks page "after seq N"
+        # tombstones get seqs past every seq handed out (AUTOINCREMENT, migration
+        # 18): readers and webhooks page "after seq N"; the ones inserted below,
+        # and only they, are past the top seq before
         top = await q.one(db, "SELECT coalesce(max(seq), 0) FROM inbox")
         seq = int(top[0]) if top else 0
         for chunk in q.chunks(sorted(set(rids))):
@@ -88,8 +89,8 @@ class ErasureWrites(EraseSteps, PathSteps):
         rows = [(mb, rid) for rid, mbs in sorted(mailboxes.items()) for mb in sorted(mbs)]
         await q.many(
             db,
-            "INSERT INTO inbox (seq, mailbox, rid, delivered) VALUES (?, ?, ?, ?)",
-            [(seq + i, mb, rid, now) for i, (mb, rid) in enumerate(rows, start=1)],
+            "INSERT INTO inbox (mailbox, rid, delivered) VALUES (?, ?, ?)",
+            [(mb, rid, now) for mb, rid in rows],
         )
         # the tombstones, past the top seq, weigh only their headers now
         await db.execute(unread.add("i.seq > ?"), (seq,))

@@ -74,7 +74,7 @@ class SqliteTables:
         self._run(sql)
 
     def finish(self) -> None:
-        """Nothing to do: an INTEGER PRIMARY KEY goes on from the largest key stored."""
+        """Nothing to do: keys go on past the largest key stored (AUTOINCREMENT keeps it)."""
 
     def commit(self) -> None:
         self._run("COMMIT")

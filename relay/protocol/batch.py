@@ -186,7 +186,7 @@ class BatchResult:
 
 
 _RESULT_KEYS = frozenset({"batch", "nonce", "results"})
-_DELIVERY_RESULT_KEYS = _RESULT_KEYS | {"delivered"}
+_DELIVERY_KEY = frozenset({"delivered"})
 _DELIVERED_KEYS = frozenset({"at", "jurisdiction", "mode", "ids"})
 _RESULT_VALUES = frozenset({"accepted", "duplicate"} | {f"rejected:{c}" for c in ITEM_CODES})
 _STORED = frozenset({"accepted", "duplicate"})
@@ -252,11 +252,9 @@ def decode_result(result_bytes: bytes) -> BatchResult:
 
 def _decode_result(result_bytes: bytes, *, delivery: bool) -> BatchResult:
     w = "batch result"
-    top = strict_unpack(result_bytes, w)
-    if delivery and type(top) is dict and "delivered" not in top:
-        m = fields(top, w, _RESULT_KEYS)
-    else:
-        m = fields(top, w, _DELIVERY_RESULT_KEYS if delivery else _RESULT_KEYS)
+    m = fields(
+        strict_unpack(result_bytes, w), w, _RESULT_KEYS, _DELIVERY_KEY if delivery else frozenset()
+    )
     batch_id = bin_field(m, "batch", w, ID_SIZE)
     nonce = str_field(m, "nonce", w)
     if not nonce:

@@ -54,7 +54,7 @@ class Certificate:
 _CERT_KEYS = frozenset(
     {"v", "name", "keys", "jurisdiction", "url", "not_before", "not_after", "authority"}
 )
-_SEALED_CERT_KEYS = _CERT_KEYS | {"seal_keys"}
+_OPTIONAL_CERT_KEYS = frozenset({"seal_keys"})
 MAX_CERT_SEAL_KEYS = 4
 _URL_RE = re.compile(r"https?://[\x21-\x7e]+")
 
@@ -108,8 +108,7 @@ def verify_certificate(blob: bytes, authority_pub: Ed25519PublicKey) -> Certific
 def _decode_certificate(cert_bytes: bytes) -> Certificate:
     w = "certificate"
     raw = strict_unpack(cert_bytes, w)
-    keyset = _SEALED_CERT_KEYS if type(raw) is dict and "seal_keys" in raw else _CERT_KEYS
-    m = fields(raw, w, keyset)
+    m = fields(raw, w, _CERT_KEYS, _OPTIONAL_CERT_KEYS)
     v = int_field(m, "v", w)
     if v != 1:
         raise MalformedError(f"certificate: v: version {v} is not supported (expected 1)")

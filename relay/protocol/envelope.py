@@ -97,7 +97,7 @@ _HEADER_KEYS = frozenset(
     {"v", "id", "kind", "origin", "key", "from", "to", "dest", "created", "expires"}
     | {"residency", "ctype", "size", "sha256", "max_hops"}
 )
-_SEALED_KEYS = _HEADER_KEYS | {"seal"}
+_OPTIONAL_HEADER_KEYS = frozenset({"seal"})
 
 
 def encode_header(h: Header) -> bytes:
@@ -132,8 +132,7 @@ def decode_header(data: bytes) -> Header:
     """
     w = "header"
     raw = strict_unpack(data, w)
-    keys = _SEALED_KEYS if type(raw) is dict and "seal" in raw else _HEADER_KEYS
-    m = fields(raw, w, keys)
+    m = fields(raw, w, _HEADER_KEYS, _OPTIONAL_HEADER_KEYS)
     v = int_field(m, "v", w)
     if v != 1:
         raise MalformedError(f"header: v: version {v} is not supported (expected 1)")

@@ -209,12 +209,20 @@ def show(value: object, limit: int = 64) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def fields(value: object, what: str, keys: frozenset[str]) -> dict[str, object]:
-    """`value` as a map with exactly `keys`; MalformedError naming an unknown or missing key."""
+def fields(
+    value: object, what: str, keys: frozenset[str], optional: frozenset[str] = frozenset()
+) -> dict[str, object]:
+    """`value` as a map with every one of `keys` and any of `optional`, nothing else;
+    MalformedError naming an unknown or missing key.
+
+    `optional` is for the extensions a structure may carry (a header's `seal`,
+    a certificate's `seal_keys`, a batch result's `delivered`).
+    """
     if type(value) is not dict:
         raise MalformedError(f"{what}: expected a map, got {value_kind(value)}")
-    if value.keys() != keys:
-        unknown = [show(k) for k in value if k not in keys]
+    present = value.keys()
+    if present != keys and not (optional and keys <= present and present - keys <= optional):
+        unknown = [show(k) for k in value if k not in keys and k not in optional]
         if unknown:
             raise MalformedError(f"{what}: unknown key {', '.join(sorted(unknown))}")
         missing = sorted(k for k in keys if k not in value)

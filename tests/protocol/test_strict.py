@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from relay.errors import MalformedError
-from relay.protocol.strict import pack, strict_unpack
+from relay.protocol.strict import fields, pack, strict_unpack
 from tests.protocol.wire import (
     HB,
 )
@@ -118,3 +118,52 @@ def test_pack_from_threads_matches_one_thread() -> None:
         for got in pool.map(run, range(8)):
             assert got == expected
     assert strict_unpack(expected[7], "thing") == values[7]
+
+
+# --- field access ---------------------------------------------------------------
+
+_KEYS = frozenset({"a", "b"})
+_OPTIONAL = frozenset({"x", "y"})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param({"a": 1, "b": 2}, id="required-only"),
+        pytest.param({"a": 1, "b": 2, "x": 3}, id="one-optional"),
+        pytest.param({"y": 0, "a": 1, "x": 3, "b": 2}, id="both-optional-any-order"),
+    ],
+)
+def test_fields_accepts_required_keys_with_any_optional_ones(value: dict[str, int]) -> None:
+    assert fields(value, "thing", _KEYS, _OPTIONAL) is value
+
+
+@pytest.mark.parametrize(
+    ("value", "optional", "message"),
+    [
+        pytest.param([], _OPTIONAL, "thing: expected a map, got array", id="not-a-map"),
+        pytest.param({"a": 1}, _OPTIONAL, "thing: missing key b", id="missing"),
+        pytest.param(
+            {"a": 1, "x": 2}, _OPTIONAL, "thing: missing key b", id="optional-not-instead"
+        ),
+        pytest.param({"a": 1, "b": 2, "z": 0}, _OPTIONAL, "thing: unknown key 'z'", id="unknown"),
+        pytest.param(
+            {"a": 1, "b": 2, "x": 0, "z": 0},
+            _OPTIONAL,
+            "thing: unknown key 'z'",
+            id="unknown-with-optional",
+        ),
+        pytest.param(
+            {"a": 1, "b": 2, "x": 0}, frozenset(), "thing: unknown key 'x'", id="not-optional-here"
+        ),
+        pytest.param(
+            {"b": 2, "z": 0}, _OPTIONAL, "thing: unknown key 'z'", id="unknown-before-missing"
+        ),
+    ],
+)
+def test_fields_refuses_naming_the_key(
+    value: object, optional: frozenset[str], message: str
+) -> None:
+    with pytest.raises(MalformedError) as e:
+        fields(value, "thing", _KEYS, optional)
+    assert str(e.value.detail) == message

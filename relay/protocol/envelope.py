@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from relay.errors import ItemRejected, MalformedError
 from relay.protocol import ed25519
 from relay.protocol.names import split_address, valid_jurisdiction, valid_node_name
-from relay.protocol.sealing import SealInfo, decode_seal_map, seal_map
+from relay.protocol.sealing import SealInfo, check_seal, decode_seal_map, seal_map
 from relay.protocol.strict import (
     MAX_INT,
     SIGNATURE_SIZE,
@@ -49,6 +49,7 @@ from relay.protocol.strict import (
     str_field,
     strict_unpack,
     value_kind,
+    wrong_type,
 )
 
 ENVELOPE_DOMAIN = b"relay-envelope-v1\x00"
@@ -205,17 +206,17 @@ def check_header(h: Header) -> Header:
     for attr, key in (*_STR_FIELDS, ("dest", "dest"), ("ctype", "ctype")):
         value = getattr(h, attr)
         if type(value) is not str:
-            raise MalformedError(f"header: {key}: expected str, got {value_kind(value)}")
+            raise wrong_type("header", key, "str", value)
     for key in _INT_FIELDS:
         value = getattr(h, key)
         if type(value) is not int:
-            raise MalformedError(f"header: {key}: expected int, got {value_kind(value)}")
+            raise wrong_type("header", key, "int", value)
         if not 0 <= value <= MAX_INT:
             raise MalformedError(f"header: {key}: int {value} is outside 0..2^63-1")
     for key, size in (("id", ID_SIZE), ("sha256", 32)):
         value = getattr(h, key)
         if type(value) is not bytes:
-            raise MalformedError(f"header: {key}: expected bin, got {value_kind(value)}")
+            raise wrong_type("header", key, "bin", value)
         if len(value) != size:
             raise MalformedError(f"header: {key}: expected {size} bytes, got {len(value)}")
     for key in ("to", "residency"):
@@ -225,7 +226,7 @@ def check_header(h: Header) -> Header:
     if h.v != 1:
         raise MalformedError(f"header: v: version {h.v} is not supported (expected 1)")
     if h.seal is not None:  # the same checks decode_header makes of the seal map
-        decode_seal_map(seal_map(h.seal))
+        check_seal(h.seal)
     _check_header(h)
     return h
 

@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from relay.errors import ItemRejected, MalformedError
-from relay.protocol.strict import bin_field, fields, int_field, show, str_field, value_kind
+from relay.protocol.strict import fields, show, value_kind, wrong_type
 
 SEAL_VERSION = 1
 HYBRID = "mlkem768x25519"
@@ -226,22 +226,46 @@ def seal_map(s: SealInfo) -> dict[str, object]:
 
 def decode_seal_map(value: object) -> SealInfo:
     """Check a decoded `seal` map strictly; MalformedError naming the fault."""
-    w = "header: seal"
     if type(value) is not dict:
-        raise MalformedError(f"{w}: expected a map, got {value_kind(value)}")
-    m = fields(value, w, _SEAL_KEYS)
-    v = int_field(m, "v", w)
+        raise MalformedError(f"header: seal: expected a map, got {value_kind(value)}")
+    m = fields(value, "header: seal", _SEAL_KEYS)
+    return _seal_info(m["v"], m["suite"], m["key"], m["wrap"], m["commit"])
+
+
+def check_seal(s: SealInfo) -> SealInfo:
+    """`s` if decode_seal_map(seal_map(s)) accepts it; else the MalformedError that raises.
+
+    The values are checked where they are, for a header about to be signed.
+    """
+    _seal_info(s.v, s.suite, s.key, s.wrap, s.commit)
+    return s
+
+
+def _seal_info(v: object, suite: object, key: object, wrap: object, commit: object) -> SealInfo:
+    w = "header: seal"
+    if type(v) is not int:
+        raise wrong_type(w, "v", "int", v)
     if v != SEAL_VERSION:
         raise MalformedError(f"{w}: v: seal version {v} is not supported (expected 1)")
-    suite = str_field(m, "suite", w)
+    if type(suite) is not str:
+        raise wrong_type(w, "suite", "str", suite)
     if suite not in SUITES:
         raise MalformedError(f"{w}: suite: {show(suite)} is not one of {', '.join(SUITES)}")
-    key = str_field(m, "key", w)
+    if type(key) is not str:
+        raise wrong_type(w, "key", "str", key)
     if not 1 <= len(key) <= 64:
         raise MalformedError(f"{w}: key: the key id must be 1..64 characters")
-    wrap = bin_field(m, "wrap", w, WRAP_SIZE[suite])
-    commit = bin_field(m, "commit", w, COMMIT_SIZE)
-    return SealInfo(suite, key, wrap, commit, v)
+    return SealInfo(
+        suite, key, _bin(wrap, "wrap", WRAP_SIZE[suite]), _bin(commit, "commit", COMMIT_SIZE), v
+    )
+
+
+def _bin(value: object, key: str, size: int) -> bytes:
+    if type(value) is not bytes:
+        raise wrong_type("header: seal", key, "bin", value)
+    if len(value) != size:
+        raise MalformedError(f"header: seal: {key}: expected {size} bytes, got {len(value)}")
+    return value
 
 
 # --- sealing and opening ------------------------------------------------------------------

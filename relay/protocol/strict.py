@@ -230,11 +230,16 @@ def fields(
     return value
 
 
+def wrong_type(what: str, key: str, expected: str, value: object) -> MalformedError:
+    """The error for a `value` at `key` of `what` that is not of the wire type `expected`."""
+    return MalformedError(f"{what}: {key}: expected {expected}, got {value_kind(value)}")
+
+
 def str_field(m: dict[str, object], key: str, what: str) -> str:
     """m[key] if it is a str; MalformedError otherwise."""
     value = m[key]
     if type(value) is not str:
-        raise MalformedError(f"{what}: {key}: expected str, got {value_kind(value)}")
+        raise wrong_type(what, key, "str", value)
     return value
 
 
@@ -242,7 +247,7 @@ def bin_field(m: dict[str, object], key: str, what: str, size: int) -> bytes:
     """m[key] if it is a bin of exactly `size` bytes; MalformedError otherwise."""
     value = m[key]
     if type(value) is not bytes:
-        raise MalformedError(f"{what}: {key}: expected bin, got {value_kind(value)}")
+        raise wrong_type(what, key, "bin", value)
     if len(value) != size:
         raise MalformedError(f"{what}: {key}: expected {size} bytes, got {len(value)}")
     return value
@@ -252,7 +257,7 @@ def int_field(m: dict[str, object], key: str, what: str) -> int:
     """m[key] if it is an int; MalformedError otherwise."""
     value = m[key]
     if type(value) is not int:
-        raise MalformedError(f"{what}: {key}: expected int, got {value_kind(value)}")
+        raise wrong_type(what, key, "int", value)
     return value
 
 

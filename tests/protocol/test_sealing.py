@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Any
 
 import pytest
 
 from relay.errors import ItemRejected, MalformedError
 from relay.protocol import sealing
-from relay.protocol.envelope import decode_header, encode_header, make_header
+from relay.protocol.envelope import check_header, decode_header, encode_header, make_header
 from relay.protocol.strict import pack, strict_unpack
 
 ENV_ID = bytes(range(16))
@@ -141,6 +142,47 @@ BAD_MAPS = [
 def test_bad_seal_maps_are_malformed(changes: dict[str, object], why: str) -> None:
     with pytest.raises(MalformedError, match=why):
         decode_header(replace_seal(header_with(GOOD), **changes))
+
+
+# SealInfo values wrong in one way each, with what the error names.
+BAD_SEALS = [
+    ({"v": 2}, "header: seal: v: seal version 2 is not supported (expected 1)"),
+    ({"v": True}, "header: seal: v: expected int, got bool"),
+    ({"suite": "rsa"}, "header: seal: suite: 'rsa' is not one of mlkem768x25519, x25519"),
+    ({"suite": b"x25519"}, "header: seal: suite: expected str, got bin"),
+    ({"suite": sealing.HYBRID}, "header: seal: wrap: expected 1168 bytes, got 80"),
+    ({"key": ""}, "header: seal: key: the key id must be 1..64 characters"),
+    ({"key": "k" * 65}, "header: seal: key: the key id must be 1..64 characters"),
+    ({"key": 7}, "header: seal: key: expected str, got int"),
+    ({"wrap": b"short"}, "header: seal: wrap: expected 80 bytes, got 5"),
+    ({"wrap": bytearray(80)}, "header: seal: wrap: expected bin, got ext"),
+    ({"commit": bytes(31)}, "header: seal: commit: expected 32 bytes, got 31"),
+    ({"commit": "c" * 32}, "header: seal: commit: expected bin, got str"),
+]
+
+
+@pytest.mark.parametrize(("changes", "error"), BAD_SEALS)
+def test_sealing_a_header_checks_its_seal_as_a_peer_decodes_it(
+    changes: dict[str, Any], error: str
+) -> None:
+    bad = dataclasses.replace(GOOD, **changes)
+    for check in (
+        sealing.check_seal,
+        lambda s: sealing.decode_seal_map(sealing.seal_map(s)),
+        lambda s: check_header(dataclasses.replace(decode_header(header_with(None)), seal=s)),
+    ):
+        with pytest.raises(MalformedError) as e:
+            check(bad)
+        assert e.value.detail == error
+    if type(changes.get("wrap")) is not bytearray:  # packs as bin: refused as ill-typed
+        with pytest.raises(MalformedError):  # the bytes a peer would get, refused too
+            decode_header(header_with(bad))
+
+
+def test_a_good_seal_passes_the_check_unchanged() -> None:
+    assert sealing.check_seal(GOOD) is GOOD
+    h = dataclasses.replace(decode_header(header_with(None)), seal=GOOD)
+    assert check_header(h) is h
 
 
 def test_seal_is_not_a_map() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from typing import Any
 
@@ -282,3 +283,27 @@ def test_bad_inputs_to_seal_are_refused() -> None:
                 origin="a.test",
                 dest="b.test",
             )
+
+
+def test_a_payload_sealed_under_a_false_commit_is_refused() -> None:
+    # an origin that seals `inner` under a commit that is not sha256(inner):
+    # it opens, but it proves nothing, so it is refused
+    info, _, dek = sealed(CLASSIC_KEY)
+    inner = os.urandom(sealing.SALT_SIZE) + b"body"
+    ct = sealing._envelope_key(dek, ENV_ID, "a.test", "b.test").encrypt(
+        bytes(12), inner, info.commit
+    )
+    with pytest.raises(ItemRejected, match="does not match its commit") as e:
+        unseal(info, ct, dek)
+    assert e.value.result == "rejected:unseal"
+
+
+def test_a_payload_without_its_salt_is_refused() -> None:
+    info, _, dek = sealed(CLASSIC_KEY)
+    inner = bytes(sealing.SALT_SIZE - 1)  # committed to honestly, but shorter than a salt
+    info = dataclasses.replace(info, commit=hashlib.sha256(inner).digest())
+    ct = sealing._envelope_key(dek, ENV_ID, "a.test", "b.test").encrypt(
+        bytes(12), inner, info.commit
+    )
+    with pytest.raises(ItemRejected, match="does not match its commit"):
+        unseal(info, ct, dek)

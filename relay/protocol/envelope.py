@@ -23,9 +23,10 @@ Invariants:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import ParamSpec
 
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -58,6 +59,7 @@ MAX_RECIPIENTS = 100
 MAX_HOPS = 16
 MAX_LIFETIME_MS = 30 * 24 * 3600 * 1000
 ID_SIZE = 16
+P = ParamSpec("P")
 
 # The kinds a node's postmaster writes, each with the one content type it carries:
 # receipts (relay.protocol.receipt), erasure requests and their answers
@@ -292,46 +294,6 @@ def _check_residency(codes: tuple[str, ...]) -> None:
         raise MalformedError("header: residency: codes are not strictly ascending")
 
 
-def make_header(
-    *,
-    id: bytes,
-    kind: str,
-    origin: str,
-    key_id: str,
-    sender: str,
-    to: Sequence[str],
-    dest: str,
-    created: int,
-    expires: int,
-    residency: Sequence[str],
-    ctype: str,
-    payload: bytes,
-    max_hops: int = 8,
-    sealed: SealInfo | None = None,
-) -> Header:
-    """Build a checked header for `payload`: size and sha256 computed, residency
-    sorted and deduplicated. MalformedError if decode_header would refuse it
-    (check_header). With `sealed`, `payload` is the ciphertext (relay.protocol.sealing)."""
-    return check_header(
-        header_for(
-            id=id,
-            kind=kind,
-            origin=origin,
-            key_id=key_id,
-            sender=sender,
-            to=to,
-            dest=dest,
-            created=created,
-            expires=expires,
-            residency=residency,
-            ctype=ctype,
-            payload=payload,
-            max_hops=max_hops,
-            sealed=sealed,
-        )
-    )
-
-
 def header_for(
     *,
     id: bytes,
@@ -349,8 +311,11 @@ def header_for(
     max_hops: int = 8,
     sealed: SealInfo | None = None,
 ) -> Header:
-    """make_header without its check, for a header that goes straight to `seal`,
-    which runs the same check before signing (so it is made once, not twice)."""
+    """Build a header for `payload`: size and sha256 computed, residency sorted
+    and deduplicated; with `sealed`, `payload` is the ciphertext
+    (relay.protocol.sealing). Unchecked, for a header that goes straight to
+    `seal`, which checks it before signing (so the check runs once, not twice);
+    make_header is this with the check."""
     return Header(
         id=id,
         kind=kind,
@@ -368,6 +333,18 @@ def header_for(
         max_hops=max_hops,
         seal=sealed,
     )
+
+
+def _checked(build: Callable[P, Header]) -> Callable[P, Header]:
+    def checked(*args: P.args, **kwargs: P.kwargs) -> Header:
+        return check_header(build(*args, **kwargs))
+
+    return checked
+
+
+make_header = _checked(header_for)
+"""header_for's header, checked: MalformedError if decode_header would refuse it
+(check_header)."""
 
 
 def peek_id(header_bytes: bytes) -> bytes:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from relay.cli.bench.options import Options
+from relay.cli.bench.run import unread_quota
 from relay.config.files import load_config
 from relay.config.sealkeys import load_seal_key
 
@@ -142,3 +144,24 @@ def test_bench_seal_suite_gives_the_destinations_classic_seal_keys(tmp_path: Pat
     config = load_config(b_dir)
     assert config.node.seal_key_file is not None
     assert load_seal_key(config.node.seal_key_file).public.string == pinned
+
+
+def test_bench_backlog_sizes_the_destination_quota_to_the_run(tmp_path: Path) -> None:
+    # Nobody reads B's inbox in a backlog run: at the 1 GiB default a 1,000,000-message
+    # backlog of 1 KiB deferred everything past ~800,000 and the drain stalled at 0 msg/s.
+    flags = ["--backlog", "300", "--json", "--quiet", "--workdir", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "relay", "bench", *flags],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(proc.stdout)
+    assert (doc["mode"], doc["committed"]) == ("backlog", 300)
+    (b_dir,) = tmp_path.glob("bench-*/b0")
+    assert load_config(b_dir).limits.mailbox_unread_bytes == doc["dest_mailbox_unread_bytes"]
+    # what a million-message run would be given: past the default, and past the run
+    million = unread_quota(Options(backlog=1_000_000))
+    assert million > 1_000_000 * (1024 + 400) > 2**30

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,12 +113,15 @@ class BenchNode:
     def trust(self, other: BenchNode) -> None:
         run_cli("peer", "add", self.dir, *other.peer_args)
 
-    def set_federation(self, values: dict[str, str], why: str) -> None:
-        """Set documented [federation] knobs (strings) and check the file."""
+    def set_table(self, table: str, values: Mapping[str, str | int], why: str) -> None:
+        """Set documented knobs of a `table` that `relay init` does not write, and check
+        the file."""
         path = self.dir / "node.toml"
-        lines = "".join(f'{k} = "{v}"\n' for k, v in values.items())
+        lines = "".join(
+            f'{k} = "{v}"\n' if isinstance(v, str) else f"{k} = {v}\n" for k, v in values.items()
+        )
         with open(path, "a", encoding="utf-8") as f:
-            f.write(f"\n# relay bench: {why}\n[federation]\n{lines}")
+            f.write(f"\n# relay bench: {why}\n[{table}]\n{lines}")
         load_config(self.dir)
 
     def add_mailbox(self, name: str) -> str:

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,16 +26,22 @@ from relay.config.sealkeys import load_seal_key
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def test_bench_smoke_prints_json_with_every_field() -> None:
+def bench_json(*flags: str, timeout: float = 180) -> dict[str, Any]:
+    """Run `relay bench FLAGS --json --quiet` to the end and return its result document."""
     proc = subprocess.run(
-        [sys.executable, "-m", "relay", "bench", "--n", "500", "--json", "--quiet", "--sql-stats"],
+        [sys.executable, "-m", "relay", "bench", *flags, "--json", "--quiet"],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(proc.stdout)
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    return doc
+
+
+def test_bench_smoke_prints_json_with_every_field() -> None:
+    doc = bench_json("--n", "500", "--sql-stats")
     assert doc["n"] == 500
     assert doc["committed"] == 500
     assert doc["size"] == 1024
@@ -81,16 +88,7 @@ def test_bench_refuses_a_bad_flag() -> None:
 
 
 def test_bench_app_mode_reads_and_acks_every_message(tmp_path: Path) -> None:
-    flags = ["--n", "300", "--app", "--json", "--quiet", "--workdir", str(tmp_path)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "relay", "bench", *flags],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(proc.stdout)
+    doc = bench_json("--n", "300", "--app", "--workdir", str(tmp_path))
     assert doc["clock_stops"] == "app read and acked at the destinations"
     assert doc["committed"] == 300
     for node in doc["nodes"]:
@@ -116,25 +114,7 @@ def test_bench_refuses_app_with_backlog() -> None:
 
 
 def test_bench_seal_suite_gives_the_destinations_classic_seal_keys(tmp_path: Path) -> None:
-    flags = [
-        "--n",
-        "200",
-        "--seal-suite",
-        "x25519",
-        "--json",
-        "--quiet",
-        "--workdir",
-        str(tmp_path),
-    ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "relay", "bench", *flags],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(proc.stdout)
+    doc = bench_json("--n", "200", "--seal-suite", "x25519", "--workdir", str(tmp_path))
     assert (doc["seal"], doc["seal_suite"], doc["committed"]) == ("preferred", "x25519", 200)
     # the origin pinned the destination's x25519 key, so it sealed every message with it
     (a_toml,) = tmp_path.glob("bench-*/a/node.toml")
@@ -149,16 +129,7 @@ def test_bench_seal_suite_gives_the_destinations_classic_seal_keys(tmp_path: Pat
 def test_bench_backlog_sizes_the_destination_quota_to_the_run(tmp_path: Path) -> None:
     # Nobody reads B's inbox in a backlog run: at the 1 GiB default a 1,000,000-message
     # backlog of 1 KiB deferred everything past ~800,000 and the drain stalled at 0 msg/s.
-    flags = ["--backlog", "300", "--json", "--quiet", "--workdir", str(tmp_path)]
-    proc = subprocess.run(
-        [sys.executable, "-m", "relay", "bench", *flags],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    doc = json.loads(proc.stdout)
+    doc = bench_json("--backlog", "300", "--workdir", str(tmp_path), timeout=240)
     assert (doc["mode"], doc["committed"]) == ("backlog", 300)
     (b_dir,) = tmp_path.glob("bench-*/b0")
     assert load_config(b_dir).limits.mailbox_unread_bytes == doc["dest_mailbox_unread_bytes"]

@@ -598,7 +598,7 @@ class Sender:
         peer's signed result stated as delivered (delivery-v1)."""
         st = self.state
         now = st.now_ms()
-        direct = await self._stated(tx, items, answer)
+        direct = self._stated(items, answer)
         answered = {it.rid for it in outcome.delivered} | {it.rid for it, _ in outcome.rejected}
         codes = {it.rid: code for it, code in outcome.rejected}
         done: list[int] = []
@@ -654,27 +654,22 @@ class Sender:
         await tx.save_peer_state(self.hop, after)
         return len(direct)
 
-    async def _stated(
-        self, tx: WriteTx, items: Sequence[Queued], answer: SignedResult
-    ) -> frozenset[int]:
+    def _stated(self, items: Sequence[Queued], answer: SignedResult) -> frozenset[int]:
         """The rids of this node's own messages the peer's signed result states as
         delivered (delivery-v1), where the peer is their destination: as a
-        `delivered` receipt from the destination would (protocol.md §22)."""
+        `delivered` receipt from the destination would (protocol.md §22).
+
+        The queue rows carry what that takes (origin, kind and dest, read with
+        them from the envelope row), so nothing is looked up again.
+        """
         if answer.delivered is None or not answer.delivered.ids:
             return frozenset()
         stated = set(answer.delivered.ids)
-        own = [
-            it
-            for it in items
-            if it.id in stated and it.origin == self.state.name and it.kind == "message"
-        ]
-        if not own:
-            return frozenset()
-        sent = await tx.sent_envelopes(self.state.name, [it.id for it in own])
+        me, hop = self.state.name, self.hop
         return frozenset(
             it.rid
-            for it in own
-            if (e := sent.get(it.id)) is not None and e.rid == it.rid and e.dest == self.hop
+            for it in items
+            if it.id in stated and it.origin == me and it.kind == "message" and it.dest == hop
         )
 
     def _forwarded(self, items: Sequence[Queued], now: int) -> list[AuditEvent]:

@@ -81,6 +81,7 @@ class Queued:
     attempts: int
     residency: str
     policy_hash: str = ""
+    dest: str = ""  # the envelope's destination node (its header's `dest`)
 
     @property
     def wire_size(self) -> int:

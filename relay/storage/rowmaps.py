@@ -36,7 +36,7 @@ class Row(Protocol):
 # The columns of a queue entry (queue q JOIN envelopes e), read by `queued_of`.
 QUEUED_COLS = (
     "q.rid, q.hop, e.header, e.signature, e.trace, e.kind, e.origin, e.id, e.expires,"
-    " q.enqueued, q.attempts, e.residency, e.policy_hash"
+    " q.enqueued, q.attempts, e.residency, e.policy_hash, e.dest"
 )
 
 # The columns read by `queue_listing_of` (queue q, envelopes e, peer_state ps).
@@ -64,6 +64,7 @@ def queued_of(r: Row, payload: bytes = b"") -> Queued:
         attempts=int(r["attempts"]),
         residency=str(r["residency"]),
         policy_hash=str(r["policy_hash"]),
+        dest=str(r["dest"]),
     )
 
 

@@ -264,6 +264,55 @@ async def test_a_stated_delivery_marks_only_what_it_states_delivered(out: Outbou
     assert [e.text("peer") for e in log if e.kind == RESULT] == [PEER]
 
 
+async def test_a_hop_that_is_not_the_destination_cannot_state_delivery(tmp_path: Path) -> None:
+    # this node's message to c.test goes via b.test; b.test's result states it
+    # delivered, but only the destination's word counts (protocol.md §22)
+    peer = FakePeer(Identity(PEER))
+    await peer.start()
+    node_dir = tmp_path / "n"
+    node_key = write_toml(
+        node_dir,
+        peers=[
+            Pinned(PEER, (peer.identity.key_string,), url=peer.url),
+            Pinned("c.test", (Identity("c.test").key_string,)),
+        ],
+        federation=FAST_RETRY,
+    )
+    with (node_dir / "node.toml").open("a") as f:
+        f.write('[[routes]]\nto = "c.test"\nvia = "b.test"\n')
+    peer.node_public = node_key.public_key()
+
+    async def states_all(peer: FakePeer, seen: Seen, request: web.Request) -> web.Response:
+        body = sign_result(
+            BatchResult(
+                seen.batch_id,
+                seen.nonce,
+                dict.fromkeys(seen.ids, "accepted"),
+                Delivered(wall_clock_ms(), "FR", "enforce", seen.ids),
+            ),
+            peer.identity.key,
+        )
+        return web.Response(body=body, content_type="application/msgpack")
+
+    peer.default = states_all
+    o = Outbound(await _start(node_dir), peer, node_dir)
+    try:
+        relayed, direct = await o.h.submit_batch(
+            [{"to": ["carol@c.test"], "text": "via b"}, {"to": ["bob@b.test"], "text": "to b"}]
+        )
+        assert await o.wait_status(direct, "delivered") == ("delivered", "")
+        assert await o.queue_rows() == []
+        doc = (await o.h.status(relayed))["carol@c.test"]
+        assert doc["status"] == "sent"  # handed on; its receipt is still to come
+        log = [decode_entry(r.entry) for r in await o.h.state.store.audit_entries(0, 10_000)]
+        assert [e.blob("envelope") for e in log if e.kind == RECEIPT] == [bytes.fromhex(direct)]
+    finally:
+        await o.h.node.stop()
+        await o.h.session.close()
+        await peer.stop()
+    assert peer.problems == []
+
+
 async def test_rejected_result_ends_that_envelope_only(out: Outbound) -> None:
     async def split_verdict(peer: FakePeer, seen: Seen, request: web.Request) -> web.Response:
         results = {

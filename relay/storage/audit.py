@@ -34,7 +34,6 @@ from relay.protocol.audit import (
     entry_leaf,
 )
 from relay.protocol.bundle import ExportedEnvelope
-from relay.protocol.envelope import header_digest
 from relay.protocol.strict import MAX_INT
 from relay.storage.records import Counts, DecisionRecord, NewEnvelope
 
@@ -88,10 +87,13 @@ class WitnessedHead:
     proof: str = ""
 
 
-def stored_events(items: Sequence[NewEnvelope], now: int) -> list[AuditEvent]:
-    """The `stored` entries of envelopes being inserted."""
+def stored_events(
+    items: Sequence[NewEnvelope], now: int, digests: Sequence[bytes]
+) -> list[AuditEvent]:
+    """The `stored` entries of envelopes being inserted; `digests` are their
+    headers' digests (header_digest), which the envelope rows hold too."""
     out = []
-    for it in items:
+    for it, digest in zip(items, digests, strict=True):
         h = it.env.header
         out.append(
             AuditEvent(
@@ -105,7 +107,7 @@ def stored_events(items: Sequence[NewEnvelope], now: int) -> list[AuditEvent]:
                     "from": it.from_peer or "",
                     "hop": it.hop or "",
                     "local": len(it.mailboxes),
-                    "header": header_digest(it.env.header_bytes),
+                    "header": digest,
                     "rule": it.rule_id,
                     "policy": it.policy_hash,
                 },

@@ -47,6 +47,16 @@ LISTING_COLS = (
 )
 
 
+_NO_TRACE: bytes = msgpack.packb([])
+
+
+def pack_trace(trace: tuple[str, ...]) -> bytes:
+    """An envelope row's `trace` column: the msgpack array of the nodes it passed
+    (empty for this node's own envelopes: one constant, not a pack per row)."""
+    packed: bytes = msgpack.packb(list(trace)) if trace else _NO_TRACE
+    return packed
+
+
 def queued_of(r: Row, payload: bytes = b"") -> Queued:
     """A Queued from a row selecting QUEUED_COLS."""
     return Queued(

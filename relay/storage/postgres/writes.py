@@ -103,19 +103,21 @@ class PgWriteTx(AuditWrites, ErasureWrites, RetentionWrites):
             (len(items),),
         )
         rids = sorted(int(r["rid"]) for r in taken)
+        # each header hashed once, for its row and its `stored` audit entry
+        digests = [header_digest(it.env.header_bytes) for it in items]
         envelope_rows = []
-        for rid, it in zip(rids, items, strict=True):
+        for rid, it, digest in zip(rids, items, digests, strict=True):
             h = it.env.header
             envelope_rows.append(
                 (
                     rid,
                     h.origin,
                     h.id,
-                    header_digest(it.env.header_bytes),
+                    digest,
                     it.env.header_bytes,
                     it.env.signature,
                     h.sha256,
-                    msgpack.packb(list(it.trace)),
+                    rowmaps.pack_trace(it.trace),
                     h.kind,
                     h.sender,
                     h.dest,
@@ -152,7 +154,7 @@ class PgWriteTx(AuditWrites, ErasureWrites, RetentionWrites):
         )
         if any(it.mailboxes for it in items):  # the rids are new: so are their inbox rows
             await db.execute(unread.add("i.rid = ANY(%s)"), (rids,))
-        await self.append_audit(stored_events(items, now))
+        await self.append_audit(stored_events(items, now, digests))
         return rids
 
     async def add_recipients(self, rows: Sequence[Recipient]) -> None:

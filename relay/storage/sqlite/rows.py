@@ -18,9 +18,10 @@ from typing import Any
 import aiosqlite
 import msgpack
 
-from relay.storage.rowmaps import QUEUED_COLS, peer_state_of, queued_of
+from relay.storage.rowmaps import QUEUED_COLS, pack_trace, peer_state_of, queued_of
 
-__all__ = ["QUEUED_COLS", "peer_state_of", "queued_of"]  # re-exported for the SQLite modules
+# re-exported for the SQLite modules
+__all__ = ["QUEUED_COLS", "pack_trace", "peer_state_of", "queued_of"]
 from relay.storage.sqlite.inline import InlineConnection
 
 # The reader's aiosqlite connection or the writer's inline one: same awaitable surface.

@@ -95,19 +95,21 @@ class SqliteWriteTx(AuditWrites, ErasureWrites, RetentionWrites):
         row = await q.one(db, "SELECT coalesce(max(rid), 0) FROM envelopes")
         first = int(row[0]) + 1 if row else 1
         rids = list(range(first, first + len(items)))
+        # each header hashed once, for its row and its `stored` audit entry
+        digests = [header_digest(it.env.header_bytes) for it in items]
         envelope_rows = []
-        for rid, it in zip(rids, items, strict=True):
+        for rid, it, digest in zip(rids, items, digests, strict=True):
             h = it.env.header
             envelope_rows.append(
                 (
                     rid,
                     h.origin,
                     h.id,
-                    header_digest(it.env.header_bytes),
+                    digest,
                     it.env.header_bytes,
                     it.env.signature,
                     h.sha256,
-                    msgpack.packb(list(it.trace)),
+                    q.pack_trace(it.trace),
                     h.kind,
                     h.sender,
                     h.dest,
@@ -143,7 +145,7 @@ class SqliteWriteTx(AuditWrites, ErasureWrites, RetentionWrites):
             )
             # the rows just inserted, and only they, have seqs past the top before
             await db.execute(unread.add("i.seq > ?"), (int(top[0]) if top else 0,))
-        await self.append_audit(stored_events(items, now))
+        await self.append_audit(stored_events(items, now, digests))
         return rids
 
     async def add_recipients(self, rows: Sequence[Recipient]) -> None:

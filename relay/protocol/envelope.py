@@ -233,7 +233,37 @@ def check_header(h: Header) -> Header:
     return h
 
 
+# The field sets _check_parties found valid: (kind, origin, dest, key, from, to,
+# residency, ctype) is the same for every message of a batch from one mailbox to
+# one destination, so each set is checked once, not per header. Only exact str
+# and tuple-of-str values get here (decode_header's and check_header's type
+# checks run first), so a set that compares equal is the same set of strings.
+_PARTIES_OK: set[tuple[object, ...]] = set()
+_MAX_PARTIES = 4096
+
+
 def _check_header(h: Header) -> None:
+    parties = (h.kind, h.origin, h.dest, h.key, h.sender, h.to, h.residency, h.ctype)
+    if parties not in _PARTIES_OK:
+        _check_parties(h)
+        if len(_PARTIES_OK) >= _MAX_PARTIES:
+            _PARTIES_OK.clear()
+        _PARTIES_OK.add(parties)
+    if not h.created < h.expires <= h.created + MAX_LIFETIME_MS:
+        raise MalformedError(
+            f"header: expires: must be after created and at most 30 days later "
+            f"(created {h.created}, expires {h.expires})"
+        )
+    if not 1 <= h.max_hops <= MAX_HOPS:
+        raise MalformedError(f"header: max_hops: {h.max_hops} is outside 1..{MAX_HOPS}")
+    if h.seal is not None and h.kind in POSTMASTER_KINDS:
+        what = "a receipt" if h.kind == "receipt" else f"an envelope of kind {h.kind}"
+        raise MalformedError(f"header: seal: {what} is never sealed")
+
+
+def _check_parties(h: Header) -> None:
+    """The checks of who and what a header names, none of which reads its id,
+    times, size, digest, hop limit or seal."""
     if h.kind not in KINDS:
         kinds = ", ".join(sorted(KINDS))
         raise MalformedError(f"header: kind: {show(h.kind)} is not one of {kinds}")
@@ -252,16 +282,9 @@ def _check_header(h: Header) -> None:
             raise MalformedError(f"header: to: {show(rcpt)} is not at dest {h.dest!r}")
     if len(set(h.to)) != len(h.to):
         raise MalformedError("header: to: a recipient is listed twice")
-    if not h.created < h.expires <= h.created + MAX_LIFETIME_MS:
-        raise MalformedError(
-            f"header: expires: must be after created and at most 30 days later "
-            f"(created {h.created}, expires {h.expires})"
-        )
     _check_residency(h.residency)
     if not h.ctype:
         raise MalformedError("header: ctype: the content type is empty")
-    if not 1 <= h.max_hops <= MAX_HOPS:
-        raise MalformedError(f"header: max_hops: {h.max_hops} is outside 1..{MAX_HOPS}")
     ctype = POSTMASTER_KINDS.get(h.kind)
     if ctype is not None:
         what = "a receipt" if h.kind == "receipt" else f"an envelope of kind {h.kind}"
@@ -271,8 +294,6 @@ def _check_header(h: Header) -> None:
             raise MalformedError(f"header: to: {what} goes to postmaster@{h.dest} only")
         if h.ctype != ctype:
             raise MalformedError(f"header: ctype: {what}'s content type is {ctype}")
-        if h.seal is not None:
-            raise MalformedError(f"header: seal: {what} is never sealed")
 
 
 def _address_node(addr: str, field: str) -> str:

@@ -28,6 +28,7 @@ from relay.protocol.envelope import (
     stored_header,
     verify_envelope,
 )
+from relay.protocol.sealing import SealInfo
 from relay.protocol.strict import pack
 from tests.protocol.wire import (
     A_KEY,
@@ -326,6 +327,44 @@ def test_check_header_agrees_with_a_strict_decode_of_the_encoding(changes: dict[
         assert got in (None, expected)
         ill_typed = type(changes.get("to")) is list or type(changes.get("sha256")) is bytearray
         assert got is not None or ill_typed
+
+
+def test_a_party_set_checked_once_still_has_every_header_checked() -> None:
+    # who and what a header names is checked once per set (relay.protocol.envelope
+    # _PARTIES_OK); times, hop limit and a postmaster kind's seal are checked each time
+    good = make_header(**header_args())
+    assert check_header(good) is good
+    per_header: list[dict[str, Any]] = [
+        {"expires": 1_000},
+        {"expires": 1_000 + MAX_LIFETIME_MS + 1},
+        {"max_hops": 0},
+    ]
+    for changes in per_header:
+        with pytest.raises(MalformedError):
+            check_header(dataclasses.replace(good, **changes))
+        with pytest.raises(MalformedError):
+            decode_header(encode_header(dataclasses.replace(good, **changes)))
+    receipt = make_header(
+        **header_args(
+            kind="receipt",
+            sender="postmaster@a.test",
+            to=["postmaster@b.test"],
+            ctype=RECEIPT_CTYPE,
+        )
+    )
+    check_header(receipt)
+    sealed = dataclasses.replace(receipt, seal=SealInfo("x25519", "k", bytes(80), bytes(32)))
+    with pytest.raises(MalformedError, match="never sealed"):
+        check_header(sealed)
+
+
+def test_a_refused_party_set_is_refused_every_time() -> None:
+    bad = dataclasses.replace(make_header(**header_args()), dest="B.test", to=("bob@B.test",))
+    for _ in range(3):
+        with pytest.raises(MalformedError, match="dest"):
+            check_header(bad)
+        with pytest.raises(MalformedError, match="dest"):
+            decode_header(encode_header(bad))
 
 
 def test_seal_refuses_a_payload_the_header_does_not_describe() -> None:

@@ -25,15 +25,15 @@ from relay.errors import (
     NotFound,
     PolicyRefused,
     RelayError,
-    StoreError,
     TooLarge,
     Unauthorized,
     Unavailable,
 )
-from relay.logs import event, id_fields
+from relay.logs import event
 from relay.node import backpressure, erasure, submit
 from relay.node.http import read_capped, refuse_declared
 from relay.node.state import NodeState
+from relay.node.submitgroup import Submission, SubmitGroups
 from relay.protocol.envelope import stored_header
 from relay.protocol.sealing import body_of
 from relay.storage.interface import WriteTx
@@ -47,6 +47,8 @@ MAX_IDEMPOTENCY_KEY = 200
 # Messages planned (and sealed) between pauses for other requests: planning a
 # 1,000-message batch in one piece held the loop for 0.5-1 s.
 PLAN_RUN = 32
+# Submits waiting for the store writer, stored by one job (relay.node.submitgroup)
+SUBMIT_GROUPS = web.AppKey("relay_submit_groups", SubmitGroups)
 # 1,000 ids of 34 bytes each, with room for spaces: small enough to decode on the loop
 ACK_BODY_BYTES = 64 * 1024
 
@@ -135,18 +137,8 @@ async def _submit(request: web.Request, batch: bool) -> web.Response:
         ids = [pm.msg_id.hex() for pm in planned]
         answer: dict[str, Any] = {"ids": ids} if batch else {"id": ids[0]}
 
-        async def job(tx: WriteTx) -> dict[str, Any]:
-            if scoped is not None and not await tx.remember_answer(
-                mailbox, scoped, answer, state.now_ms()
-            ):
-                earlier = await tx.idempotent_answer(mailbox, scoped)
-                if earlier is None:  # taken and gone within one transaction: a storage bug
-                    raise StoreError("the stored answer of this Idempotency-Key vanished")
-                return earlier
-            await submit.record(state, tx, mailbox, planned)
-            return answer
-
-        result = await state.store.write(job)
+        sub = Submission(mailbox, scoped, answer, planned)
+        result = await request.app[SUBMIT_GROUPS].write(state, sub)
     except PolicyRefused as e:
         event(log, "submit_refused", logging.WARNING, mailbox=mailbox, rule=e.rule, detail=e.detail)
         await submit.record_refusal(state, mailbox, e, to)
@@ -158,14 +150,6 @@ async def _submit(request: web.Request, batch: bool) -> web.Response:
         raise
     finally:
         backpressure.release(state, request)
-    state.metrics.submitted_messages(mailbox, planned)
-    event(
-        log,
-        "submitted",
-        mailbox=mailbox,
-        messages=len(planned),
-        **id_fields([pm.msg_id for pm in planned]),
-    )
     return web.json_response(result, status=202)
 
 
@@ -336,6 +320,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[SUBMIT_GROUPS] = SubmitGroups()
     app.router.add_post("/v1/messages", post_message)
     app.router.add_post("/v1/messages/batch", post_batch)
     # any id, even one with "{" or "/", reaches the handler and its JSON 400

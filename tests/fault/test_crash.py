@@ -252,9 +252,10 @@ def _stream_with_kills(a: NodeProc, b: NodeProc, *, in_commit: bool) -> None:
         assert answer[1]["recipients"]["bob@b.test"]["status"] == "delivered", answer
 
     in_flight_kills = sum(1 for k in kills if k.unacked > 0)
-    # A logs `submitted` after each fresh commit; a key answered from its
-    # idempotency record (committed, then A died before answering) logs nothing.
-    fresh = len(log_events(a.log_path, "submitted"))
+    # A logs `submitted` after each commit, counting the fresh requests; a key
+    # answered from its idempotency record (committed, then A died before
+    # answering) counts in none.
+    fresh = sum(int(e["requests"]) for e in log_events(a.log_path, "submitted"))
     keys = -(-MESSAGES // BATCH)
     print(
         f"\ncrash test ({'kills inside commits' if in_commit else 'kills at random moments'}):"

@@ -24,7 +24,7 @@ from relay.node import quota
 from relay.node.decisions import decision_record, refusal
 from relay.node.messages import field_error
 from relay.node.state import NodeState
-from relay.policy.residency import Decision, check_submit, stamp
+from relay.policy.residency import Decision, Policy, check_submit, stamp
 from relay.policy.routing import next_hop, route_for
 from relay.protocol.envelope import (
     ENVELOPE_DOMAIN,
@@ -94,21 +94,14 @@ def plan(
         hop = dest if local else next_hop(state.config.routes, dest)
         hops = [] if hop == dest else [(hop, state.trust.jurisdiction(hop))]
         try:
-            stamped = stamp(
-                state.policy,
-                msg["residency"],
-                sender=mailbox,
-                dest_node=dest,
-                dest_jurisdiction=dest_jur,
-                ctype=msg["ctype"],
+            stamped, checked = residency_verdicts(
+                state.policy, msg["residency"], mailbox, dest, dest_jur, msg["ctype"], hops
             )
         except BadRequest as e:
             raise field_error(index, e.detail) from None
         if not stamped.allowed:
             raise PolicyRefused(stamped.reason, stamped.rule)
-        checked = check_submit(
-            state.policy, stamped.residency, dest_node=dest, dest_jurisdiction=dest_jur, hops=hops
-        )
+        assert checked is not None  # made whenever the stamp allows
         if not checked.allowed:
             raise PolicyRefused(checked.reason, checked.rule)
         audits.extend((dest, d) for d in (stamped, checked) if d.outcome == "audit")
@@ -139,6 +132,59 @@ def plan(
             raise field_error(index, e.detail) from None
         parts.append(Planned(env, None if local else hop, mailboxes, stamped))
     return PlannedMessage(msg_id, tuple(parts), tuple(audits))
+
+
+# Residency verdicts by policy object: id -> (the policy, inputs -> verdicts).
+# Both checks are pure functions of the policy and their inputs, and a reload
+# replaces the policy object (never changes it), so a new policy starts an
+# empty map; holding the policy makes an id reused after it is freed harmless.
+_VERDICTS: dict[int, tuple[Policy, dict[tuple[object, ...], tuple[Decision, Decision | None]]]] = {}
+_MAX_POLICIES = 8
+_MAX_VERDICTS = 4096
+
+
+def residency_verdicts(
+    policy: Policy,
+    requested: Sequence[str] | None,
+    mailbox: str,
+    dest: str,
+    dest_jur: str | None,
+    ctype: str,
+    hops: Sequence[tuple[str, str | None]],
+) -> tuple[Decision, Decision | None]:
+    """`stamp`, then `check_submit` of the stamped set when the stamp allows
+    (else None), for one message to `dest`: computed once per distinct inputs
+    under one policy (the messages of a batch from one mailbox to one
+    destination share them), each message still getting its own verdicts.
+    BadRequest from `stamp` is raised every time, never remembered."""
+    held = _VERDICTS.get(id(policy))
+    if held is None or held[0] is not policy:
+        if len(_VERDICTS) >= _MAX_POLICIES:
+            _VERDICTS.clear()
+        held = (policy, {})
+        _VERDICTS[id(policy)] = held
+    wanted = None if requested is None else tuple(requested)
+    key = (wanted, mailbox, dest, dest_jur, ctype, tuple(hops))
+    found = held[1].get(key)
+    if found is None:
+        stamped = stamp(
+            policy,
+            requested,
+            sender=mailbox,
+            dest_node=dest,
+            dest_jurisdiction=dest_jur,
+            ctype=ctype,
+        )
+        checked = None
+        if stamped.allowed:
+            checked = check_submit(
+                policy, stamped.residency, dest_node=dest, dest_jurisdiction=dest_jur, hops=hops
+            )
+        found = (stamped, checked)
+        if len(held[1]) >= _MAX_VERDICTS:
+            held[1].clear()
+        held[1][key] = found
+    return found
 
 
 def seal_for(

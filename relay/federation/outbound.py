@@ -330,6 +330,9 @@ class Sender:
         ended: list[Ending] = []
         self._audits = {}
         self._rules = {}
+        # one forward check per residency set in the batch: the policy and the
+        # peer are the same for all of it
+        verdicts: dict[str, Decision] = {}
         for it in items:
             if it.expires <= now:
                 ended.append(Ending(it, "expired", "expires", "expires passed before delivery"))
@@ -338,12 +341,15 @@ class Sender:
                     Ending(it, "expired", "queue_lifetime", "queue lifetime passed before delivery")
                 )
             else:
-                decision = check_forward(
-                    st.policy,
-                    it.residency.split(","),
-                    peer=self.hop,
-                    peer_jurisdiction=peer.jurisdiction if peer else None,
-                )
+                decision = verdicts.get(it.residency)
+                if decision is None:
+                    decision = check_forward(
+                        st.policy,
+                        it.residency.split(","),
+                        peer=self.hop,
+                        peer_jurisdiction=peer.jurisdiction if peer else None,
+                    )
+                    verdicts[it.residency] = decision
                 if decision.allowed:
                     keep.append(it)
                     self._rules[it.rid] = decision.rule

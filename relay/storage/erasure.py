@@ -14,7 +14,9 @@ Invariants:
 - Idempotent: a copy already erased is not touched again; its first record
   is returned (with `fresh` False).
 - The steps are written once here (EraseSteps) over a few primitives each
-  backend implements (EraseRows), so both backends erase alike.
+  backend implements (EraseRows), so both backends erase alike; the lookups,
+  the settling of held erasures and erasure across the federation are written
+  once too (PathReads, PathSteps), as `:name` SQL each backend runs.
 """
 
 from __future__ import annotations
@@ -328,12 +330,16 @@ _SAVE_ANSWER = (
     " header = excluded.header, signature = excluded.signature, payload = excluded.payload"
     " WHERE excluded.created > erasure_answers.created"
 )
-# the envelopes of one message `origin` sent: by the message id (its first envelope's id
-# and its recipients' `msg`) or by one envelope's own id
+# the envelopes of messages `origin` sent: by message id (its first envelope's id and
+# its recipients' `msg`) or by one envelope's own id; {ids} is an `in_list`
 _MESSAGE_ENVELOPES = (
     f"SELECT {TARGET_COLS} FROM envelopes e WHERE e.kind = 'message' AND e.origin = :origin"
-    " AND (e.id = :id OR e.rid IN (SELECT r.rid FROM recipients r WHERE r.msg = :id))"
-    " ORDER BY e.rid"
+    " AND (e.id IN ({ids}) OR e.rid IN (SELECT r.rid FROM recipients r WHERE r.msg IN ({ids})))"
+)
+_BY_SENDER = (
+    f"SELECT {TARGET_COLS} FROM envelopes e WHERE e.kind = 'message' AND e.origin = :origin"
+    " AND e.sender = :sender AND e.created >= :since AND e.created < :until"
+    " ORDER BY e.rid LIMIT :limit"
 )
 _ORIGINS = "SELECT DISTINCT origin FROM envelopes WHERE kind = 'message' AND id = :id"
 _LINK = "UPDATE erasures SET request = :request WHERE origin = :origin AND id = :id"
@@ -372,10 +378,7 @@ class PathReads:
     async def message_envelopes(self: PathRows, origin: str, ident: bytes) -> list[ErasureTarget]:
         """The envelopes of message (or envelope) `ident` that `origin` sent, by rid: what
         `erasable` finds for one id, read without the writer (status lookups)."""
-        return [
-            target_of(r)
-            for r in await self._erasure_rows(_MESSAGE_ENVELOPES, {"origin": origin, "id": ident})
-        ]
+        return await _erasable(self, origin, [ident])
 
     async def erasure_answers(
         self: PathRows, requests: Sequence[bytes]
@@ -400,7 +403,31 @@ class PathReads:
 
 
 class PathSteps(PathReads):
-    """The writes of erasure across the federation, written once (both WriteTx)."""
+    """The erasure lookups and writes of both WriteTx, written once."""
+
+    async def erasable(self: PathRows, origin: str, ids: Sequence[bytes]) -> list[ErasureTarget]:
+        """The stored messages of `origin` that `ids` name (WriteTx.erasable), by rid."""
+        return await _erasable(self, origin, ids)
+
+    async def erasable_by_sender(
+        self: PathRows, origin: str, sender: str, since: int, until: int, limit: int
+    ) -> list[ErasureTarget]:
+        """Up to `limit` messages of `origin` from `sender` created in [`since`, `until`)."""
+        params: dict[str, object] = {
+            "origin": origin,
+            "sender": sender,
+            "since": since,
+            "until": until,
+            "limit": limit,
+        }
+        return [target_of(r) for r in await self._erasure_rows(_BY_SENDER, params)]
+
+    async def settle_erasures(self: PathRows, now: int, limit: int) -> list[Erasure]:
+        """Held erasures whose content retention has since cleared, now `erased` at `now`."""
+        held = await self._erasure_rows(HELD_DONE, {"limit": limit})
+        for r in held:  # a few at a time: holds end one by one
+            await self._erasure_rows(SETTLE, {"now": now, "origin": r["origin"], "id": r["id"]})
+        return [replace(record_of(r), status=ERASED, done=now, fresh=True) for r in held]
 
     async def save_erasure_answer(self: PathRows, answer: StoredAnswer) -> bool:
         """Keep `answer` unless one of the same writer, created later or at once, is kept;
@@ -432,3 +459,29 @@ class PathSteps(PathReads):
         """Record, per (origin, id, request), the erasure envelope sent for that erasure."""
         for origin, ident, request in links:
             await self._erasure_rows(_LINK, {"origin": origin, "id": ident, "request": request})
+
+
+IN_CHUNK = 500  # values per IN list: well under SQLite's variable limit
+
+
+def in_list(name: str, values: Sequence[object]) -> tuple[str, dict[str, object]]:
+    """An IN list of `values` as `:name0, :name1, ...` and its parameters (at most IN_CHUNK
+    values: SQLite caps the variables of one statement)."""
+    keys = [f"{name}{i}" for i in range(len(values))]
+    return ", ".join(f":{k}" for k in keys), dict(zip(keys, values, strict=True))
+
+
+def chunks(values: Sequence[object]) -> list[Sequence[object]]:
+    """`values` in slices of at most IN_CHUNK, for `in_list`."""
+    return [values[i : i + IN_CHUNK] for i in range(0, len(values), IN_CHUNK)]
+
+
+async def _erasable(db: PathRows, origin: str, ids: Sequence[bytes]) -> list[ErasureTarget]:
+    found: dict[int, ErasureTarget] = {}
+    for chunk in chunks(list(dict.fromkeys(ids))):
+        marks, params = in_list("id", chunk)
+        sql = _MESSAGE_ENVELOPES.format(ids=marks)
+        for r in await db._erasure_rows(sql, {"origin": origin, **params}):
+            t = target_of(r)
+            found[t.rid] = t
+    return [found[rid] for rid in sorted(found)]

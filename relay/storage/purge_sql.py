@@ -28,7 +28,7 @@ METADATA_DUE = (
 )
 DECISIONS_DUE = "(d.at <= :mmax AND d.at <= :mmin)"
 
-_NAMED = re.compile(r"(?<![:\w]):([a-z_]+)\b")
+_NAMED = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)\b")
 
 
 def params(cut: Cutoffs, limit: int) -> dict[str, int]:

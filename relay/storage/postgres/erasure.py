@@ -1,34 +1,25 @@
-"""Erasure on PostgreSQL: the primitives relay.storage.erasure.EraseSteps is written in,
-the lookups that find what to erase, and settling held erasures (as on SQLite)."""
+"""Erasure on PostgreSQL: the primitives relay.storage.erasure.EraseSteps is written in
+(the lookups and the settling of held erasures are PathSteps', written once there)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from psycopg.rows import dict_row
 
 from relay.storage import unread_sql as unread
 from relay.storage.erasure import (
-    ERASED,
-    HELD_DONE,
     RECORD_COLS,
-    SETTLE,
-    TARGET_COLS,
     EraseSteps,
     Erasure,
-    ErasureTarget,
     PathSteps,
     Stripped,
     record_of,
     record_row,
-    target_of,
 )
 from relay.storage.postgres import sql as q
 from relay.storage.purge_sql import pyformat
 from relay.storage.rowmaps import Row
-
-_MESSAGE = "e.kind = 'message' AND e.origin = %s"
 
 
 class ErasureWrites(EraseSteps, PathSteps):
@@ -38,28 +29,6 @@ class ErasureWrites(EraseSteps, PathSteps):
 
     async def _erasure_rows(self, sql: str, params: dict[str, object]) -> Sequence[Row]:
         return await path_rows(self.connection, sql, params)
-
-    async def erasable(self, origin: str, ids: Sequence[bytes]) -> list[ErasureTarget]:
-        wanted = list(dict.fromkeys(ids))
-        found = await q.rows(
-            self.connection,
-            f"SELECT {TARGET_COLS} FROM envelopes e WHERE {_MESSAGE} AND (e.id = ANY(%s)"
-            " OR e.rid IN (SELECT r.rid FROM recipients r WHERE r.msg = ANY(%s)))"
-            " ORDER BY e.rid",
-            (origin, wanted, wanted),
-        )
-        return [target_of(r) for r in found]
-
-    async def erasable_by_sender(
-        self, origin: str, sender: str, since: int, until: int, limit: int
-    ) -> list[ErasureTarget]:
-        found = await q.rows(
-            self.connection,
-            f"SELECT {TARGET_COLS} FROM envelopes e WHERE {_MESSAGE} AND e.sender = %s"
-            " AND e.created >= %s AND e.created < %s ORDER BY e.rid LIMIT %s",
-            (origin, sender, since, until, limit),
-        )
-        return [target_of(r) for r in found]
 
     async def strip_copies(self, rids: Sequence[int], now: int) -> Stripped:
         db = self.connection
@@ -101,14 +70,6 @@ class ErasureWrites(EraseSteps, PathSteps):
             " ON CONFLICT (origin, id) DO NOTHING",
             [record_row(r) for r in records],
         )
-
-    async def settle_erasures(self, now: int, limit: int) -> list[Erasure]:
-        held = await q.rows(self.connection, pyformat(HELD_DONE), {"limit": limit})
-        for r in held:  # a few at a time: holds end one by one
-            await self.connection.execute(
-                pyformat(SETTLE), {"now": now, "origin": r["origin"], "id": r["id"]}
-            )
-        return [replace(record_of(r), status=ERASED, done=now, fresh=True) for r in held]
 
 
 async def erasure_records(

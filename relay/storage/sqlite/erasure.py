@@ -1,32 +1,23 @@
-"""Erasure on SQLite: the primitives relay.storage.erasure.EraseSteps is written in,
-the lookups that find what to erase, and settling held erasures."""
+"""Erasure on SQLite: the primitives relay.storage.erasure.EraseSteps is written in
+(the lookups and the settling of held erasures are PathSteps', written once there)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from relay.storage import unread_sql as unread
 from relay.storage.erasure import (
-    ERASED,
-    HELD_DONE,
     RECORD_COLS,
-    SETTLE,
-    TARGET_COLS,
     EraseSteps,
     Erasure,
-    ErasureTarget,
     PathSteps,
     Stripped,
     record_of,
     record_row,
-    target_of,
 )
 from relay.storage.rowmaps import Row
 from relay.storage.sqlite import rows as q
 from relay.storage.sqlite.inline import InlineConnection
-
-_MESSAGE = "e.kind = 'message' AND e.origin = ?"
 
 
 class ErasureWrites(EraseSteps, PathSteps):
@@ -36,31 +27,6 @@ class ErasureWrites(EraseSteps, PathSteps):
 
     async def _erasure_rows(self, sql: str, params: dict[str, object]) -> Sequence[Row]:
         return await q.rows(self.connection, sql, params)
-
-    async def erasable(self, origin: str, ids: Sequence[bytes]) -> list[ErasureTarget]:
-        found: dict[int, ErasureTarget] = {}
-        for chunk in q.chunks(list(dict.fromkeys(ids))):
-            m = q.marks(chunk)
-            for r in await q.rows(
-                self.connection,
-                f"SELECT {TARGET_COLS} FROM envelopes e WHERE {_MESSAGE} AND (e.id IN ({m})"
-                f" OR e.rid IN (SELECT r.rid FROM recipients r WHERE r.msg IN ({m})))",
-                (origin, *chunk, *chunk),
-            ):
-                t = target_of(r)
-                found[t.rid] = t
-        return [found[rid] for rid in sorted(found)]
-
-    async def erasable_by_sender(
-        self, origin: str, sender: str, since: int, until: int, limit: int
-    ) -> list[ErasureTarget]:
-        found = await q.rows(
-            self.connection,
-            f"SELECT {TARGET_COLS} FROM envelopes e WHERE {_MESSAGE} AND e.sender = ?"
-            " AND e.created >= ? AND e.created < ? ORDER BY e.rid LIMIT ?",
-            (origin, sender, since, until, limit),
-        )
-        return [target_of(r) for r in found]
 
     async def strip_copies(self, rids: Sequence[int], now: int) -> Stripped:
         db = self.connection
@@ -109,14 +75,6 @@ class ErasureWrites(EraseSteps, PathSteps):
             f"INSERT OR IGNORE INTO erasures ({RECORD_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             [record_row(r) for r in records],
         )
-
-    async def settle_erasures(self, now: int, limit: int) -> list[Erasure]:
-        held = await q.rows(self.connection, HELD_DONE, {"limit": limit})
-        for r in held:  # a few at a time: holds end one by one
-            await self.connection.execute(
-                SETTLE, {"now": now, "origin": r["origin"], "id": r["id"]}
-            )
-        return [replace(record_of(r), status=ERASED, done=now, fresh=True) for r in held]
 
 
 async def erasure_records(

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from relay.storage.records import DecisionRecord, StatusUpdate
 from relay.storage.rowmaps import Row
@@ -34,6 +34,7 @@ POINT = "erase"
 HOLD_RULE = "retention.content_min_days"
 ERASED_REASON = "erased"
 SOURCES = ("mailbox", "admin", "peer")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +223,6 @@ HELD_DONE = (
     " (SELECT 1 FROM envelopes e WHERE e.origin = x.origin AND e.id = x.id"
     " AND e.payload_sha IS NOT NULL) ORDER BY x.hold_until LIMIT :limit"
 )
-SETTLE = f"UPDATE erasures SET status = '{ERASED}', done = :now WHERE origin = :origin AND id = :id"
 
 
 def target_of(r: Row) -> ErasureTarget:
@@ -311,27 +311,31 @@ class StoredAnswer:
 
 
 # Statements with `:name` parameters, valid on both backends (relay.storage.purge_sql.pyformat
-# spells them for psycopg); each backend runs them through `_erasure_rows`/`_erasure_exec`.
-_REQUEST = (
+# spells them for psycopg); each backend runs them through `_erasure_rows`. `{ids}` is an
+# `in_list`, `{rows}` a `values_list`: set-based, a chunk of ids per statement.
+_REQUESTS = (
     "SELECT e.rid, e.origin, e.id, e.from_peer, e.hop, e.header, e.signature,"
     " coalesce(p.body, :empty) AS body, e.expires, q.rid IS NOT NULL AS queued,"
     " coalesce(q.attempts, 0) AS attempts, coalesce(q.last_error, '') AS last_error"
     " FROM envelopes e LEFT JOIN payloads p ON p.sha = e.payload_sha"
-    " LEFT JOIN queue q ON q.rid = e.rid WHERE e.kind = 'erasure' AND e.id = :id"
+    " LEFT JOIN queue q ON q.rid = e.rid WHERE e.kind = 'erasure' AND e.id IN ({ids})"
+    " ORDER BY e.rid"
 )
 _ANSWERS = (
     "SELECT request, writer, created, header, signature, payload FROM erasure_answers"
-    " WHERE request = :request ORDER BY writer"
+    " WHERE request IN ({ids}) ORDER BY request, writer"
 )
+# a row when it inserts or replaces; none when the writer's kept answer is as new
 _SAVE_ANSWER = (
     "INSERT INTO erasure_answers (request, writer, created, header, signature, payload)"
     " VALUES (:request, :writer, :created, :header, :signature, :payload)"
     " ON CONFLICT (request, writer) DO UPDATE SET created = excluded.created,"
     " header = excluded.header, signature = excluded.signature, payload = excluded.payload"
-    " WHERE excluded.created > erasure_answers.created"
+    " WHERE excluded.created > erasure_answers.created RETURNING writer"
 )
+_KEPT_ANSWER = "SELECT header FROM erasure_answers WHERE request = :request AND writer = :writer"
 # the envelopes of messages `origin` sent: by message id (its first envelope's id and
-# its recipients' `msg`) or by one envelope's own id; {ids} is an `in_list`
+# its recipients' `msg`) or by one envelope's own id
 _MESSAGE_ENVELOPES = (
     f"SELECT {TARGET_COLS} FROM envelopes e WHERE e.kind = 'message' AND e.origin = :origin"
     " AND (e.id IN ({ids}) OR e.rid IN (SELECT r.rid FROM recipients r WHERE r.msg IN ({ids})))"
@@ -342,7 +346,14 @@ _BY_SENDER = (
     " ORDER BY e.rid LIMIT :limit"
 )
 _ORIGINS = "SELECT DISTINCT origin FROM envelopes WHERE kind = 'message' AND id = :id"
-_LINK = "UPDATE erasures SET request = :request WHERE origin = :origin AND id = :id"
+# VALUES columns are column1, column2, ... on both backends
+_LINK = (
+    "UPDATE erasures SET request = v.column3 FROM (VALUES {rows}) AS v"
+    " WHERE erasures.origin = v.column1 AND erasures.id = v.column2"
+)
+_SETTLE = (
+    f"UPDATE erasures SET status = '{ERASED}', done = :now WHERE (origin, id) IN (VALUES {{rows}})"
+)
 
 
 class PathRows(Protocol):
@@ -357,22 +368,21 @@ class PathReads:
     async def erasure_requests(self: PathRows, ids: Sequence[bytes]) -> dict[bytes, StoredRequest]:
         """The erasure envelopes stored here among `ids`, by id."""
         found: dict[bytes, StoredRequest] = {}
-        for ident in dict.fromkeys(ids):
-            for r in await self._erasure_rows(_REQUEST, {"id": ident, "empty": b""}):
-                found[ident] = StoredRequest(
-                    rid=int(r["rid"]),
-                    origin=str(r["origin"]),
-                    id=bytes(r["id"]),
-                    from_peer=str(r["from_peer"]) if r["from_peer"] is not None else None,
-                    hop=str(r["hop"]) if r["hop"] is not None else None,
-                    header=bytes(r["header"]),
-                    signature=bytes(r["signature"]),
-                    payload=bytes(r["body"]),
-                    expires=int(r["expires"]),
-                    queued=bool(r["queued"]),
-                    attempts=int(r["attempts"]),
-                    last_error=str(r["last_error"]),
-                )
+        for r in await _rows_in(self, _REQUESTS, ids, {"empty": b""}):
+            found[bytes(r["id"])] = StoredRequest(
+                rid=int(r["rid"]),
+                origin=str(r["origin"]),
+                id=bytes(r["id"]),
+                from_peer=str(r["from_peer"]) if r["from_peer"] is not None else None,
+                hop=str(r["hop"]) if r["hop"] is not None else None,
+                header=bytes(r["header"]),
+                signature=bytes(r["signature"]),
+                payload=bytes(r["body"]),
+                expires=int(r["expires"]),
+                queued=bool(r["queued"]),
+                attempts=int(r["attempts"]),
+                last_error=str(r["last_error"]),
+            )
         return found
 
     async def message_envelopes(self: PathRows, origin: str, ident: bytes) -> list[ErasureTarget]:
@@ -385,20 +395,16 @@ class PathReads:
     ) -> dict[bytes, list[StoredAnswer]]:
         """The answers kept for each of `requests` (those with none are left out)."""
         found: dict[bytes, list[StoredAnswer]] = {}
-        for request in dict.fromkeys(requests):
-            rows = await self._erasure_rows(_ANSWERS, {"request": request})
-            if rows:
-                found[request] = [
-                    StoredAnswer(
-                        bytes(r["request"]),
-                        str(r["writer"]),
-                        int(r["created"]),
-                        bytes(r["header"]),
-                        bytes(r["signature"]),
-                        bytes(r["payload"]),
-                    )
-                    for r in rows
-                ]
+        for r in await _rows_in(self, _ANSWERS, requests, {}):
+            answer = StoredAnswer(
+                bytes(r["request"]),
+                str(r["writer"]),
+                int(r["created"]),
+                bytes(r["header"]),
+                bytes(r["signature"]),
+                bytes(r["payload"]),
+            )
+            found.setdefault(answer.request, []).append(answer)
         return found
 
 
@@ -424,14 +430,13 @@ class PathSteps(PathReads):
 
     async def settle_erasures(self: PathRows, now: int, limit: int) -> list[Erasure]:
         """Held erasures whose content retention has since cleared, now `erased` at `now`."""
-        held = await self._erasure_rows(HELD_DONE, {"limit": limit})
-        for r in held:  # a few at a time: holds end one by one
-            await self._erasure_rows(SETTLE, {"now": now, "origin": r["origin"], "id": r["id"]})
-        return [replace(record_of(r), status=ERASED, done=now, fresh=True) for r in held]
+        held = [record_of(r) for r in await self._erasure_rows(HELD_DONE, {"limit": limit})]
+        await _each_chunk(self, _SETTLE, [(r.origin, r.id) for r in held], {"now": now})
+        return [replace(r, status=ERASED, done=now, fresh=True) for r in held]
 
     async def save_erasure_answer(self: PathRows, answer: StoredAnswer) -> bool:
         """Keep `answer` unless one of the same writer, created later or at once, is kept;
-        True if it was kept."""
+        True if it was kept (or is the very answer kept already)."""
         params: dict[str, object] = {
             "request": answer.request,
             "writer": answer.writer,
@@ -440,11 +445,12 @@ class PathSteps(PathReads):
             "signature": answer.signature,
             "payload": answer.payload,
         }
-        await self._erasure_rows(_SAVE_ANSWER, params)
-        kept = await self._erasure_rows(_ANSWERS, {"request": answer.request})
-        return any(
-            r["writer"] == answer.writer and bytes(r["header"]) == answer.header for r in kept
+        if await self._erasure_rows(_SAVE_ANSWER, params):
+            return True
+        kept = await self._erasure_rows(
+            _KEPT_ANSWER, {"request": answer.request, "writer": answer.writer}
         )
+        return any(bytes(r["header"]) == answer.header for r in kept)
 
     async def message_origins(self: PathRows, ids: Sequence[bytes]) -> dict[bytes, tuple[str, ...]]:
         """The origins of the stored messages with these envelope ids (ids not stored left out)."""
@@ -456,32 +462,60 @@ class PathSteps(PathReads):
         return found
 
     async def link_requests(self: PathRows, links: Sequence[tuple[str, bytes, bytes]]) -> None:
-        """Record, per (origin, id, request), the erasure envelope sent for that erasure."""
-        for origin, ident, request in links:
-            await self._erasure_rows(_LINK, {"origin": origin, "id": ident, "request": request})
+        """Record, per (origin, id, request), the erasure envelope sent for that erasure
+        (a pair named twice takes its last request)."""
+        last = {(origin, ident): request for origin, ident, request in links}
+        await _each_chunk(self, _LINK, [(o, i, r) for (o, i), r in last.items()], {})
 
 
-IN_CHUNK = 500  # values per IN list: well under SQLite's variable limit
+IN_CHUNK = 500  # values (or rows) per statement: well under SQLite's variable limit
 
 
 def in_list(name: str, values: Sequence[object]) -> tuple[str, dict[str, object]]:
-    """An IN list of `values` as `:name0, :name1, ...` and its parameters (at most IN_CHUNK
-    values: SQLite caps the variables of one statement)."""
+    """An IN list of `values` as `:name0, :name1, ...` and its parameters."""
     keys = [f"{name}{i}" for i in range(len(values))]
     return ", ".join(f":{k}" for k in keys), dict(zip(keys, values, strict=True))
 
 
-def chunks(values: Sequence[object]) -> list[Sequence[object]]:
-    """`values` in slices of at most IN_CHUNK, for `in_list`."""
+def values_list(rows: Sequence[tuple[object, ...]]) -> tuple[str, dict[str, object]]:
+    """A VALUES list of `rows` as `(:v0_0, :v0_1), (:v1_0, ...)` and its parameters."""
+    params: dict[str, object] = {}
+    tuples = []
+    for i, row in enumerate(rows):
+        keys = [f"v{i}_{j}" for j in range(len(row))]
+        params.update(zip(keys, row, strict=True))
+        tuples.append("(" + ", ".join(f":{k}" for k in keys) + ")")
+    return ", ".join(tuples), params
+
+
+def chunks(values: Sequence[T]) -> list[Sequence[T]]:
+    """`values` in slices of at most IN_CHUNK."""
     return [values[i : i + IN_CHUNK] for i in range(0, len(values), IN_CHUNK)]
 
 
-async def _erasable(db: PathRows, origin: str, ids: Sequence[bytes]) -> list[ErasureTarget]:
-    found: dict[int, ErasureTarget] = {}
+async def _rows_in(
+    db: PathRows, sql: str, ids: Sequence[bytes], params: dict[str, object]
+) -> list[Row]:
+    """The rows of `sql` for `ids` (deduplicated) as its `{ids}` list, a chunk at a time."""
+    out: list[Row] = []
     for chunk in chunks(list(dict.fromkeys(ids))):
-        marks, params = in_list("id", chunk)
-        sql = _MESSAGE_ENVELOPES.format(ids=marks)
-        for r in await db._erasure_rows(sql, {"origin": origin, **params}):
-            t = target_of(r)
-            found[t.rid] = t
+        marks, named = in_list("id", chunk)
+        out.extend(await db._erasure_rows(sql.format(ids=marks), {**params, **named}))
+    return out
+
+
+async def _each_chunk(
+    db: PathRows, sql: str, rows: Sequence[tuple[object, ...]], params: dict[str, object]
+) -> None:
+    """Run the write `sql` with `rows` as its `{rows}` VALUES list, a chunk at a time."""
+    for chunk in chunks(rows):
+        tuples, named = values_list(chunk)
+        await db._erasure_rows(sql.format(rows=tuples), {**params, **named})
+
+
+async def _erasable(db: PathRows, origin: str, ids: Sequence[bytes]) -> list[ErasureTarget]:
+    found = {
+        t.rid: t
+        for t in map(target_of, await _rows_in(db, _MESSAGE_ENVELOPES, ids, {"origin": origin}))
+    }
     return [found[rid] for rid in sorted(found)]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay.protocol.envelope import Envelope, make_header, seal
+from relay.protocol.envelope import POSTMASTER_KINDS, Envelope, make_header, seal
 from relay.protocol.keystr import key_id, public_key_string
 from relay.storage.backends import open_readonly_storage
 from relay.storage.interface import ReadOnlyStorage, Storage, WriteTx
@@ -40,19 +40,22 @@ def envelope(
     to: Sequence[str] = (f"bob@{HERE}",),
     dest: str = HERE,
     ident: bytes | None = None,
+    kind: str = "message",
 ) -> Envelope:
+    """An envelope of `kind`; one of the postmaster's kinds goes from and to postmasters."""
+    ctype = POSTMASTER_KINDS.get(kind)
     header = make_header(
         id=ident if ident is not None else os.urandom(16),
-        kind="message",
+        kind=kind,
         origin=origin,
         key_id=KEY_ID,
-        sender=f"alice@{origin}",
-        to=to,
+        sender=f"alice@{origin}" if ctype is None else f"postmaster@{origin}",
+        to=to if ctype is None else [f"postmaster@{dest}"],
         dest=dest,
         created=created,
         expires=created + DAY_MS if expires is None else expires,
         residency=["DE"],
-        ctype="text/plain",
+        ctype=ctype or "text/plain",
         payload=payload,
     )
     return seal(header, payload, KEY)

@@ -6,7 +6,10 @@ interface only (tests/storage/contract.py).
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
+
+import pytest
 
 from relay.storage.erasure import (
     ERASED,
@@ -284,3 +287,113 @@ async def test_erasure_requests_answers_origins_and_links(storage: Storage) -> N
     assert await storage.erasure_answers([req.header.id, b"\x01" * 16]) == {
         req.header.id: [newer, other]
     }
+
+
+# --- set-based lookups and writes: one statement per chunk of ids ---------------------
+
+# more ids than one statement takes (relay.storage.erasure.IN_CHUNK, 500), so every
+# lookup below runs over several chunks; the stored ones stand in different chunks
+MANY = 1_201
+
+
+def among_absent(present: list[bytes]) -> list[bytes]:
+    ids = [os.urandom(16) for _ in range(MANY)]
+    for ident, at in zip(present, (0, 600, 1_200), strict=False):
+        ids[at] = ident
+    return [*ids, *present]  # named twice: found once
+
+
+async def save_answer(storage: Storage, answer: StoredAnswer) -> bool:
+    async def job(tx: WriteTx) -> bool:
+        return await tx.save_erasure_answer(answer)
+
+    return await storage.write(job)
+
+
+async def test_lookups_by_many_ids_find_each_stored_one_once(storage: Storage) -> None:
+    msgs = [envelope(origin=HERE, to=["x@far.test"], dest="far.test") for _ in range(3)]
+    reqs = [envelope(origin=HERE, dest="far.test", kind="erasure") for _ in range(2)]
+    rids = await put(storage, [new(e, hop="far.test", from_peer=None) for e in msgs + reqs])
+    msg_ids = [e.header.id for e in msgs]
+    req_ids = [e.header.id for e in reqs]
+
+    assert [t.rid for t in await find(storage, HERE, among_absent(msg_ids))] == rids[:3]
+    found = await storage.erasure_requests(among_absent(req_ids))
+    assert sorted(found) == sorted(req_ids)
+    assert [found[i].rid for i in req_ids] == rids[3:]
+    assert [found[i].payload for i in req_ids] == [b"hello", b"hello"]
+    assert all(found[i].queued and found[i].hop == "far.test" for i in req_ids)
+
+    answers = [
+        StoredAnswer(req_ids[1], "near.test", 2, b"h1", b"s1", b"p1"),
+        StoredAnswer(req_ids[0], "near.test", 1, b"h0", b"s0", b"p0"),
+        StoredAnswer(req_ids[1], "far.test", 3, b"h2", b"s2", b"p2"),
+    ]
+    for a in answers:
+        assert await save_answer(storage, a)
+    # by request, each request's answers by writer
+    assert await storage.erasure_answers(among_absent(req_ids)) == {
+        req_ids[0]: [answers[1]],
+        req_ids[1]: [answers[2], answers[0]],
+    }
+
+    # the reads and the writer find the same
+    async def in_tx(tx: WriteTx) -> tuple[object, object]:
+        return await tx.erasure_requests(req_ids), await tx.erasure_answers(req_ids)
+
+    assert await storage.write(in_tx) == (
+        await storage.erasure_requests(req_ids),
+        await storage.erasure_answers(req_ids),
+    )
+
+
+async def test_saving_an_answer_says_whether_it_is_the_one_kept(storage: Storage) -> None:
+    req = os.urandom(16)
+    kept = StoredAnswer(req, "far.test", 10, b"h1", b"s1", b"p1")
+
+    assert await save_answer(storage, kept)
+    assert await save_answer(storage, kept)  # the same answer again: it is the one kept
+    assert not await save_answer(storage, replace(kept, header=b"other"))  # as new, another
+    assert not await save_answer(storage, replace(kept, created=9, header=b"older"))
+    assert await storage.erasure_answers([req]) == {req: [kept]}
+
+
+async def test_links_and_settling_reach_every_erasure_named(
+    storage: Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    msgs = [
+        envelope(origin=HERE, payload=b"held %d" % i, to=["x@far.test"], dest="far.test")
+        for i in range(5)
+    ]
+    await put(storage, [new(e, hop="far.test", from_peer=None) for e in msgs], now=T0)
+    targets = await find(storage, HERE, [e.header.id for e in msgs])
+    hold = EraseOrder("admin", "admin", "held", hold_ms=30 * DAY_MS)
+    assert [r.status for r in await erase(storage, targets, hold)] == [HELD] * 5
+    keys = [(HERE, e.header.id) for e in msgs]
+
+    # many links, most naming no erasure; one pair named twice takes its last request
+    links = [(HERE, os.urandom(16), os.urandom(16)) for _ in range(MANY)]
+    links[3:3] = [(o, i, bytes([n]) * 16) for n, (o, i) in enumerate(keys)]
+    links.append((*keys[0], b"\xee" * 16))
+    await storage.write(lambda tx: tx.link_requests(links))
+    recs = await storage.erasure_records(keys)
+    assert [recs[k].request for k in keys] == [b"\xee" * 16] + [
+        bytes([n]) * 16 for n in range(1, 5)
+    ]
+
+    later = T0 + 31 * DAY_MS
+    cut = Cutoffs(now=later, cmax=0, cmin=later - 30 * DAY_MS, mmax=0, mmin=0, expired=0)
+
+    async def purge(tx: WriteTx) -> None:
+        due, _ = await tx.content_due(cut, 100)
+        await tx.clear_content([c.rid for c in due])
+
+    await storage.write(purge)
+    # settled a few rows per statement, so several statements settle these five
+    monkeypatch.setattr("relay.storage.erasure.IN_CHUNK", 2)
+    settled = await storage.write(lambda tx: tx.settle_erasures(later, 100))
+    assert sorted((r.origin, r.id) for r in settled) == sorted(keys)
+    assert all((r.status, r.done, r.fresh) == (ERASED, later, True) for r in settled)
+    recs = await storage.erasure_records(keys)
+    assert all((recs[k].status, recs[k].done) == (ERASED, later) for k in keys)
+    assert await storage.write(lambda tx: tx.settle_erasures(later + 1, 100)) == []

@@ -172,8 +172,9 @@ async def _take_request(
 ) -> list[NewEnvelope] | str:
     h = new.env.header
     req = decode_request(new.env.payload)  # judged already: it decodes
-    targets = [t for t in await tx.erasable(h.origin, [req.target]) if t.id == req.target]
-    if not targets and await tx.message_origins([req.target]):
+    copies = await tx.envelope_copies(req.target)
+    targets = [t for t in copies if t.origin == h.origin]
+    if not targets and copies:  # the id is stored, but as another origin's
         event(
             log,
             "erasure_refused",

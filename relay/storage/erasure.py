@@ -345,7 +345,9 @@ _BY_SENDER = (
     " AND e.sender = :sender AND e.created >= :since AND e.created < :until"
     " ORDER BY e.rid LIMIT :limit"
 )
-_ORIGINS = "SELECT DISTINCT origin FROM envelopes WHERE kind = 'message' AND id = :id"
+_COPIES = (
+    f"SELECT {TARGET_COLS} FROM envelopes e WHERE e.kind = 'message' AND e.id = :id ORDER BY e.rid"
+)
 # VALUES columns are column1, column2, ... on both backends
 _LINK = (
     "UPDATE erasures SET request = v.column3 FROM (VALUES {rows}) AS v"
@@ -452,14 +454,10 @@ class PathSteps(PathReads):
         )
         return any(bytes(r["header"]) == answer.header for r in kept)
 
-    async def message_origins(self: PathRows, ids: Sequence[bytes]) -> dict[bytes, tuple[str, ...]]:
-        """The origins of the stored messages with these envelope ids (ids not stored left out)."""
-        found: dict[bytes, tuple[str, ...]] = {}
-        for ident in dict.fromkeys(ids):
-            rows = await self._erasure_rows(_ORIGINS, {"id": ident})
-            if rows:
-                found[ident] = tuple(sorted(str(r["origin"]) for r in rows))
-        return found
+    async def envelope_copies(self: PathRows, ident: bytes) -> list[ErasureTarget]:
+        """The stored envelopes of kind message with envelope id `ident`, whatever their
+        origin, by rid (an erasure request for an id names its origin's copy only)."""
+        return [target_of(r) for r in await self._erasure_rows(_COPIES, {"id": ident})]
 
     async def link_requests(self: PathRows, links: Sequence[tuple[str, bytes, bytes]]) -> None:
         """Record, per (origin, id, request), the erasure envelope sent for that erasure

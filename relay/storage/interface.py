@@ -368,8 +368,9 @@ class WriteTx(Protocol):
         """Keep `answer` unless the writer's kept one is as new; True if it was kept."""
         ...
 
-    async def message_origins(self, ids: Sequence[bytes]) -> dict[bytes, tuple[str, ...]]:
-        """The origins of the stored messages with these envelope ids."""
+    async def envelope_copies(self, ident: bytes) -> list[ErasureTarget]:
+        """The stored envelopes of kind message with envelope id `ident`, whatever their
+        origin, by rid."""
         ...
 
     async def link_requests(self, links: Sequence[tuple[str, bytes, bytes]]) -> None:

@@ -11,12 +11,10 @@ import pytest
 
 from relay.node.erasure import path_nodes
 from relay.node.queue_end import Ending, end_queued
-from relay.protocol.envelope import seal
-from relay.protocol.erasure import ErasureRequest, encode_request, request_header
 from relay.storage.backends import open_storage
 from relay.storage.interface import Storage, WriteTx
 from relay.storage.records import DecisionRecord, Queued, Recipient
-from tests.storage.contract import HERE, KEY, KEY_ID, T0, envelope, new, put
+from tests.storage.contract import HERE, T0, envelope, erasure_request, new, put
 
 
 @pytest.fixture
@@ -91,26 +89,15 @@ async def test_a_receipt_never_gets_a_receipt(storage: Storage) -> None:
 async def test_an_erasure_request_that_ends_is_recorded_for_the_origins_status(
     storage: Storage,
 ) -> None:
-    payload = encode_request(ErasureRequest(b"\x07" * 16, "admin", "", T0))
-    header = request_header(
-        id=b"\x08" * 16,
-        origin=HERE,
-        key_id=KEY_ID,
-        target_origin=HERE,
-        dest="far.test",
-        residency=["DE"],
-        created=T0,
-        expires=T0 + 1000,
-        payload=payload,
-    )
-    (rid,) = await put(storage, [new(seal(header, payload, KEY), hop="old.test", from_peer=None)])
+    request = erasure_request(HERE, b"\x07" * 16, ident=b"\x08" * 16)
+    (rid,) = await put(storage, [new(request, hop="old.test", from_peer=None)])
 
     async def end(tx: WriteTx) -> None:
         (item,) = await tx.queued([rid])
         await end_queued(tx, HERE, [Ending(item, "rejected", "malformed")], T0 + 1, by="peer")
 
     await storage.write(end)
-    (d,) = await storage.decisions(header.id, None, 10)
+    (d,) = await storage.decisions(request.header.id, None, 10)
     assert (d.point, d.peer, d.outcome, d.reason) == ("erase", "old.test", "rejected", "malformed")
     # the origin's status names the hop as refusing it, with the code
     assert path_nodes("old.test", None, False, T0 + 1000, T0 + 2, "", (d.outcome, d.reason)) == [

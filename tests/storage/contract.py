@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.protocol.envelope import POSTMASTER_KINDS, Envelope, make_header, seal
+from relay.protocol.erasure import ErasureRequest, encode_request, request_header
 from relay.protocol.keystr import key_id, public_key_string
 from relay.storage.backends import open_readonly_storage
 from relay.storage.interface import ReadOnlyStorage, Storage, WriteTx
@@ -56,6 +57,25 @@ def envelope(
         expires=created + DAY_MS if expires is None else expires,
         residency=["DE"],
         ctype=ctype or "text/plain",
+        payload=payload,
+    )
+    return seal(header, payload, KEY)
+
+
+def erasure_request(
+    origin: str, target: bytes, *, ident: bytes | None = None, dest: str = "far.test"
+) -> Envelope:
+    """The `erasure` envelope `origin` sends to `dest` for its message envelope `target`."""
+    payload = encode_request(ErasureRequest(target, "admin", "", T0))
+    header = request_header(
+        id=ident if ident is not None else os.urandom(16),
+        origin=origin,
+        key_id=KEY_ID,
+        target_origin=origin,
+        dest=dest,
+        residency=["DE"],
+        created=T0,
+        expires=T0 + 1000,
         payload=payload,
     )
     return seal(header, payload, KEY)

@@ -239,6 +239,12 @@ async def test_erasable_finds_every_envelope_of_a_message_and_only_the_origins(
         )
     assert await storage.message_envelopes("nobody.test", msg) == []
 
+    # by envelope id alone, every origin's copy (not the message's other envelopes)
+    async def copies(tx: WriteTx) -> list[tuple[int, str]]:
+        return [(t.rid, t.origin) for t in await tx.envelope_copies(msg)]
+
+    assert await storage.write(copies) == [(rids[0], HERE), (rids[2], "peer.test")]
+
     async def by_sender(tx: WriteTx) -> list[ErasureTarget]:
         return await tx.erasable_by_sender(HERE, f"alice@{HERE}", T0, T0 + 1, 10)
 
@@ -260,10 +266,10 @@ async def test_erasure_requests_answers_origins_and_links(storage: Storage) -> N
     # the contract helper writes kind "message"; a request is found by kind, so none here
     assert await storage.erasure_requests([req.header.id]) == {}
 
-    async def origins(tx: WriteTx) -> dict[bytes, tuple[str, ...]]:
-        return await tx.message_origins([msg.header.id, b"\x00" * 16])
+    async def copies(tx: WriteTx) -> list[list[ErasureTarget]]:
+        return [await tx.envelope_copies(i) for i in (msg.header.id, b"\x00" * 16)]
 
-    assert await storage.write(origins) == {msg.header.id: (HERE,)}
+    assert [[t.rid for t in ts] for ts in await storage.write(copies)] == [[rids[0]], []]
     (t,) = await find(storage, HERE, [msg.header.id])
     await erase(storage, [t], BY_ADMIN)
 

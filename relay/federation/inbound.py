@@ -62,6 +62,7 @@ from relay.protocol.batch import (
 )
 from relay.protocol.envelope import (
     Envelope,
+    PeekedHeader,
     header_digest,
 )
 from relay.protocol.inbound import (
@@ -263,8 +264,8 @@ async def _answer(
     def judge_all() -> tuple[list[Candidate], list[Refusal]]:
         candidates: list[Candidate] = []
         refusals: list[Refusal] = []
-        for ident, item in zip(ids, batch.items, strict=True):
-            judged = judge(state, ctx, item)
+        for ident, item, head in zip(ids, batch.items, found.heads, strict=True):
+            judged = judge(state, ctx, item, head)
             if isinstance(judged, Candidate):
                 candidates.append(judged)
             else:
@@ -349,9 +350,14 @@ def _origin_hint(item: BatchItem) -> str:
     return item.trace[0] if item.trace else ""
 
 
-def judge(state: NodeState, ctx: ItemContext, item: BatchItem) -> Candidate | ItemRefused:
-    """One item's verdict before the database (relay.protocol.inbound), from this node's facts."""
-    opened = open_item(ctx, item)
+def judge(
+    state: NodeState, ctx: ItemContext, item: BatchItem, head: PeekedHeader | None = None
+) -> Candidate | ItemRefused:
+    """One item's verdict before the database (relay.protocol.inbound), from this node's facts.
+
+    `head`: the item's header as the request's checks peeked it (open_item).
+    """
+    opened = open_item(ctx, item, head)
     if isinstance(opened, ItemRefused):
         return opened
     h = opened.header

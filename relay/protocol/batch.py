@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from relay.errors import ITEM_CODES, BadSignature, ItemRejected, MalformedError
-from relay.protocol.envelope import ID_SIZE, peek_id
+from relay.protocol.envelope import ID_SIZE, PeekedHeader, peek_header
 from relay.protocol.names import valid_jurisdiction, valid_node_name
 from relay.protocol.strict import (
     bin_field,
@@ -118,18 +118,26 @@ def _batch_item(item: object, i: int) -> BatchItem:
 
 def batch_ids(b: Batch) -> tuple[bytes, ...]:
     """Peek every item's id; MalformedError if one has none or two share one (DESIGN §5)."""
+    return tuple(p.id for p in peek_headers(b))
+
+
+def peek_headers(b: Batch) -> tuple[PeekedHeader, ...]:
+    """batch_ids, keeping each header's unpacked map, so that it is judged
+    (open_envelope) without being unpacked again."""
     seen: dict[bytes, int] = {}
+    peeked: list[PeekedHeader] = []
     for i, item in enumerate(b.items):
         try:
-            env_id = peek_id(item.header_bytes)
+            head = peek_header(item.header_bytes)
         except MalformedError as e:
             raise MalformedError(f"batch body: items[{i}]: {e.detail}") from None
-        if env_id in seen:
+        if head.id in seen:
             raise MalformedError(
-                f"batch body: items[{i}]: id {env_id.hex()} repeats items[{seen[env_id]}]"
+                f"batch body: items[{i}]: id {head.id.hex()} repeats items[{seen[head.id]}]"
             )
-        seen[env_id] = i
-    return tuple(seen)
+        seen[head.id] = i
+        peeked.append(head)
+    return tuple(peeked)
 
 
 def check_trace(

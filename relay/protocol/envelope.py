@@ -127,14 +127,28 @@ def encode_header(h: Header) -> bytes:
     )
 
 
-def decode_header(data: bytes) -> Header:
+@dataclass(frozen=True, slots=True)
+class PeekedHeader:
+    """Header bytes that strictly unpacked to a map with a 16-byte `id` (peek_header).
+
+    `value` is that map, kept so that decode_header checks it without
+    unpacking the same bytes a second time; nothing else is checked yet.
+    """
+
+    data: bytes
+    id: bytes
+    value: dict[str, object]
+
+
+def decode_header(data: bytes | PeekedHeader) -> Header:
     """Strictly decode and check header bytes (every check of DESIGN §4's table).
 
     Receipts are held to their shape as well: from postmaster@origin, to
-    exactly [postmaster@dest], ctype RECEIPT_CTYPE.
+    exactly [postmaster@dest], ctype RECEIPT_CTYPE. Given a PeekedHeader, its
+    already unpacked map is checked (the same checks, one unpack fewer).
     """
     w = "header"
-    raw = strict_unpack(data, w)
+    raw = data.value if isinstance(data, PeekedHeader) else strict_unpack(data, w)
     m = fields(raw, w, _HEADER_KEYS, _OPTIONAL_HEADER_KEYS)
     v = int_field(m, "v", w)
     if v != 1:
@@ -374,13 +388,18 @@ def peek_id(header_bytes: bytes) -> bytes:
     MalformedError otherwise: such an item cannot be answered by id, so the
     whole batch fails (DESIGN §5).
     """
+    return peek_header(header_bytes).id
+
+
+def peek_header(header_bytes: bytes) -> PeekedHeader:
+    """peek_id, keeping the unpacked map for decode_header and open_envelope."""
     value = strict_unpack(header_bytes, "header")
     if type(value) is not dict:
         raise MalformedError(f"header: expected a map, got {value_kind(value)}")
     env_id = value.get("id")
     if type(env_id) is not bytes or len(env_id) != ID_SIZE:
         raise MalformedError("header: no 16-byte bin id")
-    return env_id
+    return PeekedHeader(header_bytes, env_id, value)
 
 
 # --- envelope -------------------------------------------------------------------
@@ -412,12 +431,16 @@ def seal(header: Header, payload: bytes, key: Ed25519PrivateKey) -> Envelope:
     return env
 
 
-def open_envelope(header_bytes: bytes, signature: bytes, payload: bytes) -> Envelope:
-    """Decode the header strictly and check the signature's length (not its validity)."""
+def open_envelope(header_bytes: bytes | PeekedHeader, signature: bytes, payload: bytes) -> Envelope:
+    """Decode the header strictly and check the signature's length (not its validity).
+
+    `header_bytes` may come peeked (peek_header): decoded from its map, not unpacked again.
+    """
     header = decode_header(header_bytes)
     if len(signature) != SIGNATURE_SIZE:
         raise MalformedError(f"signature: expected 64 bytes, got {len(signature)}")
-    return Envelope(header_bytes, signature, payload, header)
+    data = header_bytes.data if isinstance(header_bytes, PeekedHeader) else header_bytes
+    return Envelope(data, signature, payload, header)
 
 
 def verify_envelope(env: Envelope, pub: Ed25519PublicKey) -> None:

@@ -53,10 +53,11 @@ from relay.errors import (
     WrongDestination,
 )
 from relay.protocol import httpsig
-from relay.protocol.batch import Batch, BatchItem, batch_ids, check_trace, decode_batch
+from relay.protocol.batch import Batch, BatchItem, check_trace, decode_batch, peek_headers
 from relay.protocol.envelope import (
     RECEIPT_CTYPE,
     Envelope,
+    PeekedHeader,
     check_payload,
     header_digest,
     open_envelope,
@@ -137,11 +138,15 @@ class CheckNonce:
 
 @dataclass(frozen=True, slots=True)
 class FindStoredResults:
-    """Look up the results stored for (`peer`, batch id); feed `Reception.stored`."""
+    """Look up the results stored for (`peer`, batch id); feed `Reception.stored`.
+
+    `heads[i]` is item i's header as peeked for its id, for `open_item`.
+    """
 
     peer: str
     batch: Batch
     ids: tuple[bytes, ...]
+    heads: tuple[PeekedHeader, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +216,7 @@ class Reception:
         self._body: bytes | None = None
         self._batch: Batch | None = None
         self._ids: tuple[bytes, ...] = ()
+        self._heads: tuple[PeekedHeader, ...] = ()
         self._admitted = False
 
     @property
@@ -327,11 +333,12 @@ class Reception:
         assert self._body is not None
         try:
             batch = decode_batch(self._body)
-            ids = batch_ids(batch)
+            heads = peek_headers(batch)
         except MalformedError as e:
             return self._next(Refuse(e))
-        self._batch, self._ids = batch, ids
-        return self._next(FindStoredResults(req.origin, batch, ids))
+        ids = tuple(h.id for h in heads)
+        self._batch, self._ids, self._heads = batch, ids, heads
+        return self._next(FindStoredResults(req.origin, batch, ids, heads))
 
     def stored(self, results: Mapping[bytes, str] | None) -> AnswerStored | JudgeItems:
         """The results stored for this (peer, batch id), or None for a new batch."""
@@ -456,10 +463,17 @@ class Passed:
 CREATED_AHEAD_MS = httpsig.CLOCK_WINDOW_S * 1000
 
 
-def open_item(ctx: ItemContext, item: BatchItem) -> Envelope | ItemRefused:
-    """§11 steps 1–8: the checks on an item's own bytes, its clock fields and its trace."""
+def open_item(
+    ctx: ItemContext, item: BatchItem, head: PeekedHeader | None = None
+) -> Envelope | ItemRefused:
+    """§11 steps 1–8: the checks on an item's own bytes, its clock fields and its trace.
+
+    `head`: the item's header as peek_headers read it (not unpacked again).
+    """
+    if head is not None and head.data is not item.header_bytes:
+        raise RelayError("open_item: the peeked header is not this item's")
     try:
-        env = open_envelope(item.header_bytes, item.signature, item.payload)
+        env = open_envelope(head or item.header_bytes, item.signature, item.payload)
     except MalformedError as e:
         return ItemRefused("malformed", e.detail)
     h = env.header

@@ -23,6 +23,7 @@ from relay.protocol.envelope import (
     header_for,
     make_header,
     open_envelope,
+    peek_header,
     peek_id,
     seal,
     stored_header,
@@ -141,6 +142,32 @@ def test_decode_header_refuses(changes: dict[str, Any], fragment: str) -> None:
 def test_decode_header_accepts(changes: dict[str, Any]) -> None:
     h = decode_header(mutated(BASE, changes))
     assert h.id == BASE["id"]
+
+
+@pytest.mark.parametrize(("changes", "fragment"), HEADER_REFUSALS)
+def test_a_peeked_header_is_refused_alike(changes: dict[str, Any], fragment: str) -> None:
+    data = mutated(BASE, changes)
+    try:
+        head = peek_header(data)
+    except MalformedError:  # no readable id, or not strict msgpack: the whole batch fails
+        with pytest.raises(MalformedError):
+            decode_header(data)
+        return
+    with pytest.raises(MalformedError, match=fragment) as info:
+        decode_header(head)
+    with pytest.raises(MalformedError) as direct:
+        decode_header(data)
+    assert info.value.detail == direct.value.detail
+
+
+@pytest.mark.parametrize("changes", [{}, RECEIPT_OK, {"to": ["bob@b.test", "carol@b.test"]}])
+def test_a_peeked_header_decodes_alike(changes: dict[str, Any]) -> None:
+    data = mutated(BASE, changes)
+    head = peek_header(data)
+    assert head.data is data
+    assert head.id == BASE["id"]
+    assert decode_header(head) == decode_header(data)
+    assert open_envelope(head, SIG, PAYLOAD) == open_envelope(data, SIG, PAYLOAD)
 
 
 def test_decode_header_refuses_repeated_key() -> None:

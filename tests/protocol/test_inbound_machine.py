@@ -7,6 +7,7 @@ would look up. Real signatures throughout (Ed25519 is deterministic).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -16,12 +17,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.errors import Busy, ItemRejected, RelayError, TooLarge
+from relay.errors import Busy, ItemRejected, MalformedError, RelayError, TooLarge
 from relay.policy.ratelimit import Throttled
 from relay.policy.residency import Decision
 from relay.protocol import httpsig
 from relay.protocol.batch import Batch, BatchItem, encode_batch
-from relay.protocol.envelope import RECEIPT_CTYPE, Envelope, header_digest, make_header, seal
+from relay.protocol.envelope import (
+    RECEIPT_CTYPE,
+    Envelope,
+    header_digest,
+    make_header,
+    peek_header,
+    seal,
+)
 from relay.protocol.inbound import (
     Admit,
     AnswerStored,
@@ -507,6 +515,8 @@ def bytes_item(env: Envelope, **changes: object) -> BatchItem:
 def verdict(case: It) -> str:
     ctx = replace(case.ctx, receipts=ReceiptBudget(case.ctx.receipts.left))  # the case's own
     opened = open_item(ctx, case.item)
+    with contextlib.suppress(MalformedError):  # as the batch's checks peeked it: the same verdict
+        assert open_item(ctx, case.item, peek_header(case.item.header_bytes)) == opened
     if isinstance(opened, ItemRefused):
         return opened.result
     got = judge_item(ctx, case.env or opened, case.facts)
@@ -816,6 +826,12 @@ def test_settle_dedupes_by_header_digest() -> None:
     assert settle(hb, None) == "accepted"
     assert settle(hb, header_digest(hb)) == "duplicate"
     assert settle(hb, header_digest(hb + b"x")) == "rejected:id_conflict"
+
+
+def test_open_item_refuses_a_header_peeked_from_other_bytes() -> None:
+    other = peek_header(envelope(ident=2).header_bytes)
+    with pytest.raises(RelayError, match="not this item's"):
+        open_item(CTX, item(GOOD), other)
 
 
 @given(st.binary(max_size=200), st.binary(max_size=80), st.binary(max_size=40))

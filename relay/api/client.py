@@ -34,7 +34,7 @@ from relay.node import backpressure, erasure, submit
 from relay.node.http import read_capped, refuse_declared
 from relay.node.state import NodeState
 from relay.node.submitgroup import Submission, SubmitGroups
-from relay.protocol.envelope import stored_header
+from relay.protocol.envelope import stored_fields
 from relay.protocol.sealing import body_of
 from relay.storage.interface import WriteTx
 from relay.storage.records import InboxPage
@@ -236,25 +236,26 @@ def inbox_item(
 ) -> dict[str, Any]:
     """One message as `GET /v1/inbox` (and a webhook) shows it; an erased one as its
     tombstone: `event` "message.erased" and when, no body (docs/erasure.md)."""
-    h = stored_header(header_bytes)  # checked on arrival, before it was stored
+    h = stored_fields(header_bytes)  # checked on arrival, before it was stored
     payload = bytes(body) if body is not None else b""
-    if h.seal is not None:  # stored opened, as salt || body (relay.protocol.sealing)
+    if "seal" in h:  # stored opened, as salt || body (relay.protocol.sealing)
         payload = body_of(payload)
+    ctype: str = h["ctype"]
     item: dict[str, Any] = {
-        "id": h.id.hex(),
-        "from": h.sender,
-        "to": list(h.to),
-        "origin": h.origin,
-        "created": h.created,
-        "ctype": h.ctype,
-        "residency": list(h.residency),
+        "id": h["id"].hex(),
+        "from": h["from"],
+        "to": h["to"],
+        "origin": h["origin"],
+        "created": h["created"],
+        "ctype": ctype,
+        "residency": h["residency"],
     }
     if erased is not None:
         item["event"] = "message.erased"
         item["erased"] = erased
         return item
     item["body_b64"] = base64.b64encode(payload).decode()
-    if h.ctype.startswith("text/"):
+    if ctype.startswith("text/"):
         # binary under a text type: body_b64 alone carries it
         with contextlib.suppress(UnicodeDecodeError):
             item["text"] = payload.decode("utf-8")

@@ -26,7 +26,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import ParamSpec
+from typing import Any, ParamSpec
 
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -180,11 +180,12 @@ def stored_header(data: bytes) -> Header:
 
     Only for bytes from this node's own store, where every stored header was
     strictly decoded and checked on arrival: one plain msgpack unpack (~3 µs
-    against ~20 µs for the strict decoder and its checks), for inbox reads.
-    MalformedError if the bytes are not a header at all (a damaged database).
+    against ~20 µs for the strict decoder and its checks). An inbox page needs
+    fewer fields and reads `stored_fields`. MalformedError if the bytes are not
+    a header at all (a damaged database).
     """
+    m = stored_fields(data)
     try:
-        m = msgpack.unpackb(data, raw=False)
         return Header(
             v=m["v"],
             id=m["id"],
@@ -203,8 +204,25 @@ def stored_header(data: bytes) -> Header:
             max_hops=m["max_hops"],
             seal=SealInfo(**m["seal"]) if "seal" in m else None,
         )
-    except (ValueError, TypeError, KeyError, msgpack.UnpackException) as e:
+    except (ValueError, TypeError, KeyError) as e:
         raise MalformedError(f"stored header: not a header ({type(e).__name__}: {e})") from None
+
+
+def stored_fields(data: bytes) -> dict[str, Any]:
+    """The wire map of a header this node stored (see stored_header), with no Header
+    built: for reads that show a few of its fields (an inbox page, ~2 µs against ~5).
+    Keys are the wire keys (`from`, not `sender`). MalformedError if the bytes are
+    not a header's map (a damaged database)."""
+    try:
+        m = msgpack.unpackb(data, raw=False)
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise MalformedError(f"stored header: not a header ({type(e).__name__}: {e})") from None
+    if type(m) is not dict:
+        raise MalformedError(f"stored header: not a header (a msgpack {value_kind(m)})")
+    if not m.keys() >= _HEADER_KEYS:
+        missing = ", ".join(sorted(_HEADER_KEYS - m.keys()))
+        raise MalformedError(f"stored header: not a header (missing {missing})")
+    return m
 
 
 _STR_FIELDS = (("kind", "kind"), ("origin", "origin"), ("key", "key"), ("sender", "from"))

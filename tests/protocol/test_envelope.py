@@ -26,6 +26,7 @@ from relay.protocol.envelope import (
     peek_header,
     peek_id,
     seal,
+    stored_fields,
     stored_header,
     verify_envelope,
 )
@@ -194,6 +195,16 @@ def test_stored_header_reads_back_what_decode_header_checked(changes: dict[str, 
 def test_stored_header_names_a_damaged_row(data: bytes) -> None:
     with pytest.raises(MalformedError, match="stored header: not a header"):
         stored_header(data)
+    with pytest.raises(MalformedError, match="stored header: not a header"):
+        stored_fields(data)
+
+
+def test_stored_fields_are_the_wire_map_decode_header_checked() -> None:
+    m = stored_fields(HB)
+    h = decode_header(HB)
+    assert (m["id"], m["from"], m["origin"], m["created"]) == (h.id, h.sender, h.origin, h.created)
+    assert (tuple(m["to"]), tuple(m["residency"]), m["ctype"]) == (h.to, h.residency, h.ctype)
+    assert "seal" not in m
 
 
 def test_decode_header_refuses_non_map() -> None:

@@ -12,6 +12,9 @@ Invariants:
   insert's 10 µs per message).
 - Each takes a condition on `i` (inbox) naming the rows, in the backend's
   parameter style; nothing else in the text varies.
+- An ack by id finds its rows once: its UPDATE of `inbox` returns each acked
+  row's weight (`ACKED_WEIGHT`), and `take_weight` subtracts their sum, in the
+  same transaction, instead of a `TAKE` that looked the rows up by id first.
 """
 
 from __future__ import annotations
@@ -41,3 +44,13 @@ def take(where: str) -> str:
         + _ROWS.format(where=where)
         + ") AS g WHERE unread.mailbox = g.mailbox"
     )
+
+
+# RETURNING clause for an UPDATE of `inbox` that acks rows: each row's weight.
+ACKED_WEIGHT = " RETURNING (SELECT " + WEIGHT + " FROM envelopes e WHERE e.rid = inbox.rid)"
+
+
+def take_weight(param: str) -> str:
+    """Take a weight (the sum of an ack's ACKED_WEIGHT rows) off one mailbox's counter;
+    `param` is the backend's placeholder, the weight first and then the mailbox."""
+    return f"UPDATE unread SET bytes = unread.bytes - {param} WHERE mailbox = {param}"

@@ -131,6 +131,22 @@ async def test_inbox_ack_and_webhook_cursor(storage: Storage) -> None:
     assert await storage.webhook_cursor("bob") == items[1].seq
 
 
+async def test_an_ack_by_ids_counts_and_weighs_each_row_it_acks_once(storage: Storage) -> None:
+    envs = [envelope(payload=bytes([i]) * (10 * (i + 1))) for i in range(4)]
+    s = [e.header.size + len(e.header_bytes) for e in envs]
+    await put(storage, [new(e, mailboxes=["bob", "carol"]) for e in envs])
+    ids = [e.header.id for e in envs]
+    assert await storage.write(lambda tx: tx.ack_inbox("bob", [ids[0]], T0)) == 1
+    # repeated, already acked, unknown here, and two fresh ones in one ack
+    mixed = [ids[1], ids[0], b"\x07" * 16, ids[2], ids[1]]
+    assert await storage.write(lambda tx: tx.ack_inbox("bob", mixed, T0)) == 2
+    assert await storage.unread_bytes(["bob", "carol"]) == {"bob": s[3], "carol": sum(s)}
+    assert [i.id for i in await storage.inbox("bob", 0, 10)] == [ids[3]]
+    assert len(await storage.inbox("carol", 0, 10)) == 4  # the other mailbox's rows untouched
+    assert await storage.write(lambda tx: tx.ack_inbox("bob", [b"\x07" * 16], T0)) == 0
+    assert await storage.unread_bytes(["bob"]) == {"bob": s[3]}
+
+
 async def test_inbox_page_stops_at_the_byte_budget(storage: Storage) -> None:
     envs = [envelope(payload=bytes([i]) * n) for i, n in enumerate([40, 30, 30, 100, 5])]
     await put(storage, [new(e, mailboxes=["bob"]) for e in envs])

@@ -458,17 +458,17 @@ class PgWriteTx(AuditWrites, ErasureWrites, RetentionWrites):
     async def ack_inbox(self, mailbox: str, ids: Sequence[bytes], now: int) -> int:
         if not ids:
             return 0
-        ids_rids = "(SELECT rid FROM envelopes WHERE id = ANY(%s))"
-        wanted = list(dict.fromkeys(ids))
-        await self.connection.execute(
-            unread.take(f"i.mailbox = %s AND i.rid IN {ids_rids}"), (mailbox, wanted)
-        )
-        return await q.changed(
-            self.connection,
-            "UPDATE inbox SET acked = %s WHERE acked IS NULL AND mailbox = %s"
-            f" AND rid IN {ids_rids}",
-            (now, mailbox, wanted),
-        )
+        async with self.connection.cursor() as cur:
+            await cur.execute(
+                "UPDATE inbox SET acked = %s WHERE acked IS NULL AND mailbox = %s"
+                " AND rid IN (SELECT rid FROM envelopes WHERE id = ANY(%s))" + unread.ACKED_WEIGHT,
+                (now, mailbox, list(dict.fromkeys(ids))),
+            )
+            found = await cur.fetchall()
+        if found:
+            weight = sum(int(r[0]) for r in found)
+            await self.connection.execute(unread.take_weight("%s"), (weight, mailbox))
+        return len(found)
 
     async def ack_inbox_seqs(self, seqs: Sequence[int], now: int) -> None:
         if seqs:

@@ -442,17 +442,19 @@ class SqliteWriteTx(AuditWrites, ErasureWrites, RetentionWrites):
 
     async def ack_inbox(self, mailbox: str, ids: Sequence[bytes], now: int) -> int:
         acked = 0
+        weight = 0
         for chunk in q.chunks(list(dict.fromkeys(ids))):
-            ids_rids = f"(SELECT rid FROM envelopes WHERE id IN ({q.marks(chunk)}))"
-            await self.connection.execute(
-                unread.take(f"i.mailbox = ? AND i.rid IN {ids_rids}"), (mailbox, *chunk)
-            )
-            acked += await q.changed(
+            found = await q.rows(
                 self.connection,
                 "UPDATE inbox SET acked = ? WHERE acked IS NULL AND mailbox = ?"
-                f" AND rid IN {ids_rids}",
+                f" AND rid IN (SELECT rid FROM envelopes WHERE id IN ({q.marks(chunk)}))"
+                + unread.ACKED_WEIGHT,
                 (now, mailbox, *chunk),
             )
+            acked += len(found)
+            weight += sum(int(r[0]) for r in found)
+        if acked:
+            await self.connection.execute(unread.take_weight("?"), (weight, mailbox))
         return acked
 
     async def ack_inbox_seqs(self, seqs: Sequence[int], now: int) -> None:

@@ -20,6 +20,7 @@ Invariants:
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import msgpack
 
@@ -89,6 +90,9 @@ def _walk(value: object, depth: int) -> None:
         if depth >= MAX_DEPTH:
             raise _Refused(f"containers nested deeper than {MAX_DEPTH}")
         for i, item in enumerate(value):
+            kind = type(item)  # the common leaves checked here, without a call each
+            if kind is str or kind is bytes or (kind is int and 0 <= item <= MAX_INT):
+                continue
             try:
                 _walk(item, depth + 1)
             except _Refused as e:
@@ -99,6 +103,9 @@ def _walk(value: object, depth: int) -> None:
         if depth >= MAX_DEPTH:
             raise _Refused(f"containers nested deeper than {MAX_DEPTH}")
         for key, item in value.items():
+            kind = type(item)
+            if kind is str or kind is bytes or (kind is int and 0 <= item <= MAX_INT):
+                continue
             try:
                 _walk(item, depth + 1)
             except _Refused as e:
@@ -114,6 +121,10 @@ def strict_unpack(data: bytes, what: str) -> object:
     Maps come back as dicts keyed by str or bytes, arrays as lists, str as str,
     bin as bytes, ints as int. `what` starts every error sentence.
     """
+    if len(data) <= MAX_OBJECTS:
+        # Every object takes at least one byte, so MAX_OBJECTS cannot be passed:
+        # no count is kept (a header, a receipt: most documents).
+        return _unpack(data, what, None, _pairs_to_dict)
     left = MAX_OBJECTS
 
     def array(items: list[object]) -> list[object]:
@@ -130,6 +141,15 @@ def strict_unpack(data: bytes, what: str) -> object:
             raise _TooMany
         return _pairs_to_dict(pairs)
 
+    return _unpack(data, what, array, table)
+
+
+def _unpack(
+    data: bytes,
+    what: str,
+    array: Callable[[list[object]], list[object]] | None,
+    table: Callable[[list[tuple[str | bytes, object]]], dict[str | bytes, object]],
+) -> object:
     try:
         value: object = msgpack.unpackb(
             data,

@@ -55,6 +55,9 @@ STRICT_REFUSALS = [
     ),
     pytest.param(b"\x92\x01\x91\xcb" + b"\x00" * 8, r"at \[1\]\[0\]", id="path-array"),
     pytest.param(pack({"a": {"b": None}}), r"at \.a\.b", id="path-map"),
+    pytest.param(pack({"a": [1, "x", b"y", True]}), r"bool .*at \.a\[3\]", id="path-past-leaves"),
+    pytest.param(pack(["x", 2**63]), r"outside 0\.\.2\^63-1 \(at \[1\]\)", id="path-big-int"),
+    pytest.param(pack({"k": 1, "b": 2**64 - 1}), r"outside .*at \.b", id="path-map-int"),
 ]
 
 
@@ -76,6 +79,7 @@ def test_strict_unpack_refuses(data: bytes, fragment: str) -> None:
         (b"\x82\xa1a\x01\xc4\x01a\x02", {"a": 1, b"a": 2}),
         (b"\x90", []),
         (b"\x80", {}),
+        (pack([b"x" * 400_000, {"k": [1, "y"]}]), [b"x" * 400_000, {"k": [1, "y"]}]),  # counted
     ],
 )
 def test_strict_unpack_accepts(data: bytes, expected: object) -> None:

@@ -80,7 +80,6 @@ from relay.protocol.inbound import (
     proceed,
     too_large,
 )
-from relay.protocol.names import split_address
 from relay.protocol.receipt import Receipt
 from relay.protocol.sealing import SealInfo
 from relay.storage.interface import WriteTx
@@ -391,7 +390,9 @@ def judge(
         forward=forward,
         unknown_key="" if key_known else unknown_key_detail(cfg, h.origin, h.key),
         mailboxes=frozenset(
-            local for local, _ in map(split_address, h.to) if cfg.mailbox(local) is not None
+            local
+            for local, _, _ in (a.partition("@") for a in h.to)  # checked when decoded
+            if cfg.mailbox(local) is not None
         ),
         seal_keys=state.sealer.opening_keys(),
         seal_key_why=_seal_key_why(state, h.seal),

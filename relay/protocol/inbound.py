@@ -36,7 +36,7 @@ Invariants:
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -63,7 +63,6 @@ from relay.protocol.envelope import (
     open_envelope,
     verify_envelope,
 )
-from relay.protocol.names import split_address
 from relay.protocol.receipt import MAX_BATCH_RECEIPT_ENTRIES, Receipt, decode_receipt
 from relay.protocol.sealing import SealPrivateKey, open_body, unwrap_dek
 
@@ -523,7 +522,7 @@ def judge_item(ctx: ItemContext, env: Envelope, facts: ItemFacts) -> Passed | It
     if h.kind == "message":
         names: list[str] = []
         for addr in h.to:
-            local, _ = split_address(addr)
+            local = addr.partition("@")[0]  # a checked header's address (decode_header)
             if local not in facts.mailboxes:
                 return ItemRefused("unknown_mailbox", f"no mailbox {addr} at {ctx.here}")
             names.append(local)
@@ -531,7 +530,7 @@ def judge_item(ctx: ItemContext, env: Envelope, facts: ItemFacts) -> Passed | It
             inner = unseal(env, facts)
             if isinstance(inner, ItemRefused):
                 return inner
-            env = replace(env, payload=inner)
+            env = Envelope(env.header_bytes, env.signature, inner, h)  # not replace(): ~1.5 µs
         return Passed(env, accept.rule, mailboxes=tuple(dict.fromkeys(names)), audit=audit)
     if h.ctype != RECEIPT_CTYPE or list(h.to) != [f"postmaster@{ctx.here}"]:
         return ItemRefused("malformed", "a receipt goes to postmaster with the receipt type")

@@ -320,11 +320,17 @@ def _delivered(state: NodeState, ids: Sequence[bytes] | None, now: int) -> Deliv
     return Delivered(now, state.config.node.jurisdiction, state.policy.mode, tuple(ids))
 
 
+def _held_here(state: NodeState, kind: str, dest: str, hop: str | None) -> bool:
+    """A message for this node's own mailboxes, not relayed on: one whose signed
+    result may stand for its `delivered` receipt when its origin sent it here itself."""
+    return kind == "message" and dest == state.name and hop is None
+
+
 def _deliverable(state: NodeState, peer: str, c: Candidate) -> bool:
-    """An item whose signed result may stand for its `delivered` receipt: a message
-    for this node's own mailboxes that its origin sent here itself."""
+    """An item of this batch the signed result states as delivered (`_held_here`, sent
+    by its origin)."""
     h = c.env.header
-    return h.kind == "message" and h.dest == state.name and c.hop is None and c.trace == (peer,)
+    return c.trace == (peer,) and _held_here(state, h.kind, h.dest, c.hop)
 
 
 async def _stored_deliveries(
@@ -334,14 +340,11 @@ async def _stored_deliveries(
     node holds for its own mailboxes: a repeated batch states their delivery again,
     since no receipt was written for them the first time."""
     stored = [i for i, r in results.items() if r in ("accepted", "duplicate")]
-    found = await tx.sent_envelopes(peer, stored)
+    found = await tx.sent_envelopes(peer, stored)  # of origin `peer`: sent by their origin
     return tuple(
         i
         for i in stored
-        if (e := found.get(i)) is not None
-        and e.kind == "message"
-        and e.dest == state.name
-        and e.hop is None
+        if (e := found.get(i)) is not None and _held_here(state, e.kind, e.dest, e.hop)
     )
 
 

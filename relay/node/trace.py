@@ -160,7 +160,8 @@ def timeline(
         Event(
             p.at,
             "receipt_owed",
-            f"receipt {p.status} owed to {p.origin}, not written yet",
+            f"receipt {p.status}{f' ({p.reason})' if p.reason else ''} owed to {p.origin},"
+            " not written yet",
             p.id.hex(),
         )
         for p in rows.pending_receipts

@@ -30,10 +30,11 @@ from relay.errors import BadRequest, Conflict, StoreError
 from relay.node import queueview
 from relay.node.app import Node
 from relay.node.queueops import DELETED_REASON
+from relay.node.trace import timeline
 from relay.protocol.envelope import make_header, seal
 from relay.protocol.keystr import key_id, public_key_string
 from relay.storage.interface import WriteTx
-from relay.storage.records import NewEnvelope
+from relay.storage.records import Attempt, NewEnvelope
 from relay.storage.sqlite.backup import backup_file, schema_version_of
 from relay.storage.sqlite.store import SCHEMA_VERSION, open_store, sqlite_store, sqlite_tx
 from tests.e2e.harness import free_port
@@ -376,6 +377,10 @@ async def test_delete_rejects_at_the_origin(world: World) -> None:
     assert [e["id"] for e in await world.queue()] == [ids[1]]
     first = await world.status(ids[0])
     assert (first["status"], first["reason"]) == ("rejected", DELETED_REASON)
+    events = timeline("a.test", await world.state_a.store.trace(bytes.fromhex(ids[0]), 10), [], [])
+    assert ("status", f"bob@b.test: rejected ({DELETED_REASON})") in [
+        (e.what, e.text) for e in events
+    ]
     assert (await world.status(ids[1]))["status"] == "queued"
     status, doc = await world.admin("POST", "/queue/delete", {"ids": [ids[0]]})
     assert doc == {"matched": 0, "changed": 0, "unknown": [ids[0]], "peers": []}
@@ -400,7 +405,9 @@ async def test_delete_of_a_relayed_envelope_sends_a_rejected_receipt(world: Worl
     )
     env = seal(header, b"relayed", x_key)
     item = NewEnvelope(env=env, trace=("x.test",), from_peer="x.test", hop="b.test")
-    await st.store.write(lambda tx: tx.insert_envelopes([item], NOW_MS))
+    (rid,) = await st.store.write(lambda tx: tx.insert_envelopes([item], NOW_MS))
+    tried = Attempt(rid, "b.test", NOW_MS, NOW_MS + 5, "unreachable", "", "refused", 1)
+    await st.store.write(lambda tx: tx.record_attempts([tried]))
     status, doc = await world.admin("POST", "/queue/delete", {"ids": [header.id.hex()]})
     assert (status, doc["changed"]) == (200, 1)
     rows = await sqlite_store(st.store).fetchall(
@@ -408,6 +415,13 @@ async def test_delete_of_a_relayed_envelope_sends_a_rejected_receipt(world: Worl
     )
     assert [(r[0], r[1], r[2], bytes(r[3])) for r in rows] == [
         ("x.test", "rejected", DELETED_REASON, header.id)
+    ]
+    # the envelope's row stays (retention takes it, and its attempts, later): its
+    # trace keeps the attempts and says why it left the queue
+    events = timeline("a.test", await st.store.trace(header.id, 10), [], [])
+    assert [(e.what, e.text) for e in events if e.what in ("attempt", "receipt_owed")] == [
+        ("attempt", "to b.test: unreachable: refused (batch of 1, 5 ms)"),
+        ("receipt_owed", f"receipt rejected ({DELETED_REASON}) owed to x.test, not written yet"),
     ]
 
 

@@ -124,7 +124,22 @@ def _throwaway() -> tuple[str | None, str]:
     log = base / "log"
     try:
         subprocess.run(
-            [*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+            # UTF8 whatever the locale (relay refuses a SQL_ASCII database, initdb's
+            # default under the C locale)
+            [
+                *as_user,
+                str(bindir / "initdb"),
+                "-D",
+                str(data),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale",
+                "C",
+            ],
             check=True,
             capture_output=True,
         )

@@ -7,6 +7,7 @@ The interface itself is tested on both backends by the contract tests.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from urllib.parse import urlsplit
 
@@ -55,6 +56,31 @@ async def test_a_missing_database_is_named(pg_url: str) -> None:
     assert err.value.status == 503
     with pytest.raises(NoDatabase, match=r"127\.0\.0\.1:1/"):
         await open_storage("postgresql://127.0.0.1:1/relay?connect_timeout=2")
+
+
+@pytest.mark.parametrize("encoding", ["SQL_ASCII", "LATIN1"])
+async def test_a_database_not_in_utf8_is_refused_naming_it(pg_url: str, encoding: str) -> None:
+    # SQL_ASCII stores any bytes unchecked; LATIN1 refuses text it cannot hold
+    # only when a message carries it: either way relay's UTF-8 text is not safe
+    name = f"relay_{encoding.lower()}_{uuid.uuid4().hex[:8]}"
+    admin = pg_url.split("?")[0]
+    with psycopg.connect(admin, autocommit=True) as db:
+        db.execute(
+            f"CREATE DATABASE {name} ENCODING '{encoding}' LC_COLLATE 'C' LC_CTYPE 'C'"
+            " TEMPLATE template0"
+        )
+    try:
+        url = urlsplit(pg_url)._replace(path=f"/{name}").geturl()
+        with pytest.raises(StoreError) as err:
+            await open_storage(url)
+        assert f"database {name} has encoding {encoding}" in err.value.detail
+        assert "ENCODING 'UTF8'" in err.value.detail
+        with psycopg.connect(urlsplit(admin)._replace(path=f"/{name}").geturl()) as db:
+            schemas = db.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 't_%'")
+            assert schemas.fetchall() == []  # nothing was created there
+    finally:
+        with psycopg.connect(admin, autocommit=True) as db:
+            db.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 async def test_workers_starting_together_migrate_once(pg_url: str) -> None:

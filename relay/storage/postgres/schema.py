@@ -7,7 +7,8 @@ Invariants:
 - Several workers may start together: `migrate` holds a session advisory
   lock on the schema while it reads the version and applies what is
   missing, so each migration runs once and the others wait, then see it.
-- A schema newer than SCHEMA_VERSION is refused, never touched.
+- A schema newer than SCHEMA_VERSION is refused, never touched; so is a
+  database whose encoding is not UTF8, before anything is created in it.
 """
 
 from __future__ import annotations
@@ -52,9 +53,39 @@ async def schema_version(db: q.Conn, schema: str) -> int | None:
     return int(found) if found is not None else 0
 
 
+async def require_utf8(db: q.Conn, target: PgTarget) -> None:
+    """StoreError naming the database unless its encoding is UTF8.
+
+    relay stores UTF-8 text. SQL_ASCII takes any bytes unchecked (text would
+    come back as whatever was sent, and other programs' reads would disagree);
+    any other encoding refuses, at write time, text it cannot hold, so a
+    message could be refused for its characters. Both are refused at start.
+    """
+    row = await q.one(
+        db,
+        "SELECT current_database() AS name, pg_encoding_to_char(encoding) AS encoding"
+        " FROM pg_database WHERE datname = current_database()",
+    )
+    # in a SQL_ASCII database the driver hands text back as bytes
+    name, encoding = (_text(row["name"]), _text(row["encoding"])) if row else ("?", "unknown")
+    if encoding == "UTF8":
+        return
+    unchecked = " (bytes stored unchecked)" if encoding == "SQL_ASCII" else ""
+    raise StoreError(
+        f"{target.display}: database {name} has encoding {encoding}{unchecked}; relay stores"
+        f" UTF-8 text and needs a UTF8 database: create one with CREATE DATABASE ..."
+        f" ENCODING 'UTF8' TEMPLATE template0 and point [storage] url at it"
+    )
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
 async def migrate(db: q.Conn, target: PgTarget) -> int:
     """Bring the schema to SCHEMA_VERSION, once across workers; refuse a newer one."""
     schema = target.schema
+    await require_utf8(db, target)
     await db.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (MIGRATE_LOCK, schema))
     try:
         if await q.value(db, "SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)) is None:

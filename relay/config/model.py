@@ -90,6 +90,9 @@ class RetentionConfig:
     content_max_days: int = 365
     metadata_min_days: int = 0
     metadata_max_days: int = 1095
+    # tree heads peers sent (audit_witnessed): each peer's last and every head that
+    # is evidence of a fork stay past this
+    witnessed_heads_days: int = 90
 
 
 @dataclass(frozen=True, slots=True)

@@ -419,8 +419,9 @@ class _Parser(_PolicyTables):
                     f"{kind}_min_days",
                     f"{kind}_min_days ({low}) is greater than {kind}_max_days ({high})",
                 )
+        witnessed = t.integer("witnessed_heads_days", d.witnessed_heads_days, 1, 36500)
         t.done()
-        return RetentionConfig(**days)
+        return RetentionConfig(**days, witnessed_heads_days=witnessed)
 
     def federation(self, t: _Table) -> FederationConfig:
         d = FederationConfig()

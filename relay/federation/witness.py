@@ -33,6 +33,12 @@ Invariants:
 - The reads are by the key of audit_witnessed (peer, size): the heads of the
   new head's size, of the proof's from_size, and the largest; never every
   head kept from the peer.
+- A head that contradicts a kept one (conflict, shrank, forked) is kept with
+  that head's size (`evidence`): retention never prunes either of the pair
+  (relay.node.retention), nor a peer's last head. The last head seen, the
+  only one the next head is compared with alone, is in storage, so a restart
+  forgets nothing a fork is found by; the in-memory `state.witnessed` only
+  spares re-checking a header value seen just before.
 """
 
 from __future__ import annotations
@@ -99,15 +105,26 @@ async def observe(state: NodeState, peer: TrustedNode, headers: Mapping[str, str
         if kept and rows[same_size.index(head)].proof:
             state.witnessed[peer.name] = (value, proof_value)
             return
-        outcome = "unproven" if kept else await _compare(state, peer.name, head, same_size)
+        outcome, against = (
+            ("unproven", None) if kept else await _compare(state, peer.name, head, same_size)
+        )
         proof = _parse_proof(peer.name, head, proof_value)
         earlier = [] if proof is None else await store.witnessed_heads(peer.name, proof.from_size)
         proof_from, proven = _prove(peer.name, head, proof, [_head(w) for w in earlier])
         if kept and not proven:
             state.witnessed[peer.name] = (value, proof_value)
             return
+        if proven == PROOF_FORKED and against is None:
+            against = proof_from
         row = WitnessedHead(
-            peer.name, head.size, head.at, signed.wire(), state.now_ms(), proof_from, proven
+            peer.name,
+            head.size,
+            head.at,
+            signed.wire(),
+            state.now_ms(),
+            proof_from,
+            proven,
+            against,
         )
 
         async def job(tx: WriteTx) -> None:
@@ -129,10 +146,10 @@ def _head(w: WitnessedHead) -> TreeHead:
 
 async def _compare(
     state: NodeState, peer: str, head: TreeHead, same_size: Sequence[TreeHead]
-) -> str:
+) -> tuple[str, int | None]:
     """What a head not kept before shows against those kept, alone: "conflict" (another
     root of its size), "shrank" (a larger one was kept) or "unproven" (a larger head
-    than any kept needs a proof)."""
+    than any kept needs a proof); with the size of the kept head it contradicts."""
     other = next((h for h in same_size if h.root != head.root), None)
     if other is not None:
         event(
@@ -145,7 +162,7 @@ async def _compare(
             earlier_root=other.root.hex(),
             detail="two tree heads of one size with different roots: the peer's log forked",
         )
-        return "conflict"
+        return "conflict", head.size
     last = await state.store.last_witnessed(peer)
     if last is not None and head.size < last.size:
         event(
@@ -157,8 +174,8 @@ async def _compare(
             earlier_size=last.size,
             detail="the peer's log is smaller than a head it sent before",
         )
-        return "shrank"
-    return "unproven"
+        return "shrank", last.size
+    return "unproven", None
 
 
 def _parse_proof(peer: str, head: TreeHead, value: str | None) -> TreeProof | None:

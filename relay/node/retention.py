@@ -106,6 +106,26 @@ async def purge(
         event(log, "storage_scrubbed", detail=await store.scrub())
     if total.any():
         event(log, "purged", source=source, **total.as_dict())
+    await prune_witnessed(store, retention, now)
+    return total
+
+
+async def prune_witnessed(store: Storage, retention: RetentionConfig, now: int) -> int:
+    """Delete the tree heads peers sent more than `witnessed_heads_days` ago, but each
+    peer's last and every head that is evidence of a fork (relay.federation.witness),
+    in transactions of at most CHUNK; how many went."""
+    before = now - retention.witnessed_heads_days * DAY_MS
+
+    async def job(tx: WriteTx) -> int:
+        return await tx.prune_witnessed(before, CHUNK)
+
+    total = 0
+    while (n := await store.write(job)) > 0:
+        total += n
+        if n < CHUNK:
+            break
+    if total:
+        event(log, "witnessed_pruned", heads=total)
     return total
 
 

@@ -75,8 +75,10 @@ PROOF_FORKED = "forked"  # the peer's own proof shows it does not
 
 @dataclass(frozen=True, slots=True)
 class WitnessedHead:
-    """A tree head a peer sent, when this node saw it, and what the consistency proof
-    sent with it showed against the kept head of `proof_from` entries ("" if none)."""
+    """A tree head a peer sent, when this node saw it, what the consistency proof
+    sent with it showed against the kept head of `proof_from` entries ("" if none),
+    and the size of the kept head it contradicted when it came (`evidence`: a
+    conflict, a shrink or a forked proof; None if it showed nothing)."""
 
     peer: str
     size: int
@@ -85,6 +87,7 @@ class WitnessedHead:
     seen: int
     proof_from: int | None = None
     proof: str = ""
+    evidence: int | None = None
 
 
 def stored_events(
@@ -221,14 +224,29 @@ _HEAD_UPSERT = (
     " DO UPDATE SET at = excluded.at, head = excluded.head WHERE excluded.at > audit_heads.at"
 )
 _WITNESS = (
-    "INSERT INTO audit_witnessed (peer, size, at, head, seen, proof_from, proof)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (peer, size, at) DO UPDATE"
-    " SET proof_from = excluded.proof_from, proof = excluded.proof"
+    "INSERT INTO audit_witnessed (peer, size, at, head, seen, proof_from, proof, evidence)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (peer, size, at) DO UPDATE"
+    " SET proof_from = excluded.proof_from, proof = excluded.proof,"
+    " evidence = coalesce(audit_witnessed.evidence, excluded.evidence)"
     " WHERE audit_witnessed.proof = '' AND excluded.proof <> ''"
 )
+# Heads seen before a time, but neither the peer's last (largest, then latest:
+# the next head is compared with it) nor evidence: a head that contradicted a
+# kept one, or the kept head one contradicted.
+_PRUNE_WITNESSED = (
+    "DELETE FROM audit_witnessed WHERE (peer, size, at) IN ("
+    " SELECT w.peer, w.size, w.at FROM audit_witnessed w WHERE w.seen < ?"
+    " AND w.evidence IS NULL"
+    " AND (w.size, w.at) <> (SELECT m.size, m.at FROM audit_witnessed m"
+    "  WHERE m.peer = w.peer ORDER BY m.size DESC, m.at DESC LIMIT 1)"
+    " AND NOT EXISTS (SELECT 1 FROM audit_witnessed e"
+    "  WHERE e.peer = w.peer AND e.evidence = w.size)"
+    " LIMIT ?) RETURNING peer"
+)
 
-
-_WITNESSED_SELECT = "SELECT peer, size, at, head, seen, proof_from, proof FROM audit_witnessed"
+_WITNESSED_SELECT = (
+    "SELECT peer, size, at, head, seen, proof_from, proof, evidence FROM audit_witnessed"
+)
 
 
 def _witnessed_where(peer: str | None, size: int | None) -> tuple[str, tuple[Any, ...]]:
@@ -246,6 +264,7 @@ def _witnessed_row(r: Mapping[str, Any]) -> WitnessedHead:
         int(r["seen"]),
         None if r["proof_from"] is None else int(r["proof_from"]),
         str(r["proof"]),
+        None if r["evidence"] is None else int(r["evidence"]),
     )
 
 
@@ -296,8 +315,16 @@ class AuditWrites(AuditSql):
         proof's outcome fills in one kept without any (it came again, with a proof)."""
         await self._audit_many(
             self._sql(_WITNESS),
-            [(h.peer, h.size, h.at, h.wire, h.seen, h.proof_from, h.proof) for h in heads],
+            [
+                (h.peer, h.size, h.at, h.wire, h.seen, h.proof_from, h.proof, h.evidence)
+                for h in heads
+            ],
         )
+
+    async def prune_witnessed(self, before: int, limit: int) -> int:
+        """Delete at most `limit` heads seen before `before` that are neither a peer's
+        last nor evidence (WitnessedHead.evidence, both sides); how many went."""
+        return len(await self._audit_rows(self._sql(_PRUNE_WITNESSED), (before, limit)))
 
 
 class AuditReads(AuditSql):

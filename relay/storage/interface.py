@@ -326,6 +326,11 @@ class WriteTx(Protocol):
         """Keep tree heads peers sent (one already kept stays as it was)."""
         ...
 
+    async def prune_witnessed(self, before: int, limit: int) -> int:
+        """Delete at most `limit` heads seen before `before`, keeping each peer's last
+        and every head that is evidence (relay.storage.audit); how many went."""
+        ...
+
     # --- erasure (relay.storage.erasure) ---------------------------------------------
 
     async def erasable(self, origin: str, ids: Sequence[bytes]) -> list[ErasureTarget]:

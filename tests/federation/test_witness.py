@@ -10,6 +10,8 @@ import os
 
 import pytest
 
+from relay.config.model import DAY_MS
+from relay.node.retention import prune_witnessed
 from relay.protocol.audit import (
     TREE_HEAD_HEADER,
     TREE_PROOF_HEADER,
@@ -88,7 +90,53 @@ async def test_a_fork_and_a_shrink_are_reported(
     assert events(caplog, "tree_head_conflict")
     await post_with(h, head(h.a, 4, b"\x01" * 32, 3000))
     assert events(caplog, "tree_head_shrank")
-    assert len(await h.state.store.witnessed_heads("a.test")) == 3  # all kept, as evidence
+    kept = await h.state.store.witnessed_heads("a.test")  # all kept, as evidence
+    assert [(w.size, w.at, w.evidence) for w in kept] == [
+        (4, 3000, 5),
+        (5, 1000, None),
+        (5, 2000, 5),
+    ]
+
+
+async def test_a_restart_forgets_no_head_a_fork_is_found_by(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The last head kept from a peer is in storage: the head that contradicts it is
+    reported after a restart as before it (the memory lost is only a shortcut)."""
+    h = harness
+    await post_with(h, log_head(h.a, 5, 1000))
+    await post_with(h, log_head(h.a, 9, 2000), proof_of(5, 9))
+    await h.restart()
+    assert h.state.witnessed == {}
+    await post_with(h, head(h.a, 9, b"\x09" * 32, 3000))
+    assert events(caplog, "tree_head_conflict")
+    await post_with(h, log_head(h.a, 7, 4000))
+    assert events(caplog, "tree_head_shrank")
+    forged = [*LOG[:2], leaf_hash(b"rewritten"), *LOG[3:]]
+    await post_with(h, log_head(h.a, 20, 5000, forged), proof_of(9, 20, forged))
+    kept = await h.state.store.witnessed_heads("a.test")
+    assert [(w.size, w.evidence, w.proof) for w in kept] == [
+        (5, None, ""),
+        (7, 9, ""),
+        (9, None, PROOF_CONSISTENT),
+        (9, 9, ""),
+        (20, 9, PROOF_FORKED),
+    ]
+
+
+async def test_retention_prunes_old_heads_but_not_the_evidence(harness: Harness) -> None:
+    h = harness
+    for i, size in enumerate((3, 5, 8, 13)):  # an ordinary chain, each proven
+        proof = proof_of((3, 5, 8)[i - 1], size) if i else None
+        await post_with(h, log_head(h.a, size, 1000 + i), proof)
+    await post_with(h, head(h.a, 5, b"\x09" * 32, 2000))  # two roots of size 5
+    await post_with(h, log_head(h.a, 21, 3000), proof_of(13, 21))
+    store = h.state.store
+    later = h.clock() + (h.state.config.retention.witnessed_heads_days + 1) * DAY_MS
+    assert await prune_witnessed(store, h.state.config.retention, h.clock()) == 0  # too new
+    assert await prune_witnessed(store, h.state.config.retention, later) == 3
+    kept = await store.witnessed_heads("a.test")
+    assert [(w.size, w.at) for w in kept] == [(5, 1001), (5, 2000), (21, 3000)]
 
 
 @pytest.mark.parametrize(

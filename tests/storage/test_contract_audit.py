@@ -152,6 +152,40 @@ async def test_a_proof_outcome_fills_in_a_kept_head_once(storage: Storage) -> No
     assert (await storage.witnessed_heads("a.test"))[1] == b
 
 
+async def test_old_witnessed_heads_go_but_the_latest_and_the_evidence_stay(
+    storage: Storage,
+) -> None:
+    """prune_witnessed(before) deletes heads seen before `before`, except each peer's
+    latest (the next head is compared with it) and every head that shows trouble: two
+    roots of one size, a forked proof and the head it was from, a shrink: both heads
+    of each pair, the later one naming the other's size in `evidence`."""
+    old, cut = T0, T0 + 100
+
+    def w(peer: str, size: int, seen: int, wire: bytes = b"", **kw: object) -> WitnessedHead:
+        return WitnessedHead(peer, size, seen, wire or f"{peer}{size}".encode(), seen, **kw)  # type: ignore[arg-type]
+
+    gone = [w("a.test", 1, old), w("a.test", 2, old + 1, proof_from=1, proof=PROOF_CONSISTENT)]
+    kept = [
+        w("a.test", 3, old + 2, b"a3-one"),  # two roots of size 3: a conflict
+        w("a.test", 3, old + 3, b"a3-two", evidence=3),
+        w("a.test", 4, old + 4),  # the forked proof below was from this one
+        w("a.test", 5, old + 5, proof_from=4, proof=PROOF_FORKED, evidence=4),
+        w("a.test", 8, old + 6),  # larger than the head seen after it: a shrink
+        w("a.test", 7, old + 7, evidence=8),
+        w("a.test", 9, cut, proof_from=8, proof=PROOF_CONSISTENT),  # not old enough
+        w("b.test", 6, old),  # b's latest, however old
+    ]
+    gone += [w("b.test", 2, old), w("b.test", 5, old + 9)]
+    await storage.write(lambda tx: tx.save_witnessed([*gone, *kept]))
+
+    async def prune(tx: WriteTx) -> int:
+        return await tx.prune_witnessed(cut, 2)
+
+    assert [await storage.write(prune) for _ in range(3)] == [2, 2, 0]  # at most 2 a call
+    key = lambda h: (h.peer, h.size, h.at)  # noqa: E731
+    assert sorted(map(key, await storage.witnessed_heads(None))) == sorted(map(key, kept))
+
+
 async def test_export_reads_envelopes_and_only_receipt_payloads(storage: Storage) -> None:
     env = envelope(payload=b"secret content")
     await put(storage, [new(env, mailboxes=["bob"])])

@@ -1,0 +1,11 @@
+-- Witnessed heads are pruned (relay.node.retention, [retention]
+-- witnessed_heads_days), except what shows a peer's log went wrong. `evidence`
+-- is the size of the other kept head a head was found to contradict when it
+-- came: the same size with another root (conflict), a larger size seen before
+-- (shrank), or its proof's start (forked); NULL for a head that showed nothing.
+-- Both heads of each such pair are kept. Heads kept before this migration only
+-- know their forked proofs.
+ALTER TABLE audit_witnessed ADD COLUMN evidence INTEGER;
+UPDATE audit_witnessed SET evidence = proof_from WHERE proof = 'forked';
+CREATE INDEX audit_witnessed_evidence ON audit_witnessed (peer, evidence)
+    WHERE evidence IS NOT NULL;

@@ -11,9 +11,12 @@ import pytest
 
 from relay.node.erasure import path_nodes
 from relay.node.queue_end import Ending, end_queued
+from relay.protocol.erasure import decode_answer, encode_answer
 from relay.storage.backends import open_storage
+from relay.storage.erasure import StoredAnswer
 from relay.storage.interface import Storage, WriteTx
 from relay.storage.records import DecisionRecord, Queued, Recipient
+from tests.protocol.test_erasure import _env
 from tests.storage.contract import HERE, T0, envelope, erasure_request, new, put
 
 
@@ -109,3 +112,44 @@ async def test_an_erasure_request_that_ends_is_recorded_for_the_origins_status(
     assert path_nodes("old.test", None, False, T0 + 1000, T0 + 1000, "")[0]["status"] == (
         "unreachable"
     )
+
+
+async def test_a_refusal_two_hops_away_stays_at_the_relay_that_met_it(
+    storage: Storage, caplog: pytest.LogCaptureFixture
+) -> None:
+    """docs/erasure.md, Limits: c.test took a.test's request and answered naming
+    b.test; b.test refused the request c.test sent on. The protocol carries no
+    refusal in an answer (a node answers only a request it took, protocol.md §20),
+    so c.test records and logs it, and a.test shows b.test pending, then
+    unreachable once the request expired."""
+    request = erasure_request("a.test", b"\x07" * 16, dest="b.test")
+    header = request.header
+    (rid,) = await put(storage, [new(request, hop="b.test")])
+
+    async def end(tx: WriteTx) -> None:
+        (item,) = await tx.queued([rid])
+        await end_queued(tx, HERE, [Ending(item, "rejected", "residency")], T0 + 1, by="peer")
+
+    with caplog.at_level(logging.WARNING, logger="relay.queue"):
+        await storage.write(end)
+    (d,) = await storage.decisions(header.id, None, 10)  # at c.test: the hop and the code
+    assert (d.point, d.peer, d.outcome, d.reason) == ("erase", "b.test", "rejected", "residency")
+    (logged,) = [dict(getattr(r, "relay_fields", {})) for r in caplog.records]
+    assert (logged["peer"], logged["status"], logged["reason"]) == (
+        "b.test",
+        "rejected",
+        "residency",
+    )
+
+    # at a.test: c.test's answer names b.test, with no answer of b.test's nested
+    answer = replace(decode_answer(_env("answer_c_to_a")[2]), downstream=())
+    kept = StoredAnswer(header.id, "c.test", T0, b"", b"", encode_answer(answer))
+    shown = [
+        (n["node"], n["status"]) for n in path_nodes("c.test", kept, False, T0 + 1000, T0 + 5, "")
+    ]
+    assert shown == [("c.test", "erased"), ("b.test", "pending")]
+    late = path_nodes("c.test", kept, False, T0 + 1000, T0 + 1000, "")
+    assert [(n["node"], n["status"]) for n in late] == [
+        ("c.test", "erased"),
+        ("b.test", "unreachable"),
+    ]

@@ -41,21 +41,65 @@ EXIT_UNREACHABLE = 5
 EXIT_INTERRUPTED = 130
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full `relay` parser with every command module registered."""
+# The module that registers each top-level command. `relay CMD ...` imports that
+# module alone: importing every command module (aiohttp, psycopg, cryptography,
+# prometheus_client, the node) is most of a short command's start-up, and the
+# tests start thousands. A command missing here still works (every module is
+# imported then, as for `relay --help`); tests/cli/test_exit_codes.py checks the
+# table against what the modules register.
+COMMAND_MODULES: dict[str, str] = {
+    "audit": "audit",
+    "authority": "authority",
+    "backup": "backup",
+    "bench": "bench",
+    "check": "admin",
+    "decisions": "policy",
+    "demo": "demo",
+    "erase": "erase",
+    "inbox": "client",
+    "init": "admin",
+    "key": "admin",
+    "mailbox": "admin",
+    "peer": "admin",
+    "peers": "queue",
+    "purge": "policy",
+    "queue": "queue",
+    "reload": "reload",
+    "restore": "backup",
+    "rules": "policy",
+    "run": "run",
+    "seal": "seal",
+    "send": "client",
+    "status": "client",
+    "storage": "storage",
+    "trace": "trace",
+}
+
+
+def command_modules() -> list[str]:
+    """Every module of relay.cli that registers commands (all but this one)."""
+    return [i.name for i in pkgutil.iter_modules(relay.cli.__path__) if i.name != "main"]
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `relay` parser: with the module of `command` alone when COMMAND_MODULES
+    names it, else with every command module registered."""
     parser = argparse.ArgumentParser(
         prog="relay", description="Federated message relay with per-message data residency."
     )
     parser.add_argument("--version", action="version", version=f"relay {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND", required=True)
     # Every module of relay.cli registers its own commands; a new command
-    # module needs no edit here.
-    for info in pkgutil.iter_modules(relay.cli.__path__):
-        if info.name == "main":
-            continue
-        module = importlib.import_module(f"relay.cli.{info.name}")
-        module.register(sub)
+    # module needs no edit here to work (only to start fast: COMMAND_MODULES).
+    known = COMMAND_MODULES.get(command or "")
+    for name in [known] if known else command_modules():
+        importlib.import_module(f"relay.cli.{name}").register(sub)
     return parser
+
+
+def _command(argv: list[str]) -> str | None:
+    """The command `argv` names, if its first word is one (not an option)."""
+    return argv[0] if argv and not argv[0].startswith("-") else None
 
 
 def exit_code(error: RelayError) -> int:
@@ -71,9 +115,13 @@ def exit_code(error: RelayError) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run `relay` with `argv` (default: sys.argv[1:]) and return the exit code."""
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    if words == ["--version"]:  # needs no command module at all
+        print(f"relay {__version__}")
+        return EXIT_OK
+    parser = build_parser(_command(words))
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(words)
     except SystemExit as e:  # argparse exits on --help, --version and usage errors
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     func: Callable[[argparse.Namespace], int] = args.func

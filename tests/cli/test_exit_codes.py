@@ -9,8 +9,11 @@ instead of, any answer from a node. The codes a node's answers give
 
 from __future__ import annotations
 
+import argparse
 import io
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -229,3 +232,43 @@ def test_check_of_a_file_that_is_not_node_toml_says_what_to_give(
 def test_every_recipient_given_is_kept_whichever_way_it_is_written(argv: list[str]) -> None:
     # a repeated --to used to keep only the last one, silently dropping recipients
     assert cli.build_parser().parse_args(argv).to == ["a@x.test", "b@x.test"]
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_each_command_is_built_alike_by_its_module_alone() -> None:
+    """`relay CMD` imports only COMMAND_MODULES[CMD]: the table names every command
+    of every module, and that module alone builds the same parser for it."""
+    full = _subparsers(cli.build_parser())
+    assert sorted(cli.COMMAND_MODULES) == sorted(full)
+    for command, module in cli.COMMAND_MODULES.items():
+        alone = _subparsers(cli.build_parser(command))
+        assert sorted(alone) == sorted(c for c, m in cli.COMMAND_MODULES.items() if m == module)
+        assert alone[command].format_help() == full[command].format_help(), command
+    # not a command (an option, a typo): every module, so argparse lists them all
+    assert sorted(_subparsers(cli.build_parser("nonsense"))) == sorted(full)
+
+
+@pytest.mark.parametrize(
+    ("argv", "imported"),
+    [
+        (["status", "--help"], ["relay.cli.client", "relay.cli.main"]),
+        (["--version"], ["relay.cli.main"]),
+    ],
+)
+def test_a_command_starts_without_the_other_commands_modules(
+    argv: list[str], imported: list[str]
+) -> None:
+    code = (
+        f"import sys; from relay.cli import main; main.main({argv!r})\n"
+        "print(sorted(m for m in sys.modules if m.startswith('relay.cli.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[-1] == repr(imported)
+    if argv == ["--version"]:
+        assert out[0].startswith("relay ")

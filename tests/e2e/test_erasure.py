@@ -245,7 +245,16 @@ def test_a_relay_down_during_the_erasure_answers_once_back_and_a_hold_is_reporte
 ) -> None:
     a, r1, r2, b = path_nodes
     replace_line(b, "content_min_days = 0", "content_min_days = 1")
-    relay("check", b.dir)
+    # Every sender toward r2 backs off while it is down, doubling from 1 s (the
+    # longer the first wait below takes, the longer the backoff): r1's with the
+    # request, and b's with the receipt of the message if r2 went down before it
+    # passed. `queue retry` clears r1's only, and an attempt already failing when
+    # it runs sets it again; b's answer would wait out its own. A 1 s ceiling
+    # makes every sender try r2 again within a second of its coming back.
+    for n in (r1, r2, b):
+        append(n, '[federation]\nretry_max = "1s"\n')
+    for n in path_nodes:
+        relay("check", n.dir)
     for n in path_nodes:
         n.start()
     text = marker()

@@ -48,7 +48,8 @@ from relay.node.decisions import decision_record, refusal
 from relay.node.http import UNREAD_BODY, error_response, read_capped, refuse_declared
 from relay.node.state import NodeState
 from relay.policy.keyring import unknown_key_detail
-from relay.policy.residency import Decision, check_accept
+from relay.policy.residency import Decision, Policy, check_accept
+from relay.policy.trust import Trust
 from relay.protocol import httpsig
 from relay.protocol.batch import (
     DELIVERY_HEADER,
@@ -263,8 +264,9 @@ async def _answer(
     def judge_all() -> tuple[list[Candidate], list[Refusal]]:
         candidates: list[Candidate] = []
         refusals: list[Refusal] = []
+        accepts = AcceptMemo()
         for ident, item, head in zip(ids, batch.items, found.heads, strict=True):
-            judged = judge(state, ctx, item, head)
+            judged = judge(state, ctx, item, head, accepts)
             if isinstance(judged, Candidate):
                 candidates.append(judged)
             else:
@@ -352,12 +354,43 @@ def _origin_hint(item: BatchItem) -> str:
     return item.trace[0] if item.trace else ""
 
 
+class AcceptMemo:
+    """The accept decisions of one batch's items, by (residency, trace): most items of
+    a batch ask the same question. Each is kept with the policy and trust it was
+    taken under and answered afresh when either was replaced (a reload)."""
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: dict[
+            tuple[tuple[str, ...], tuple[str, ...]], tuple[Policy, Trust, Decision]
+        ] = {}
+
+    def accept(
+        self, state: NodeState, residency: tuple[str, ...], trace: tuple[str, ...]
+    ) -> Decision:
+        """check_accept of an item with this residency set and trace, at this node now."""
+        policy, trust = state.policy, state.trust
+        got = self._seen.get((residency, trace))
+        if got is not None and got[0] is policy and got[1] is trust:
+            return got[2]
+        holders = [(n, trust.jurisdiction(n)) for n in trace]
+        decision = check_accept(policy, residency, holders=holders)
+        self._seen[residency, trace] = (policy, trust, decision)
+        return decision
+
+
 def judge(
-    state: NodeState, ctx: ItemContext, item: BatchItem, head: PeekedHeader | None = None
+    state: NodeState,
+    ctx: ItemContext,
+    item: BatchItem,
+    head: PeekedHeader | None = None,
+    accepts: AcceptMemo | None = None,
 ) -> Candidate | ItemRefused:
     """One item's verdict before the database (relay.protocol.inbound), from this node's facts.
 
-    `head`: the item's header as the request's checks peeked it (open_item).
+    `head`: the item's header as the request's checks peeked it (open_item);
+    `accepts`: the batch's accept decisions so far.
     """
     opened = open_item(ctx, item, head)
     if isinstance(opened, ItemRefused):
@@ -382,8 +415,7 @@ def judge(
             except ItemRejected as e:
                 forward = e
     origin = state.trust.node(h.origin)
-    holders = [(n, state.trust.jurisdiction(n)) for n in item.trace]
-    accept = check_accept(state.policy, h.residency, holders=holders)
+    accept = (accepts or AcceptMemo()).accept(state, h.residency, item.trace)
     cfg = state.config
     key_known = origin is not None and h.key in origin.keys
     facts = ItemFacts(

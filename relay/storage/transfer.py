@@ -11,6 +11,8 @@ Invariants:
   the copy stays. The source is only read.
 - A target that holds any row is refused unless `replace` is set; then its
   rows go in the same transaction as the copy, so a failed copy keeps them.
+- Key generators go on past every key the source handed out, not only past
+  the keys copied: an inbox seq an app holds as its cursor is never reused.
 - Both sides must have the same columns per table (both migrated to this
   code's schema), except the LOCAL_COLUMNS one backend keeps for its own
   layout; values are converted only between integer and boolean.
@@ -18,7 +20,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -95,8 +97,13 @@ class TableIO(Protocol):
         """Run one statement in the open transaction."""
         ...
 
-    def finish(self) -> None:
-        """Bring key generators (sequences) past the copied keys."""
+    def key_tops(self) -> dict[str, int]:
+        """By table, the largest key its key generator (a sequence) has handed out:
+        past the largest key stored where the newest rows were deleted since."""
+        ...
+
+    def finish(self, tops: Mapping[str, int]) -> None:
+        """Bring key generators past the copied keys and past the source's `tops`."""
         ...
 
     def commit(self) -> None:
@@ -162,6 +169,7 @@ def copy_all(source: TableIO, target: TableIO, *, replace: bool = False) -> list
                 f"{', '.join(src_cols)}; {target.location} has {', '.join(dst_cols)}"
             )
         plan.append((table, [c for c in src_cols if c in dst_cols], dst_cols))
+    tops = source.key_tops()  # an inbox seq handed out is never handed out again
     target.begin()
     try:
         busy = occupied(target)
@@ -182,7 +190,7 @@ def copy_all(source: TableIO, target: TableIO, *, replace: bool = False) -> list
             if table in target_tables:
                 target.clear(table)
                 target.execute(sql)
-        target.finish()
+        target.finish(tops)
         copied = [Copied(t, source.count(t), target.count(t)) for t in DATA]
         wrong = [c for c in copied if c.source != c.target]
         if wrong:

@@ -112,6 +112,30 @@ async def test_copy_carries_every_table_and_counts_it(ends: tuple[Target, Target
         await dst.close()
 
 
+async def test_the_copy_hands_out_no_inbox_seq_the_source_did(ends: tuple[Target, Target]) -> None:
+    """Retention deleted the newest inbox rows at the source, whose counter still knows
+    their seqs (an app may hold one as its cursor): the target goes on past them too."""
+    source, target = ends
+    src = await open_storage(source)
+    kept = envelope(payload=b"kept", to=[f"alice@{HERE}"])
+    gone = [envelope(payload=b"gone %d" % i, to=[f"alice@{HERE}"]) for i in range(3)]
+    await put(src, [new(kept, mailboxes=["alice"])])
+    rids = await put(src, [new(e, mailboxes=["alice"]) for e in gone])
+    cursor = max(i.seq for i in await src.inbox("alice", 0, 10))
+    await src.write(lambda tx: tx.delete_envelopes(rids))
+    await src.close()
+
+    await copy_storage(source, target)
+
+    dst = await open_storage(target)
+    try:
+        later = envelope(payload=b"later", to=[f"alice@{HERE}"])
+        await put(dst, [new(later, mailboxes=["alice"])])
+        assert [i.id for i in await dst.inbox("alice", cursor, 10)] == [later.header.id]
+    finally:
+        await dst.close()
+
+
 async def test_a_target_with_data_is_refused_unless_replace(ends: tuple[Target, Target]) -> None:
     for where in ends:
         s = await open_storage(where)

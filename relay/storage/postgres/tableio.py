@@ -12,7 +12,7 @@ once at the end (100,000 inbox rows took 138 s when a trigger per row kept it).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -117,24 +117,43 @@ class PgTables:
     def execute(self, statement: str) -> None:
         self._run(statement)
 
-    def finish(self) -> None:
-        """Turn the triggers on again; move every identity sequence past the largest key."""
-        for quiet in self._quiet:
-            self._run(sql.SQL("ALTER TABLE {} ENABLE TRIGGER USER").format(sql.Identifier(quiet)))
-        self._quiet.clear()
-        idents = self._run(
+    def _identities(self) -> list[tuple[str, str]]:
+        """(table, column) of every identity column of the schema."""
+        rows = self._run(
             "SELECT table_name, column_name FROM information_schema.columns"
             " WHERE table_schema = %s AND is_identity = 'YES'",
             (self.schema,),
         )
-        for table, column in idents:
+        return [(str(t), str(c)) for t, c in rows]
+
+    def key_tops(self) -> dict[str, int]:
+        tops: dict[str, int] = {}
+        for table, column in self._identities():
+            # last_value is NULL until the sequence hands out its first value
+            (last,) = self._run(
+                "SELECT coalesce(max(s.last_value), 0) FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace"
+                " JOIN pg_sequences s ON s.schemaname = n.nspname AND s.sequencename = c.relname"
+                " WHERE c.oid = pg_get_serial_sequence(%s, %s)::regclass",
+                (f'"{self.schema}"."{table}"', column),
+            )[0]
+            tops[table] = last if isinstance(last, int) else 0
+        return tops
+
+    def finish(self, tops: Mapping[str, int]) -> None:
+        """Turn the triggers on again; move every identity sequence past the largest key
+        and past the source's top for its table."""
+        for quiet in self._quiet:
+            self._run(sql.SQL("ALTER TABLE {} ENABLE TRIGGER USER").format(sql.Identifier(quiet)))
+        self._quiet.clear()
+        for table, column in self._identities():
             qualified = f'"{self.schema}"."{table}"'
             self._run(
                 sql.SQL(
                     "SELECT setval(pg_get_serial_sequence(%s, %s),"
-                    " coalesce((SELECT max({c}) FROM {t}), 0) + 1, false)"
-                ).format(c=sql.Identifier(str(column)), t=sql.Identifier(str(table))),
-                (qualified, str(column)),
+                    " greatest(coalesce((SELECT max({c}) FROM {t}), 0), %s) + 1, false)"
+                ).format(c=sql.Identifier(column), t=sql.Identifier(table)),
+                (qualified, column, tops.get(table, 0)),
             )
 
     def commit(self) -> None:

@@ -7,7 +7,7 @@ Used only while the node is stopped: the caller holds the database's lock
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from relay.errors import StoreError
@@ -73,8 +73,31 @@ class SqliteTables:
     def execute(self, sql: str) -> None:
         self._run(sql)
 
-    def finish(self) -> None:
-        """Nothing to do: keys go on past the largest key stored (AUTOINCREMENT keeps it)."""
+    def key_tops(self) -> dict[str, int]:
+        if not self._run("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'"):
+            return {}
+        rows = self._run("SELECT name, seq FROM sqlite_sequence")
+        return {str(n): v for n, v in rows if isinstance(v, int)}
+
+    def finish(self, tops: Mapping[str, int]) -> None:
+        """Keys go on past the largest key stored; an AUTOINCREMENT table's counter
+        is moved past the source's top too (the other tables have no counter)."""
+        counted = {
+            str(r[0])
+            for r in self._run(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND sql LIKE '%AUTOINCREMENT%'"
+            )
+        }
+        for table, top in tops.items():
+            if table not in counted:
+                continue
+            if self._run("SELECT 1 FROM sqlite_sequence WHERE name = ?", (table,)):
+                self._run(
+                    "UPDATE sqlite_sequence SET seq = ? WHERE name = ? AND seq < ?",
+                    (top, table, top),
+                )
+            else:
+                self._run("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (table, top))
 
     def commit(self) -> None:
         self._run("COMMIT")

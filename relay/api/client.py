@@ -281,7 +281,10 @@ async def get_inbox(request: web.Request) -> web.Response:
             await asyncio.wait_for(ev.wait(), timeout=remaining)
     cursor = page.items[-1].seq if page.items else after
     doc = {"messages": messages, "more": page.more, "next": cursor}
-    return web.json_response(doc, dumps=_dumps)
+    # orjson's bytes as the body: a page of 1,000 is ~2.5 MB, not decoded to str and
+    # encoded back (json_response's text) for the same header, ~0.5 µs per message
+    body = orjson.dumps(doc)
+    return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 
 async def post_ack(request: web.Request) -> web.Response:

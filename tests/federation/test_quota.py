@@ -41,6 +41,7 @@ async def read(h: Harness, query: str) -> dict[str, Any]:
         timeout=TIMEOUT,
     ) as resp:
         assert resp.status == 200, await resp.text()
+        assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
         doc: dict[str, Any] = await resp.json()
         return doc
 

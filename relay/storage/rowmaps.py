@@ -57,6 +57,11 @@ def pack_trace(trace: tuple[str, ...]) -> bytes:
     return packed
 
 
+def unpack_trace(blob: bytes) -> tuple[str, ...]:
+    """The nodes a `trace` column names (pack_trace's inverse)."""
+    return () if blob == _NO_TRACE else tuple(msgpack.unpackb(blob))
+
+
 def queued_of(r: Row, payload: bytes = b"") -> Queued:
     """A Queued from a row selecting QUEUED_COLS."""
     return Queued(
@@ -65,7 +70,7 @@ def queued_of(r: Row, payload: bytes = b"") -> Queued:
         header=bytes(r["header"]),
         signature=bytes(r["signature"]),
         payload=payload,
-        trace=tuple(msgpack.unpackb(r["trace"])),
+        trace=unpack_trace(r["trace"]),
         kind=str(r["kind"]),
         origin=str(r["origin"]),
         id=bytes(r["id"]),

@@ -10,6 +10,7 @@ Invariants:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import msgpack
@@ -24,6 +25,7 @@ from relay.storage.records import (
     Queued,
     QueueListing,
     RecipientStatus,
+    StatusUpdate,
 )
 
 
@@ -55,6 +57,20 @@ def pack_trace(trace: tuple[str, ...]) -> bytes:
     (empty for this node's own envelopes: one constant, not a pack per row)."""
     packed: bytes = msgpack.packb(list(trace)) if trace else _NO_TRACE
     return packed
+
+
+def status_groups(updates: Sequence[StatusUpdate]) -> dict[tuple[str, str], list[int]] | None:
+    """The rids of whole-envelope updates by (status, reason), for one statement per
+    group; None when a rid comes twice, where the order of the updates decides
+    (a final status stops later ones) and they must run one by one."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    seen: set[int] = set()
+    for u in updates:
+        if u.rid in seen:
+            return None
+        seen.add(u.rid)
+        groups.setdefault((u.status, u.reason), []).append(u.rid)
+    return groups
 
 
 def unpack_trace(blob: bytes) -> tuple[str, ...]:

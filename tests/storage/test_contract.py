@@ -164,6 +164,66 @@ async def test_final_status_is_never_overwritten(storage: Storage) -> None:
     assert await storage.recipient_statuses(msg, "someone-else") == []
 
 
+async def test_a_batch_of_status_updates_lands_as_one_by_one(storage: Storage) -> None:
+    # whole-envelope updates go out one statement per (status, reason); a rid that
+    # comes twice keeps the order: a final status stops the later update
+    envs = [envelope(origin=HERE, to=["x@far.test"], dest="far.test") for _ in range(5)]
+    rids = await put(storage, [new(e, hop="far.test", from_peer=None) for e in envs])
+
+    async def add(tx: WriteTx) -> None:
+        await tx.add_recipients(
+            [
+                Recipient(e.header.id, "x@far.test", rid, "alice", "queued", T0)
+                for e, rid in zip(envs, rids, strict=True)
+            ]
+        )
+
+    await storage.write(add)
+
+    async def statuses() -> list[tuple[str, str, int]]:
+        out = []
+        for e in envs:
+            (r,) = await storage.recipient_statuses(e.header.id, "alice")
+            out.append((r.status, r.reason, r.at))
+        return out
+
+    batch = [
+        StatusUpdate(rids[0], "delivered", ""),
+        StatusUpdate(rids[1], "sent", ""),
+        StatusUpdate(rids[2], "delivered", ""),
+        StatusUpdate(rids[3], "rejected", "residency"),
+    ]
+    await storage.write(lambda tx: tx.set_status(batch, T0 + 1))
+    assert await statuses() == [
+        ("delivered", "", T0 + 1),
+        ("sent", "", T0 + 1),
+        ("delivered", "", T0 + 1),
+        ("rejected", "residency", T0 + 1),
+        ("queued", "", T0),
+    ]
+    twice = [
+        StatusUpdate(rids[1], "queued", "again"),
+        StatusUpdate(rids[4], "sent", ""),
+        StatusUpdate(rids[4], "queued", "again"),  # the last word for rids[4]
+        StatusUpdate(rids[0], "sent", ""),  # final already: stays delivered
+    ]
+    await storage.write(lambda tx: tx.set_status(twice, T0 + 2))
+    assert await statuses() == [
+        ("delivered", "", T0 + 1),
+        ("queued", "again", T0 + 2),
+        ("delivered", "", T0 + 1),
+        ("rejected", "residency", T0 + 1),
+        ("queued", "again", T0 + 2),
+    ]
+    await storage.write(lambda tx: tx.set_status([StatusUpdate(rids[4], "expired", "x")], T0 + 3))
+    await storage.write(lambda tx: tx.set_status([StatusUpdate(rids[4], "sent", "")], T0 + 4))
+    assert (await statuses())[4] == ("expired", "x", T0 + 3)
+    await storage.write(lambda tx: tx.dequeue(rids[1:4]))
+    left = await storage.queue_head("far.test", 10)
+    assert [it.rid for it in left] == [rids[0], rids[4]]
+    assert {it.dest for it in left} == {"far.test"}
+
+
 async def test_what_a_mailbox_name_leaves_is_counted(storage: Storage) -> None:
     """`relay mailbox add` of a removed name refuses while any of these are left."""
     assert (await storage.sent_count("alice"), await storage.answer_count("alice")) == (0, 0)

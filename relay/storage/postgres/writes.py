@@ -166,7 +166,7 @@ class PgWriteTx(AuditWrites, ErasureWrites, RetentionWrites):
         )
 
     async def set_status(self, updates: Sequence[StatusUpdate], now: int) -> None:
-        whole = [(u.status, u.reason, now, u.rid) for u in updates if u.addresses is None]
+        whole = [u for u in updates if u.addresses is None]
         some = [
             (u.status, u.reason, now, u.rid, a)
             for u in updates
@@ -177,7 +177,13 @@ class PgWriteTx(AuditWrites, ErasureWrites, RetentionWrites):
             "UPDATE recipients SET status = %s, reason = %s, at = %s"
             f" WHERE rid = %s AND {_NOT_FINAL}"
         )
-        await q.many(self.connection, sql, whole)
+        groups = rowmaps.status_groups(whole)
+        if groups is None:
+            await q.many(self.connection, sql, [(u.status, u.reason, now, u.rid) for u in whole])
+        for (status, reason), rids in (groups or {}).items():  # one statement per group
+            await self.connection.execute(
+                sql.replace("rid = %s", "rid = ANY(%s)"), (status, reason, now, rids)
+            )
         await q.many(self.connection, sql.replace("rid = %s", "rid = %s AND address = %s"), some)
 
     async def sent_envelopes(self, origin: str, ids: Sequence[bytes]) -> dict[bytes, SentEnvelope]:

@@ -21,6 +21,7 @@ import msgpack
 from relay.errors import RelayError
 from relay.protocol.envelope import Envelope, header_digest
 from relay.storage import attempts as attempts_sql
+from relay.storage import rowmaps
 from relay.storage import unread_sql as unread
 from relay.storage.audit import AuditWrites, decision_events, purge_event, stored_events
 from relay.storage.records import (
@@ -156,7 +157,7 @@ class SqliteWriteTx(AuditWrites, ErasureWrites, RetentionWrites):
         )
 
     async def set_status(self, updates: Sequence[StatusUpdate], now: int) -> None:
-        whole = [(u.status, u.reason, now, u.rid) for u in updates if u.addresses is None]
+        whole = [u for u in updates if u.addresses is None]
         some = [
             (u.status, u.reason, now, u.rid, a)
             for u in updates
@@ -164,8 +165,16 @@ class SqliteWriteTx(AuditWrites, ErasureWrites, RetentionWrites):
             for a in u.addresses
         ]
         sql = f"UPDATE recipients SET status = ?, reason = ?, at = ? WHERE rid = ? AND {_NOT_FINAL}"
-        if whole:
-            await q.many(self.connection, sql, whole)
+        groups = rowmaps.status_groups(whole)
+        if groups is None:
+            await q.many(self.connection, sql, [(u.status, u.reason, now, u.rid) for u in whole])
+        for (status, reason), rids in (groups or {}).items():
+            # one statement per batch, not per rid: ~0.6 against ~4 us per row
+            for chunk in q.chunks(rids):
+                await self.connection.execute(
+                    sql.replace("rid = ?", f"rid IN ({q.marks(chunk)})"),
+                    (status, reason, now, *chunk),
+                )
         if some:
             await q.many(
                 self.connection, sql.replace("WHERE rid = ?", "WHERE rid = ? AND address = ?"), some
@@ -189,7 +198,10 @@ class SqliteWriteTx(AuditWrites, ErasureWrites, RetentionWrites):
     # --- the outbound queue ----------------------------------------------------------
 
     async def dequeue(self, rids: Sequence[int]) -> None:
-        await q.many(self.connection, "DELETE FROM queue WHERE rid = ?", [(r,) for r in rids])
+        for chunk in q.chunks(rids):
+            await self.connection.execute(
+                f"DELETE FROM queue WHERE rid IN ({q.marks(chunk)})", chunk
+            )
 
     async def note_attempt(self, rids: Sequence[int], error: str) -> None:
         await q.many(

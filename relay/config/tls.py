@@ -21,10 +21,12 @@ import os
 import ssl
 import stat
 from pathlib import Path
-
-from cryptography import x509
+from typing import TYPE_CHECKING
 
 from relay.errors import RelayError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 _MAX_PEM_BYTES = 1024 * 1024
 
@@ -149,6 +151,10 @@ def _read_certificates(path: Path) -> list[x509.Certificate] | str:
         return f"{path}: cannot read: {e.strerror}"
     if len(data) > _MAX_PEM_BYTES:
         return f"{path}: over {_MAX_PEM_BYTES} bytes; not a certificate file"
+    # here, not at the top: `relay send` and the other client commands import this
+    # module for client_context, and cryptography.x509 is a tenth of their start-up
+    from cryptography import x509
+
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError:

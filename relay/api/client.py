@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 
 from relay.api import jsonbody, openapi
+from relay.config.model import Config
 from relay.errors import (
     BadRequest,
     Conflict,
@@ -63,14 +64,35 @@ def authenticate(state: NodeState, request: web.Request) -> str:
         raw = token.strip().encode()
     except UnicodeEncodeError:
         raise Unauthorized("the token is not UTF-8 text") from None
-    digest = hashlib.sha256(raw).hexdigest().encode()
-    found: str | None = None
-    for mb in state.config.mailboxes:
-        if hmac.compare_digest(digest, mb.token_sha256.encode()):
-            found = mb.name
-    if found is None:
+    digest = hashlib.sha256(raw).hexdigest()
+    found = _TOKENS.of(state.config).get(digest)
+    if found is None or not hmac.compare_digest(digest, found[0]):
         raise Unauthorized("the token does not belong to any mailbox of this node")
-    return found
+    return found[1]
+
+
+class _TokenIndex:
+    """Mailboxes by token digest, built once per config (each reload brings a new one).
+
+    One look-up per request instead of a comparison per mailbox. The key is
+    the SHA-256 of the token, so the look-up's timing tells nothing about a
+    token; the entry found is compared in constant time all the same. A
+    reloaded config gets a new index, so a token it dropped stops at once.
+    """
+
+    def __init__(self) -> None:
+        self._config: Config | None = None
+        self._index: dict[str, tuple[str, str]] = {}  # digest -> (digest, mailbox)
+
+    def of(self, config: Config) -> dict[str, tuple[str, str]]:
+        if config is not self._config:
+            # the last mailbox with a digest wins, as the comparison loop had it
+            self._index = {mb.token_sha256: (mb.token_sha256, mb.name) for mb in config.mailboxes}
+            self._config = config
+        return self._index
+
+
+_TOKENS = _TokenIndex()
 
 
 def _too_large(length: int, limit: int) -> TooLarge:

@@ -31,6 +31,7 @@ from relay.config.values import parse_duration_ms
 from relay.errors import BadRequest, MalformedError, RelayError
 from relay.node.opening import open_node_readonly, sqlite_file
 from relay.node.retention import RETENTION_SCHEMA, Due, Preview, preview, purge
+from relay.policy.certs import format_ms
 from relay.policy.residency import Decision, Policy, check_submit, policy_hash, rule_matches, stamp
 from relay.policy.routing import next_hop
 from relay.policy.trust import Trust
@@ -137,10 +138,6 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _say(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -164,7 +161,7 @@ class Row:
     def as_json(self) -> dict[str, Any]:
         return {
             "at": self.at,
-            "time": _iso(self.at),
+            "time": format_ms(self.at),
             "point": self.point,
             "outcome": self.outcome,
             "envelope": self.envelope.hex() if self.envelope is not None else None,
@@ -176,7 +173,7 @@ class Row:
 
     def text(self) -> str:
         envelope = self.envelope.hex() if self.envelope is not None else "-"
-        cols = (_iso(self.at), self.point, self.outcome, envelope, self.peer, self.rule)
+        cols = (format_ms(self.at), self.point, self.outcome, envelope, self.peer, self.rule)
         return "  ".join(c or "-" for c in cols) + f"  {self.reason}"
 
 
@@ -551,8 +548,9 @@ def _print_preview(config: Config, p: Preview, as_json: bool) -> None:
         print(json.dumps(doc))
         return
     print(
-        f"dry run as of {_iso(p.cut.now)}: content kept {r.content_min_days}..{r.content_max_days}"
-        f" days, metadata {r.metadata_min_days}..{r.metadata_max_days} days; nothing is deleted"
+        f"dry run as of {format_ms(p.cut.now)}: content kept"
+        f" {r.content_min_days}..{r.content_max_days} days, metadata"
+        f" {r.metadata_min_days}..{r.metadata_max_days} days; nothing is deleted"
     )
     print(_counts_text(p.counts.as_dict(), "would purge"))
     for title, items, total in (
@@ -563,7 +561,7 @@ def _print_preview(config: Config, p: Preview, as_json: bool) -> None:
             queued = ", queued: would end expired (retention)" if d.queued else ""
             print(
                 f"  {title}  {d.id.hex()}  {d.kind} from {d.origin}, received "
-                f"{_iso(d.received)}, expires {_iso(d.expires)}: {d.why}{queued}"
+                f"{format_ms(d.received)}, expires {format_ms(d.expires)}: {d.why}{queued}"
             )
         if total > len(items):
             print(f"  {title}  ... and {total - len(items)} more")

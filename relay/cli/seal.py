@@ -19,7 +19,7 @@ from relay.config.files import load_config
 from relay.config.keyops import wall_ms
 from relay.config.sealkeys import load_seal_key
 from relay.config.sealops import SealChange, expired, seal_init, seal_revoke, seal_rotate
-from relay.node.sealer import iso_ms
+from relay.policy.certs import format_ms
 from relay.protocol.sealing import SUITES
 
 PEER_DIR_PLACEHOLDER = "YOUR_NODE_DIR"
@@ -88,7 +88,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     old = (change.old or "")[: change.old.index(":") + 9] if change.old else ""
     for file in change.dropped:
         _say(f"removed {file}: a retired seal key past its valid_until")
-    until = iso_ms(change.valid_until_ms or 0)
+    until = format_ms(change.valid_until_ms or 0)
     return _tell(
         change,
         f"new seal key {change.current.public.key_id}; {old}... is retired and opens mail"
@@ -127,7 +127,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(current.public.string)
         for entry in keys[1:]:
             when = entry.get("valid_until")
-            when = f"until {iso_ms(when)}" if isinstance(when, int) else "until revoked"
+            when = f"until {format_ms(when)}" if isinstance(when, int) else "until revoked"
             verb = "opened mail" if entry["state"] == "expired" else "opens mail"
             _say(f"{entry['state']} seal key {entry['key_id']}: {verb} {when}")
         return 0

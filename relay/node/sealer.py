@@ -24,11 +24,11 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from relay.config.model import Config
 from relay.config.sealkeys import load_seal_key
 from relay.errors import MalformedError
+from relay.policy.certs import format_ms
 from relay.protocol.sealing import (
     DEK_SIZE,
     SALT_SIZE,
@@ -181,7 +181,7 @@ class Sealer:
             return f"seal key {key_id!r} of this node is revoked"
         if (until := self.expired.get(key_id)) is not None:
             return (
-                f"seal key {key_id!r} of this node expired at {iso_ms(until)} "
+                f"seal key {key_id!r} of this node expired at {format_ms(until)} "
                 "(its retired valid_until passed); it opens nothing"
             )
         if not self.keys:
@@ -201,8 +201,3 @@ class Sealer:
                 doc["valid_until"] = self.valid_until[kid]
             out[kid] = doc
         return out
-
-
-def iso_ms(ms: int) -> str:
-    """Unix ms as an ISO 8601 UTC time to the second, for messages."""
-    return datetime.fromtimestamp(ms // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -18,11 +18,11 @@ Invariants:
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from relay.errors import MalformedError
+from relay.policy.certs import format_ms
 from relay.protocol.audit import decode_entry
 from relay.protocol.receipt import decode_receipt
 from relay.storage.erasure import Erasure
@@ -210,7 +210,7 @@ def timeline(
                 Event(
                     er.at,
                     "erasure_held",
-                    f"erasure {who}; content held until {_iso(er.hold_until)}"
+                    f"erasure {who}; content held until {format_ms(er.hold_until)}"
                     " by a minimum retention",
                     er.id.hex(),
                 )
@@ -235,9 +235,3 @@ def attempt_text(a: Attempt) -> str:
 
 def _hex(env: TracedEnvelope | None) -> str:
     return env.id.hex() if env is not None else ""
-
-
-def _iso(ms: int) -> str:
-    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC).strftime(
-        "%Y-%m-%dT%H:%M:%SZ"
-    )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 
 from relay.errors import ProofFailed, RelayError
 from relay.logs import event
@@ -68,16 +69,23 @@ class AuditLog:
     async def _advance(self, to: int | None) -> None:
         """Catch the frontier up to `to` entries (every committed one when None),
         keeping its edge at each wanted head size it passes."""
-        while to is None or self._frontier.size < to:
-            size = self._frontier.size
-            end = size + LEAF_PAGE if to is None else min(size + LEAF_PAGE, to)
-            leaves = await self.state.store.audit_leaves(size, end)
-            for leaf in leaves:
+        async for page in self._leaves(self._frontier.size, to):
+            for leaf in page:
                 self._frontier.append(leaf)
                 if self._frontier.size in self._wanted:
                     self._keep_edge()
-            if len(leaves) < end - size:
+
+    async def _leaves(self, first: int, end: int | None) -> AsyncIterator[list[bytes]]:
+        """The leaf hashes of entries `first` <= seq < `end` (every committed one from
+        `first` when None), a page of at most LEAF_PAGE per read; stops where the log does."""
+        while end is None or first < end:
+            stop = first + LEAF_PAGE if end is None else min(first + LEAF_PAGE, end)
+            page = await self.state.store.audit_leaves(first, stop)
+            if page:
+                yield page
+            if len(page) < stop - first:
                 return
+            first = stop
 
     def _keep_edge(self) -> None:
         self._edges[self._frontier.size] = self._frontier.edge()
@@ -187,14 +195,8 @@ class AuditLog:
                 detail=f"over {MAX_PROOF_SPAN} entries between the two heads",
             )
             return None
-        tail: list[bytes] = []
         try:
-            while len(tail) < n - m:
-                first = m + len(tail)
-                page = await self.state.store.audit_leaves(first, min(n, first + LEAF_PAGE))
-                if not page:
-                    break
-                tail.extend(page)
+            tail = [leaf async for page in self._leaves(m, n) for leaf in page]
             if len(tail) != n - m:
                 raise ProofFailed(
                     f"the log holds {m + len(tail)} entries, fewer than the head's {n}"

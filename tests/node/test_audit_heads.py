@@ -27,6 +27,7 @@ from relay.protocol.audit import (
 from relay.protocol.merkle import EMPTY_ROOT, leaf_hash, root, verify_consistency
 from relay.storage.audit import AuditEvent
 from relay.storage.backends import open_storage
+from relay.storage.interface import Storage, WriteTx
 from tests.federation.conftest import write_node_toml
 from tests.storage.contract import envelope, new, put
 
@@ -95,6 +96,19 @@ def purges(n: int) -> list[AuditEvent]:
     return [AuditEvent(1, "purged", {"source": f"t{i}"}) for i in range(n)]
 
 
+async def heads_after(storage: Storage, signer: AuditLog, *counts: int) -> list[SignedHead]:
+    """For each of `counts`: append that many entries, then sign a head."""
+    heads = []
+    for n in counts:
+
+        async def job(tx: WriteTx, n: int = n) -> None:
+            await tx.append_audit(purges(n))
+
+        await storage.write(job)
+        heads.append(await signer.sign())
+    return heads
+
+
 async def proven(state: NodeState, signed: SignedHead, from_size: int | None) -> TreeProof:
     value = await state.prove_head(signed, from_size)
     assert value is not None
@@ -113,10 +127,7 @@ async def test_a_sender_proves_each_head_from_an_earlier_one_across_restarts(
     try:
         state = NodeState(config, key, storage)
         signer = AuditLog(state)
-        await storage.write(lambda tx: tx.append_audit(purges(3)))
-        s3 = await signer.sign()
-        await storage.write(lambda tx: tx.append_audit(purges(5)))
-        s8 = await signer.sign()
+        s3, s8 = await heads_after(storage, signer, 3, 5)
         p = await proven(state, s8, None)  # no peer yet: from the head before
         assert p.from_size == 3
         verify_consistency(3, 8, s3.head.root, s8.head.root, p.hashes)
@@ -173,6 +184,43 @@ async def test_a_sender_proves_each_head_from_an_earlier_one_across_restarts(
         p = await proven(state, s17, 15)  # what the peer that kept s15 gets
         with pytest.raises(ProofFailed, match="earlier root"):
             verify_consistency(15, 17, s15.head.root, s17.head.root, p.hashes)
+    finally:
+        await storage.close()
+
+
+async def test_heads_and_proofs_read_the_log_a_page_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With pages of two leaves, a head over eight entries and the proof from three
+    to eight each read several pages, and come out as from one read."""
+    monkeypatch.setattr(audit, "LEAF_PAGE", 2)
+    key = write_node_toml(tmp_path, peers=[])
+    config = load_config(tmp_path)
+    storage = await open_storage(config.node.database)
+    pages: list[tuple[int, int]] = []
+    real = storage.audit_leaves
+
+    async def counting(first: int, end: int) -> list[bytes]:
+        pages.append((first, end))
+        return await real(first, end)
+
+    try:
+        state = NodeState(config, key, storage)
+        signer = AuditLog(state)
+        monkeypatch.setattr(storage, "audit_leaves", counting)
+        s3, s8 = await heads_after(storage, signer, 3, 5)
+        # a short page is where the log ends
+        assert pages == [(0, 2), (2, 4), (3, 5), (5, 7), (7, 9)]
+        assert s8.head.root == root(await real(0, 8))
+        signer = AuditLog(state)  # a restart: the edges are rebuilt from the log
+        await signer.prime()
+        pages.clear()
+        await signer.warm()
+        assert pages == [(0, 2), (2, 4), (4, 6), (6, 8)]
+        pages.clear()
+        p = await proven(state, s8, 3)
+        assert pages == [(3, 5), (5, 7), (7, 8)]
+        verify_consistency(3, 8, s3.head.root, s8.head.root, p.hashes)
     finally:
         await storage.close()
 

@@ -34,7 +34,6 @@ from relay.storage.interface import WriteTx
 
 log = logging.getLogger("relay.erasure")
 
-MAX_IDS = 1000  # ids per request
 MAX_BY_SENDER = 10_000  # messages one by-sender erasure reaches; ask again for more
 
 
@@ -98,9 +97,9 @@ async def erase_for_mailbox(
 
 
 async def erase_for_admin(state: NodeState, ids: Sequence[bytes], reason: str) -> EraseResult:
-    """The admin erases messages originated here, by message or envelope id."""
-    if not ids or len(ids) > MAX_IDS:
-        raise BadRequest(f"name 1 to {MAX_IDS} message ids")
+    """The admin erases messages originated here, by message or envelope id: `ids` as
+    queueops.parse_ids reads them from the admin API (1 to queueops.MAX_IDS, the one
+    limit of the admin API's id lists)."""
     order = _order(state, "admin", "admin", reason)
 
     async def job(tx: WriteTx) -> tuple[list[ErasureTarget], list[Erasure]]:

@@ -34,6 +34,8 @@ from relay.storage.records import QueueRef
 log = logging.getLogger("relay.admin")
 
 DELETED_REASON = "deleted by admin"
+# ids per admin request, for the queue's actions and erasure alike: as many as one
+# by-sender erasure reaches (erasure.MAX_BY_SENDER), and well inside the admin body
 MAX_IDS = 10_000
 
 
@@ -56,7 +58,8 @@ class ActionResult:
 
 
 def parse_ids(values: object) -> list[bytes]:
-    """Envelope ids from JSON: a non-empty list of 32 lowercase hex digits each."""
+    """Envelope (or message) ids from JSON: a list of 1 to MAX_IDS, 32 lowercase hex
+    digits each; repeats are dropped."""
     if not isinstance(values, list) or not values:
         raise BadRequest("'ids' must be a non-empty list of envelope ids")
     if len(values) > MAX_IDS:

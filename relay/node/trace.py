@@ -80,6 +80,7 @@ def timeline(
     by_rid = {e.rid: e for e in rows.envelopes}
     traced = {e.id for e in rows.envelopes if e.kind == "message"}
     rule_of = {(a.envelope, a.point): a for a in allows}
+    erased = {er.id for er in erasures if er.done}
     for e in rows.envelopes:
         ident = e.id.hex()
         if e.kind != "message":
@@ -108,7 +109,7 @@ def timeline(
                     ident,
                 )
             )
-        if not e.has_content:
+        if not e.has_content and e.id not in erased:  # an erasure says so itself
             events.append(
                 Event(
                     0, "content_removed", "content no longer stored (retention or erasure)", ident
@@ -215,12 +216,6 @@ def timeline(
                     er.id.hex(),
                 )
             )
-    erased = {er.id for er in erasures if er.done}
-    events = [
-        e
-        for e in events
-        if not (e.what == "content_removed" and bytes.fromhex(e.envelope) in erased)
-    ]
     events.sort(key=lambda ev: (ev.at == 0, ev.at, _ORDER.get(ev.what, 9)))
     return events
 

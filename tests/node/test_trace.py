@@ -106,6 +106,8 @@ def test_erasure_replaces_content_removed_and_outlives_the_rows() -> None:
          "erasure asked by root (admin); content held until 2023-11-15T22:13:20Z"
          " by a minimum retention"),
     ]  # fmt: skip
+    # held, its content since removed by retention: that removal is still told
+    assert "content_removed" in [e.what for e in timeline("a.test", rows, [], [], [held])]
 
 
 def test_origin_shows_a_delivery_stated_by_the_destinations_signed_result() -> None:

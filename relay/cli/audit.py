@@ -22,6 +22,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from relay.cli.main import parse_time
 from relay.config.files import load_config
 from relay.errors import MalformedError, NotFound, ProofFailed, UsageError
 from relay.node.opening import open_node_readonly
@@ -49,8 +50,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = cmds.add_parser("export", help="write a self-contained bundle of the log to stdout")
     p.add_argument("dir", type=Path, help="the node directory")
-    p.add_argument("--from", dest="since", default="0", help="ISO time or unix ms (default: all)")
-    p.add_argument("--to", dest="until", default=str(NEVER), help="ISO time or unix ms")
+    p.add_argument(
+        "--from",
+        dest="since",
+        type=parse_time,
+        default="0",
+        help="ISO time or unix ms (default: all)",
+    )
+    p.add_argument(
+        "--to", dest="until", type=parse_time, default=str(NEVER), help="ISO time or unix ms"
+    )
     p.add_argument("--out", type=Path, help="write to this file instead of stdout")
     p.set_defaults(func=cmd_export)
 
@@ -97,19 +106,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=cmd_heads)
 
 
-def parse_time(text: str) -> int:
-    """Unix ms, or an ISO 8601 time (UTC unless it says otherwise)."""
-    if text.isdigit():
-        return int(text)
-    try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"{text!r} is neither unix ms nor an ISO 8601 time") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=UTC)
-    return int(t.timestamp() * 1000)
-
-
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
 
@@ -152,7 +148,7 @@ async def export_bundle(reads: ReadOnlyStorage, node: str, since: int, until: in
 
 def cmd_export(args: argparse.Namespace) -> int:
     config = load_config(args.dir)
-    since, until = parse_time(args.since), parse_time(args.until)
+    since, until = args.since, args.until
 
     async def run() -> Bundle:
         reads = await open_node_readonly(config)

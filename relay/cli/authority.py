@@ -25,10 +25,10 @@ import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from relay.cli.admin import _NodeFile, _seal_key_arg
+from relay.cli.main import parse_time
 from relay.cli.reload import apply_edit
 from relay.config.keys import generate_key_file, load_private_key
 from relay.config.model import DAY_MS
@@ -159,17 +159,7 @@ def _days(value: str) -> int:
 
 
 def _instant(value: str) -> int:
-    if value.isdigit():
-        return int(value)
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is neither unix ms nor an ISO 8601 time"
-        ) from None
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError(f"{value!r} has no time zone (add Z for UTC)")
-    return int(moment.timestamp() * 1000)
+    return parse_time(value, zone=True)
 
 
 def _say(message: str) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from relay.api.admin_client import call
 from relay.cli.client import _call, _common, _need
+from relay.cli.main import parse_time
 from relay.config.files import load_config
 from relay.errors import UsageError
 
@@ -45,24 +46,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("words", nargs="*", metavar="DIR|ID", help="node directory, then ids")
     p.add_argument("--reason", help="why (recorded with the erasure; required for the admin)")
     p.add_argument("--mailbox", help="erase what this mailbox sent (with --since, --until)")
-    p.add_argument("--since", type=_time, help="from this time (ISO 8601 UTC, or unix ms)")
-    p.add_argument("--until", type=_time, help="before this time (ISO 8601 UTC, or unix ms)")
+    p.add_argument("--since", type=parse_time, help="from this time (ISO 8601 UTC, or unix ms)")
+    p.add_argument("--until", type=parse_time, help="before this time (ISO 8601 UTC, or unix ms)")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     p.set_defaults(func=cmd_erase)
-
-
-def _time(value: str) -> int:
-    if value.isdigit():
-        return int(value)
-    try:
-        when = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not a time: give ISO 8601 (2026-12-04T10:00) or unix ms"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp() * 1000)
 
 
 def cmd_erase(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import os
 import pkgutil
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import relay.cli
 from relay import __version__
@@ -95,6 +96,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name in [known] if known else command_modules():
         importlib.import_module(f"relay.cli.{name}").register(sub)
     return parser
+
+
+def parse_time(text: str, *, zone: bool = False) -> int:
+    """Unix ms, or an ISO 8601 time (UTC unless it says otherwise; a trailing Z says
+    UTC too): the type of every TIME argument (`relay audit`, `relay erase`). With
+    `zone`, an ISO time must name its zone (`relay authority`'s validity)."""
+    if text.isdigit():
+        return int(text)
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither unix ms nor an ISO 8601 time (2026-12-04T10:00Z)"
+        ) from None
+    if t.tzinfo is None:
+        if zone:
+            raise argparse.ArgumentTypeError(f"{text!r} has no time zone (add Z for UTC)")
+        t = t.replace(tzinfo=UTC)
+    return int(t.timestamp() * 1000)
 
 
 def _command(argv: list[str]) -> str | None:

@@ -11,6 +11,7 @@ one refusal refuses the whole submit (nothing queued).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,11 @@ from relay.storage.records import DecisionRecord, NewEnvelope, Recipient
 
 log = logging.getLogger("relay.submit")
 
+# split_address (two regexes) once per distinct address: a batch names the same
+# recipients again and again. It is pure, and lru_cache keeps no exceptions, so
+# a malformed address is refused every time.
+split = functools.lru_cache(maxsize=4096)(split_address)
+
 
 @dataclass(frozen=True, slots=True)
 class Planned:
@@ -67,7 +73,7 @@ def plan(
     by_dest: dict[str, list[str]] = {}
     for addr in msg["to"]:
         try:
-            _, dest = split_address(addr)
+            _, dest = split(addr)
         except MalformedError as e:
             raise field_error(index, e.detail) from None
         by_dest.setdefault(dest, [])
@@ -84,7 +90,7 @@ def plan(
         dest_jur = state.config.node.jurisdiction if local else state.trust.jurisdiction(dest)
         mailboxes: tuple[str, ...] = ()
         if local:
-            names = [split_address(a)[0] for a in addrs]
+            names = [split(a)[0] for a in addrs]
             for a, name in zip(addrs, names, strict=True):
                 if state.config.mailbox(name) is None:
                     raise field_error(index, f"no mailbox {a} at this node")

@@ -1,4 +1,5 @@
-"""relay.node.submit.residency_verdicts: stamp and check_submit, once per inputs per policy."""
+"""relay.node.submit's memos: residency verdicts once per inputs per policy, addresses
+split once."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from relay.errors import BadRequest
+from relay.errors import BadRequest, MalformedError
 from relay.node import submit
 from relay.policy import residency
 from relay.policy.residency import Policy
+from relay.protocol.names import split_address
 
 EU = frozenset({"DE", "FR", "NL"})
 
@@ -72,3 +74,11 @@ def test_a_bad_request_is_raised_every_time(stamps: list[object]) -> None:
         with pytest.raises(BadRequest, match="unknown residency"):
             verdicts(p, ["Atlantis"], [])
     assert len(stamps) == 2
+
+
+def test_an_address_is_split_as_split_address_does_and_a_bad_one_refused_each_time() -> None:
+    for addr in ("bob@b.test", "bob@b.test", "carol+x@c.example"):
+        assert submit.split(addr) == split_address(addr)
+    for _ in range(2):
+        with pytest.raises(MalformedError, match="invalid node name"):
+            submit.split("bob@B.test")

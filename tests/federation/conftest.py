@@ -15,6 +15,7 @@ import json
 import os
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ from relay.protocol.batch import (
 from relay.protocol.envelope import RECEIPT_CTYPE, Envelope, make_header, seal
 from relay.protocol.keystr import key_id, public_key_string
 from relay.protocol.receipt import Receipt, encode_receipt
+from relay.storage.backends import open_storage
 from relay.storage.sqlite.store import sqlite_store
 
 NODE = "n.test"
@@ -143,6 +145,18 @@ def write_node_toml(
         lines += ["[[mailboxes]]", f'name = "{name}"', f'token_sha256 = "{digest}"', ""]
     (directory / "node.toml").write_text("\n".join(lines))
     return key
+
+
+@asynccontextmanager
+async def lone_node(directory: Path) -> AsyncIterator[NodeState]:
+    """The state of a node with no peers written into `directory`, its storage open."""
+    key = write_node_toml(directory, peers=[])
+    config = load_config(directory)
+    storage = await open_storage(config.node.database)
+    try:
+        yield NodeState(config, key, storage)
+    finally:
+        await storage.close()
 
 
 async def start_node(directory: Path, clock: Callable[[], int]) -> Node:

@@ -28,7 +28,7 @@ from relay.protocol.merkle import EMPTY_ROOT, leaf_hash, root, verify_consistenc
 from relay.storage.audit import AuditEvent
 from relay.storage.backends import open_storage
 from relay.storage.interface import Storage, WriteTx
-from tests.federation.conftest import write_node_toml
+from tests.federation.conftest import lone_node, write_node_toml
 from tests.storage.contract import envelope, new, put
 
 
@@ -70,11 +70,8 @@ async def test_heads_cover_the_log_and_a_follower_takes_the_latest(
 
 
 async def test_an_admin_delete_is_logged_with_the_ids(tmp_path: Path) -> None:
-    key = write_node_toml(tmp_path, peers=[])
-    config = load_config(tmp_path)
-    storage = await open_storage(config.node.database)
-    try:
-        state = NodeState(config, key, storage)
+    async with lone_node(tmp_path) as state:
+        storage = state.store
         env = envelope(origin="n.test", to=["bob@b.test"], dest="b.test")
         await put(storage, [new(env, hop="b.test", from_peer=None)])
         result = await queueops.delete(state, [env.header.id, b"\x00" * 16])
@@ -88,8 +85,6 @@ async def test_an_admin_delete_is_logged_with_the_ids(tmp_path: Path) -> None:
             queueops.DELETED_REASON,
         )
         assert last.fields["envelopes"] == (env.header.id,)
-    finally:
-        await storage.close()
 
 
 def purges(n: int) -> list[AuditEvent]:
@@ -194,18 +189,15 @@ async def test_heads_and_proofs_read_the_log_a_page_at_a_time(
     """With pages of two leaves, a head over eight entries and the proof from three
     to eight each read several pages, and come out as from one read."""
     monkeypatch.setattr(audit, "LEAF_PAGE", 2)
-    key = write_node_toml(tmp_path, peers=[])
-    config = load_config(tmp_path)
-    storage = await open_storage(config.node.database)
     pages: list[tuple[int, int]] = []
-    real = storage.audit_leaves
+    async with lone_node(tmp_path) as state:
+        storage = state.store
+        real = storage.audit_leaves
 
-    async def counting(first: int, end: int) -> list[bytes]:
-        pages.append((first, end))
-        return await real(first, end)
+        async def counting(first: int, end: int) -> list[bytes]:
+            pages.append((first, end))
+            return await real(first, end)
 
-    try:
-        state = NodeState(config, key, storage)
         signer = AuditLog(state)
         monkeypatch.setattr(storage, "audit_leaves", counting)
         s3, s8 = await heads_after(storage, signer, 3, 5)
@@ -221,8 +213,6 @@ async def test_heads_and_proofs_read_the_log_a_page_at_a_time(
         p = await proven(state, s8, 3)
         assert pages == [(3, 5), (5, 7), (7, 8)]
         verify_consistency(3, 8, s3.head.root, s8.head.root, p.hashes)
-    finally:
-        await storage.close()
 
 
 async def test_a_follower_proves_the_leaders_heads(

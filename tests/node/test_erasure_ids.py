@@ -12,12 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from relay.config.files import load_config
 from relay.errors import BadRequest
 from relay.node import erasure, queueops
-from relay.node.state import NodeState
-from relay.storage.backends import open_storage
-from tests.federation.conftest import write_node_toml
+from tests.federation.conftest import lone_node
 from tests.storage.contract import envelope, new, put
 
 
@@ -32,17 +29,11 @@ def test_one_limit_and_one_message_for_the_admin_apis_id_lists() -> None:
 
 
 async def test_the_admin_erases_by_more_than_a_thousand_ids(tmp_path: Path) -> None:
-    key = write_node_toml(tmp_path, peers=[])
-    config = load_config(tmp_path)
-    storage = await open_storage(config.node.database)
-    try:
-        state = NodeState(config, key, storage)
+    async with lone_node(tmp_path) as state:
         env = envelope(origin=state.name, to=["x@far.test"], dest="far.test")
-        await put(storage, [new(env, hop="far.test", from_peer=None)])
+        await put(state.store, [new(env, hop="far.test", from_peer=None)])
         absent = [os.urandom(16).hex() for _ in range(1_500)]
         ids = queueops.parse_ids([*absent[:700], env.header.id.hex(), *absent[700:]])
         result = await erasure.erase_for_admin(state, ids, "a court order")
-        assert [(r.id, r.status) for r in result.records] == [(env.header.id, "erased")]
-        assert result.unknown == tuple(absent)
-    finally:
-        await storage.close()
+    assert [(r.id, r.status) for r in result.records] == [(env.header.id, "erased")]
+    assert result.unknown == tuple(absent)

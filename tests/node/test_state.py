@@ -9,7 +9,7 @@ import pytest
 from relay.config.files import load_config
 from relay.node.state import NodeState
 from relay.storage.backends import open_storage
-from tests.federation.conftest import write_node_toml
+from tests.federation.conftest import lone_node, write_node_toml
 
 
 async def test_the_fault_spec_is_passed_in_not_read_from_the_environment(
@@ -29,11 +29,7 @@ async def test_the_fault_spec_is_passed_in_not_read_from_the_environment(
 
 
 async def test_a_contact_wakes_only_a_sender_waiting_out_a_backoff(tmp_path: Path) -> None:
-    key = write_node_toml(tmp_path, peers=[])
-    config = load_config(tmp_path)
-    storage = await open_storage(config.node.database)
-    try:
-        state = NodeState(config, key, storage)
+    async with lone_node(tmp_path) as state:
         woken: list[str] = []
         state.wake_hop = woken.append
         state.peer_contacted("b.test")  # not backing off: nothing to cut short
@@ -46,5 +42,3 @@ async def test_a_contact_wakes_only_a_sender_waiting_out_a_backoff(tmp_path: Pat
         assert state.backoff_over("b.test") is False  # the contact is used up
         state.peer_contacted("b.test")  # the sender no longer waits
         assert woken == ["b.test"]
-    finally:
-        await storage.close()

@@ -353,6 +353,7 @@ _LINK = (
     "UPDATE erasures SET request = v.column3 FROM (VALUES {rows}) AS v"
     " WHERE erasures.origin = v.column1 AND erasures.id = v.column2"
 )
+_RECORDS = f"SELECT {RECORD_COLS} FROM erasures WHERE (origin, id) IN (VALUES {{rows}})"
 _SETTLE = (
     f"UPDATE erasures SET status = '{ERASED}', done = :now WHERE (origin, id) IN (VALUES {{rows}})"
 )
@@ -365,7 +366,19 @@ class PathRows(Protocol):
 
 
 class PathReads:
-    """The reads of erasure across the federation, written once (Reads and WriteTx)."""
+    """The reads of erasure, written once (Reads and WriteTx)."""
+
+    async def erasure_records(
+        self: PathRows, keys: Sequence[tuple[str, bytes]]
+    ) -> dict[tuple[str, bytes], Erasure]:
+        """The erasure records of these (origin, id) pairs, where there are any."""
+        found: dict[tuple[str, bytes], Erasure] = {}
+        for chunk in chunks(sorted(set(keys))):
+            tuples, named = values_list(chunk)
+            for r in await self._erasure_rows(_RECORDS.format(rows=tuples), named):
+                rec = record_of(r)
+                found[(rec.origin, rec.id)] = rec
+        return found
 
     async def erasure_requests(self: PathRows, ids: Sequence[bytes]) -> dict[bytes, StoredRequest]:
         """The erasure envelopes stored here among `ids`, by id."""

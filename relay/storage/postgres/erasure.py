@@ -14,7 +14,6 @@ from relay.storage.erasure import (
     Erasure,
     PathSteps,
     Stripped,
-    record_of,
     record_row,
 )
 from relay.storage.postgres import sql as q
@@ -58,11 +57,6 @@ class ErasureWrites(EraseSteps, PathSteps):
             frozenset(int(r["rid"]) for r in gone),
         )
 
-    async def erasure_records(
-        self, keys: Sequence[tuple[str, bytes]]
-    ) -> dict[tuple[str, bytes], Erasure]:
-        return await erasure_records(self.connection, keys)
-
     async def add_erasures(self, records: Sequence[Erasure]) -> None:
         await q.many(
             self.connection,
@@ -70,20 +64,6 @@ class ErasureWrites(EraseSteps, PathSteps):
             " ON CONFLICT (origin, id) DO NOTHING",
             [record_row(r) for r in records],
         )
-
-
-async def erasure_records(
-    db: q.Conn, keys: Sequence[tuple[str, bytes]]
-) -> dict[tuple[str, bytes], Erasure]:
-    """The erasure records of these (origin, id) pairs (reads and writes share it)."""
-    wanted = sorted(set(keys))
-    found = await q.rows(
-        db,
-        f"SELECT {RECORD_COLS} FROM erasures WHERE (origin, id) IN"
-        " (SELECT * FROM unnest(%s::text[], %s::bytea[]))",
-        ([o for o, _ in wanted], [i for _, i in wanted]),
-    )
-    return {(rec.origin, rec.id): rec for rec in map(record_of, found)}
 
 
 async def path_rows(db: q.Conn, sql: str, params: dict[str, object]) -> list[Row]:

@@ -21,10 +21,10 @@ from relay.errors import StoreError
 from relay.storage import purge_sql as p
 from relay.storage import rowmaps, trace_sql
 from relay.storage.audit import AuditReads
-from relay.storage.erasure import Erasure, PathReads
+from relay.storage.erasure import PathReads
 from relay.storage.postgres import sql as q
 from relay.storage.postgres.connect import Link, connection_lost, describe
-from relay.storage.postgres.erasure import erasure_records, path_rows
+from relay.storage.postgres.erasure import path_rows
 from relay.storage.postgres.retention import preview
 from relay.storage.records import (
     AgeBucket,
@@ -325,15 +325,6 @@ class PgReads(AuditReads, PathReads):
         db = await self._db()
         try:
             return await path_rows(db, sql, params)
-        except psycopg.Error as e:
-            raise await self._failed(e, db) from e
-
-    async def erasure_records(
-        self, keys: Sequence[tuple[str, bytes]]
-    ) -> dict[tuple[str, bytes], Erasure]:
-        db = await self._db()
-        try:
-            return await erasure_records(db, keys)
         except psycopg.Error as e:
             raise await self._failed(e, db) from e
 

@@ -12,7 +12,6 @@ from relay.storage.erasure import (
     Erasure,
     PathSteps,
     Stripped,
-    record_of,
     record_row,
 )
 from relay.storage.rowmaps import Row
@@ -64,31 +63,9 @@ class ErasureWrites(EraseSteps, PathSteps):
             {rid: tuple(sorted(mbs)) for rid, mbs in mailboxes.items()}, frozenset(dequeued)
         )
 
-    async def erasure_records(
-        self, keys: Sequence[tuple[str, bytes]]
-    ) -> dict[tuple[str, bytes], Erasure]:
-        return await erasure_records(self.connection, keys)
-
     async def add_erasures(self, records: Sequence[Erasure]) -> None:
         await q.many(
             self.connection,
             f"INSERT OR IGNORE INTO erasures ({RECORD_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             [record_row(r) for r in records],
         )
-
-
-async def erasure_records(
-    db: q.Conn, keys: Sequence[tuple[str, bytes]]
-) -> dict[tuple[str, bytes], Erasure]:
-    """The erasure records of these (origin, id) pairs (reads and writes share it)."""
-    found: dict[tuple[str, bytes], Erasure] = {}
-    for chunk in q.chunks(sorted(set(keys))):
-        pairs = ", ".join("(?, ?)" for _ in chunk)
-        for r in await q.rows(
-            db,
-            f"SELECT {RECORD_COLS} FROM erasures WHERE (origin, id) IN (VALUES {pairs})",
-            [v for pair in chunk for v in pair],
-        ):
-            rec = record_of(r)
-            found[(rec.origin, rec.id)] = rec
-    return found

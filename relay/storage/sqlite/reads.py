@@ -20,7 +20,7 @@ import aiosqlite
 from relay.errors import StoreError
 from relay.storage import rowmaps, trace_sql
 from relay.storage.audit import AuditReads
-from relay.storage.erasure import Erasure, PathReads
+from relay.storage.erasure import PathReads
 from relay.storage.records import (
     AgeBucket,
     AllowRecord,
@@ -40,7 +40,6 @@ from relay.storage.records import (
 from relay.storage.rowmaps import Row
 from relay.storage.sqlite import retention
 from relay.storage.sqlite import rows as q
-from relay.storage.sqlite.erasure import erasure_records
 from relay.storage.tables import TABLES
 
 # The distinct next hops of the queue by a loose index scan: the least hop, then
@@ -304,14 +303,6 @@ class SqliteReads(AuditReads, PathReads):
 
     async def _erasure_rows(self, sql: str, params: dict[str, object]) -> Sequence[Row]:
         return await self.fetchall(sql, params)
-
-    async def erasure_records(
-        self, keys: Sequence[tuple[str, bytes]]
-    ) -> dict[tuple[str, bytes], Erasure]:
-        try:
-            return await erasure_records(self.reader, keys)
-        except sqlite3.Error as e:
-            raise StoreError(f"cannot read the database: {e}") from e
 
     # --- retention preview -----------------------------------------------------------
 

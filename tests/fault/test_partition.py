@@ -117,6 +117,9 @@ def test_partition_queues_and_heals(net: Net, tmp_path: Path) -> None:
     stream = Stream(a)
     stream.send(range(0, 20), "bob@b.test")
     wait_for(lambda: len(inbox_seqs(b.db_path, "bob")) == 20, what="20 messages before the cut")
+    # B's signed result must also have reached A: a result lost to the cut would leave
+    # those 20 queued at A beside the ones sent during it
+    wait_for(lambda: queue_len(a.db_path) == 0, what="A dequeued the 20 before the cut")
 
     net.cut(1)
     cut_at = time.monotonic()

@@ -198,18 +198,23 @@ async def _start(node_dir: Path) -> Harness:
     return Harness(node, wall_clock_ms, node.state.key, aiohttp.ClientSession(), me, me, me)
 
 
-@pytest.fixture
-async def out(tmp_path: Path) -> AsyncIterator[Outbound]:
-    peer = FakePeer(Identity(PEER))
+async def _outbound(tmp_path: Path, peer: FakePeer, federation: dict[str, str]) -> Outbound:
+    """Start `peer` and a node in `tmp_path` that delivers to it (its url pinned)."""
     await peer.start()
     node_dir = tmp_path / "n"
     node_key = write_toml(
         node_dir,
         peers=[Pinned(PEER, (peer.identity.key_string,), url=peer.url)],
-        federation=FAST_RETRY,
+        federation=federation,
     )
     peer.node_public = node_key.public_key()
-    o = Outbound(await _start(node_dir), peer, node_dir)
+    return Outbound(await _start(node_dir), peer, node_dir)
+
+
+@pytest.fixture
+async def out(tmp_path: Path) -> AsyncIterator[Outbound]:
+    peer = FakePeer(Identity(PEER))
+    o = await _outbound(tmp_path, peer, FAST_RETRY)
     try:
         yield o
     finally:
@@ -477,15 +482,7 @@ async def test_retry_after_is_waited_at_least(tmp_path: Path) -> None:
 
     peer = FakePeer(Identity(PEER))
     peer.default = slow_down
-    await peer.start()
-    node_dir = tmp_path / "n"
-    node_key = write_toml(
-        node_dir,
-        peers=[Pinned(PEER, (peer.identity.key_string,), url=peer.url)],
-        federation={**FAST_RETRY, "retry_max": "1m"},
-    )
-    peer.node_public = node_key.public_key()
-    o = Outbound(await _start(node_dir), peer, node_dir)
+    o = await _outbound(tmp_path, peer, {**FAST_RETRY, "retry_max": "1m"})
     try:
         await o.h.submit(["bob@b.test"])
         ps = await o.wait_failures(1)
@@ -510,15 +507,7 @@ async def test_a_peer_that_asked_for_time_is_not_retried_when_it_contacts_us(
 
     peer = FakePeer(Identity(PEER))
     peer.default = slow_down
-    await peer.start()
-    node_dir = tmp_path / "n"
-    node_key = write_toml(
-        node_dir,
-        peers=[Pinned(PEER, (peer.identity.key_string,), url=peer.url)],
-        federation={**FAST_RETRY, "retry_max": "10m"},
-    )
-    peer.node_public = node_key.public_key()
-    o = Outbound(await _start(node_dir), peer, node_dir)
+    o = await _outbound(tmp_path, peer, {**FAST_RETRY, "retry_max": "10m"})
     try:
         await o.h.submit(["bob@b.test"])
         await o.wait_failures(1)

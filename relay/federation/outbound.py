@@ -28,6 +28,10 @@ Invariants:
   starts again at the head of the queue) and leaves lane 0 sending alone,
   exactly as a single sender would, until one of its batches settles in
   full with no failure recorded for the peer.
+- A second lane opens only for a full batch: while one is in flight, fewer
+  than a full batch's worth of waiting envelopes gather until an answer
+  frees a lane (it wakes the lanes), so trickling submits travel in few,
+  full batches. One batch in flight is never held back.
 """
 
 from __future__ import annotations
@@ -106,6 +110,7 @@ class _Pipeline:
     solo: bool = False  # only lane 0 sends, until it has a batch settled in full
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while nothing is claimed
     resigned: int = 0  # bumped when queued envelopes were re-signed: every lane starts over
+    held: bool = False  # a lane left less than a full batch waiting while one was in flight
 
     def release(self, rids: Sequence[int]) -> None:
         self.claimed.difference_update(rids)
@@ -270,6 +275,9 @@ class Sender:
                 raise
             finally:
                 self._pipe.release([it.rid for it in send.items])
+                if self._pipe.held:  # a lane holds envelopes back for this answer
+                    self._pipe.held = False
+                    self.wake.set()
 
     async def _next_batch(self) -> Send[Queued] | None:
         """The next batch for this lane, claimed; None with nothing to send.
@@ -289,6 +297,11 @@ class Sender:
                 self.hop, self._limit, after, now=self.state.now_ms()
             )
             if not items:
+                return None
+            if pipe.claimed and len(items) < self._limit:
+                # A batch is in flight and less than a full one waits: let it gather
+                # until a lane frees (its answer wakes the lanes) or a batch fills.
+                pipe.held = True
                 return None
             items = await self._drop_dead(items)
             if not items:

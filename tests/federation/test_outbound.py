@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,7 +198,9 @@ async def _start(node_dir: Path) -> Harness:
     return Harness(node, wall_clock_ms, node.state.key, aiohttp.ClientSession(), me, me, me)
 
 
-async def _outbound(tmp_path: Path, peer: FakePeer, federation: dict[str, str]) -> Outbound:
+async def _outbound(
+    tmp_path: Path, peer: FakePeer, federation: Mapping[str, str | int]
+) -> Outbound:
     """Start `peer` and a node in `tmp_path` that delivers to it (its url pinned)."""
     await peer.start()
     node_dir = tmp_path / "n"
@@ -535,3 +537,47 @@ async def test_a_redirect_is_not_followed(out: Outbound) -> None:
     await out.wait_status(msg_id, "sent")
     nonces = [s.nonce for s in out.peer.seen]
     assert len(nonces) == 2 and len(set(nonces)) == 2  # the retry, not the redirect
+
+
+# --- (h) a second lane opens for a full batch only ------------------------------------------
+
+
+async def test_a_second_batch_goes_out_only_when_a_full_one_waits(tmp_path: Path) -> None:
+    """While a batch is in flight, a few queued envelopes wait for its answer and then
+    go in one batch; a full batch's worth waiting goes out at once beside it."""
+    gate = asyncio.Event()
+
+    async def held(peer: FakePeer, seen: Seen, request: web.Request) -> web.StreamResponse:
+        await gate.wait()
+        return await accept(peer, seen, request)
+
+    peer = FakePeer(Identity(PEER))
+    peer.default = held
+    o = await _outbound(tmp_path, peer, {**FAST_RETRY, "batch_envelopes": 4})
+
+    async def sent(n: int) -> bool:
+        return len(peer.seen) >= n
+
+    async def queued(n: int) -> bool:
+        return len(await o.queue_rows()) >= n
+
+    try:
+        first = await o.h.submit(["bob@b.test"], "first")
+        await wait_until(lambda: sent(1), what="the first batch in flight")
+        few = [await o.h.submit(["bob@b.test"], f"few {i}") for i in range(3)]
+        await wait_until(lambda: queued(4), what="three queued behind it")
+        # the fourth makes a full batch: it goes out beside the first, unanswered one
+        full = [await o.h.submit(["bob@b.test"], f"full {i}") for i in range(4)]
+        await wait_until(lambda: sent(2), what="a full batch beside the first")
+        await wait_until(lambda: queued(8), what="all queued")
+        gate.set()
+        for msg_id in [first, *few, *full]:
+            await o.wait_status(msg_id, "sent")
+        batches = [{s.hex() for s in seen.ids} for seen in peer.seen]
+        assert batches == [{first}, {*few, full[0]}, set(full[1:])]
+    finally:
+        gate.set()
+        await o.h.node.stop()
+        await o.h.session.close()
+        await peer.stop()
+    assert peer.problems == []

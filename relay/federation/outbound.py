@@ -31,7 +31,10 @@ Invariants:
 - A second lane opens only for a full batch: while one is in flight, fewer
   than a full batch's worth of waiting envelopes gather until an answer
   frees a lane (it wakes the lanes), so trickling submits travel in few,
-  full batches. One batch in flight is never held back.
+  full batches. One batch in flight is never held back. Once a lane holds,
+  the lanes do not look at the queue again until that answer: each commit
+  wakes them, and reading the queue head per commit to leave it there again
+  cost the origin more than the fuller batches saved.
 """
 
 from __future__ import annotations
@@ -292,6 +295,8 @@ class Sender:
                 pipe.drain = False
             if self.lane and pipe.solo:
                 return Send(b"", (), False)  # lane 0 goes alone for now
+            if pipe.held and pipe.claimed:
+                return None  # still gathering: the in-flight answer wakes the lanes
             after = max(pipe.claimed, default=0)
             items = await self.state.store.queue_head(
                 self.hop, self._limit, after, now=self.state.now_ms()

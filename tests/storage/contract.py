@@ -106,3 +106,31 @@ async def put(storage: Storage, items: Sequence[NewEnvelope], now: int = T0) -> 
         return await tx.insert_envelopes(items, now)
 
     return await storage.write(job)
+
+
+# Heads a node kept before migration 19 (PostgreSQL 12) knew which were evidence,
+# as (peer, size, at=seen, head, proof_from, proof): a conflict (two roots of size
+# 3), a shrink (8 then 7), a forked proof (5 from 4), plain heads, a latest (9).
+PRE_EVIDENCE_HEADS = [
+    ("a.test", 1, T0, b"a1", None, ""),
+    ("a.test", 3, T0 + 1, b"a3-one", None, ""),
+    ("a.test", 3, T0 + 2, b"a3-two", None, ""),
+    ("a.test", 4, T0 + 3, b"a4", 3, "consistent"),
+    ("a.test", 5, T0 + 4, b"a5", 4, "forked"),
+    ("a.test", 8, T0 + 5, b"a8", None, ""),
+    ("a.test", 7, T0 + 6, b"a7", None, ""),
+    ("a.test", 9, T0 + 7, b"a9", None, ""),
+]
+
+
+async def pre_evidence_heads_stay(storage: Storage) -> None:
+    """Every one of PRE_EVIDENCE_HEADS, migrated, is evidence: a prune of every
+    head however recent leaves them all."""
+
+    async def prune(tx: WriteTx) -> int:
+        return await tx.prune_witnessed(T0 + 1000 * DAY_MS, 1000)
+
+    await storage.write(prune)
+    kept = await storage.witnessed_heads(None)
+    assert [(h.peer, h.size, h.at) for h in kept] == sorted(h[:3] for h in PRE_EVIDENCE_HEADS)
+    assert [h.evidence for h in kept] == [1, 3, 3, 4, 4, 7, 8, 9]  # 5's proof was from 4

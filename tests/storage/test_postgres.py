@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -21,7 +22,14 @@ from relay.storage.postgres.connect import application_name
 from relay.storage.postgres.schema import MIGRATIONS, SCHEMA_VERSION
 from relay.storage.postgres.store import PgStore
 from relay.storage.postgres.url import parse_url
-from tests.storage.contract import T0, envelope, new, put
+from tests.storage.contract import (
+    PRE_EVIDENCE_HEADS,
+    T0,
+    envelope,
+    new,
+    pre_evidence_heads_stay,
+    put,
+)
 
 
 def test_urls_name_backend_schema_and_hide_the_password() -> None:
@@ -97,6 +105,38 @@ async def test_workers_starting_together_migrate_once(pg_url: str) -> None:
     finally:
         for s in stores:
             await s.close()
+
+
+def _schema_at(pg_url: str, version: int) -> psycopg.Connection[tuple[Any, ...]]:
+    """A connection (autocommit) to this test's schema, migrated by hand up to `version`."""
+    schema = parse_url(pg_url).schema
+    db = psycopg.connect(pg_url.split("?")[0], autocommit=True)
+    db.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    db.execute(f'SET search_path TO "{schema}"')
+    db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for v in range(1, version + 1):
+        db.execute(MIGRATIONS[v])
+        db.execute("INSERT INTO schema_version (version) VALUES (%s)", (v,))
+    return db
+
+
+async def test_no_head_witnessed_before_migration_12_is_pruned(pg_url: str) -> None:
+    """A schema at version 11 did not record which heads conflicted or shrank:
+    migration 12 keeps every head it had as evidence (docs/audit.md)."""
+    with _schema_at(pg_url, 11) as db:
+        db.cursor().executemany(
+            "INSERT INTO audit_witnessed (peer, size, at, head, seen, proof_from, proof)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [
+                (p, size, at, head, at, f, proof)
+                for p, size, at, head, f, proof in PRE_EVIDENCE_HEADS
+            ],
+        )
+    store = await open_storage(pg_url)
+    try:
+        await pre_evidence_heads_stay(store)
+    finally:
+        await store.close()
 
 
 async def test_announcements_reach_the_other_workers_once(pg_url: str) -> None:
@@ -187,13 +227,7 @@ async def test_envelopes_keep_their_rows_keyed_id_first(pg_url: str) -> None:
     """A schema at version 7 keeps its envelopes through migration 8, which keys
     the table (id, origin) and drops the index on id alone."""
     schema = parse_url(pg_url).schema
-    with psycopg.connect(pg_url.split("?")[0], autocommit=True) as db:
-        db.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-        db.execute(f'SET search_path TO "{schema}"')
-        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        for version in range(1, 8):
-            db.execute(MIGRATIONS[version])
-            db.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+    with _schema_at(pg_url, 7) as db:
         db.execute(
             "INSERT INTO envelopes (rid, origin, id, hdigest, header, signature, trace, kind,"
             " sender, dest, created, expires, received, size, residency)"

@@ -22,7 +22,13 @@ from relay.storage.sqlite.store import (
     open_store,
     sqlite_tx,
 )
-from tests.storage.contract import envelope, new, put
+from tests.storage.contract import (
+    PRE_EVIDENCE_HEADS,
+    envelope,
+    new,
+    pre_evidence_heads_stay,
+    put,
+)
 
 
 async def test_wal_full_sync_and_private_file(tmp_path: Path) -> None:
@@ -322,6 +328,25 @@ async def test_inbox_seqs_go_on_past_every_seq_known_after_migration_18(tmp_path
         assert [tuple(r) for r in seqs] == [("dave", 11)]  # 10 went to carol's row
         names = {r[1] for r in await store.fetchall("PRAGMA index_list(inbox)")}
         assert names == {"inbox_once", "inbox_unacked"}
+    finally:
+        await store.close()
+
+
+async def test_no_head_witnessed_before_migration_19_is_pruned(tmp_path: Path) -> None:
+    """A database at version 18 did not record which heads conflicted or shrank:
+    migration 19 keeps every head it had as evidence (docs/audit.md)."""
+    db = tmp_path / "relay.db"
+    con = _database_at(db, 18)
+    con.executemany(
+        "INSERT INTO audit_witnessed (peer, size, at, head, seen, proof_from, proof)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(p, size, at, head, at, f, proof) for p, size, at, head, f, proof in PRE_EVIDENCE_HEADS],
+    )
+    con.commit()
+    con.close()
+    store = await open_store(db)
+    try:
+        await pre_evidence_heads_stay(store)
     finally:
         await store.close()
 

@@ -1,6 +1,8 @@
 -- What a witnessed head was found to contradict, as SQLite's migration 19: the
--- size of the other kept head (conflict, shrank or forked), NULL if nothing.
+-- size of the other kept head (conflict, shrank or forked), NULL if nothing;
+-- every head kept before is evidence (its own size, if not a forked proof's).
 ALTER TABLE audit_witnessed ADD COLUMN evidence BIGINT;
-UPDATE audit_witnessed SET evidence = proof_from WHERE proof = 'forked';
+UPDATE audit_witnessed
+    SET evidence = CASE WHEN proof = 'forked' THEN coalesce(proof_from, size) ELSE size END;
 CREATE INDEX audit_witnessed_evidence ON audit_witnessed (peer, evidence)
     WHERE evidence IS NOT NULL;

@@ -4,8 +4,10 @@
 -- came: the same size with another root (conflict), a larger size seen before
 -- (shrank), or its proof's start (forked); NULL for a head that showed nothing.
 -- Both heads of each such pair are kept. Heads kept before this migration only
--- know their forked proofs.
+-- know their forked proofs, not which pairs conflicted or shrank: each of them
+-- is marked as evidence (its own size, if nothing else), so none is pruned.
 ALTER TABLE audit_witnessed ADD COLUMN evidence INTEGER;
-UPDATE audit_witnessed SET evidence = proof_from WHERE proof = 'forked';
+UPDATE audit_witnessed
+    SET evidence = CASE WHEN proof = 'forked' THEN coalesce(proof_from, size) ELSE size END;
 CREATE INDEX audit_witnessed_evidence ON audit_witnessed (peer, evidence)
     WHERE evidence IS NOT NULL;

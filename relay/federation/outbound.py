@@ -31,10 +31,14 @@ Invariants:
 - A second lane opens only for a full batch: while one is in flight, fewer
   than a full batch's worth of waiting envelopes gather until an answer
   frees a lane (it wakes the lanes), so trickling submits travel in few,
-  full batches. One batch in flight is never held back. Once a lane holds,
+  full batches. A full batch is one by count or by bytes (`Planner.fills`).
+  One batch in flight is never held back. Once a lane holds,
   the lanes do not look at the queue again until that answer: each commit
   wakes them, and reading the queue head per commit to leave it there again
-  cost the origin more than the fuller batches saved.
+  cost the origin more than the fuller batches saved. The price: a burst
+  that arrives after a lane held waits for that answer (one round trip)
+  before more lanes open; a backlog's first look finds a full batch, so a
+  drain uses every lane.
 """
 
 from __future__ import annotations
@@ -303,9 +307,9 @@ class Sender:
             )
             if not items:
                 return None
-            if pipe.claimed and len(items) < self._limit:
-                # A batch is in flight and less than a full one waits: let it gather
-                # until a lane frees (its answer wakes the lanes) or a batch fills.
+            if pipe.claimed and not self.planner.fills(items, self._carried_size):
+                # A batch is in flight and less than a full one waits (by count and
+                # by bytes): let it gather until a lane frees (its answer wakes them).
                 pipe.held = True
                 return None
             items = await self._drop_dead(items)
@@ -414,11 +418,11 @@ class Sender:
             retry_min_ms=fed.retry_min_ms,
             retry_max_ms=fed.retry_max_ms,
         )
-        return self.planner.plan(
-            items,
-            lambda origin: relaying.carried_size(st, origin, self.hop),
-            lambda: st.random(16),
-        )
+        return self.planner.plan(items, self._carried_size, lambda: st.random(16))
+
+    def _carried_size(self, origin: str) -> int:
+        """What `origin`'s certificates add to its first envelope in a batch to this hop."""
+        return relaying.carried_size(self.state, origin, self.hop)
 
     async def _attempt(self, send: Send[Queued], planned: PeerState) -> None:
         """Post `send` and record the answer (one lane's answer at a time).

@@ -588,3 +588,35 @@ async def test_a_second_batch_goes_out_only_when_a_full_one_waits(tmp_path: Path
         await o.h.session.close()
         await peer.stop()
     assert peer.problems == []
+
+
+async def test_a_batch_full_by_bytes_goes_out_beside_one_in_flight(tmp_path: Path) -> None:
+    """A full batch is one by bytes too: two ~1.5 KiB envelopes pass a 1 KiB budget, so
+    they are not held back behind the unanswered first batch though 500 would fit."""
+    gate = asyncio.Event()
+
+    async def held(peer: FakePeer, seen: Seen, request: web.Request) -> web.StreamResponse:
+        await gate.wait()
+        return await accept(peer, seen, request)
+
+    peer = FakePeer(Identity(PEER))
+    peer.default = held
+    o = await _outbound(tmp_path, peer, {**FAST_RETRY, "batch_bytes": 1024})
+
+    async def sent(n: int) -> bool:
+        return len(peer.seen) >= n
+
+    try:
+        first = await o.h.submit(["bob@b.test"], "first")
+        await wait_until(lambda: sent(1), what="the first batch in flight")
+        two = await o.h.submit_batch([{"to": ["bob@b.test"], "text": "x" * 600}] * 2)
+        await wait_until(lambda: sent(2), what="a batch full by bytes beside the first")
+        gate.set()
+        for msg_id in [first, *two]:
+            await o.wait_status(msg_id, "sent")
+    finally:
+        gate.set()
+        await o.h.node.stop()
+        await o.h.session.close()
+        await peer.stop()
+    assert peer.problems == []

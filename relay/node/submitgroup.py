@@ -15,10 +15,11 @@ Invariants:
 - A submission's answer is its own: an Idempotency-Key already remembered
   (also by an earlier submission of the same group) gets the stored answer
   and records nothing.
-- One submission cannot fail the others. If the group's job fails, nothing
-  of it was stored (its savepoint rolled back, or the transaction was lost)
-  and each submission is written again alone, as its own job, and answered
-  from that.
+- One submission cannot fail the others. If the group's job raises, nothing
+  of it was stored (its savepoint or transaction rolled back) and each
+  submission is written again alone, as its own job, and answered from that.
+  If the store fails around a job that ran (a COMMIT lost with the connection
+  may have landed), every submission gets that error, never a second write.
 - A submission that delivers into a local mailbox while `[limits]
   mailbox_unread_bytes` is set is written alone: its quota is checked
   against the unread bytes of the submits committed before it, as if no
@@ -114,10 +115,17 @@ class SubmitGroups:
             self._open = None
 
     async def _commit(self, state: NodeState, group: list[_Waiting]) -> None:
+        rolled_back = False  # the job itself raised: its savepoint or transaction rolled back
+
         async def job(tx: WriteTx) -> Stored:
+            nonlocal rolled_back
             self._close(group)
             self.groups += 1
-            return await record_all(state, tx, [w.sub for w in group])
+            try:
+                return await record_all(state, tx, [w.sub for w in group])
+            except Exception:
+                rolled_back = True
+                raise
 
         try:
             stored = await state.store.write(job)
@@ -127,9 +135,13 @@ class SubmitGroups:
                 w.future.cancel()
             raise
         except Exception as e:  # noqa: BLE001 - each submission gets its own outcome below
-            self._close(group)  # the job never ran, or ran and rolled back: nothing is stored
-            if len(group) == 1:
-                _settle(group[0].future, None, e)
+            self._close(group)
+            if not rolled_back or len(group) == 1:
+                # The job never ran, or its transaction failed around it (a lost COMMIT
+                # may have landed): its error, which says so, answers everyone. Writing
+                # each again could store a message twice or deny one that is stored.
+                for w in group:
+                    _settle(w.future, None, e)
                 return
             await asyncio.gather(*(_write_alone(state, w) for w in group))
             return

@@ -123,6 +123,27 @@ async def test_a_store_failure_mid_group_stores_nothing_and_each_is_written_agai
     assert rows[0][0] == 3  # stored once each: the failed group left nothing
 
 
+async def test_a_commit_of_unknown_outcome_answers_everyone_with_its_error(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = harness
+    groups = SubmitGroups()
+    real = h.state.store.write
+    lost = StoreError("the connection was lost during COMMIT, so whether it committed is unknown")
+
+    async def write(job: Any, *, admit: bool = False) -> Any:
+        await real(job, admit=admit)  # committed, but the store cannot know it
+        raise lost
+
+    monkeypatch.setattr(h.state.store, "write", write)
+    subs = [submission(h, REMOTE, f"m{i}") for i in range(3)]
+    got = await outcomes(h, groups, subs)
+    # not written again alone (that would meet its own envelopes and say nothing was stored)
+    assert got == [lost, lost, lost]
+    assert groups.groups == 1
+    assert await stored_ids(h) == {s.answer["id"] for s in subs}
+
+
 async def test_when_the_store_keeps_failing_nobody_is_answered_and_nothing_is_stored(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -64,21 +64,43 @@ class Stored:
     fresh: dict[str, list[Submission]] = field(default_factory=dict)
 
     def counted(self, state: NodeState) -> None:
-        """Count and log what was stored: one `submitted` line per mailbox, not per request.
+        """Count and log what was stored: `submitted` lines per mailbox, not per request.
 
-        The line names up to LOG_IDS ids of each request in full, as a line per
-        request did, so `grep ID` still finds every single-message submit.
+        Each request's first LOG_IDS ids are named in full, as a line per request
+        did, so `grep ID` still finds every single-message submit; a line names at
+        most LOG_IDS ids (requests are packed into lines), so lines do not grow
+        with the group.
         """
         for mailbox, subs in self.fresh.items():
-            planned = [pm for sub in subs for pm in sub.planned]
-            state.metrics.submitted_messages(mailbox, planned)
-            named = [pm.msg_id for sub in subs for pm in sub.planned[:LOG_IDS]]
-            ids = id_fields(named, limit=len(named))
-            if len(planned) > len(named):
-                ids["ids_more"] = len(planned) - len(named)
-            event(
-                log, "submitted", mailbox=mailbox, requests=len(subs), messages=len(planned), **ids
-            )
+            state.metrics.submitted_messages(mailbox, [pm for sub in subs for pm in sub.planned])
+            for line in _lines(subs):
+                planned = [pm for sub in line for pm in sub.planned]
+                named = [pm.msg_id for sub in line for pm in sub.planned[:LOG_IDS]]
+                ids = id_fields(named, limit=len(named))
+                if len(planned) > len(named):
+                    ids["ids_more"] = len(planned) - len(named)
+                event(
+                    log,
+                    "submitted",
+                    mailbox=mailbox,
+                    requests=len(line),
+                    messages=len(planned),
+                    **ids,
+                )
+
+
+def _lines(subs: Sequence[Submission]) -> list[list[Submission]]:
+    """`subs` in order, packed into lines naming at most LOG_IDS ids each."""
+    lines: list[list[Submission]] = []
+    named = LOG_IDS  # ids named by the last line: full, so the first sub opens one
+    for sub in subs:
+        n = min(len(sub.planned), LOG_IDS)
+        if named + n > LOG_IDS:
+            lines.append([])
+            named = 0
+        lines[-1].append(sub)
+        named += n
+    return lines
 
 
 @dataclass(frozen=True, slots=True)

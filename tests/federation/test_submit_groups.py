@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 from relay.errors import Busy, StoreError
+from relay.logs import LOG_IDS
 from relay.node import submit
 from relay.node.messages import parse_message
-from relay.node.submitgroup import Submission, SubmitGroups
+from relay.node.submitgroup import Stored, Submission, SubmitGroups
 from relay.storage.interface import WriteTx
 from relay.storage.sqlite.store import sqlite_store
 from tests.federation.conftest import TIMEOUT, TOKEN, Harness
@@ -81,6 +82,27 @@ async def test_submits_handed_over_together_share_one_job(
     late = submission(h, REMOTE, "late")
     assert await groups.write(h.state, late) == late.answer
     assert groups.groups == 2
+
+
+async def test_a_large_group_logs_lines_of_at_most_log_ids_ids(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h = harness
+    caplog.set_level(logging.INFO, logger="relay.api")
+    subs = [submission(h, REMOTE, f"m{i}") for i in range(LOG_IDS * 2 + 5)]
+    many = submit.plan(h.state, "alice", parse_message({"to": [REMOTE], "text": "x"}), None)
+    big = [dataclasses.replace(many, msg_id=bytes([i]) * 16) for i in range(LOG_IDS + 3)]
+    stored = Stored(fresh={"alice": [*subs[:3], Submission("alice", None, {}, big), *subs[3:]]})
+    stored.counted(h.state)
+    lines = [vars(r)["relay_fields"] for r in caplog.records if r.getMessage() == "submitted"]
+    named = [i for line in lines for i in line["ids"].split(",")]
+    assert all(len(line["ids"].split(",")) <= LOG_IDS for line in lines), lines
+    # every request named, its first LOG_IDS ids, in order; the rest counted
+    expected = [s.answer["id"] for s in subs[:3]] + [pm.msg_id.hex() for pm in big[:LOG_IDS]]
+    assert named == expected + [s.answer["id"] for s in subs[3:]]
+    assert sum(line.get("ids_more", 0) for line in lines) == 3
+    assert sum(line["requests"] for line in lines) == len(subs) + 1
+    assert [line["requests"] for line in lines] == [3, 1, 20, 20, 2]
 
 
 async def test_a_duplicate_key_in_the_group_gets_the_first_answer(harness: Harness) -> None:

@@ -126,15 +126,24 @@ class SubmitGroups:
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         if self._open is None:
             self._open = []
-            task = asyncio.create_task(self._commit(state, self._open), name="submit-group")
+            group = self._open
+            task = asyncio.create_task(self._commit(state, group), name="submit-group")
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(lambda t: self._finished(t, group))
         self._open.append(_Waiting(sub, fut))
         return await fut
 
     def _close(self, group: list[_Waiting]) -> None:
         if self._open is group:
             self._open = None
+
+    def _finished(self, task: asyncio.Task[None], group: list[_Waiting]) -> None:
+        """However its task ended (also cancelled before its first step), the group
+        is closed and no submitter waits on it forever."""
+        self._tasks.discard(task)
+        self._close(group)
+        for w in group:
+            w.future.cancel()  # a no-op once settled
 
     async def _commit(self, state: NodeState, group: list[_Waiting]) -> None:
         rolled_back = False  # the job itself raised: its savepoint or transaction rolled back
@@ -151,13 +160,8 @@ class SubmitGroups:
 
         try:
             stored = await state.store.write(job)
-        except asyncio.CancelledError:  # the loop is closing: nobody is answered
-            self._close(group)
-            for w in group:
-                w.future.cancel()
-            raise
         except Exception as e:  # noqa: BLE001 - each submission gets its own outcome below
-            self._close(group)
+            self._close(group)  # (a cancelled task is closed by _finished: nobody is answered)
             if not rolled_back or len(group) == 1:
                 # The job never ran, or its transaction failed around it (a lost COMMIT
                 # may have landed): its error, which says so, answers everyone. Writing

@@ -177,6 +177,20 @@ async def test_when_the_store_keeps_failing_nobody_is_answered_and_nothing_is_st
     assert await stored_ids(h) == set()
 
 
+async def test_a_group_cancelled_before_it_starts_strands_nobody(harness: Harness) -> None:
+    h = harness
+    groups = SubmitGroups()
+    first = asyncio.create_task(groups.write(h.state, submission(h, REMOTE, "first")))
+    await asyncio.sleep(0)  # `first` opened a group; its task has not taken a step
+    (task,) = groups._tasks  # the group task, to cancel it early
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(first, TIMEOUT.total)  # its submitter is not left waiting
+    late = submission(h, REMOTE, "late")  # nor is a later one: it opens a new group
+    assert await asyncio.wait_for(groups.write(h.state, late), TIMEOUT.total) == late.answer
+    assert await stored_ids(h) == {late.answer["id"]}
+
+
 async def test_quota_checked_local_deliveries_are_stored_one_by_one(harness: Harness) -> None:
     h = harness
     config = h.state.config

@@ -240,7 +240,8 @@ _WITNESS = (
 )
 # Heads seen before a time, but neither the peer's last (largest, then latest:
 # the next head is compared with it) nor evidence: a head that contradicted a
-# kept one, or the kept head one contradicted.
+# kept one, or the kept head one contradicted, or the head a forked proof was
+# from (a head both a conflict and a forked proof names only the conflict).
 _PRUNE_WITNESSED = (
     "DELETE FROM audit_witnessed WHERE (peer, size, at) IN ("
     " SELECT w.peer, w.size, w.at FROM audit_witnessed w WHERE w.seen < ?"
@@ -249,6 +250,8 @@ _PRUNE_WITNESSED = (
     "  WHERE m.peer = w.peer ORDER BY m.size DESC, m.at DESC LIMIT 1)"
     " AND NOT EXISTS (SELECT 1 FROM audit_witnessed e"
     "  WHERE e.peer = w.peer AND e.evidence = w.size)"
+    " AND NOT EXISTS (SELECT 1 FROM audit_witnessed f"
+    "  WHERE f.peer = w.peer AND f.proof = 'forked' AND f.proof_from = w.size)"
     " LIMIT ?) RETURNING peer"
 )
 

@@ -186,6 +186,25 @@ async def test_old_witnessed_heads_go_but_the_latest_and_the_evidence_stay(
     assert sorted(map(key, await storage.witnessed_heads(None))) == sorted(map(key, kept))
 
 
+async def test_the_head_a_forked_conflict_was_proven_from_stays(storage: Storage) -> None:
+    """A head that is both a conflict (its evidence names the other root) and a
+    forked proof still keeps the head its proof was from."""
+    old, cut = T0, T0 + 100
+    heads = [
+        WitnessedHead("a.test", 4, old, b"a4", old),
+        WitnessedHead("a.test", 5, old + 1, b"a5-one", old + 1),
+        WitnessedHead("a.test", 5, old + 2, b"a5-two", old + 2, 4, PROOF_FORKED, evidence=5),
+        WitnessedHead("a.test", 9, old + 3, b"a9", old + 3),
+    ]
+    await storage.write(lambda tx: tx.save_witnessed(heads))
+
+    async def prune(tx: WriteTx) -> int:
+        return await tx.prune_witnessed(cut, 10)
+
+    assert await storage.write(prune) == 0
+    assert await storage.witnessed_heads("a.test") == heads
+
+
 async def test_export_reads_envelopes_and_only_receipt_payloads(storage: Storage) -> None:
     env = envelope(payload=b"secret content")
     await put(storage, [new(env, mailboxes=["bob"])])

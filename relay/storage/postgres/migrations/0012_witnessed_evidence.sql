@@ -6,3 +6,5 @@ UPDATE audit_witnessed
     SET evidence = CASE WHEN proof = 'forked' THEN coalesce(proof_from, size) ELSE size END;
 CREATE INDEX audit_witnessed_evidence ON audit_witnessed (peer, evidence)
     WHERE evidence IS NOT NULL;
+CREATE INDEX audit_witnessed_forked ON audit_witnessed (peer, proof_from, proof)
+    WHERE proof = 'forked';

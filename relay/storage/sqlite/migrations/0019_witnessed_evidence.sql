@@ -11,3 +11,7 @@ UPDATE audit_witnessed
     SET evidence = CASE WHEN proof = 'forked' THEN coalesce(proof_from, size) ELSE size END;
 CREATE INDEX audit_witnessed_evidence ON audit_witnessed (peer, evidence)
     WHERE evidence IS NOT NULL;
+-- The prune's look-up of the head a forked proof was from (proof in it too, so
+-- that SQLite reads the index alone).
+CREATE INDEX audit_witnessed_forked ON audit_witnessed (peer, proof_from, proof)
+    WHERE proof = 'forked';

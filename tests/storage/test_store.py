@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from relay.errors import RelayError, StoreError
+from relay.storage.audit import _PRUNE_WITNESSED
 from relay.storage.interface import WriteTx
 from relay.storage.records import Cutoffs
 from relay.storage.sqlite.schema import statements
@@ -24,6 +25,7 @@ from relay.storage.sqlite.store import (
 )
 from tests.storage.contract import (
     PRE_EVIDENCE_HEADS,
+    T0,
     envelope,
     new,
     pre_evidence_heads_stay,
@@ -347,6 +349,19 @@ async def test_no_head_witnessed_before_migration_19_is_pruned(tmp_path: Path) -
     store = await open_store(db)
     try:
         await pre_evidence_heads_stay(store)
+    finally:
+        await store.close()
+
+
+async def test_the_witnessed_heads_prune_reads_no_table_whole(tmp_path: Path) -> None:
+    """The retention job's prune runs in the writer: every look-up it makes goes
+    through an index (candidates by seen, evidence and forked proofs by peer)."""
+    store = await open_store(tmp_path / "relay.db")
+    try:
+        plan = await store.fetchall(f"EXPLAIN QUERY PLAN {_PRUNE_WITNESSED}", (T0, 10))
+        steps = [str(r[3]) for r in plan]
+        assert not [s for s in steps if s.startswith("SCAN")], steps
+        assert "SEARCH w USING INDEX audit_witnessed_seen (seen<?)" in steps
     finally:
         await store.close()
 

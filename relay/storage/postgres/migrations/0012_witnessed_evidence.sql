@@ -8,3 +8,4 @@ CREATE INDEX audit_witnessed_evidence ON audit_witnessed (peer, evidence)
     WHERE evidence IS NOT NULL;
 CREATE INDEX audit_witnessed_forked ON audit_witnessed (peer, proof_from, proof)
     WHERE proof = 'forked';
+CREATE INDEX audit_witnessed_seen ON audit_witnessed (seen);

@@ -15,3 +15,5 @@ CREATE INDEX audit_witnessed_evidence ON audit_witnessed (peer, evidence)
 -- that SQLite reads the index alone).
 CREATE INDEX audit_witnessed_forked ON audit_witnessed (peer, proof_from, proof)
     WHERE proof = 'forked';
+-- The prune's candidates, by when they were seen, without reading the table.
+CREATE INDEX audit_witnessed_seen ON audit_witnessed (seen);

@@ -265,7 +265,7 @@ def check_header(h: Header) -> Header:
     return h
 
 
-# The field sets _check_parties found valid: (kind, origin, dest, key, from, to,
+# The field sets _check_header found valid: (kind, origin, dest, key, from, to,
 # residency, ctype) is the same for every message of a batch from one mailbox to
 # one destination, so each set is checked once, not per header. Only exact str
 # and tuple-of-str values get here (decode_header's and check_header's type
@@ -276,26 +276,26 @@ _MAX_PARTIES = 4096
 
 def _check_header(h: Header) -> None:
     parties = (h.kind, h.origin, h.dest, h.key, h.sender, h.to, h.residency, h.ctype)
-    if parties not in _PARTIES_OK:
-        _check_parties(h)
-        if len(_PARTIES_OK) >= _MAX_PARTIES:
-            _PARTIES_OK.clear()
-        _PARTIES_OK.add(parties)
-    if not h.created < h.expires <= h.created + MAX_LIFETIME_MS:
-        raise MalformedError(
-            f"header: expires: must be after created and at most 30 days later "
-            f"(created {h.created}, expires {h.expires})"
-        )
-    if not 1 <= h.max_hops <= MAX_HOPS:
-        raise MalformedError(f"header: max_hops: {h.max_hops} is outside 1..{MAX_HOPS}")
-    if h.seal is not None and h.kind in POSTMASTER_KINDS:
-        what = "a receipt" if h.kind == "receipt" else f"an envelope of kind {h.kind}"
-        raise MalformedError(f"header: seal: {what} is never sealed")
+    if parties in _PARTIES_OK:
+        _check_expires(h)
+        _check_max_hops(h)
+        _check_unsealed(h)
+        return
+    # every check, in the order that picks which fault a bad header is named for
+    _check_names(h)
+    _check_expires(h)
+    _check_residency(h.residency)
+    if not h.ctype:
+        raise MalformedError("header: ctype: the content type is empty")
+    _check_max_hops(h)
+    _check_postmaster(h)
+    _check_unsealed(h)
+    if len(_PARTIES_OK) >= _MAX_PARTIES:
+        _PARTIES_OK.clear()
+    _PARTIES_OK.add(parties)
 
 
-def _check_parties(h: Header) -> None:
-    """The checks of who and what a header names, none of which reads its id,
-    times, size, digest, hop limit or seal."""
+def _check_names(h: Header) -> None:
     if h.kind not in KINDS:
         kinds = ", ".join(sorted(KINDS))
         raise MalformedError(f"header: kind: {show(h.kind)} is not one of {kinds}")
@@ -314,18 +314,40 @@ def _check_parties(h: Header) -> None:
             raise MalformedError(f"header: to: {show(rcpt)} is not at dest {h.dest!r}")
     if len(set(h.to)) != len(h.to):
         raise MalformedError("header: to: a recipient is listed twice")
-    _check_residency(h.residency)
-    if not h.ctype:
-        raise MalformedError("header: ctype: the content type is empty")
+
+
+def _check_expires(h: Header) -> None:
+    if not h.created < h.expires <= h.created + MAX_LIFETIME_MS:
+        raise MalformedError(
+            f"header: expires: must be after created and at most 30 days later "
+            f"(created {h.created}, expires {h.expires})"
+        )
+
+
+def _check_max_hops(h: Header) -> None:
+    if not 1 <= h.max_hops <= MAX_HOPS:
+        raise MalformedError(f"header: max_hops: {h.max_hops} is outside 1..{MAX_HOPS}")
+
+
+def _postmaster_what(kind: str) -> str:
+    return "a receipt" if kind == "receipt" else f"an envelope of kind {kind}"
+
+
+def _check_postmaster(h: Header) -> None:
     ctype = POSTMASTER_KINDS.get(h.kind)
     if ctype is not None:
-        what = "a receipt" if h.kind == "receipt" else f"an envelope of kind {h.kind}"
+        what = _postmaster_what(h.kind)
         if h.sender != f"postmaster@{h.origin}":
             raise MalformedError(f"header: from: {what} comes from postmaster@{h.origin}")
         if h.to != (f"postmaster@{h.dest}",):
             raise MalformedError(f"header: to: {what} goes to postmaster@{h.dest} only")
         if h.ctype != ctype:
             raise MalformedError(f"header: ctype: {what}'s content type is {ctype}")
+
+
+def _check_unsealed(h: Header) -> None:
+    if h.seal is not None and h.kind in POSTMASTER_KINDS:
+        raise MalformedError(f"header: seal: {_postmaster_what(h.kind)} is never sealed")
 
 
 def _address_node(addr: str, field: str) -> str:

@@ -270,8 +270,11 @@ def check_header(h: Header) -> Header:
 # one destination, so each set is checked once, not per header. Only exact str
 # and tuple-of-str values get here (decode_header's and check_header's type
 # checks run first), so a set that compares equal is the same set of strings.
+# Only sets with few recipients are remembered, and few of them: the memo is
+# filled from any header decode_header sees, a peer's included.
 _PARTIES_OK: set[tuple[object, ...]] = set()
-_MAX_PARTIES = 4096
+_MAX_PARTIES = 256
+_MAX_REMEMBERED_TO = 8
 
 
 def _check_header(h: Header) -> None:
@@ -290,9 +293,10 @@ def _check_header(h: Header) -> None:
     _check_max_hops(h)
     _check_postmaster(h)
     _check_unsealed(h)
-    if len(_PARTIES_OK) >= _MAX_PARTIES:
-        _PARTIES_OK.clear()
-    _PARTIES_OK.add(parties)
+    if len(h.to) <= _MAX_REMEMBERED_TO:
+        if len(_PARTIES_OK) >= _MAX_PARTIES:
+            _PARTIES_OK.clear()
+        _PARTIES_OK.add(parties)
 
 
 def _check_names(h: Header) -> None:

@@ -11,6 +11,7 @@ import msgpack
 import pytest
 
 from relay.errors import ItemRejected, MalformedError
+from relay.protocol import envelope
 from relay.protocol.envelope import (
     MAX_LIFETIME_MS,
     RECEIPT_CTYPE,
@@ -403,6 +404,22 @@ def test_a_refused_party_set_is_refused_every_time() -> None:
             check_header(bad)
         with pytest.raises(MalformedError, match="dest"):
             decode_header(encode_header(bad))
+
+
+def test_a_party_set_with_many_recipients_is_not_remembered() -> None:
+    # every header decode_header sees can fill the memo, a peer's included
+    many = make_header(**header_args(to=[f"u{i}@b.test" for i in range(9)], key_id="many"))
+    decode_header(encode_header(many))
+    make_header(**header_args(to=[f"u{i}@b.test" for i in range(8)], key_id="few"))
+    remembered = {parties[3] for parties in envelope._PARTIES_OK}
+    assert "few" in remembered and "many" not in remembered
+
+
+def test_the_remembered_party_sets_stay_few() -> None:
+    for i in range(envelope._MAX_PARTIES + 10):
+        decode_header(encode_header(make_header(**header_args(key_id=f"k{i}"))))
+        assert len(envelope._PARTIES_OK) <= envelope._MAX_PARTIES
+    assert envelope._MAX_PARTIES <= 256
 
 
 _RECEIPT_ARGS: dict[str, Any] = {

@@ -215,7 +215,6 @@ class Reception:
         self._body: bytes | None = None
         self._batch: Batch | None = None
         self._ids: tuple[bytes, ...] = ()
-        self._heads: tuple[PeekedHeader, ...] = ()
         self._admitted = False
 
     @property
@@ -336,7 +335,7 @@ class Reception:
         except MalformedError as e:
             return self._next(Refuse(e))
         ids = tuple(h.id for h in heads)
-        self._batch, self._ids, self._heads = batch, ids, heads
+        self._batch, self._ids = batch, ids
         return self._next(FindStoredResults(req.origin, batch, ids, heads))
 
     def stored(self, results: Mapping[bytes, str] | None) -> AnswerStored | JudgeItems:

@@ -22,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -414,16 +415,21 @@ def header_for(
     )
 
 
-def _checked(build: Callable[P, Header]) -> Callable[P, Header]:
-    def checked(*args: P.args, **kwargs: P.kwargs) -> Header:
+def _with_check(build: Callable[P, Header]) -> Callable[P, Header]:
+    # make_header takes header_for's arguments, typed once (ParamSpec); the def
+    # inside is named so tracebacks and help() name it, and __wrapped__ gives
+    # help() and inspect.signature header_for's parameters
+    @functools.wraps(build, assigned=("__module__",))
+    def make_header(*args: P.args, **kwargs: P.kwargs) -> Header:
+        """header_for's header, checked: MalformedError if decode_header would refuse
+        it (check_header)."""
         return check_header(build(*args, **kwargs))
 
-    return checked
+    make_header.__qualname__ = "make_header"
+    return make_header
 
 
-make_header = _checked(header_for)
-"""header_for's header, checked: MalformedError if decode_header would refuse it
-(check_header)."""
+make_header = _with_check(header_for)
 
 
 def peek_id(header_bytes: bytes) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 from typing import Any
 
 import msgpack
@@ -465,6 +466,13 @@ def test_a_header_with_several_faults_is_named_for_the_first_in_the_old_order(
     with pytest.raises(MalformedError) as raised:
         decode_header(encode_header(bad))
     assert raised.value.detail.startswith(first_fault), raised.value.detail
+
+
+def test_make_header_is_named_and_documented_for_help_and_tracebacks() -> None:
+    assert make_header.__name__ == "make_header"
+    assert make_header.__code__.co_name == "make_header"
+    assert make_header.__doc__ and "check_header" in make_header.__doc__
+    assert inspect.signature(make_header) == inspect.signature(header_for)
 
 
 def test_seal_refuses_a_payload_the_header_does_not_describe() -> None:

@@ -116,17 +116,44 @@ async def test_the_copy_hands_out_no_inbox_seq_the_source_did(ends: tuple[Target
     """Retention deleted the newest inbox rows at the source, whose counter still knows
     their seqs (an app may hold one as its cursor): the target goes on past them too."""
     source, target = ends
-    src = await open_storage(source)
-    kept = envelope(payload=b"kept", to=[f"alice@{HERE}"])
-    gone = [envelope(payload=b"gone %d" % i, to=[f"alice@{HERE}"]) for i in range(3)]
-    await put(src, [new(kept, mailboxes=["alice"])])
-    rids = await put(src, [new(e, mailboxes=["alice"]) for e in gone])
-    cursor = max(i.seq for i in await src.inbox("alice", 0, 10))
-    await src.write(lambda tx: tx.delete_envelopes(rids))
-    await src.close()
-
+    cursor = await _newest_inbox_rows_deleted(source)
     await copy_storage(source, target)
+    await _next_inbox_seq_is_past(target, cursor)
 
+
+@pytest.mark.parametrize("last", BACKENDS)
+async def test_a_copy_of_a_copy_hands_out_no_inbox_seq_the_first_did(
+    tmp_path: Path, pg_url: str, last: str
+) -> None:
+    """Copied on from PostgreSQL before any new inbox row (its sequence set, not yet
+    used), the next target still goes on past the first source's seqs."""
+    source = tmp_path / "first.db"
+    cursor = await _newest_inbox_rows_deleted(source)
+    await copy_storage(source, pg_url)
+    with contextlib.ExitStack() as stack:
+        target: Target = tmp_path / "last.db"
+        if last == "postgresql":
+            target = stack.enter_context(pgserver.schema_url())
+        await copy_storage(pg_url, target)
+        await _next_inbox_seq_is_past(target, cursor)
+
+
+async def _newest_inbox_rows_deleted(source: Target) -> int:
+    """Put four inbox rows for alice at `source`, delete the newest three; the last seq."""
+    src = await open_storage(source)
+    try:
+        kept = envelope(payload=b"kept", to=[f"alice@{HERE}"])
+        gone = [envelope(payload=b"gone %d" % i, to=[f"alice@{HERE}"]) for i in range(3)]
+        await put(src, [new(kept, mailboxes=["alice"])])
+        rids = await put(src, [new(e, mailboxes=["alice"]) for e in gone])
+        cursor = max(i.seq for i in await src.inbox("alice", 0, 10))
+        await src.write(lambda tx: tx.delete_envelopes(rids))
+        return cursor
+    finally:
+        await src.close()
+
+
+async def _next_inbox_seq_is_past(target: Target, cursor: int) -> None:
     dst = await open_storage(target)
     try:
         later = envelope(payload=b"later", to=[f"alice@{HERE}"])

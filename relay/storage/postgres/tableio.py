@@ -129,15 +129,17 @@ class PgTables:
     def key_tops(self) -> dict[str, int]:
         tops: dict[str, int] = {}
         for table, column in self._identities():
-            # last_value is NULL until the sequence hands out its first value
-            (last,) = self._run(
-                "SELECT coalesce(max(s.last_value), 0) FROM pg_class c"
-                " JOIN pg_namespace n ON n.oid = c.relnamespace"
-                " JOIN pg_sequences s ON s.schemaname = n.nspname AND s.sequencename = c.relname"
-                " WHERE c.oid = pg_get_serial_sequence(%s, %s)::regclass",
-                (f'"{self.schema}"."{table}"', column),
-            )[0]
-            tops[table] = last if isinstance(last, int) else 0
+            ((seq,),) = self._run(
+                "SELECT pg_get_serial_sequence(%s, %s)", (f'"{self.schema}"."{table}"', column)
+            )
+            # Read from the sequence itself: pg_sequences.last_value is NULL until the
+            # next nextval() also after a setval(..., false), as a copy leaves it.
+            # is_called false: last_value is the next value to hand out, not one given.
+            ((last, called),) = self._run(
+                sql.SQL("SELECT last_value, is_called FROM {}").format(sql.SQL(str(seq)))
+            )
+            top = int(str(last))  # a bigint
+            tops[table] = top if called else top - 1
         return tops
 
     def finish(self, tops: Mapping[str, int]) -> None:

@@ -122,11 +122,16 @@ def _check_ready(state: NodeState) -> None:
         raise Unavailable("the node is shutting down; retry on another attempt")
 
 
-async def _check_key_unused(state: NodeState, mailbox: str, scoped: str) -> None:
-    """Conflict if the key part of `scoped` was used for another request."""
-    idem = scoped.partition("\n")[0]
-    if await state.store.key_used(mailbox, idem):
-        raise Conflict("this Idempotency-Key was already used for a different request")
+async def _earlier_answer(state: NodeState, mailbox: str, scoped: str) -> dict[str, Any] | None:
+    """The stored answer of this same request, or None if its key is unused;
+    Conflict if the key part of `scoped` was used for another request."""
+    earlier = await state.store.idempotent_answer(mailbox, scoped)
+    if earlier is None and await state.store.key_used(mailbox, scoped.partition("\n")[0]):
+        # the same request, sent concurrently, may have committed between the two reads
+        earlier = await state.store.idempotent_answer(mailbox, scoped)
+        if earlier is None:
+            raise Conflict("this Idempotency-Key was already used for a different request")
+    return earlier
 
 
 async def _submit(request: web.Request, batch: bool) -> web.Response:
@@ -144,10 +149,9 @@ async def _submit(request: web.Request, batch: bool) -> web.Response:
         # a large body is decoded in another process; a hostile one never comes back
         scoped, parsed = await state.decoders.check_submit(f"mailbox {mailbox}", raw, batch, idem)
         if scoped is not None:  # a retry gets the first answer, for the same request only
-            earlier = await state.store.idempotent_answer(mailbox, scoped)
+            earlier = await _earlier_answer(state, mailbox, scoped)
             if earlier is not None:
                 return web.json_response(earlier, status=202, dumps=_dumps)
-            await _check_key_unused(state, mailbox, scoped)
         state.limits.client(mailbox, len(parsed))  # 429: a batch counts its messages
         for p in parsed:
             to.extend(p["to"])

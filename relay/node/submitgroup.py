@@ -23,7 +23,8 @@ Invariants:
 - A submission that delivers into a local mailbox while `[limits]
   mailbox_unread_bytes` is set is written alone: its quota is checked
   against the unread bytes of the submits committed before it, as if no
-  group existed.
+  group existed. A reload can set the quota after a group was formed: a job
+  that finds more than one such submission raises, and each is written alone.
 """
 
 from __future__ import annotations
@@ -183,6 +184,10 @@ def _alone(state: NodeState, sub: Submission) -> bool:
     return any(p.mailboxes for pm in sub.planned for p in pm.parts)
 
 
+class _Regroup(Exception):
+    """A group's job found submissions it must not store together (see record_all)."""
+
+
 async def _write_alone(state: NodeState, w: _Waiting) -> None:
     try:
         stored = await state.store.write(lambda tx: record_all(state, tx, [w.sub]))
@@ -198,6 +203,8 @@ async def record_all(state: NodeState, tx: WriteTx, subs: Sequence[Submission]) 
 
     Each submission's answer is its own, or the one stored earlier for its key.
     """
+    if len(subs) > 1 and sum(_alone(state, sub) for sub in subs) > 1:
+        raise _Regroup  # a reload set the quota after these were grouped: each is written alone
     stored = Stored()
     for sub in subs:
         if sub.scoped is not None and not await tx.remember_answer(

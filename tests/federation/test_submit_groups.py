@@ -207,6 +207,26 @@ async def test_quota_checked_local_deliveries_are_stored_one_by_one(harness: Har
     assert await stored_ids(h) == {subs[0].answer["id"]}
 
 
+async def test_a_quota_set_by_a_reload_after_grouping_is_checked_one_by_one(
+    harness: Harness,
+) -> None:
+    h = harness
+    groups = SubmitGroups()
+    subs = [submission(h, "bob@n.test", "x" * 100) for _ in range(3)]
+    config = h.state.config
+    unlimited = dataclasses.replace(config.limits, mailbox_unread_bytes=0)
+    h.state.config = dataclasses.replace(config, limits=unlimited)
+    writes = [asyncio.create_task(groups.write(h.state, s)) for s in subs]
+    await asyncio.sleep(0)  # all three handed over to one group while no quota is set
+    limits = dataclasses.replace(config.limits, mailbox_unread_bytes=200)
+    h.state.config = dataclasses.replace(config, limits=limits)  # the reload
+    got = await asyncio.gather(*writes, return_exceptions=True)
+    assert groups.groups == 1  # the group's job ran, found them, and left them alone
+    assert got[0] == subs[0].answer
+    assert all(isinstance(g, Busy) for g in got[1:]), got
+    assert await stored_ids(h) == {subs[0].answer["id"]}
+
+
 async def test_concurrent_http_submits_are_each_answered_with_their_own_id(
     harness: Harness,
 ) -> None:

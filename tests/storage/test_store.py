@@ -46,6 +46,17 @@ async def test_wal_full_sync_and_private_file(tmp_path: Path) -> None:
         await store.close()
 
 
+async def test_an_sqlite_without_returning_is_refused_naming_its_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+    with pytest.raises(
+        StoreError, match=r"SQLite 3\.34\.1 is too old: relay needs SQLite 3\.35\.0"
+    ):
+        await open_store(tmp_path / "relay.db")
+    assert not (tmp_path / "relay.db").exists()  # refused before anything was written
+
+
 async def test_second_opener_is_refused_while_the_first_runs(tmp_path: Path) -> None:
     db = tmp_path / "relay.db"
     store = await open_store(db)

@@ -328,8 +328,25 @@ async def _connect(path: Path) -> aiosqlite.Connection:
     return db
 
 
+# The oldest SQLite with RETURNING, which the writes use (acks, erasure answers,
+# the witnessed heads' prune).
+SQLITE_NEEDED = (3, 35, 0)
+
+
+def require_sqlite_version() -> None:
+    """Refuse an SQLite library older than SQLITE_NEEDED, naming both versions."""
+    found = sqlite3.sqlite_version_info
+    if found < SQLITE_NEEDED:
+        raise StoreError(
+            f"SQLite {'.'.join(map(str, found))} is too old: relay needs SQLite "
+            f"{'.'.join(map(str, SQLITE_NEEDED))} or later (for RETURNING); "
+            "run it with a Python built against a newer SQLite"
+        )
+
+
 async def open_store(path: Path) -> Store:
     """Lock, open, configure and migrate the database at `path`; start the writer."""
+    require_sqlite_version()
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_fd = _take_lock(path)
     try:

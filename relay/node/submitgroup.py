@@ -39,6 +39,7 @@ from relay.errors import StoreError
 from relay.logs import LOG_IDS, event, id_fields
 from relay.node import submit
 from relay.node.state import NodeState
+from relay.storage.groupcommit import settle
 from relay.storage.interface import WriteTx
 
 log = logging.getLogger("relay.api")
@@ -121,9 +122,7 @@ class SubmitGroups:
     async def write(self, state: NodeState, sub: Submission) -> Answer:
         """Store `sub` (in the next group, or alone if it must be); its answer once committed."""
         if _alone(state, sub):
-            stored = await state.store.write(lambda tx: record_all(state, tx, [sub]))
-            stored.counted(state)
-            return stored.answers[0]
+            return await _store_alone(state, sub)
         fut: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
         if self._open is None:
             self._open = []
@@ -168,12 +167,12 @@ class SubmitGroups:
                 # may have landed): its error, which says so, answers everyone. Writing
                 # each again could store a message twice or deny one that is stored.
                 for w in group:
-                    _settle(w.future, None, e)
+                    settle(w.future, None, e)
                 return
             await asyncio.gather(*(_write_alone(state, w) for w in group))
             return
         for w, answer in zip(group, stored.answers, strict=True):
-            _settle(w.future, answer, None)
+            settle(w.future, answer, None)
         stored.counted(state)
 
 
@@ -188,14 +187,20 @@ class _Regroup(Exception):
     """A group's job found submissions it must not store together (see record_all)."""
 
 
+async def _store_alone(state: NodeState, sub: Submission) -> Answer:
+    """Store `sub` as its own job; its answer once committed."""
+    stored = await state.store.write(lambda tx: record_all(state, tx, [sub]))
+    stored.counted(state)
+    return stored.answers[0]
+
+
 async def _write_alone(state: NodeState, w: _Waiting) -> None:
     try:
-        stored = await state.store.write(lambda tx: record_all(state, tx, [w.sub]))
+        answer = await _store_alone(state, w.sub)
     except Exception as e:  # noqa: BLE001 - handed to the submitter through its future
-        _settle(w.future, None, e)
+        settle(w.future, None, e)
     else:
-        _settle(w.future, stored.answers[0], None)
-        stored.counted(state)
+        settle(w.future, answer, None)
 
 
 async def record_all(state: NodeState, tx: WriteTx, subs: Sequence[Submission]) -> Stored:
@@ -220,12 +225,3 @@ async def record_all(state: NodeState, tx: WriteTx, subs: Sequence[Submission]) 
     for mailbox, fresh in stored.fresh.items():
         await submit.record(state, tx, mailbox, [pm for sub in fresh for pm in sub.planned])
     return stored
-
-
-def _settle(fut: asyncio.Future[Answer], answer: Answer | None, exc: BaseException | None) -> None:
-    if fut.done():  # its submitter gave up waiting
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    elif answer is not None:
-        fut.set_result(answer)

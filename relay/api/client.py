@@ -11,7 +11,6 @@ import asyncio
 import base64
 import contextlib
 import hashlib
-import hmac
 import logging
 from typing import Any
 
@@ -55,7 +54,7 @@ ACK_BODY_BYTES = 64 * 1024
 
 
 def authenticate(state: NodeState, request: web.Request) -> str:
-    """The mailbox a bearer token belongs to; compares every hash in constant time."""
+    """The mailbox a bearer token belongs to, looked up by the token's SHA-256 digest."""
     auth = request.headers.get("Authorization", "")
     scheme, _, token = auth.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -65,29 +64,30 @@ def authenticate(state: NodeState, request: web.Request) -> str:
     except UnicodeEncodeError:
         raise Unauthorized("the token is not UTF-8 text") from None
     digest = hashlib.sha256(raw).hexdigest()
-    found = _TOKENS.of(state.config).get(digest)
-    if found is None or not hmac.compare_digest(digest, found[0]):
+    mailbox = _TOKENS.of(state.config).get(digest)
+    if mailbox is None:
         raise Unauthorized("the token does not belong to any mailbox of this node")
-    return found[1]
+    return mailbox
 
 
 class _TokenIndex:
     """Mailboxes by token digest, built once per config (each reload brings a new one).
 
     One look-up per request instead of a comparison per mailbox. The key is
-    the SHA-256 of the token, so the look-up's timing tells nothing about a
-    token; the entry found is compared in constant time all the same. A
+    the SHA-256 of the token, so the look-up's timing (hashing, then string
+    equality on a digest the caller cannot steer byte by byte) tells nothing
+    useful about a token: no further constant-time comparison is needed. A
     reloaded config gets a new index, so a token it dropped stops at once.
     """
 
     def __init__(self) -> None:
         self._config: Config | None = None
-        self._index: dict[str, tuple[str, str]] = {}  # digest -> (digest, mailbox)
+        self._index: dict[str, str] = {}  # token digest -> mailbox
 
-    def of(self, config: Config) -> dict[str, tuple[str, str]]:
+    def of(self, config: Config) -> dict[str, str]:
         if config is not self._config:
             # the last mailbox with a digest wins, as the comparison loop had it
-            self._index = {mb.token_sha256: (mb.token_sha256, mb.name) for mb in config.mailboxes}
+            self._index = {mb.token_sha256: mb.name for mb in config.mailboxes}
             self._config = config
         return self._index
 

@@ -106,14 +106,16 @@ async def purge(
         event(log, "storage_scrubbed", detail=await store.scrub())
     if total.any():
         event(log, "purged", source=source, **total.as_dict())
-    await prune_witnessed(store, retention, now)
     return total
 
 
 async def prune_witnessed(store: Storage, retention: RetentionConfig, now: int) -> int:
     """Delete the tree heads peers sent more than `witnessed_heads_days` ago, but each
     peer's last and every head that is evidence of a fork (relay.federation.witness),
-    in transactions of at most CHUNK; how many went."""
+    in transactions of at most CHUNK; how many went.
+
+    Only the node's purge job calls it (purge_node): the offline `relay purge`
+    neither counts nor previews heads, so it leaves them alone."""
     before = now - retention.witnessed_heads_days * DAY_MS
 
     async def job(tx: WriteTx) -> int:
@@ -193,17 +195,25 @@ async def record(tx: WriteTx, now: int, source: str, counts: Counts) -> None:
         await tx.record_purge(now, source, counts)
 
 
+async def purge_node(state: NodeState) -> Counts:
+    """One run of the node's purge job: `purge`, then the witnessed heads past their time."""
+    now = state.now_ms()
+    total = await purge(
+        state.store,
+        state.config.retention,
+        state.name,
+        now,
+        on_settled=lambda tx, recs, now: erasing.answer_settled(state, tx, recs, now),
+    )
+    await prune_witnessed(state.store, state.config.retention, now)
+    return total
+
+
 async def run_purger(state: NodeState, interval_s: float = PURGE_INTERVAL_S) -> None:
     """Purge once now, then every `interval_s` seconds until the node stops."""
     while not state.stopping:
         try:
-            await purge(
-                state.store,
-                state.config.retention,
-                state.name,
-                state.now_ms(),
-                on_settled=lambda tx, recs, now: erasing.answer_settled(state, tx, recs, now),
-            )
+            await purge_node(state)
         except RelayError as e:
             event(log, "purge_failed", logging.ERROR, detail=e.detail)
         await asyncio.sleep(interval_s)

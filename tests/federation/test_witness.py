@@ -11,7 +11,7 @@ import os
 import pytest
 
 from relay.config.model import DAY_MS
-from relay.node.retention import prune_witnessed
+from relay.node.retention import prune_witnessed, purge, purge_node
 from relay.protocol.audit import (
     TREE_HEAD_HEADER,
     TREE_PROOF_HEADER,
@@ -137,6 +137,21 @@ async def test_retention_prunes_old_heads_but_not_the_evidence(harness: Harness)
     assert await prune_witnessed(store, h.state.config.retention, later) == 3
     kept = await store.witnessed_heads("a.test")
     assert [(w.size, w.at) for w in kept] == [(5, 1001), (5, 2000), (21, 3000)]
+
+
+async def test_only_the_node_purge_job_prunes_witnessed_heads(harness: Harness) -> None:
+    h = harness
+    for i, size in enumerate((3, 5, 8)):
+        proof = proof_of((3, 5)[i - 1], size) if i else None
+        await post_with(h, log_head(h.a, size, 1000 + i), proof)
+    store, retention = h.state.store, h.state.config.retention
+    later = h.clock() + (retention.witnessed_heads_days + 1) * DAY_MS
+    # `relay purge` offline: it neither counts nor previews heads, so it leaves them
+    await purge(store, retention, h.state.name, later, source="cli")
+    assert [w.size for w in await store.witnessed_heads("a.test")] == [3, 5, 8]
+    h.state.now_ms = lambda: later
+    await purge_node(h.state)  # the node's job: all but the peer's last go
+    assert [w.size for w in await store.witnessed_heads("a.test")] == [8]
 
 
 @pytest.mark.parametrize(

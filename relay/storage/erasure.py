@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol, TypeVar
+from typing import Protocol
 
+from relay.storage.chunking import chunks
 from relay.storage.records import DecisionRecord, StatusUpdate
 from relay.storage.rowmaps import Row
 
@@ -34,7 +35,6 @@ POINT = "erase"
 HOLD_RULE = "retention.content_min_days"
 ERASED_REASON = "erased"
 SOURCES = ("mailbox", "admin", "peer")
-T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,9 +479,6 @@ class PathSteps(PathReads):
         await _each_chunk(self, _LINK, [(o, i, r) for (o, i), r in last.items()], {})
 
 
-IN_CHUNK = 500  # values (or rows) per statement: well under SQLite's variable limit
-
-
 def in_list(name: str, values: Sequence[object]) -> tuple[str, dict[str, object]]:
     """An IN list of `values` as `:name0, :name1, ...` and its parameters."""
     keys = [f"{name}{i}" for i in range(len(values))]
@@ -497,11 +494,6 @@ def values_list(rows: Sequence[tuple[object, ...]]) -> tuple[str, dict[str, obje
         params.update(zip(keys, row, strict=True))
         tuples.append("(" + ", ".join(f":{k}" for k in keys) + ")")
     return ", ".join(tuples), params
-
-
-def chunks(values: Sequence[T]) -> list[Sequence[T]]:
-    """`values` in slices of at most IN_CHUNK."""
-    return [values[i : i + IN_CHUNK] for i in range(0, len(values), IN_CHUNK)]
 
 
 async def _rows_in(

@@ -297,7 +297,7 @@ async def test_erasure_requests_answers_origins_and_links(storage: Storage) -> N
 
 # --- set-based lookups and writes: one statement per chunk of ids ---------------------
 
-# more ids than one statement takes (relay.storage.erasure.IN_CHUNK, 500), so every
+# more ids than one statement takes (relay.storage.chunking.IN_CHUNK, 500), so every
 # lookup below runs over several chunks; the stored ones stand in different chunks
 MANY = 1_201
 
@@ -396,7 +396,7 @@ async def test_links_and_settling_reach_every_erasure_named(
 
     await storage.write(purge)
     # settled a few rows per statement, so several statements settle these five
-    monkeypatch.setattr("relay.storage.erasure.IN_CHUNK", 2)
+    monkeypatch.setattr("relay.storage.chunking.IN_CHUNK", 2)
     settled = await storage.write(lambda tx: tx.settle_erasures(later, 100))
     assert sorted((r.origin, r.id) for r in settled) == sorted(keys)
     assert all((r.status, r.done, r.fresh) == (ERASED, later, True) for r in settled)

@@ -18,6 +18,7 @@ from typing import Any
 import aiosqlite
 import msgpack
 
+from relay.storage.chunking import chunks as chunks
 from relay.storage.rowmaps import QUEUED_COLS, pack_trace, peer_state_of, queued_of
 
 # re-exported for the SQLite modules
@@ -26,8 +27,6 @@ from relay.storage.sqlite.inline import InlineConnection
 
 # The reader's aiosqlite connection or the writer's inline one: same awaitable surface.
 Conn = aiosqlite.Connection | InlineConnection
-
-IN_CHUNK = 500  # ids per `IN (...)` query, well under SQLite's variable limit
 
 
 async def rows(db: Conn, sql: str, params: Any = ()) -> list[sqlite3.Row]:
@@ -55,11 +54,6 @@ async def changed(db: Conn, sql: str, params: Any = ()) -> int:
     n = cur.rowcount
     await cur.close()
     return n
-
-
-def chunks(values: Sequence[Any]) -> list[Sequence[Any]]:
-    """`values` in slices of at most IN_CHUNK, for `IN (...)` queries."""
-    return [values[i : i + IN_CHUNK] for i in range(0, len(values), IN_CHUNK)]
 
 
 def marks(values: Sequence[Any]) -> str:

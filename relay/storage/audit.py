@@ -183,16 +183,8 @@ def delivered_event(
 ) -> AuditEvent:
     """The `receipt` entry of one envelope a peer's signed batch result (batch
     `batch`, delivery-v1) stated as delivered by `by`, which stores in `jurisdiction`."""
-    fields: dict[str, FieldValue] = {
-        "envelope": envelope,
-        "receipt": batch,
-        "by": by,
-        "status": "delivered",
-        "reason": "",
-        "jurisdiction": jurisdiction,
-        "via": "result",
-    }
-    return AuditEvent(at, RECEIPT, fields, envelope)
+    ev = receipt_event(at, envelope, batch, by, "delivered", "", jurisdiction)
+    return AuditEvent(at, RECEIPT, {**ev.fields, "via": "result"}, envelope)
 
 
 def result_event(at: int, peer: str, batch: bytes, result: bytes, signature: bytes) -> AuditEvent:

@@ -28,17 +28,6 @@ Invariants:
   starts again at the head of the queue) and leaves lane 0 sending alone,
   exactly as a single sender would, until one of its batches settles in
   full with no failure recorded for the peer.
-- A second lane opens only for a full batch: while one is in flight, fewer
-  than a full batch's worth of waiting envelopes gather until an answer
-  frees a lane (it wakes the lanes), so trickling submits travel in few,
-  full batches. A full batch is one by count or by bytes (`Planner.fills`).
-  One batch in flight is never held back. Once a lane holds,
-  the lanes do not look at the queue again until that answer: each commit
-  wakes them, and reading the queue head per commit to leave it there again
-  cost the origin more than the fuller batches saved. The price: a burst
-  that arrives after a lane held waits for that answer (one round trip)
-  before more lanes open; a backlog's first look finds a full batch, so a
-  drain uses every lane.
 """
 
 from __future__ import annotations
@@ -117,7 +106,6 @@ class _Pipeline:
     solo: bool = False  # only lane 0 sends, until it has a batch settled in full
     idle: asyncio.Event = field(default_factory=asyncio.Event)  # set while nothing is claimed
     resigned: int = 0  # bumped when queued envelopes were re-signed: every lane starts over
-    held: bool = False  # a lane left less than a full batch waiting while one was in flight
 
     def release(self, rids: Sequence[int]) -> None:
         self.claimed.difference_update(rids)
@@ -282,9 +270,6 @@ class Sender:
                 raise
             finally:
                 self._pipe.release([it.rid for it in send.items])
-                if self._pipe.held:  # a lane holds envelopes back for this answer
-                    self._pipe.held = False
-                    self.wake.set()
 
     async def _next_batch(self) -> Send[Queued] | None:
         """The next batch for this lane, claimed; None with nothing to send.
@@ -299,18 +284,11 @@ class Sender:
                 pipe.drain = False
             if self.lane and pipe.solo:
                 return Send(b"", (), False)  # lane 0 goes alone for now
-            if pipe.held and pipe.claimed:
-                return None  # still gathering: the in-flight answer wakes the lanes
             after = max(pipe.claimed, default=0)
             items = await self.state.store.queue_head(
                 self.hop, self._limit, after, now=self.state.now_ms()
             )
             if not items:
-                return None
-            if pipe.claimed and not self.planner.fills(items, self._carried_size):
-                # A batch is in flight and less than a full one waits (by count and
-                # by bytes): let it gather until a lane frees (its answer wakes them).
-                pipe.held = True
                 return None
             items = await self._drop_dead(items)
             if not items:
@@ -418,11 +396,11 @@ class Sender:
             retry_min_ms=fed.retry_min_ms,
             retry_max_ms=fed.retry_max_ms,
         )
-        return self.planner.plan(items, self._carried_size, lambda: st.random(16))
-
-    def _carried_size(self, origin: str) -> int:
-        """What `origin`'s certificates add to its first envelope in a batch to this hop."""
-        return relaying.carried_size(self.state, origin, self.hop)
+        return self.planner.plan(
+            items,
+            lambda origin: relaying.carried_size(st, origin, self.hop),
+            lambda: st.random(16),
+        )
 
     async def _attempt(self, send: Send[Queued], planned: PeerState) -> None:
         """Post `send` and record the answer (one lane's answer at a time).

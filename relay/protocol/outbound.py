@@ -227,21 +227,6 @@ class Planner(Generic[Q]):
         `carried_size(origin)` is what that origin's certificates add to its
         first row.
         """
-        return self._fit(rows, carried_size)[0]
-
-    def fills(self, rows: Sequence[Q], carried_size: Callable[[str], int]) -> bool:
-        """Whether `rows` (the head of the queue) make a whole batch: as many rows as
-        a batch takes, more than the byte budget or the receipt limit lets in, or
-        one row that alone reaches the budget."""
-        if len(rows) >= self.fetch_limit:
-            return True
-        kept, used = self._fit(rows, carried_size)
-        return len(kept) < len(rows) or used >= self.budget
-
-    def _fit(
-        self, rows: Sequence[Q], carried_size: Callable[[str], int]
-    ) -> tuple[tuple[Q, ...], int]:
-        """`trim`'s prefix and the body bytes it takes."""
         out: list[Q] = []
         used = BATCH_OVERHEAD
         origins: set[str] = set()
@@ -259,7 +244,7 @@ class Planner(Generic[Q]):
             out.append(row)
             origins.add(row.origin)
             used += size
-        return tuple(out), used
+        return tuple(out)
 
     def plan(
         self, rows: Sequence[Q], carried_size: Callable[[str], int], new_id: Callable[[], bytes]

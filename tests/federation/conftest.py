@@ -14,7 +14,7 @@ import base64
 import json
 import os
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +97,7 @@ class Pinned:
     jurisdiction: str = JURISDICTION
 
 
-def _toml_str(s: str | int) -> str:
+def _toml_str(s: str) -> str:
     return json.dumps(s)
 
 
@@ -106,7 +106,7 @@ def write_node_toml(
     *,
     peers: Sequence[Pinned],
     max_body_bytes: int = MAX_BODY,
-    federation: Mapping[str, str | int] | None = None,
+    federation: dict[str, str] | None = None,
 ) -> Ed25519PrivateKey:
     """Write node.toml and a fresh node.key into `directory`; return the node key."""
     directory.mkdir(parents=True, exist_ok=True)

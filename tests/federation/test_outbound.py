@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,9 +198,7 @@ async def _start(node_dir: Path) -> Harness:
     return Harness(node, wall_clock_ms, node.state.key, aiohttp.ClientSession(), me, me, me)
 
 
-async def _outbound(
-    tmp_path: Path, peer: FakePeer, federation: Mapping[str, str | int]
-) -> Outbound:
+async def _outbound(tmp_path: Path, peer: FakePeer, federation: dict[str, str]) -> Outbound:
     """Start `peer` and a node in `tmp_path` that delivers to it (its url pinned)."""
     await peer.start()
     node_dir = tmp_path / "n"
@@ -537,86 +535,3 @@ async def test_a_redirect_is_not_followed(out: Outbound) -> None:
     await out.wait_status(msg_id, "sent")
     nonces = [s.nonce for s in out.peer.seen]
     assert len(nonces) == 2 and len(set(nonces)) == 2  # the retry, not the redirect
-
-
-# --- (h) a second lane opens for a full batch only ------------------------------------------
-
-
-async def test_a_second_batch_goes_out_only_when_a_full_one_waits(tmp_path: Path) -> None:
-    """While a batch is in flight, a full batch's worth found waiting goes out at once
-    beside it; fewer wait for its answer, and the lanes do not look again until then."""
-    gate = asyncio.Event()
-
-    async def held(peer: FakePeer, seen: Seen, request: web.Request) -> web.StreamResponse:
-        await gate.wait()
-        return await accept(peer, seen, request)
-
-    peer = FakePeer(Identity(PEER))
-    peer.default = held
-    o = await _outbound(tmp_path, peer, {**FAST_RETRY, "batch_envelopes": 4})
-
-    async def sent(n: int) -> bool:
-        return len(peer.seen) >= n
-
-    async def queued(n: int) -> bool:
-        return len(await o.queue_rows()) >= n
-
-    try:
-        first = await o.h.submit(["bob@b.test"], "first")
-        await wait_until(lambda: sent(1), what="the first batch in flight")
-        # a full batch in one commit: it goes out beside the first, unanswered one
-        full = await o.h.submit_batch(
-            [{"to": ["bob@b.test"], "text": f"full {i}"} for i in range(4)]
-        )
-        await wait_until(lambda: sent(2), what="a full batch beside the first")
-        # one at a time: the first look finds less than a batch and holds, and the
-        # lanes leave the queue alone until an answer, though a batch fills meanwhile
-        few = [await o.h.submit(["bob@b.test"], f"few {i}") for i in range(4)]
-        await wait_until(lambda: queued(9), what="all queued")
-        # time for a lane that looked again to send the filled batch (the old lanes
-        # did within milliseconds); a slow machine can only make this pass, never fail
-        await asyncio.sleep(0.3)
-        assert len(peer.seen) == 2
-        gate.set()
-        for msg_id in [first, *full, *few]:
-            await o.wait_status(msg_id, "sent")
-        batches = [{s.hex() for s in seen.ids} for seen in peer.seen]
-        assert batches == [{first}, set(full), set(few)]
-    finally:
-        gate.set()
-        await o.h.node.stop()
-        await o.h.session.close()
-        await peer.stop()
-    assert peer.problems == []
-
-
-async def test_a_batch_full_by_bytes_goes_out_beside_one_in_flight(tmp_path: Path) -> None:
-    """A full batch is one by bytes too: two ~1.5 KiB envelopes pass a 1 KiB budget, so
-    they are not held back behind the unanswered first batch though 500 would fit."""
-    gate = asyncio.Event()
-
-    async def held(peer: FakePeer, seen: Seen, request: web.Request) -> web.StreamResponse:
-        await gate.wait()
-        return await accept(peer, seen, request)
-
-    peer = FakePeer(Identity(PEER))
-    peer.default = held
-    o = await _outbound(tmp_path, peer, {**FAST_RETRY, "batch_bytes": 1024})
-
-    async def sent(n: int) -> bool:
-        return len(peer.seen) >= n
-
-    try:
-        first = await o.h.submit(["bob@b.test"], "first")
-        await wait_until(lambda: sent(1), what="the first batch in flight")
-        two = await o.h.submit_batch([{"to": ["bob@b.test"], "text": "x" * 600}] * 2)
-        await wait_until(lambda: sent(2), what="a batch full by bytes beside the first")
-        gate.set()
-        for msg_id in [first, *two]:
-            await o.wait_status(msg_id, "sent")
-    finally:
-        gate.set()
-        await o.h.node.stop()
-        await o.h.session.close()
-        await peer.stop()
-    assert peer.problems == []

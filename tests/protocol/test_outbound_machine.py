@@ -419,32 +419,6 @@ def test_trim(
     assert [r.rid for r in send.items] == sent
 
 
-FILLS_CASES = [
-    # (name, rows, batch_envelopes, fills): batch_bytes is 4096, BATCH_OVERHEAD 64
-    ("nothing waiting", [], 4, False),
-    ("fewer rows than a batch, within the budget", rows(1, 2, 3), 4, False),
-    ("as many rows as a batch takes", rows(1, 2, 3, 4), 4, True),
-    ("fewer rows, but more bytes than the budget", rows(1, 2, 3, size=1500), 500, True),
-    ("one row that alone reaches the budget", rows(1, size=4032), 500, True),
-    ("one row just under it", rows(1, size=4031), 500, False),
-    (
-        "past the receiver's receipt cap",
-        [Row(i, kind="receipt", wire_size=1) for i in range(MAX_BATCH_RECEIPTS + 1)],
-        5000,
-        True,
-    ),
-]
-
-
-@pytest.mark.parametrize(
-    ("given", "batch", "fills"), [c[1:] for c in FILLS_CASES], ids=[c[0] for c in FILLS_CASES]
-)
-def test_fills_says_whether_the_head_of_the_queue_is_a_whole_batch(
-    given: list[Row], batch: int, fills: bool
-) -> None:
-    assert planner(batch_envelopes=batch).fills(given, none) is fills
-
-
 def test_the_fetch_limit_halves_on_split_and_comes_back() -> None:
     p, ids = planner(batch_envelopes=8), Ids()
     assert p.fetch_limit == 8
